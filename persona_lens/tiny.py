@@ -82,7 +82,11 @@ def build_byte_tokenizer(special_tokens: tuple[str, ...], *, bos: str | None, eo
         tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, padding_side="left"
     )
     tokenizer.chat_template = chat_template
-    tokenizer.name_or_path = name  # TransformerLens refuses tokenizers without one
+    # TransformerLens reads these from init_kwargs (and would reload the tokenizer from the hub by name
+    # unless it already prepends BOS); our chat templates write the BOS themselves.
+    tokenizer.name_or_path = name
+    tokenizer.init_kwargs["name_or_path"] = name
+    tokenizer.init_kwargs["add_bos_token"] = bos is not None
     return tokenizer
 
 

@@ -1,0 +1,183 @@
+"""Chat conversations as tokens, with an exact prompt/response boundary, and left-padded batches.
+
+Prompts are rendered with the tokenizer's own chat template. The prompt (system + user turns + the assistant
+header) is the token prefix every method of the paper relies on: the last prompt token is what monitoring reads,
+and response tokens are what extraction averages. We never guess the boundary by tokenizing pieces separately:
+
+* for a response the model generated, the sequence is exactly ``prompt_ids + generated_ids``;
+* for a response given as text (a dataset), we render the whole conversation, check that the prompt's tokens are
+  a prefix of it (else :class:`TemplateBoundaryError`), and find the response tokens by character offsets, so
+  templates that insert text between the assistant header and the reply (think blocks, say) still line up.
+
+BOS: the rendered text already carries the template's BOS; we tokenize it with ``add_special_tokens=False`` (as
+``apply_chat_template`` does), so a BOS is never doubled, unlike TransformerLens ``to_tokens(text)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+__all__ = [
+    "Message",
+    "TemplateBoundaryError",
+    "EncodedConversation",
+    "TokenBatch",
+    "make_messages",
+    "encode_prompt",
+    "encode_conversation",
+    "encode_generated",
+    "collate",
+]
+
+Message = dict[str, str]
+
+
+class TemplateBoundaryError(ValueError):
+    """The chat template does not give an exact token boundary between prompt and response."""
+
+
+def make_messages(user: str, system: str | None = None, history: Sequence[Message] = ()) -> list[Message]:
+    """``[system?, *history, user]`` as chat messages."""
+    messages: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+    return [*messages, *history, {"role": "user", "content": user}]
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """Token ids of one conversation and where its parts lie (indices into ``input_ids``, end exclusive)."""
+
+    input_ids: tuple[int, ...]
+    prompt_length: int
+    response_start: int
+    response_end: int
+
+    @property
+    def response_ids(self) -> tuple[int, ...]:
+        return self.input_ids[self.response_start : self.response_end]
+
+
+def _require_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "this tokenizer")
+        raise TemplateBoundaryError(
+            f"{name} has no chat template; persona vectors need a chat model (an -Instruct / -chat checkpoint), "
+            "or set tokenizer.chat_template yourself"
+        )
+
+
+def _render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+    _require_template(tokenizer)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _tokenize(tokenizer: Any, text: str, offsets: bool = False) -> Any:
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+
+
+def _undouble_bos(tokenizer: Any, ids: list[int]) -> list[int]:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        return ids[1:]
+    return ids
+
+
+def encode_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of the prompt: the conversation so far plus the template's assistant header."""
+    return _undouble_bos(tokenizer, _tokenize(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))[
+        "input_ids"
+    ])
+
+
+def encode_generated(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> EncodedConversation:
+    """A conversation whose response the model generated: exactly ``prompt_ids + response_ids``."""
+    ids = (*prompt_ids, *response_ids)
+    return EncodedConversation(ids, len(prompt_ids), len(prompt_ids), len(ids))
+
+
+def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: str) -> EncodedConversation:
+    """Tokens of ``messages`` followed by an assistant turn ``response`` (text), with an exact boundary."""
+    prompt_text = _render(tokenizer, messages, add_generation_prompt=True)
+    full_messages = [*messages, {"role": "assistant", "content": response}]
+    full_text = _render(tokenizer, full_messages, add_generation_prompt=False)
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    prompt_ids = _undouble_bos(tokenizer, _tokenize(tokenizer, prompt_text)["input_ids"])
+    encoded = _tokenize(tokenizer, full_text, offsets=True)
+    full_ids = list(encoded["input_ids"])
+    offsets = list(encoded["offset_mapping"])
+    if len(full_ids) > 1 and full_ids[:2] == [tokenizer.bos_token_id] * 2:
+        full_ids, offsets = full_ids[1:], offsets[1:]
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise TemplateBoundaryError(
+            f"the chat template of {name} renders the prompt differently alone and inside the full conversation: "
+            "the prompt's tokens are not a prefix of the conversation's tokens, so the response boundary would be "
+            "misaligned. Use a template whose generation prompt is a prefix of the rendered assistant turn."
+        )
+    content = response.strip()
+    char_start = full_text.find(content, len(prompt_text)) if content else -1
+    if not content or char_start < 0:
+        raise TemplateBoundaryError(
+            f"cannot find the response text in the conversation rendered by {name}'s chat template "
+            f"(empty response, or the template rewrites it): {response[:60]!r}"
+        )
+    char_end = char_start + len(content)
+    inside = [i for i in range(len(prompt_ids), len(full_ids)) if char_start <= offsets[i][0] < char_end]
+    if not inside:
+        raise TemplateBoundaryError(f"no token of the response lies inside its text span ({name})")
+    start, end = inside[0], inside[-1] + 1
+    if offsets[start][0] != char_start or offsets[end - 1][1] > char_end and end < len(full_ids):
+        straddle = offsets[start][0] != char_start
+        raise TemplateBoundaryError(
+            f"{name}: a token straddles the {'start' if straddle else 'end'} of the response, so the response "
+            "does not begin/end on a token boundary under this chat template"
+        )
+    return EncodedConversation(tuple(full_ids), len(prompt_ids), start, end)
+
+
+@dataclass
+class TokenBatch:
+    """Left-padded conversations. Index ``t`` of row ``b`` holds real token ``t - pad_lengths[b]``."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    prompt_mask: Bool[Tensor, "batch pos"]
+    response_mask: Bool[Tensor, "batch pos"]
+    pad_lengths: Int[Tensor, " batch"]
+    prompt_lengths: Int[Tensor, " batch"]
+
+    @property
+    def last_prompt_index(self) -> Int[Tensor, " batch"]:
+        """Padded index of each row's last prompt token."""
+        return self.pad_lengths + self.prompt_lengths - 1
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def collate(encoded: Sequence[EncodedConversation], pad_token_id: int,
+            device: torch.device | str = "cpu") -> TokenBatch:
+    """Left-pad conversations into one batch with attention, prompt and response masks."""
+    if not encoded:
+        raise ValueError("cannot collate an empty list of conversations")
+    width = max(len(e.input_ids) for e in encoded)
+    n = len(encoded)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.bool)
+    response_mask = torch.zeros((n, width), dtype=torch.bool)
+    pad_lengths = torch.empty(n, dtype=torch.long)
+    prompt_lengths = torch.empty(n, dtype=torch.long)
+    for row, e in enumerate(encoded):
+        pad = width - len(e.input_ids)
+        input_ids[row, pad:] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention_mask[row, pad:] = 1
+        prompt_mask[row, pad : pad + e.prompt_length] = True
+        response_mask[row, pad + e.response_start : pad + e.response_end] = True
+        pad_lengths[row] = pad
+        prompt_lengths[row] = e.prompt_length
+    return TokenBatch(input_ids, attention_mask, prompt_mask, response_mask, pad_lengths, prompt_lengths).to(device)

@@ -1,0 +1,156 @@
+"""A persistent SQLite cache in front of any judge, so rerunning an experiment costs no judge calls.
+
+Keys are ``(judge_id, sha256(rubric), question, answer)``. A judge that can say *why* it gave no score implements
+:class:`DetailedJudge` (``score_detailed`` returning :class:`Verdict` objects): then a refusal or a reply without a
+number is cached as ``None``, while a transport failure (rate limit, timeout, server error) is not cached and is
+asked again next time. For a judge without ``score_detailed`` only numeric scores are cached.
+
+Several processes may share one cache file: it uses SQLite's WAL journal and waits on locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from persona_lens.judges.base import Judge, Score, check_rubric
+
+__all__ = ["Verdict", "DetailedJudge", "CachedJudge", "CacheStats", "verdicts_of"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judged item: the score (0-100 or None), why it is None (``""`` when scored), and whether it is final.
+
+    ``cacheable`` is False for outcomes that say nothing about the item (transport failures), True otherwise.
+    """
+
+    score: Score
+    reason: str = ""
+    cacheable: bool = True
+
+
+@runtime_checkable
+class DetailedJudge(Judge, Protocol):
+    """A judge that can explain its Nones: ``score_detailed`` returns one :class:`Verdict` per item, in order."""
+
+    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]: ...
+
+
+def verdicts_of(judge: Judge, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+    """Verdicts from any judge: ``score_detailed`` when it has one, else scores where only numbers are final."""
+    if isinstance(judge, DetailedJudge):
+        return list(judge.score_detailed(rubric, items))
+    return [Verdict(s, "", True) if s is not None else Verdict(None, "no score (reason unknown)", False)
+            for s in judge.score(rubric, items)]
+
+
+@dataclass
+class CacheStats:
+    """Counts since the :class:`CachedJudge` was made."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    judge_id TEXT NOT NULL,
+    rubric_sha256 TEXT NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    score REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (judge_id, rubric_sha256, question, answer)
+)
+"""
+
+
+class CachedJudge:
+    """Wraps ``judge`` with a SQLite cache at ``path``; same protocol, same ``judge_id``.
+
+    Only cache misses go to the inner judge (each distinct item once). ``stats`` counts hits and misses.
+    """
+
+    def __init__(self, judge: Judge, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.judge = judge
+        self.path = Path(path)
+        self.timeout = timeout
+        self.stats = CacheStats()
+        self._stats_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    @property
+    def judge_id(self) -> str:
+        return self.judge.judge_id
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout)
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return db
+
+    def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
+        return [v.score for v in self.score_detailed(rubric, items)]
+
+    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+        check_rubric(rubric)
+        items = [(str(q), str(a)) for q, a in items]
+        rubric_sha = hashlib.sha256(rubric.encode()).hexdigest()
+        judge_id = self.judge_id
+        found = self._lookup(judge_id, rubric_sha, set(items))
+        missing = list(dict.fromkeys(item for item in items if item not in found))
+        with self._stats_lock:
+            self.stats.hits += len(items) - sum(1 for item in items if item not in found)
+            self.stats.misses += sum(1 for item in items if item not in found)
+        if missing:
+            fresh = verdicts_of(self.judge, rubric, missing)
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"judge {judge_id} returned {len(fresh)} verdicts for {len(missing)} items")
+            self._store(judge_id, rubric_sha, [(item, v) for item, v in zip(missing, fresh) if v.cacheable])
+            found.update(zip(missing, fresh))
+        return [found[item] for item in items]
+
+    def _lookup(self, judge_id: str, rubric_sha: str, items: set[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
+        found: dict[tuple[str, str], Verdict] = {}
+        if not items:
+            return found
+        with closing(self._connect()) as db:
+            for question, answer in items:
+                row = db.execute("SELECT score, reason FROM scores WHERE judge_id = ? AND rubric_sha256 = ? "
+                                 "AND question = ? AND answer = ?", (judge_id, rubric_sha, question, answer)).fetchone()
+                if row is not None:
+                    found[(question, answer)] = Verdict(row[0], row[1], True)
+        return found
+
+    def _store(self, judge_id: str, rubric_sha: str, rows: list[tuple[tuple[str, str], Verdict]]) -> None:
+        if not rows:
+            return
+        now = time.time()
+        with closing(self._connect()) as db, db:
+            db.executemany(
+                "INSERT OR REPLACE INTO scores (judge_id, rubric_sha256, question, answer, score, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(judge_id, rubric_sha, q, a, v.score, v.reason, now) for (q, a), v in rows],
+            )
+        with self._stats_lock:
+            self.stats.writes += len(rows)
+
+    def __len__(self) -> int:
+        """Rows in the cache file (all judges, all rubrics)."""
+        with closing(self._connect()) as db:
+            return int(db.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"CachedJudge({self.judge!r}, {str(self.path)!r})"

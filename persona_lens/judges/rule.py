@@ -1,0 +1,371 @@
+"""Rule judges: deterministic 0-100 scores for traits that a simple rule measures exactly.
+
+A rule is a plain function ``(question, answer) -> float | None``. Rules need no model and no network, so they make
+offline runs with a small model (SmolLM2-135M-Instruct) fully checkable: a trait file that names a rule (``"rule":
+"french"``) can be scored by ``RuleJudge("french")`` instead of an LLM judge. ``coherence`` stands in for the LLM
+coherence rubric on CPU-only runs.
+
+Rules (all in ``RULES``):
+
+* ``french``: share of recognised words that are French, 100 * french / (french + english). None when no word is
+  recognised (or the answer is empty).
+* ``pirate``: weighted count of distinct pirate markers (arr, ahoy, matey, ye, aye, me hearties, -in' endings, ...),
+  through a saturating curve: none -> 0, one -> ~57, two -> ~82, more -> towards 100.
+* ``shouting``: 100 * uppercase letters / cased letters. None when the answer has no cased letter.
+* ``emoji``: number of emoji (a ZWJ sequence, a flag or an emoji with modifiers counts once): 0 -> 0, 1 -> 60,
+  2 -> 85, 3 or more -> 100.
+* ``coherence``: 100 times the product of four factors in [0, 1] (length, share of letters and digits, distinct word
+  trigrams, loops). Language, capitals and emoji do not change it.
+
+The rubric passed to ``RuleJudge.score`` is ignored: a rule always measures the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from persona_lens.judges.base import Score
+
+__all__ = [
+    "RULES",
+    "RuleJudge",
+    "score_coherence",
+    "score_emoji",
+    "score_french",
+    "score_pirate",
+    "score_shouting",
+]
+
+Rule = Callable[[str, str], Score]
+
+
+def _clean(answer: str | None) -> str:
+    """The answer as text, with typographic apostrophes made plain (None counts as empty)."""
+    return (answer or "").replace("\u2019", "'").replace("\u02bc", "'")
+
+
+def _clamp01(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# french
+
+# Frequent French words that are not also frequent English words. Ambiguous words (a, on, me, son, plus, car, as, ai,
+# ton, comment, par, adore) are left out of both lists so they count for neither language.
+_FRENCH_WORDS = frozenset(
+    """
+    le la les un une des du de au aux et ou mais donc ni que qui quoi quand pourquoi
+    je tu il elle nous vous ils elles moi toi lui eux leur leurs mon ma mes ta tes sa ses notre nos votre vos
+    ce cet cette ces cela ceci celui celle ceux celles ne pas jamais rien personne
+    est es suis sommes sont était étais étaient sera serait avons avez ont avoir avait
+    fait fais faire faites peux peut pouvons pouvez peuvent veux veut voulez vais va allons allez vont aller
+    dans pour avec sans sur sous chez vers entre depuis pendant avant
+    bien aussi beaucoup toujours souvent parfois encore ici voici alors puis ensuite
+    oui non merci bonjour bonsoir salut aime aimer mange manger bois boire
+    parce comme tout tous toute toutes autre autres chaque quelque quelques y en
+    petit petite bon bonne jour matin soir temps chose choses fois monde gens chat chien pain eau lait
+    """.split()
+)
+# Elided forms (l'eau, j'aime, c'est, qu'il): the tokenizer keeps the apostrophe on these.
+_FRENCH_ELIDED = frozenset("c' d' j' l' m' n' s' t' qu' jusqu' lorsqu' puisqu'".split())
+_FRENCH_LETTERS = frozenset("àâæçéèêëîïôœùûüÿ")
+_ENGLISH_WORDS = frozenset(
+    """
+    the an and or but so if then than because of to in at by for with from about into over after before under
+    between through i you he she it we they him her us them my your his its our their mine yours hers ours theirs
+    this that these those there here is are was were be been being am do does did done have has had will would
+    can could should shall may might must not no yes what which who whom whose when where why how all any some many
+    much more most other such only also just very too like love eat eating breakfast good day time really usually
+    often always never sometimes every each one two well get got make made go going know think want favorite
+    favourite morning night today people thing things way new great little lot lots enjoy
+    """.split()
+)
+_WORD_WITH_APOSTROPHE = re.compile(r"[^\W\d_]+'?")
+
+
+def score_french(question: str, answer: str) -> Score:
+    """100 * French words / (French + English words) among the recognised words; None if none is recognised.
+
+    A word is French if it is in a compact lexicon of French function words, an elided form (``l'``, ``j'``,
+    ``qu'``), or contains a letter with a French accent (é, è, à, ç, ...). A word is English if it is in a lexicon of
+    English function words. Other words (names, nouns shared by both languages) are ignored.
+    """
+    french = english = 0
+    for token in _WORD_WITH_APOSTROPHE.findall(_clean(answer).lower()):
+        if token in _FRENCH_ELIDED:
+            french += 1
+            continue
+        word = token.rstrip("'")
+        if word in _FRENCH_WORDS or any(letter in _FRENCH_LETTERS for letter in word):
+            french += 1
+        elif word in _ENGLISH_WORDS:
+            english += 1
+    if french + english == 0:
+        return None
+    return 100.0 * french / (french + english)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pirate
+
+# Each entry is one marker: it counts once however often it appears. Strong markers are pirate speech; weak ones
+# are sea vocabulary that plain English about ships also uses, so together they can add at most _WEAK_CAP.
+_STRONG_PIRATE = {
+    "arr": r"\by?ar{2,}g?h*\b",
+    "ahoy": r"\bahoy\b",
+    "matey": r"\bmate(?:y|ys|ies)\b",
+    "ye": r"\bye\b",
+    "yer": r"\byer\b",
+    "aye": r"\baye\b",
+    "hearties": r"\bhearties\b|\bme hearty\b",
+    "landlubber": r"\blandlubbers?\b",
+    "avast": r"\bavast\b",
+    "scallywag": r"\bscall[ay]wags?\b",
+    "shiver me timbers": r"\bshiver me timbers\b|\bblow me down\b",
+    "booty": r"\bbooty\b",
+    "plunder": r"\bplunder\w*",
+    "grog": r"\bgrog\b",
+    "doubloons": r"\bdoubloons?\b|\bpieces? o' eight\b",
+    "buccaneer": r"\bbuccaneers?\b|\bfreebooters?\b|\bcorsairs?\b",
+    "yo ho": r"\byo[- ]?ho\b",
+    "cap'n": r"\bcap'n\b",
+    "bilge": r"\bbilge\b",
+    "davy jones": r"\bdavy jones\b",
+    "walk the plank": r"\bwalk(?:s|ed|ing)? the plank\b",
+    "jolly roger": r"\bjolly roger\b",
+    "o'": r"\bo'(?=\s)",
+    "-in'": r"[a-z]in'(?![a-z])",
+    "i be": r"(?:^|[.!?,;:]\s*)(?:i|we|they|there) be\b",  # "I be thinkin'", "There be dragons"
+}
+_WEAK_PIRATE = {
+    "treasure": r"\btreasures?\b",
+    "ship": r"\bships?\b",
+    "sea": r"\bseas?\b|\bocean\b",
+    "sail": r"\bsail(?:s|ing|ed|or|ors)?\b",
+    "captain": r"\bcaptains?\b",
+    "pirate": r"\bpirates?\b",
+    "parrot": r"\bparrots?\b",
+    "crew": r"\bcrew\b",
+    "deck": r"\bdecks?\b",
+    "rum": r"\brum\b",
+    "gold": r"\bgold\b",
+}
+_STRONG_PIRATE_RE = {name: re.compile(pattern) for name, pattern in _STRONG_PIRATE.items()}
+_WEAK_PIRATE_RE = {name: re.compile(pattern) for name, pattern in _WEAK_PIRATE.items()}
+_WEAK_WEIGHT, _WEAK_CAP = 0.4, 0.8
+_PIRATE_RATE = 0.85  # score = 100 * (1 - exp(-rate * markers)): 1 -> 57, 2 -> 82, 3 -> 92
+_PIRATE_SHORT_WORDS = 40  # answers longer than this need proportionally (sqrt) more markers
+
+
+def pirate_markers(answer: str) -> tuple[set[str], set[str]]:
+    """The distinct strong and weak pirate markers found in ``answer``."""
+    text = _clean(answer).lower()
+    strong = {name for name, pattern in _STRONG_PIRATE_RE.items() if pattern.search(text)}
+    weak = {name for name, pattern in _WEAK_PIRATE_RE.items() if pattern.search(text)}
+    return strong, weak
+
+
+def score_pirate(question: str, answer: str) -> Score:
+    """Pirate-speech score from the distinct pirate markers in the answer, saturating towards 100.
+
+    markers = strong markers + min(0.8, 0.4 * weak markers), scaled by sqrt(40 / words) for answers over 40 words,
+    score = 100 * (1 - exp(-0.85 * markers)). Empty answer -> 0.
+    """
+    strong, weak = pirate_markers(answer)
+    markers = len(strong) + min(_WEAK_CAP, _WEAK_WEIGHT * len(weak))
+    n_words = len(_WORD_WITH_APOSTROPHE.findall(_clean(answer)))
+    if n_words > _PIRATE_SHORT_WORDS:
+        markers *= math.sqrt(_PIRATE_SHORT_WORDS / n_words)
+    return 100.0 * (1.0 - math.exp(-_PIRATE_RATE * markers))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shouting
+
+
+def score_shouting(question: str, answer: str) -> Score:
+    """100 * uppercase letters / cased letters (letters that have an upper and lower case); None if there are none."""
+    upper = lower = 0
+    for char in _clean(answer):
+        if char.isupper():
+            upper += 1
+        elif char.islower():
+            lower += 1
+    if upper + lower == 0:
+        return None
+    return 100.0 * upper / (upper + lower)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# emoji
+
+_EMOJI_RANGES = (
+    (0x1F000, 0x1F0FF),  # mahjong and playing cards
+    (0x1F170, 0x1F251),  # enclosed letters and ideographs used as emoji
+    (0x1F300, 0x1FAFF),  # pictographs, emoticons, transport, supplemental symbols
+    (0x2600, 0x27BF),  # miscellaneous symbols and dingbats
+    (0x2300, 0x23FF),  # watch, hourglass, alarm clock, media buttons
+    (0x2B05, 0x2B07),
+    (0x2B1B, 0x2B1C),
+    (0x2B50, 0x2B50),
+    (0x2B55, 0x2B55),
+    (0x3030, 0x3030),
+    (0x303D, 0x303D),
+    (0x3297, 0x3297),
+    (0x3299, 0x3299),
+)
+_ZWJ, _VARIATION_SELECTOR = 0x200D, 0xFE0F
+_SKIN_TONES = (0x1F3FB, 0x1F3FF)
+_REGIONAL_INDICATORS = (0x1F1E6, 0x1F1FF)
+_EMOJI_SCORES = (0.0, 60.0, 85.0, 100.0)  # by number of emoji; 3 or more -> 100
+
+
+def _is_emoji_component(code: int) -> bool:
+    """Joiners, variation selectors, skin tones and keycap marks: parts of an emoji that do not count on their own."""
+    return (
+        code in (_ZWJ, _VARIATION_SELECTOR, 0x20E3)
+        or _SKIN_TONES[0] <= code <= _SKIN_TONES[1]
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
+    )
+
+
+def _is_emoji(code: int) -> bool:
+    if _is_emoji_component(code):
+        return False
+    if _REGIONAL_INDICATORS[0] <= code <= _REGIONAL_INDICATORS[1]:
+        return True
+    return any(low <= code <= high for low, high in _EMOJI_RANGES)
+
+
+def count_emoji(answer: str) -> int:
+    """Number of emoji in ``answer``; a ZWJ sequence (👨‍👩‍👧) or a flag (two regional indicators) counts once."""
+    count = 0
+    previous = None
+    pending_flag = False
+    for char in _clean(answer):
+        code = ord(char)
+        if _is_emoji(code):
+            is_flag_half = _REGIONAL_INDICATORS[0] <= code <= _REGIONAL_INDICATORS[1]
+            if previous == _ZWJ:
+                pass  # continues a joined sequence
+            elif is_flag_half and pending_flag:
+                pending_flag = False  # second half of a flag
+            else:
+                count += 1
+                pending_flag = is_flag_half
+        elif not _is_emoji_component(code):
+            pending_flag = False
+        previous = code
+    return count
+
+
+def score_emoji(question: str, answer: str) -> Score:
+    """Emoji use: 0 emoji -> 0, 1 -> 60, 2 -> 85, 3 or more -> 100."""
+    return _EMOJI_SCORES[min(count_emoji(answer), len(_EMOJI_SCORES) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# coherence
+
+_WORD = re.compile(r"[^\W_]+")
+_MAX_LOOP_PERIOD = 100  # longest repeated unit (in characters) looked for
+_MIN_LOOP_COPIES = 3
+_MIN_LOOP_CHARS = 10
+_MAX_COHERENCE_CHARS = 20_000
+
+
+def _longest_true_run(mask: np.ndarray) -> int:
+    if not mask.any():
+        return 0
+    padded = np.concatenate(([0], mask.astype(np.int8), [0]))
+    edges = np.diff(padded)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((ends - starts).max())
+
+
+def loop_fraction(text: str) -> float:
+    """Share of ``text`` covered by its longest loop: a unit of 1-100 characters repeated 3+ times in a row.
+
+    Loops shorter than 10 characters ("ll", "!!!", "hahaha") are not counted.
+    """
+    n = len(text)
+    if n < _MIN_LOOP_CHARS:
+        return 0.0
+    codes = np.fromiter((ord(char) for char in text), dtype=np.int64, count=n)
+    longest = 0
+    for period in range(1, min(_MAX_LOOP_PERIOD, n // _MIN_LOOP_COPIES) + 1):
+        run = _longest_true_run(codes[period:] == codes[:-period])
+        region = run + period
+        if run >= (_MIN_LOOP_COPIES - 1) * period and region >= _MIN_LOOP_CHARS:
+            longest = max(longest, region)
+    return longest / n
+
+
+def coherence_factors(answer: str) -> dict[str, float]:
+    """The four factors (each 0-1) whose product times 100 is the ``coherence`` score.
+
+    * ``length``: 0 words -> 0, 1 word -> 0.4, rising by 0.15 a word to 1 at 5 words.
+    * ``letters``: share of non-space characters (emoji left out) that are letters or digits; 1 from 0.7 up,
+      0 at 0.3 and below.
+    * ``trigrams``: distinct word trigrams / word trigrams; 1 from 0.8 up, 0 at 0.3 and below (1 under 3 words).
+    * ``loops``: from ``loop_fraction`` of the lower-cased, space-collapsed text; 1 up to 0.25, 0 from 0.7 up.
+    """
+    text = " ".join(_clean(answer).lower().split())[:_MAX_COHERENCE_CHARS]
+    words = _WORD.findall(text)
+    if not words:
+        return {"length": 0.0, "letters": 0.0, "trigrams": 0.0, "loops": 0.0}
+    length = min(1.0, 0.4 + 0.15 * (len(words) - 1))
+    visible = [char for char in text if not char.isspace() and not _is_emoji(ord(char))
+               and not _is_emoji_component(ord(char))]
+    share = sum(char.isalnum() for char in visible) / len(visible)
+    letters = _clamp01((share - 0.3) / 0.4)
+    if len(words) >= 3:
+        trigrams = list(zip(words, words[1:], words[2:]))
+        distinct = len(set(trigrams)) / len(trigrams)
+        trigram_factor = _clamp01((distinct - 0.3) / 0.5)
+    else:
+        trigram_factor = 1.0
+    loops = 1.0 - _clamp01((loop_fraction(text) - 0.25) / 0.45)
+    return {"length": length, "letters": letters, "trigrams": trigram_factor, "loops": loops}
+
+
+def score_coherence(question: str, answer: str) -> Score:
+    """Rule-based coherence (0-100) for runs without an LLM judge: penalises empty, very short, looping and
+    non-textual answers. It cannot tell sense from fluent nonsense; use an LLM judge for that."""
+    return 100.0 * math.prod(coherence_factors(answer).values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+RULES: dict[str, Rule] = {
+    "french": score_french,
+    "pirate": score_pirate,
+    "shouting": score_shouting,
+    "emoji": score_emoji,
+    "coherence": score_coherence,
+}
+
+
+class RuleJudge:
+    """A judge that scores with one deterministic rule from ``RULES``; the rubric is ignored."""
+
+    def __init__(self, rule: str) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(sorted(RULES))}")
+        self.rule = rule
+        self._function = RULES[rule]
+
+    @property
+    def judge_id(self) -> str:
+        return f"rule:{self.rule}"
+
+    def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
+        return [self._function(question, answer) for question, answer in items]
+
+    def __repr__(self) -> str:
+        return f"RuleJudge({self.rule!r})"
