@@ -19,6 +19,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 COMMAND_MODULES: list[str] = [
     "persona_lens.traits_cli",
+    "persona_lens.export_cli",
 ]
 
 

@@ -227,8 +227,9 @@ class HookedLM(HookedRootModule):
 
         patch_bridge_kv_cache()
         twin = share_weights_copy(self.hf_model)
+        # TransformerLens edits the tokenizer it is given (BOS, padding side): give it its own copy.
         return TransformerBridge.boot_transformers(
-            self.cfg.model_name, hf_model=twin, tokenizer=self.tokenizer, device=str(self.device)
+            self.cfg.model_name, hf_model=twin, tokenizer=copy.deepcopy(self.tokenizer), device=str(self.device)
         )
 
 

@@ -252,37 +252,45 @@ class CapProjection(_ResidualHook):
 
 
 class RecordProjection(_ResidualHook):
-    """Record ``h . u`` at the named positions of every forward, keyed by absolute position (for monitoring)."""
+    """Record ``h . u`` at the named positions of every forward, keyed by conversation and absolute position.
+
+    Inside our runners rows are the caller's conversations (``TokenLayout.row_index``), whatever the batching.
+    """
 
     def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
         super().__init__(_unit(vector), positions)
-        self.steps: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
         unit = self._vector_like(resid)
         projection = (resid @ unit).float()
         mask = self._mask(resid, modifies=False)
         layout = _LAYOUT.get()
+        batch, seq_len = resid.shape[0], resid.shape[1]
         if layout is None:
-            absolute = torch.arange(resid.shape[1], device=resid.device).expand(resid.shape[0], -1)
+            absolute = torch.arange(seq_len).expand(batch, -1)
         else:
-            absolute = layout.absolute_positions(resid.shape[1]).to(resid.device)
-        self.steps.append((absolute.detach().cpu(), projection.detach().cpu(), mask.detach().cpu()))
+            absolute = layout.absolute_positions(seq_len)
+        rows = torch.arange(batch) if layout is None or layout.row_index is None else layout.row_index
+        self.steps.append((rows.cpu(), absolute.cpu(), projection.detach().cpu(), mask.cpu()))
         return None
 
     def clear(self) -> None:
         self.steps.clear()
 
-    def projections(self) -> Float[Tensor, "batch pos"]:
-        """``[batch, positions]`` projections by absolute position, NaN where nothing was recorded."""
+    def projections(self) -> Float[Tensor, "conversation pos"]:
+        """``[conversation, position]`` projections by absolute position, NaN where nothing was recorded.
+
+        A position recorded twice (a forward recomputed without KV cache) keeps its latest value.
+        """
         if not self.steps:
             return torch.empty(0, 0)
-        batch = self.steps[0][0].shape[0]
-        width = int(max(int(a.max()) for a, _, _ in self.steps)) + 1
-        out = torch.full((batch, max(width, 0)), float("nan"))
-        for absolute, projection, mask in self.steps:
-            rows, cols = mask.nonzero(as_tuple=True)
-            out[rows, absolute[rows, cols]] = projection[rows, cols]
+        n_rows = int(max(int(rows.max()) for rows, _, _, _ in self.steps)) + 1
+        width = int(max(int(absolute.max()) for _, absolute, _, _ in self.steps)) + 1
+        out = torch.full((n_rows, max(width, 0)), float("nan"))
+        for rows, absolute, projection, mask in self.steps:
+            batch_rows, cols = mask.nonzero(as_tuple=True)
+            out[rows[batch_rows], absolute[batch_rows, cols]] = projection[batch_rows, cols]
         return out
 
 

@@ -195,17 +195,19 @@ def test_cosine_similarity_by_layer():
 # compatibility
 
 
-def test_check_compatible_with_real_tiny_model():
-    from persona_lens import load_model
-
-    model = load_model("tiny-llama", device="cpu")
-    assert (model.cfg.n_layers, model.cfg.d_model) == (N_LAYERS, D_MODEL)
-    make_vector().check_compatible(model)
-    wrong = make_vector(d_model=32)
+def test_check_compatible_with_real_tiny_models(tiny_model):
+    cfg = tiny_model.cfg
+    make_vector(n_layers=cfg.n_layers, d_model=cfg.d_model, model_name=cfg.model_name).check_compatible(tiny_model)
+    wrong = make_vector(n_layers=cfg.n_layers, d_model=cfg.d_model + 1, model_name=cfg.model_name)
     with pytest.raises(VectorMismatchError) as info:
-        wrong.check_compatible(model)
+        wrong.check_compatible(tiny_model)
     message = str(info.value)
-    assert "(5, 32)" in message and "(5, 64)" in message and "extract the vector again" in message
+    assert f"({cfg.n_layers + 1}, {cfg.d_model + 1})" in message and f"({cfg.n_layers + 1}, {cfg.d_model})" in message
+    assert "extract the vector again" in message
+    other = make_vector(n_layers=cfg.n_layers, d_model=cfg.d_model, model_name="another-model")
+    with pytest.raises(VectorMismatchError, match="allow_other_model"):
+        other.check_compatible(tiny_model)
+    other.check_compatible(tiny_model, allow_other_model=True)
 
 
 def test_check_compatible_errors():
