@@ -1,0 +1,50 @@
+"""Writing figures: HTML always (no dependencies), PNG too where kaleido and a Chromium browser are available."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_figure", "png_export_available"]
+
+log = logging.getLogger(__name__)
+
+
+def png_export_available() -> bool:
+    """True when plotly can render PNG here (kaleido installed and a Chromium browser found)."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    import shutil
+
+    return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")) or bool(
+        os.environ.get("BROWSER_PATH")
+    )
+
+
+def write_figure(figure: Any, path: str | Path, *, png: bool | None = None) -> list[Path]:
+    """Write ``figure`` to ``path`` (``.html``), plus a ``.png`` beside it when possible. Returns the paths written.
+
+    ``png=None`` writes PNG only when :func:`png_export_available`; ``png=True`` insists (raises if it cannot).
+    """
+    html = Path(path).with_suffix(".html")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    tmp = html.with_suffix(".html.tmp")
+    figure.write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+    os.replace(tmp, html)
+    written = [html]
+    if png is None:
+        png = png_export_available()
+    if png:
+        target = html.with_suffix(".png")
+        try:
+            figure.write_image(str(target), width=1000, height=600)
+            written.append(target)
+        except Exception as error:  # kaleido/browser problems must not lose the HTML figure
+            if png is True and not png_export_available():
+                raise
+            log.warning("PNG export failed (%s); the HTML figure is at %s", error, html)
+    return written
