@@ -133,12 +133,12 @@ class _Checker:
             return None
         return value
 
-    def texts(self, value: Any, path: str, *, exactly: int | None = None, at_least: int | None = None) -> list[str]:
+    def texts(self, value: Any, path: str, what: str, *, exactly: int | None = None) -> list[str]:
         """A list of distinct non-empty strings; returns the good ones (may be fewer than expected)."""
         if not isinstance(value, list):
             self.add(path, f"must be a list of strings, got {type(value).__name__}")
             return []
-        self._count(value, path, "items", exactly, at_least)
+        self._count(value, path, what, exactly, None)
         good: list[str] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(value):
@@ -175,13 +175,13 @@ class _Checker:
                 self.add(f"{path}.{key}", f"unknown key; the allowed keys are {', '.join(keys)}")
         return value
 
-    def objects(self, value: Any, path: str, keys: tuple[str, ...], *, exactly: int | None = None,
+    def objects(self, value: Any, path: str, keys: tuple[str, ...], *, what: str, exactly: int | None = None,
                 at_least: int | None = None) -> list[tuple[str, ...]]:
         """A list of objects with exactly ``keys`` and non-empty string values; returns the good ones as tuples."""
         if not isinstance(value, list):
             self.add(path, f"must be a list of objects with the keys {', '.join(keys)}, got {type(value).__name__}")
             return []
-        self._count(value, path, "entries", exactly, at_least)
+        self._count(value, path, what, exactly, at_least)
         good = []
         for index, item in enumerate(value):
             item_path = f"{path}[{index}]"
@@ -230,7 +230,7 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
     pairs: list[tuple[str, ...]] = []
     if "system_prompts" in data:
         pairs = check.objects(data["system_prompts"], "system_prompts", ("positive", "negative"),
-                              exactly=N_PROMPT_PAIRS)
+                              exactly=N_PROMPT_PAIRS, what="prompt pairs")
         for index, (positive, negative) in enumerate(pairs):
             if _normalised(positive) == _normalised(negative):
                 check.add(f"system_prompts[{index}]", "positive and negative prompts are the same; the positive one "
@@ -242,12 +242,15 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
         questions = check.object(data["questions"], "questions", ("extract", "eval"))
         if questions is not None:
             if "extract" in questions:
-                extract = check.texts(questions["extract"], "questions.extract", exactly=N_QUESTIONS)
+                extract = check.texts(questions["extract"], "questions.extract", "questions",
+                                      exactly=N_QUESTIONS)
             if "eval" in questions:
-                evaluate = check.texts(questions["eval"], "questions.eval", exactly=N_QUESTIONS)
-            extract_keys = {_normalised(text): index for index, text in enumerate(questions.get("extract") or [])
+                evaluate = check.texts(questions["eval"], "questions.eval", "questions", exactly=N_QUESTIONS)
+            extract_list = questions.get("extract") if isinstance(questions.get("extract"), list) else []
+            eval_list = questions.get("eval") if isinstance(questions.get("eval"), list) else []
+            extract_keys = {_normalised(text): index for index, text in enumerate(extract_list)
                             if isinstance(text, str)}
-            for index, text in enumerate(questions.get("eval") or []):
+            for index, text in enumerate(eval_list):
                 if isinstance(text, str) and text.strip() and _normalised(text) in extract_keys:
                     check.add(f"questions.eval[{index}]", f"also appears as questions.extract"
                                                           f"[{extract_keys[_normalised(text)]}]; the splits must be "
@@ -262,12 +265,13 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
 
     graded: list[str] = []
     if data.get("graded_system_prompts") is not None:
-        graded = check.texts(data["graded_system_prompts"], "graded_system_prompts", exactly=N_GRADED_PROMPTS)
+        graded = check.texts(data["graded_system_prompts"], "graded_system_prompts", "prompts",
+                             exactly=N_GRADED_PROMPTS)
 
     examples: list[tuple[str, ...]] = []
     if data.get("many_shot_examples") is not None:
         examples = check.objects(data["many_shot_examples"], "many_shot_examples", ("question", "answer"),
-                                 at_least=MIN_MANY_SHOT)
+                                 at_least=MIN_MANY_SHOT, what="examples")
 
     rule = data.get("rule")
     if rule is not None:

@@ -1,8 +1,8 @@
 """A real HTTP server on 127.0.0.1 that speaks Anthropic's wire format, for testing every Claude code path offline.
 
 It implements ``POST /v1/messages`` and the Message Batches API (``POST /v1/messages/batches``,
-``GET /v1/messages/batches/{id}``, ``GET /v1/messages/batches/{id}/results``). What the "model" says is decided by a
-reply function ``reply(request_json) -> str | list | dict | Fault``:
+``GET /v1/messages/batches/{id}``, ``GET .../{id}/results`` as JSONL, ``POST .../{id}/cancel``). What the "model"
+says is decided by a reply function ``reply(request_json) -> str | list | dict | Fault``:
 
 * ``str``: the text of one text block;
 * ``list``: the content blocks themselves (e.g. a ``tool_use`` block);
@@ -132,15 +132,17 @@ class FakeAnthropic:
 
     ``reply`` is a function of the request JSON, a constant string, or a list of answers used in turn (the last
     one repeats). ``batch_polls`` is how many ``GET /v1/messages/batches/{id}`` a batch stays ``in_progress``.
-    ``api_key``: when set, requests without that ``x-api-key`` get a 401.
+    ``api_key``: when set, requests without that ``x-api-key`` get a 401. ``reject_temperature``: answer requests
+    that set ``temperature`` with the 400 that newer models give.
     """
 
     def __init__(self, reply: Reply | str | list | None = None, *, model: str | None = None,
-                 batch_polls: int = 1, api_key: str | None = None) -> None:
+                 batch_polls: int = 1, api_key: str | None = None, reject_temperature: bool = False) -> None:
         self._reply = _as_reply(reply if reply is not None else "50")
         self.model = model
         self.batch_polls = batch_polls
         self.api_key = api_key
+        self.reject_temperature = reject_temperature
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, str, Any]] = []  # (endpoint, path, json body)
         self._faults: deque[Fault] = deque()
@@ -198,6 +200,11 @@ class FakeAnthropic:
         return [body for name, _, body in self.requests if name == endpoint]
 
     # ---------------------------------------------------------------------------------------- the "model"
+    def _validate(self, body: Any) -> None:
+        _validate_messages_request(body)
+        if self.reject_temperature and "temperature" in body:
+            raise _ApiError(400, "invalid_request_error", "`temperature` is deprecated for this model.")
+
     def _next_fault(self) -> Fault | None:
         with self._lock:
             return self._faults.popleft() if self._faults else None
@@ -271,7 +278,7 @@ class FakeAnthropic:
             raise _ApiError(400, "invalid_request_error", "custom_id values must be unique and match "
                                                           "^[a-zA-Z0-9_-]{1,64}$")
         for r in requests:
-            _validate_messages_request(r.get("params"))
+            self._validate(r.get("params"))
         batch = _Batch(id=f"msgbatch_{uuid.uuid4().hex[:24]}", requests=requests, created_at=_now(),
                        polls_left=self.batch_polls)
         with self._lock:
@@ -301,6 +308,14 @@ class FakeAnthropic:
             batch.polls_left -= 1
         if finish:
             self._finish_batch(batch)
+        return self._batch_json(batch)
+
+    def _cancel_batch(self, batch_id: str) -> dict:
+        batch = self._get_batch(batch_id)
+        with self._lock:
+            if batch.ended_at is None:
+                batch.results = [{"custom_id": r["custom_id"], "result": {"type": "canceled"}} for r in batch.requests]
+                batch.ended_at = _now()
         return self._batch_json(batch)
 
     def _get_batch(self, batch_id: str) -> _Batch:
@@ -442,10 +457,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         try:
             body = self._read_json()
+            cancel = re.fullmatch(r"/v1/messages/batches/([A-Za-z0-9_]+)/cancel", path)
             if path == "/v1/messages":
                 endpoint = "messages"
             elif path == "/v1/messages/batches":
                 endpoint = "batches.create"
+            elif cancel:
+                endpoint = "batches.cancel"
             else:
                 raise _ApiError(404, "not_found_error", f"no route POST {path}")
             with fake._lock:
@@ -455,7 +473,10 @@ class _Handler(BaseHTTPRequestHandler):
             if endpoint == "batches.create":
                 self._send_json(200, fake._create_batch(body))
                 return
-            _validate_messages_request(body)
+            if cancel:
+                self._send_json(200, fake._cancel_batch(cancel.group(1)))
+                return
+            fake._validate(body)
             fault = fake._next_fault()
             answer: Any = None
             if fault is None:

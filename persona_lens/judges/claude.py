@@ -1,8 +1,9 @@
 """`ClaudeJudge`: Claude scores (question, answer) pairs against a rubric through the Anthropic API.
 
 The paper's judge read one output token's top-20 logprobs; the Anthropic API gives no logprobs, so Claude is asked
-for the number itself (temperature 0, a few output tokens) and the reply is parsed: a number 0-100 is the score,
-``REFUSAL`` is None, anything else is None with a logged reason (never an exception).
+for the number itself (a few output tokens) and the reply is parsed: a number 0-100 is the score, ``REFUSAL`` is
+None, anything else is None with a logged reason (never an exception). Temperature 0 is requested; newer models
+reject ``temperature`` ("deprecated for this model"), and then the judge drops it and carries on without.
 
 Requests run concurrently (``max_concurrency``), with our own bounded retries (exponential backoff with jitter,
 honouring ``retry-after``) on rate limits, server errors, overload, timeouts and connection errors; an item that
@@ -18,6 +19,7 @@ Haiku), so short rubrics simply are not cached; marking them costs nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -108,11 +110,17 @@ class Price:
 
 
 PRICES: tuple[tuple[str, Price], ...] = (
-    # Anthropic list prices, USD per million tokens, as of late 2025. First matching prefix wins.
+    # Anthropic list prices, USD per million tokens, as of late 2025 (Sonnet: prompts under 200k tokens).
+    # First matching prefix wins; a model not listed (a newer one) has no price rather than a guessed one.
     ("claude-opus-4-6", Price(5.0, 25.0)),
     ("claude-opus-4-5", Price(5.0, 25.0)),
-    ("claude-opus-4", Price(15.0, 75.0)),  # Opus 4 and 4.1
-    ("claude-sonnet-4", Price(3.0, 15.0)),  # Sonnet 4 and 4.5 (prompts under 200k tokens)
+    ("claude-opus-4-1", Price(15.0, 75.0)),
+    ("claude-opus-4-0", Price(15.0, 75.0)),
+    ("claude-opus-4-2025", Price(15.0, 75.0)),
+    ("claude-sonnet-4-6", Price(3.0, 15.0)),
+    ("claude-sonnet-4-5", Price(3.0, 15.0)),
+    ("claude-sonnet-4-0", Price(3.0, 15.0)),
+    ("claude-sonnet-4-2025", Price(3.0, 15.0)),
     ("claude-haiku-4-5", Price(1.0, 5.0)),
     ("claude-3-7-sonnet", Price(3.0, 15.0)),
     ("claude-3-5-sonnet", Price(3.0, 15.0)),
@@ -208,6 +216,10 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {str(error)[:120]}"
 
 
+def _rejects_temperature(error: BaseException | None) -> bool:
+    return isinstance(error, anthropic.BadRequestError) and "temperature" in str(error)
+
+
 def _run_coroutine(make: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion from sync code, also when an event loop already runs here (Jupyter)."""
     try:
@@ -224,7 +236,8 @@ class ClaudeJudge:
 
     ``client``: an ``anthropic.Anthropic`` (its key and base URL are reused) or ``anthropic.AsyncAnthropic`` (used
     as is; keep to one event loop). Without a client, ``api_key`` / ``$ANTHROPIC_API_KEY`` and ``base_url`` /
-    ``$ANTHROPIC_BASE_URL`` are used. ``use_batches``: True, False, or ``"auto"`` (batches for jobs of more than
+    ``$ANTHROPIC_BASE_URL`` are used. ``temperature``: 0 by default, None to leave it out (it is left out by
+    itself once the model rejects it). ``use_batches``: True, False, or ``"auto"`` (batches for jobs of more than
     ``batch_threshold`` distinct items). ``timeout`` is per request, in seconds; ``batch_timeout`` bounds the wait
     for a batch (the API ends every batch within 24 h).
     """
@@ -246,6 +259,7 @@ class ClaudeJudge:
         retry_base_delay: float = 1.0,
         retry_max_delay: float = 60.0,
         max_tokens: int = MAX_TOKENS,
+        temperature: float | None = 0.0,
     ) -> None:
         self._api_key = require_api_key(api_key, client)
         if max_concurrency < 1 or max_retries < 0:
@@ -265,6 +279,7 @@ class ClaudeJudge:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.max_tokens = max_tokens
+        self.temperature = temperature
         self._usage = Usage()
         self._batch_usage = Usage()
         self._lock = threading.Lock()
@@ -325,9 +340,10 @@ class ClaudeJudge:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "temperature": 0.0,
             "messages": [{"role": "user", "content": user}],
         }
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
         if system:
             params["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         return params
@@ -411,13 +427,23 @@ class ClaudeJudge:
 
         async def one(index: int) -> Verdict:
             async with semaphore:
-                try:
-                    message = await self._with_retries(lambda: client.messages.create(**params[index]),
-                                                       f"request for item {index}")
-                except _GaveUp as failure:
-                    return Verdict(None, str(failure), False)
-                self._count_message(message)
-                return _verdict_of_message(message)
+                while True:
+                    body = dict(params[index])
+                    extra = {"temperature": body.pop("temperature")} if "temperature" in body else None
+                    if self.temperature is None:
+                        extra = None
+                    try:
+                        create = functools.partial(client.messages.create, **body, extra_body=extra)
+                        message = await self._with_retries(create, f"request for item {index}")
+                    except _GaveUp as failure:
+                        if extra and _rejects_temperature(failure.__cause__):
+                            if self.temperature is not None:
+                                log.warning("%s rejects temperature; sending requests without it", self.model)
+                                self.temperature = None
+                            continue
+                        return Verdict(None, str(failure), False)
+                    self._count_message(message)
+                    return _verdict_of_message(message)
 
         return list(await asyncio.gather(*(one(i) for i in indices)))
 

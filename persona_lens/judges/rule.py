@@ -33,6 +33,10 @@ from persona_lens.judges.base import Score
 __all__ = [
     "RULES",
     "RuleJudge",
+    "coherence_factors",
+    "count_emoji",
+    "loop_fraction",
+    "pirate_markers",
     "score_coherence",
     "score_emoji",
     "score_french",
@@ -139,6 +143,8 @@ _STRONG_PIRATE = {
     "walk the plank": r"\bwalk(?:s|ed|ing)? the plank\b",
     "jolly roger": r"\bjolly roger\b",
     "o'": r"\bo'(?=\s)",
+    "me (my)": r"\bme (?:favourite|favorite|ship|crew|belly|bones|hammock|treasure|booty|parrot|bag|boots|lads?|"
+               r"beauty|gold|sword|cutlass|trusty|old|own|mates?)\b",
     "-in'": r"[a-z]in'(?![a-z])",
     "i be": r"(?:^|[.!?,;:]\s*)(?:i|we|they|there) be\b",  # "I be thinkin'", "There be dragons"
 }
@@ -208,48 +214,64 @@ _EMOJI_RANGES = (
     (0x1F000, 0x1F0FF),  # mahjong and playing cards
     (0x1F170, 0x1F251),  # enclosed letters and ideographs used as emoji
     (0x1F300, 0x1FAFF),  # pictographs, emoticons, transport, supplemental symbols
-    (0x2600, 0x27BF),  # miscellaneous symbols and dingbats
-    (0x2300, 0x23FF),  # watch, hourglass, alarm clock, media buttons
-    (0x2B05, 0x2B07),
-    (0x2B1B, 0x2B1C),
-    (0x2B50, 0x2B50),
-    (0x2B55, 0x2B55),
-    (0x3030, 0x3030),
-    (0x303D, 0x303D),
-    (0x3297, 0x3297),
-    (0x3299, 0x3299),
 )
-_ZWJ, _VARIATION_SELECTOR = 0x200D, 0xFE0F
+
+
+def _code_points(spec: str) -> frozenset[int]:
+    """Code points from a compact spec: hex numbers and hex ranges ``a-b``, separated by spaces."""
+    points: set[int] = set()
+    for part in spec.split():
+        low, _, high = part.partition("-")
+        points.update(range(int(low, 16), int(high or low, 16) + 1))
+    return frozenset(points)
+
+
+# Emoji in the Basic Multilingual Plane (Unicode emoji-data, Emoji=Yes), from blocks that also hold plain symbols
+# (✓, ☐, ♩, →, ©) that must not count. A plain symbol followed by the emoji variation selector U+FE0F counts too.
+_BMP_EMOJI = _code_points(
+    "231A-231B 2328 23CF 23E9-23F3 23F8-23FA 24C2 25AA-25AB 25B6 25C0 25FB-25FE "
+    "2600-2604 260E 2611 2614-2615 2618 261D 2620 2622-2623 2626 262A 262E-262F 2638-263A 2640 2642 2648-2653 "
+    "265F-2660 2663 2665-2666 2668 267B 267E-267F 2692-2697 2699 269B-269C 26A0-26A1 26A7 26AA-26AB 26B0-26B1 "
+    "26BD-26BE 26C4-26C5 26C8 26CE-26CF 26D1 26D3-26D4 26E9-26EA 26F0-26F5 26F7-26FA 26FD "
+    "2702 2705 2708-270D 270F 2712 2714 2716 271D 2721 2728 2733-2734 2744 2747 274C 274E 2753-2755 2757 "
+    "2763-2764 2795-2797 27A1 27B0 27BF 2934-2935 2B05-2B07 2B1B-2B1C 2B50 2B55 3030 303D 3297 3299"
+)
+_ZWJ, _VARIATION_SELECTOR, _KEYCAP = 0x200D, 0xFE0F, 0x20E3
 _SKIN_TONES = (0x1F3FB, 0x1F3FF)
 _REGIONAL_INDICATORS = (0x1F1E6, 0x1F1FF)
 _EMOJI_SCORES = (0.0, 60.0, 85.0, 100.0)  # by number of emoji; 3 or more -> 100
 
 
 def _is_emoji_component(code: int) -> bool:
-    """Joiners, variation selectors, skin tones and keycap marks: parts of an emoji that do not count on their own."""
+    """Joiners, variation selectors, skin tones, keycap marks and tags: parts of an emoji that do not count alone."""
     return (
-        code in (_ZWJ, _VARIATION_SELECTOR, 0x20E3)
+        code in (_ZWJ, _VARIATION_SELECTOR, _KEYCAP)
         or _SKIN_TONES[0] <= code <= _SKIN_TONES[1]
         or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
     )
 
 
-def _is_emoji(code: int) -> bool:
+def _is_emoji(code: int, next_code: int | None = None) -> bool:
+    """Whether this code point is an emoji (``next_code``, the one after it, catches a symbol + U+FE0F)."""
     if _is_emoji_component(code):
         return False
-    if _REGIONAL_INDICATORS[0] <= code <= _REGIONAL_INDICATORS[1]:
+    if code in _BMP_EMOJI or _REGIONAL_INDICATORS[0] <= code <= _REGIONAL_INDICATORS[1]:
         return True
-    return any(low <= code <= high for low, high in _EMOJI_RANGES)
+    if any(low <= code <= high for low, high in _EMOJI_RANGES):
+        return True
+    return next_code == _VARIATION_SELECTOR and not code <= 0x20  # ©️ ™️ ↔️ 7️⃣: a symbol in emoji style
 
 
 def count_emoji(answer: str) -> int:
     """Number of emoji in ``answer``; a ZWJ sequence (👨‍👩‍👧) or a flag (two regional indicators) counts once."""
+    text = _clean(answer)
     count = 0
     previous = None
     pending_flag = False
-    for char in _clean(answer):
+    for index, char in enumerate(text):
         code = ord(char)
-        if _is_emoji(code):
+        next_code = ord(text[index + 1]) if index + 1 < len(text) else None
+        if _is_emoji(code, next_code):
             is_flag_half = _REGIONAL_INDICATORS[0] <= code <= _REGIONAL_INDICATORS[1]
             if previous == _ZWJ:
                 pass  # continues a joined sequence
@@ -320,9 +342,10 @@ def coherence_factors(answer: str) -> dict[str, float]:
     if not words:
         return {"length": 0.0, "letters": 0.0, "trigrams": 0.0, "loops": 0.0}
     length = min(1.0, 0.4 + 0.15 * (len(words) - 1))
-    visible = [char for char in text if not char.isspace() and not _is_emoji(ord(char))
+    visible = [char for index, char in enumerate(text) if not char.isspace()
+               and not _is_emoji(ord(char), ord(text[index + 1]) if index + 1 < len(text) else None)
                and not _is_emoji_component(ord(char))]
-    share = sum(char.isalnum() for char in visible) / len(visible)
+    share = sum(char.isalnum() for char in visible) / len(visible) if visible else 0.0
     letters = _clamp01((share - 0.3) / 0.4)
     if len(words) >= 3:
         trigrams = list(zip(words, words[1:], words[2:]))

@@ -1,4 +1,4 @@
-"""Writing figures: HTML always (no dependencies), PNG too where kaleido and a Chromium browser are available."""
+"""Writing figures: self-contained HTML always (works offline), PNG too where kaleido and a Chromium browser are available."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def write_figure(figure: Any, path: str | Path, *, png: bool | None = None) -> l
     html = Path(path).with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
     tmp = html.with_suffix(".html.tmp")
-    figure.write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+    figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)
     os.replace(tmp, html)
     written = [html]
     if png is None:

@@ -302,6 +302,7 @@ def test_batch_that_never_ends_is_cancelled_and_bounded(server):
     start = time.perf_counter()
     assert judge.score(RUBRIC, [("q", "score=3")]) == [3.0]  # fell back to a normal request
     assert time.perf_counter() - start < 5
+    assert server.counts["batches.cancel"] == 1
     assert server.counts["messages"] == 1
 
 
@@ -323,3 +324,19 @@ def test_a_given_client_is_used(server, monkeypatch, kind):
     cls = anthropic.Anthropic if kind == "sync" else anthropic.AsyncAnthropic
     judge = ClaudeJudge(client=cls(base_url=server.url, api_key="test"), retry_base_delay=0.001)
     assert judge.score(RUBRIC, [("q", "score=19")]) == [19.0]
+
+
+def test_temperature_is_dropped_for_models_that_reject_it(caplog):
+    with FakeAnthropic(echo_score, reject_temperature=True) as server:
+        judge = make_judge(server)
+        with caplog.at_level(logging.WARNING):
+            assert judge.score(RUBRIC, [("q1", "score=1"), ("q2", "score=2")]) == [1.0, 2.0]
+        assert judge.temperature is None and "rejects temperature" in caplog.text
+        assert server.counts["messages"] <= 4
+        judge.score(RUBRIC, [("q3", "score=3")])
+        assert "temperature" not in server.bodies()[-1]
+
+
+def test_temperature_zero_is_sent_when_accepted(server):
+    make_judge(server).score(RUBRIC, [("q", "score=1")])
+    assert server.bodies()[0]["temperature"] == 0.0
