@@ -19,6 +19,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 COMMAND_MODULES: list[str] = [
     "persona_lens.traits_cli",
+    "persona_lens.extract_cli",
+    "persona_lens.sweep_cli",
     "persona_lens.export_cli",
 ]
 

@@ -124,6 +124,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     use_cache: bool = True,
     progress: bool = False,
@@ -132,7 +133,8 @@ def generate(
     """Generate a reply to each conversation (chat messages, or prompt token ids) with the installed hooks active.
 
     ``temperature=0`` is greedy. Rows stop at an end-of-turn token; the batch stops when every row has.
-    Prompts are batched by length to limit padding; results come back in input order.
+    Prompts are batched by length to limit padding; results come back in input order. Sampling uses
+    ``seeds[i]`` for conversation ``i`` when given (stable keys for resumable jobs), else ``seed + i``.
     """
     if not isinstance(model, HookedLM):
         raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
@@ -143,6 +145,9 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore[arg-type]
                for c in conversations]
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} conversations")
+    row_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
     stops = stop_token_ids(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses: list[list[int]] = [[] for _ in prompts]
@@ -152,7 +157,7 @@ def generate(
         index = order[start : start + batch_size]
         batch_responses, batch_stopped = _generate_batch(
             model, [prompts[i] for i in index], index, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seeds=[seed + i for i in index], use_cache=use_cache, stops=stops,
+            top_p=top_p, seeds=[row_seeds[i] for i in index], use_cache=use_cache, stops=stops,
         )
         for i, response, was_stopped in zip(index, batch_responses, batch_stopped):
             responses[i], stopped[i] = response, was_stopped

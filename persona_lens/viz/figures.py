@@ -1,4 +1,4 @@
-"""Writing figures: self-contained HTML always (works offline), PNG too where kaleido and a Chromium browser are available."""
+"""Writing figures: self-contained HTML always (works offline), PNG where kaleido and Chromium are available."""
 
 from __future__ import annotations
 

@@ -1,0 +1,193 @@
+"""Figures for monitoring, finetuning shift and data screening.
+
+* :func:`token_projection_html`: text coloured token by token by its projection on a persona vector (red = towards
+  the trait, blue = away), a self-contained HTML page with the value of each token on hover;
+* :func:`sweep_figure`: projection vs judged score for a monitoring sweep, one colour per condition, plus the
+  condition means;
+* :func:`shift_figure`: finetuning shift vs trait score, one point per finetuned model;
+* :func:`histogram_figure`: overlaid histograms (projection differences of several datasets).
+
+Figures are plotly objects; write them with :func:`persona_lens.viz.figures.write_figure`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+__all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
+           "shift_figure", "histogram_figure"]
+
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf"]
+
+
+def projection_colour(value: float | None, scale: float, center: float = 0.0) -> str:
+    """CSS background for a projection: red above ``center``, blue below, opacity ``|value - center| / scale``."""
+    if value is None or math.isnan(value) or scale <= 0:
+        return "transparent"
+    strength = min(1.0, abs(value - center) / scale)
+    red, green, blue = (214, 39, 40) if value >= center else (31, 119, 180)
+    return f"rgba({red},{green},{blue},{0.85 * strength:.3f})"
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def _piece_html(piece: str) -> str:
+    text = html.escape(piece).replace("\n", "\u21b5<br>")
+    return text if text else "&#8203;"
+
+
+def token_projection_html(traces: Sequence[Any], *, trait: str | int = 0, title: str = "Projection per token",
+                          center: float | str = "prompt", scale: float | None = None, show_prompt: bool = True
+                          ) -> str:
+    """A self-contained HTML page: each trace's tokens coloured by their projection on ``trait``.
+
+    ``traces``: :class:`persona_lens.monitor.TokenTrace` objects (or anything with ``pieces``, ``prompt_length``,
+    ``projections [k, n]`` and ``traits``). ``center``: the value drawn white: a number, or ``"prompt"`` for the mean
+    projection over all prompt tokens shown (so the colour shows movement relative to the prompt). ``scale``: the
+    distance from ``center`` drawn at full colour (default: the largest one in the page).
+    """
+    blocks = []
+    all_values: list[float] = []
+    prompt_values: list[float] = []
+    chosen = []
+    for trace in traces:
+        index = trait if isinstance(trait, int) else list(trace.traits).index(trait)
+        values = [float(v) for v in trace.projections[index].tolist()]
+        chosen.append((trace, index, values))
+        start = 0 if show_prompt else trace.prompt_length
+        all_values += _finite(values[start:])
+        prompt_values += _finite(values[: trace.prompt_length])
+    if center == "prompt":
+        middle = sum(prompt_values) / len(prompt_values) if prompt_values else 0.0
+    elif isinstance(center, (int, float)):
+        middle = float(center)
+    else:
+        raise ValueError(f"center must be a number or 'prompt', got {center!r}")
+    if scale is None:
+        scale = max((abs(v - middle) for v in all_values), default=1.0) or 1.0
+    for number, (trace, index, values) in enumerate(chosen):
+        spans = []
+        for position, (piece, value) in enumerate(zip(trace.pieces, values)):
+            if position < trace.prompt_length and not show_prompt:
+                continue
+            if position == trace.prompt_length:
+                spans.append('<span class="boundary" title="reply starts here">\u25b6</span>')
+            shown = "n/a" if math.isnan(value) else f"{value:.3f}"
+            css = "prompt" if position < trace.prompt_length else "reply"
+            spans.append(f'<span class="tok {css}" style="background:{projection_colour(value, scale, middle)}" '
+                         f'title="token {position}: {html.escape(repr(piece))} projection {shown}">'
+                         f"{_piece_html(piece)}</span>")
+        reply = _finite(values[trace.prompt_length :])
+        mean_reply = f"{sum(reply) / len(reply):.3f}" if reply else "n/a"
+        last_prompt = values[trace.prompt_length - 1] if trace.prompt_length else float("nan")
+        blocks.append(
+            f'<div class="trace"><div class="meta">#{number} \u00b7 trait <b>{html.escape(trace.traits[index])}</b>'
+            f" \u00b7 last prompt token {last_prompt:.3f} \u00b7 mean over reply {mean_reply}</div>"
+            f'<div class="text">{"".join(spans)}</div></div>'
+        )
+    legend = (f'<span style="background:{projection_colour(middle - scale, scale, middle)}">&nbsp;{middle - scale:.2f}'
+              f'&nbsp;</span> <span>&nbsp;{middle:.2f}&nbsp;</span> <span style="background:'
+              f'{projection_colour(middle + scale, scale, middle)}">&nbsp;{middle + scale:.2f}&nbsp;</span>')
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; }}
+.trace {{ border-top: 1px solid #ddd; padding: 0.8em 0; }}
+.meta {{ color: #555; font-size: 0.9em; margin-bottom: 0.4em; }}
+.text {{ font-family: ui-monospace, monospace; line-height: 1.7; white-space: pre-wrap; }}
+.tok.prompt {{ color: #777; }}
+.boundary {{ color: #999; padding: 0 0.3em; }}
+</style></head><body>
+<h2>{html.escape(title)}</h2>
+<p>Colour: projection of each token's residual stream on the unit persona vector (hover a token for its value).
+Legend: {legend}</p>
+{"".join(blocks)}
+</body></html>
+"""
+
+
+def write_token_projection_html(traces: Sequence[Any], path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """Write :func:`token_projection_html` to ``path`` (atomically); returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(token_projection_html(traces, **kwargs), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def sweep_figure(result: Any, trait: str | None = None) -> go.Figure:
+    """Projection (x) vs mean judged score (y) per prompt of a :class:`~persona_lens.monitor.SweepResult`."""
+    j = result._trait_index(trait)
+    name = result.traits[j]
+    scores = result.prompt_scores()
+    figure = go.Figure()
+    summary = {row["condition"]: row for row in result.summary()}
+    for c, condition in enumerate(result.conditions()):
+        index = [i for i, p in enumerate(result.prompts) if p.condition == condition]
+        colour = _PALETTE[c % len(_PALETTE)]
+        figure.add_trace(go.Scatter(
+            x=[float(result.projections[i, j]) for i in index], y=[scores[i] for i in index], mode="markers",
+            name=condition, marker={"color": colour, "size": 7, "opacity": 0.6},
+            text=[result.prompts[i].question for i in index], hovertemplate="%{text}<br>%{x:.3f}, %{y:.1f}",
+        ))
+        row = summary[condition]
+        if row["mean_score"] is not None:
+            figure.add_trace(go.Scatter(
+                x=[row["mean_projection"][name]], y=[row["mean_score"]], mode="markers", showlegend=False,
+                marker={"color": colour, "size": 16, "symbol": "diamond", "line": {"width": 1.5, "color": "black"}},
+                error_y={"type": "data", "array": [row["sem_score"] or 0.0], "visible": True},
+                hovertemplate=f"{condition} mean<br>%{{x:.3f}}, %{{y:.1f}}",
+            ))
+    corr = result.correlations(name)
+    figure.update_layout(
+        title=(f"{result.kind} sweep, layer {result.layer}: r = {_fmt(corr['overall'])} overall, "
+               f"{_fmt(corr['within_condition'])} within condition (n = {corr['n_prompts']} prompts)"),
+        xaxis_title=f"projection of the last prompt token on {name}", yaxis_title=f"trait score ({result.judge_id})",
+        template="plotly_white",
+    )
+    return figure
+
+
+def shift_figure(labels: Sequence[str], shifts: Sequence[float], scores: Sequence[float | None], *,
+                 trait: str = "", score_name: str = "trait score", r: float | None = None) -> go.Figure:
+    """Finetuning shift (x) vs trait score (y), one labelled point per finetuned model."""
+    figure = go.Figure(go.Scatter(
+        x=list(shifts), y=list(scores), mode="markers+text", text=list(labels), textposition="top center",
+        marker={"size": 11, "color": _PALETTE[0]}, hovertemplate="%{text}<br>shift %{x:.3f}<br>score %{y:.1f}",
+    ))
+    title = f"Finetuning shift along {trait or 'the vector'} vs {score_name}"
+    if r is not None and not math.isnan(r):
+        title += f" (Pearson r = {r:.2f}, n = {sum(s is not None for s in scores)})"
+    figure.update_layout(title=title, xaxis_title="shift of the last prompt token (finetuned - base) . unit vector",
+                         yaxis_title=score_name, template="plotly_white")
+    return figure
+
+
+def histogram_figure(series: Mapping[str, Sequence[float]], *, title: str, xaxis: str, nbins: int = 50,
+                     overlay: bool = True) -> go.Figure:
+    """Histograms of several series (one per dataset), overlaid and semi-transparent when ``overlay``."""
+    figure = go.Figure()
+    for c, (label, values) in enumerate(series.items()):
+        finite = _finite([float(v) for v in values])
+        mean = f"{sum(finite) / len(finite):.3f}" if finite else "n/a"
+        figure.add_trace(go.Histogram(x=finite, name=f"{label} (n={len(finite)}, mean {mean})", nbinsx=nbins,
+                                      opacity=0.6 if overlay and len(series) > 1 else 0.9,
+                                      marker={"color": _PALETTE[c % len(_PALETTE)]}))
+    figure.update_layout(title=title, xaxis_title=xaxis, yaxis_title="samples", template="plotly_white",
+                         barmode="overlay" if overlay else "group")
+    return figure
