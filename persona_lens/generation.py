@@ -127,6 +127,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     use_cache: bool = True,
+    stop_at_eos: bool = True,
     progress: bool = False,
     desc: str = "generate",
 ) -> Generation:
@@ -135,6 +136,7 @@ def generate(
     ``temperature=0`` is greedy. Rows stop at an end-of-turn token; the batch stops when every row has.
     Prompts are batched by length to limit padding; results come back in input order. Sampling uses
     ``seeds[i]`` for conversation ``i`` when given (stable keys for resumable jobs), else ``seed + i``.
+    ``stop_at_eos=False`` always generates ``max_new_tokens`` (benchmarks).
     """
     if not isinstance(model, HookedLM):
         raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
@@ -148,7 +150,7 @@ def generate(
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} conversations")
     row_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
-    stops = stop_token_ids(model)
+    stops = stop_token_ids(model) if stop_at_eos else set()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses: list[list[int]] = [[] for _ in prompts]
     stopped: list[bool] = [False for _ in prompts]

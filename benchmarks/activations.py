@@ -1,0 +1,96 @@
+"""Activation collection vs a bare forward pass, side by side on the same inputs (issue: <= 1.1x time, <= 1.2x
+peak memory).
+
+    .venv/bin/python benchmarks/activations.py [--model smollm2-135m-instruct] [--batch 16] [--tokens 256]
+
+The bare pass runs the same blocks with no hooks (and, like collection, computes no logits). Collection keeps
+response-mean, prompt-mean and last-prompt-token activations at every layer. Time: median of interleaved repeats.
+Peak memory: on CUDA, the allocator's peak; on CPU, the process's peak resident set (VmHWM, reset before each
+measurement through /proc/self/clear_refs) above its resident set before the pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from persona_lens import load_model
+from persona_lens.activations import reduce_batch
+from persona_lens.chat import EncodedConversation, collate
+
+
+def _rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _peak(fn, device: torch.device) -> float:
+    """Extra peak memory (MiB) of ``fn()`` over what was resident before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak RSS of this process
+    before = _rss_kib("VmRSS")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    model = load_model(args.model, device=args.device)
+    device = model.device
+    generator = torch.Generator().manual_seed(0)
+    prompt = args.tokens // 4
+    conversations = [EncodedConversation(tuple(torch.randint(100, 1000, (args.tokens,), generator=generator).tolist()),
+                                         prompt, prompt, args.tokens) for _ in range(args.batch)]
+    batch = collate(conversations, 0, device)
+
+    def bare() -> None:
+        with torch.no_grad():
+            model.run_blocks(batch.input_ids, batch.attention_mask)
+
+    def collect() -> None:
+        reduce_batch(model, batch)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for fn in (bare, collect):
+        fn()
+    times: dict[str, list[float]] = {"bare": [], "collect": []}
+    for _ in range(args.repeats):
+        for name, fn in (("bare", bare), ("collect", collect)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    memory = {name: _peak(fn, device) for name, fn in (("bare", bare), ("collect", collect))}
+    t_bare, t_collect = statistics.median(times["bare"]), statistics.median(times["collect"])
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"model {args.model} on {name} ({torch.get_num_threads()} threads), batch {args.batch} x {args.tokens} "
+          f"tokens, {model.cfg.n_layers + 1} layers x 3 reductions")
+    print(f"time   bare {t_bare * 1000:8.1f} ms   collect {t_collect * 1000:8.1f} ms   ratio {t_collect / t_bare:.3f}")
+    print(f"memory bare {memory['bare']:8.1f} MiB  collect {memory['collect']:8.1f} MiB  ratio "
+          f"{memory['collect'] / max(memory['bare'], 1e-9):.3f}")
+
+
+if __name__ == "__main__":
+    main()
