@@ -76,18 +76,18 @@ def main() -> None:
         prompts = torch.randint(1000, 5000, (batch, args.prompt), generator=generator).tolist()
         ids = torch.tensor(prompts, device=device)
 
-        def ours():
+        def ours(prompts=prompts, batch=batch):
             from persona_lens.generation import generate
 
             with steer(model, vector, layer=layer, coef=1.0, positions="response"):
                 generate(model, prompts, max_new_tokens=new, batch_size=batch, stop_at_eos=False)
 
-        def transformers_generate():
+        def transformers_generate(ids=ids):
             with torch.no_grad():
                 hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                             do_sample=False, pad_token_id=0)
 
-        def transformer_lens():
+        def transformer_lens(ids=ids):
             with torch.no_grad():
                 bridge.generate(ids, max_new_tokens=new, do_sample=False, use_past_kv_cache=True, verbose=False,
                                 stop_at_eos=False)
