@@ -16,6 +16,8 @@ Usage::
 
     with FakeAnthropic(lambda request: "42") as server:
         client = anthropic.Anthropic(base_url=server.url, api_key="test")
+
+or the pytest fixture :func:`fake_anthropic` (a running server answering "50"; change it with ``set_reply``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeAnthropic", "Fault", "request_text", "count_tokens", "MAX_SLEEP_S"]
+import pytest
+
+__all__ = ["FakeAnthropic", "Fault", "fake_anthropic", "request_text", "count_tokens", "MAX_SLEEP_S"]
 
 MAX_SLEEP_S = 10.0
 """No fault ever sleeps longer than this (and the server's shutdown cuts every sleep short)."""
@@ -131,7 +135,8 @@ class FakeAnthropic:
     """The test server; a context manager (``with FakeAnthropic(reply) as server``) or ``start()``/``stop()``.
 
     ``reply`` is a function of the request JSON, a constant string, or a list of answers used in turn (the last
-    one repeats). ``batch_polls`` is how many ``GET /v1/messages/batches/{id}`` a batch stays ``in_progress``.
+    one repeats). A batch reports ``ended`` from its ``batch_polls``-th ``GET /v1/messages/batches/{id}`` on
+    (0: it ends as soon as it is created).
     ``api_key``: when set, requests without that ``x-api-key`` get a 401. ``reject_temperature``: answer requests
     that set ``temperature`` with the 400 that newer models give.
     """
@@ -517,6 +522,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, lines.encode(), content_type="application/binary")
         except _ApiError as error:
             self._send_error(error)
+
+
+@pytest.fixture
+def fake_anthropic():
+    """A running :class:`FakeAnthropic` (import this fixture into a conftest or test module to use it)."""
+    with FakeAnthropic() as server:
+        yield server
 
 
 def _selftest() -> None:  # pragma: no cover - a quick manual check: python tests/fake_anthropic.py

@@ -74,7 +74,8 @@ def require_api_key(api_key: str | None = None, client: Any = None) -> str | Non
 # ------------------------------------------------------------------------------------------ usage and prices
 @dataclass
 class Usage:
-    """Tokens and requests spent (cache writes and reads are counted apart from plain input tokens)."""
+    """Tokens and HTTP requests spent (retries and batch polls included); cache writes and reads are counted apart
+    from plain input tokens, as the API reports them."""
 
     input_tokens: int = 0
     output_tokens: int = 0
