@@ -93,8 +93,8 @@ def test_works_on_a_transformer_lens_model_built_from_config():
     native = _native_model()
     convs = _conversations(load_cached("tiny-llama"))  # token ids < 300 fit the native model's vocabulary
     acts = collect_activations(native, convs, progress=False)
+    names = [hook_name(layer, 2) for layer in range(3)]
     for i, conv in enumerate(convs):
-        names = [hook_name(layer, 2) for layer in range(3)]
-        _, cache = native.run_with_cache(torch.tensor([conv.input_ids]), names_filter=lambda n: n in names)
+        _, cache = native.run_with_cache(torch.tensor([conv.input_ids]), names_filter=names)
         manual = torch.stack([cache[n][0, conv.response_start : conv.response_end].mean(0) for n in names])
         torch.testing.assert_close(acts.response_mean[i], manual, rtol=1e-5, atol=1e-5)
