@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Judge", "Score", "fill_rubric", "check_rubric", "COHERENCE_RUBRIC"]
+__all__ = ["Judge", "DetailedJudge", "Score", "Verdict", "verdicts_of", "fill_rubric", "check_rubric",
+           "COHERENCE_RUBRIC"]
 
 Score = float | None
 """0-100, or None when the judge refused or gave no usable number."""
@@ -23,6 +25,33 @@ class Judge(Protocol):
     def judge_id(self) -> str: ...
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judged item: the score (0-100 or None), why it is None (``""`` when scored), and whether it is final.
+
+    ``cacheable`` is False for outcomes that say nothing about the item (transport failures), True otherwise.
+    """
+
+    score: Score
+    reason: str = ""
+    cacheable: bool = True
+
+
+@runtime_checkable
+class DetailedJudge(Judge, Protocol):
+    """A judge that can explain its Nones: ``score_detailed`` returns one :class:`Verdict` per item, in order."""
+
+    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]: ...
+
+
+def verdicts_of(judge: Judge, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+    """Verdicts from any judge: ``score_detailed`` when it has one, else scores where only numbers are final."""
+    if isinstance(judge, DetailedJudge):
+        return list(judge.score_detailed(rubric, items))
+    return [Verdict(s, "", True) if s is not None else Verdict(None, "no score (reason unknown)", False)
+            for s in judge.score(rubric, items)]
 
 
 def check_rubric(rubric: str) -> str:

@@ -18,38 +18,10 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from persona_lens.judges.base import Judge, Score, check_rubric
+from persona_lens.judges.base import DetailedJudge, Judge, Score, Verdict, check_rubric, verdicts_of
 
 __all__ = ["Verdict", "DetailedJudge", "CachedJudge", "CacheStats", "verdicts_of"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One judged item: the score (0-100 or None), why it is None (``""`` when scored), and whether it is final.
-
-    ``cacheable`` is False for outcomes that say nothing about the item (transport failures), True otherwise.
-    """
-
-    score: Score
-    reason: str = ""
-    cacheable: bool = True
-
-
-@runtime_checkable
-class DetailedJudge(Judge, Protocol):
-    """A judge that can explain its Nones: ``score_detailed`` returns one :class:`Verdict` per item, in order."""
-
-    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]: ...
-
-
-def verdicts_of(judge: Judge, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
-    """Verdicts from any judge: ``score_detailed`` when it has one, else scores where only numbers are final."""
-    if isinstance(judge, DetailedJudge):
-        return list(judge.score_detailed(rubric, items))
-    return [Verdict(s, "", True) if s is not None else Verdict(None, "no score (reason unknown)", False)
-            for s in judge.score(rubric, items)]
 
 
 @dataclass

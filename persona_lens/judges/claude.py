@@ -34,8 +34,7 @@ from typing import Any, Literal, TypeVar
 
 import anthropic
 
-from persona_lens.judges.base import Score, check_rubric
-from persona_lens.judges.cache import Verdict
+from persona_lens.judges.base import Score, Verdict, check_rubric
 
 __all__ = [
     "ClaudeJudge", "DEFAULT_MODEL", "Usage", "Price", "PRICES", "price_for", "estimate_cost", "parse_reply",
