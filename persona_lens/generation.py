@@ -64,8 +64,13 @@ def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: flo
         sorted_probs = sorted_probs * keep
         probs = torch.zeros_like(probs).scatter(-1, sorted_index, sorted_probs)
     assert generators is not None
-    draws = [torch.multinomial(probs[row].cpu(), 1, generator=gen) for row, gen in enumerate(generators)]
-    return torch.cat(draws).to(logits.device)
+    # Inverse-CDF sampling with one uniform draw per row from that row's own generator: batch-independent and
+    # vectorised (a per-row multinomial over the vocabulary costs more than the forward on small models).
+    uniform = torch.stack([torch.rand((), generator=gen, dtype=torch.float64) for gen in generators])
+    cdf = probs.double().cumsum(-1)
+    targets = uniform.to(cdf.device)[:, None] * cdf[:, -1:]
+    index = torch.searchsorted(cdf, targets, right=True).squeeze(-1)  # never a zero-probability token
+    return index.clamp(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()
