@@ -127,7 +127,7 @@ def _generate_missing(model: HookedLM, jobs: Sequence[ExtractionJob], store: Jso
     missing = [job for job in jobs if job.key not in records]
     if len(missing) < len(jobs):
         log.info("resuming: %d of %d replies already generated", len(jobs) - len(missing), len(jobs))
-    chunk = max(config.batch_size * 2, 1)
+    chunk = max(config.batch_size, 1)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc="extract: generate", unit="reply",
                disable=not progress)
     for start in range(0, len(missing), chunk):

@@ -243,3 +243,22 @@ def test_per_conversation_coefficients_follow_sorting_in_generate():
         with H.steer(model, v, layer=2, coef=float(coefs[i])):
             alone = generate(model, [prompt], max_new_tokens=5)
         assert together.response_ids[i] == alone.response_ids[0]
+
+
+def test_same_hooks_run_on_a_transformer_lens_model_built_from_config():
+    """The TL-native model (what replaced HookedTransformer) takes our hooks by their standard names."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    native = TransformerBridge.boot_native({"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64,
+                                            "d_vocab": 50, "n_ctx": 64, "act_fn": "gelu",
+                                            "normalization_type": "LN", "seed": 0})
+    v = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        _, clean = native.run_with_cache(ids, names_filter="blocks.1.hook_resid_post")
+        with H.steer(native, v, layer=2, coef=2.0, positions="response"):
+            _, steered = native.run_with_cache(ids, names_filter="blocks.1.hook_resid_post")
+    delta = steered["blocks.1.hook_resid_post"] - clean["blocks.1.hook_resid_post"]
+    torch.testing.assert_close(delta[0, -1], 2.0 * v[2])
+    assert delta[0, :-1].abs().max() == 0
+    assert not any(p._forward_hooks for p in native.hook_dict.values())
