@@ -21,6 +21,10 @@ COMMAND_MODULES: list[str] = [
     "persona_lens.traits_cli",
     "persona_lens.extract_cli",
     "persona_lens.sweep_cli",
+    "persona_lens.monitor_cli",
+    "persona_lens.finetune_cli",
+    "persona_lens.shift_cli",
+    "persona_lens.screen_cli",
     "persona_lens.export_cli",
 ]
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
@@ -180,14 +181,28 @@ def shift_figure(labels: Sequence[str], shifts: Sequence[float], scores: Sequenc
 
 def histogram_figure(series: Mapping[str, Sequence[float]], *, title: str, xaxis: str, nbins: int = 50,
                      overlay: bool = True) -> go.Figure:
-    """Histograms of several series (one per dataset), overlaid and semi-transparent when ``overlay``."""
+    """Histograms of several series (one per dataset) on common bins, overlaid and semi-transparent, each with a
+    dashed line at its mean. Counts are computed here (numpy), so the figure's size does not grow with the data.
+    """
+    arrays = {}
+    for label, values in series.items():
+        array = np.asarray(values, dtype=np.float64).ravel()
+        arrays[label] = array[np.isfinite(array)]
     figure = go.Figure()
-    for c, (label, values) in enumerate(series.items()):
-        finite = _finite([float(v) for v in values])
-        mean = f"{sum(finite) / len(finite):.3f}" if finite else "n/a"
-        figure.add_trace(go.Histogram(x=finite, name=f"{label} (n={len(finite)}, mean {mean})", nbinsx=nbins,
-                                      opacity=0.6 if overlay and len(series) > 1 else 0.9,
-                                      marker={"color": _PALETTE[c % len(_PALETTE)]}))
+    combined = np.concatenate(list(arrays.values())) if arrays else np.zeros(0)
+    if combined.size:
+        edges = np.histogram_bin_edges(combined, bins=nbins)
+        centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        for c, (label, values) in enumerate(arrays.items()):
+            colour = _PALETTE[c % len(_PALETTE)]
+            counts, _ = np.histogram(values, bins=edges)
+            mean = float(values.mean()) if values.size else math.nan
+            shown = "n/a" if math.isnan(mean) else f"{mean:.3g}"
+            figure.add_trace(go.Bar(x=centers, y=counts, width=widths, name=f"{label} (n={values.size}, mean {shown})",
+                                    marker={"color": colour},
+                                    opacity=0.55 if overlay and len(arrays) > 1 else 0.9))
+            if values.size:
+                figure.add_vline(x=mean, line={"color": colour, "dash": "dash", "width": 2})
     figure.update_layout(title=title, xaxis_title=xaxis, yaxis_title="samples", template="plotly_white",
-                         barmode="overlay" if overlay else "group")
+                         barmode="overlay" if overlay else "group", bargap=0)
     return figure

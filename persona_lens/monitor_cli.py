@@ -1,0 +1,413 @@
+"""``python -m persona_lens monitor``: project prompts on persona vectors, run the monitoring sweeps, colour tokens.
+
+Subcommands:
+
+* ``monitor project``: the last-prompt-token projection of some prompts on one or more vectors;
+* ``monitor sweep``: the system-prompt and/or many-shot sweep of a trait: generate, judge, correlate, plot;
+* ``monitor tokens``: generate replies and write an HTML page colouring each token by its projection.
+
+This module also holds the small argument helpers shared by the ``finetune``, ``shift`` and ``screen`` commands
+(vectors, layers, judges, prompt files, loading further models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli_options import (
+    add_judge_options,
+    add_model_options,
+    default_run_dir,
+    load_model_arg,
+    load_trait_arg,
+    parse_int_list,
+    slug,
+)
+
+__all__ = [
+    "configure_parser",
+    "run_project",
+    "run_sweep",
+    "run_tokens",
+    "load_named_model",
+    "add_vector_arguments",
+    "load_vectors_arg",
+    "default_vector_paths",
+    "parse_layer_spec",
+    "judges_from_args",
+    "read_prompts",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shared helpers (model and judge options come from persona_lens.cli_options / persona_lens.judges.factory)
+
+
+def load_named_model(name: str, args: argparse.Namespace):
+    """Load a model other than ``--model`` (a finetuned folder, a base model) with the ``--device/--dtype`` options."""
+    from persona_lens.models import load_model
+
+    try:
+        return load_model(name, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
+    except (OSError, ValueError) as error:
+        raise BadInput(f"cannot load model {name!r}: {error}") from None
+
+
+def add_vector_arguments(parser: argparse.ArgumentParser, required: bool = True, default_help: str = "") -> None:
+    parser.add_argument("--vector", dest="vectors", action="append", required=required, type=Path,
+                        metavar="VECTOR.safetensors",
+                        help="a persona vector saved by persona_lens (repeat for several traits at once)"
+                             + default_help)
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="accept vectors extracted from another model with the same shape (e.g. the base of a "
+                             "finetune)")
+
+
+def load_vectors_arg(paths: list[Path], model: Any = None, allow_other_model: bool = False) -> list[Any]:
+    from persona_lens.vectors import VectorFileError, VectorMismatchError, load_vector
+
+    vectors = []
+    for path in paths:
+        try:
+            vec = load_vector(path)
+        except (FileNotFoundError, VectorFileError) as error:
+            raise BadInput(str(error)) from None
+        if model is not None:
+            try:
+                vec.check_compatible(model, allow_other_model=allow_other_model)
+            except VectorMismatchError as error:
+                raise BadInput(f"{path}: {error}") from None
+        vectors.append(vec)
+    return vectors
+
+
+def parse_layer_spec(spec: str | int, n_layers: int, *, allow_all: bool = False) -> int | list[int] | str:
+    """``"20"`` -> 20; ``"10,12"`` / ``"10-12"`` -> a list; ``"all"`` -> "all" (when allowed). Checked against the
+    model's ``n_layers``."""
+    from persona_lens.layers import check_layer
+
+    text = str(spec).strip()
+    if text == "all":
+        if not allow_all:
+            raise BadInput("--layer all is not accepted here; give one layer number")
+        return "all"
+    try:
+        if text.isdigit():
+            return check_layer(int(text), n_layers)
+        layers = parse_int_list(text)
+        return [check_layer(layer, n_layers) for layer in layers]
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise BadInput(f"layer {spec!r}: {error}") from None
+
+
+def default_vector_paths(args: argparse.Namespace, trait_name: str) -> list[Path]:
+    """``--vector`` paths, or the vector extracted into the default run folder of ``--model`` and the trait."""
+    if args.vectors:
+        return list(args.vectors)
+    from persona_lens.extract import vector_path
+
+    path = vector_path(default_run_dir(args.model, trait_name) / "extract")
+    if not path.exists():
+        raise BadInput(f"no --vector given and no extracted vector at {path}; pass --vector FILE or run "
+                       f"`python -m persona_lens extract --trait {trait_name}` first")
+    return [path]
+
+
+def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None) -> tuple[Any, Any]:
+    """``(trait judge, coherence judge)`` from the shared ``--judge/--claude-model/--judge-cache`` options."""
+    from persona_lens.judges.factory import build_judges
+
+    try:
+        return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+
+
+def read_prompts(path: Path) -> list[list[dict[str, str]]]:
+    """Prompts from a file: ``.txt`` one user question a line; ``.jsonl`` one ``{"messages": [...]}`` (ending with a
+    user turn; a final assistant turn is dropped) or ``{"question": ..., "system": ...}`` a line."""
+    from persona_lens.chat import make_messages
+
+    if not path.is_file():
+        raise BadInput(f"no prompt file at {path}")
+    prompts: list[list[dict[str, str]]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                prompts.append(make_messages(line.rstrip("\n")))
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BadInput(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            if isinstance(data, dict) and isinstance(data.get("question"), str):
+                prompts.append(make_messages(data["question"], system=data.get("system")))
+                continue
+            messages = data.get("messages") if isinstance(data, dict) else None
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages):
+                raise BadInput(f"{path}:{number}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}} "
+                               "or {\"question\": ...}")
+            if messages[-1]["role"] == "assistant":
+                messages = messages[:-1]
+            if not messages or messages[-1]["role"] != "user":
+                raise BadInput(f"{path}:{number}: the prompt must end with a user message")
+            prompts.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not prompts:
+        raise BadInput(f"{path} holds no prompt")
+    return prompts
+
+
+def _prompts_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
+    from persona_lens.chat import make_messages
+
+    if args.prompts is not None and args.question:
+        raise BadInput("give --question or --prompts, not both")
+    if args.prompts is not None:
+        return read_prompts(args.prompts)
+    if args.question:
+        return [make_messages(q, system=args.system) for q in args.question]
+    raise BadInput("give at least one --question, or --prompts FILE")
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--question", action="append", metavar="TEXT",
+                        help="a user question (repeat for several)")
+    parser.add_argument("--system", metavar="TEXT", default=None, help="system prompt for every --question")
+    parser.add_argument("--prompts", type=Path, metavar="FILE",
+                        help="prompts file: .txt (one question a line) or .jsonl ({\"messages\": [...]} or "
+                             "{\"question\": ..., \"system\": ...} a line)")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parser
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "monitor",
+        help="monitor persona vectors: last-prompt projections, system-prompt / many-shot sweeps, token colouring",
+        description=(
+            "Monitoring (paper section 4): the projection of the last prompt token's activation (before the reply) "
+            "on the unit persona vector at one layer predicts how strongly the reply will show the trait. "
+            "Layers: 0 = embeddings, l = output of block l."
+        ),
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    commands = parser.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
+
+    project = commands.add_parser(
+        "project", help="last-prompt-token projection of prompts on one or more vectors",
+        description="Print the projection of each prompt's last token (at --layer) on the unit vector of each "
+                    "--vector; no generation.")
+    add_model_options(project)
+    add_vector_arguments(project)
+    project.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    _add_prompt_arguments(project)
+    project.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    project.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    project.set_defaults(func=run_project)
+
+    sweep = commands.add_parser(
+        "sweep", help="system-prompt and/or many-shot sweep: generate, judge, correlate projection with score",
+        description=(
+            "For each condition (the trait's 8 graded system prompts, or 0/5/10/15/20 trait examples as earlier "
+            "turns) and each eval question: project the last prompt token on each vector, generate --samples "
+            "replies, judge them. Reports per-condition mean projection and score, and the correlation of "
+            "projection with mean score per prompt: overall, within condition (after subtracting condition means; "
+            "the paper's Table 2 number) and the mean of per-condition correlations. Writes DIR/<kind>_sweep.json "
+            "and one figure per vector."
+        ))
+    add_model_options(sweep)
+    sweep.add_argument("--trait", required=True, help="trait name or path to its JSON file")
+    add_vector_arguments(sweep, required=False,
+                         default_help=" (default: the vector extracted into runs/<model>/<trait>/extract)")
+    sweep.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    sweep.add_argument("--kind", choices=["system", "many-shot", "both"], default="both",
+                       help="which sweep to run (default both)")
+    add_judge_options(sweep)
+    sweep.add_argument("--no-coherence", action="store_true", help="do not score coherence (saves judge calls)")
+    sweep.add_argument("--questions", type=int, default=None, metavar="N",
+                       help="use the first N eval questions of the trait (default all 20)")
+    sweep.add_argument("--shots", type=parse_int_list, default=[0, 5, 10, 15, 20], metavar="LIST",
+                       help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
+    sweep.add_argument("--samples", type=int, default=1, metavar="N", help="replies per prompt (default 1)")
+    sweep.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
+    sweep.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+    sweep.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1)")
+    sweep.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sweep.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="output folder (default: runs/<model>/<trait>/monitor)")
+    sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sweep.set_defaults(func=run_sweep)
+
+    tokens = commands.add_parser(
+        "tokens", help="generate replies and colour every token by its projection (HTML)",
+        description="Generate a reply to each prompt while recording every token's projection on the unit vector "
+                    "at --layer, and write an HTML page with the text coloured by projection (red towards the trait, "
+                    "blue away, relative to the mean over prompt tokens).")
+    add_model_options(tokens)
+    add_vector_arguments(tokens)
+    tokens.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    _add_prompt_arguments(tokens)
+    tokens.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default 64)")
+    tokens.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default)")
+    tokens.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
+    tokens.add_argument("--out", type=Path, required=True, metavar="FILE.html",
+                        help="HTML page to write (one section per vector; a .json with the numbers beside it)")
+    tokens.add_argument("--json", action="store_true", help="print the projections as JSON")
+    tokens.set_defaults(func=run_tokens)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def run_project(args: argparse.Namespace) -> int:
+    from persona_lens.monitor import project_last_prompt, trait_names
+
+    _check_positive(batch_size=args.batch_size)
+    prompts = _prompts_from_args(args)
+    model = load_model_arg(args)
+    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    vectors = load_vectors_arg(args.vectors, model, args.allow_other_model)
+    projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
+                                      allow_other_model=args.allow_other_model)
+    names = trait_names(vectors)
+    rows = [{"prompt": prompt, "projection": dict(zip(names, values))}
+            for prompt, values in zip(prompts, projections.tolist())]
+    if args.json:
+        print(json.dumps({"model": model.cfg.model_name, "layer": layer, "traits": names, "prompts": rows},
+                         indent=2, ensure_ascii=False))
+    else:
+        print("\t".join([*names, "prompt"]))
+        for row in rows:
+            text = row["prompt"][-1]["content"].replace("\n", " ")
+            print("\t".join([*(f"{row['projection'][n]:.4f}" for n in names), text[:80]]))
+    return EXIT_OK
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from persona_lens.monitor import many_shot_prompts, run_sweep, system_prompt_prompts, trait_names
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import sweep_figure
+
+    _check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.questions is not None:
+        _check_positive(questions=args.questions)
+    trait = load_trait_arg(args.trait)
+    kinds = ["system", "many_shot"] if args.kind == "both" else [args.kind.replace("-", "_")]
+    plans = {}
+    try:
+        if "system" in kinds:
+            plans["system"] = system_prompt_prompts(trait, n_questions=args.questions)
+        if "many_shot" in kinds:
+            plans["many_shot"] = many_shot_prompts(trait, args.shots, n_questions=args.questions)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    model = load_model_arg(args)
+    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    vectors = load_vectors_arg(default_vector_paths(args, trait.name), model, args.allow_other_model)
+    judge, coherence_judge = judges_from_args(args, trait, model)
+    out = args.out or default_run_dir(args.model, trait.name) / "monitor"
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": model.cfg.model_name, "trait": trait.name, "layer": layer,
+                              "traits": trait_names(vectors), "judge": judge.judge_id, "sweeps": {}}
+    for kind, prompts in plans.items():
+        result = run_sweep(model, prompts, vectors, layer, judge, trait.rubric, n_samples=args.samples,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, batch_size=args.batch_size, kind=kind,
+                           coherence_judge=None if args.no_coherence else coherence_judge,
+                           allow_other_model=args.allow_other_model, progress=not args.json)
+        data_path = result.save(out / f"{kind}_sweep.json")
+        figures = []
+        for name in result.traits:
+            figures += [str(p) for p in write_figure(sweep_figure(result, name),
+                                                     out / f"{kind}_sweep_{slug(name)}.html")]
+        report["sweeps"][kind] = {"conditions": result.summary(),
+                                  "correlations": {t: result.correlations(t) for t in result.traits},
+                                  "data": str(data_path), "figures": figures}
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        for kind, sweep in report["sweeps"].items():
+            print(f"{kind} sweep of {trait.name!r} at layer {layer} (judge {judge.judge_id}):")
+            names = report["traits"]
+            print("  " + "\t".join(["condition", "score", "coherence", *(f"proj:{n}" for n in names)]))
+            for row in sweep["conditions"]:
+                print("  " + "\t".join([row["condition"], _fmt(row["mean_score"]), _fmt(row["mean_coherence"]),
+                                        *(_fmt(row["mean_projection"][n]) for n in names)]))
+            for name, corr in sweep["correlations"].items():
+                print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
+                      f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
+            print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
+    return EXIT_OK
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    from persona_lens.monitor import generate_with_projections, trait_names
+    from persona_lens.viz.projections import token_projection_html
+
+    _check_positive(max_new_tokens=args.max_new_tokens)
+    prompts = _prompts_from_args(args)
+    model = load_model_arg(args)
+    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    vectors = load_vectors_arg(args.vectors, model, args.allow_other_model)
+    traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
+                                       temperature=args.temperature, seed=args.seed,
+                                       allow_other_model=args.allow_other_model)
+    names = trait_names(vectors)
+    pages = [token_projection_html(traces, trait=name, title=f"Projection on {name} at layer {layer}",
+                                   show_prompt=not args.hide_prompt) for name in names]
+    # One page: the sections of each trait one after the other.
+    body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
+    html_page = pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out if args.out.suffix == ".html" else args.out.with_suffix(".html")
+    out.write_text(html_page, encoding="utf-8")
+    numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
+               "traces": [t.to_json() for t in traces], "html": str(out)}
+    out.with_suffix(".json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False), encoding="utf-8")
+    if args.json:
+        print(json.dumps(numbers, indent=2, ensure_ascii=False))
+    else:
+        for trace in traces:
+            last = trace.projections[:, trace.prompt_length - 1].tolist()
+            print(f"{trace.response[:70]!r}: last prompt token " + ", ".join(
+                f"{n} {v:.3f}" for n, v in zip(names, last)))
+        print(f"wrote {out}")
+    return EXIT_OK
