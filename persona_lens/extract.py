@@ -198,7 +198,7 @@ def extract(
     interrupted resumes where it stopped. More samples or questions can be added to an existing folder.
     """
     config = config or ExtractConfig()
-    coherence_judge = coherence_judge or judge
+    coherence_judge = judge if coherence_judge is None else coherence_judge
     out = Path(out_dir)
     check_settings(out / "settings.json", {
         "model": model.cfg.model_name, "trait": trait_to_dict(trait), **config.generation_settings()},

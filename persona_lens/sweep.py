@@ -217,7 +217,7 @@ def run_sweep(
     from persona_lens.viz.steering import plot_steering_curves
 
     config = config or SweepConfig()
-    coherence_judge = coherence_judge or judge
+    coherence_judge = judge if coherence_judge is None else coherence_judge
     vector.check_compatible(model, allow_other_model=True)
     if vector.model_name != model.cfg.model_name:
         log.warning("steering %s with a vector extracted from %s", model.cfg.model_name, vector.model_name)

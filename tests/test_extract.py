@@ -156,3 +156,20 @@ def test_smollm2_pirate_vector_separates_the_prompts(tmp_path, smollm2):
     print("pirate trait rate: positive", rates["positive"], "negative", rates["negative"])
     assert rates["positive"] > rates["negative"]
     assert result.report["kept"] >= 1
+
+
+def test_cached_judges_score_trait_and_coherence_separately(tmp_path):
+    """Regression: an empty CachedJudge once counted as False, so ``coherence_judge or judge`` judged coherence
+    with the trait judge."""
+    from persona_lens.judges.cache import CachedJudge
+
+    model = load_cached("tiny-llama")
+    trait = load_trait("shouting")
+    judge = CachedJudge(RuleJudge("shouting"), tmp_path / "cache.sqlite")
+    coherence = CachedJudge(RuleJudge("coherence"), tmp_path / "cache.sqlite")
+    result = X.extract(model, trait, judge=judge, coherence_judge=coherence, config=_config(), out_dir=tmp_path / "x",
+                       progress=False)
+    for record in result.records.values():
+        answer = record["response"]
+        assert record["coherence"] == RuleJudge("coherence").score("", [(record["question_text"], answer)])[0]
+        assert record["trait_score"] == RuleJudge("shouting").score("", [(record["question_text"], answer)])[0]

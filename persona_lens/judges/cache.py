@@ -119,8 +119,8 @@ class CachedJudge:
         with self._stats_lock:
             self.stats.writes += len(rows)
 
-    def __len__(self) -> int:
-        """Rows in the cache file (all judges, all rubrics)."""
+    def cached_rows(self) -> int:
+        """Rows in the cache file (all judges, all rubrics). Not ``__len__``: an empty cache must stay truthy."""
         with closing(self._connect()) as db:
             return int(db.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
 

@@ -157,4 +157,4 @@ def test_concurrent_threads(server, tmp_path):
     for thread in threads:
         thread.join(timeout=30)
     assert not errors
-    assert len(judge) == 5
+    assert judge.cached_rows() == 5
