@@ -74,7 +74,7 @@ def test_key_includes_judge_and_rubric(server, tmp_path):
     CachedJudge(claude(server), path).score(OTHER_RUBRIC, ITEMS[:1])
     CachedJudge(claude(server, model="claude-sonnet-4-5"), path).score(RUBRIC, ITEMS[:1])
     assert server.counts["messages"] == 3
-    assert len(CachedJudge(claude(server), path)) == 3
+    assert CachedJudge(claude(server), path).cached_rows() == 3
 
 
 def test_transport_failures_are_not_cached(server, tmp_path):
@@ -137,7 +137,7 @@ def test_concurrent_processes_share_one_file(tmp_path):
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert all(len(r) == 60 and all(s is not None for s in r) for r in results)
-    assert len(CachedJudge(RuleJudge("shouting"), path)) == len({"A" * (i % 7 + 1) + "b" * (i % 3)
+    assert CachedJudge(RuleJudge("shouting"), path).cached_rows() == len({"A" * (i % 7 + 1) + "b" * (i % 3)
                                                                 for i in range(120)})
 
 
