@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
+__all__ = ["main", "build_parser", "run_command", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -58,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_BAD_INPUT
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command, turning :class:`BadInput` into exit code 2 and Ctrl-C into 130 (work so far is kept)."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

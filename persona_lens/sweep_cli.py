@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona_lens.cli import EXIT_BAD_INPUT, BadInput
+from persona_lens.cli import BadInput, run_command
 from persona_lens.cli_options import (
     add_judge_options,
     add_model_options,
@@ -148,12 +148,4 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BadInput as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_command(run, build_parser().parse_args(argv))
