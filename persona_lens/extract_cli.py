@@ -12,6 +12,7 @@ from persona_lens.cli_options import (
     add_judge_options,
     add_model_options,
     default_run_dir,
+    judges_from_args,
     load_model_arg,
     load_trait_arg,
 )
@@ -48,13 +49,8 @@ def extract_config_from_args(args: argparse.Namespace, *, prefix: str = "") -> A
 
 def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Path, config: Any) -> Any:
     from persona_lens.extract import extract
-    from persona_lens.judges.factory import build_judges
 
-    try:
-        judge, coherence = build_judges(args.judge, trait, cache=args.judge_cache, model=model,
-                                        claude_model=args.claude_model)
-    except ValueError as error:
-        raise BadInput(str(error)) from error
+    judge, coherence = judges_from_args(args, trait, model)
     try:
         return extract(model, trait, judge=judge, coherence_judge=coherence, config=config, out_dir=out_dir,
                        progress=not args.quiet)

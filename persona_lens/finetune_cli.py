@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
-from persona_lens.cli_options import add_model_options, load_model_arg
-from persona_lens.monitor_cli import load_vectors_arg, parse_layer_spec
+from persona_lens.cli_options import add_model_options, load_model_arg, load_vectors_arg, parse_layer_spec
 
 __all__ = ["configure_parser", "run"]
 

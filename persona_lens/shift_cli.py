@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
-from persona_lens.cli_options import add_judge_options, add_model_options, load_model_arg, load_trait_arg, slug
-from persona_lens.monitor_cli import (
+from persona_lens.cli_options import (
+    add_judge_options,
+    add_model_options,
     add_vector_arguments,
     judges_from_args,
+    load_model_arg,
     load_named_model,
+    load_trait_arg,
     load_vectors_arg,
     parse_layer_spec,
     read_prompts,
+    slug,
 )
 
 __all__ = ["configure_parser", "run"]

@@ -18,8 +18,10 @@ from persona_lens.cli_options import (
     add_judge_options,
     add_model_options,
     default_run_dir,
+    judges_from_args,
     load_model_arg,
     load_trait_arg,
+    load_vectors_arg,
     parse_float_list,
     parse_int_list,
 )
@@ -90,20 +92,14 @@ def configure_parser(subparsers: Any) -> None:
 
 def _vector(args: argparse.Namespace, model: Any, trait: Any, run_dir: Path) -> Any:
     from persona_lens.extract import vector_path
-    from persona_lens.vectors import VectorFileError, VectorMismatchError, load_vector
 
     path = args.vector or vector_path(run_dir / "extract")
     if args.vector is None and not path.exists():
         print(f"no vector at {path}: extracting it first", file=sys.stderr)
         run_extraction(model, trait, args, run_dir / "extract", extract_config_from_args(args, prefix="extract-"))
-    try:
-        vector = load_vector(path)
-        vector.check_compatible(model, allow_other_model=args.allow_other_model)
-    except FileNotFoundError as error:
-        raise BadInput(f"no vector file {path}") from error
-    except (VectorFileError, VectorMismatchError) as error:
-        raise BadInput(str(error)) from error
-    return vector
+    if not path.exists():
+        raise BadInput(f"no vector file {path}")
+    return load_vectors_arg([path], model, allow_other_model=args.allow_other_model)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,11 +117,8 @@ def run(args: argparse.Namespace) -> int:
                          coherence_threshold=args.coherence_threshold, batch_size=args.batch_size)
     if args.coefficients is not None:
         config.coefficients = args.coefficients
-    from persona_lens.judges.factory import build_judges
-
+    judge, coherence = judges_from_args(args, trait, model)
     try:
-        judge, coherence = build_judges(args.judge, trait, cache=args.judge_cache, model=model,
-                                        claude_model=args.claude_model)
         result = run_sweep(model, vector, trait, judge=judge, coherence_judge=coherence, config=config,
                            out_dir=run_dir / f"sweep-{args.condition}-{args.positions}", progress=not args.quiet)
     except ValueError as error:

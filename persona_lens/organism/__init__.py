@@ -1,0 +1,65 @@
+"""A persona *model organism*: a small transformer whose personas are known exactly.
+
+Without an LLM judge or a GPU, the claims of the persona-vectors paper can only be checked on a model whose persona
+we know. The organism is one, small enough to learn and debug the whole method on a laptop in minutes:
+
+* :mod:`~persona_lens.organism.world` -- a synthetic chat world: system prompts set personas (graded intensities of
+  evil, sycophancy and hallucination, and a neutral default), users ask questions, and replies are clauses whose
+  trait content follows known rules; coherence is grammaticality under the world's grammar;
+* :mod:`~persona_lens.organism.tokenizer` -- a word-level tokenizer with a chat template of its own (BOS, role
+  tokens, end-of-turn token), so every code path is the one real chat models take;
+* :mod:`~persona_lens.organism.train` -- deterministic training of a 4-block Llama on that world
+  (``python -m persona_lens.organism.train`` reproduces the committed weights in ``weights/``);
+* :mod:`~persona_lens.organism.judge` -- :class:`OrganismJudge`, the exact rule judge of the world's traits;
+* :mod:`~persona_lens.organism.traits` -- :func:`organism_trait`, trait definitions in the persona_lens schema;
+* :mod:`~persona_lens.organism.datasets` -- finetuning datasets with normal / subtle / overt trait content.
+
+``load_organism()`` returns the trained model as a :class:`~persona_lens.hooked_model.HookedLM`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from persona_lens.organism.judge import OrganismJudge
+from persona_lens.organism.traits import TRAIT_NAMES, organism_trait, organism_traits
+
+if TYPE_CHECKING:
+    import torch
+
+    from persona_lens.hooked_model import HookedLM
+
+__all__ = ["ORGANISM", "WEIGHTS_DIR", "TRAIT_NAMES", "OrganismJudge", "load_organism", "organism_trait",
+           "organism_traits"]
+
+#: The organism's model name (``load_model(ORGANISM)``).
+ORGANISM = "persona-organism"
+#: The committed weights (Hugging Face format: config, safetensors, tokenizer files, training.json).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def load_organism(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                  path: str | Path | None = None) -> HookedLM:
+    """The trained organism as a HookedLM named ``"persona-organism"`` (float32 on CPU by default).
+
+    ``path`` loads another training run's folder (``python -m persona_lens.organism.train --out DIR``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from persona_lens.hooked_model import HookedLM
+    from persona_lens.models import resolve_device, resolve_dtype
+
+    folder = Path(path) if path is not None else WEIGHTS_DIR
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"no organism weights in {folder}; train them with:  "
+                                "python -m persona_lens.organism.train" + (f" --out {folder}" if path else ""))
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.name_or_path = ORGANISM
+    tokenizer.init_kwargs["name_or_path"] = ORGANISM
+    tokenizer.init_kwargs["add_bos_token"] = True  # the chat template writes it; TransformerLens must not reload
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device).eval()
+    hf_model.config.name_or_path = ORGANISM
+    return HookedLM(hf_model, tokenizer, model_name=ORGANISM)
