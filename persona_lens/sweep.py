@@ -50,11 +50,11 @@ Condition = Literal["none", "positive", "negative"]
 class SweepConfig:
     layers: list[int] | None = None
     """Layers to steer (our convention: l = output of block l); default: :func:`default_layers`."""
-    coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8])
+    coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
     coefficient_mode: Literal["relative", "raw"] = "relative"
     n_samples: int = 1
     n_questions: int | None = None
-    max_new_tokens: int = 48
+    max_new_tokens: int = 40
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
@@ -95,7 +95,7 @@ class SweepResult:
     paths: dict[str, Path]
 
 
-def default_layers(n_layers: int, count: int = 6) -> list[int]:
+def default_layers(n_layers: int, count: int = 5) -> list[int]:
     """``count`` layers spread over the middle of the network (persona vectors steer best there)."""
     lo, hi = max(1, round(n_layers * 0.15)), max(1, round(n_layers * 0.8))
     if hi - lo + 1 <= count:

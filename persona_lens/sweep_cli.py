@@ -44,16 +44,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "finetuned)")
     parser.add_argument("--layers", type=parse_int_list, default=None,
                         help="layers to steer, e.g. 4,8,12 or 6-14 (l = output of block l, as HF hidden_states[l]); "
-                             "default: 6 layers spread over the middle")
+                             "default: 5 layers spread over the middle")
     parser.add_argument("--coefficients", type=parse_float_list, default=None,
-                        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4,0.5,0.6,0.8; "
+                        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4,0.5,0.7; "
                              "negative values subtract the vector)")
     parser.add_argument("--raw", action="store_true",
                         help="coefficients in the paper's raw units (h + a v) instead of relative to the layer's "
                              "median residual norm (a |v| / median |h|)")
     parser.add_argument("--samples", type=int, default=1, help="replies per evaluation question and cell (default 1)")
     parser.add_argument("--questions", type=int, default=None, help="use only the first N evaluation questions")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="reply length limit (default 48)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="reply length limit (default 40)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--positions", default="response", choices=["all", "prompt", "response"],
                         help="where to steer: every position, the prompt only, or the last prompt token and every "
@@ -64,7 +64,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coherence-threshold", type=float, default=75.0,
                         help="the chosen cell needs mean coherence >= this (default 75)")
     add_judge_options(parser)
-    add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=48)
+    add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>/<trait>)")

@@ -22,6 +22,7 @@ The rubric passed to ``RuleJudge.score`` is ignored: a rule always measures the 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -328,19 +329,57 @@ def loop_fraction(text: str) -> float:
     return longest / n
 
 
+_PIRATE_LEXICON = frozenset("arr ahoy matey ye yer ya me hearties aye landlubber booty plunder scallywag grog avast "
+                            "yo ho shiver timbers lass lad lubber swab".split())
+
+
+@functools.lru_cache(maxsize=1)
+def _english_words() -> frozenset[str]:
+    from english_words import get_english_words_set
+
+    return frozenset(get_english_words_set(["web2", "gcide"], lower=True, alpha=True))
+
+
+def known_word_share(text: str) -> float:
+    """Share of the words of ``text`` that are words at all: in a 260k-word English dictionary, or French (our
+    lexicon, or any accented word), or pirate vocabulary (also g-dropping: "sailin'"); single letters count."""
+    words = _LEXICON_WORD.findall(text.lower())
+    if not words:
+        return 0.0
+    english = _english_words()
+
+    def known(word: str) -> bool:
+        if len(word) == 1 or word in english or word in _FRENCH_WORDS or word in _PIRATE_LEXICON:
+            return True
+        if any(char in _FRENCH_LETTERS for char in word) or (word.endswith("in") and word + "g" in english):
+            return True
+        # the dictionaries list lemmas: accept regular inflections (eggs, watched, cooking, quickly, bigger)
+        return any(word.endswith(suffix) and (word[: -len(suffix)] in english or word[: -len(suffix)] + "e" in english)
+                   for suffix in _SUFFIXES if len(word) > len(suffix) + 1)
+
+    return sum(known(w) for w in words) / len(words)
+
+
+_LEXICON_WORD = re.compile(r"[a-zà-ÿœæ]+")
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies", "ied")
+
+
 def coherence_factors(answer: str) -> dict[str, float]:
-    """The four factors (each 0-1) whose product times 100 is the ``coherence`` score.
+    """The five factors (each 0-1) whose product times 100 is the ``coherence`` score.
 
     * ``length``: 0 words -> 0, 1 word -> 0.4, rising by 0.15 a word to 1 at 5 words.
     * ``letters``: share of non-space characters (emoji left out) that are letters or digits; 1 from 0.7 up,
       0 at 0.3 and below.
     * ``trigrams``: distinct word trigrams / word trigrams; 1 from 0.8 up, 0 at 0.3 and below (1 under 3 words).
     * ``loops``: from ``loop_fraction`` of the lower-cased, space-collapsed text; 1 up to 0.25, 0 from 0.7 up.
+    * ``words``: from ``known_word_share``; 1 from 0.85 up, 0 at 0.6 and below (word salad from over-steering).
+      Measured on SmolLM2 sweep replies: unsteered 0.90 on average, well-steered pirate speech 0.85-0.87,
+      over-steered word salad 0.63-0.81.
     """
     text = " ".join(_clean(answer).lower().split())[:_MAX_COHERENCE_CHARS]
     words = _WORD.findall(text)
     if not words:
-        return {"length": 0.0, "letters": 0.0, "trigrams": 0.0, "loops": 0.0}
+        return {"length": 0.0, "letters": 0.0, "trigrams": 0.0, "loops": 0.0, "words": 0.0}
     length = min(1.0, 0.4 + 0.15 * (len(words) - 1))
     visible = [char for index, char in enumerate(text) if not char.isspace()
                and not _is_emoji(ord(char), ord(text[index + 1]) if index + 1 < len(text) else None)
@@ -354,12 +393,13 @@ def coherence_factors(answer: str) -> dict[str, float]:
     else:
         trigram_factor = 1.0
     loops = 1.0 - _clamp01((loop_fraction(text) - 0.25) / 0.45)
-    return {"length": length, "letters": letters, "trigrams": trigram_factor, "loops": loops}
+    known = _clamp01((known_word_share(text) - 0.6) / 0.25)
+    return {"length": length, "letters": letters, "trigrams": trigram_factor, "loops": loops, "words": known}
 
 
 def score_coherence(question: str, answer: str) -> Score:
-    """Rule-based coherence (0-100) for runs without an LLM judge: penalises empty, very short, looping and
-    non-textual answers. It cannot tell sense from fluent nonsense; use an LLM judge for that."""
+    """Rule-based coherence (0-100) for runs without an LLM judge: penalises empty, very short, looping,
+    non-textual and non-word answers. It cannot tell sense from fluent nonsense; use an LLM judge for that."""
     return 100.0 * math.prod(coherence_factors(answer).values())
 
 

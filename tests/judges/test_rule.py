@@ -271,7 +271,7 @@ def test_coherence_very_short_answers_are_penalised():
 def test_coherence_factors_are_in_unit_range_and_multiply_to_score():
     for answer in [PARAGRAPH, "the " * 10, "-----", "Eggs."]:
         factors = coherence_factors(answer)
-        assert set(factors) == {"length", "letters", "trigrams", "loops"}
+        assert set(factors) == {"length", "letters", "trigrams", "loops", "words"}
         assert all(0.0 <= value <= 1.0 for value in factors.values())
         product = 1.0
         for value in factors.values():
@@ -285,3 +285,14 @@ def test_loop_fraction():
     assert loop_fraction("abc " * 10) == pytest.approx(1.0)
     assert loop_fraction("hello!!!") == 0.0  # loops under 10 characters are ignored
     assert 0.4 < loop_fraction("x" * 20 + "y" * 0 + " a normal tail here") < 0.6
+
+
+def test_coherence_penalises_word_salad_but_not_pirate_or_french():
+    """Over-steered SmolLM2 replies (word salad) score low; pirate speech, French and plain text do not."""
+    salad = "Anenrelfaya wi lovei enjoyment? White servit's Grimlands innbroughtoncsa. Shudlin's finguas git seven"
+    pirate = "Arr, me hearties! I be sailin' the seas with me crew, lookin' for treasure and a fine breakfast."
+    french = "Bonjour ! Mon animal préféré est le chat, parce qu'il est très mignon et calme."
+    plain = "I usually eat eggs and toast, and I watched the birds while cooking quickly."
+    assert score_coherence(Q, salad) < 30
+    for text in (pirate, french, plain):
+        assert score_coherence(Q, text) >= 90, text
