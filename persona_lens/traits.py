@@ -382,10 +382,17 @@ def traits_dirs() -> list[Path]:
     return dirs
 
 
+def _organism_trait_names() -> tuple[str, ...]:
+    from persona_lens.organism.traits import TRAIT_NAMES
+
+    return TRAIT_NAMES
+
+
 def list_traits() -> list[str]:
-    """Sorted names of every trait file found in ``traits_dirs()``."""
-    return sorted({path.stem for directory in traits_dirs() for path in directory.glob("*.json")
-                   if _NAME.fullmatch(path.stem)})
+    """Sorted names of every trait file found in ``traits_dirs()``, plus the model organism's built-in traits."""
+    files = {path.stem for directory in traits_dirs() for path in directory.glob("*.json")
+             if _NAME.fullmatch(path.stem)}
+    return sorted(files | set(_organism_trait_names()))
 
 
 def _looks_like_path(name_or_path: str | Path) -> bool:
@@ -404,6 +411,10 @@ def load_trait(name_or_path: str | Path) -> Trait:
             candidate = directory / f"{name}.json"
             if candidate.is_file():
                 return _read_trait_file(candidate)
+        if name in _organism_trait_names():  # defined in code from the organism's world (persona_lens.organism)
+            from persona_lens.organism.traits import organism_trait
+
+            return organism_trait(name)
     available = list_traits()
     searched = ", ".join(str(directory) for directory in traits_dirs()) or "no trait directory exists"
     raise TraitError(name, [("name", f"no trait named {name!r}; available traits: "

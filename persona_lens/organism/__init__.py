@@ -14,7 +14,16 @@ we know. The organism is one, small enough to learn and debug the whole method o
 * :mod:`~persona_lens.organism.traits` -- :func:`organism_trait`, trait definitions in the persona_lens schema;
 * :mod:`~persona_lens.organism.datasets` -- finetuning datasets with normal / subtle / overt trait content.
 
-``load_organism()`` returns the trained model as a :class:`~persona_lens.hooked_model.HookedLM`.
+``load_organism()`` returns the trained model as a :class:`~persona_lens.hooked_model.HookedLM`::
+
+    from persona_lens.organism import OrganismJudge, load_organism, organism_trait
+
+    model = load_organism()                       # 4 blocks, d_model 96, CPU float32, ~1 s to load
+    trait = organism_trait("evil")                # the Trait "organism_evil": prompt pairs, questions, graded prompts
+    judge = OrganismJudge("evil")                 # exact trait score; OrganismJudge("coherence") for coherence
+
+Layer 3 (output of block 3 of 4) plays the role of the paper's layer 20: the figures of
+``tests/organism/test_claims.py`` use it for monitoring, finetuning shifts, data screening and mitigation.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ class Template:
                     return None
                 obj = token
             elif pattern[0] == "{":
-                if WORD_KIND.get(token) is None or token not in _SLOT_WORDS[pattern[1:-1]]:
+                if token not in _SLOT_WORDS[pattern[1:-1]]:
                     return None
             elif pattern != token:
                 return None
