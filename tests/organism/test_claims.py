@@ -148,7 +148,7 @@ def test_claim2_last_prompt_projection_tracks_trait_across_graded_prompts(organi
 @pytest.fixture(scope="module", params=world.TRAITS)
 def finetuning(request, organism, vectors):
     """Finetune a fresh organism on each dataset level of one trait; measure shift, trait score and dP."""
-    finetune_module = pytest.importorskip("persona_lens.finetune")
+    import persona_lens.finetune as finetune_module
     trait = request.param
     unit = vectors[trait].unit(LAYER)
     questions, conversations = _eval_conversations(trait)
