@@ -6,7 +6,8 @@ peak memory).
 The bare pass runs the same blocks with no hooks (and, like collection, computes no logits). Collection keeps
 response-mean, prompt-mean and last-prompt-token activations at every layer. Time: median of interleaved repeats.
 Peak memory: on CUDA, the allocator's peak; on CPU, the process's peak resident set (VmHWM, reset before each
-measurement through /proc/self/clear_refs) above its resident set before the pass.
+measurement through /proc/self/clear_refs) above its resident set before the pass; medians over repeats in
+alternating order (CPU peak RSS depends on the allocator's state, so single readings are noisy).
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ def main() -> None:
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    memory = {name: _peak(fn, device) for name, fn in (("bare", bare), ("collect", collect))}
+    peaks: dict[str, list[float]] = {"bare": [], "collect": []}
+    for round_ in range(args.repeats):  # alternate the order: the allocator's state leaks from one pass to the next
+        order = (("bare", bare), ("collect", collect)) if round_ % 2 == 0 else (("collect", collect), ("bare", bare))
+        for name, fn in order:
+            peaks[name].append(_peak(fn, device))
+    memory = {name: statistics.median(values) for name, values in peaks.items()}
     t_bare, t_collect = statistics.median(times["bare"]), statistics.median(times["collect"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"model {args.model} on {name} ({torch.get_num_threads()} threads), batch {args.batch} x {args.tokens} "

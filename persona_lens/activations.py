@@ -62,15 +62,17 @@ class _Reducer:
         self.layer = layer
         self.out = out
         self.batch = batch
-        self.response_weights = _mean_weights(batch.response_mask)
-        self.prompt_weights = _mean_weights(batch.prompt_mask)
+        self.means = [r for r in ("response", "prompt") if r in out]
+        masks = {"response": batch.response_mask, "prompt": batch.prompt_mask}
+        # [batch, k, pos]: one batched matmul gives every mean without copying the residual stream
+        self.weights = torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
         resid32 = resid.float()
-        if "response" in self.out:
-            self.out["response"][:, self.layer] = torch.einsum("bpd,bp->bd", resid32, self.response_weights)
-        if "prompt" in self.out:
-            self.out["prompt"][:, self.layer] = torch.einsum("bpd,bp->bd", resid32, self.prompt_weights)
+        if self.weights is not None:
+            means = torch.bmm(self.weights.to(resid32.device), resid32)
+            for k, reduction in enumerate(self.means):
+                self.out[reduction][:, self.layer] = means[:, k]
         if "last_prompt" in self.out:
             rows = torch.arange(resid.shape[0], device=resid.device)
             self.out["last_prompt"][:, self.layer] = resid32[rows, self.batch.last_prompt_index]
