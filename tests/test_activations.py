@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+import persona_lens
 from persona_lens.activations import collect_activations, reduce_batch
 from persona_lens.chat import collate, encode_conversation, make_messages
 from persona_lens.layers import hook_name
-from tests.conftest import load_cached
+from tests.conftest import TINY, load_cached
 
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
 ANSWERS = ["Paris.", "Blue is a fine colour, I think.", "Because of Rayleigh scattering of sunlight."]
@@ -46,18 +47,14 @@ def test_independent_of_batch_size_and_padding(tiny_model):
         torch.testing.assert_close(one.get(positions), many.get(positions), rtol=1e-4, atol=1e-4)
 
 
-def test_float32_and_no_autograd_whatever_the_model_dtype(tiny_model):
-    convs = _conversations(tiny_model)
-    model = tiny_model
-    model.hf_model.to(torch.bfloat16)
-    try:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        acts = collect_activations(model, convs, reductions=("response",), progress=False)
-    finally:
-        model.hf_model.to(torch.float32)
-        for p in model.parameters():
-            p.requires_grad_(False)
+@pytest.mark.parametrize("name", TINY)
+def test_float32_and_no_autograd_whatever_the_model_dtype(name):
+    # a fresh model: casting the shared cached one to bf16 and back would round its weights for later tests
+    model = persona_lens.load_model(name, dtype=torch.bfloat16)
+    convs = _conversations(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    acts = collect_activations(model, convs, reductions=("response",), progress=False)
     assert acts.response_mean.dtype == torch.float32
     assert not acts.response_mean.requires_grad
     assert acts.prompt_mean is None

@@ -27,6 +27,10 @@ class CountingJudge:
         self.calls += len(items)
         return self.inner.score(rubric, items)
 
+    def score_detailed(self, rubric, items):
+        self.calls += len(items)
+        return self.inner.score_detailed(rubric, items)
+
 
 def _config(**kw):
     defaults = dict(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=4,

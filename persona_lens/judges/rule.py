@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from persona_lens.judges.base import Score
+from persona_lens.judges.base import Score, Verdict
 
 __all__ = [
     "RULES",
@@ -351,6 +351,8 @@ def known_word_share(text: str) -> float:
     def known(word: str) -> bool:
         if len(word) == 1 or word in english or word in _FRENCH_WORDS or word in _PIRATE_LEXICON:
             return True
+        if word in _FRENCH_COMMON or (word[-1] in "sx" and word[:-1] in _FRENCH_COMMON):
+            return True
         if any(char in _FRENCH_LETTERS for char in word) or (word.endswith("in") and word + "g" in english):
             return True
         # the dictionaries list lemmas: accept regular inflections (eggs, watched, cooking, quickly, bigger)
@@ -361,6 +363,26 @@ def known_word_share(text: str) -> float:
 
 
 _LEXICON_WORD = re.compile(r"[a-zà-ÿœæ]+")
+# Common French content words (singular; "s"/"x" plurals are accepted), so plain French is not taken for word salad.
+_FRENCH_COMMON = frozenset("""
+qu jusqu lorsqu puisqu aime aimer adore adorer mange manger boire bois boit dormir dors dort lire lis lit ecrire
+faire fais fait aller vais va vont venir viens vient voir vois voit regarder regarde jouer joue chanter chante
+danser danse dessiner dessine peindre marcher marche courir cours nager nage cuisiner cuisine travailler travaille
+parler parle penser pense croire crois savoir sais sait pouvoir peux peut vouloir veux veut prendre prends prend
+donner donne trouver trouve rester reste partir pars part sortir sors sort acheter achete visiter visite aider aide
+pain beurre fromage lait eau vin caf the thé chocolat sucre sel poivre fruit fruits pomme poire orange banane fraise
+raisin tomate carotte salade soupe viande poulet poisson riz pates oeuf oeufs confiture gateau tarte croissant
+repas matin midi soir nuit jour jours semaine mois an annee heure temps pluie soleil neige vent nuage ciel mer
+plage montagne foret arbre fleur jardin maison ville village pays monde rue route voiture velo train avion bateau
+chat chien oiseau cheval vache mouton poule lapin souris poisson animal animaux couleur rouge bleu vert jaune noir
+blanc gris rose violet marron livre film musique chanson jeu sport football tennis ecole classe ami amie amis
+famille mere pere frere soeur enfant enfants homme femme gens personne bonheur joie amour vie nombre chiffre sept
+huit neuf dix cent mille premier dernier petit petite grand grande beau belle bon bonne mauvais chaud froid
+nouveau vieux jeune joli jolie heureux heureuse calme gentil doux douce vraiment souvent toujours jamais parfois
+aussi encore deja bien mieux beaucoup peu trop tres plus moins ensemble dehors dedans ici partout chose choses
+parce comme quand ou oui non merci bonjour bonsoir salut voila chez avec sans pour par sur sous dans entre
+apres avant pendant depuis vers contre selon mon ma mes ton ta tes son sa ses notre nos votre vos leur leurs
+""".split())
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies", "ied")
 
 
@@ -429,6 +451,11 @@ class RuleJudge:
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         return [self._function(question, answer) for question, answer in items]
+
+    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """Rules are deterministic, so every outcome is final and cacheable, None ("nothing to measure") too."""
+        return [Verdict(score, "" if score is not None else f"rule {self.rule}: nothing to measure", True)
+                for score in self.score(rubric, items)]
 
     def __repr__(self) -> str:
         return f"RuleJudge({self.rule!r})"
