@@ -27,15 +27,6 @@ N_EVAL_SAMPLES = 4
 MAX_NEW_TOKENS = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny ops run 10x slower when two threads fight over shared CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def organism():
     return load_organism("cpu")

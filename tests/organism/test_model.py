@@ -17,15 +17,6 @@ from persona_lens.organism.train import FINGERPRINT_STEP, TrainConfig, train
 from persona_lens.organism.traits import EVAL_QUESTIONS, graded_rates
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny ops run 10x slower when two threads fight over shared CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def organism() -> HookedLM:
     return load_organism("cpu")
