@@ -92,8 +92,26 @@ def test_transport_failures_are_not_cached(server, tmp_path):
     assert server.counts["messages"] == 4
 
 
+class ScoresOnly:
+    """A judge with only ``score`` (no reasons): its Nones cannot be told from failures."""
+
+    judge_id = "scores-only:shouting"
+
+    def score(self, rubric, items):
+        return RuleJudge("shouting").score(rubric, items)
+
+
+def test_rule_verdicts_are_final_so_their_nones_are_cached(tmp_path):
+    items = [("q", "HELLO"), ("q", "1234")]
+    first = CachedJudge(RuleJudge("shouting"), tmp_path / "rule.sqlite")
+    assert first.score("{question} {answer}", items) == [100.0, None]
+    again = CachedJudge(RuleJudge("shouting"), tmp_path / "rule.sqlite")
+    assert again.score("{question} {answer}", items) == [100.0, None]
+    assert (again.stats.hits, again.stats.misses) == (2, 0)
+
+
 def test_judge_without_details_caches_numbers_only(tmp_path):
-    rule = RuleJudge("shouting")
+    rule = ScoresOnly()
     assert not isinstance(rule, DetailedJudge)
     items = [("q", "HELLO THERE"), ("q", "hello"), ("q", "1234")]
     judge = CachedJudge(rule, tmp_path / "rule.sqlite")
