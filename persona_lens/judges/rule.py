@@ -427,6 +427,9 @@ def score_coherence(question: str, answer: str) -> Score:
 
 # ---------------------------------------------------------------------------------------------------------------------
 
+#: Bumped when a rule's scores change, so persistent judge caches do not serve scores of the old rule.
+RULE_VERSIONS: dict[str, int] = {"coherence": 2}
+
 RULES: dict[str, Rule] = {
     "french": score_french,
     "pirate": score_pirate,
@@ -447,7 +450,8 @@ class RuleJudge:
 
     @property
     def judge_id(self) -> str:
-        return f"rule:{self.rule}"
+        version = RULE_VERSIONS.get(self.rule, 1)
+        return f"rule:{self.rule}" if version == 1 else f"rule:{self.rule}@v{version}"
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         return [self._function(question, answer) for question, answer in items]

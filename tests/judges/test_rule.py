@@ -296,3 +296,10 @@ def test_coherence_penalises_word_salad_but_not_pirate_or_french():
     assert score_coherence(Q, salad) < 30
     for text in (pirate, french, plain):
         assert score_coherence(Q, text) >= 90, text
+
+
+def test_changed_rules_get_a_new_judge_id_so_caches_do_not_serve_old_scores():
+    from persona_lens.judges.rule import RULE_VERSIONS
+
+    assert RuleJudge("shouting").judge_id == "rule:shouting"
+    assert RuleJudge("coherence").judge_id == f"rule:coherence@v{RULE_VERSIONS['coherence']}"
