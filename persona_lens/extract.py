@@ -31,10 +31,11 @@ from persona_lens.generation import generate
 from persona_lens.hooked_model import HookedLM
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
 from persona_lens.records import JsonlRecords, check_settings
+from persona_lens.stats import auroc
 from persona_lens.traits import Trait, trait_to_dict
 from persona_lens.vectors import PersonaVector, save_vector
 
-__all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path", "auroc"]
+__all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path"]
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +174,6 @@ def _drop_reason(pos: dict, neg: dict, config: ExtractConfig) -> str | None:
     return None
 
 
-def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    if positive.numel() == 0 or negative.numel() == 0:
-        return float("nan")
-    diff = positive.double()[:, None] - negative.double()[None, :]
-    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
-
-
 def extract(
     model: HookedLM,
     trait: Trait,
@@ -274,8 +267,9 @@ def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict
     units = vector.unit()
     pos_proj = torch.einsum("nld,ld->nl", pos, units)
     neg_proj = torch.einsum("nld,ld->nl", neg, units)
+    labels = [True] * pos_proj.shape[0] + [False] * neg_proj.shape[0]
     per_layer = [{"layer": layer, "norm": float(vector.vectors[layer].norm()),
-                  "auroc": auroc(pos_proj[:, layer], neg_proj[:, layer]),
+                  "auroc": auroc(torch.cat([pos_proj[:, layer], neg_proj[:, layer]]), labels),
                   "mean_projection_positive": float(pos_proj[:, layer].mean()),
                   "mean_projection_negative": float(neg_proj[:, layer].mean())}
                  for layer in range(vector.vectors.shape[0])]

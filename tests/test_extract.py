@@ -143,12 +143,6 @@ def test_no_pair_passing_is_a_clear_error(tmp_path):
         _run(model, tmp_path, _config(trait_threshold=101.0))
 
 
-def test_auroc():
-    assert X.auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
-    assert X.auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
-    assert X.auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0])) == 0.5
-
-
 @pytest.mark.slow
 def test_smollm2_pirate_vector_separates_the_prompts(tmp_path, smollm2):
     """On the real model the positive prompts elicit pirate speech more often than the negative ones."""
