@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_lens.activations import median_residual_norms
-from persona_lens.chat import encode_prompt, make_messages
+from persona_lens.chat import encode_generated, encode_prompt, make_messages
 from persona_lens.generation import generate
 from persona_lens.hooked_model import HookedLM
 from persona_lens.hooks import steer
@@ -278,8 +278,6 @@ def run_sweep(
 
 
 def _encoded(model: HookedLM, job: _Job) -> Any:
-    from persona_lens.chat import encode_generated
-
     return encode_generated(encode_prompt(model.tokenizer, job.messages), ())
 
 
