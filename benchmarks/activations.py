@@ -2,6 +2,7 @@
 peak memory).
 
     .venv/bin/python benchmarks/activations.py [--model smollm2-135m-instruct] [--batch 16] [--tokens 256]
+    .venv/bin/python benchmarks/activations.py --random qwen2-7b --device cuda     # GPU: random 7B-shaped Qwen2
 
 The bare pass runs the same blocks with no hooks (and, like collection, computes no logits). Collection keeps
 response-mean, prompt-mean and last-prompt-token activations at every layer. Time: median of interleaved repeats.
@@ -53,8 +54,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--random", default=None, help="a random-weight shape from random_models.SHAPES instead")
     args = parser.parse_args()
-    model = load_model(args.model, device=args.device)
+    if args.random:
+        from random_models import build_random_qwen2
+
+        model = build_random_qwen2(args.random, args.device or "cuda", torch.bfloat16)
+        args.model = model.cfg.model_name
+    else:
+        model = load_model(args.model, device=args.device)
     device = model.device
     generator = torch.Generator().manual_seed(0)
     prompt = args.tokens // 4
@@ -91,8 +99,8 @@ def main() -> None:
     memory = {name: statistics.median(values) for name, values in peaks.items()}
     t_bare, t_collect = statistics.median(times["bare"]), statistics.median(times["collect"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"model {args.model} on {name} ({torch.get_num_threads()} threads), batch {args.batch} x {args.tokens} "
-          f"tokens, {model.cfg.n_layers + 1} layers x 3 reductions")
+    print(f"model {args.model} ({model.dtype}) on {name} ({torch.get_num_threads()} threads), "
+          f"batch {args.batch} x {args.tokens} tokens, {model.cfg.n_layers + 1} layers x 3 reductions")
     print(f"time   bare {t_bare * 1000:8.1f} ms   collect {t_collect * 1000:8.1f} ms   ratio {t_collect / t_bare:.3f}")
     print(f"memory bare {memory['bare']:8.1f} MiB  collect {memory['collect']:8.1f} MiB  ratio "
           f"{memory['collect'] / max(memory['bare'], 1e-9):.3f}")

@@ -12,7 +12,7 @@ depend on batching either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from persona_lens.chat import Message, collate, encode_generated, encode_prompt
+from persona_lens.compiled import check_compilable, static_decoder
 from persona_lens.hooked_model import HookedLM, positions_from_mask
 from persona_lens.hooks import TokenLayout, token_layout
 
@@ -76,7 +77,8 @@ def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: flo
 @torch.no_grad()
 def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index: list[int], *,
                     max_new_tokens: int, temperature: float, top_p: float, seeds: list[int] | None,
-                    use_cache: bool, stops: set[int]) -> tuple[list[list[int]], list[bool]]:
+                    use_cache: bool, compile: bool | str | Callable,
+                    stops: set[int]) -> tuple[list[list[int]], list[bool]]:
     device = model.device
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else min(stops, default=0)
     batch = collate([encode_generated(p, ()) for p in prompts], pad_id, device)
@@ -92,9 +94,13 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
     done = torch.zeros(n, dtype=torch.bool, device=device)
     cache = None
     step_input = tokens
+    static = static_decoder(model, tokens, mask, max_new_tokens, layout, compile) if compile else None
     with token_layout(layout):
-        for _ in range(max_new_tokens):
-            if use_cache:
+        for step in range(max_new_tokens):
+            if static is not None:
+                logits = (static.prefill() if step == 0 else static.step(step_input[:, 0], tokens.shape[1] - 1))
+                logits = logits[:, None]
+            elif use_cache:
                 layout.past_length = tokens.shape[1] - step_input.shape[1]
                 layout._masks.clear()
                 logits, cache = model(step_input, mask, positions_from_mask(mask)[:, -step_input.shape[1]:],
@@ -132,6 +138,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     use_cache: bool = True,
+    compile: bool | str | Callable = False,
     stop_at_eos: bool = True,
     progress: bool = False,
     desc: str = "generate",
@@ -142,6 +149,11 @@ def generate(
     Prompts are batched by length to limit padding; results come back in input order. Sampling uses
     ``seeds[i]`` for conversation ``i`` when given (stable keys for resumable jobs), else ``seed + i``.
     ``stop_at_eos=False`` always generates ``max_new_tokens`` (benchmarks).
+
+    ``compile=True`` decodes on a static KV cache through a ``torch.compile``-d step (CUDA graphs on a GPU): the
+    fast path for batch-1 / small-batch steered decoding (:mod:`persona_lens.compiled`). The first call compiles
+    (tens of seconds), and so does any change of the installed hooks; a string or callable names a
+    torch.compile backend (``"eager"`` and ``"aot_eager"`` check tracing without code generation).
     """
     if not isinstance(model, HookedLM):
         raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
@@ -150,6 +162,10 @@ def generate(
         raise ValueError("max_new_tokens must be at least 1")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if compile and not use_cache:
+        raise ValueError("compile=True decodes on a static KV cache; it cannot be combined with use_cache=False")
+    if compile:
+        check_compilable(model)
     prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore[arg-type]
                for c in conversations]
     if seeds is not None and len(seeds) != len(prompts):
@@ -164,7 +180,8 @@ def generate(
         index = order[start : start + batch_size]
         batch_responses, batch_stopped = _generate_batch(
             model, [prompts[i] for i in index], index, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seeds=[row_seeds[i] for i in index], use_cache=use_cache, stops=stops,
+            top_p=top_p, seeds=[row_seeds[i] for i in index], use_cache=use_cache, compile=compile,
+            stops=stops,
         )
         for i, response, was_stopped in zip(index, batch_responses, batch_stopped):
             responses[i], stopped[i] = response, was_stopped

@@ -43,11 +43,27 @@ class ModelConfig:
     d_vocab: int
 
 
-class _BlockHooks(nn.Module):
-    def __init__(self) -> None:
+class _ResidHookPoint(HookPoint):
+    """A hook point that wires itself into its Hugging Face block when its first hook is added.
+
+    Blocks nobody ever hooked keep PyTorch's fast call path (a module with hooks takes a slower one, which costs
+    a few percent of decoding throughput when every block has them).
+    """
+
+    def __init__(self, connect) -> None:
         super().__init__()
-        self.hook_resid_pre = HookPoint()
-        self.hook_resid_post = HookPoint()
+        self._connect = connect
+
+    def add_hook(self, *args: Any, **kwargs: Any):
+        self._connect()
+        return super().add_hook(*args, **kwargs)
+
+
+class _BlockHooks(nn.Module):
+    def __init__(self, connect_pre, connect_post) -> None:
+        super().__init__()
+        self.hook_resid_pre = _ResidHookPoint(connect_pre)
+        self.hook_resid_post = _ResidHookPoint(connect_post)
 
 
 def find_decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
@@ -96,10 +112,11 @@ class HookedLM(HookedRootModule):
             architecture=(config.architectures or [type(hf_model).__name__])[0],
             d_vocab=text_config.vocab_size,
         )
-        self.blocks = nn.ModuleList(_BlockHooks() for _ in range(self.cfg.n_layers))
-        for block_hooks, layer in zip(self.blocks, self._layers):
-            layer.register_forward_pre_hook(self._pre_hook(block_hooks.hook_resid_pre), with_kwargs=True)
-            layer.register_forward_hook(self._post_hook(block_hooks.hook_resid_post))
+        # PyTorch hooks on the HF blocks that fire our hook points: registered on first use, one per point.
+        self._wiring: dict[tuple[int, str], Any] = {}
+        self.blocks = nn.ModuleList(
+            _BlockHooks(self._connector(i, "pre"), self._connector(i, "post")) for i in range(self.cfg.n_layers)
+        )
         params = inspect.signature(hf_model.forward).parameters
         # transformers renamed `past_key_values` to `cache` (5.2x); speak whichever this version understands.
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -107,6 +124,19 @@ class HookedLM(HookedRootModule):
         self.setup()
 
     # ----------------------------------------------------------------- wiring the hook points into HF blocks
+    def _connector(self, index: int, kind: str):
+        def connect() -> None:
+            if (index, kind) in self._wiring:
+                return
+            layer, point = self._layers[index], getattr(self.blocks[index], f"hook_resid_{kind}")
+            if kind == "pre":
+                handle = layer.register_forward_pre_hook(self._pre_hook(point), with_kwargs=True)
+            else:
+                handle = layer.register_forward_hook(self._post_hook(point))
+            self._wiring[(index, kind)] = handle
+
+        return connect
+
     @staticmethod
     def _pre_hook(hook_point: HookPoint):
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
@@ -150,11 +180,13 @@ class HookedLM(HookedRootModule):
         cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        cache_position: Int[Tensor, " pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"] | tuple[Float[Tensor, "batch pos d_vocab"], Any]:
         """Run the model. Returns logits, or ``(logits, cache)`` when ``use_cache``.
 
         ``position_ids`` default to the count of real tokens before each position (right for left padding).
-        ``logits_to_keep=k`` computes logits for the last ``k`` positions only (0 = all).
+        ``logits_to_keep=k`` computes logits for the last ``k`` positions only (0 = all). ``cache_position``: the
+        sequence indices these tokens take in a static cache (:mod:`persona_lens.compiled`).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -167,6 +199,8 @@ class HookedLM(HookedRootModule):
             "use_cache": use_cache,
             self._cache_kwarg: cache,
         }
+        if cache_position is not None:
+            kwargs["cache_position"] = cache_position
         if self._has_logits_to_keep and logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         out = self.hf_model(**kwargs)
@@ -227,6 +261,11 @@ class HookedLM(HookedRootModule):
 
         patch_bridge_kv_cache()
         twin = share_weights_copy(self.hf_model)
+        twin_layers = find_decoder_layers(twin)
+        for (index, _), handle in self._wiring.items():  # the copy must not fire this model's hook points
+            layer = twin_layers[index]
+            for hooks in (layer._forward_hooks, layer._forward_pre_hooks, layer._forward_pre_hooks_with_kwargs):
+                hooks.pop(handle.id, None)
         # TransformerLens edits the tokenizer it is given (BOS, padding side): give it its own copy.
         return TransformerBridge.boot_transformers(
             self.cfg.model_name, hf_model=twin, tokenizer=copy.deepcopy(self.tokenizer), device=str(self.device)

@@ -88,33 +88,46 @@ class TokenLayout:
     row_index: Int[Tensor, " batch"] | None = None
     """Which of the caller's conversations each row is (runners sort by length): per-conversation coefficients
     are looked up through it."""
+    positions: Int[Tensor, "batch pos"] | None = None
+    """Absolute positions of the current forward's tokens, as a tensor: set by compiled runners instead of
+    ``past_length`` (a Python int that changes every step would recompile the graph every step)."""
     _masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch pos"]:
+        if self.positions is not None:
+            return self.positions
         offsets = torch.arange(seq_len, device=self.pad_lengths.device) + self.past_length
         return offsets[None, :] - self.pad_lengths[:, None]
 
 
 _LAYOUT: contextvars.ContextVar[TokenLayout | None] = contextvars.ContextVar("persona_lens_layout", default=None)
+# torch.compile cannot trace ContextVar.get; compiled code reads this mirror of the innermost layout instead.
+_TRACEABLE_LAYOUT: list[TokenLayout | None] = [None]
 
 
 @contextmanager
 def token_layout(layout: TokenLayout | None) -> Iterator[TokenLayout | None]:
     """Publish ``layout`` to every persona_lens hook for the duration of the block."""
     token = _LAYOUT.set(layout)
+    outer = _TRACEABLE_LAYOUT[0]
+    _TRACEABLE_LAYOUT[0] = layout
     try:
         yield layout
     finally:
         _LAYOUT.reset(token)
+        _TRACEABLE_LAYOUT[0] = outer
 
 
 def current_layout() -> TokenLayout | None:
+    """The layout published by the innermost :func:`token_layout`, or None."""
+    if torch.compiler.is_compiling():
+        return _TRACEABLE_LAYOUT[0]
     return _LAYOUT.get()
 
 
 def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.device) -> Bool[Tensor, "batch pos"]:
     """Which positions of the current forward ``positions`` names (real tokens only)."""
-    layout = _LAYOUT.get()
+    layout = current_layout()
     if layout is None:
         layout = TokenLayout(
             pad_lengths=torch.zeros(batch, dtype=torch.long, device=device),
@@ -125,8 +138,9 @@ def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.
             f"the token layout describes {layout.pad_lengths.shape[0]} rows but this forward has {batch}; "
             "run other forwards outside persona_lens.hooks.token_layout(...)"
         )
+    compiling = torch.compiler.is_compiling()
     key = (positions, seq_len, layout.past_length)
-    cached = layout._masks.get(key)
+    cached = None if compiling or layout.positions is not None else layout._masks.get(key)
     if cached is not None:
         return cached
     absolute = layout.absolute_positions(seq_len).to(device)
@@ -146,7 +160,8 @@ def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.
             mask = mask & (relative < positions.stop)
     else:
         raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
-    layout._masks[key] = mask
+    if not compiling and layout.positions is None:
+        layout._masks[key] = mask
     return mask
 
 
@@ -205,8 +220,11 @@ class AddVector(_ResidualHook):
         vector = self._vector_like(resid)
         if isinstance(self.coef, Tensor):
             coef = self.coef
-            layout = _LAYOUT.get()
-            if layout is not None and layout.row_index is not None:
+            layout = current_layout()
+            if layout is not None and layout.row_index is not None and torch.compiler.is_compiling():
+                # Checked by the eager prefill that precedes compiled decoding; an index is traceable, .cpu() not.
+                coef = coef.to(resid.device)[layout.row_index.to(resid.device)]
+            elif layout is not None and layout.row_index is not None:
                 if int(layout.row_index.max()) >= coef.shape[0]:
                     raise ValueError(f"{coef.shape[0]} per-conversation coefficients, but conversation "
                                      f"{int(layout.row_index.max())} is being run")
@@ -265,7 +283,7 @@ class RecordProjection(_ResidualHook):
         unit = self._vector_like(resid)
         projection = (resid @ unit).float()
         mask = self._mask(resid, modifies=False)
-        layout = _LAYOUT.get()
+        layout = current_layout()
         batch, seq_len = resid.shape[0], resid.shape[1]
         if layout is None:
             absolute = torch.arange(seq_len).expand(batch, -1)

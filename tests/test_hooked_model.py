@@ -43,3 +43,33 @@ def test_run_blocks_stops_early_and_computes_no_logits(tiny_model):
 def test_wrapping_any_hf_model(tiny_model):
     again = HookedLM(tiny_model.hf_model, tiny_model.tokenizer, model_name="again")
     assert again.cfg.n_layers == tiny_model.cfg.n_layers
+
+
+def test_blocks_are_wired_to_hook_points_only_once_hooked():
+    # A fresh model: blocks nobody hooked keep PyTorch's fast call path (no module hooks at all).
+    model = HookedLM(*_fresh_hf("tiny-qwen2"))
+    layers = model._layers
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in layers)
+    with model.hooks(fwd_hooks=[("blocks.2.hook_resid_post", lambda x, hook: x)]):
+        pass
+    assert [bool(layer._forward_hooks) for layer in layers] == [False, False, True, False]
+    assert all(not layer._forward_pre_hooks for layer in layers)
+
+
+@torch.no_grad()
+def test_hooks_on_the_model_do_not_reach_its_bridge():
+    model = HookedLM(*_fresh_hf("tiny-llama"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x * 0)]):
+        pass  # the block is wired now; its copy inside the bridge must not fire this model's hook point
+    bridge = model.to_bridge()
+    clean = bridge(ids)
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x * 0)]):
+        assert not torch.allclose(model(ids), clean)
+        torch.testing.assert_close(bridge(ids), clean)
+
+
+def _fresh_hf(name):
+    from persona_lens.tiny import build_tiny
+
+    return build_tiny(name)
