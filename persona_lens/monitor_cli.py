@@ -162,6 +162,15 @@ def _check_positive(**values: int) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def _model_layer_vectors(args: argparse.Namespace, vector_paths: Any) -> tuple[Any, int, Any]:
+    """The model, the one layer (``--layer``) and the persona vectors checked against the model."""
+    model = load_model_arg(args)
+    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    return model, layer, load_vectors_arg(vector_paths, model, args.allow_other_model)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # commands
 
@@ -171,11 +180,7 @@ def run_project(args: argparse.Namespace) -> int:
 
     _check_positive(batch_size=args.batch_size)
     prompts = _prompts_from_args(args)
-    model = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    vectors = load_vectors_arg(args.vectors, model, args.allow_other_model)
+    model, layer, vectors = _model_layer_vectors(args, args.vectors)
     projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
                                       allow_other_model=args.allow_other_model)
     names = trait_names(vectors)
@@ -210,11 +215,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             plans["many_shot"] = many_shot_prompts(trait, args.shots, n_questions=args.questions)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    model = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    vectors = load_vectors_arg(default_vector_paths(args, trait.name), model, args.allow_other_model)
+    model, layer, vectors = _model_layer_vectors(args, default_vector_paths(args, trait.name))
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
     out.mkdir(parents=True, exist_ok=True)
@@ -257,11 +258,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 
     _check_positive(max_new_tokens=args.max_new_tokens)
     prompts = _prompts_from_args(args)
-    model = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    vectors = load_vectors_arg(args.vectors, model, args.allow_other_model)
+    model, layer, vectors = _model_layer_vectors(args, args.vectors)
     traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed,
                                        allow_other_model=args.allow_other_model)
