@@ -342,14 +342,24 @@ def _english_words() -> frozenset[str]:
 
 def known_word_share(text: str) -> float:
     """Share of the words of ``text`` that are words at all: in a 260k-word English dictionary, or French (our
-    lexicon, or any accented word), or pirate vocabulary (also g-dropping: "sailin'"); single letters count."""
-    words = _LEXICON_WORD.findall(text.lower())
+    lexicon, or any accented word), or pirate vocabulary (also g-dropping: "sailin'").
+
+    Every run of letters is a word, in any script: words in other scripts (Hebrew, CJK ... fragments of
+    over-steered byte-level output) are unknown. Single letters are words only as "a", "I", "o", "y", "à", or in a
+    contraction or elision ("don't", "it's", "l'eau", "qu'il").
+    """
+    text = _CLITIC.sub(" ", text.lower())
+    words = _ANY_WORD.findall(text)
     if not words:
         return 0.0
     english = _english_words()
 
     def known(word: str) -> bool:
-        if len(word) == 1 or word in english or word in _FRENCH_WORDS or word in _PIRATE_LEXICON:
+        if not _LATIN_WORD.fullmatch(word):
+            return False
+        if len(word) == 1:
+            return word in _SINGLE_LETTER_WORDS
+        if word in english or word in _FRENCH_WORDS or word in _PIRATE_LEXICON:
             return True
         if word in _FRENCH_COMMON or (word[-1] in "sx" and word[:-1] in _FRENCH_COMMON):
             return True
@@ -362,7 +372,11 @@ def known_word_share(text: str) -> float:
     return sum(known(w) for w in words) / len(words)
 
 
-_LEXICON_WORD = re.compile(r"[a-zà-ÿœæ]+")
+_LATIN_WORD = re.compile(r"[a-zà-ÿœæ]+")
+_ANY_WORD = re.compile(r"[^\W\d_]+")
+_SINGLE_LETTER_WORDS = frozenset("a i o y à".split())
+# Contractions (it's, don't, we'll, I'd) and elisions (l'eau, qu'il, j'aime): removed before words are counted.
+_CLITIC = re.compile(r"(?<=[^\W\d_])['’](?:s|t|d|m|ll|ve|re)\b|\b(?:[ldjnsmtc]|qu)['’](?=[^\W\d_])")
 # Common French content words (singular; "s"/"x" plurals are accepted), so plain French is not taken for word salad.
 _FRENCH_COMMON = frozenset("""
 qu jusqu lorsqu puisqu aime aimer adore adorer mange manger boire bois boit dormir dors dort lire lis lit ecrire
@@ -428,7 +442,7 @@ def score_coherence(question: str, answer: str) -> Score:
 # ---------------------------------------------------------------------------------------------------------------------
 
 #: Bumped when a rule's scores change, so persistent judge caches do not serve scores of the old rule.
-RULE_VERSIONS: dict[str, int] = {"coherence": 2}
+RULE_VERSIONS: dict[str, int] = {"coherence": 3}
 
 RULES: dict[str, Rule] = {
     "french": score_french,

@@ -10,6 +10,7 @@ from persona_lens.judges.rule import (
     RuleJudge,
     coherence_factors,
     count_emoji,
+    known_word_share,
     loop_fraction,
     pirate_markers,
     score_coherence,
@@ -296,6 +297,17 @@ def test_coherence_penalises_word_salad_but_not_pirate_or_french():
     assert score_coherence(Q, salad) < 30
     for text in (pirate, french, plain):
         assert score_coherence(Q, text) >= 90, text
+
+
+def test_coherence_counts_other_scripts_and_stray_letters_as_non_words():
+    """Over-steered byte-level output: fragments of other scripts and runs of single letters are not words, while
+    contractions, elisions and the one-letter words of English and French are."""
+    assert known_word_share("I love the ocean שלום מה 你好世界 and פיצה") < 0.6
+    assert score_coherence(Q, "F B A F B A B A C D F B A E") == 0.0
+    for text in ("It's what I'd do, don't you think? We'll see, and you're right.",
+                 "J'aime l'eau, qu'il fait beau ! Il y a un chat à la maison.",
+                 "O captain, a ship! I see it."):
+        assert known_word_share(text) == 1.0, text
 
 
 def test_changed_rules_get_a_new_judge_id_so_caches_do_not_serve_old_scores():
