@@ -396,6 +396,8 @@ nouveau vieux jeune joli jolie heureux heureuse calme gentil doux douce vraiment
 aussi encore deja bien mieux beaucoup peu trop tres plus moins ensemble dehors dedans ici partout chose choses
 parce comme quand ou oui non merci bonjour bonsoir salut voila chez avec sans pour par sur sous dans entre
 apres avant pendant depuis vers contre selon mon ma mes ton ta tes son sa ses notre nos votre vos leur leurs
+un deux trois quatre cinq six onze douze vingt trente seconde minute chaude savon laver lave main tete
+pied bras corps visage dent cheveu propre sale
 """.split())
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies", "ied")
 
