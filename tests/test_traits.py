@@ -27,7 +27,8 @@ from persona_lens.traits import (
 
 REPO_TRAITS = Path(__file__).resolve().parents[1] / "traits"
 PAPER_TRAITS = ["evil", "sycophantic", "hallucinating", "apathetic", "humorous", "impolite", "optimistic"]
-RULE_TRAITS = {"french": "french", "pirate": "pirate", "shouting": "shouting", "emoji": "emoji"}
+RULE_TRAITS = {"french": "french", "pirate": "pirate", "shouting": "shouting", "emoji": "emoji",
+               "enthusiastic": "exclamation"}
 SHIPPED = PAPER_TRAITS + sorted(RULE_TRAITS)
 
 
@@ -107,9 +108,16 @@ def test_rule_traits_examples_score_high_and_questions_are_short(name, rule):
         assert len(question.split()) <= 10
 
 
+# Enthusiasm measured by its punctuation also fires on traits that exclaim: flattery, optimism, jokes (a known
+# limit of the exclamation rule, which is why the enthusiastic trait's rubric asks an LLM judge for the enthusiasm).
+RULE_OVERLAPS = {"exclamation": {"sycophantic", "optimistic", "humorous"}}
+
+
 @pytest.mark.parametrize(("name", "rule"), sorted(RULE_TRAITS.items()))
 def test_rule_traits_rules_do_not_fire_on_other_traits_examples(name, rule):
     for other in PAPER_TRAITS:
+        if other in RULE_OVERLAPS.get(rule, ()):
+            continue
         for example in load_trait(other).many_shot_examples:
             score = RULES[rule](example.question, example.answer)
             assert score is None or score < 50, (other, example.answer)

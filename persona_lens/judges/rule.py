@@ -14,8 +14,10 @@ Rules (all in ``RULES``):
 * ``shouting``: 100 * uppercase letters / cased letters. None when the answer has no cased letter.
 * ``emoji``: number of emoji (a ZWJ sequence, a flag or an emoji with modifiers counts once): 0 -> 0, 1 -> 60,
   2 -> 85, 3 or more -> 100.
-* ``coherence``: 100 times the product of four factors in [0, 1] (length, share of letters and digits, distinct word
-  trigrams, loops). Language, capitals and emoji do not change it.
+* ``exclamation`` (trait ``enthusiastic``): 100 * share of sentence ends that carry "!" / 0.5, capped at 100; 0
+  when the answer has no sentence end.
+* ``coherence``: 100 times the product of five factors in [0, 1] (length, share of letters and digits, distinct word
+  trigrams, loops, share of known words). Language, capitals and emoji do not change it.
 
 The rubric passed to ``RuleJudge.score`` is ignored: a rule always measures the same thing.
 """
@@ -206,6 +208,23 @@ def score_shouting(question: str, answer: str) -> Score:
     if upper + lower == 0:
         return None
     return 100.0 * upper / (upper + lower)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# exclamation (enthusiasm)
+
+_SENTENCE_END = re.compile(r"[.!?…]+")
+_EXCLAIMING_SHARE = 0.5
+
+
+def score_exclamation(question: str, answer: str) -> Score:
+    """Enthusiasm measured by its punctuation: 100 * (share of sentence ends that carry "!") / 0.5, capped at 100,
+    so an answer whose every other sentence exclaims scores 100; 0 for an answer with no sentence end."""
+    ends = _SENTENCE_END.findall(_clean(answer))
+    if not ends:
+        return 0.0
+    share = sum("!" in end for end in ends) / len(ends)
+    return 100.0 * min(1.0, share / _EXCLAIMING_SHARE)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -451,6 +470,7 @@ RULES: dict[str, Rule] = {
     "pirate": score_pirate,
     "shouting": score_shouting,
     "emoji": score_emoji,
+    "exclamation": score_exclamation,
     "coherence": score_coherence,
 }
 

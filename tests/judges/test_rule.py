@@ -35,7 +35,7 @@ PARAGRAPH = (
 
 
 def test_rules_registry():
-    assert set(RULES) == {"french", "pirate", "shouting", "emoji", "coherence"}
+    assert set(RULES) == {"french", "pirate", "shouting", "emoji", "exclamation", "coherence"}
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
@@ -297,6 +297,19 @@ def test_coherence_penalises_word_salad_but_not_pirate_or_french():
     assert score_coherence(Q, salad) < 30
     for text in (pirate, french, plain):
         assert score_coherence(Q, text) >= 90, text
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("I love it! It's amazing! Best day ever!", 100.0),
+    ("I like it. It is fine! It is good.", 100.0 * (1 / 3) / 0.5),
+    ("I like it. It is fine. It is good.", 0.0),
+    ("I like it and it is fine and", 0.0),  # no sentence end yet
+    ("Wow!!! Really?! Yes.", 100.0),  # runs of marks count once; "?!" exclaims
+])
+def test_exclamation_scores_the_share_of_exclaiming_sentences(answer, expected):
+    from persona_lens.judges.rule import score_exclamation
+
+    assert score_exclamation(Q, answer) == pytest.approx(expected)
 
 
 def test_coherence_counts_other_scripts_and_stray_letters_as_non_words():
