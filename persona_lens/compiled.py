@@ -6,7 +6,7 @@ TransformerLens hooks are installed traced into the graph. Three things make tha
 
 * Nothing a hook reads changes as a Python value from step to step. Shapes are static (the cache and the attention
   mask are allocated for the whole reply, in buckets of :data:`LENGTH_BUCKET` tokens), and the runner publishes
-  each step's absolute positions as a tensor (``TokenLayout.positions``) instead of an int, so position modes and
+  each step's cache length as a tensor (``TokenLayout.past_length``) instead of an int, so position modes and
   windows mean exactly what they mean in eager decoding without a recompile per step.
 * Hook changes recompile. By default ``torch.compile`` does not guard on module hooks, so a graph compiled with
   one set of hooks would silently keep them after they were removed (tested). The step is traced and run with
@@ -106,12 +106,10 @@ class StaticDecoder:
         self.mask = torch.zeros(batch, self.max_len, dtype=attention_mask.dtype, device=device)
         self.mask[:, :prompt] = attention_mask
         self.position_ids = positions_from_mask(attention_mask)
-        self.pad_lengths = layout.pad_lengths.to(device)
         self.indices = torch.arange(self.max_len, device=device)  # cache positions, sliced without a host copy
 
     def prefill(self) -> Float[Tensor, "batch vocab"]:
         """Run the prompt (eagerly: one call per batch, and hooks see ordinary prompt positions)."""
-        self.layout.positions = None
         self.layout.past_length = 0
         self.layout._masks.clear()
         cache_position = self.indices[: self.prompt]
@@ -125,8 +123,8 @@ class StaticDecoder:
             raise ValueError(f"static cache of {self.max_len} tokens is full")
         self.mask[:, index] = 1
         self.position_ids = self.position_ids[:, -1:] + 1
-        self.layout.positions = (index - self.pad_lengths)[:, None]
         cache_position = self.indices[index : index + 1]
+        self.layout.past_length = cache_position  # the tokens before this one, as a tensor: no recompile per step
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed (cloned)
         with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=RECOMPILE_LIMIT):
             logits = self._step(tokens[:, None], self.mask, self.position_ids, cache_position, self.cache)

@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from persona_lens.chat import Message, collate, encode_generated, encode_prompt
-from persona_lens.compiled import check_compilable, static_decoder
+from persona_lens.compiled import static_decoder
 from persona_lens.hooked_model import HookedLM, positions_from_mask
 from persona_lens.hooks import TokenLayout, token_layout
 
@@ -94,6 +94,7 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
     done = torch.zeros(n, dtype=torch.bool, device=device)
     cache = None
     step_input = tokens
+    position_ids = positions_from_mask(mask)  # then one more per step: no cumsum over the whole mask each step
     static = static_decoder(model, tokens, mask, max_new_tokens, layout, compile) if compile else None
     with token_layout(layout):
         for step in range(max_new_tokens):
@@ -103,8 +104,8 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
             elif use_cache:
                 layout.past_length = tokens.shape[1] - step_input.shape[1]
                 layout._masks.clear()
-                logits, cache = model(step_input, mask, positions_from_mask(mask)[:, -step_input.shape[1]:],
-                                      cache=cache, use_cache=True, logits_to_keep=1)
+                logits, cache = model(step_input, mask, position_ids, cache=cache, use_cache=True,
+                                      logits_to_keep=1)
             else:
                 layout.past_length = 0
                 layout._masks.clear()
@@ -116,6 +117,7 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(next_token)[:, None]], dim=1)
             step_input = next_token[:, None]
+            position_ids = position_ids[:, -1:] + 1
             if bool(done.all()):
                 break
     responses: list[list[int]] = []
@@ -164,8 +166,6 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if compile and not use_cache:
         raise ValueError("compile=True decodes on a static KV cache; it cannot be combined with use_cache=False")
-    if compile:
-        check_compilable(model)
     prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore[arg-type]
                for c in conversations]
     if seeds is not None and len(seeds) != len(prompts):

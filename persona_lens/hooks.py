@@ -84,18 +84,15 @@ class TokenLayout:
 
     pad_lengths: Int[Tensor, " batch"]
     prompt_lengths: Int[Tensor, " batch"]
-    past_length: int = 0
+    past_length: int | Int[Tensor, " 1"] = 0
+    """Tokens already in the KV cache. Compiled runners give it as a tensor (a Python int that changed every
+    step would recompile the graph every step)."""
     row_index: Int[Tensor, " batch"] | None = None
     """Which of the caller's conversations each row is (runners sort by length): per-conversation coefficients
     are looked up through it."""
-    positions: Int[Tensor, "batch pos"] | None = None
-    """Absolute positions of the current forward's tokens, as a tensor: set by compiled runners instead of
-    ``past_length`` (a Python int that changes every step would recompile the graph every step)."""
     _masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch pos"]:
-        if self.positions is not None:
-            return self.positions
         offsets = torch.arange(seq_len, device=self.pad_lengths.device) + self.past_length
         return offsets[None, :] - self.pad_lengths[:, None]
 
@@ -138,11 +135,11 @@ def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.
             f"the token layout describes {layout.pad_lengths.shape[0]} rows but this forward has {batch}; "
             "run other forwards outside persona_lens.hooks.token_layout(...)"
         )
-    compiling = torch.compiler.is_compiling()
+    # Masks are shared by every hooked layer of one eager forward; traced code computes them in the graph.
+    cacheable = isinstance(layout.past_length, int) and not torch.compiler.is_compiling()
     key = (positions, seq_len, layout.past_length)
-    cached = None if compiling or layout.positions is not None else layout._masks.get(key)
-    if cached is not None:
-        return cached
+    if cacheable and key in layout._masks:
+        return layout._masks[key]
     absolute = layout.absolute_positions(seq_len).to(device)
     prompt_lengths = layout.prompt_lengths.to(device)[:, None]
     real = absolute >= 0
@@ -160,7 +157,7 @@ def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.
             mask = mask & (relative < positions.stop)
     else:
         raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
-    if not compiling and layout.positions is None:
+    if cacheable:
         layout._masks[key] = mask
     return mask
 
