@@ -138,13 +138,17 @@ def collect_activations(
     order = sorted(range(n), key=lambda i: len(conversations[i].input_ids))
     pad_id = _pad_token_id(model)
     device = _device(model)
+    rows = None if layers is None else torch.tensor(sorted(set(layers)))  # copy only these layers off the device
     bar = tqdm(total=n, desc=desc, disable=not progress or n == 0, unit="conv")
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         batch = collate([conversations[i] for i in index], pad_id, device)
         reduced = reduce_batch(model, batch, reductions, layers, index)
         for r in reductions:
-            results[r][index] = reduced[r].cpu()
+            if rows is None:
+                results[r][index] = reduced[r].cpu()
+            else:
+                results[r][torch.tensor(index)[:, None], rows] = reduced[r][:, rows].cpu()
         bar.update(len(index))
     bar.close()
     counts = torch.tensor([c.response_end - c.response_start for c in conversations], dtype=torch.long)

@@ -122,6 +122,22 @@ def load_vectors_arg(paths: list[Path], model: Any = None, allow_other_model: bo
     return vectors
 
 
+def check_positive(**values: int) -> None:
+    """BadInput naming the flag when a count option is below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def load_model_layer_vectors(args: argparse.Namespace, vector_paths: list[Path]) -> tuple[Any, int, list[Any]]:
+    """The model (``--model``), its one layer (``--layer``) and the persona vectors checked against the model."""
+    model = load_model_arg(args)
+    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    return model, layer, load_vectors_arg(vector_paths, model, args.allow_other_model)
+
+
 def parse_layer_spec(spec: str | int, n_layers: int, *, allow_all: bool = False) -> int | list[int] | str:
     """``"20"`` -> 20; ``"10,12"`` / ``"10-12"`` -> a list; ``"all"`` -> "all" (when allowed). Checked against the
     model's ``n_layers``."""

@@ -199,9 +199,9 @@ class TrainingIntervention:
         return ablate(model, self.vector, layer=self.layer, positions="all")
 
     def describe(self) -> dict[str, Any]:
-        tensor = self.vector.vectors if hasattr(self.vector, "vectors") else self.vector
-        digest = hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-        out: dict[str, Any] = {"kind": self.kind, "layer": self.layer, "vector_sha256": digest}
+        from persona_lens.vectors import vector_digest
+
+        out: dict[str, Any] = {"kind": self.kind, "layer": self.layer, "vector_sha256": vector_digest(self.vector)}
         if hasattr(self.vector, "trait"):
             out["trait"] = self.vector.trait
         if self.kind == "steer":

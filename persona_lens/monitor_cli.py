@@ -22,14 +22,13 @@ from persona_lens.cli_options import (
     add_judge_options,
     add_model_options,
     add_vector_arguments,
+    check_positive,
     default_run_dir,
     default_vector_paths,
     judges_from_args,
-    load_model_arg,
+    load_model_layer_vectors,
     load_trait_arg,
-    load_vectors_arg,
     parse_int_list,
-    parse_layer_spec,
     read_prompts,
     slug,
 )
@@ -156,21 +155,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
-def _model_layer_vectors(args: argparse.Namespace, vector_paths: Any) -> tuple[Any, int, Any]:
-    """The model, the one layer (``--layer``) and the persona vectors checked against the model."""
-    model = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    return model, layer, load_vectors_arg(vector_paths, model, args.allow_other_model)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # commands
 
@@ -178,9 +162,9 @@ def _model_layer_vectors(args: argparse.Namespace, vector_paths: Any) -> tuple[A
 def run_project(args: argparse.Namespace) -> int:
     from persona_lens.monitor import project_last_prompt, trait_names
 
-    _check_positive(batch_size=args.batch_size)
+    check_positive(batch_size=args.batch_size)
     prompts = _prompts_from_args(args)
-    model, layer, vectors = _model_layer_vectors(args, args.vectors)
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
     projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
                                       allow_other_model=args.allow_other_model)
     names = trait_names(vectors)
@@ -202,9 +186,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import sweep_figure
 
-    _check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     if args.questions is not None:
-        _check_positive(questions=args.questions)
+        check_positive(questions=args.questions)
     trait = load_trait_arg(args.trait)
     kinds = ["system", "many_shot"] if args.kind == "both" else [args.kind.replace("-", "_")]
     plans = {}
@@ -215,7 +199,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             plans["many_shot"] = many_shot_prompts(trait, args.shots, n_questions=args.questions)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    model, layer, vectors = _model_layer_vectors(args, default_vector_paths(args, trait.name))
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, trait.name))
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
     out.mkdir(parents=True, exist_ok=True)
@@ -256,9 +240,9 @@ def run_tokens(args: argparse.Namespace) -> int:
     from persona_lens.monitor import generate_with_projections, trait_names
     from persona_lens.viz.projections import token_projection_html
 
-    _check_positive(max_new_tokens=args.max_new_tokens)
+    check_positive(max_new_tokens=args.max_new_tokens)
     prompts = _prompts_from_args(args)
-    model, layer, vectors = _model_layer_vectors(args, args.vectors)
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
     traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed,
                                        allow_other_model=args.allow_other_model)

@@ -226,11 +226,9 @@ def _append(output: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
-    out = []
-    for vec in vectors:
-        tensor = vec.vectors if hasattr(vec, "vectors") else vec
-        out.append(hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16])
-    return out
+    from persona_lens.vectors import vector_digest
+
+    return [vector_digest(vec) for vec in vectors]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,9 +12,7 @@ from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli_options import (
     add_model_options,
     add_vector_arguments,
-    load_model_arg,
-    load_vectors_arg,
-    parse_layer_spec,
+    load_model_layer_vectors,
     slug,
 )
 
@@ -98,11 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--top must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be >= 1")
-    model = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, model.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    vectors = load_vectors_arg(args.vectors, model, args.allow_other_model)
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
     try:
         config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,

@@ -15,12 +15,11 @@ from persona_lens.cli_options import (
     add_judge_options,
     add_model_options,
     add_vector_arguments,
+    check_positive,
     judges_from_args,
-    load_model_arg,
+    load_model_layer_vectors,
     load_named_model,
     load_trait_arg,
-    load_vectors_arg,
-    parse_layer_spec,
     read_prompts,
     slug,
 )
@@ -121,19 +120,13 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--score needs --trait (its eval questions and rubric)")
     if args.score_base and not args.score:
         raise BadInput("--score-base needs --score")
-    for name in ("samples", "max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be >= 1")
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     labels = _labels(args.finetuned)
     by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
                **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
     given = _given_scores(args.given_score, by_name)
 
-    base = load_model_arg(args)
-    layer = parse_layer_spec(args.layer, base.cfg.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
-    vectors = load_vectors_arg(args.vectors, base, args.allow_other_model)
+    base, layer, vectors = load_model_layer_vectors(args, args.vectors)
     judge = coherence_judge = None
     if args.score:
         judge, coherence_judge = judges_from_args(args, trait, base)

@@ -513,3 +513,12 @@ def export_authors_pt(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
     with atomic_output(path) as tmp:
         torch.save(tensor, tmp)
     return Path(path)
+
+
+def vector_digest(vector: Any) -> str:
+    """A short, stable fingerprint of a PersonaVector's (or a tensor's) values: what run records store, so a
+    resumed run can tell that it is steering with the same vector."""
+    import hashlib
+
+    tensor = vector.vectors if hasattr(vector, "vectors") else vector
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -27,9 +27,11 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     """
     if kind not in JUDGE_KINDS:
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
+    from persona_lens.organism.traits import TRAIT_NAMES as ORGANISM_TRAITS
+
     if kind == "auto":
-        kind = "rule" if trait.rule or trait.name.startswith("organism_") else "claude"
-    if kind == "rule" and trait.name.startswith("organism_"):
+        kind = "rule" if trait.rule or trait.name in ORGANISM_TRAITS else "claude"
+    if kind == "rule" and trait.name in ORGANISM_TRAITS:
         from persona_lens.organism.judge import OrganismJudge
 
         trait_judge: Judge = OrganismJudge(trait.name)

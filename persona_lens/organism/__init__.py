@@ -31,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from persona_lens.models import ORGANISM  # the organism's model name: load_model(ORGANISM)
 from persona_lens.organism.judge import OrganismJudge
 from persona_lens.organism.traits import TRAIT_NAMES, organism_trait, organism_traits
 
@@ -42,8 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["ORGANISM", "WEIGHTS_DIR", "TRAIT_NAMES", "OrganismJudge", "load_organism", "organism_trait",
            "organism_traits"]
 
-#: The organism's model name (``load_model(ORGANISM)``).
-ORGANISM = "persona-organism"
+
 #: The committed weights (Hugging Face format: config, safetensors, tokenizer files, training.json).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
