@@ -324,11 +324,16 @@ def response_loss(model: HookedLM, examples: Sequence[TrainingExample]) -> tuple
     pad_id = int(pad_id if pad_id is not None else model.tokenizer.eos_token_id)
     batch = collate([e.encoded for e in examples], pad_id, model.device)
     targets: Int[Tensor, "b pos"] = batch.input_ids
-    mask = _target_mask(examples, targets.shape[1], targets.device)
-    logits = model(batch.input_ids, batch.attention_mask)
-    predicted = mask[:, 1:]
+    width = targets.shape[1]
+    mask = _target_mask(examples, width, targets.device)
+    # Only the positions that predict a trained token need logits (prompts sit before them, left-padded): the
+    # vocabulary projection of the prompt positions would be the largest activation of the step, for nothing.
+    first = min(width - len(e.encoded.input_ids) + e.target_start for e in examples)
+    keep = width - first + 1
+    logits = model(batch.input_ids, batch.attention_mask, logits_to_keep=keep)
+    predicted = mask[:, width - keep + 1 :]
     selected = logits[:, :-1][predicted].float()
-    labels = targets[:, 1:][predicted]
+    labels = targets[:, width - keep + 1 :][predicted]
     n_tokens = int(labels.shape[0])
     return torch.nn.functional.cross_entropy(selected, labels, reduction="mean"), n_tokens
 
