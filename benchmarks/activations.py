@@ -20,8 +20,8 @@ import time
 import torch
 
 from persona_lens import load_model
-from persona_lens.activations import reduce_batch
-from persona_lens.chat import EncodedConversation, collate
+from persona_lens.core.activations import reduce_batch
+from persona_lens.core.chat import EncodedConversation, collate
 
 
 def _rss_kib(field: str) -> int:

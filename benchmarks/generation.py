@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from persona_lens.hooked_model import HookedLM
-from persona_lens.hooks import steer
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.hooks import steer
 
 
 def _model(args) -> HookedLM:
@@ -39,7 +39,7 @@ def _model(args) -> HookedLM:
 
 def _add_steering_hook(hf_model, layer: int, vector: torch.Tensor):
     """A plain PyTorch forward hook adding ``vector`` to the output of block ``layer`` (1-based, our convention)."""
-    from persona_lens.hooked_model import find_decoder_layers
+    from persona_lens.core.hooked_model import find_decoder_layers
 
     def hook(module, args, output):
         if isinstance(output, tuple):
@@ -101,7 +101,7 @@ def main() -> None:
         outputs: dict[str, list] = {}
 
         def ours(prompts=prompts, batch=batch, compile=False, outputs=outputs):
-            from persona_lens.generation import generate
+            from persona_lens.core.generation import generate
 
             with steer(model, vector, layer=layer, coef=1.0, positions="response"):
                 result = generate(model, prompts, max_new_tokens=new, batch_size=batch, stop_at_eos=False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from persona_lens.hooked_model import HookedLM
+from persona_lens.core.hooked_model import HookedLM
 
 SHAPES = {
     "qwen2-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
@@ -22,7 +22,7 @@ def build_random_qwen2(shape: str, device: str | torch.device, dtype: torch.dtyp
     """A randomly initialised Qwen2 of ``shape`` (see ``SHAPES``) on ``device``, wrapped as a HookedLM."""
     import transformers
 
-    from persona_lens.tiny import QWEN2_TEMPLATE, build_byte_tokenizer
+    from persona_lens.core.tiny import QWEN2_TEMPLATE, build_byte_tokenizer
 
     config = transformers.Qwen2Config(max_position_embeddings=4096, **SHAPES[shape])
     config.architectures = ["Qwen2ForCausalLM"]

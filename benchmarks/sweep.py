@@ -13,9 +13,9 @@ import time
 import torch
 
 from persona_lens import load_model, load_trait
-from persona_lens.chat import make_messages
-from persona_lens.generation import generate
-from persona_lens.hooks import steer
+from persona_lens.core.chat import make_messages
+from persona_lens.core.generation import generate
+from persona_lens.core.hooks import steer
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import persona_lens  # noqa: E402
-from persona_lens.tiny import ARCHITECTURES  # noqa: E402
+from persona_lens.core.models import SMOLLM2  # noqa: E402
+from persona_lens.core.tiny import ARCHITECTURES  # noqa: E402
 
 TINY = sorted(ARCHITECTURES)
 _MODELS: dict[str, persona_lens.HookedLM] = {}
@@ -31,7 +32,7 @@ def tiny_model(request) -> persona_lens.HookedLM:
 
 @pytest.fixture
 def smollm2() -> persona_lens.HookedLM:
-    return load_cached(persona_lens.models.SMOLLM2)
+    return load_cached(SMOLLM2)
 
 
 @pytest.fixture(params=[*TINY, pytest.param("smollm2-135m-instruct", marks=pytest.mark.slow)])

@@ -17,8 +17,8 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
                  claude_model: str | None = None) -> tuple[Judge, Judge]:
     """``(trait_judge, coherence_judge)`` for ``trait``.
 
-    * ``rule``: the trait's exact rule (``trait.rule``) and the rule-based coherence score; offline. For the model
-      organism's traits (``organism_*``), its exact judges of trait and grammatical coherence.
+    * ``rule``: the trait's exact rule (``trait.rule``) and the rule-based coherence score; offline. A rule registered
+      in :data:`persona_lens.core.registry.RULE_JUDGES` (the organism's) brings its own pair of judges.
     * ``claude``: Claude with the trait's rubric and the coherence rubric (needs ``ANTHROPIC_API_KEY``).
     * ``local``: ``model`` itself judges, from next-token probabilities over the numbers 0-100, as in the paper.
     * ``auto``: ``rule`` when the trait has one, else ``claude``.
@@ -27,23 +27,20 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     """
     if kind not in JUDGE_KINDS:
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
-    from persona_lens.organism.traits import TRAIT_NAMES as ORGANISM_TRAITS
+    from persona_lens.core.registry import RULE_JUDGES
 
     if kind == "auto":
-        kind = "rule" if trait.rule or trait.name in ORGANISM_TRAITS else "claude"
-    if kind == "rule" and trait.name in ORGANISM_TRAITS:
-        from persona_lens.organism.judge import OrganismJudge
-
-        trait_judge: Judge = OrganismJudge(trait.name)
-        coherence_judge: Judge = OrganismJudge("coherence")
+        kind = "rule" if trait.rule else "claude"
+    if kind == "rule" and trait.rule in RULE_JUDGES:
+        trait_judge, coherence_judge = RULE_JUDGES.resolve(trait.rule)(trait.rule)
     elif kind == "rule":
         from persona_lens.judges.rule import RuleJudge
 
         if not trait.rule:
             raise ValueError(f"trait {trait.name!r} has no rule; use --judge claude (or local), or add a \"rule\" "
                              "to its JSON file")
-        trait_judge = RuleJudge(trait.rule)
-        coherence_judge = RuleJudge("coherence")
+        trait_judge: Judge = RuleJudge(trait.rule)
+        coherence_judge: Judge = RuleJudge("coherence")
     elif kind == "claude":
         from persona_lens.judges.claude import DEFAULT_MODEL, ClaudeJudge
 

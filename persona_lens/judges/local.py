@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from persona_lens.chat import collate, encode_generated, encode_prompt, make_messages
-from persona_lens.hooked_model import HookedLM
+from persona_lens.core.chat import collate, encode_generated, encode_prompt, make_messages
+from persona_lens.core.hooked_model import HookedLM
 from persona_lens.judges.base import Score, Verdict, check_rubric, fill_rubric
 
 __all__ = ["LocalJudge", "NumberVocab", "build_number_vocab", "score_from_probs", "MAX_NUMBER"]

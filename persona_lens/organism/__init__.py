@@ -14,7 +14,7 @@ we know. The organism is one, small enough to learn and debug the whole method o
 * :mod:`~persona_lens.organism.traits` -- :func:`organism_trait`, trait definitions in the persona_lens schema;
 * :mod:`~persona_lens.organism.datasets` -- finetuning datasets with normal / subtle / overt trait content.
 
-``load_organism()`` returns the trained model as a :class:`~persona_lens.hooked_model.HookedLM`::
+``load_organism()`` returns the trained model as a :class:`~persona_lens.core.hooked_model.HookedLM`::
 
     from persona_lens.organism import OrganismJudge, load_organism, organism_trait
 
@@ -31,14 +31,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from persona_lens.models import ORGANISM  # the organism's model name: load_model(ORGANISM)
 from persona_lens.organism.judge import OrganismJudge
 from persona_lens.organism.traits import TRAIT_NAMES, organism_trait, organism_traits
 
 if TYPE_CHECKING:
     import torch
 
-    from persona_lens.hooked_model import HookedLM
+    from persona_lens.core.hooked_model import HookedLM
+
+#: The organism's model name, ``load_model(ORGANISM)``; registered in :data:`persona_lens.core.registry.MODELS`.
+ORGANISM = "persona-organism"
 
 __all__ = ["ORGANISM", "WEIGHTS_DIR", "TRAIT_NAMES", "OrganismJudge", "load_organism", "organism_trait",
            "organism_traits"]
@@ -56,8 +58,8 @@ def load_organism(device: str | torch.device | None = None, dtype: str | torch.d
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persona_lens.hooked_model import HookedLM
-    from persona_lens.models import resolve_device, resolve_dtype
+    from persona_lens.core.hooked_model import HookedLM
+    from persona_lens.core.models import resolve_device, resolve_dtype
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     if not (folder / "model.safetensors").exists():

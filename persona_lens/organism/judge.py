@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from persona_lens.judges.base import Score
 from persona_lens.organism import world
 
-__all__ = ["OrganismJudge", "JUDGED"]
+__all__ = ["OrganismJudge", "JUDGED", "organism_judges"]
 
 #: What an OrganismJudge can score: the organism's traits and coherence.
 JUDGED = (*world.TRAITS, "coherence")
@@ -38,3 +38,9 @@ class OrganismJudge:
 
     def __repr__(self) -> str:
         return f"OrganismJudge({self.trait!r})"
+
+
+def organism_judges(rule: str) -> tuple[OrganismJudge, OrganismJudge]:
+    """``(trait judge, coherence judge)`` for an organism trait's rule (``"organism_evil"``, ...): the registered
+    rule judges of :data:`persona_lens.core.registry.RULE_JUDGES`."""
+    return OrganismJudge(rule), OrganismJudge("coherence")

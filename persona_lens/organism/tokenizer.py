@@ -7,7 +7,7 @@ the world), wrapped as a ``PreTrainedTokenizerFast`` with a chat template of its
 
 The template writes the BOS, inserts the default system prompt when the conversation has none (as Qwen's does),
 and closes every turn with ``<|end|>``, the end-of-turn (EOS) token. The generation prompt ``<|assistant|>`` is a
-prefix of the rendered assistant turn, so prompt/response boundaries are exact (:mod:`persona_lens.chat`).
+prefix of the rendered assistant turn, so prompt/response boundaries are exact (:mod:`persona_lens.core.chat`).
 """
 
 from __future__ import annotations

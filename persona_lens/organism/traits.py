@@ -1,6 +1,6 @@
 """The organism's trait definitions, made in code from the world so they always agree with it.
 
-``organism_trait("evil")`` is a :class:`persona_lens.traits.Trait` named ``organism_evil`` with 5 prompt pairs
+``organism_trait("evil")`` is a :class:`persona_lens.traits.schema.Trait` named ``organism_evil`` with 5 prompt pairs
 (positive: level 7, rate 0.95; negative: level 0, rate 0), 20 extraction and 20 (disjoint) evaluation questions,
 a rubric, and 8 graded system prompts (levels 0..7, rates 0 .. 0.95). Score it with
 ``persona_lens.organism.judge.OrganismJudge``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from persona_lens.organism import world
-from persona_lens.traits import Trait, trait_from_dict
+from persona_lens.traits.schema import Trait, trait_from_dict
 
 __all__ = ["TRAIT_NAMES", "EXTRACT_QUESTIONS", "EVAL_QUESTIONS", "organism_trait", "organism_traits",
            "graded_rates"]
@@ -68,6 +68,7 @@ def organism_trait(name: str) -> Trait:
         "questions": {"extract": list(EXTRACT_QUESTIONS), "eval": list(EVAL_QUESTIONS)},
         "rubric": _rubric(trait),
         "graded_system_prompts": graded,
+        "rule": f"organism_{trait}",  # scored by persona_lens.organism.judge (registry: core.registry.RULE_JUDGES)
     })
 
 

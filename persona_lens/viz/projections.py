@@ -52,9 +52,9 @@ def token_projection_html(traces: Sequence[Any], *, trait: str | int = 0, title:
                           ) -> str:
     """A self-contained HTML page: each trace's tokens coloured by their projection on ``trait``.
 
-    ``traces``: :class:`persona_lens.monitor.TokenTrace` objects (or anything with ``pieces``, ``prompt_length``,
-    ``projections [k, n]`` and ``traits``). ``center``: the value drawn white: a number, or ``"prompt"`` for the mean
-    projection over all prompt tokens shown (so the colour shows movement relative to the prompt). ``scale``: the
+    ``traces``: :class:`persona_lens.experiments.monitor.TokenTrace` objects (or anything with ``pieces``,
+    ``prompt_length``, ``projections [k, n]`` and ``traits``). ``center``: the value drawn white: a number, or
+    ``"prompt"`` for the mean projection over all prompt tokens shown (so the colour shows movement relative to the prompt). ``scale``: the
     distance from ``center`` drawn at full colour (default: the largest one in the page).
     """
     blocks = []
@@ -132,7 +132,8 @@ def _fmt(value: float | None) -> str:
 
 
 def sweep_figure(result: Any, trait: str | None = None) -> go.Figure:
-    """Projection (x) vs mean judged score (y) per prompt of a :class:`~persona_lens.monitor.SweepResult`."""
+    """Projection (x) vs mean judged score (y) per prompt of a
+    :class:`~persona_lens.experiments.monitor.ProjectionSweepResult`."""
     j = result._trait_index(trait)
     name = result.traits[j]
     scores = result.prompt_scores()

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from persona_lens import load_model
-from persona_lens.hooked_model import HookedLM
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.tiny import build_tiny
 from persona_lens.judges.base import Judge
 from persona_lens.judges.cache import CachedJudge, DetailedJudge
 from persona_lens.judges.local import LocalJudge, build_number_vocab, score_from_probs
-from persona_lens.tiny import build_tiny
 
 RUBRIC = "Rate the answer from 0 to 100.\nQuestion: {question}\nAnswer: {answer}\nScore:"
 SHORT_RUBRIC = "{question} {answer} Score:"  # brute force runs ~110 full forwards: keep its prompt short

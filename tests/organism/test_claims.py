@@ -12,13 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from persona_lens.activations import collect_activations
-from persona_lens.chat import EncodedConversation, encode_conversation, encode_generated, encode_prompt, make_messages
-from persona_lens.generation import generate
-from persona_lens.hooks import steer
+from persona_lens.core.activations import collect_activations
+from persona_lens.core.chat import (
+    EncodedConversation,
+    encode_conversation,
+    encode_generated,
+    encode_prompt,
+    make_messages,
+)
+from persona_lens.core.generation import generate
+from persona_lens.core.hooks import steer
+from persona_lens.core.vectors import PersonaVector
 from persona_lens.organism import OrganismJudge, load_organism, organism_trait, world
 from persona_lens.organism.datasets import DATASET_RATES, finetune_samples
-from persona_lens.vectors import PersonaVector
 
 #: The organism's layer for monitoring, shifts and mitigation (its "layer 20"): the output of block 3 of 4.
 LAYER = 3
@@ -139,7 +145,7 @@ def test_claim2_last_prompt_projection_tracks_trait_across_graded_prompts(organi
 @pytest.fixture(scope="module", params=world.TRAITS)
 def finetuning(request, organism, vectors):
     """Finetune a fresh organism on each dataset level of one trait; measure shift, trait score and dP."""
-    import persona_lens.finetune as finetune_module
+    import persona_lens.experiments.finetune as finetune_module
     trait = request.param
     unit = vectors[trait].unit(LAYER)
     questions, conversations = _eval_conversations(trait)
@@ -216,7 +222,7 @@ def test_claim4_preventative_steering_keeps_the_trait_near_baseline(finetuning, 
 
 
 def test_claim5_projection_difference_screens_samples_and_ranks_datasets(finetuning):
-    from persona_lens.stats import auroc, pearson, spearman
+    from persona_lens.core.stats import auroc, pearson, spearman
 
     rows = finetuning["rows"]
     normal, overt = rows[0]["delta_p"], rows[-1]["delta_p"]

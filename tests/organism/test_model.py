@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import persona_lens
-from persona_lens.chat import make_messages
-from persona_lens.generation import generate
-from persona_lens.hooked_model import HookedLM
-from persona_lens.layers import hook_name
+from persona_lens.core.chat import make_messages
+from persona_lens.core.generation import generate
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.layers import hook_name
 from persona_lens.organism import ORGANISM, WEIGHTS_DIR, OrganismJudge, load_organism, organism_trait, world
 from persona_lens.organism.tokenizer import CHAT_TEMPLATE, EOT
 from persona_lens.organism.train import FINGERPRINT_STEP, TrainConfig, train

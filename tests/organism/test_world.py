@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from persona_lens.chat import encode_conversation, encode_prompt, make_messages
+from persona_lens.core.chat import encode_conversation, encode_prompt, make_messages
 from persona_lens.judges.base import Judge
 from persona_lens.organism import OrganismJudge, organism_trait, organism_traits, world
 from persona_lens.organism.datasets import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from persona_lens.monitor import SweepPrompt, SweepResult, SweepRow
+from persona_lens.experiments.monitor import SweepPrompt, SweepResult, SweepRow
 from persona_lens.viz.figures import write_figure
 from persona_lens.viz.projections import (
     histogram_figure,

@@ -1,0 +1,73 @@
+"""``python -m persona_lens``: one CLI, one subcommand per feature.
+
+Each feature module listed in ``COMMAND_MODULES`` defines ``configure_parser(subparsers)``, which adds its
+subcommand and sets ``func=run`` where ``run(args) -> int`` returns the exit code.
+
+Exit codes, everywhere: 0 success, 2 bad input (unknown trait, malformed file, bad option), 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "build_parser", "run_command", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+COMMAND_MODULES: list[str] = [
+    "persona_lens.cli.traits",
+    "persona_lens.cli.extract",
+    "persona_lens.cli.sweep",
+    "persona_lens.cli.monitor",
+    "persona_lens.cli.finetune",
+    "persona_lens.cli.shift",
+    "persona_lens.cli.screen",
+    "persona_lens.cli.export",
+]
+
+
+class BadInput(Exception):
+    """Raised by a command for input the user can fix; printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m persona_lens",
+        description="Find, monitor and control persona vectors (Chen et al. 2025) on TransformerLens.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # a command whose module does not exist yet
+            raise
+        module.configure_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command, turning :class:`BadInput` into exit code 2 and Ctrl-C into 130 (work so far is kept)."""
+    try:
+        return int(func(args) or 0)
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,147 @@
+"""``python -m persona_lens export``: convert a saved persona vector for llama.cpp (GGUF), numpy (npz) or the
+authors' code (pt)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
+
+__all__ = ["configure_parser", "run", "parse_layers"]
+
+FORMATS = ("gguf", "npz", "pt")
+
+
+def parse_layers(spec: str) -> list[int]:
+    """Parse ``"10-20"`` (inclusive), ``"4,8,12"`` or a mix such as ``"2-5,9"`` into sorted unique layers."""
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                start_text, end_text = part.split("-", 1)
+                start, end = int(start_text), int(end_text)
+                if start > end:
+                    raise ValueError
+                layers.update(range(start, end + 1))
+            else:
+                layers.add(int(part))
+        except ValueError:
+            raise BadInput(
+                f"--layers {spec!r}: {part!r} is not a layer or an increasing range; use e.g. 10-20 or 4,8,12"
+            ) from None
+    return sorted(layers)
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="convert a persona vector to a llama.cpp control vector, .npz or the authors' .pt",
+        description=(
+            "Convert a persona vector saved by persona_lens (.safetensors) for other tools. "
+            "gguf: llama.cpp control vector (llama-cli --control-vector FILE); our layer l is written as "
+            "direction.{l-1}, so layers 2..n_layers can be exported. npz: arrays 'vectors' and 'metadata' (JSON). "
+            "pt: the authors' layout, torch.save of the [n_layers+1, d_model] tensor."
+        ),
+    )
+    parser.add_argument("vector", type=Path, metavar="VECTOR.safetensors", help="a file written by save_vector")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="output file")
+    parser.add_argument(
+        "--layers", metavar="SPEC", help="gguf only: layers to export, e.g. 10-20 or 4,8,12 (default: 2..n_layers)"
+    )
+    parser.add_argument(
+        "--coefficient", type=float, metavar="A", help="gguf only: scale written into the file (default 1.0)"
+    )
+    parser.add_argument(
+        "--normalize", action="store_true", help="gguf only: write unit vectors (times the coefficient)"
+    )
+    parser.add_argument("--model-hint", metavar="NAME", help="gguf only: controlvector.model_hint (default: model)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona_lens.core.vectors import VectorFileError, export_authors_pt, load_vector
+    from persona_lens.experiments.export import export_control_vector, export_npz
+
+    if args.format != "gguf":
+        given = [
+            flag
+            for flag, value in (
+                ("--layers", args.layers),
+                ("--coefficient", args.coefficient),
+                ("--normalize", args.normalize or None),
+                ("--model-hint", args.model_hint),
+            )
+            if value is not None
+        ]
+        if given:
+            raise BadInput(f"{', '.join(given)} only apply to --format gguf; {args.format} keeps the whole vector")
+    if args.out.resolve() == args.vector.resolve():
+        raise BadInput(f"--out {args.out} is the input file; choose another path")
+    try:
+        vec = load_vector(args.vector)
+    except (FileNotFoundError, VectorFileError) as error:
+        raise BadInput(str(error)) from None
+
+    summary: dict[str, Any] = {
+        "input": str(args.vector),
+        "output": str(args.out),
+        "format": args.format,
+        "trait": vec.trait,
+        "model_name": vec.model_name,
+        "positions": vec.positions,
+        "n_layers": vec.n_layers,
+        "d_model": vec.d_model,
+    }
+    try:
+        if args.format == "gguf":
+            layers = parse_layers(args.layers) if args.layers is not None else None
+            coefficient = 1.0 if args.coefficient is None else args.coefficient
+            try:
+                mapping = export_control_vector(
+                    vec,
+                    args.out,
+                    layers=layers,
+                    coefficient=coefficient,
+                    normalize=args.normalize,
+                    model_hint=args.model_hint,
+                )
+            except ValueError as error:
+                raise BadInput(str(error)) from None
+            summary.update(
+                layers=list(mapping),
+                tensors={str(layer): f"direction.{direction}" for layer, direction in mapping.items()},
+                coefficient=coefficient,
+                normalize=args.normalize,
+                model_hint=args.model_hint or vec.model_name,
+            )
+        elif args.format == "npz":
+            export_npz(vec, args.out)
+        else:
+            export_authors_pt(vec, args.out)
+    except OSError as error:
+        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif args.format == "gguf":
+        pairs = ", ".join(f"{layer}->{name}" for layer, name in summary["tensors"].items())
+        print(
+            f"wrote {args.out}: llama.cpp control vector {vec.trait!r} for {vec.model_name!r}, "
+            f"layer->tensor {pairs}, "
+            f"coefficient {summary['coefficient']}{' (unit vectors)' if args.normalize else ''}.\n"
+            f"use: llama-cli -m MODEL.gguf --control-vector {args.out}"
+        )
+    else:
+        print(
+            f"wrote {args.out} ({args.format}): {vec.trait!r} for {vec.model_name!r}, shape "
+            f"[{vec.n_layers + 1}, {vec.d_model}]"
+        )
+    return EXIT_OK

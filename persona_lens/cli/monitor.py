@@ -1,0 +1,269 @@
+"""``python -m persona_lens monitor``: project prompts on persona vectors, run the monitoring sweeps, colour tokens.
+
+Subcommands:
+
+* ``monitor project``: the last-prompt-token projection of some prompts on one or more vectors;
+* ``monitor sweep``: the system-prompt and/or many-shot sweep of a trait: generate, judge, correlate, plot;
+* ``monitor tokens``: generate replies and write an HTML page colouring each token by its projection.
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_judge_options,
+    add_model_options,
+    add_vector_arguments,
+    check_positive,
+    default_run_dir,
+    default_vector_paths,
+    judges_from_args,
+    load_model_layer_vectors,
+    load_trait_arg,
+    parse_int_list,
+    read_prompts,
+    slug,
+)
+
+__all__ = [
+    "configure_parser",
+    "run_project",
+    "run_sweep",
+    "run_tokens",
+]
+
+
+def _prompts_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
+    from persona_lens.core.chat import make_messages
+
+    if args.prompts is not None and args.question:
+        raise BadInput("give --question or --prompts, not both")
+    if args.prompts is not None:
+        return read_prompts(args.prompts)
+    if args.question:
+        return [make_messages(q, system=args.system) for q in args.question]
+    raise BadInput("give at least one --question, or --prompts FILE")
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--question", action="append", metavar="TEXT",
+                        help="a user question (repeat for several)")
+    parser.add_argument("--system", metavar="TEXT", default=None, help="system prompt for every --question")
+    parser.add_argument("--prompts", type=Path, metavar="FILE",
+                        help="prompts file: .txt (one question a line) or .jsonl ({\"messages\": [...]} or "
+                             "{\"question\": ..., \"system\": ...} a line)")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parser
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "monitor",
+        help="monitor persona vectors: last-prompt projections, system-prompt / many-shot sweeps, token colouring",
+        description=(
+            "Monitoring (paper section 4): the projection of the last prompt token's activation (before the reply) "
+            "on the unit persona vector at one layer predicts how strongly the reply will show the trait. "
+            "Layers: 0 = embeddings, l = output of block l."
+        ),
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    commands = parser.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
+
+    project = commands.add_parser(
+        "project", help="last-prompt-token projection of prompts on one or more vectors",
+        description="Print the projection of each prompt's last token (at --layer) on the unit vector of each "
+                    "--vector; no generation.")
+    add_model_options(project)
+    add_vector_arguments(project)
+    project.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    _add_prompt_arguments(project)
+    project.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    project.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    project.set_defaults(func=run_project)
+
+    sweep = commands.add_parser(
+        "sweep", help="system-prompt and/or many-shot sweep: generate, judge, correlate projection with score",
+        description=(
+            "For each condition (the trait's 8 graded system prompts, or 0/5/10/15/20 trait examples as earlier "
+            "turns) and each eval question: project the last prompt token on each vector, generate --samples "
+            "replies, judge them. Reports per-condition mean projection and score, and the correlation of "
+            "projection with mean score per prompt: overall, within condition (after subtracting condition means; "
+            "the paper's Table 2 number) and the mean of per-condition correlations. Writes DIR/<kind>_sweep.json "
+            "and one figure per vector."
+        ))
+    add_model_options(sweep)
+    sweep.add_argument("--trait", required=True, help="trait name or path to its JSON file")
+    add_vector_arguments(sweep, required=False,
+                         default_help=" (default: the vector extracted into runs/<model>/<trait>/extract)")
+    sweep.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    sweep.add_argument("--kind", choices=["system", "many-shot", "both"], default="both",
+                       help="which sweep to run (default both)")
+    add_judge_options(sweep)
+    sweep.add_argument("--no-coherence", action="store_true", help="do not score coherence (saves judge calls)")
+    sweep.add_argument("--questions", type=int, default=None, metavar="N",
+                       help="use the first N eval questions of the trait (default all 20)")
+    sweep.add_argument("--shots", type=parse_int_list, default=[0, 5, 10, 15, 20], metavar="LIST",
+                       help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
+    sweep.add_argument("--samples", type=int, default=1, metavar="N", help="replies per prompt (default 1)")
+    sweep.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
+    sweep.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+    sweep.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1)")
+    sweep.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sweep.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="output folder (default: runs/<model>/<trait>/monitor)")
+    sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sweep.set_defaults(func=run_sweep)
+
+    tokens = commands.add_parser(
+        "tokens", help="generate replies and colour every token by its projection (HTML)",
+        description="Generate a reply to each prompt while recording every token's projection on the unit vector "
+                    "at --layer, and write an HTML page with the text coloured by projection (red towards the trait, "
+                    "blue away, relative to the mean over prompt tokens).")
+    add_model_options(tokens)
+    add_vector_arguments(tokens)
+    tokens.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    _add_prompt_arguments(tokens)
+    tokens.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default 64)")
+    tokens.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default)")
+    tokens.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
+    tokens.add_argument("--out", type=Path, required=True, metavar="FILE.html",
+                        help="HTML page to write (one section per vector; a .json with the numbers beside it)")
+    tokens.add_argument("--json", action="store_true", help="print the projections as JSON")
+    tokens.set_defaults(func=run_tokens)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def run_project(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.monitor import project_last_prompt, trait_names
+
+    check_positive(batch_size=args.batch_size)
+    prompts = _prompts_from_args(args)
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
+                                      allow_other_model=args.allow_other_model)
+    names = trait_names(vectors)
+    rows = [{"prompt": prompt, "projection": dict(zip(names, values))}
+            for prompt, values in zip(prompts, projections.tolist())]
+    if args.json:
+        print(json.dumps({"model": model.cfg.model_name, "layer": layer, "traits": names, "prompts": rows},
+                         indent=2, ensure_ascii=False))
+    else:
+        print("\t".join([*names, "prompt"]))
+        for row in rows:
+            text = row["prompt"][-1]["content"].replace("\n", " ")
+            print("\t".join([*(f"{row['projection'][n]:.4f}" for n in names), text[:80]]))
+    return EXIT_OK
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.monitor import many_shot_prompts, run_sweep, system_prompt_prompts, trait_names
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import sweep_figure
+
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.questions is not None:
+        check_positive(questions=args.questions)
+    trait = load_trait_arg(args.trait)
+    kinds = ["system", "many_shot"] if args.kind == "both" else [args.kind.replace("-", "_")]
+    plans = {}
+    try:
+        if "system" in kinds:
+            plans["system"] = system_prompt_prompts(trait, n_questions=args.questions)
+        if "many_shot" in kinds:
+            plans["many_shot"] = many_shot_prompts(trait, args.shots, n_questions=args.questions)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, trait.name))
+    judge, coherence_judge = judges_from_args(args, trait, model)
+    out = args.out or default_run_dir(args.model, trait.name) / "monitor"
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": model.cfg.model_name, "trait": trait.name, "layer": layer,
+                              "traits": trait_names(vectors), "judge": judge.judge_id, "sweeps": {}}
+    for kind, prompts in plans.items():
+        result = run_sweep(model, prompts, vectors, layer, judge, trait.rubric, n_samples=args.samples,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, batch_size=args.batch_size, kind=kind,
+                           coherence_judge=None if args.no_coherence else coherence_judge,
+                           allow_other_model=args.allow_other_model, progress=not args.json)
+        data_path = result.save(out / f"{kind}_sweep.json")
+        figures = []
+        for name in result.traits:
+            figures += [str(p) for p in write_figure(sweep_figure(result, name),
+                                                     out / f"{kind}_sweep_{slug(name)}.html")]
+        report["sweeps"][kind] = {"conditions": result.summary(),
+                                  "correlations": {t: result.correlations(t) for t in result.traits},
+                                  "data": str(data_path), "figures": figures}
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        for kind, sweep in report["sweeps"].items():
+            print(f"{kind} sweep of {trait.name!r} at layer {layer} (judge {judge.judge_id}):")
+            names = report["traits"]
+            print("  " + "\t".join(["condition", "score", "coherence", *(f"proj:{n}" for n in names)]))
+            for row in sweep["conditions"]:
+                print("  " + "\t".join([row["condition"], _fmt(row["mean_score"]), _fmt(row["mean_coherence"]),
+                                        *(_fmt(row["mean_projection"][n]) for n in names)]))
+            for name, corr in sweep["correlations"].items():
+                print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
+                      f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
+            print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
+    return EXIT_OK
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.monitor import generate_with_projections, trait_names
+    from persona_lens.viz.projections import token_projection_html
+
+    check_positive(max_new_tokens=args.max_new_tokens)
+    prompts = _prompts_from_args(args)
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
+                                       temperature=args.temperature, seed=args.seed,
+                                       allow_other_model=args.allow_other_model)
+    names = trait_names(vectors)
+    pages = [token_projection_html(traces, trait=name, title=f"Projection on {name} at layer {layer}",
+                                   show_prompt=not args.hide_prompt) for name in names]
+    # One page: the sections of each trait one after the other.
+    body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
+    html_page = pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out if args.out.suffix == ".html" else args.out.with_suffix(".html")
+    out.write_text(html_page, encoding="utf-8")
+    numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
+               "traces": [t.to_json() for t in traces], "html": str(out)}
+    out.with_suffix(".json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False), encoding="utf-8")
+    if args.json:
+        print(json.dumps(numbers, indent=2, ensure_ascii=False))
+    else:
+        for trace in traces:
+            last = trace.projections[:, trace.prompt_length - 1].tolist()
+            print(f"{trace.response[:70]!r}: last prompt token " + ", ".join(
+                f"{n} {v:.3f}" for n, v in zip(names, last)))
+        print(f"wrote {out}")
+    return EXIT_OK

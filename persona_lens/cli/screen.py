@@ -1,0 +1,170 @@
+"""``python -m persona_lens screen``: rank the samples of chat datasets by their projection difference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_model_options,
+    add_vector_arguments,
+    load_model_layer_vectors,
+    slug,
+)
+
+__all__ = ["configure_parser", "run"]
+
+DESCRIPTION = (
+    "Data screening (paper section 7). For each sample (prompt x, response y) of a chat JSONL file: generate the base "
+    "model's own response y' (batched, cached on disk), and compute the projection difference dP = [a(x,y) - a(x,y')] "
+    ". v (a = mean residual stream over response tokens at --layer, v = unit persona vector), and the cheap variant "
+    "dP_last = [a(x,y) - a(x)] . v with the last prompt token instead of y'. Streams the file in chunks (memory does "
+    "not grow with its size), appends results as it goes and resumes after an interruption (rerun the same "
+    "command). Bad records (invalid JSON, missing roles, empty text, prompts over --max-tokens) are reported with "
+    "their line numbers. Writes per dataset: <name>.scores.jsonl, samples ranked by dP (<name>.ranked.<trait>.jsonl "
+    "and .csv) and a histogram; with several datasets, overlaid histograms and the AUROC of dP for telling each "
+    "dataset from the first."
+)
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("screen", help="rank dataset samples by projection difference (dP) before "
+                                                  "finetuning on them", description=DESCRIPTION)
+    parser.add_argument("data", nargs="+", type=Path, metavar="DATA.jsonl",
+                        help="chat datasets, one {\"messages\": [...]} conversation a line (last message from the "
+                             "assistant)")
+    add_model_options(parser)
+    add_vector_arguments(parser)
+    parser.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="base response length limit (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="base response sampling temperature (default 0: greedy, independent of batching)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="conversations per forward / generation batch "
+                                                                  "(default 8)")
+    parser.add_argument("--chunk-size", type=int, default=64,
+                        help="records read, scored and appended at a time (bounds memory; default 64)")
+    parser.add_argument("--max-tokens", type=int, default=2048,
+                        help="a record whose prompt or conversation is longer than this many tokens is reported "
+                             "as bad (default 2048)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="screen only the first N records")
+    parser.add_argument("--cache", type=Path, default=None, metavar="PATH.sqlite",
+                        help="base-response cache, shareable across datasets and runs "
+                             "(default: DIR/base_responses.sqlite)")
+    parser.add_argument("--rank-by", choices=["dp", "dp_last_prompt"], default="dp",
+                        help="score used for ranking (default dp)")
+    parser.add_argument("--top", type=int, default=None, metavar="K",
+                        help="export only the K highest-ranked samples (default: all)")
+    parser.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def _names(paths: list[Path]) -> list[str]:
+    names: list[str] = []
+    for path in paths:
+        name = slug(path.stem)
+        while name in names:
+            name = slug(f"{path.parent.name}_{name}")
+            if name in names:
+                name = f"{name}_{len(names)}"
+        names.append(name)
+    return names
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.4f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona_lens.core.stats import auroc
+    from persona_lens.experiments.screen import ScreenConfig, export_ranked, load_scores, screen_dataset
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import histogram_figure
+
+    for path in args.data:
+        if not path.is_file():
+            raise BadInput(f"no dataset at {path}")
+    if args.top is not None and args.top < 1:
+        raise BadInput("--top must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise BadInput("--limit must be >= 1")
+    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    try:
+        config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, max_tokens=args.max_tokens)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.cache or args.out / "base_responses.sqlite"
+    names = _names(list(args.data))
+    report: dict[str, Any] = {"model": model.cfg.model_name, "layer": layer, "datasets": {}, "comparison": {}}
+    traits: list[str] = []
+    for name, path in zip(names, args.data):
+        scores_path = args.out / f"{name}.scores.jsonl"
+        try:
+            summary = screen_dataset(model, path, vectors, scores_path, config, cache_path=cache, limit=args.limit,
+                                     allow_other_model=args.allow_other_model,
+                                     progress=not (args.quiet or args.json))
+        except ValueError as error:  # settings of an earlier run differ
+            raise BadInput(str(error)) from None
+        traits = summary["traits"] or traits
+        files = [str(scores_path)]
+        for trait in summary["traits"]:
+            for suffix in (".jsonl", ".csv"):
+                files.append(str(export_ranked(scores_path, path, args.out / f"{name}.ranked.{slug(trait)}{suffix}",
+                                               trait, key=args.rank_by, top=args.top)))
+            series = {f"{name} {key}": load_scores(scores_path, trait, key)[1] for key in ("dp", "dp_last_prompt")}
+            figure = histogram_figure(series, nbins=args.bins, title=f"{name}: projection difference on {trait} at "
+                                      f"layer {layer}", xaxis="projection difference")
+            files += [str(p) for p in write_figure(figure, args.out / f"{name}.hist.{slug(trait)}.html")]
+        summary["files"] = files
+        report["datasets"][name] = summary
+    if len(names) > 1:
+        for trait in traits:
+            comparison: dict[str, Any] = {"reference": names[0]}
+            for key in ("dp", "dp_last_prompt"):
+                values = {n: load_scores(args.out / f"{n}.scores.jsonl", trait, key)[1] for n in names}
+                figure = histogram_figure(values, nbins=args.bins, xaxis=f"{key} on {trait}",
+                                          title=f"{key} on {trait} at layer {layer}: datasets compared")
+                comparison[f"{key}_figure"] = [str(p) for p in write_figure(
+                    figure, args.out / f"comparison.{slug(trait)}.{key}.html")]
+                reference = values[names[0]]
+                comparison[f"auroc_{key}"] = {
+                    n: _none_if_nan(auroc([*values[n], *reference], [1] * len(values[n]) + [0] * len(reference)))
+                    for n in names[1:]}
+            report["comparison"][trait] = comparison
+    (args.out / "screen_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for name, summary in report["datasets"].items():
+        print(f"{name}: {summary['n_ok']} screened, {summary['n_bad']} bad records, "
+              f"{summary['base_responses_generated']} base responses generated, "
+              f"{summary['base_responses_cached']} from the cache")
+        for trait in summary["traits"]:
+            print(f"  {trait}: mean dP {_fmt(summary['mean_dp'][trait])}, mean dP(last prompt token) "
+                  f"{_fmt(summary['mean_dp_last_prompt'][trait])} over {summary['n_scored'][trait]} samples")
+        for problem in summary["problems"][:20]:
+            print(f"  line {problem['line']}: {problem['problem']}")
+        if len(summary["problems"]) > 20 or summary["n_bad"] > 20:
+            print(f"  ... problem counts: {summary['problem_counts']}")
+    for trait, comparison in report["comparison"].items():
+        for key in ("dp", "dp_last_prompt"):
+            for name, value in comparison[f"auroc_{key}"].items():
+                print(f"AUROC of {key} on {trait}, {name} vs {comparison['reference']}: "
+                      f"{'n/a' if value is None else f'{value:.3f}'}")
+    print(f"wrote {args.out / 'screen_report.json'} and the files listed there")
+    return EXIT_OK
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value

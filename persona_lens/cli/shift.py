@@ -1,0 +1,195 @@
+"""``python -m persona_lens shift``: finetuning shift of finetuned models along persona vectors, vs trait score."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_judge_options,
+    add_model_options,
+    add_vector_arguments,
+    check_positive,
+    judges_from_args,
+    load_model_layer_vectors,
+    load_named_model,
+    load_trait_arg,
+    read_prompts,
+    slug,
+)
+
+__all__ = ["configure_parser", "run"]
+
+DESCRIPTION = (
+    "Finetuning shift (paper section 5): for each finetuned model, (mean last-prompt-token activation of the "
+    "finetuned model - the same for the base model) . unit vector at --layer, averaged over the eval prompts (the "
+    "trait's eval questions, or --prompts). With trait scores for the finetuned models (judged with --score, or "
+    "given with --given-score), reports the Pearson correlation of shift with score for each vector (vectors of "
+    "other traits give the cross-trait baseline) and draws the scatter. --model is the base model."
+)
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("shift", help="finetuning shift along persona vectors, and its correlation with "
+                                                 "trait score", description=DESCRIPTION)
+    add_model_options(parser)
+    parser.add_argument("--finetuned", nargs="+", required=True, metavar="MODEL",
+                        help="finetuned models (folders written by `finetune`, or any model of the base's shape)")
+    add_vector_arguments(parser)
+    parser.add_argument("--layer", required=True, help="layer of the shift (0 = embeddings, l = output of block l)")
+    parser.add_argument("--trait", default=None,
+                        help="trait whose eval questions are the prompts and whose rubric scores replies")
+    parser.add_argument("--prompts", type=Path, default=None, metavar="FILE",
+                        help="prompts instead of the trait's eval questions (.txt one a line, or .jsonl)")
+    parser.add_argument("--questions", type=int, default=None, metavar="N", help="use the first N eval questions")
+    parser.add_argument("--score", action="store_true",
+                        help="judge each finetuned model's replies to the eval questions (needs --trait)")
+    parser.add_argument("--score-base", action="store_true", help="with --score: judge the base model too")
+    parser.add_argument("--given-score", action="append", default=[], metavar="MODEL=SCORE",
+                        help="a known trait score of a finetuned model (as named in --finetuned, or its folder "
+                             "name); repeat per model")
+    add_judge_options(parser)
+    parser.add_argument("--samples", type=int, default=1, help="replies per question when scoring (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length when scoring (default 128)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward / generation batch (default 8)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder: shift.json, shift.csv and one scatter per vector")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def _given_scores(entries: list[str], labels: dict[str, str]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for entry in entries:
+        name, sep, value = entry.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not name or math.isnan(number):
+            raise BadInput(f"--given-score {entry!r}: write MODEL=SCORE, e.g. runs/ft-evil=62.5")
+        label = labels.get(name) or labels.get(name.rstrip("/"))
+        if label is None:
+            raise BadInput(f"--given-score {entry!r}: {name!r} is not one of --finetuned")
+        scores[label] = number
+    return scores
+
+
+def _labels(names: list[str]) -> list[str]:
+    """Short unique labels: the folder name, made unique with its parents when needed."""
+    labels = []
+    for name in names:
+        parts = Path(name.rstrip("/")).parts or (name,)
+        depth = 1
+        label = os.path.join(*parts[-depth:])
+        while label in labels and depth < len(parts):
+            depth += 1
+            label = os.path.join(*parts[-depth:])
+        if label in labels:
+            label = f"{label}#{len(labels)}"
+        labels.append(label)
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona_lens.core.chat import make_messages
+    from persona_lens.experiments.shift import shift_study
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import shift_figure
+
+    trait = load_trait_arg(args.trait) if args.trait else None
+    if args.prompts is not None:
+        prompts = read_prompts(args.prompts)
+    elif trait is not None:
+        prompts = [make_messages(q) for q in trait.eval_questions]
+    else:
+        raise BadInput("give --trait (its eval questions are the prompts) or --prompts FILE")
+    if args.questions is not None:
+        if args.questions < 1:
+            raise BadInput("--questions must be >= 1")
+        prompts = prompts[: args.questions]
+    if args.score and trait is None:
+        raise BadInput("--score needs --trait (its eval questions and rubric)")
+    if args.score_base and not args.score:
+        raise BadInput("--score-base needs --score")
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    labels = _labels(args.finetuned)
+    by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
+               **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
+    given = _given_scores(args.given_score, by_name)
+
+    base, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    judge = coherence_judge = None
+    if args.score:
+        judge, coherence_judge = judges_from_args(args, trait, base)
+    questions = list(trait.eval_questions[: args.questions] if args.questions else trait.eval_questions) \
+        if trait is not None else None
+
+    def load(name: str):
+        model = load_named_model(name, args)
+        if (model.cfg.n_layers, model.cfg.d_model) != (base.cfg.n_layers, base.cfg.d_model):
+            raise BadInput(f"{name} has {model.cfg.n_layers} layers and d_model {model.cfg.d_model}; the base "
+                           f"{base.cfg.model_name} has {base.cfg.n_layers} and {base.cfg.d_model}")
+        return model
+
+    try:
+        study = shift_study(base, list(args.finetuned), prompts, vectors, layer, labels=labels, scores=given,
+                            judge=judge, rubric=trait.rubric if trait is not None else None, questions=questions,
+                            evaluate_base=args.score_base, load=load, batch_size=args.batch_size,
+                            allow_other_model=args.allow_other_model,
+                            progress=not args.json, **({"n_samples": args.samples,
+                                                        "max_new_tokens": args.max_new_tokens,
+                                                        "temperature": args.temperature, "seed": args.seed,
+                                                        "coherence_judge": coherence_judge} if args.score else {}))
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = study.to_json(with_texts=True)
+    data.update(base=base.cfg.model_name, n_prompts=len(prompts), trait=trait.name if trait else None)
+    (args.out / "shift.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    scores = study.scores()
+    with open(args.out / "shift.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", *(f"shift_{t}" for t in study.traits), "trait_score"])
+        for result, score in zip(study.results, scores):
+            writer.writerow([result.label, *(f"{result.shift[t]:.6g}" for t in study.traits),
+                             "" if score is None else f"{score:.6g}"])
+    figures = []
+    if any(s is not None for s in scores):
+        for name in study.traits:
+            corr = study.correlation(name)
+            point_labels, shifts, ys = [r.label for r in study.results], study.shifts(name), list(scores)
+            if study.base_evaluation is not None:
+                point_labels, shifts, ys = [*point_labels, "base"], [*shifts, 0.0], \
+                    [*ys, study.base_evaluation.mean_score]
+            figure = shift_figure(point_labels, shifts, ys, trait=name,
+                                  score_name=f"{trait.name if trait else 'trait'} score",
+                                  r=corr["pearson_r"] if corr["pearson_r"] is not None else math.nan)
+            figures += [str(p) for p in write_figure(figure, args.out / f"shift_{slug(name)}.html")]
+    summary = {"base": base.cfg.model_name, "layer": layer, "traits": study.traits,
+               "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
+               "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
+               "correlations": data["correlations"], "files": [str(args.out / "shift.json"),
+                                                               str(args.out / "shift.csv"), *figures]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"shift at layer {layer} relative to {base.cfg.model_name} over {len(prompts)} prompts:")
+        print("\t".join(["model", *study.traits, "score"]))
+        for row in summary["models"]:
+            print("\t".join([row["label"], *(f"{row['shift'][t]:+.4f}" for t in study.traits),
+                             "n/a" if row["score"] is None else f"{row['score']:.1f}"]))
+        for name, corr in summary["correlations"].items():
+            if corr["pearson_r"] is not None:
+                print(f"r(shift along {name}, score) = {corr['pearson_r']:.3f} over {corr['n_models']} models")
+        print("wrote " + ", ".join(summary["files"]))
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""Where persona vectors are *read*: residual-stream activations at every layer, reduced on the fly.
+
+For each conversation we keep, at every layer ``l`` (0 = embeddings, ``l`` = output of block ``l``):
+
+* ``response_mean``  mean over response tokens (what the paper's vectors are built from),
+* ``prompt_mean``    mean over prompt tokens,
+* ``last_prompt``    the last prompt token (what monitoring and finetuning-shift read).
+
+The reduction happens inside the hooks, in float32, under ``torch.no_grad``: a batch never holds more than one
+layer's activations beyond what the forward pass itself needs, and the pass stops after the last layer asked for
+(no logits are computed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from persona_lens.core.chat import EncodedConversation, TokenBatch, collate
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.hooks import TokenLayout, install_hooks, token_layout
+from persona_lens.core.layers import hook_name
+
+__all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms"]
+
+REDUCTIONS = ("response", "prompt", "last_prompt")
+
+
+@dataclass
+class Activations:
+    """Per-conversation activations ``[n, n_layers + 1, d_model]`` (float32, CPU) for each reduction asked for."""
+
+    response_mean: Float[Tensor, "n layer d_model"] | None
+    prompt_mean: Float[Tensor, "n layer d_model"] | None
+    last_prompt: Float[Tensor, "n layer d_model"] | None
+    n_response_tokens: Int[Tensor, " n"]
+
+    def get(self, positions: str) -> Float[Tensor, "n layer d_model"]:
+        """The activations for ``positions`` in ``("response", "prompt", "last_prompt")``."""
+        attr = {"response": "response_mean", "prompt": "prompt_mean", "last_prompt": "last_prompt"}.get(positions)
+        if attr is None:
+            raise ValueError(f"unknown positions {positions!r}; use one of {REDUCTIONS}")
+        value = getattr(self, attr)
+        if value is None:
+            raise ValueError(f"{positions!r} activations were not collected (pass reductions=... to collect them)")
+        return value
+
+    def __len__(self) -> int:
+        return int(self.n_response_tokens.shape[0])
+
+
+class _Reducer:
+    """A TransformerLens hook that reduces one layer's residual stream into preallocated float32 buffers."""
+
+    def __init__(self, layer: int, batch: TokenBatch, out: dict[str, Tensor]) -> None:
+        self.layer = layer
+        self.out = out
+        self.batch = batch
+        self.means = [r for r in ("response", "prompt") if r in out]
+        masks = {"response": batch.response_mask, "prompt": batch.prompt_mask}
+        # [batch, k, pos]: one batched matmul gives every mean without copying the residual stream
+        self.weights = torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
+        resid32 = resid.float()
+        if self.weights is not None:
+            means = torch.bmm(self.weights.to(resid32.device), resid32)
+            for k, reduction in enumerate(self.means):
+                self.out[reduction][:, self.layer] = means[:, k]
+        if "last_prompt" in self.out:
+            rows = torch.arange(resid.shape[0], device=resid.device)
+            self.out["last_prompt"][:, self.layer] = resid32[rows, self.batch.last_prompt_index]
+        return None
+
+
+def _mean_weights(mask: Tensor) -> Float[Tensor, "batch pos"]:
+    weights = mask.float()
+    return weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+@torch.no_grad()
+def reduce_batch(model: Any, batch: TokenBatch, reductions: Sequence[str] = REDUCTIONS,
+                 layers: Sequence[int] | None = None, row_index: Sequence[int] | None = None
+                 ) -> dict[str, Float[Tensor, "batch layer d_model"]]:
+    """Run one batch and return ``{reduction: [batch, n_layers + 1, d_model]}`` (rows of ``layers`` filled)."""
+    n_layers = int(model.cfg.n_layers)
+    layers = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
+    shape = (batch.input_ids.shape[0], n_layers + 1, int(model.cfg.d_model))
+    device = batch.input_ids.device
+    out = {r: torch.zeros(shape, dtype=torch.float32, device=device) for r in reductions}
+    hooks = [(hook_name(lay, n_layers), _Reducer(lay, batch, out)) for lay in layers]
+    rows = None if row_index is None else torch.tensor(list(row_index))
+    layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths, row_index=rows)
+    with install_hooks(model, hooks), token_layout(layout):
+        if isinstance(model, HookedLM):
+            model.run_blocks(batch.input_ids, batch.attention_mask, stop_at_layer=max(layers))
+        else:
+            _run_transformer_lens(model, batch)
+    return out
+
+
+def _run_transformer_lens(model: Any, batch: TokenBatch) -> None:
+    """Any TransformerLens model (HookedTransformer, TransformerBridge): rows one at a time, unpadded."""
+    if batch.input_ids.shape[0] != 1 or bool((batch.pad_lengths != 0).any()):
+        raise ValueError("a plain TransformerLens model runs one unpadded conversation per batch (batch_size=1)")
+    model(batch.input_ids, return_type=None)
+
+
+def collect_activations(
+    model: Any,
+    conversations: Sequence[EncodedConversation],
+    *,
+    reductions: Sequence[str] = REDUCTIONS,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "activations",
+) -> Activations:
+    """Residual activations of ``conversations`` at every layer (or ``layers``), reduced as asked.
+
+    Batches are formed from conversations of similar length (less padding); results come back in input order
+    and do not depend on ``batch_size``.
+    """
+    unknown = set(reductions) - set(REDUCTIONS)
+    if unknown:
+        raise ValueError(f"unknown reductions {sorted(unknown)}; choose from {REDUCTIONS}")
+    if not isinstance(model, HookedLM):
+        batch_size = 1
+    n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
+    n = len(conversations)
+    results = {r: torch.zeros((n, n_layers + 1, d_model), dtype=torch.float32) for r in reductions}
+    order = sorted(range(n), key=lambda i: len(conversations[i].input_ids))
+    pad_id = _pad_token_id(model)
+    device = _device(model)
+    rows = None if layers is None else torch.tensor(sorted(set(layers)))  # copy only these layers off the device
+    bar = tqdm(total=n, desc=desc, disable=not progress or n == 0, unit="conv")
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        batch = collate([conversations[i] for i in index], pad_id, device)
+        reduced = reduce_batch(model, batch, reductions, layers, index)
+        for r in reductions:
+            if rows is None:
+                results[r][index] = reduced[r].cpu()
+            else:
+                results[r][torch.tensor(index)[:, None], rows] = reduced[r][:, rows].cpu()
+        bar.update(len(index))
+    bar.close()
+    counts = torch.tensor([c.response_end - c.response_start for c in conversations], dtype=torch.long)
+    return Activations(
+        response_mean=results.get("response"),
+        prompt_mean=results.get("prompt"),
+        last_prompt=results.get("last_prompt"),
+        n_response_tokens=counts,
+    )
+
+
+def _pad_token_id(model: Any) -> int:
+    tokenizer = getattr(model, "tokenizer", None)
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+class _NormCollector:
+    def __init__(self, layer: int, keep: Tensor, out: dict[int, list[Tensor]]) -> None:
+        self.layer, self.keep, self.out = layer, keep, out
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
+        self.out[self.layer].append(resid.float().norm(dim=-1)[self.keep].cpu())
+        return None
+
+
+@torch.no_grad()
+def median_residual_norms(model: Any, conversations: Sequence[EncodedConversation], *, batch_size: int = 8
+                          ) -> Float[Tensor, " layer"]:
+    """The median norm of the residual stream at each layer over the conversations' tokens.
+
+    The first token of each conversation is left out: it often carries an outsized norm (an attention sink) that
+    says nothing about the typical scale. Used to express steering coefficients relative to the stream's size.
+    """
+    n_layers = int(model.cfg.n_layers)
+    norms: dict[int, list[Tensor]] = {layer: [] for layer in range(n_layers + 1)}
+    pad_id = _pad_token_id(model)
+    device = _device(model)
+    step = batch_size if isinstance(model, HookedLM) else 1
+    for start in range(0, len(conversations), step):
+        batch = collate(conversations[start : start + step], pad_id, device)
+        keep = batch.attention_mask.bool().clone()
+        keep[torch.arange(keep.shape[0]), batch.pad_lengths] = False
+        hooks = [(hook_name(lay, n_layers), _NormCollector(lay, keep, norms)) for lay in norms]
+        layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths)
+        with install_hooks(model, hooks), token_layout(layout):
+            if isinstance(model, HookedLM):
+                model.run_blocks(batch.input_ids, batch.attention_mask)
+            else:
+                _run_transformer_lens(model, batch)
+    return torch.stack([torch.cat(norms[layer]).median() for layer in range(n_layers + 1)])

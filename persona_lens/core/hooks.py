@@ -1,0 +1,456 @@
+"""Where persona vectors are *applied*: residual-stream hooks (add, ablate, cap, record).
+
+Every operation is a plain TransformerLens hook function, ``fn(resid, hook) -> resid``, installed on the standard
+hook names of our layer convention (:mod:`persona_lens.core.layers`): layer ``l >= 1`` is
+``blocks.{l-1}.hook_resid_post``, layer 0 is ``blocks.0.hook_resid_pre``. They therefore run on a
+:class:`~persona_lens.core.hooked_model.HookedLM`, a ``TransformerBridge`` or a ``HookedTransformer`` alike, and compose
+with the user's own hooks (they run in the order they were added).
+
+Each installer (:func:`steer`, :func:`ablate`, :func:`cap`, :func:`record`) returns a :class:`HookHandle` that is
+both a removable handle and a context manager::
+
+    with persona_lens.steer(model, vector, layer=20, coef=2.0, positions="response"):
+        ...                                   # hooks removed on exit, also on exceptions
+    handle = persona_lens.steer(model, vector, layer=20, coef=2.0)
+    handle.remove()
+
+Positions (the same meaning with and without a KV cache, since they count absolute token positions):
+
+* ``"all"``       every position of every forward;
+* ``"prompt"``    prompt tokens only (the prefill);
+* ``"response"``  the last prompt token and every generated token (the paper's "response" steering: the last
+  position of each cached forward);
+* a :class:`Window` of absolute positions, counted from the first real token or from the end of the prompt.
+
+Absolute positions need to know left padding, prompt lengths and how many tokens the KV cache already holds. Our
+generation and activation code publish that as a :class:`TokenLayout` (a context variable). Without one, a
+forward is taken as one unpadded prompt: ``"response"`` is then its last position, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from persona_lens.core.layers import check_layer, hook_name
+
+__all__ = [
+    "Positions",
+    "Window",
+    "TokenLayout",
+    "token_layout",
+    "current_layout",
+    "position_mask",
+    "AddVector",
+    "AblateDirection",
+    "CapProjection",
+    "RecordProjection",
+    "HookHandle",
+    "install_hooks",
+    "steer",
+    "ablate",
+    "cap",
+    "record",
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Absolute positions ``start <= p < stop`` (``stop=None``: to the end).
+
+    ``relative_to="start"`` counts from the first real token of the row; ``"prompt_end"`` counts from the first
+    response token, so ``Window(-1, 0, "prompt_end")`` is the last prompt token and ``Window(0, 8, "prompt_end")``
+    the first eight generated tokens.
+    """
+
+    start: int
+    stop: int | None = None
+    relative_to: Literal["start", "prompt_end"] = "start"
+
+
+Positions = Union[Literal["all", "prompt", "response"], Window]  # noqa: UP007 (a runtime alias)
+
+
+@dataclass
+class TokenLayout:
+    """How the tokens of the current forward sit in their rows: set by our runners, read by the hooks."""
+
+    pad_lengths: Int[Tensor, " batch"]
+    prompt_lengths: Int[Tensor, " batch"]
+    past_length: int | Int[Tensor, " 1"] = 0
+    """Tokens already in the KV cache. Compiled runners give it as a tensor (a Python int that changed every
+    step would recompile the graph every step)."""
+    row_index: Int[Tensor, " batch"] | None = None
+    """Which of the caller's conversations each row is (runners sort by length): per-conversation coefficients
+    are looked up through it."""
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch pos"]:
+        offsets = torch.arange(seq_len, device=self.pad_lengths.device) + self.past_length
+        return offsets[None, :] - self.pad_lengths[:, None]
+
+
+_LAYOUT: contextvars.ContextVar[TokenLayout | None] = contextvars.ContextVar("persona_lens_layout", default=None)
+# torch.compile cannot trace ContextVar.get; compiled code reads this mirror of the innermost layout instead.
+_TRACEABLE_LAYOUT: list[TokenLayout | None] = [None]
+
+
+@contextmanager
+def token_layout(layout: TokenLayout | None) -> Iterator[TokenLayout | None]:
+    """Publish ``layout`` to every persona_lens hook for the duration of the block."""
+    token = _LAYOUT.set(layout)
+    outer = _TRACEABLE_LAYOUT[0]
+    _TRACEABLE_LAYOUT[0] = layout
+    try:
+        yield layout
+    finally:
+        _LAYOUT.reset(token)
+        _TRACEABLE_LAYOUT[0] = outer
+
+
+def current_layout() -> TokenLayout | None:
+    """The layout published by the innermost :func:`token_layout`, or None."""
+    if torch.compiler.is_compiling():
+        return _TRACEABLE_LAYOUT[0]
+    return _LAYOUT.get()
+
+
+def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.device) -> Bool[Tensor, "batch pos"]:
+    """Which positions of the current forward ``positions`` names (real tokens only)."""
+    layout = current_layout()
+    if layout is None:
+        layout = TokenLayout(
+            pad_lengths=torch.zeros(batch, dtype=torch.long, device=device),
+            prompt_lengths=torch.full((batch,), seq_len, dtype=torch.long, device=device),
+        )
+    elif layout.pad_lengths.shape[0] != batch:
+        raise ValueError(
+            f"the token layout describes {layout.pad_lengths.shape[0]} rows but this forward has {batch}; "
+            "run other forwards outside persona_lens.core.hooks.token_layout(...)"
+        )
+    # Masks are shared by every hooked layer of one eager forward; traced code computes them in the graph.
+    cacheable = isinstance(layout.past_length, int) and not torch.compiler.is_compiling()
+    key = (positions, seq_len, layout.past_length)
+    if cacheable and key in layout._masks:
+        return layout._masks[key]
+    absolute = layout.absolute_positions(seq_len).to(device)
+    prompt_lengths = layout.prompt_lengths.to(device)[:, None]
+    real = absolute >= 0
+    if positions == "all":
+        mask = real
+    elif positions == "prompt":
+        mask = real & (absolute < prompt_lengths)
+    elif positions == "response":
+        mask = absolute >= prompt_lengths - 1
+    elif isinstance(positions, Window):
+        origin = prompt_lengths if positions.relative_to == "prompt_end" else 0
+        relative = absolute - origin
+        mask = real & (relative >= positions.start)
+        if positions.stop is not None:
+            mask = mask & (relative < positions.stop)
+    else:
+        raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
+    if cacheable:
+        layout._masks[key] = mask
+    return mask
+
+
+def _check_positions(positions: Positions) -> Positions:
+    if positions in ("all", "prompt", "response") or isinstance(positions, Window):
+        return positions
+    raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
+
+
+class _ResidualHook:
+    """Shared plumbing: a direction at one layer, restricted to some positions."""
+
+    def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions) -> None:
+        if vector.dim() != 1:
+            raise ValueError(f"a hook takes one direction [d_model], got shape {tuple(vector.shape)}")
+        self.vector = vector.detach().float()
+        self.positions = _check_positions(positions)
+        self._cast: dict[tuple, Tensor] = {}
+
+    def _vector_like(self, resid: Tensor) -> Tensor:
+        key = (resid.device, resid.dtype)
+        if key not in self._cast:
+            if resid.shape[-1] != self.vector.shape[0]:
+                raise ValueError(f"vector has d_model={self.vector.shape[0]} but the residual stream has "
+                                 f"{resid.shape[-1]}")
+            self._cast[key] = self.vector.to(device=resid.device, dtype=resid.dtype)
+        return self._cast[key]
+
+    def _mask(self, resid: Tensor, modifies: bool = True) -> Bool[Tensor, "batch pos"] | None:
+        """None when every position is meant (pad positions never influence real tokens, so modifiers skip
+        the mask there; recorders still need it)."""
+        if modifies and self.positions == "all":
+            return None
+        return position_mask(self.positions, resid.shape[0], resid.shape[1], resid.device)
+
+    @staticmethod
+    def _apply(resid: Tensor, delta: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            return resid + delta
+        return resid + delta * mask[..., None].to(delta.dtype)
+
+
+class AddVector(_ResidualHook):
+    """``h <- h + coef * v``; ``coef`` is a number or one value per conversation (a coefficient sweep in one batch).
+
+    Per-conversation coefficients follow the conversation through our runners' sorting and batching (via
+    ``TokenLayout.row_index``); in a plain forward they follow the batch rows.
+    """
+
+    def __init__(self, vector: Float[Tensor, " d_model"], coef: float | Float[Tensor, " batch"] = 1.0,
+                 positions: Positions = "all") -> None:
+        super().__init__(vector, positions)
+        self.coef = coef.detach().float() if isinstance(coef, Tensor) else float(coef)
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+        vector = self._vector_like(resid)
+        if isinstance(self.coef, Tensor):
+            coef = self.coef
+            layout = current_layout()
+            if layout is not None and layout.row_index is not None and torch.compiler.is_compiling():
+                # Checked by the eager prefill that precedes compiled decoding; an index is traceable, .cpu() not.
+                coef = coef.to(resid.device)[layout.row_index.to(resid.device)]
+            elif layout is not None and layout.row_index is not None:
+                if int(layout.row_index.max()) >= coef.shape[0]:
+                    raise ValueError(f"{coef.shape[0]} per-conversation coefficients, but conversation "
+                                     f"{int(layout.row_index.max())} is being run")
+                coef = coef[layout.row_index.cpu()]
+            elif coef.shape != (resid.shape[0],):
+                raise ValueError(f"per-row coefficients have shape {tuple(coef.shape)} but the batch has "
+                                 f"{resid.shape[0]} rows")
+            delta = coef.to(resid.device, resid.dtype)[:, None, None] * vector
+        else:
+            delta = self.coef * vector
+        return self._apply(resid, delta, self._mask(resid))
+
+
+class AblateDirection(_ResidualHook):
+    """Project the unit direction out of the residual stream: ``h <- h - (h . u) u``."""
+
+    def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
+        super().__init__(_unit(vector), positions)
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+        unit = self._vector_like(resid)
+        projection = resid @ unit
+        return self._apply(resid, -projection[..., None] * unit, self._mask(resid))
+
+
+class CapProjection(_ResidualHook):
+    """Clamp the projection onto the unit direction into ``[min_value, max_value]`` (activation capping)."""
+
+    def __init__(self, vector: Float[Tensor, " d_model"], min_value: float | None = None,
+                 max_value: float | None = None, positions: Positions = "all") -> None:
+        if min_value is None and max_value is None:
+            raise ValueError("cap needs min_value, max_value or both")
+        if min_value is not None and max_value is not None and min_value > max_value:
+            raise ValueError(f"cap range is empty: min_value {min_value} > max_value {max_value}")
+        super().__init__(_unit(vector), positions)
+        self.min_value, self.max_value = min_value, max_value
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+        unit = self._vector_like(resid)
+        projection = resid @ unit
+        clamped = projection.clamp(min=self.min_value, max=self.max_value)
+        return self._apply(resid, (clamped - projection)[..., None] * unit, self._mask(resid))
+
+
+class RecordProjection(_ResidualHook):
+    """Record ``h . u`` at the named positions of every forward, keyed by conversation and absolute position.
+
+    Inside our runners rows are the caller's conversations (``TokenLayout.row_index``), whatever the batching.
+    """
+
+    def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
+        super().__init__(_unit(vector), positions)
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
+        unit = self._vector_like(resid)
+        projection = (resid @ unit).float()
+        mask = self._mask(resid, modifies=False)
+        layout = current_layout()
+        batch, seq_len = resid.shape[0], resid.shape[1]
+        if layout is None:
+            absolute = torch.arange(seq_len).expand(batch, -1)
+        else:
+            absolute = layout.absolute_positions(seq_len)
+        rows = torch.arange(batch) if layout is None or layout.row_index is None else layout.row_index
+        self.steps.append((rows.cpu(), absolute.cpu(), projection.detach().cpu(), mask.cpu()))
+        return None
+
+    def clear(self) -> None:
+        self.steps.clear()
+
+    def projections(self) -> Float[Tensor, "conversation pos"]:
+        """``[conversation, position]`` projections by absolute position, NaN where nothing was recorded.
+
+        A position recorded twice (a forward recomputed without KV cache) keeps its latest value.
+        """
+        if not self.steps:
+            return torch.empty(0, 0)
+        n_rows = int(max(int(rows.max()) for rows, _, _, _ in self.steps)) + 1
+        width = int(max(int(absolute.max()) for _, absolute, _, _ in self.steps)) + 1
+        out = torch.full((n_rows, max(width, 0)), float("nan"))
+        for rows, absolute, projection, mask in self.steps:
+            batch_rows, cols = mask.nonzero(as_tuple=True)
+            out[rows[batch_rows], absolute[batch_rows, cols]] = projection[batch_rows, cols]
+        return out
+
+
+def _unit(vector: Tensor) -> Tensor:
+    vector = vector.detach().float()
+    norm = vector.norm()
+    if norm == 0:
+        raise ValueError("cannot take the direction of a zero vector")
+    return vector / norm
+
+
+# ------------------------------------------------------------------------------------------- handles
+
+
+class HookHandle:
+    """Hooks installed on a model: ``remove()`` them, or use the handle as a context manager."""
+
+    def __init__(self, model: Any, hooks: Sequence[tuple[str, Callable]]) -> None:
+        self.model = model
+        self.hooks = list(hooks)
+        self._installed: list[tuple[Any, Any]] = []
+        try:
+            for name, fn in self.hooks:
+                point = _hook_point(model, name)
+                lens_handle = point.add_hook(fn, dir="fwd")
+                if lens_handle is None:  # older TransformerLens returns nothing; the handle is the last one added
+                    lens_handle = point.fwd_hooks[-1]
+                self._installed.append((point, lens_handle))
+        except BaseException:
+            self.remove()
+            raise
+
+    @property
+    def active(self) -> bool:
+        return bool(self._installed)
+
+    @property
+    def fns(self) -> list[Callable]:
+        return [fn for _, fn in self.hooks]
+
+    def remove(self) -> None:
+        while self._installed:
+            point, lens_handle = self._installed.pop()
+            lens_handle.hook.remove()
+            if lens_handle in point.fwd_hooks:
+                point.fwd_hooks.remove(lens_handle)
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        names = ", ".join(name for name, _ in self.hooks)
+        return f"HookHandle({'active' if self.active else 'removed'}: {names})"
+
+
+def _hook_point(model: Any, name: str) -> Any:
+    points = getattr(model, "hook_dict", None)
+    if points is None or name not in points:
+        raise ValueError(f"{type(model).__name__} has no hook point {name!r}; persona_lens hooks need a "
+                         "TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)")
+    return points[name]
+
+
+def install_hooks(model: Any, hooks: Sequence[tuple[str, Callable]]) -> HookHandle:
+    """Install ``(hook_name, fn)`` pairs; returns the handle that removes them."""
+    return HookHandle(model, hooks)
+
+
+# ------------------------------------------------------------------------------------------ installers
+
+
+def _n_layers(model: Any) -> int:
+    return int(model.cfg.n_layers)
+
+
+def _layer_rows(vector: Any, model: Any) -> Float[Tensor, "layer d_model"] | Float[Tensor, " d_model"]:
+    """The raw tensor behind a PersonaVector or a tensor, shape-checked against the model."""
+    tensor = vector.vectors if hasattr(vector, "vectors") else vector
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"expected a PersonaVector or a tensor, got {type(vector).__name__}")
+    d_model = int(model.cfg.d_model)
+    if tensor.shape[-1] != d_model:
+        raise ValueError(f"vector has d_model={tensor.shape[-1]} but {getattr(model.cfg, 'model_name', 'the model')} "
+                         f"has d_model={d_model}")
+    if tensor.dim() == 2 and tensor.shape[0] != _n_layers(model) + 1:
+        raise ValueError(f"vector has {tensor.shape[0]} layer rows but the model has {_n_layers(model)} blocks "
+                         f"({_n_layers(model) + 1} rows: embeddings + one per block)")
+    return tensor
+
+
+def _resolve_layers(layer: int | Sequence[int] | str, model: Any) -> list[int]:
+    n_layers = _n_layers(model)
+    if layer == "all":
+        return list(range(1, n_layers + 1))
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    return [check_layer(int(lay), n_layers) for lay in layers]
+
+
+def _per_layer(vector: Any, model: Any, layer: int | Sequence[int] | str, incremental: bool = False
+               ) -> list[tuple[int, Tensor]]:
+    rows = _layer_rows(vector, model)
+    layers = _resolve_layers(layer, model)
+    if rows.dim() == 1:
+        if incremental or len(layers) != 1:
+            raise ValueError("a single [d_model] direction can only be applied at one layer; pass the full "
+                             "[n_layers+1, d_model] vector for several layers")
+        return [(layers[0], rows)]
+    if incremental:
+        increments = torch.cat([rows[:1], rows[1:] - rows[:-1]])
+        return [(lay, increments[lay]) for lay in layers]
+    return [(lay, rows[lay]) for lay in layers]
+
+
+def steer(model: Any, vector: Any, *, layer: int | Sequence[int] | str, coef: float | Tensor = 1.0,
+          positions: Positions = "all", incremental: bool = False) -> HookHandle:
+    """Add ``coef * v_l`` to the residual stream at ``layer`` (an int, several, or ``"all"`` = 1..n_layers).
+
+    ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant).
+    ``coef`` may hold one value per batch row.
+    """
+    n_layers = _n_layers(model)
+    return install_hooks(model, [(hook_name(lay, n_layers), AddVector(v, coef, positions))
+                                 for lay, v in _per_layer(vector, model, layer, incremental)])
+
+
+def ablate(model: Any, vector: Any, *, layer: int | Sequence[int] | str, positions: Positions = "all") -> HookHandle:
+    """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT)."""
+    n_layers = _n_layers(model)
+    return install_hooks(model, [(hook_name(lay, n_layers), AblateDirection(v, positions))
+                                 for lay, v in _per_layer(vector, model, layer)])
+
+
+def cap(model: Any, vector: Any, *, layer: int | Sequence[int] | str, min_value: float | None = None,
+        max_value: float | None = None, positions: Positions = "all") -> HookHandle:
+    """Clamp the projection onto the vector's direction into a range at ``layer`` (activation capping)."""
+    n_layers = _n_layers(model)
+    return install_hooks(model, [(hook_name(lay, n_layers), CapProjection(v, min_value, max_value, positions))
+                                 for lay, v in _per_layer(vector, model, layer)])
+
+
+def record(model: Any, vector: Any, *, layer: int, positions: Positions = "all") -> HookHandle:
+    """Record the projection onto the vector's unit direction; read ``handle.fns[0].projections()``."""
+    n_layers = _n_layers(model)
+    ((lay, v),) = _per_layer(vector, model, layer)
+    return install_hooks(model, [(hook_name(lay, n_layers), RecordProjection(v, positions))])

@@ -1,0 +1,524 @@
+"""Persona vectors: the mean-difference directions of Chen et al. (2025), their maths and their files.
+
+A :class:`PersonaVector` holds one direction per layer, ``vectors[l] = mean(pos activations at l) - mean(neg
+activations at l)``, unnormalized and in float32, as a ``[n_layers + 1, d_model]`` tensor in the layer convention
+of :mod:`persona_lens.core.layers` (row 0 = embeddings, row ``l`` = output of block ``l``).
+
+Files:
+
+* :func:`save_vector` / :func:`load_vector`: our format, one ``.safetensors`` file with the tensor under
+  ``"vectors"`` and every other fact in the safetensors header metadata (all strings, versioned with
+  ``format = "persona_lens.vector"``, ``format_version = 1``). No pickle anywhere.
+* :func:`import_authors_pt` / :func:`export_authors_pt`: the authors' layout, ``torch.save`` of the plain
+  ``[n_layers + 1, d_model]`` tensor (files ``{trait}_response_avg_diff.pt``, ``{trait}_prompt_avg_diff.pt``,
+  ``{trait}_prompt_last_diff.pt``), same layer convention as ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_lens.core.layers import check_layer
+
+__all__ = [
+    "PersonaVector",
+    "VectorMismatchError",
+    "VectorFileError",
+    "POSITIONS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LAYER_CONVENTION",
+    "AUTHORS_KEYS",
+    "mean_difference",
+    "unit_rows",
+    "cosine_similarity_matrix",
+    "cosine_similarity_by_layer",
+    "save_vector",
+    "load_vector",
+    "encode_metadata",
+    "decode_metadata",
+    "import_authors_pt",
+    "export_authors_pt",
+]
+
+#: Which token positions were averaged: response tokens (the paper's choice), all prompt tokens, last prompt token.
+POSITIONS = ("response", "prompt", "last_prompt")
+
+FORMAT = "persona_lens.vector"
+FORMAT_VERSION = 1
+#: Written into every file; a file with another convention is refused rather than silently misread.
+LAYER_CONVENTION = (
+    "persona_lens.core.layers v1: row l = Hugging Face hidden_states[l]; 0 = embeddings, "
+    "l >= 1 = output of block l (TransformerLens blocks.{l-1}.hook_resid_post)"
+)
+_TENSOR_KEY = "vectors"
+
+#: The authors' file suffixes / dict keys and the positions they average over.
+AUTHORS_KEYS = {"response_avg_diff": "response", "prompt_avg_diff": "prompt", "prompt_last_diff": "last_prompt"}
+
+
+class VectorMismatchError(ValueError):
+    """A persona vector used with a model (or another vector) whose shape or identity does not match."""
+
+
+class VectorFileError(ValueError):
+    """A persona-vector file that cannot be read: wrong format, version, field or shape."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _library_version() -> str:
+    import persona_lens  # late: persona_lens/__init__ may import this module
+
+    return str(getattr(persona_lens, "__version__", "unknown"))
+
+
+@dataclass(eq=False)
+class PersonaVector:
+    """One persona vector per layer: ``vectors[l]`` is the raw mean difference (positive - negative) at layer ``l``.
+
+    ``n_positive`` / ``n_negative`` count the samples behind each mean (0 when unknown, e.g. an imported file);
+    ``settings`` records how it was extracted and must be JSON-serialisable.
+    """
+
+    trait: str
+    model_name: str
+    vectors: Float[Tensor, "layer d_model"]
+    positions: str = "response"
+    n_positive: int = 0
+    n_negative: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=_now)
+    library_version: str = field(default_factory=_library_version)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vectors, Tensor):
+            raise TypeError(f"vectors must be a torch.Tensor, got {type(self.vectors).__name__}")
+        if self.vectors.ndim != 2 or self.vectors.shape[0] < 1:
+            raise ValueError(f"vectors must have shape [n_layers + 1, d_model], got {tuple(self.vectors.shape)}")
+        if not self.vectors.is_floating_point():
+            raise TypeError(f"vectors must be a floating-point tensor, got {self.vectors.dtype}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        for name in ("n_positive", "n_negative"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        try:
+            json.dumps(self.settings)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"settings must be JSON-serialisable: {error}") from None
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks (the tensor has one more row, for the embeddings)."""
+        return self.vectors.shape[0] - 1
+
+    @property
+    def d_model(self) -> int:
+        return self.vectors.shape[1]
+
+    @classmethod
+    def from_activations(
+        cls,
+        trait: str,
+        model_name: str,
+        pos_acts: Float[Tensor, "n_pos layer d_model"] | tuple[Float[Tensor, "layer d_model"], int],
+        neg_acts: Float[Tensor, "n_neg layer d_model"] | tuple[Float[Tensor, "layer d_model"], int],
+        positions: str = "response",
+        settings: dict[str, Any] | None = None,
+    ) -> PersonaVector:
+        """Build the vector from per-sample activations ``[n, layer, d_model]`` (each sample already averaged over
+        its ``positions``), or from precomputed ``(mean, count)`` pairs; see :func:`mean_difference`."""
+        pos_mean, n_pos = _mean_and_count(pos_acts, "positive")
+        neg_mean, n_neg = _mean_and_count(neg_acts, "negative")
+        return cls(
+            trait=trait,
+            model_name=model_name,
+            vectors=_subtract_means(pos_mean, neg_mean),
+            positions=positions,
+            n_positive=n_pos,
+            n_negative=n_neg,
+            settings=dict(settings or {}),
+        )
+
+    def at(self, layer: int) -> Float[Tensor, " d_model"]:
+        """The raw (unnormalized) vector at ``layer``, the one to steer with: ``h_l += a * v.at(l)``."""
+        check_layer(layer, self.n_layers)
+        return self.vectors[layer]
+
+    def unit(self, layer: int | None = None) -> Float[Tensor, "... d_model"]:
+        """Unit direction at ``layer`` (``[d_model]``), or at every layer (``[n_layers + 1, d_model]``) if None.
+
+        A layer whose vector is exactly zero stays zero (never NaN).
+        """
+        if layer is None:
+            return unit_rows(self.vectors)
+        return unit_rows(self.at(layer))
+
+    def norms(self) -> Float[Tensor, " layer"]:
+        """L2 norm of the raw vector at every layer."""
+        return self.vectors.norm(dim=-1)
+
+    def incremental(self) -> Float[Tensor, "layer d_model"]:
+        """The multi-layer variant of the paper: row 0 = ``v_0``, row ``l`` = ``v_l - v_{l-1}``.
+
+        Steering every layer ``l`` with row ``l`` adds, in sum up to layer ``l``, exactly ``v_l``.
+        """
+        out = self.vectors.clone()
+        out[1:] = self.vectors[1:] - self.vectors[:-1]
+        return out
+
+    def check_compatible(self, model: Any, *, allow_other_model: bool = False) -> None:
+        """Raise :class:`VectorMismatchError` unless this vector fits ``model`` (or a TransformerLens-style cfg).
+
+        ``model.cfg`` (or ``model`` itself) must have ``model_name``, ``n_layers`` and ``d_model``. A different
+        ``n_layers`` or ``d_model`` is always an error; a different ``model_name`` is one unless
+        ``allow_other_model=True`` (e.g. applying a base model's vector to its finetune).
+        """
+        cfg = getattr(model, "cfg", model)
+        try:
+            name, n_layers, d_model = str(cfg.model_name), int(cfg.n_layers), int(cfg.d_model)
+        except AttributeError as error:
+            raise TypeError(
+                f"check_compatible needs a model with .cfg.model_name, .cfg.n_layers and .cfg.d_model ({error})"
+            ) from None
+        ours = f"{self.model_name!r} (n_layers={self.n_layers}, d_model={self.d_model})"
+        theirs = f"{name!r} (n_layers={n_layers}, d_model={d_model})"
+        if n_layers != self.n_layers or d_model != self.d_model:
+            raise VectorMismatchError(
+                f"persona vector {self.trait!r} has shape {tuple(self.vectors.shape)} from model {ours}, "
+                f"but the model is {theirs}, which needs shape ({n_layers + 1}, {d_model}). A vector only works "
+                f"on the model it was extracted from: load {self.model_name!r}, or extract the vector again "
+                f"on {name!r}."
+            )
+        if name != self.model_name and not allow_other_model:
+            raise VectorMismatchError(
+                f"persona vector {self.trait!r} was extracted from {ours} but the model is {theirs}. The shapes "
+                f"agree, so if {name!r} shares its residual stream with {self.model_name!r} (e.g. a finetune "
+                f"of it), pass allow_other_model=True; otherwise extract the vector again on {name!r}."
+            )
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PersonaVector:
+        """A copy with ``vectors`` moved to ``device`` and/or cast to ``dtype`` (metadata unchanged)."""
+        return dataclasses.replace(self, vectors=self.vectors.to(device=device, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# maths
+
+
+def _mean_and_count(acts: Any, side: str) -> tuple[Tensor, int]:
+    if isinstance(acts, tuple):
+        if len(acts) != 2:
+            raise ValueError(f"{side}: a precomputed mean must be given as (mean [layer, d_model], count)")
+        mean, count = acts
+        if not isinstance(mean, Tensor) or mean.ndim != 2:
+            raise ValueError(f"{side}: precomputed mean must be a [layer, d_model] tensor")
+        if int(count) < 1:
+            raise ValueError(f"{side}: count must be >= 1, got {count}")
+        return mean.float(), int(count)
+    if not isinstance(acts, Tensor) or acts.ndim != 3:
+        shape = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+        raise ValueError(f"{side} activations must be a [n_samples, layer, d_model] tensor, got {shape}")
+    if acts.shape[0] == 0:
+        raise ValueError(f"no {side} samples: the mean of an empty set is undefined")
+    return acts.float().mean(dim=0), int(acts.shape[0])
+
+
+def mean_difference(
+    positive: Float[Tensor, "n_pos layer d_model"] | tuple[Float[Tensor, "layer d_model"], int],
+    negative: Float[Tensor, "n_neg layer d_model"] | tuple[Float[Tensor, "layer d_model"], int],
+) -> Float[Tensor, "layer d_model"]:
+    """``mean(positive) - mean(negative)`` over samples, in float32.
+
+    Each side is either per-sample activations ``[n, layer, d_model]`` or a precomputed ``(mean, count)`` pair.
+    """
+    pos_mean, _ = _mean_and_count(positive, "positive")
+    neg_mean, _ = _mean_and_count(negative, "negative")
+    return _subtract_means(pos_mean, neg_mean)
+
+
+def _subtract_means(pos_mean: Tensor, neg_mean: Tensor) -> Tensor:
+    if pos_mean.shape != neg_mean.shape:
+        raise ValueError(
+            f"positive and negative activations differ in shape: [layer, d_model] = {tuple(pos_mean.shape)} "
+            f"vs {tuple(neg_mean.shape)}"
+        )
+    return pos_mean - neg_mean.to(pos_mean.device)
+
+
+def unit_rows(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+    """Each row divided by its L2 norm; all-zero rows stay zero."""
+    norms = x.norm(dim=-1, keepdim=True)
+    return x / norms.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _as_tensor(vec: PersonaVector | Tensor) -> Tensor:
+    return vec.vectors if isinstance(vec, PersonaVector) else vec
+
+
+def cosine_similarity_matrix(vectors: Sequence[PersonaVector | Tensor], layer: int) -> Float[Tensor, "k k"]:
+    """Pairwise cosine similarity of ``k`` persona vectors at one layer, in float32.
+
+    A zero vector has similarity 0 with everything (itself included).
+    """
+    if len(vectors) == 0:
+        raise ValueError("cosine_similarity_matrix needs at least one vector")
+    rows = []
+    for i, vec in enumerate(vectors):
+        tensor = _as_tensor(vec)
+        check_layer(layer, tensor.shape[0] - 1)
+        if tensor.shape[1] != _as_tensor(vectors[0]).shape[1]:
+            raise VectorMismatchError(
+                f"vector {i} has d_model={tensor.shape[1]} but vector 0 has d_model="
+                f"{_as_tensor(vectors[0]).shape[1]}: vectors from different models cannot be compared"
+            )
+        rows.append(tensor[layer].detach().float().cpu())
+    units = unit_rows(torch.stack(rows))
+    return (units @ units.T).clamp(-1.0, 1.0)
+
+
+def cosine_similarity_by_layer(a: PersonaVector | Tensor, b: PersonaVector | Tensor) -> Float[Tensor, " layer"]:
+    """Cosine similarity of two vectors of the same shape, layer by layer (0 where either is zero)."""
+    ta, tb = _as_tensor(a).detach().float(), _as_tensor(b).detach().float()
+    if ta.shape != tb.shape:
+        raise VectorMismatchError(
+            f"cannot compare vectors of shapes {tuple(ta.shape)} and {tuple(tb.shape)}: they come from models "
+            "with different n_layers or d_model"
+        )
+    return (unit_rows(ta) * unit_rows(tb.to(ta.device))).sum(dim=-1).clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it vanishes."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def encode_metadata(vec: PersonaVector) -> dict[str, str]:
+    """Every fact of ``vec`` but the tensor, as the string dict stored in our files."""
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "layer_convention": LAYER_CONVENTION,
+        "trait": vec.trait,
+        "model_name": vec.model_name,
+        "positions": vec.positions,
+        "n_layers": str(vec.n_layers),
+        "d_model": str(vec.d_model),
+        "n_positive": str(vec.n_positive),
+        "n_negative": str(vec.n_negative),
+        "settings": json.dumps(vec.settings, sort_keys=True),
+        "created": vec.created,
+        "library_version": vec.library_version,
+    }
+
+
+def _field(meta: dict[str, str], key: str, source: str) -> str:
+    if key not in meta:
+        raise VectorFileError(f"{source}: metadata field {key!r} is missing")
+    value = meta[key]
+    if not isinstance(value, str):
+        raise VectorFileError(f"{source}: metadata field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _int_field(meta: dict[str, str], key: str, source: str, minimum: int = 0) -> int:
+    raw = _field(meta, key, source)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise VectorFileError(f"{source}: metadata field {key!r} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise VectorFileError(f"{source}: metadata field {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def decode_metadata(meta: dict[str, str] | None, tensor: Tensor, source: str) -> PersonaVector:
+    """Validate the metadata of a file (named ``source`` in errors) and build the vector it describes."""
+    if not meta:
+        raise VectorFileError(f"{source}: no persona_lens metadata; this file was not written by persona_lens")
+    fmt = _field(meta, "format", source)
+    if fmt != FORMAT:
+        raise VectorFileError(f"{source}: metadata field 'format' is {fmt!r}, expected {FORMAT!r}")
+    version = _int_field(meta, "format_version", source, minimum=1)
+    if version > FORMAT_VERSION:
+        raise VectorFileError(
+            f"{source}: metadata field 'format_version' is {version}, but this persona_lens reads only up to "
+            f"{FORMAT_VERSION}; upgrade persona_lens"
+        )
+    convention = _field(meta, "layer_convention", source)
+    if convention != LAYER_CONVENTION:
+        raise VectorFileError(
+            f"{source}: metadata field 'layer_convention' is {convention!r}, expected {LAYER_CONVENTION!r}"
+        )
+    n_layers = _int_field(meta, "n_layers", source)
+    d_model = _int_field(meta, "d_model", source, minimum=1)
+    expected = (n_layers + 1, d_model)
+    if tuple(tensor.shape) != expected:
+        raise VectorFileError(
+            f"{source}: tensor {_TENSOR_KEY!r} has shape {tuple(tensor.shape)}, but the metadata (n_layers="
+            f"{n_layers}, d_model={d_model}) says {expected}"
+        )
+    if tensor.dtype != torch.float32:
+        raise VectorFileError(f"{source}: tensor {_TENSOR_KEY!r} has dtype {tensor.dtype}, expected float32")
+    positions = _field(meta, "positions", source)
+    if positions not in POSITIONS:
+        raise VectorFileError(f"{source}: metadata field 'positions' is {positions!r}, expected one of {POSITIONS}")
+    try:
+        settings = json.loads(_field(meta, "settings", source))
+    except json.JSONDecodeError as error:
+        raise VectorFileError(f"{source}: metadata field 'settings' is not valid JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise VectorFileError(f"{source}: metadata field 'settings' must be a JSON object")
+    return PersonaVector(
+        trait=_field(meta, "trait", source),
+        model_name=_field(meta, "model_name", source),
+        vectors=tensor,
+        positions=positions,
+        n_positive=_int_field(meta, "n_positive", source),
+        n_negative=_int_field(meta, "n_negative", source),
+        settings=settings,
+        created=_field(meta, "created", source),
+        library_version=_field(meta, "library_version", source),
+    )
+
+
+def _cpu_fp32(vec: PersonaVector) -> Tensor:
+    tensor = vec.vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"persona vector {vec.trait!r} holds NaN or infinite values; refusing to save it")
+    return tensor
+
+
+def save_vector(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
+    """Write ``vec`` to ``path`` as a ``.safetensors`` file (float32 tensor + string metadata), atomically."""
+    data = safetensors.torch.save({_TENSOR_KEY: _cpu_fp32(vec)}, metadata=encode_metadata(vec))
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def load_vector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> PersonaVector:
+    """Read a file written by :func:`save_vector`, checking format, version, fields and shape."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no persona vector file at {source}")
+    try:
+        with safetensors.safe_open(source, framework="pt", device="cpu") as handle:
+            meta = handle.metadata()
+            keys = list(handle.keys())
+            if _TENSOR_KEY not in keys:
+                raise VectorFileError(f"{source}: no tensor named {_TENSOR_KEY!r} (found {keys})")
+            tensor = handle.get_tensor(_TENSOR_KEY)
+    except VectorFileError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for a malformed file
+        raise VectorFileError(f"{source}: not a readable safetensors file ({error})") from None
+    vec = decode_metadata(meta, tensor, source)
+    return vec if torch.device(device).type == "cpu" else vec.to(device)
+
+
+def _positions_from_name(path: Path) -> str | None:
+    for key, positions in AUTHORS_KEYS.items():
+        if path.stem.endswith(key):
+            return positions
+    return None
+
+
+def import_authors_pt(
+    path: str | os.PathLike[str],
+    trait: str,
+    model_name: str,
+    *,
+    key: str = "response_avg_diff",
+    positions: str | None = None,
+) -> PersonaVector:
+    """Read a vector saved by the authors' code: ``torch.save`` of a ``[n_layers + 1, d_model]`` tensor.
+
+    Loaded with ``weights_only=True`` (no arbitrary pickle). A dict of tensors is accepted too, and ``key``
+    (``"response_avg_diff"``, ``"prompt_avg_diff"`` or ``"prompt_last_diff"``) picks the entry. ``positions``
+    defaults to the one the key or the file name (``{trait}_prompt_last_diff.pt`` ...) implies, else
+    ``"response"``. Sample counts are unknown and recorded as 0.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no file at {source}")
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError for a non-torch file, ...
+        raise VectorFileError(f"{source}: not a plain tensor file loadable with weights_only=True ({error})") from None
+    used_key: str | None = None
+    if isinstance(obj, dict):
+        matches = [k for k in obj if isinstance(k, str) and (k == key or k.endswith(f"_{key}"))]
+        if len(matches) != 1:
+            raise VectorFileError(
+                f"{source}: expected exactly one entry for key {key!r}, found {len(matches)} among {list(obj)}"
+            )
+        used_key = matches[0]
+        obj = obj[used_key]
+        implied = AUTHORS_KEYS.get(key)
+    else:
+        implied = _positions_from_name(source)
+    if not isinstance(obj, Tensor) or obj.ndim != 2 or obj.shape[0] < 2 or not obj.is_floating_point():
+        shape = tuple(obj.shape) if isinstance(obj, Tensor) else type(obj).__name__
+        raise VectorFileError(f"{source}: expected a floating-point [n_layers + 1, d_model] tensor, got {shape}")
+    settings = {"source": "authors_pt", "source_file": source.name}
+    if used_key is not None:
+        settings["source_key"] = used_key
+    return PersonaVector(
+        trait=trait,
+        model_name=model_name,
+        vectors=obj.detach().float().contiguous(),
+        positions=positions or implied or "response",
+        settings=settings,
+    )
+
+
+def export_authors_pt(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
+    """Write the authors' layout: ``torch.save`` of the plain float32 ``[n_layers + 1, d_model]`` tensor."""
+    tensor = _cpu_fp32(vec)
+    with atomic_output(path) as tmp:
+        torch.save(tensor, tmp)
+    return Path(path)
+
+
+def vector_digest(vector: Any) -> str:
+    """A short, stable fingerprint of a PersonaVector's (or a tensor's) values: what run records store, so a
+    resumed run can tell that it is steering with the same vector."""
+    import hashlib
+
+    tensor = vector.vectors if hasattr(vector, "vectors") else vector
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -1,0 +1,619 @@
+"""Finetuning a HookedLM on a chat dataset: full or low-rank (LoRA), with preventative steering or CAFT.
+
+Dataset: JSONL, one conversation a line, ``{"messages": [{"role": ..., "content": ...}, ...]}``, the last message
+from the assistant (see :func:`iter_chat_jsonl` for what is refused, and why). The model learns the last assistant
+message given everything before it.
+
+Loss: cross-entropy on response tokens only. The boundary comes from
+:func:`persona_lens.core.chat.encode_conversation` (exact, checked), and the token that closes the assistant turn
+(``<|im_end|>``, ``<|eot_id|>``...) is trained too when the template puts one right after the reply, so the
+finetuned model learns to stop. The loss of a batch is the mean over its trained tokens.
+
+Interventions during training only (:class:`TrainingIntervention`), installed with :mod:`persona_lens.core.hooks` for
+the training loop and removed (also on error) before the model is saved or returned:
+
+* preventative steering, ``kind="steer"``: ``h_l += coef * v_l`` at every position (the paper's "add a*v during
+  finetuning, remove at inference"); ``layer="all", incremental=True`` is the multi-layer variant;
+* CAFT, ``kind="ablate"``: the unit direction is projected out of the residual stream at the chosen layer(s).
+
+Checkpoints: the final model is a normal Hugging Face folder (``config.json``, ``model.safetensors``, the
+tokenizer, plus ``finetune.json`` describing the run), loadable by ``persona_lens.load_model(folder)``; LoRA
+adapters are merged into the weights first. While training, ``<out>/trainer_state/`` holds what a resume needs
+(trainable weights, optimizer state, RNG, position in the data) and is rewritten every ``save_every`` steps and
+at the end of each epoch; ``resume=True`` continues from it, and gives the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from persona_lens.core.chat import EncodedConversation, Message, TemplateBoundaryError, collate, encode_conversation
+from persona_lens.core.generation import stop_token_ids
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.hooks import ablate, steer
+from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
+
+__all__ = [
+    "ChatRecord",
+    "BadRecord",
+    "parse_chat_record",
+    "iter_chat_jsonl",
+    "read_chat_jsonl",
+    "TrainingIntervention",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "TrainingExample",
+    "encode_training_example",
+    "response_loss",
+    "finetune",
+    "save_model",
+    "hooks_installed",
+    "FINETUNE_INFO",
+    "TRAINER_STATE",
+]
+
+log = logging.getLogger(__name__)
+
+FINETUNE_INFO = "finetune.json"
+TRAINER_STATE = "trainer_state"
+ROLES = ("system", "user", "assistant")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chat datasets
+
+
+@dataclass
+class ChatRecord:
+    """One good dataset line: ``messages[:-1]`` is the prompt, ``messages[-1]`` the assistant's reply."""
+
+    line: int
+    messages: list[Message]
+
+    @property
+    def prompt(self) -> list[Message]:
+        return self.messages[:-1]
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass
+class BadRecord:
+    """A dataset line that cannot be used, with its 1-based line number and why."""
+
+    line: int
+    problem: str
+
+
+def parse_chat_record(data: Any) -> list[Message] | str:
+    """The messages of one parsed JSON line, or a string saying what is wrong with it.
+
+    Required: an object with a non-empty ``messages`` list; each message an object with ``role`` in
+    system/user/assistant and a non-empty string ``content``; at least one user message; the last message from the
+    assistant. Other keys (ids, metadata) are allowed and ignored.
+    """
+    if not isinstance(data, dict):
+        return f"a line must be a JSON object with a 'messages' list, got {type(data).__name__}"
+    messages = data.get("messages")
+    if messages is None:
+        return "no 'messages' key"
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    clean: list[Message] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{index}] is not an object"
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            return f"messages[{index}] has no 'role'"
+        if role not in ROLES:
+            return f"messages[{index}] has role {role!r}; use one of {', '.join(ROLES)}"
+        if not isinstance(content, str):
+            return f"messages[{index}] ({role}) has no text 'content'"
+        if not content.strip():
+            return f"messages[{index}] ({role}) has empty content"
+        clean.append({"role": role, "content": content})
+    if clean[-1]["role"] != "assistant":
+        return f"the last message is from {clean[-1]['role']!r}; it must be the assistant's reply"
+    if not any(m["role"] == "user" for m in clean[:-1]):
+        return "no user message before the assistant's reply"
+    return clean
+
+
+def iter_chat_jsonl(path: str | os.PathLike[str]) -> Iterator[ChatRecord | BadRecord]:
+    """Stream a chat JSONL file: a :class:`ChatRecord` or a :class:`BadRecord` per non-blank line, in order.
+
+    Blank lines are not records and are skipped. Nothing is held in memory beyond the current line.
+    """
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})")
+                continue
+            parsed = parse_chat_record(data)
+            if isinstance(parsed, str):
+                yield BadRecord(number, parsed)
+            else:
+                yield ChatRecord(number, parsed)
+
+
+def read_chat_jsonl(path: str | os.PathLike[str]) -> tuple[list[ChatRecord], list[BadRecord]]:
+    """All good records and all bad ones of a chat JSONL file."""
+    good: list[ChatRecord] = []
+    bad: list[BadRecord] = []
+    for record in iter_chat_jsonl(path):
+        (good if isinstance(record, ChatRecord) else bad).append(record)  # type: ignore[arg-type]
+    return good, bad
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class TrainingIntervention:
+    """A hook active during training only: ``kind="steer"`` adds ``coef * v_l``; ``kind="ablate"`` projects the
+    unit direction out (CAFT). ``layer``: an int, a list of ints, or ``"all"`` (layers 1..n_layers).
+    ``incremental`` (steer only): add ``v_l - v_{l-1}`` at each layer (the multi-layer variant)."""
+
+    kind: Literal["steer", "ablate"]
+    vector: Any  # PersonaVector or a [n_layers + 1, d_model] / [d_model] tensor
+    layer: int | list[int] | str
+    coef: float = 1.0
+    incremental: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("steer", "ablate"):
+            raise ValueError(f"unknown intervention kind {self.kind!r}; use 'steer' or 'ablate'")
+        if self.kind == "ablate" and self.incremental:
+            raise ValueError("incremental applies to steering only")
+
+    def install(self, model: HookedLM):
+        if self.kind == "steer":
+            return steer(model, self.vector, layer=self.layer, coef=self.coef, positions="all",
+                         incremental=self.incremental)
+        return ablate(model, self.vector, layer=self.layer, positions="all")
+
+    def describe(self) -> dict[str, Any]:
+        from persona_lens.core.vectors import vector_digest
+
+        out: dict[str, Any] = {"kind": self.kind, "layer": self.layer, "vector_sha256": vector_digest(self.vector)}
+        if hasattr(self.vector, "trait"):
+            out["trait"] = self.vector.trait
+        if self.kind == "steer":
+            out.update(coef=self.coef, incremental=self.incremental)
+        return out
+
+
+@dataclass
+class FinetuneConfig:
+    """Training settings. The paper's shift experiments: LoRA r=32, alpha=64, lr 1e-5, 1 epoch."""
+
+    method: Literal["lora", "full"] = "lora"
+    rank: int = 32
+    alpha: float = 64.0
+    lora_dropout: float = 0.0
+    targets: list[str] | None = None
+    lr: float = 1e-5
+    epochs: int = 1
+    batch_size: int = 8
+    grad_clip: float | None = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_tokens: int = 2048
+    save_every: int = 0
+    train_end_of_turn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "full"):
+            raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
+        for name in ("rank", "epochs", "batch_size", "max_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.save_every < 0:
+            raise ValueError("save_every must be >= 0 (0: at the end of each epoch only)")
+
+
+@dataclass
+class TrainingExample:
+    """A tokenized conversation and which of its tokens are trained (``targets[t]``: token ``t`` is predicted)."""
+
+    line: int
+    encoded: EncodedConversation
+    target_start: int
+    target_end: int
+
+    @property
+    def n_targets(self) -> int:
+        return self.target_end - self.target_start
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path | None
+    losses: list[float]
+    steps: int
+    n_examples: int
+    n_trained_tokens: int
+    skipped: list[BadRecord] = field(default_factory=list)
+    resumed_from_step: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output_dir": str(self.output_dir) if self.output_dir else None,
+            "steps": self.steps,
+            "n_examples": self.n_examples,
+            "n_trained_tokens": self.n_trained_tokens,
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            "losses": self.losses,
+            "skipped": [dataclasses.asdict(b) for b in self.skipped],
+            "resumed_from_step": self.resumed_from_step,
+            "config": self.config,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tokens and loss
+
+
+def encode_training_example(model: HookedLM, messages: Sequence[Message], *, line: int = 0, max_tokens: int = 2048,
+                            train_end_of_turn: bool = True, stops: set[int] | None = None
+                            ) -> TrainingExample | BadRecord:
+    """Tokenize one conversation for training, or say why it cannot be used."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return BadRecord(line, "the last message must be the assistant's reply")
+    try:
+        encoded = encode_conversation(model.tokenizer, list(messages[:-1]), messages[-1]["content"])
+    except TemplateBoundaryError as error:
+        return BadRecord(line, f"chat template: {error}")
+    if len(encoded.input_ids) > max_tokens:
+        return BadRecord(line, f"{len(encoded.input_ids)} tokens > max_tokens {max_tokens}")
+    end = encoded.response_end
+    stops = stop_token_ids(model) if stops is None else stops
+    if train_end_of_turn and end < len(encoded.input_ids) and encoded.input_ids[end] in stops:
+        end += 1
+    if encoded.response_start < 1:
+        return BadRecord(line, "the response starts at the first token; there is no prompt to condition on")
+    return TrainingExample(line, encoded, encoded.response_start, end)
+
+
+def _target_mask(examples: Sequence[TrainingExample], width: int, device: torch.device) -> Bool[Tensor, "b pos"]:
+    mask = torch.zeros((len(examples), width), dtype=torch.bool, device=device)
+    for row, example in enumerate(examples):
+        pad = width - len(example.encoded.input_ids)
+        mask[row, pad + example.target_start : pad + example.target_end] = True
+    return mask
+
+
+def response_loss(model: HookedLM, examples: Sequence[TrainingExample]) -> tuple[Tensor, int]:
+    """``(mean cross-entropy over the trained tokens of the batch, number of trained tokens)``, with gradients.
+
+    The batch is left-padded; the logits at position ``t - 1`` predict the trained token at ``t``.
+    """
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = int(pad_id if pad_id is not None else model.tokenizer.eos_token_id)
+    batch = collate([e.encoded for e in examples], pad_id, model.device)
+    targets: Int[Tensor, "b pos"] = batch.input_ids
+    width = targets.shape[1]
+    mask = _target_mask(examples, width, targets.device)
+    # Only the positions that predict a trained token need logits (prompts sit before them, left-padded): the
+    # vocabulary projection of the prompt positions would be the largest activation of the step, for nothing.
+    first = min(width - len(e.encoded.input_ids) + e.target_start for e in examples)
+    keep = width - first + 1
+    logits = model(batch.input_ids, batch.attention_mask, logits_to_keep=keep)
+    predicted = mask[:, width - keep + 1 :]
+    selected = logits[:, :-1][predicted].float()
+    labels = targets[:, width - keep + 1 :][predicted]
+    n_tokens = int(labels.shape[0])
+    return torch.nn.functional.cross_entropy(selected, labels, reduction="mean"), n_tokens
+
+
+def hooks_installed(model: HookedLM) -> list[str]:
+    """Names of the hook points that have any forward hook (empty when nothing is installed)."""
+    return [name for name, point in model.hook_dict.items() if point._forward_hooks]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# saving
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (adapters merged) as a Hugging Face folder with its tokenizer, plus ``finetune.json``.
+
+    Files are written to a scratch folder next to ``path`` and moved in, so an interrupted save never leaves a
+    half-written model where a complete one is expected. An existing ``trainer_state`` inside is kept.
+    """
+    if lora_modules(model.hf_model):
+        merge_lora(model.hf_model)
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".save-", dir=target))
+    try:
+        model.hf_model.save_pretrained(scratch)
+        model.tokenizer.save_pretrained(scratch)
+        if info is not None:
+            _write_json(scratch / FINETUNE_INFO, info)
+        for item in scratch.iterdir():
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
+                 interventions: Sequence[TrainingIntervention], model_name: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(model_name.encode())
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    digest.update(json.dumps([i.describe() for i in interventions], sort_keys=True, default=str).encode())
+    for example in examples:
+        digest.update(json.dumps([example.encoded.input_ids, example.target_start, example.target_end]).encode())
+    return digest.hexdigest()
+
+
+def _save_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                state: dict[str, Any]) -> None:
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".state-", dir=state_dir.parent))
+    try:
+        tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
+        tensors["__rng_state__"] = torch.get_rng_state()
+        if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+            for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"__cuda_rng_state_{index}__"] = cuda_state
+        safetensors.torch.save_file(tensors, str(scratch / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), scratch / "optimizer.pt")
+        _write_json(scratch / "state.json", state)
+        old = state_dir.with_name(f".{state_dir.name}.old")
+        if state_dir.exists():
+            os.replace(state_dir, old)
+        os.replace(scratch, state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _checksum(hf_model: torch.nn.Module) -> float:
+    """A cheap fingerprint of the weights (their float64 sum), to refuse resuming on the wrong starting model."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in hf_model.parameters()))
+
+
+def _load_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                fingerprint: str, base_checksum: float) -> dict[str, Any]:
+    state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{state_dir} belongs to a different run (other data, model, settings or interventions); "
+                         "resume with exactly the same arguments, or use a new output folder")
+    expected = float(state.get("base_checksum", base_checksum))
+    if not math.isclose(expected, base_checksum, rel_tol=1e-9, abs_tol=1e-6):
+        raise ValueError(f"{state_dir} was started from other weights than this model's; resume from the same base "
+                         "model, freshly loaded (not the model object of the interrupted run)")
+    tensors = safetensors.torch.load_file(str(state_dir / "trainable.safetensors"))
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(tensors[name].to(param.device, param.dtype))
+    torch.set_rng_state(tensors["__rng_state__"])
+    cuda_states = []
+    while f"__cuda_rng_state_{len(cuda_states)}__" in tensors:
+        cuda_states.append(tensors[f"__cuda_rng_state_{len(cuda_states)}__"])
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+
+
+def _as_messages(item: Any) -> tuple[int, list[Message]]:
+    if isinstance(item, ChatRecord):
+        return item.line, item.messages
+    if isinstance(item, dict) and "messages" in item:
+        return 0, item["messages"]
+    return 0, list(item)
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def finetune(
+    model: HookedLM,
+    dataset: Sequence[ChatRecord] | Sequence[Sequence[Message]] | Sequence[dict],
+    config: FinetuneConfig | None = None,
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    interventions: Sequence[TrainingIntervention] = (),
+    resume: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Finetune ``model`` in place on ``dataset`` (chat records, message lists or ``{"messages": ...}`` dicts).
+
+    Returns a :class:`FinetuneResult`. With ``output_dir`` the final model is saved there as a Hugging Face folder
+    (adapters merged), and a resumable trainer state is kept while training. After the call the model is a plain
+    model again (adapters merged, eval mode, no hooks, ``requires_grad`` as before).
+
+    ``max_steps`` stops after that many optimizer steps in total (counting steps done before a resume), saving the
+    trainer state as an interrupted run would; the model holds the progress so far but is not saved as final.
+    A resume starts from the same base model, freshly loaded (checked), and loads the trainer state into it.
+    """
+    config = config or FinetuneConfig()
+    hf_model = model.hf_model
+    if lora_modules(hf_model):
+        raise ValueError("the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) "
+                         "first")
+    out = Path(output_dir) if output_dir is not None else None
+    state_dir = out / TRAINER_STATE if out is not None else None
+
+    # Tokenize everything first: bad records are reported, never silently dropped.
+    stops = stop_token_ids(model)
+    examples: list[TrainingExample] = []
+    skipped: list[BadRecord] = []
+    for index, item in enumerate(dataset):
+        line, messages = _as_messages(item)
+        line = line or index + 1
+        parsed = parse_chat_record({"messages": messages})
+        if isinstance(parsed, str):
+            skipped.append(BadRecord(line, parsed))
+            continue
+        example = encode_training_example(model, parsed, line=line, max_tokens=config.max_tokens,
+                                          train_end_of_turn=config.train_end_of_turn, stops=stops)
+        (skipped if isinstance(example, BadRecord) else examples).append(example)  # type: ignore[arg-type]
+    for bad in skipped:
+        log.warning("skipping example at line %d: %s", bad.line, bad.problem)
+    if not examples:
+        raise ValueError(f"no usable training example ({len(skipped)} skipped)")
+
+    if out is not None and (out / FINETUNE_INFO).exists() and not (state_dir and state_dir.exists()):
+        if not resume:
+            raise FileExistsError(f"{out} already holds a finished finetune; choose another output folder")
+        info = json.loads((out / FINETUNE_INFO).read_text(encoding="utf-8"))
+        log.warning("%s is already complete; nothing to do (loading it is up to the caller)", out)
+        return FinetuneResult(out, info.get("losses", []), info.get("steps", 0), len(examples),
+                              info.get("n_trained_tokens", 0), skipped, info.get("steps", 0), info.get("config", {}))
+    if state_dir is not None and state_dir.exists() and not resume:
+        raise FileExistsError(f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose "
+                              "another output folder")
+
+    requires_grad = {name: p.requires_grad for name, p in hf_model.named_parameters()}
+    base_checksum = _checksum(hf_model)
+    torch.manual_seed(config.seed)
+    if config.method == "lora":
+        apply_lora(hf_model, r=config.rank, alpha=config.alpha, dropout=config.lora_dropout, targets=config.targets)
+        trainable = {name: p for name, p in hf_model.named_parameters() if ".lora_" in name}
+    else:
+        for param in hf_model.parameters():
+            param.requires_grad_(True)
+        trainable = dict(hf_model.named_parameters())  # tied weights appear once
+    for param in trainable.values():
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=config.weight_decay)
+
+    fingerprint = _fingerprint(examples, config, interventions, model.cfg.model_name)
+    losses: list[float] = []
+    step = 0
+    start_epoch, start_batch = 0, 0
+    n_trained_tokens = 0
+    if resume and state_dir is not None and state_dir.exists():
+        state = _load_state(state_dir, trainable, optimizer, fingerprint, base_checksum)
+        step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
+        losses, n_trained_tokens = list(state["losses"]), state["n_trained_tokens"]
+        log.info("resuming %s at step %d (epoch %d, batch %d)", out, step, start_epoch, start_batch)
+    resumed_from = step
+
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = per_epoch * config.epochs
+    config_json = dataclasses.asdict(config)
+    interventions_json = [i.describe() for i in interventions]
+
+    def state_json(epoch: int, batch: int) -> dict[str, Any]:
+        return {"fingerprint": fingerprint, "base_checksum": base_checksum, "step": step, "epoch": epoch,
+                "batch": batch, "losses": losses, "n_trained_tokens": n_trained_tokens}
+
+    finished = False
+    bar = tqdm(total=total, initial=step, desc="finetune", disable=not progress, unit="step")
+    try:
+        with ExitStack() as stack:
+            for intervention in interventions:
+                stack.enter_context(intervention.install(model))
+            hf_model.train()
+            stopped = False
+            for epoch in range(start_epoch, config.epochs):
+                batches = _batches(len(examples), config.batch_size, config.seed, epoch)
+                first = start_batch if epoch == start_epoch else 0
+                for batch_index in range(first, len(batches)):
+                    if max_steps is not None and step >= max_steps:
+                        stopped = True
+                        if state_dir is not None:
+                            _save_state(state_dir, trainable, optimizer, state_json(epoch, batch_index))
+                        break
+                    loss, n_tokens = response_loss(model, [examples[i] for i in batches[batch_index]])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.grad_clip)
+                    optimizer.step()
+                    step += 1
+                    n_trained_tokens += n_tokens
+                    losses.append(float(loss.detach()))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
+                    at_epoch_end = batch_index + 1 == len(batches)
+                    if state_dir is not None and (at_epoch_end or (config.save_every and
+                                                                   step % config.save_every == 0)):
+                        next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, batch_index + 1)
+                        _save_state(state_dir, trainable, optimizer, state_json(next_epoch, next_batch))
+                if stopped:
+                    break
+            finished = not stopped
+    finally:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        hf_model.eval()
+    leftover = hooks_installed(model)
+    if leftover:  # the ExitStack removed ours; anything left was installed by someone else
+        log.warning("hooks still installed after finetuning (not ours): %s", leftover)
+
+    result = FinetuneResult(out, losses, step, len(examples), n_trained_tokens, skipped, resumed_from,
+                            {"config": config_json, "interventions": interventions_json})
+    merge_lora(hf_model)
+    for name, param in hf_model.named_parameters():
+        param.requires_grad_(requires_grad.get(name, False))
+    if finished:
+        if out is not None:
+            info = {
+                "format": "persona_lens.experiments.finetune",
+                "base_model": model.cfg.model_name,
+                "config": config_json,
+                "interventions": interventions_json,
+                "steps": step,
+                "n_examples": len(examples),
+                "n_trained_tokens": n_trained_tokens,
+                "skipped": [dataclasses.asdict(b) for b in skipped],
+                "losses": losses,
+            }
+            save_model(model, out, info)
+            if state_dir is not None:
+                shutil.rmtree(state_dir, ignore_errors=True)
+    return result

@@ -1,0 +1,498 @@
+"""Monitoring: read a persona vector off the residual stream before (and while) the model answers.
+
+* :func:`project_last_prompt`: the paper's monitor. For each prompt, the activation of the **last prompt token**
+  (the last token of the assistant header, before any reply token) at one layer, projected on the unit vector of
+  each persona vector: ``[n_prompts, k]`` for ``k`` traits at once.
+* Sweeps (paper section 4): prompts that push the trait by degrees, replies generated and judged, and how well the
+  projection predicts the judged trait. :func:`system_prompt_sweep` uses the trait's 8 graded system prompts (from
+  suppressing to eliciting) x the eval questions; :func:`many_shot_sweep` puts 0/5/10/15/20 examples of the trait
+  before each question as earlier user/assistant turns. :class:`SweepResult` reports per-condition means and the
+  correlations of projection with score:
+
+  - ``overall``: Pearson over all prompts;
+  - ``within_condition``: the **pooled within-condition** correlation: subtract each condition's mean projection and
+    mean score, then one Pearson over all prompts. This is the number we call "within condition" (Table 2 of the
+    paper reports one such number per sweep); it asks whether the projection tracks the trait beyond what the
+    condition (system prompt, number of shots) explains;
+  - ``mean_per_condition``: the mean of the per-condition Pearson correlations, reported alongside.
+
+  The unit of every correlation is the **prompt**: its projection against the mean score of its samples (the
+  projection is a property of the prompt, so repeating it once per sample would count it several times).
+* :func:`generate_with_projections`: per-token projections while generating (a record hook on the residual stream),
+  for the coloured-text view of :mod:`persona_lens.viz.projections`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_lens.core import stats
+from persona_lens.core.activations import collect_activations
+from persona_lens.core.chat import Message, collate, encode_generated, encode_prompt, make_messages
+from persona_lens.core.generation import generate
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.hooks import TokenLayout, record, token_layout
+from persona_lens.core.layers import check_layer
+from persona_lens.core.vectors import PersonaVector
+from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+
+__all__ = [
+    "vector_list",
+    "trait_names",
+    "unit_directions",
+    "prompt_ids",
+    "last_prompt_activations",
+    "project_last_prompt",
+    "SweepPrompt",
+    "SweepRow",
+    "SweepResult",
+    "system_prompt_prompts",
+    "many_shot_prompts",
+    "run_sweep",
+    "system_prompt_sweep",
+    "many_shot_sweep",
+    "TokenTrace",
+    "token_pieces",
+    "generate_with_projections",
+    "DEFAULT_SHOTS",
+]
+
+DEFAULT_SHOTS = (0, 5, 10, 15, 20)
+
+VectorLike = PersonaVector | Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# vectors and projections
+
+
+def vector_list(vectors: VectorLike | Sequence[VectorLike]) -> list[VectorLike]:
+    """One vector (PersonaVector or tensor) or several, as a list."""
+    if isinstance(vectors, (PersonaVector, Tensor)):
+        return [vectors]
+    out = list(vectors)
+    if not out:
+        raise ValueError("no vector given")
+    return out
+
+
+def trait_names(vectors: VectorLike | Sequence[VectorLike]) -> list[str]:
+    """The trait of each PersonaVector (``vector<i>`` for a bare tensor), made unique with ``#2``, ``#3``..."""
+    names: list[str] = []
+    for index, vec in enumerate(vector_list(vectors)):
+        base = vec.trait if isinstance(vec, PersonaVector) else f"vector{index}"
+        name, copy = base, 2
+        while name in names:
+            name, copy = f"{base}#{copy}", copy + 1
+        names.append(name)
+    return names
+
+
+def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: Any = None, *,
+                    allow_other_model: bool = False) -> Float[Tensor, "k d_model"]:
+    """Unit direction of each vector at ``layer`` (float32, CPU), shape-checked against ``model`` when given.
+
+    A tensor is either ``[n_layers + 1, d_model]`` (row ``layer`` is used) or one ``[d_model]`` direction.
+    """
+    rows = []
+    for index, vec in enumerate(vector_list(vectors)):
+        if isinstance(vec, PersonaVector):
+            if model is not None:
+                vec.check_compatible(model, allow_other_model=allow_other_model)
+            row = vec.at(layer)
+        elif isinstance(vec, Tensor):
+            if vec.dim() == 2:
+                check_layer(layer, vec.shape[0] - 1)
+                row = vec[layer]
+            elif vec.dim() == 1:
+                row = vec
+            else:
+                raise ValueError(f"vector {index} has shape {tuple(vec.shape)}; expected [n_layers+1, d] or [d]")
+            if model is not None and row.shape[-1] != model.cfg.d_model:
+                raise ValueError(f"vector {index} has d_model={row.shape[-1]} but the model has {model.cfg.d_model}")
+            if model is not None and vec.dim() == 2 and vec.shape[0] != model.cfg.n_layers + 1:
+                raise ValueError(f"vector {index} has {vec.shape[0]} layer rows; the model needs "
+                                 f"{model.cfg.n_layers + 1}")
+        else:
+            raise TypeError(f"expected a PersonaVector or a tensor, got {type(vec).__name__}")
+        row = row.detach().float().cpu()
+        norm = row.norm()
+        if norm == 0:
+            raise ValueError(f"vector {index} is zero at layer {layer}: it has no direction to project on")
+        rows.append(row / norm)
+    return torch.stack(rows)
+
+
+def prompt_ids(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]]
+               ) -> list[list[int]]:
+    """Prompt token ids (the chat template's generation prompt included) of chat messages; ids pass through."""
+    out = []
+    for conversation in conversations:
+        items = list(conversation)
+        out.append(items if items and isinstance(items[0], int) else encode_prompt(model.tokenizer, items))
+    return out
+
+
+def last_prompt_activations(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+                            layers: Sequence[int], *, batch_size: int = 8, progress: bool = False
+                            ) -> Float[Tensor, "n layer d_model"]:
+    """Residual stream at the last prompt token, ``[n, len(layers), d_model]`` float32 (in ``layers`` order)."""
+    layers = [check_layer(int(layer), model.cfg.n_layers) for layer in layers]
+    encoded = [encode_generated(ids, ()) for ids in prompt_ids(model, conversations)]
+    if not encoded:
+        return torch.zeros((0, len(layers), model.cfg.d_model))
+    acts = collect_activations(model, encoded, reductions=("last_prompt",), layers=layers, batch_size=batch_size,
+                               progress=progress, desc="last prompt token")
+    return acts.get("last_prompt")[:, layers]
+
+
+def project_last_prompt(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+                        vectors: VectorLike | Sequence[VectorLike], layer: int, *, batch_size: int = 8,
+                        allow_other_model: bool = False, progress: bool = False) -> Float[Tensor, "n k"]:
+    """Projection of the last prompt token's activation at ``layer`` on each vector's unit direction: ``[n, k]``.
+
+    ``conversations``: chat messages (rendered with the template's generation prompt) or prompt token ids.
+    """
+    units = unit_directions(vectors, layer, model, allow_other_model=allow_other_model)
+    acts = last_prompt_activations(model, conversations, [layer], batch_size=batch_size, progress=progress)
+    return acts[:, 0] @ units.T
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sweeps
+
+
+@dataclass(frozen=True)
+class SweepPrompt:
+    """One prompt of a sweep: its condition (``level`` orders conditions on a plot), question and messages."""
+
+    condition: str
+    level: float
+    question: str
+    messages: tuple[Message, ...]
+
+
+def _questions(trait: Any, questions: Sequence[str] | None, n_questions: int | None) -> list[str]:
+    chosen = list(trait.eval_questions if questions is None else questions)
+    if n_questions is not None:
+        chosen = chosen[:n_questions]
+    if not chosen:
+        raise ValueError("no question to ask")
+    return chosen
+
+
+def system_prompt_prompts(trait: Any, questions: Sequence[str] | None = None, *, n_questions: int | None = None
+                          ) -> list[SweepPrompt]:
+    """The trait's graded system prompts (most suppressing first) x the eval questions (or ``questions``)."""
+    graded = list(trait.graded_system_prompts)
+    if not graded:
+        raise ValueError(f"trait {trait.name!r} has no graded_system_prompts; add 8 to its file for this sweep")
+    return [SweepPrompt(f"system {level}", float(level), question, tuple(make_messages(question, system=system)))
+            for level, system in enumerate(graded) for question in _questions(trait, questions, n_questions)]
+
+
+def many_shot_prompts(trait: Any, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None, *,
+                      n_questions: int | None = None, system: str | None = None) -> list[SweepPrompt]:
+    """``n`` examples of the trait (user question, assistant answer) before each question, for each ``n`` in shots.
+
+    The examples are the first ``n`` of the trait's ``many_shot_examples``, in file order, so a prompt with more
+    shots extends the one with fewer. ``system``: a system prompt for every prompt (None: the template's default).
+    """
+    examples = list(trait.many_shot_examples)
+    if not examples:
+        raise ValueError(f"trait {trait.name!r} has no many_shot_examples; add them to its file for this sweep")
+    if any(n < 0 for n in shots) or max(shots) > len(examples):
+        raise ValueError(f"shots must lie in 0..{len(examples)} (the trait has {len(examples)} examples), got "
+                         f"{list(shots)}")
+    prompts = []
+    for n in shots:
+        history: list[Message] = []
+        for example in examples[:n]:
+            history += [{"role": "user", "content": example.question},
+                        {"role": "assistant", "content": example.answer}]
+        for question in _questions(trait, questions, n_questions):
+            messages = make_messages(question, system=system, history=history)
+            prompts.append(SweepPrompt(f"{n} shots", float(n), question, tuple(messages)))
+    return prompts
+
+
+@dataclass
+class SweepRow:
+    """One generated reply: which prompt and sample, the prompt's projections, the reply and its score."""
+
+    prompt_index: int
+    condition: str
+    level: float
+    question: str
+    sample: int
+    projections: dict[str, float]
+    response: str
+    score: float | None
+    stopped: bool
+    coherence: float | None = None
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+@dataclass
+class SweepResult:
+    """Everything a sweep measured. ``projections[i, j]``: prompt ``i`` on trait ``traits[j]``."""
+
+    kind: str
+    traits: list[str]
+    layer: int
+    judge_id: str
+    prompts: list[SweepPrompt]
+    projections: Float[Tensor, "n_prompts k"]
+    rows: list[SweepRow]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def conditions(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for prompt in self.prompts:
+            seen.setdefault(prompt.condition, None)
+        return list(seen)
+
+    def prompt_scores(self) -> list[float | None]:
+        """Mean score of each prompt's scored samples (None when none was scored)."""
+        totals = [[] for _ in self.prompts]
+        for row in self.rows:
+            if row.score is not None:
+                totals[row.prompt_index].append(row.score)
+        return [sum(t) / len(t) if t else None for t in totals]
+
+    def _trait_index(self, trait: str | None) -> int:
+        if trait is None:
+            return 0
+        if trait not in self.traits:
+            raise KeyError(f"no trait {trait!r} in this sweep; it has {self.traits}")
+        return self.traits.index(trait)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per condition, in sweep order: mean score (and its standard error over prompts) and mean projections."""
+        scores = self.prompt_scores()
+        out = []
+        for condition in self.conditions():
+            index = [i for i, p in enumerate(self.prompts) if p.condition == condition]
+            rows = [r for r in self.rows if r.condition == condition]
+            mean, sem, n_scored = stats.mean_sem([scores[i] for i in index])
+            out.append({
+                "condition": condition,
+                "level": self.prompts[index[0]].level,
+                "n_prompts": len(index),
+                "n_samples": len(rows),
+                "n_scored_samples": sum(r.score is not None for r in rows),
+                "mean_score": _nan_to_none(mean),
+                "sem_score": _nan_to_none(sem),
+                "mean_coherence": _nan_to_none(stats.mean_sem([r.coherence for r in rows])[0]),
+                "mean_projection": {t: float(self.projections[index, j].mean()) for j, t in enumerate(self.traits)},
+            })
+        return out
+
+    def correlations(self, trait: str | None = None) -> dict[str, Any]:
+        """Correlation of the prompts' projection on ``trait`` (default: the first) with their mean score."""
+        j = self._trait_index(trait)
+        x = self.projections[:, j].tolist()
+        y = self.prompt_scores()
+        conditions = [p.condition for p in self.prompts]
+        n = sum(1 for v in y if v is not None)
+        overall = stats.pearson(x, y)
+        return {
+            "trait": self.traits[j],
+            "n_prompts": n,
+            "overall": _nan_to_none(overall),
+            "overall_ci95": [_nan_to_none(v) for v in stats.fisher_ci(overall, n)],
+            "within_condition": _nan_to_none(stats.within_condition_correlation(x, y, conditions, "demean")),
+            "mean_per_condition": _nan_to_none(stats.within_condition_correlation(x, y, conditions, "mean")),
+            "per_condition": {c: _nan_to_none(r)
+                              for c, r in stats.per_condition_correlations(x, y, conditions).items()},
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "traits": self.traits,
+            "layer": self.layer,
+            "judge": self.judge_id,
+            "settings": self.settings,
+            "conditions": self.summary(),
+            "correlations": {t: self.correlations(t) for t in self.traits},
+            "prompts": [{"condition": p.condition, "level": p.level, "question": p.question,
+                         "n_messages": len(p.messages),
+                         "projection": dict(zip(self.traits, self.projections[i].tolist())),
+                         "mean_score": s}
+                        for i, (p, s) in enumerate(zip(self.prompts, self.prompt_scores()))],
+            "rows": [row.__dict__ for row in self.rows],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, target)
+        return target
+
+
+def run_sweep(model: HookedLM, prompts: Sequence[SweepPrompt], vectors: VectorLike | Sequence[VectorLike],
+              layer: int, judge: Judge, rubric: str, *, n_samples: int = 1, max_new_tokens: int = 128,
+              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8, kind: str = "custom",
+              coherence_judge: Judge | None = None, allow_other_model: bool = False, progress: bool = False
+              ) -> SweepResult:
+    """Project every prompt's last token, generate ``n_samples`` replies per prompt, judge them against ``rubric``
+    (and against the coherence rubric with ``coherence_judge``, when given).
+
+    Sample ``s`` of prompt ``i`` is drawn with seed ``seed + i * n_samples + s`` (reproducible, batch-independent).
+    """
+    if n_samples < 1:
+        raise ValueError("n_samples must be >= 1")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("a sweep needs at least one prompt")
+    names = trait_names(vectors)
+    ids = prompt_ids(model, [p.messages for p in prompts])
+    projections = project_last_prompt(model, ids, vectors, layer, batch_size=batch_size,
+                                      allow_other_model=allow_other_model, progress=progress)
+    requests = [ids[i] for i in range(len(prompts)) for _ in range(n_samples)]
+    generation = generate(model, requests, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          seed=seed, batch_size=batch_size, progress=progress, desc=f"{kind} sweep")
+    items = [(prompts[k // n_samples].question, text) for k, text in enumerate(generation.texts)]
+    scores = list(judge.score(rubric, items))
+    coherence = list(coherence_judge.score(COHERENCE_RUBRIC, items)) if coherence_judge is not None else \
+        [None] * len(items)
+    if len(scores) != len(items) or len(coherence) != len(items):
+        raise RuntimeError(f"a judge returned {len(scores)}/{len(coherence)} scores for {len(items)} items")
+    rows = []
+    for k, (text, score, stopped) in enumerate(zip(generation.texts, scores, generation.stopped)):
+        i = k // n_samples
+        rows.append(SweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question, k % n_samples,
+                             dict(zip(names, projections[i].tolist())), text,
+                             None if score is None else float(score), stopped,
+                             None if coherence[k] is None else float(coherence[k])))
+    settings = {"n_samples": n_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "model": model.cfg.model_name}
+    return SweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings)
+
+
+def system_prompt_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
+                        judge: Judge, *, questions: Sequence[str] | None = None, n_questions: int | None = None,
+                        **kwargs: Any) -> SweepResult:
+    """The 8 graded system prompts of ``trait`` x its eval questions; see :func:`run_sweep` for the options."""
+    prompts = system_prompt_prompts(trait, questions, n_questions=n_questions)
+    return run_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="system", **kwargs)
+
+
+def many_shot_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
+                    judge: Judge, *, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None,
+                    n_questions: int | None = None, system: str | None = None, **kwargs: Any) -> SweepResult:
+    """0/5/10/15/20 trait examples before each eval question; see :func:`run_sweep` for the options."""
+    prompts = many_shot_prompts(trait, shots, questions, n_questions=n_questions, system=system)
+    return run_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="many_shot", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-token projections while generating
+
+
+@dataclass
+class TokenTrace:
+    """One conversation's tokens (prompt then reply), their text pieces and their projections ``[k, n_tokens]``."""
+
+    token_ids: list[int]
+    pieces: list[str]
+    prompt_length: int
+    projections: Float[Tensor, "k n_tokens"]
+    traits: list[str]
+    response: str
+    stopped: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token_ids": self.token_ids, "pieces": self.pieces, "prompt_length": self.prompt_length,
+                "traits": self.traits, "response": self.response, "stopped": self.stopped,
+                "projections": {t: [_nan_to_none(v) for v in self.projections[j].tolist()]
+                                for j, t in enumerate(self.traits)}}
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int], context: int = 8) -> list[str]:
+    """The text each token adds, so that ``"".join(pieces)`` reads as the decoded text.
+
+    Piece ``i`` is ``decode(ids[s:i+1]) - decode(ids[s:i])`` with ``s = i - context``: tokens whose bytes complete a
+    character only together (byte-level BPE) give the character to the token that completes it.
+    """
+    pieces = []
+    for i in range(len(ids)):
+        start = max(0, i - context)
+        before = tokenizer.decode(list(ids[start:i]), skip_special_tokens=False) if i > start else ""
+        upto = tokenizer.decode(list(ids[start : i + 1]), skip_special_tokens=False)
+        while before.endswith("\ufffd"):
+            before = before[:-1]
+        while upto.endswith("\ufffd") and i + 1 < len(ids):
+            upto = upto[:-1]
+        pieces.append(upto[len(before):] if upto.startswith(before) else upto)
+    return pieces
+
+
+def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[Message]],
+                              vectors: VectorLike | Sequence[VectorLike], layer: int, *, max_new_tokens: int = 64,
+                              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
+                              allow_other_model: bool = False) -> list[TokenTrace]:
+    """Generate replies while a record hook reads each token's projection on each vector at ``layer``.
+
+    Every prompt token and every reply token gets its projection (the residual stream at that token's position).
+    The last token of a reply cut by ``max_new_tokens`` is never fed back to the model, so it is read by one extra
+    teacher-forced forward over the finished sequences (only those rows), under the same layout.
+    """
+    units = unit_directions(vectors, layer, model, allow_other_model=allow_other_model)
+    names = trait_names(vectors)
+    with ExitStack() as stack:
+        recorders = [stack.enter_context(record(model, unit, layer=layer, positions="all")) for unit in units]
+        generation = generate(model, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed, batch_size=batch_size)
+        recorded = [handle.fns[0].projections() for handle in recorders]
+    n = len(generation)
+    lengths = [len(p) + len(r) for p, r in zip(generation.prompt_ids, generation.response_ids)]
+    traces = torch.full((n, len(names), max(lengths, default=0)), float("nan"))
+    for j, table in enumerate(recorded):
+        width = min(table.shape[1], traces.shape[2])
+        traces[: table.shape[0], j, :width] = table[:, :width]
+    missing = [i for i in range(n) if bool(traces[i, :, : lengths[i]].isnan().any())]
+    if missing:
+        _fill_by_forward(model, generation, missing, units, layer, traces)
+    out = []
+    for i in range(n):
+        ids = [*generation.prompt_ids[i], *generation.response_ids[i]]
+        out.append(TokenTrace(ids, token_pieces(model.tokenizer, ids), len(generation.prompt_ids[i]),
+                              traces[i, :, : lengths[i]].clone(), names, generation.texts[i], generation.stopped[i]))
+    return out
+
+
+@torch.no_grad()
+def _fill_by_forward(model: HookedLM, generation: Any, rows: list[int], units: Tensor, layer: int,
+                     traces: Tensor) -> None:
+    encoded = [encode_generated(generation.prompt_ids[i], generation.response_ids[i]) for i in rows]
+    pad_id = model.tokenizer.pad_token_id
+    batch = collate(encoded, int(pad_id if pad_id is not None else 0), model.device)
+    layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths, row_index=torch.arange(len(rows)))
+    with ExitStack() as stack:
+        recorders = [stack.enter_context(record(model, unit, layer=layer, positions="all")) for unit in units]
+        stack.enter_context(token_layout(layout))
+        model.run_blocks(batch.input_ids, batch.attention_mask, stop_at_layer=layer)
+        tables = [handle.fns[0].projections() for handle in recorders]
+    for j, table in enumerate(tables):
+        for k, i in enumerate(rows):
+            length = len(encoded[k].input_ids)
+            gaps = traces[i, j, :length].isnan()
+            traces[i, j, :length][gaps] = table[k, :length][gaps]

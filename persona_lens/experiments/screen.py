@@ -1,0 +1,526 @@
+"""Data screening (paper section 7): which training samples would push a model along a persona vector.
+
+For a chat dataset of (prompt ``x_i``, response ``y_i``) and the base model's own response ``y'_i`` to the same
+prompt, with ``a_l(x, y)`` the mean residual stream over the response tokens at layer ``l`` and ``v`` the unit
+persona vector:
+
+    dP_i = [a_l(x_i, y_i) - a_l(x_i, y'_i)] . v           (projection difference, per sample)
+    dP   = mean_i dP_i                                    (per dataset)
+
+and the cheap variant that needs no generation, with ``a_l(x)`` the activation at the last prompt token:
+
+    dP_i^last = [a_l(x_i, y_i) - a_l(x_i)] . v
+
+How it runs (:func:`screen_dataset`):
+
+* The JSONL file is **streamed** in chunks of ``chunk_size`` records; each chunk's results are appended to the
+  output JSONL (one row per input line, in input order) before the next chunk is read, so memory does not grow
+  with the dataset.
+* The base model's responses are generated in batches and kept in a SQLite cache keyed by model, generation
+  settings and prompt tokens: a rerun, or a resume, never generates a response twice.
+* **Resume**: rows already in the output are skipped (the output is in input order, so the last row says where to
+  go on); a row torn by an interruption is dropped and redone. Settings are recorded beside the output
+  (``<output>.settings.json``) and a resume under other settings is refused.
+* **Bad records** are never dropped silently: invalid JSON, missing roles, empty text, no final assistant reply,
+  prompts (or conversations) longer than ``max_tokens`` tokens, and responses the chat template cannot place
+  exactly each get a row ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
+* Results: :func:`summarize` (dataset-level means, counts, problems), :func:`export_ranked` (samples ranked by dP,
+  JSONL or CSV, with their conversation), :func:`load_scores` (for histograms and AUROC).
+
+Sampled base responses (``temperature > 0``) are seeded by their position in the chunk's generation call, so
+they depend on ``chunk_size``; the default, greedy, does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import heapq
+import json
+import logging
+import math
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from persona_lens.core.activations import collect_activations
+from persona_lens.core.chat import TemplateBoundaryError, encode_conversation, encode_generated, encode_prompt
+from persona_lens.core.generation import generate
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.io import check_settings
+from persona_lens.core.layers import check_layer
+from persona_lens.experiments.finetune import BadRecord, ChatRecord, parse_chat_record
+from persona_lens.experiments.monitor import VectorLike, trait_names, unit_directions, vector_list
+
+__all__ = [
+    "ScreenConfig",
+    "BaseResponseCache",
+    "iter_records",
+    "screen_dataset",
+    "summarize",
+    "load_scores",
+    "export_ranked",
+    "SCORE_KEYS",
+]
+
+log = logging.getLogger(__name__)
+
+#: The per-sample numbers in each output row, by trait: the projection difference against the base response
+#: (``dp``), the cheap variant against the last prompt token (``dp_last_prompt``), and the three projections.
+SCORE_KEYS = ("dp", "dp_last_prompt", "proj_response", "proj_base", "proj_last_prompt")
+
+
+@dataclass
+class ScreenConfig:
+    """Settings of a screening run (all of them are recorded, and must match on resume)."""
+
+    layer: int
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    chunk_size: int = 64
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "chunk_size", "max_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def generation(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[ChatRecord | BadRecord, int]]:
+    """Stream ``(record, byte offset of its line)`` from a chat JSONL file; blank lines are skipped.
+
+    Unlike :func:`persona_lens.experiments.finetune.iter_chat_jsonl` it reads bytes, so a line that is not UTF-8
+    is one bad record (not a crash), and each record's offset lets results point back into the file.
+    """
+    with open(path, "rb") as handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield BadRecord(number, f"not UTF-8 text (byte {error.start})"), start
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})"), start
+                continue
+            parsed = parse_chat_record(data)
+            yield (BadRecord(number, parsed) if isinstance(parsed, str) else ChatRecord(number, parsed)), start
+
+
+def _read_line_at(path: Path, offset: int) -> dict[str, Any] | None:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        try:
+            return json.loads(handle.readline().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the base-response cache
+
+
+class BaseResponseCache:
+    """The base model's responses, on disk (SQLite), keyed by model, generation settings and prompt tokens."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response_ids TEXT NOT NULL, "
+                       "text TEXT NOT NULL, stopped INTEGER NOT NULL)")
+        self.hits = 0
+        self.generated = 0
+
+    @staticmethod
+    def key(model_name: str, generation: dict[str, Any], prompt_ids: Sequence[int]) -> str:
+        payload = json.dumps([model_name, generation, list(prompt_ids)], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, tuple[list[int], str, bool]]:
+        found: dict[str, tuple[list[int], str, bool]] = {}
+        unique = list(dict.fromkeys(keys))
+        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
+            for start in range(0, len(unique), 500):
+                part = unique[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for key, ids, text, stopped in db.execute(
+                        f"SELECT key, response_ids, text, stopped FROM responses WHERE key IN ({marks})", part):
+                    found[key] = (json.loads(ids), text, bool(stopped))
+        return found
+
+    def put_many(self, entries: dict[str, tuple[list[int], str, bool]]) -> None:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
+            db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                           [(k, json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()])
+
+    def __len__(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# output file
+
+
+def _settings_path(output: Path) -> Path:
+    return output.with_name(output.name + ".settings.json")
+
+
+def _resume_point(output: Path) -> int:
+    """The input line of the last complete row of ``output`` (0 if none); a torn last row is cut off."""
+    if not output.exists():
+        return 0
+    last_line = 0
+    good_size = 0
+    with open(output, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                last_line = int(json.loads(raw)["line"])
+            except (ValueError, KeyError, TypeError):
+                break
+            good_size += len(raw)
+    if good_size != output.stat().st_size:
+        log.warning("%s: dropping a torn or unreadable tail after byte %d (redone now)", output, good_size)
+        with open(output, "rb+") as handle:
+            handle.truncate(good_size)
+    return last_line
+
+
+def _append(output: Path, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with open(output, "a", encoding="utf-8") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
+    from persona_lens.core.vectors import vector_digest
+
+    return [vector_digest(vec) for vec in vectors]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# screening
+
+
+@dataclass
+class _Prepared:
+    line: int
+    offset: int
+    prompt_ids: list[int]
+    encoded: Any
+    key: str
+
+
+def _prepare(model: HookedLM, record: ChatRecord, offset: int, config: ScreenConfig,
+             generation: dict[str, Any]) -> _Prepared | BadRecord:
+    prompt_ids = encode_prompt(model.tokenizer, record.prompt)
+    if len(prompt_ids) > config.max_tokens:
+        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}")
+    try:
+        encoded = encode_conversation(model.tokenizer, record.prompt, record.response)
+    except TemplateBoundaryError as error:
+        return BadRecord(record.line, f"chat template: {error}")
+    if len(encoded.input_ids) > config.max_tokens:
+        return BadRecord(record.line, f"conversation has {len(encoded.input_ids)} tokens > max_tokens "
+                                      f"{config.max_tokens}")
+    key = BaseResponseCache.key(model.cfg.model_name, generation, prompt_ids)
+    return _Prepared(record.line, offset, prompt_ids, encoded, key)
+
+
+def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResponseCache, config: ScreenConfig
+                    ) -> dict[str, tuple[list[int], str, bool]]:
+    found = cache.get_many([item.key for item in items])
+    cache.hits += sum(1 for item in items if item.key in found)
+    missing: dict[str, list[int]] = {}
+    for item in items:
+        if item.key not in found:
+            missing.setdefault(item.key, item.prompt_ids)
+    if missing:
+        keys = list(missing)
+        generation = generate(model, [missing[k] for k in keys], max_new_tokens=config.max_new_tokens,
+                              temperature=config.temperature, top_p=config.top_p, seed=config.seed,
+                              batch_size=config.batch_size)
+        new = {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, generation.response_ids,
+                                                                         generation.texts, generation.stopped)}
+        cache.put_many(new)  # on disk before anything else: an interruption loses no generation
+        cache.generated += len(new)
+        found.update(new)
+    return found
+
+
+def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tuple[list[int], str, bool]],
+                 units: torch.Tensor, names: list[str], layer: int, batch_size: int) -> list[dict[str, Any]]:
+    dataset_convs = [item.encoded for item in items]
+    with_base = [i for i, item in enumerate(items) if base[item.key][0]]
+    base_convs = [encode_generated(items[i].prompt_ids, base[items[i].key][0]) for i in with_base]
+    acts = collect_activations(model, dataset_convs, reductions=("response", "last_prompt"), layers=[layer],
+                               batch_size=batch_size, progress=False)
+    response = acts.get("response")[:, layer] @ units.T  # [n, k]
+    last_prompt = acts.get("last_prompt")[:, layer] @ units.T
+    base_proj = torch.full_like(response, float("nan"))
+    if base_convs:
+        base_acts = collect_activations(model, base_convs, reductions=("response",), layers=[layer],
+                                        batch_size=batch_size, progress=False)
+        base_proj[with_base] = base_acts.get("response")[:, layer] @ units.T
+    rows = []
+    for i, item in enumerate(items):
+        ids, text, stopped = base[item.key]
+
+        def by_trait(values: torch.Tensor, i: int = i) -> dict[str, float | None]:
+            return {n: (None if math.isnan(float(v)) else float(v)) for n, v in zip(names, values[i])}
+
+        row: dict[str, Any] = {
+            "line": item.line, "offset": item.offset, "status": "ok",
+            "n_prompt_tokens": len(item.prompt_ids),
+            "n_response_tokens": item.encoded.response_end - item.encoded.response_start,
+            "n_base_tokens": len(ids), "base_stopped": stopped, "base_response": text,
+            "dp": by_trait(response - base_proj), "dp_last_prompt": by_trait(response - last_prompt),
+            "proj_response": by_trait(response), "proj_base": by_trait(base_proj),
+            "proj_last_prompt": by_trait(last_prompt),
+        }
+        if not ids:
+            row["problem"] = "the base model's reply is empty, so dp is undefined (dp_last_prompt is kept)"
+        rows.append(row)
+    return rows
+
+
+def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: VectorLike | Sequence[VectorLike],
+                   output_path: str | os.PathLike[str], config: ScreenConfig, *,
+                   cache_path: str | os.PathLike[str] | None = None, limit: int | None = None,
+                   allow_other_model: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Screen a chat JSONL file; rows go to ``output_path`` (JSONL), resumably. Returns :func:`summarize`'s report
+    plus how many base responses came from the cache and how many were generated in this call.
+
+    ``cache_path`` (default ``<output>.base_responses.sqlite``) may be shared between datasets and runs.
+    ``limit`` stops after that many input records in total (counting those done before a resume).
+    """
+    check_layer(config.layer, model.cfg.n_layers)
+    units = unit_directions(vectors, config.layer, model, allow_other_model=allow_other_model)
+    names = trait_names(vectors)
+    data = Path(data_path)
+    if not data.is_file():
+        raise FileNotFoundError(f"no dataset at {data}")
+    output = Path(output_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    generation = config.generation()
+    check_settings(_settings_path(output), {
+        "format": "persona_lens.experiments.screen", "model": model.cfg.model_name, "data": str(data.resolve()),
+        "traits": names, "vectors_sha256": _vector_digest(vector_list(vectors)), "layer": config.layer,
+        "generation": generation, "max_tokens": config.max_tokens,
+    }, what="screening results")
+    cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
+    done = _resume_point(output)
+    n_seen = 0
+    bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
+    chunk: list[tuple[ChatRecord | BadRecord, int]] = []
+
+    def flush() -> None:
+        prepared: list[_Prepared] = []
+        rows: dict[int, dict[str, Any]] = {}
+        for record, offset in chunk:
+            item = record if isinstance(record, BadRecord) else _prepare(model, record, offset, config, generation)
+            if isinstance(item, BadRecord):
+                rows[item.line] = {"line": item.line, "offset": offset, "status": "bad", "problem": item.problem}
+            else:
+                prepared.append(item)
+        if prepared:
+            base = _base_responses(model, prepared, cache, config)
+            for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size):
+                rows[row["line"]] = row
+        _append(output, [rows[line] for line in sorted(rows)])
+        bar.update(len(chunk))
+        chunk.clear()
+
+    for record, offset in iter_records(data):
+        n_seen += 1
+        if limit is not None and n_seen > limit:
+            break
+        if record.line <= done:
+            continue
+        chunk.append((record, offset))
+        if len(chunk) >= config.chunk_size:
+            flush()
+    if chunk:
+        flush()
+    bar.close()
+    report = summarize(output)
+    report.update(base_responses_cached=cache.hits, base_responses_generated=cache.generated,
+                  cache=str(cache.path), output=str(output), data=str(data), layer=config.layer)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# results
+
+
+def _iter_rows(results_path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any], int]]:
+    with open(results_path, "rb") as handle:
+        offset = 0
+        for raw in handle:
+            start, offset = offset, offset + len(raw)
+            if not raw.endswith(b"\n"):
+                break
+            yield json.loads(raw), start
+
+
+def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> dict[str, Any]:
+    """Dataset-level numbers from a results file, in one streaming pass: counts, every problem kind, the first
+    ``max_problems`` problems with their line numbers, and per trait the mean (and count) of dp and dp_last_prompt.
+    """
+    counts: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    without_base = 0
+    problems: list[dict[str, Any]] = []
+    sums: dict[str, dict[str, list[float]]] = {"dp": {}, "dp_last_prompt": {}}
+    traits: list[str] = []
+    for row, _ in _iter_rows(results_path):
+        counts[row["status"]] += 1
+        if "problem" in row:
+            kind = row["problem"].split(" (")[0].split(":")[0]
+            kind = "".join("N" if c.isdigit() else c for c in kind)
+            kinds[kind] += 1
+            if len(problems) < max_problems:
+                problems.append({"line": row["line"], "status": row["status"], "problem": row["problem"]})
+        if row["status"] != "ok":
+            continue
+        without_base += "problem" in row
+        for key in ("dp", "dp_last_prompt"):
+            for trait, value in row[key].items():
+                if trait not in traits:
+                    traits.append(trait)
+                if value is not None:
+                    total = sums[key].setdefault(trait, [0.0, 0])
+                    total[0] += value
+                    total[1] += 1
+    means = {key: {t: (sums[key][t][0] / sums[key][t][1] if t in sums[key] and sums[key][t][1] else None)
+                   for t in traits} for key in sums}
+    n_scored = {t: int(sums["dp"][t][1]) if t in sums["dp"] else 0 for t in traits}
+    return {
+        "results": str(results_path),
+        "n_rows": sum(counts.values()), "n_ok": counts["ok"], "n_bad": counts["bad"],
+        "n_without_base_response": without_base,
+        "traits": traits, "mean_dp": means["dp"], "mean_dp_last_prompt": means["dp_last_prompt"],
+        "n_scored": n_scored, "problem_counts": dict(kinds), "problems": problems,
+    }
+
+
+def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(line numbers, scores)`` of the rows with a score for ``trait`` (numpy arrays: 16 bytes a row)."""
+    if key not in SCORE_KEYS:
+        raise ValueError(f"unknown score {key!r}; use one of {SCORE_KEYS}")
+    lines: list[int] = []
+    values: list[float] = []
+    seen_trait = False
+    for row, _ in _iter_rows(results_path):
+        if row["status"] != "ok":
+            continue
+        if trait in row[key]:
+            seen_trait = True
+        value = row[key].get(trait)
+        if value is not None:
+            lines.append(row["line"])
+            values.append(value)
+    if not seen_trait and lines == []:
+        known = summarize(results_path, max_problems=0)["traits"]
+        if known and trait not in known:
+            raise KeyError(f"no trait {trait!r} in {results_path}; it has {known}")
+    return np.asarray(lines, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.PathLike[str],
+                  out_path: str | os.PathLike[str], trait: str, *, key: str = "dp", top: int | None = None,
+                  ascending: bool = False) -> Path:
+    """Write the samples ranked by ``key`` for ``trait`` (highest first, unless ``ascending``), each with its rank,
+    line, scores, the dataset conversation and the base response. ``.csv`` writes CSV, anything else JSONL.
+
+    Memory: three numbers per row for a full ranking (or ``top`` rows with a heap); each sample's text is read back
+    from the files by offset while writing.
+    """
+    if key not in SCORE_KEYS:
+        raise ValueError(f"unknown score {key!r}; use one of {SCORE_KEYS}")
+    sign = 1.0 if ascending else -1.0
+    entries: list[tuple[float, int, int]] = []  # (signed score, result offset, line)
+    if top is not None:
+        heap: list[tuple[float, int, int]] = []  # keeps the `top` best: a max-heap on the signed score
+        for row, offset in _iter_rows(results_path):
+            value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
+            if value is None:
+                continue
+            item = (-sign * value, -row["line"], offset)
+            if len(heap) < top:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+        entries = sorted(((-neg_score, o, -neg_line) for neg_score, neg_line, o in heap), key=lambda e: (e[0], e[2]))
+    else:
+        scores, offsets, lines = [], [], []
+        for row, offset in _iter_rows(results_path):
+            value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
+            if value is not None:
+                scores.append(sign * value)
+                offsets.append(offset)
+                lines.append(row["line"])
+        score_array = np.asarray(scores, dtype=np.float64)
+        line_array = np.asarray(lines, dtype=np.int64)
+        offset_array = np.asarray(offsets, dtype=np.int64)
+        del scores, offsets, lines
+        order = np.lexsort((line_array, score_array))
+        entries = [(float(score_array[i]), int(offset_array[i]), int(line_array[i])) for i in order]
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    results, data = Path(results_path), Path(data_path)
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle) if target.suffix == ".csv" else None
+        if writer is not None:
+            writer.writerow(["rank", "line", *SCORE_KEYS, "prompt", "response", "base_response"])
+        for rank, (_, offset, line) in enumerate(entries, start=1):
+            row = _read_line_at(results, offset) or {}
+            record = _read_line_at(data, row.get("offset", -1)) if row.get("offset", -1) >= 0 else None
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if writer is not None:
+                prompt = messages[-2]["content"] if messages and len(messages) >= 2 else ""
+                response = messages[-1]["content"] if messages else ""
+                writer.writerow([rank, line, *(row.get(k, {}).get(trait) for k in SCORE_KEYS), prompt, response,
+                                 row.get("base_response", "")])
+            else:
+                out = {"rank": rank, "line": line, "trait": trait,
+                       **{k: row.get(k, {}).get(trait) for k in SCORE_KEYS},
+                       "messages": messages, "base_response": row.get("base_response")}
+                handle.write(json.dumps(out, ensure_ascii=False) + "\n")
+    os.replace(tmp, target)
+    return target

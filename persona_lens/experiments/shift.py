@@ -1,0 +1,252 @@
+"""Finetuning shift (paper section 5): how far finetuning moved the model along a persona vector.
+
+For eval prompts ``x_1..x_n`` (the trait's eval questions, rendered with the generation prompt), ``a_l(x)`` the
+residual stream at the **last prompt token** at layer ``l``, and ``u_l`` the unit persona vector:
+
+    shift_l = ( mean_i a_l^finetuned(x_i)  -  mean_i a_l^base(x_i) ) . u_l
+
+which equals the mean over prompts of the per-prompt shift (the projection is linear). Over a set of finetuned
+models, the shift along a trait's vector predicts the trait's expression after finetuning: :class:`ShiftStudy`
+gives the Pearson correlation of shift with trait score, per vector (a vector of another trait is the cross-trait
+baseline), and :func:`persona_lens.viz.projections.shift_figure` draws the scatter.
+
+Finetuned models given by name are loaded one at a time and released, so a study over many finetunes needs the
+memory of two models.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_lens.core import stats
+from persona_lens.core.chat import Message, make_messages
+from persona_lens.core.generation import generate
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.layers import check_layer
+from persona_lens.core.vectors import PersonaVector, unit_rows
+from persona_lens.experiments.monitor import VectorLike, last_prompt_activations, trait_names, vector_list
+from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+
+__all__ = [
+    "mean_last_prompt_activation",
+    "unit_vectors_by_layer",
+    "shift_from_means",
+    "ShiftResult",
+    "compute_shift",
+    "TraitEvaluation",
+    "evaluate_trait",
+    "ShiftStudy",
+    "shift_study",
+]
+
+
+def mean_last_prompt_activation(model: HookedLM, prompts: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+                                *, batch_size: int = 8, progress: bool = False) -> Float[Tensor, "layer d_model"]:
+    """Mean over ``prompts`` of the last prompt token's residual stream at every layer, ``[n_layers + 1, d]``."""
+    if not prompts:
+        raise ValueError("no prompt to average over")
+    layers = list(range(model.cfg.n_layers + 1))
+    return last_prompt_activations(model, prompts, layers, batch_size=batch_size, progress=progress).mean(0)
+
+
+def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: Any = None, *,
+                          allow_other_model: bool = False) -> Float[Tensor, "k layer d_model"]:
+    """Each vector's unit direction at every layer (float32; a zero row stays zero)."""
+    rows = []
+    for index, vec in enumerate(vector_list(vectors)):
+        if isinstance(vec, PersonaVector):
+            if model is not None:
+                vec.check_compatible(model, allow_other_model=allow_other_model)
+            tensor = vec.vectors
+        elif isinstance(vec, Tensor) and vec.dim() == 2:
+            tensor = vec
+        else:
+            raise ValueError(f"vector {index}: a shift needs the full [n_layers + 1, d_model] vector")
+        if model is not None and tuple(tensor.shape) != (model.cfg.n_layers + 1, model.cfg.d_model):
+            raise ValueError(f"vector {index} has shape {tuple(tensor.shape)}; the model needs "
+                             f"({model.cfg.n_layers + 1}, {model.cfg.d_model})")
+        rows.append(unit_rows(tensor.detach().float().cpu()))
+    return torch.stack(rows)
+
+
+def shift_from_means(base_mean: Float[Tensor, "layer d_model"], finetuned_mean: Float[Tensor, "layer d_model"],
+                     units: Float[Tensor, "k layer d_model"]) -> Float[Tensor, "k layer"]:
+    """``(finetuned_mean - base_mean) . unit`` at every layer, for each of ``k`` vectors."""
+    if base_mean.shape != finetuned_mean.shape:
+        raise ValueError(f"base and finetuned activations differ in shape: {tuple(base_mean.shape)} vs "
+                         f"{tuple(finetuned_mean.shape)}; the finetune must keep the base architecture")
+    delta = (finetuned_mean.float() - base_mean.float()).cpu()
+    return torch.einsum("ld,kld->kl", delta, units)
+
+
+@dataclass
+class ShiftResult:
+    """The shift of one finetuned model along each vector: at ``layer`` and at every layer."""
+
+    label: str
+    model_name: str
+    traits: list[str]
+    layer: int
+    shift: dict[str, float]
+    shift_by_layer: dict[str, list[float]]
+    n_prompts: int
+    evaluation: TraitEvaluation | None = None
+
+    def to_json(self, with_texts: bool = False) -> dict[str, Any]:
+        out = {"label": self.label, "model": self.model_name, "layer": self.layer, "shift": self.shift,
+               "shift_by_layer": self.shift_by_layer, "n_prompts": self.n_prompts}
+        if self.evaluation is not None:
+            out["evaluation"] = self.evaluation.to_json(with_texts)
+        return out
+
+
+def compute_shift(base: HookedLM | Tensor, finetuned: HookedLM, prompts: Sequence[Sequence[Message]],
+                  vectors: VectorLike | Sequence[VectorLike], layer: int, *, label: str | None = None,
+                  batch_size: int = 8, progress: bool = False) -> ShiftResult:
+    """Shift of ``finetuned`` relative to ``base`` (a model, or its precomputed
+    :func:`mean_last_prompt_activation`) along each vector. Vectors are checked against ``finetuned`` by shape
+    only (a finetune's name differs from its base's)."""
+    check_layer(layer, finetuned.cfg.n_layers)
+    units = unit_vectors_by_layer(vectors, finetuned, allow_other_model=True)
+    base_mean = base if isinstance(base, Tensor) else mean_last_prompt_activation(base, prompts,
+                                                                                  batch_size=batch_size)
+    ft_mean = mean_last_prompt_activation(finetuned, prompts, batch_size=batch_size, progress=progress)
+    shifts = shift_from_means(base_mean, ft_mean, units)
+    names = trait_names(vectors)
+    return ShiftResult(label or finetuned.cfg.model_name, finetuned.cfg.model_name, names, layer,
+                       {n: float(shifts[j, layer]) for j, n in enumerate(names)},
+                       {n: shifts[j].tolist() for j, n in enumerate(names)}, len(prompts))
+
+
+@dataclass
+class TraitEvaluation:
+    """Judged replies of one model to the eval questions: mean trait score (and coherence when judged)."""
+
+    mean_score: float | None
+    scores: list[float | None]
+    mean_coherence: float | None = None
+    coherence: list[float | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    judge_id: str = ""
+
+    def to_json(self, with_texts: bool = False) -> dict[str, Any]:
+        out = {"mean_score": self.mean_score, "n_scored": sum(s is not None for s in self.scores),
+               "n_replies": len(self.scores), "mean_coherence": self.mean_coherence, "judge": self.judge_id}
+        if with_texts:
+            out.update(scores=self.scores, coherence=self.coherence, texts=self.texts)
+        return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    mean, _, n = stats.mean_sem(values)
+    return None if n == 0 or math.isnan(mean) else mean
+
+
+def evaluate_trait(model: HookedLM, questions: Sequence[str], rubric: str, judge: Judge, *, n_samples: int = 1,
+                   max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                   batch_size: int = 8, coherence_judge: Judge | None = None, system: str | None = None
+                   ) -> TraitEvaluation:
+    """Generate ``n_samples`` replies per question (no steering) and judge them; the trait score of the model."""
+    conversations = [make_messages(q, system=system) for q in questions for _ in range(n_samples)]
+    generation = generate(model, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, batch_size=batch_size)
+    items = [(questions[k // n_samples], text) for k, text in enumerate(generation.texts)]
+    scores = [None if s is None else float(s) for s in judge.score(rubric, items)]
+    coherence: list[float | None] = []
+    if coherence_judge is not None:
+        coherence = [None if s is None else float(s) for s in coherence_judge.score(COHERENCE_RUBRIC, items)]
+    return TraitEvaluation(_mean(scores), scores, _mean(coherence) if coherence else None, coherence,
+                           list(generation.texts), judge.judge_id)
+
+
+@dataclass
+class ShiftStudy:
+    """Shifts (and trait scores) of several finetuned models; correlations of shift with score per vector."""
+
+    traits: list[str]
+    layer: int
+    results: list[ShiftResult]
+    base_evaluation: TraitEvaluation | None = None
+
+    def scores(self) -> list[float | None]:
+        return [r.evaluation.mean_score if r.evaluation is not None else None for r in self.results]
+
+    def shifts(self, trait: str | None = None) -> list[float]:
+        name = trait or self.traits[0]
+        return [r.shift[name] for r in self.results]
+
+    def correlation(self, trait: str | None = None) -> dict[str, Any]:
+        """Pearson r of shift along ``trait``'s vector (default: the first) with trait score, and its 95% CI."""
+        name = trait or self.traits[0]
+        shifts, scores = self.shifts(name), self.scores()
+        n = sum(s is not None for s in scores)
+        r = stats.pearson(shifts, scores)
+        low, high = stats.fisher_ci(r, n)
+        clean = [None if math.isnan(v) else v for v in (r, low, high)]
+        return {"vector": name, "n_models": n, "pearson_r": clean[0], "ci95": clean[1:]}
+
+    def to_json(self, with_texts: bool = False) -> dict[str, Any]:
+        return {"traits": self.traits, "layer": self.layer,
+                "models": [r.to_json(with_texts) for r in self.results],
+                "base_evaluation": None if self.base_evaluation is None else self.base_evaluation.to_json(with_texts),
+                "correlations": {t: self.correlation(t) for t in self.traits}}
+
+
+def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Sequence[Sequence[Message]],
+                vectors: VectorLike | Sequence[VectorLike], layer: int, *, labels: Sequence[str] | None = None,
+                scores: Mapping[str, float] | None = None, judge: Judge | None = None, rubric: str | None = None,
+                questions: Sequence[str] | None = None, evaluate_base: bool = False,
+                load: Callable[[str], HookedLM] | None = None, batch_size: int = 8, progress: bool = False,
+                allow_other_model: bool = False, **evaluate_kwargs: Any) -> ShiftStudy:
+    """Shift of each finetuned model (objects, or names loaded one at a time with ``load``), and its trait score:
+    from ``scores`` (by label) when given, else judged with ``judge`` and ``rubric`` on ``questions``
+    (:func:`evaluate_trait`; ``evaluate_kwargs`` go there). ``evaluate_base`` scores the base model too.
+    The vectors are checked against the base model (``allow_other_model`` as in ``check_compatible``)."""
+    if not finetuned:
+        raise ValueError("no finetuned model given")
+    labels = list(labels) if labels is not None else [m if isinstance(m, str) else m.cfg.model_name
+                                                      for m in finetuned]
+    if len(labels) != len(finetuned):
+        raise ValueError(f"{len(labels)} labels for {len(finetuned)} models")
+    if judge is not None and (rubric is None or not questions):
+        raise ValueError("judging needs a rubric and questions")
+    # The vectors must fit the base model (by name too, unless allow_other_model).
+    unit_vectors_by_layer(vectors, base, allow_other_model=allow_other_model)
+    base_mean = mean_last_prompt_activation(base, prompts, batch_size=batch_size, progress=progress)
+    base_eval = None
+    if evaluate_base and judge is not None:
+        base_eval = evaluate_trait(base, questions, rubric, judge, batch_size=batch_size, **evaluate_kwargs)
+    if load is None:
+        from persona_lens.core.models import load_model
+
+        def load(name: str) -> HookedLM:
+            return load_model(name, device=base.device, dtype=base.dtype)
+
+    results = []
+    for label, item in zip(labels, finetuned):
+        model = load(item) if isinstance(item, str) else item
+        try:
+            result = compute_shift(base_mean, model, prompts, vectors, layer, label=label, batch_size=batch_size,
+                                   progress=progress)
+            if scores is not None and label in scores:
+                result.evaluation = TraitEvaluation(float(scores[label]), [float(scores[label])],
+                                                    judge_id="given")
+            elif judge is not None:
+                result.evaluation = evaluate_trait(model, questions, rubric, judge, batch_size=batch_size,
+                                                   **evaluate_kwargs)
+            results.append(result)
+        finally:
+            if isinstance(item, str):
+                del model
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return ShiftStudy(trait_names(vectors), layer, results, base_eval)

@@ -1,0 +1,144 @@
+"""Sweeps: one batch equals separate runs, resume, layer choice, outputs, CLI errors."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import persona_lens.experiments.steering_sweep as S
+from persona_lens.cli.sweep import write_sweep_figure
+from persona_lens.core.generation import generate
+from persona_lens.core.hooks import steer
+from persona_lens.core.vectors import PersonaVector, save_vector
+from persona_lens.judges.rule import RuleJudge
+from persona_lens.traits.schema import load_trait
+from tests.conftest import load_cached
+
+
+def _vector(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tensor = torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+    return PersonaVector("shouting", model.cfg.model_name, tensor, "response", 1, 1, {})
+
+
+def _config(**kw):
+    defaults = dict(layers=[1, 3], coefficients=[0.5, 2.0], n_questions=3, max_new_tokens=6, temperature=0.0,
+                    batch_size=8, coherence_threshold=0.0)
+    return S.SweepConfig(**{**defaults, **kw})
+
+
+def _sweep(model, vector, out, **kw):
+    return S.run_sweep(model, vector, load_trait("shouting"), judge=RuleJudge("shouting"),
+                       coherence_judge=RuleJudge("coherence"), config=_config(**kw), out_dir=out, progress=False)
+
+
+def test_one_batch_of_coefficients_equals_separate_runs(tmp_path, tiny_model):
+    vector = _vector(tiny_model)
+    result = _sweep(tiny_model, vector, tmp_path)
+    records = S.JsonlRecords(tmp_path / "responses.jsonl").load()
+    trait = load_trait("shouting")
+    questions = [[{"role": "user", "content": q}] for q in trait.eval_questions[:3]]
+    for cell in result.cells:
+        with steer(tiny_model, vector, layer=cell.layer, coef=cell.coef_raw, positions="response"):
+            alone = generate(tiny_model, questions, max_new_tokens=6)
+        key = S._cell_key(cell.layer, "relative", cell.coef_relative)
+        batched = [records[f"{key}|q{q}|s0"]["response"] for q in range(3)]
+        assert batched == alone.texts
+
+
+def test_outputs_table_figure_and_choice(tmp_path):
+    model = load_cached("tiny-llama")
+    result = _sweep(model, _vector(model), tmp_path)
+    write_sweep_figure(result)  # figures are drawn by the CLI layer
+    rows = list(csv.DictReader(result.paths["csv"].open()))
+    assert len(rows) == 1 + 2 * 2  # baseline + layers x coefficients
+    assert {"coef_raw", "coef_relative", "trait_mean", "coherence_mean"} <= set(rows[0])
+    assert result.paths["html"].exists() and result.paths["html"].stat().st_size > 10_000
+    summary = json.loads(result.paths["json"].read_text())
+    assert summary["reason"] == result.reason
+    assert result.chosen is not None and result.chosen.layer in (1, 3)
+    for cell in result.cells:  # relative and raw coefficients agree with the recorded norms
+        norms = summary["median_residual_norm"]
+        expected = cell.coef_relative * norms[cell.layer] / float(_vector(model).vectors[cell.layer].norm())
+        assert cell.coef_raw == pytest.approx(expected, rel=1e-5)
+
+
+def test_rerun_generates_nothing(tmp_path, monkeypatch):
+    model = load_cached("tiny-qwen2")
+    first = _sweep(model, _vector(model), tmp_path)
+    monkeypatch.setattr(S, "generate", lambda *a, **k: pytest.fail("a finished sweep must not generate"))
+    again = _sweep(model, _vector(model), tmp_path)
+    assert [c.trait_mean for c in again.cells] == [c.trait_mean for c in first.cells]
+
+
+def test_adding_coefficients_to_a_finished_sweep_only_generates_the_new_cells(tmp_path, monkeypatch):
+    model = load_cached("tiny-gemma2")
+    _sweep(model, _vector(model), tmp_path)
+    seen = []
+    real = S.generate
+
+    def counting(model_, conversations, **kwargs):
+        seen.append(len(conversations))
+        return real(model_, conversations, **kwargs)
+
+    monkeypatch.setattr(S, "generate", counting)
+    _sweep(model, _vector(model), tmp_path, coefficients=[0.5, 2.0, 4.0])
+    assert seen == [3, 3]  # one new coefficient x 3 questions, for each of the two layers
+
+
+def test_choose_layer_takes_the_best_coherent_cell():
+    def cell(layer, rel, trait, coherence):
+        return S.SweepCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0)
+
+    baseline = cell(None, 0.0, 5.0, 90.0)
+    cells = [cell(4, 0.2, 40, 90), cell(4, 0.6, 95, 30), cell(8, 0.2, 60, 80), cell(8, 0.4, 70, 74)]
+    chosen, reason = S.choose_layer(cells, baseline, 75.0)
+    assert (chosen.layer, chosen.coef_relative) == (8, 0.2)
+    assert "layer 8" in reason and "5.0 unsteered" in reason
+    none, why = S.choose_layer([cell(4, 0.6, 95, 30)], baseline, 75.0)
+    assert none is None and "coherence" in why
+
+
+def test_default_layers_spread_over_the_middle():
+    assert S.default_layers(30) == [4, 9, 14, 19, 24]
+    assert S.default_layers(30, count=6) == [4, 8, 12, 16, 20, 24]
+    assert S.default_layers(4) == [1, 2, 3]
+    assert all(1 <= x <= 28 for x in S.default_layers(28))
+
+
+def test_layer_zero_and_bad_vectors_are_refused(tmp_path):
+    model = load_cached("tiny-llama")
+    with pytest.raises(ValueError, match="embedding"):
+        _sweep(model, _vector(model), tmp_path, layers=[0])
+    other = PersonaVector("x", "other", torch.randn(3, 5), "response", 1, 1, {})
+    with pytest.raises(ValueError):
+        _sweep(model, other, tmp_path)
+
+
+def test_cli_errors_are_exit_code_2(tmp_path, capsys):
+    from persona_lens.cli.sweep import main
+
+    assert main(["--trait", "no-such-trait", "--model", "tiny-llama", "--out", str(tmp_path)]) == 2
+    assert "no-such-trait" in capsys.readouterr().err
+    model = load_cached("tiny-llama")
+    path = tmp_path / "v.safetensors"
+    save_vector(PersonaVector("shouting", "some-other-model", torch.randn(5, 64), "response", 1, 1, {}), path)
+    assert main(["--trait", "shouting", "--model", "tiny-llama", "--vector", str(path), "--out", str(tmp_path)]) == 2
+    assert "some-other-model" in capsys.readouterr().err
+    assert model.cfg.n_layers == 4
+
+
+def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from persona_lens.cli.sweep import main
+
+    code = main(["--trait", "shouting", "--model", "tiny-llama", "--out", str(tmp_path), "--quiet", "--json",
+                 "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
+                 "--extract-questions", "2", "--extract-pairs", "1", "--extract-samples", "2",
+                 "--extract-max-new-tokens", "4", "--coherence-threshold", "0", "--extract-coherence-threshold", "0",
+                 "--judge-cache", str(tmp_path / "cache.sqlite")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["paths"]["csv"].endswith("sweep.csv")
+    assert (tmp_path / "extract" / "vector_response.safetensors").exists()
