@@ -1,14 +1,62 @@
-"""Append-only JSONL records keyed by ``"key"``: what long jobs write as they go, so an interrupted run resumes."""
+"""Files that survive interruption: atomic writes, and append-only JSONL records keyed by ``"key"`` (what long jobs
+write as they go, so an interrupted run resumes).
+
+* :func:`atomic_output` / :func:`write_text_atomic` / :func:`write_json_atomic`: a file is either the old one or the
+  whole new one, never half written; new files get the usual permissions (``0666 & ~umask``).
+* :class:`JsonlRecords`: append-only records, fsynced; a torn last line is dropped.
+* :func:`check_settings`: a run folder remembers the settings its results were made with.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlRecords", "check_settings"]
+__all__ = ["JsonlRecords", "atomic_output", "check_settings", "write_json_atomic", "write_text_atomic"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it vanishes.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0666 & ~umask``), not the private
+    ``0600`` of a temporary file, so a server running as another user (llama-server, say) can read it.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
 
 
 class JsonlRecords:
@@ -70,7 +118,4 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> 
                 f"(--out) or delete {path.parent} to start over"
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))

@@ -16,12 +16,10 @@ Files:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
 
 __all__ = [
@@ -309,22 +308,6 @@ def cosine_similarity_by_layer(a: PersonaVector | Tensor, b: PersonaVector | Ten
 
 # ----------------------------------------------------------------------------------------------------------------
 # files
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it vanishes."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def encode_metadata(vec: PersonaVector) -> dict[str, str]:

@@ -53,11 +53,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import (
     PersonaVector,
     VectorFileError,
-    atomic_output,
     decode_metadata,
     encode_metadata,
     unit_rows,

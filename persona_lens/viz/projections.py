@@ -54,8 +54,8 @@ def token_projection_html(traces: Sequence[Any], *, trait: str | int = 0, title:
 
     ``traces``: :class:`persona_lens.experiments.monitor.TokenTrace` objects (or anything with ``pieces``,
     ``prompt_length``, ``projections [k, n]`` and ``traits``). ``center``: the value drawn white: a number, or
-    ``"prompt"`` for the mean projection over all prompt tokens shown (so the colour shows movement relative to the prompt). ``scale``: the
-    distance from ``center`` drawn at full colour (default: the largest one in the page).
+    ``"prompt"`` for the mean projection over all prompt tokens shown (so the colour shows movement relative to the
+    prompt). ``scale``: the distance from ``center`` drawn at full colour (default: the largest one in the page).
     """
     blocks = []
     all_values: list[float] = []
