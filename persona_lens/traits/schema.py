@@ -211,7 +211,7 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
             check.add(str(key), f"unknown key; remove it or rename it to one of {', '.join(known)}")
     for key in _REQUIRED_KEYS:
         if key not in data:
-            check.add(key, "is missing; add it (see persona_lens/traits.py for the schema)")
+            check.add(key, "is missing; add it (see persona_lens/traits/schema.py for the schema)")
 
     if "schema_version" in data and (data["schema_version"] != SCHEMA_VERSION or
                                      isinstance(data["schema_version"], bool)):

@@ -25,7 +25,7 @@ from persona_lens.traits.schema import (
     traits_dirs,
 )
 
-REPO_TRAITS = Path(__file__).resolve().parents[1] / "traits"
+REPO_TRAITS = Path(__file__).resolve().parents[2] / "traits"
 PAPER_TRAITS = ["evil", "sycophantic", "hallucinating", "apathetic", "humorous", "impolite", "optimistic"]
 RULE_TRAITS = {"french": "french", "pirate": "pirate", "shouting": "shouting", "emoji": "emoji",
                "enthusiastic": "exclamation"}
