@@ -23,7 +23,7 @@ from persona_lens.traits.generate import (
 from persona_lens.traits.schema import load_trait, save_trait, trait_from_dict
 from tests.fake_anthropic import FakeAnthropic, Fault
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DESCRIPTION = "Curious: eager to learn more, asks follow-up questions and explores tangents with delight."
 
 
