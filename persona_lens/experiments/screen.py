@@ -58,8 +58,8 @@ from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import check_settings
 from persona_lens.core.layers import check_layer
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_list
 from persona_lens.experiments.finetune import BadRecord, ChatRecord, parse_chat_record
-from persona_lens.experiments.monitor import VectorLike, trait_names, unit_directions, vector_list
 
 __all__ = [
     "ScreenConfig",
