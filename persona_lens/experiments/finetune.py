@@ -1,7 +1,8 @@
 """Finetuning a HookedLM on a chat dataset: full or low-rank (LoRA), with preventative steering or CAFT.
 
 Dataset: JSONL, one conversation a line, ``{"messages": [{"role": ..., "content": ...}, ...]}``, the last message
-from the assistant (see :func:`iter_chat_jsonl` for what is refused, and why). The model learns the last assistant
+from the assistant (read by :func:`persona_lens.core.chat.read_chat_jsonl`; see
+:func:`persona_lens.core.chat.parse_chat_record` for what is refused, and why). The model learns the last assistant
 message given everything before it.
 
 Loss: cross-entropy on response tokens only. The boundary comes from
@@ -33,7 +34,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,18 +46,22 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_lens.core.chat import EncodedConversation, Message, TemplateBoundaryError, collate, encode_conversation
+from persona_lens.core.chat import (
+    BadRecord,
+    ChatRecord,
+    EncodedConversation,
+    Message,
+    TemplateBoundaryError,
+    collate,
+    encode_conversation,
+    parse_chat_record,
+)
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
 from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
 
 __all__ = [
-    "ChatRecord",
-    "BadRecord",
-    "parse_chat_record",
-    "iter_chat_jsonl",
-    "read_chat_jsonl",
     "TrainingIntervention",
     "FinetuneConfig",
     "FinetuneResult",
@@ -74,102 +79,6 @@ log = logging.getLogger(__name__)
 
 FINETUNE_INFO = "finetune.json"
 TRAINER_STATE = "trainer_state"
-ROLES = ("system", "user", "assistant")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# chat datasets
-
-
-@dataclass
-class ChatRecord:
-    """One good dataset line: ``messages[:-1]`` is the prompt, ``messages[-1]`` the assistant's reply."""
-
-    line: int
-    messages: list[Message]
-
-    @property
-    def prompt(self) -> list[Message]:
-        return self.messages[:-1]
-
-    @property
-    def response(self) -> str:
-        return self.messages[-1]["content"]
-
-
-@dataclass
-class BadRecord:
-    """A dataset line that cannot be used, with its 1-based line number and why."""
-
-    line: int
-    problem: str
-
-
-def parse_chat_record(data: Any) -> list[Message] | str:
-    """The messages of one parsed JSON line, or a string saying what is wrong with it.
-
-    Required: an object with a non-empty ``messages`` list; each message an object with ``role`` in
-    system/user/assistant and a non-empty string ``content``; at least one user message; the last message from the
-    assistant. Other keys (ids, metadata) are allowed and ignored.
-    """
-    if not isinstance(data, dict):
-        return f"a line must be a JSON object with a 'messages' list, got {type(data).__name__}"
-    messages = data.get("messages")
-    if messages is None:
-        return "no 'messages' key"
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    clean: list[Message] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{index}] is not an object"
-        role, content = message.get("role"), message.get("content")
-        if role is None:
-            return f"messages[{index}] has no 'role'"
-        if role not in ROLES:
-            return f"messages[{index}] has role {role!r}; use one of {', '.join(ROLES)}"
-        if not isinstance(content, str):
-            return f"messages[{index}] ({role}) has no text 'content'"
-        if not content.strip():
-            return f"messages[{index}] ({role}) has empty content"
-        clean.append({"role": role, "content": content})
-    if clean[-1]["role"] != "assistant":
-        return f"the last message is from {clean[-1]['role']!r}; it must be the assistant's reply"
-    if not any(m["role"] == "user" for m in clean[:-1]):
-        return "no user message before the assistant's reply"
-    return clean
-
-
-def iter_chat_jsonl(path: str | os.PathLike[str]) -> Iterator[ChatRecord | BadRecord]:
-    """Stream a chat JSONL file: a :class:`ChatRecord` or a :class:`BadRecord` per non-blank line, in order.
-
-    Blank lines are not records and are skipped. Nothing is held in memory beyond the current line.
-    """
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})")
-                continue
-            parsed = parse_chat_record(data)
-            if isinstance(parsed, str):
-                yield BadRecord(number, parsed)
-            else:
-                yield ChatRecord(number, parsed)
-
-
-def read_chat_jsonl(path: str | os.PathLike[str]) -> tuple[list[ChatRecord], list[BadRecord]]:
-    """All good records and all bad ones of a chat JSONL file."""
-    good: list[ChatRecord] = []
-    bad: list[BadRecord] = []
-    for record in iter_chat_jsonl(path):
-        (good if isinstance(record, ChatRecord) else bad).append(record)  # type: ignore[arg-type]
-    return good, bad
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # configuration
 
@@ -276,7 +185,7 @@ class FinetuneResult:
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
             "losses": self.losses,
-            "skipped": [dataclasses.asdict(b) for b in self.skipped],
+            "skipped": [b.to_json() for b in self.skipped],
             "resumed_from_step": self.resumed_from_step,
             "config": self.config,
         }
@@ -610,7 +519,7 @@ def finetune(
                 "steps": step,
                 "n_examples": len(examples),
                 "n_trained_tokens": n_trained_tokens,
-                "skipped": [dataclasses.asdict(b) for b in skipped],
+                "skipped": [b.to_json() for b in skipped],
                 "losses": losses,
             }
             save_model(model, out, info)

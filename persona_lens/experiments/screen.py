@@ -21,9 +21,10 @@ How it runs (:func:`screen_dataset`):
 * **Resume**: rows already in the output are skipped (the output is in input order, so the last row says where to
   go on); a row torn by an interruption is dropped and redone. Settings are recorded beside the output
   (``<output>.settings.json``) and a resume under other settings is refused.
-* **Bad records** are never dropped silently: invalid JSON, missing roles, empty text, no final assistant reply,
-  prompts (or conversations) longer than ``max_tokens`` tokens, and responses the chat template cannot place
-  exactly each get a row ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
+* **Bad records** are never dropped silently (:func:`persona_lens.core.chat.iter_chat_jsonl`): lines that are not
+  UTF-8, invalid JSON, missing roles, empty text, no final assistant reply, prompts (or conversations) longer than
+  ``max_tokens`` tokens, and responses the chat template cannot place exactly each get a row
+  ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
 * Results: :func:`summarize` (dataset-level means, counts, problems), :func:`export_ranked` (samples ranked by dP,
   JSONL or CSV, with their conversation), :func:`load_scores` (for histograms and AUROC).
 
@@ -53,18 +54,24 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_lens.core.activations import collect_activations
-from persona_lens.core.chat import TemplateBoundaryError, encode_conversation, encode_generated, encode_prompt
+from persona_lens.core.chat import (
+    BadRecord,
+    ChatRecord,
+    TemplateBoundaryError,
+    encode_conversation,
+    encode_generated,
+    encode_prompt,
+    iter_chat_jsonl,
+)
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import check_settings
 from persona_lens.core.layers import check_layer
-from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_list
-from persona_lens.experiments.finetune import BadRecord, ChatRecord, parse_chat_record
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
 
 __all__ = [
     "ScreenConfig",
     "BaseResponseCache",
-    "iter_records",
     "screen_dataset",
     "summarize",
     "load_scores",
@@ -104,32 +111,6 @@ class ScreenConfig:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # reading
-
-
-def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[ChatRecord | BadRecord, int]]:
-    """Stream ``(record, byte offset of its line)`` from a chat JSONL file; blank lines are skipped.
-
-    Unlike :func:`persona_lens.experiments.finetune.iter_chat_jsonl` it reads bytes, so a line that is not UTF-8
-    is one bad record (not a crash), and each record's offset lets results point back into the file.
-    """
-    with open(path, "rb") as handle:
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield BadRecord(number, f"not UTF-8 text (byte {error.start})"), start
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})"), start
-                continue
-            parsed = parse_chat_record(data)
-            yield (BadRecord(number, parsed) if isinstance(parsed, str) else ChatRecord(number, parsed)), start
 
 
 def _read_line_at(path: Path, offset: int) -> dict[str, Any] | None:
@@ -225,12 +206,6 @@ def _append(output: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
-    from persona_lens.core.vectors import vector_digest
-
-    return [vector_digest(vec) for vec in vectors]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # screening
 
@@ -238,26 +213,27 @@ def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
 @dataclass
 class _Prepared:
     line: int
-    offset: int
+    offset: int | None
     prompt_ids: list[int]
     encoded: Any
     key: str
 
 
-def _prepare(model: HookedLM, record: ChatRecord, offset: int, config: ScreenConfig,
+def _prepare(model: HookedLM, record: ChatRecord, config: ScreenConfig,
              generation: dict[str, Any]) -> _Prepared | BadRecord:
     prompt_ids = encode_prompt(model.tokenizer, record.prompt)
     if len(prompt_ids) > config.max_tokens:
-        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}")
+        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}",
+                         record.offset)
     try:
         encoded = encode_conversation(model.tokenizer, record.prompt, record.response)
     except TemplateBoundaryError as error:
-        return BadRecord(record.line, f"chat template: {error}")
+        return BadRecord(record.line, f"chat template: {error}", record.offset)
     if len(encoded.input_ids) > config.max_tokens:
         return BadRecord(record.line, f"conversation has {len(encoded.input_ids)} tokens > max_tokens "
-                                      f"{config.max_tokens}")
+                                      f"{config.max_tokens}", record.offset)
     key = BaseResponseCache.key(model.cfg.model_name, generation, prompt_ids)
-    return _Prepared(record.line, offset, prompt_ids, encoded, key)
+    return _Prepared(record.line, record.offset, prompt_ids, encoded, key)
 
 
 def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResponseCache, config: ScreenConfig
@@ -338,22 +314,22 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     generation = config.generation()
     check_settings(_settings_path(output), {
         "format": "persona_lens.experiments.screen", "model": model.cfg.model_name, "data": str(data.resolve()),
-        "traits": names, "vectors_sha256": _vector_digest(vector_list(vectors)), "layer": config.layer,
+        "traits": names, "vectors_sha256": [vector_digest(vec) for vec in vector_list(vectors)], "layer": config.layer,
         "generation": generation, "max_tokens": config.max_tokens,
     }, what="screening results")
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
     done = _resume_point(output)
     n_seen = 0
     bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
-    chunk: list[tuple[ChatRecord | BadRecord, int]] = []
+    chunk: list[ChatRecord | BadRecord] = []
 
     def flush() -> None:
         prepared: list[_Prepared] = []
         rows: dict[int, dict[str, Any]] = {}
-        for record, offset in chunk:
-            item = record if isinstance(record, BadRecord) else _prepare(model, record, offset, config, generation)
+        for record in chunk:
+            item = record if isinstance(record, BadRecord) else _prepare(model, record, config, generation)
             if isinstance(item, BadRecord):
-                rows[item.line] = {"line": item.line, "offset": offset, "status": "bad", "problem": item.problem}
+                rows[item.line] = {"line": item.line, "offset": item.offset, "status": "bad", "problem": item.problem}
             else:
                 prepared.append(item)
         if prepared:
@@ -364,13 +340,13 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
         bar.update(len(chunk))
         chunk.clear()
 
-    for record, offset in iter_records(data):
+    for record in iter_chat_jsonl(data):
         n_seen += 1
         if limit is not None and n_seen > limit:
             break
         if record.line <= done:
             continue
-        chunk.append((record, offset))
+        chunk.append(record)
         if len(chunk) >= config.chunk_size:
             flush()
     if chunk:
