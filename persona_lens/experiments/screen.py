@@ -19,8 +19,8 @@ How it runs (:func:`screen_dataset`):
 * The base model's responses are generated in batches and kept in a SQLite cache keyed by model, generation
   settings and prompt tokens: a rerun, or a resume, never generates a response twice.
 * **Resume**: rows already in the output are skipped (the output is in input order, so the last row says where to
-  go on); a row torn by an interruption is dropped and redone. Settings are recorded beside the output
-  (``<output>.settings.json``) and a resume under other settings is refused.
+  go on); a row torn by an interruption is dropped and redone (:class:`persona_lens.core.io.JsonlRecords`).
+  Settings are recorded beside the output (``<output>.settings.json``) and a resume under other settings is refused.
 * **Bad records** are never dropped silently (:func:`persona_lens.core.chat.iter_chat_jsonl`): lines that are not
   UTF-8, invalid JSON, missing roles, empty text, no final assistant reply, prompts (or conversations) longer than
   ``max_tokens`` tokens, and responses the chat template cannot place exactly each get a row
@@ -34,17 +34,14 @@ they depend on ``chunk_size``; the default, greedy, does not.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import heapq
 import json
-import logging
 import math
 import os
-import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +62,7 @@ from persona_lens.core.chat import (
 )
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.io import check_settings
+from persona_lens.core.io import JsonlRecords, SqliteStore, check_settings
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
 
@@ -78,8 +75,6 @@ __all__ = [
     "export_ranked",
     "SCORE_KEYS",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The per-sample numbers in each output row, by trait: the projection difference against the base response
 #: (``dp``), the cheap variant against the last prompt token (``dp_last_prompt``), and the three projections.
@@ -131,11 +126,9 @@ class BaseResponseCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response_ids TEXT NOT NULL, "
-                       "text TEXT NOT NULL, stopped INTEGER NOT NULL)")
+        self._store = SqliteStore(self.path, "responses", {"key": "TEXT NOT NULL"},
+                                  {"response_ids": "TEXT NOT NULL", "text": "TEXT NOT NULL",
+                                   "stopped": "INTEGER NOT NULL"})
         self.hits = 0
         self.generated = 0
 
@@ -145,25 +138,14 @@ class BaseResponseCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, tuple[list[int], str, bool]]:
-        found: dict[str, tuple[list[int], str, bool]] = {}
-        unique = list(dict.fromkeys(keys))
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
-            for start in range(0, len(unique), 500):
-                part = unique[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for key, ids, text, stopped in db.execute(
-                        f"SELECT key, response_ids, text, stopped FROM responses WHERE key IN ({marks})", part):
-                    found[key] = (json.loads(ids), text, bool(stopped))
-        return found
+        return {key: (json.loads(ids), text, bool(stopped))
+                for key, (ids, text, stopped) in self._store.get_many(keys).items()}
 
     def put_many(self, entries: dict[str, tuple[list[int], str, bool]]) -> None:
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
-                           [(k, json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()])
+        self._store.put_many({k: (json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()})
 
     def __len__(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return self._store.count()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -174,36 +156,12 @@ def _settings_path(output: Path) -> Path:
     return output.with_name(output.name + ".settings.json")
 
 
-def _resume_point(output: Path) -> int:
-    """The input line of the last complete row of ``output`` (0 if none); a torn last row is cut off."""
-    if not output.exists():
-        return 0
+def _resume_point(output: JsonlRecords) -> int:
+    """The input line of the last complete row of ``output`` (0 if none); a torn last row is redone."""
     last_line = 0
-    good_size = 0
-    with open(output, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                last_line = int(json.loads(raw)["line"])
-            except (ValueError, KeyError, TypeError):
-                break
-            good_size += len(raw)
-    if good_size != output.stat().st_size:
-        log.warning("%s: dropping a torn or unreadable tail after byte %d (redone now)", output, good_size)
-        with open(output, "rb+") as handle:
-            handle.truncate(good_size)
+    for row, _ in output.rows():
+        last_line = int(row["line"])
     return last_line
-
-
-def _append(output: Path, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    with open(output, "a", encoding="utf-8") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,7 +276,8 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
         "generation": generation, "max_tokens": config.max_tokens,
     }, what="screening results")
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
-    done = _resume_point(output)
+    store = JsonlRecords(output)
+    done = _resume_point(store)
     n_seen = 0
     bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
     chunk: list[ChatRecord | BadRecord] = []
@@ -336,7 +295,7 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
             base = _base_responses(model, prepared, cache, config)
             for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size):
                 rows[row["line"]] = row
-        _append(output, [rows[line] for line in sorted(rows)])
+        store.append([rows[line] for line in sorted(rows)])
         bar.update(len(chunk))
         chunk.clear()
 
@@ -362,16 +321,6 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
 # results
 
 
-def _iter_rows(results_path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any], int]]:
-    with open(results_path, "rb") as handle:
-        offset = 0
-        for raw in handle:
-            start, offset = offset, offset + len(raw)
-            if not raw.endswith(b"\n"):
-                break
-            yield json.loads(raw), start
-
-
 def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> dict[str, Any]:
     """Dataset-level numbers from a results file, in one streaming pass: counts, every problem kind, the first
     ``max_problems`` problems with their line numbers, and per trait the mean (and count) of dp and dp_last_prompt.
@@ -382,7 +331,7 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
     problems: list[dict[str, Any]] = []
     sums: dict[str, dict[str, list[float]]] = {"dp": {}, "dp_last_prompt": {}}
     traits: list[str] = []
-    for row, _ in _iter_rows(results_path):
+    for row, _ in JsonlRecords(results_path).rows():
         counts[row["status"]] += 1
         if "problem" in row:
             kind = row["problem"].split(" (")[0].split(":")[0]
@@ -421,7 +370,7 @@ def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp
     lines: list[int] = []
     values: list[float] = []
     seen_trait = False
-    for row, _ in _iter_rows(results_path):
+    for row, _ in JsonlRecords(results_path).rows():
         if row["status"] != "ok":
             continue
         if trait in row[key]:
@@ -452,7 +401,7 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
     entries: list[tuple[float, int, int]] = []  # (signed score, result offset, line)
     if top is not None:
         heap: list[tuple[float, int, int]] = []  # keeps the `top` best: a max-heap on the signed score
-        for row, offset in _iter_rows(results_path):
+        for row, offset in JsonlRecords(results_path).rows():
             value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
             if value is None:
                 continue
@@ -464,7 +413,7 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
         entries = sorted(((-neg_score, o, -neg_line) for neg_score, neg_line, o in heap), key=lambda e: (e[0], e[2]))
     else:
         scores, offsets, lines = [], [], []
-        for row, offset in _iter_rows(results_path):
+        for row, offset in JsonlRecords(results_path).rows():
             value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
             if value is not None:
                 scores.append(sign * value)
