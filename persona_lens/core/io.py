@@ -3,6 +3,7 @@ jobs write as they go, so an interrupted run resumes).
 
 * :func:`atomic_output` / :func:`write_text_atomic` / :func:`write_json_atomic`: a file is either the old one or the
   whole new one, never half written; new files get the usual permissions (``0666 & ~umask``).
+  :func:`atomic_directory` does the same for a whole folder.
 * :class:`JsonlRecords`: append-only records, fsynced; a torn tail (an append cut short) is ignored and cut off.
 * :class:`SqliteStore`: rows under a key in a SQLite table that processes and threads share (caches).
 * :func:`check_settings`: a run folder remembers the settings its results were made with.
@@ -14,15 +15,17 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "JsonlRecords",
     "SqliteStore",
+    "atomic_directory",
     "atomic_output",
     "check_settings",
     "write_json_atomic",
@@ -66,9 +69,42 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is)."""
-    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is; ``default`` as in :func:`json.dumps`)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, merge: bool = False) -> Iterator[Path]:
+    """Yield an empty scratch folder next to ``path``; on success it replaces the folder ``path`` (if any) as a
+    whole, on error it vanishes. The folder gets the permissions of a plain ``mkdir`` (``0777 & ~umask``).
+
+    The old folder is moved aside, the new one moved in, then the old one deleted: a kill between the two moves
+    leaves no folder at ``path`` (the old one is at ``.<name>.old``), never a mix of both. With ``merge``, the items of
+    the scratch folder instead replace their namesakes in ``path`` one by one (each atomically), and the other items
+    of ``path`` stay.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        yield scratch
+        if merge:
+            target.mkdir(exist_ok=True)
+            for item in scratch.iterdir():
+                os.replace(item, target / item.name)
+        else:
+            os.chmod(scratch, 0o777 & ~_umask())
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not merge:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _parse_line(raw: bytes) -> dict[str, Any] | None:

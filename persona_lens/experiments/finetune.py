@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from persona_lens.core.chat import (
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
+from persona_lens.core.io import atomic_directory, write_json_atomic
 from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
 
 __all__ = [
@@ -256,12 +256,6 @@ def hooks_installed(model: HookedLM) -> list[str]:
 # saving
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (adapters merged) as a Hugging Face folder with its tokenizer, plus ``finetune.json``.
 
@@ -270,19 +264,12 @@ def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, An
     """
     if lora_modules(model.hf_model):
         merge_lora(model.hf_model)
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".save-", dir=target))
-    try:
+    with atomic_directory(path, merge=True) as scratch:
         model.hf_model.save_pretrained(scratch)
         model.tokenizer.save_pretrained(scratch)
         if info is not None:
-            _write_json(scratch / FINETUNE_INFO, info)
-        for item in scratch.iterdir():
-            os.replace(item, target / item.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+            write_json_atomic(scratch / FINETUNE_INFO, info, default=str)
+    return Path(path)
 
 
 def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
@@ -298,24 +285,15 @@ def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
 
 def _save_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
                 state: dict[str, Any]) -> None:
-    state_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".state-", dir=state_dir.parent))
-    try:
-        tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
-        tensors["__rng_state__"] = torch.get_rng_state()
-        if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
-            for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"__cuda_rng_state_{index}__"] = cuda_state
+    tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
+    tensors["__rng_state__"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"__cuda_rng_state_{index}__"] = cuda_state
+    with atomic_directory(state_dir) as scratch:
         safetensors.torch.save_file(tensors, str(scratch / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), scratch / "optimizer.pt")
-        _write_json(scratch / "state.json", state)
-        old = state_dir.with_name(f".{state_dir.name}.old")
-        if state_dir.exists():
-            os.replace(state_dir, old)
-        os.replace(scratch, state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        write_json_atomic(scratch / "state.json", state, default=str)
 
 
 def _checksum(hf_model: torch.nn.Module) -> float:

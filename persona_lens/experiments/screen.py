@@ -62,7 +62,7 @@ from persona_lens.core.chat import (
 )
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.io import JsonlRecords, SqliteStore, check_settings
+from persona_lens.core.io import JsonlRecords, SqliteStore, atomic_output, check_settings
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
 
@@ -426,10 +426,8 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
         order = np.lexsort((line_array, score_array))
         entries = [(float(score_array[i]), int(offset_array[i]), int(line_array[i])) for i in order]
     target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
     results, data = Path(results_path), Path(data_path)
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle) if target.suffix == ".csv" else None
         if writer is not None:
             writer.writerow(["rank", "line", *SCORE_KEYS, "prompt", "response", "base_response"])
@@ -447,5 +445,4 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
                        **{k: row.get(k, {}).get(trait) for k in SCORE_KEYS},
                        "messages": messages, "base_response": row.get("base_response")}
                 handle.write(json.dumps(out, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
     return target

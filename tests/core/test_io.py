@@ -1,9 +1,10 @@
 import json
+import os
 import sqlite3
 
 import pytest
 
-from persona_lens.core.io import JsonlRecords, SqliteStore, check_settings
+from persona_lens.core.io import JsonlRecords, SqliteStore, atomic_directory, check_settings
 
 
 def test_append_and_load(tmp_path):
@@ -81,6 +82,32 @@ def test_sqlite_store(tmp_path):
     assert single.get_many(["k", "missing"]) == {"k": (3,)}
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "state"
+    with atomic_directory(target) as scratch:
+        (scratch / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"] and (target / "a").read_text() == "1"
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~_umask()
+    with pytest.raises(RuntimeError), atomic_directory(target) as scratch:
+        (scratch / "b").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    with atomic_directory(target) as scratch:
+        (scratch / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    with atomic_directory(target, merge=True) as scratch:
+        (scratch / "c").write_text("3")
+        (scratch / "b").write_text("22")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"b": "22", "c": "3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_settings_are_recorded_then_enforced(tmp_path):
