@@ -96,7 +96,8 @@ def _interventions(args: argparse.Namespace, model: Any) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_lens.experiments.finetune import FinetuneConfig, finetune, read_chat_jsonl
+    from persona_lens.core.chat import read_chat_jsonl
+    from persona_lens.experiments.finetune import FinetuneConfig, finetune
 
     if not args.data.is_file():
         raise BadInput(f"no dataset at {args.data}")
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # no usable example, bad targets, a trainer state of another run
         raise BadInput(str(error)) from None
     summary = result.to_json()
-    summary["bad_lines"] = [{"line": b.line, "problem": b.problem} for b in bad]
+    summary["bad_lines"] = [b.to_json() for b in bad]
     summary["complete"] = (args.out / "finetune.json").exists() and not (args.out / "trainer_state").exists()
     if args.json:
         summary.pop("losses")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -180,39 +179,38 @@ def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None) ->
         raise BadInput(str(error)) from None
 
 
+def _prompt_messages(data: Any) -> list[dict[str, str]] | str:
+    """The prompt on one line of a ``.jsonl`` prompt file, or what is wrong with it."""
+    from persona_lens.core.chat import make_messages, parse_messages
+
+    if isinstance(data, dict) and isinstance(data.get("question"), str):
+        return make_messages(data["question"], system=data.get("system"))
+    messages = parse_messages(data)
+    if isinstance(messages, str):
+        return f'{messages}; expected {{"messages": [{{"role": ..., "content": ...}}]}} or {{"question": ...}}'
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] != "user":
+        return "the prompt must end with a user message"
+    return messages
+
+
 def read_prompts(path: Path) -> list[list[dict[str, str]]]:
     """Prompts from a file: ``.txt`` one user question a line; ``.jsonl`` one ``{"messages": [...]}`` (ending with a
     user turn; a final assistant turn is dropped) or ``{"question": ..., "system": ...}`` a line."""
-    from persona_lens.core.chat import make_messages
+    from persona_lens.core.chat import BadRecord, iter_chat_jsonl, make_messages
 
     if not path.is_file():
         raise BadInput(f"no prompt file at {path}")
-    prompts: list[list[dict[str, str]]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                prompts.append(make_messages(line.rstrip("\n")))
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BadInput(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if isinstance(data, dict) and isinstance(data.get("question"), str):
-                prompts.append(make_messages(data["question"], system=data.get("system")))
-                continue
-            messages = data.get("messages") if isinstance(data, dict) else None
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                    and isinstance(m.get("content"), str) for m in messages):
-                raise BadInput(f"{path}:{number}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}} "
-                               "or {\"question\": ...}")
-            if messages[-1]["role"] == "assistant":
-                messages = messages[:-1]
-            if not messages or messages[-1]["role"] != "user":
-                raise BadInput(f"{path}:{number}: the prompt must end with a user message")
-            prompts.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if path.suffix == ".jsonl":
+        prompts: list[list[dict[str, str]]] = []
+        for record in iter_chat_jsonl(path, parse=_prompt_messages):
+            if isinstance(record, BadRecord):
+                raise BadInput(f"{path}:{record.line}: {record.problem}")
+            prompts.append(record.messages)
+    else:
+        with open(path, encoding="utf-8") as handle:
+            prompts = [make_messages(line.rstrip("\n")) for line in handle if line.strip()]
     if not prompts:
         raise BadInput(f"{path} holds no prompt")
     return prompts

@@ -84,6 +84,7 @@ def _fmt(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from persona_lens.core.io import write_json_atomic
     from persona_lens.core.stats import auroc
     from persona_lens.experiments.screen import ScreenConfig, export_ranked, load_scores, screen_dataset
     from persona_lens.viz.figures import write_figure
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                     n: _none_if_nan(auroc([*values[n], *reference], [1] * len(values[n]) + [0] * len(reference)))
                     for n in names[1:]}
             report["comparison"][trait] = comparison
-    (args.out / "screen_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json_atomic(args.out / "screen_report.json", report)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return EXIT_OK

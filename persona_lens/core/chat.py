@@ -11,11 +11,16 @@ and response tokens are what extraction averages. We never guess the boundary by
 
 BOS: the rendered text already carries the template's BOS; we tokenize it with ``add_special_tokens=False`` (as
 ``apply_chat_template`` does), so a BOS is never doubled, unlike TransformerLens ``to_tokens(text)``.
+
+Chat datasets are JSONL files, one ``{"messages": [{"role": ..., "content": ...}, ...]}`` a line, read by
+:func:`iter_chat_jsonl` into :class:`ChatRecord` / :class:`BadRecord` (what is wrong with a line, never dropped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,13 @@ from torch import Tensor
 
 __all__ = [
     "Message",
+    "ROLES",
+    "ChatRecord",
+    "BadRecord",
+    "parse_messages",
+    "parse_chat_record",
+    "iter_chat_jsonl",
+    "read_chat_jsonl",
     "TemplateBoundaryError",
     "EncodedConversation",
     "TokenBatch",
@@ -36,6 +48,7 @@ __all__ = [
 ]
 
 Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
 
 
 class TemplateBoundaryError(ValueError):
@@ -181,3 +194,120 @@ def collate(encoded: Sequence[EncodedConversation], pad_token_id: int,
         pad_lengths[row] = pad
         prompt_lengths[row] = e.prompt_length
     return TokenBatch(input_ids, attention_mask, prompt_mask, response_mask, pad_lengths, prompt_lengths).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chat datasets (JSONL)
+
+
+@dataclass
+class ChatRecord:
+    """One good dataset line: ``messages[:-1]`` is the prompt, ``messages[-1]`` the assistant's reply.
+
+    ``line`` is 1-based; ``offset`` is the byte offset of the line in its file (None when not read from a file).
+    """
+
+    line: int
+    messages: list[Message]
+    offset: int | None = None
+
+    @property
+    def prompt(self) -> list[Message]:
+        return self.messages[:-1]
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass
+class BadRecord:
+    """A dataset line (or conversation) that cannot be used: its 1-based line number, why, and where it starts."""
+
+    line: int
+    problem: str
+    offset: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "problem": self.problem}
+
+
+def parse_messages(data: Any) -> list[Message] | str:
+    """The messages of one parsed JSON line, or a string saying what is wrong with it.
+
+    Required: an object with a non-empty ``messages`` list; each message an object with ``role`` in
+    system/user/assistant and a non-empty string ``content``. Other keys (ids, metadata) are allowed and ignored.
+    """
+    if not isinstance(data, dict):
+        return f"a line must be a JSON object with a 'messages' list, got {type(data).__name__}"
+    messages = data.get("messages")
+    if messages is None:
+        return "no 'messages' key"
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    clean: list[Message] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{index}] is not an object"
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            return f"messages[{index}] has no 'role'"
+        if role not in ROLES:
+            return f"messages[{index}] has role {role!r}; use one of {', '.join(ROLES)}"
+        if not isinstance(content, str):
+            return f"messages[{index}] ({role}) has no text 'content'"
+        if not content.strip():
+            return f"messages[{index}] ({role}) has empty content"
+        clean.append({"role": role, "content": content})
+    return clean
+
+
+def parse_chat_record(data: Any) -> list[Message] | str:
+    """The messages of one conversation to learn or score (:func:`parse_messages`, then: the last message is the
+    assistant's reply, with a user message before it), or a string saying what is wrong."""
+    clean = parse_messages(data)
+    if isinstance(clean, str):
+        return clean
+    if clean[-1]["role"] != "assistant":
+        return f"the last message is from {clean[-1]['role']!r}; it must be the assistant's reply"
+    if not any(m["role"] == "user" for m in clean[:-1]):
+        return "no user message before the assistant's reply"
+    return clean
+
+
+def iter_chat_jsonl(path: str | os.PathLike[str], parse: Callable[[Any], list[Message] | str] = parse_chat_record
+                    ) -> Iterator[ChatRecord | BadRecord]:
+    """Stream a chat JSONL file: a :class:`ChatRecord` or a :class:`BadRecord` per non-blank line, in order, each
+    with its line number and byte offset (so results can point back into the file).
+
+    The file is read as bytes: a line that is not UTF-8 is one bad record, not a crash nor silently altered text.
+    ``parse`` turns a line's JSON value into messages or a problem (default :func:`parse_chat_record`). Blank lines
+    are not records and are skipped; nothing is held in memory beyond the current line.
+    """
+    with open(path, "rb") as handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield BadRecord(number, f"not UTF-8 text (byte {error.start})", start)
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})", start)
+                continue
+            parsed = parse(data)
+            yield BadRecord(number, parsed, start) if isinstance(parsed, str) else ChatRecord(number, parsed, start)
+
+
+def read_chat_jsonl(path: str | os.PathLike[str]) -> tuple[list[ChatRecord], list[BadRecord]]:
+    """All good records and all bad ones of a chat JSONL file (:func:`iter_chat_jsonl`)."""
+    good: list[ChatRecord] = []
+    bad: list[BadRecord] = []
+    for record in iter_chat_jsonl(path):
+        (good if isinstance(record, ChatRecord) else bad).append(record)  # type: ignore[arg-type]
+    return good, bad

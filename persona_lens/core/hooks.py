@@ -40,6 +40,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from persona_lens.core.layers import check_layer, hook_name
+from persona_lens.core.vectors import check_vector, unit_rows
 
 __all__ = [
     "Positions",
@@ -239,7 +240,7 @@ class AblateDirection(_ResidualHook):
     """Project the unit direction out of the residual stream: ``h <- h - (h . u) u``."""
 
     def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
-        super().__init__(_unit(vector), positions)
+        super().__init__(unit_rows(vector.detach().float(), names="the vector"), positions)
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
         unit = self._vector_like(resid)
@@ -256,7 +257,7 @@ class CapProjection(_ResidualHook):
             raise ValueError("cap needs min_value, max_value or both")
         if min_value is not None and max_value is not None and min_value > max_value:
             raise ValueError(f"cap range is empty: min_value {min_value} > max_value {max_value}")
-        super().__init__(_unit(vector), positions)
+        super().__init__(unit_rows(vector.detach().float(), names="the vector"), positions)
         self.min_value, self.max_value = min_value, max_value
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
@@ -273,7 +274,7 @@ class RecordProjection(_ResidualHook):
     """
 
     def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
-        super().__init__(_unit(vector), positions)
+        super().__init__(unit_rows(vector.detach().float(), names="the vector"), positions)
         self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
@@ -307,14 +308,6 @@ class RecordProjection(_ResidualHook):
             batch_rows, cols = mask.nonzero(as_tuple=True)
             out[rows[batch_rows], absolute[batch_rows, cols]] = projection[batch_rows, cols]
         return out
-
-
-def _unit(vector: Tensor) -> Tensor:
-    vector = vector.detach().float()
-    norm = vector.norm()
-    if norm == 0:
-        raise ValueError("cannot take the direction of a zero vector")
-    return vector / norm
 
 
 # ------------------------------------------------------------------------------------------- handles
@@ -384,21 +377,6 @@ def _n_layers(model: Any) -> int:
     return int(model.cfg.n_layers)
 
 
-def _layer_rows(vector: Any, model: Any) -> Float[Tensor, "layer d_model"] | Float[Tensor, " d_model"]:
-    """The raw tensor behind a PersonaVector or a tensor, shape-checked against the model."""
-    tensor = vector.vectors if hasattr(vector, "vectors") else vector
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"expected a PersonaVector or a tensor, got {type(vector).__name__}")
-    d_model = int(model.cfg.d_model)
-    if tensor.shape[-1] != d_model:
-        raise ValueError(f"vector has d_model={tensor.shape[-1]} but {getattr(model.cfg, 'model_name', 'the model')} "
-                         f"has d_model={d_model}")
-    if tensor.dim() == 2 and tensor.shape[0] != _n_layers(model) + 1:
-        raise ValueError(f"vector has {tensor.shape[0]} layer rows but the model has {_n_layers(model)} blocks "
-                         f"({_n_layers(model) + 1} rows: embeddings + one per block)")
-    return tensor
-
-
 def _resolve_layers(layer: int | Sequence[int] | str, model: Any) -> list[int]:
     n_layers = _n_layers(model)
     if layer == "all":
@@ -409,7 +387,7 @@ def _resolve_layers(layer: int | Sequence[int] | str, model: Any) -> list[int]:
 
 def _per_layer(vector: Any, model: Any, layer: int | Sequence[int] | str, incremental: bool = False
                ) -> list[tuple[int, Tensor]]:
-    rows = _layer_rows(vector, model)
+    rows = check_vector(vector, model, allow_other_model=True)  # hooks check shapes, not model names
     layers = _resolve_layers(layer, model)
     if rows.dim() == 1:
         if incremental or len(layers) != 1:

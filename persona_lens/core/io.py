@@ -1,9 +1,11 @@
-"""Files that survive interruption: atomic writes, and append-only JSONL records keyed by ``"key"`` (what long jobs
-write as they go, so an interrupted run resumes).
+"""Files that survive interruption: atomic writes, append-only JSONL records and a shared SQLite table (what long
+jobs write as they go, so an interrupted run resumes).
 
 * :func:`atomic_output` / :func:`write_text_atomic` / :func:`write_json_atomic`: a file is either the old one or the
   whole new one, never half written; new files get the usual permissions (``0666 & ~umask``).
-* :class:`JsonlRecords`: append-only records, fsynced; a torn last line is dropped.
+  :func:`atomic_directory` does the same for a whole folder.
+* :class:`JsonlRecords`: append-only records, fsynced; a torn tail (an append cut short) is ignored and cut off.
+* :class:`SqliteStore`: rows under a key in a SQLite table that processes and threads share (caches).
 * :func:`check_settings`: a run folder remembers the settings its results were made with.
 """
 
@@ -11,13 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
+import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlRecords", "atomic_output", "check_settings", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "JsonlRecords",
+    "SqliteStore",
+    "atomic_directory",
+    "atomic_output",
+    "check_settings",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -54,55 +69,189 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is)."""
-    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is; ``default`` as in :func:`json.dumps`)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, merge: bool = False) -> Iterator[Path]:
+    """Yield an empty scratch folder next to ``path``; on success it replaces the folder ``path`` (if any) as a
+    whole, on error it vanishes. The folder gets the permissions of a plain ``mkdir`` (``0777 & ~umask``).
+
+    The old folder is moved aside, the new one moved in, then the old one deleted: a kill between the two moves
+    leaves no folder at ``path`` (the old one is at ``.<name>.old``), never a mix of both. With ``merge``, the items of
+    the scratch folder instead replace their namesakes in ``path`` one by one (each atomically), and the other items
+    of ``path`` stay.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        yield scratch
+        if merge:
+            target.mkdir(exist_ok=True)
+            for item in scratch.iterdir():
+                os.replace(item, target / item.name)
+        else:
+            os.chmod(scratch, 0o777 & ~_umask())
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not merge:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object on one complete line, or None if it is not one (not UTF-8, not JSON, not an object)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class JsonlRecords:
-    """A JSONL file of dict records, each with a unique ``"key"``.
+    """An append-only JSONL file of records (JSON objects), one a line, that survives interruption.
 
-    Each append is flushed and fsynced, so a kill loses at most the line being written; a torn last line is ignored
-    on load (and overwritten by the next append).
+    Each append is flushed and fsynced, so a kill loses at most the lines being written. What a kill leaves is a
+    *torn tail*: a last line without its newline, cut anywhere (also inside a multi-byte UTF-8 character of a
+    French or emoji reply), or lines of garbage at the end. Everything is read as bytes: from the first line that
+    is not a complete JSON object, to the end of the file, is the torn tail, provided no readable record follows;
+    readers stop before it and the next append cuts it off (with a warning). An unreadable line *followed by*
+    readable records is no interruption but a damaged file: reading it raises a ValueError naming the line.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._clean_size: int | None = None  # the file's size after our last complete append: no tail to check
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        records: dict[str, dict[str, Any]] = {}
+    def _lines(self) -> Iterator[tuple[dict[str, Any] | None, int, int]]:
+        """``(record, start, end)`` byte range of each complete line before the torn tail (None: a blank line)."""
         if not self.path.exists():
-            return records
-        with self.path.open("r", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # torn write from an interrupted run
-                line = line.strip()
-                if line:
-                    record = json.loads(line)
-                    records[record["key"]] = record
-        return records
+            return
+        with self.path.open("rb") as handle:
+            start = 0
+            torn_at: tuple[int, int] | None = None  # (line number, byte) where an unreadable line began
+            for number, raw in enumerate(handle, start=1):
+                end = start + len(raw)
+                blank = not raw.strip()
+                record = None if blank else _parse_line(raw) if raw.endswith(b"\n") else None
+                if torn_at is None and not blank and record is None:
+                    torn_at = (number, start)
+                elif torn_at is not None and record is not None:
+                    raise ValueError(f"{self.path}: line {torn_at[0]} (byte {torn_at[1]}) is not a JSON record, but "
+                                     f"records follow it (line {number}): the file is damaged; repair or delete it")
+                elif torn_at is None:
+                    yield record, start, end
+                start = end
+
+    def rows(self) -> Iterator[tuple[dict[str, Any], int]]:
+        """Each record, in file order, with the byte offset of its line; streamed (the torn tail is left out)."""
+        for record, start, _ in self._lines():
+            if record is not None:
+                yield record, start
+
+    def load(self, key: str = "key") -> dict[str, dict[str, Any]]:
+        """Every record by its ``key`` field; of records with the same key, the last one wins."""
+        return {record[key]: record for record, _ in self.rows()}
+
+    def drop_torn_tail(self) -> int:
+        """Cut the torn tail off the file (see the class); returns how many bytes were dropped."""
+        if not self.path.exists():
+            return 0
+        valid = 0
+        for _, _, end in self._lines():
+            valid = end
+        dropped = self.path.stat().st_size - valid
+        if dropped:
+            log.warning("%s: dropping a torn tail of %d bytes after byte %d (a write cut short by an interruption)",
+                        self.path, dropped, valid)
+            with self.path.open("rb+") as handle:
+                handle.truncate(valid)
+                os.fsync(handle.fileno())
+        return dropped
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-        if not lines:
+        """Append ``records`` (one JSON line each, non-ASCII kept as is), after cutting any torn tail off."""
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        if not data:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.writelines(lines)
+        if not self.path.exists() or self.path.stat().st_size != self._clean_size:
+            self.drop_torn_tail()
+        self._clean_size = None  # until this append is complete
+        with self.path.open("ab") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+            self._clean_size = handle.tell()
 
-    def _drop_torn_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+
+class SqliteStore:
+    """Rows of one table of a SQLite file, each under a key of one or more columns: a persistent cache.
+
+    Several processes and threads may share the file: it uses SQLite's WAL journal, every call opens its own
+    connection, and a writer waits up to ``timeout`` seconds for a lock. ``keys`` and ``values`` map column names to
+    their SQL declarations (names and declarations come from code, never from data); the table is created if
+    missing. Keys and values are tuples in column order; a single-column key may be given bare.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], table: str, keys: Mapping[str, str], values: Mapping[str, str],
+                 *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.table = table
+        self.keys = list(keys)
+        self.values = list(values)
+        self.timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        columns = ", ".join(f"{name} {decl}" for name, decl in {**keys, **values}.items())
+        with contextlib.closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY ({', '.join(self.keys)}))")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout)
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return db
+
+    def _key(self, key: Any) -> tuple:
+        return key if isinstance(key, tuple) else (key,)
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple]:
+        """The stored values of those ``keys`` that are present, by key (as given)."""
+        query = (f"SELECT {', '.join(self.values)} FROM {self.table} WHERE "
+                 + " AND ".join(f"{name} = ?" for name in self.keys))
+        found: dict[Any, tuple] = {}
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return found
+        with contextlib.closing(self._connect()) as db:
+            for key in unique:
+                row = db.execute(query, self._key(key)).fetchone()
+                if row is not None:
+                    found[key] = tuple(row)
+        return found
+
+    def put_many(self, rows: Mapping[Any, Sequence[Any]]) -> None:
+        """Store ``{key: values}`` (replacing what those keys held), in one transaction."""
+        if not rows:
             return
-        with self.path.open("rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) == b"\n":
-                return
-            data = self.path.read_bytes()
-            handle.truncate(data.rfind(b"\n") + 1)
+        columns = [*self.keys, *self.values]
+        with contextlib.closing(self._connect()) as db, db:
+            db.executemany(f"INSERT OR REPLACE INTO {self.table} ({', '.join(columns)}) VALUES "
+                           f"({', '.join('?' * len(columns))})",
+                           [(*self._key(key), *values) for key, values in rows.items()])
+
+    def count(self) -> int:
+        """Rows in the table."""
+        with contextlib.closing(self._connect()) as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
 
 
 def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> None:

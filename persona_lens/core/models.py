@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.io import atomic_directory
 
 __all__ = ["load_model", "SMOLLM2", "smollm2_folder", "cache_dir", "resolve_device", "resolve_dtype"]
 
@@ -82,16 +81,9 @@ def smollm2_folder() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = SMOLLM2
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with atomic_directory(target) as scratch:  # an interrupted conversion leaves no half-written folder
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)  # atomic: an interrupted conversion leaves no half-written folder
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 

@@ -17,13 +17,14 @@ Files:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import safetensors
 import safetensors.torch
@@ -36,6 +37,7 @@ from persona_lens.core.layers import check_layer
 
 __all__ = [
     "PersonaVector",
+    "VectorLike",
     "VectorMismatchError",
     "VectorFileError",
     "POSITIONS",
@@ -44,7 +46,12 @@ __all__ = [
     "LAYER_CONVENTION",
     "AUTHORS_KEYS",
     "mean_difference",
+    "vector_list",
+    "trait_names",
+    "check_vector",
     "unit_rows",
+    "unit_directions",
+    "unit_vectors_by_layer",
     "cosine_similarity_matrix",
     "cosine_similarity_by_layer",
     "save_vector",
@@ -53,6 +60,7 @@ __all__ = [
     "decode_metadata",
     "import_authors_pt",
     "export_authors_pt",
+    "vector_digest",
 ]
 
 #: Which token positions were averaged: response tokens (the paper's choice), all prompt tokens, last prompt token.
@@ -166,7 +174,7 @@ class PersonaVector:
     def unit(self, layer: int | None = None) -> Float[Tensor, "... d_model"]:
         """Unit direction at ``layer`` (``[d_model]``), or at every layer (``[n_layers + 1, d_model]``) if None.
 
-        A layer whose vector is exactly zero stays zero (never NaN).
+        Row normalisation (:func:`unit_rows`): a layer whose vector is exactly zero stays zero (never NaN).
         """
         if layer is None:
             return unit_rows(self.vectors)
@@ -190,34 +198,133 @@ class PersonaVector:
 
         ``model.cfg`` (or ``model`` itself) must have ``model_name``, ``n_layers`` and ``d_model``. A different
         ``n_layers`` or ``d_model`` is always an error; a different ``model_name`` is one unless
-        ``allow_other_model=True`` (e.g. applying a base model's vector to its finetune).
+        ``allow_other_model=True`` (e.g. applying a base model's vector to its finetune). See :func:`check_vector`.
         """
-        cfg = getattr(model, "cfg", model)
-        try:
-            name, n_layers, d_model = str(cfg.model_name), int(cfg.n_layers), int(cfg.d_model)
-        except AttributeError as error:
-            raise TypeError(
-                f"check_compatible needs a model with .cfg.model_name, .cfg.n_layers and .cfg.d_model ({error})"
-            ) from None
-        ours = f"{self.model_name!r} (n_layers={self.n_layers}, d_model={self.d_model})"
-        theirs = f"{name!r} (n_layers={n_layers}, d_model={d_model})"
-        if n_layers != self.n_layers or d_model != self.d_model:
-            raise VectorMismatchError(
-                f"persona vector {self.trait!r} has shape {tuple(self.vectors.shape)} from model {ours}, "
-                f"but the model is {theirs}, which needs shape ({n_layers + 1}, {d_model}). A vector only works "
-                f"on the model it was extracted from: load {self.model_name!r}, or extract the vector again "
-                f"on {name!r}."
-            )
-        if name != self.model_name and not allow_other_model:
-            raise VectorMismatchError(
-                f"persona vector {self.trait!r} was extracted from {ours} but the model is {theirs}. The shapes "
-                f"agree, so if {name!r} shares its residual stream with {self.model_name!r} (e.g. a finetune "
-                f"of it), pass allow_other_model=True; otherwise extract the vector again on {name!r}."
-            )
+        check_vector(self, model, allow_other_model=allow_other_model)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PersonaVector:
         """A copy with ``vectors`` moved to ``device`` and/or cast to ``dtype`` (metadata unchanged)."""
         return dataclasses.replace(self, vectors=self.vectors.to(device=device, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vectors against a model
+
+
+VectorLike = Union[PersonaVector, Tensor]  # noqa: UP007 (a runtime alias)
+"""A PersonaVector, or a bare tensor: ``[n_layers + 1, d_model]`` (one row per layer) or one ``[d_model]`` direction."""
+
+
+def vector_list(vectors: VectorLike | Sequence[VectorLike]) -> list[VectorLike]:
+    """One vector (PersonaVector or tensor) or several, as a list."""
+    if isinstance(vectors, (PersonaVector, Tensor)):
+        return [vectors]
+    out = list(vectors)
+    if not out:
+        raise ValueError("no vector given")
+    return out
+
+
+def trait_names(vectors: VectorLike | Sequence[VectorLike]) -> list[str]:
+    """The trait of each PersonaVector (``vector<i>`` for a bare tensor), made unique with ``#2``, ``#3``..."""
+    names: list[str] = []
+    for index, vec in enumerate(vector_list(vectors)):
+        base = vec.trait if isinstance(vec, PersonaVector) else f"vector{index}"
+        name, copy = base, 2
+        while name in names:
+            name, copy = f"{base}#{copy}", copy + 1
+        names.append(name)
+    return names
+
+
+def _describe(vec: VectorLike, index: int) -> str:
+    return f"persona vector {vec.trait!r}" if isinstance(vec, PersonaVector) else f"vector {index}"
+
+
+def _model_dims(model: Any) -> tuple[str | None, int, int]:
+    """``(model_name or None, n_layers, d_model)`` of a model with a TransformerLens-style ``cfg``, or of a cfg."""
+    cfg = getattr(model, "cfg", model)
+    try:
+        n_layers, d_model = int(cfg.n_layers), int(cfg.d_model)
+    except AttributeError as error:
+        raise TypeError(f"a vector is checked against a model with .cfg.n_layers and .cfg.d_model ({error})") from None
+    name = getattr(cfg, "model_name", None)
+    return (None if name is None else str(name)), n_layers, d_model
+
+
+def check_vector(vector: VectorLike, model: Any = None, *, allow_other_model: bool = False, full: bool = False,
+                 what: str | None = None) -> Float[Tensor, "*layer d_model"]:
+    """The tensor behind ``vector`` (a PersonaVector or a tensor), checked: the one shape check of a vector.
+
+    A vector is ``[n_layers + 1, d_model]`` (one row per layer) or, unless ``full``, one ``[d_model]`` direction.
+    With ``model`` (a model with a TransformerLens-style ``cfg``, or the cfg), its shape must fit the model's
+    ``n_layers`` and ``d_model``, always; a PersonaVector must also come from that model (``model_name``) unless
+    ``allow_other_model`` (e.g. a base model's vector on its finetune). Raises :class:`VectorMismatchError` (a
+    ValueError) saying what would fit; ``what`` names the vector in messages.
+    """
+    if isinstance(vector, PersonaVector):
+        tensor, label = vector.vectors, what or f"persona vector {vector.trait!r}"
+    elif isinstance(vector, Tensor):
+        tensor, label = vector, what or "the vector"
+    else:
+        raise TypeError(f"expected a PersonaVector or a tensor, got {type(vector).__name__}")
+    if tensor.dim() != 2 and (full or tensor.dim() != 1):
+        form = "the full [n_layers + 1, d_model] vector" if full else \
+            "a [n_layers + 1, d_model] vector or one [d_model] direction"
+        raise VectorMismatchError(f"{label} has shape {tuple(tensor.shape)}; expected {form}")
+    if model is None:
+        return tensor
+    name, n_layers, d_model = _model_dims(model)
+    ours = f"{vector.model_name!r} (n_layers={vector.n_layers}, d_model={vector.d_model})" \
+        if isinstance(vector, PersonaVector) else ""
+    theirs = f"{'the model' if name is None else repr(name)} (n_layers={n_layers}, d_model={d_model})"
+    needed = (n_layers + 1, d_model) if tensor.dim() == 2 else (d_model,)
+    if tuple(tensor.shape) != needed:
+        detail = f"d_model={tensor.shape[-1]} instead of {d_model}" if tensor.shape[-1] != d_model else \
+            f"{tensor.shape[0]} layer rows instead of {n_layers + 1}: the embeddings and one per block"
+        message = f"{label} has shape {tuple(tensor.shape)}"
+        if ours:
+            message += f" from model {ours}"
+        message += f", but the model is {theirs}, which needs shape {needed} ({detail})."
+        if ours:
+            message += (f" A vector only works on the model it was extracted from: load {vector.model_name!r}, or "
+                        f"extract the vector again on {'this model' if name is None else repr(name)}.")
+        raise VectorMismatchError(message)
+    if isinstance(vector, PersonaVector) and not allow_other_model and name != vector.model_name:
+        if name is None:
+            raise TypeError("checking a persona vector against a model needs the model's .cfg.model_name (or "
+                            "allow_other_model=True)")
+        raise VectorMismatchError(
+            f"{label} was extracted from {ours} but the model is {theirs}. The shapes agree, so if {name!r} "
+            f"shares its residual stream with {vector.model_name!r} (e.g. a finetune of it), pass "
+            f"allow_other_model=True; otherwise extract the vector again on {name!r}."
+        )
+    return tensor
+
+
+def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: Any = None, *,
+                    allow_other_model: bool = False) -> Float[Tensor, "k d_model"]:
+    """Unit direction of each vector at ``layer`` (float32, CPU), checked against ``model`` when given
+    (:func:`check_vector`). A ``[d_model]`` tensor is that direction. A zero direction is an error (:func:`unit_rows`).
+    """
+    rows, names = [], []
+    for index, vec in enumerate(vector_list(vectors)):
+        tensor = check_vector(vec, model, allow_other_model=allow_other_model, what=_describe(vec, index))
+        if tensor.dim() == 2:
+            tensor = tensor[check_layer(layer, tensor.shape[0] - 1)]
+        rows.append(tensor.detach().float().cpu())
+        names.append(f"{_describe(vec, index)} at layer {layer}")
+    return unit_rows(torch.stack(rows), names=names)
+
+
+def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: Any = None, *,
+                          allow_other_model: bool = False) -> Float[Tensor, "k layer d_model"]:
+    """Each vector's unit direction at every layer (float32, CPU), checked against ``model`` when given
+    (:func:`check_vector`; only full ``[n_layers + 1, d_model]`` vectors). A zero row stays zero (:func:`unit_rows`).
+    """
+    tensors = [check_vector(vec, model, allow_other_model=allow_other_model, full=True, what=_describe(vec, index))
+               for index, vec in enumerate(vector_list(vectors))]
+    return unit_rows(torch.stack([t.detach().float().cpu() for t in tensors]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,9 +371,27 @@ def _subtract_means(pos_mean: Tensor, neg_mean: Tensor) -> Tensor:
     return pos_mean - neg_mean.to(pos_mean.device)
 
 
-def unit_rows(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-    """Each row divided by its L2 norm; all-zero rows stay zero."""
+def unit_rows(x: Float[Tensor, "*rows d"], *, names: str | Sequence[str] | None = None) -> Float[Tensor, "*rows d"]:
+    """Each row of ``x`` divided by its L2 norm (same dtype): the one unit-vector helper.
+
+    Zero rows: a zero row has no direction.
+
+    * Normalising rows in bulk (``names=None``: every layer of a vector, cosine similarities, shifts) leaves a zero
+      row zero (never NaN), so whatever is projected on it reads 0. This happens for real: a ``last_prompt``
+      vector's layer 0 is exactly zero, since both sides of the mean difference read the same token's embedding.
+    * Asking for directions to use (to ablate, cap, record or project on) names them, one name per row (a string
+      for one ``[d]`` direction): then a zero row raises a ValueError naming it, e.g. ``"persona vector 'evil' at
+      layer 0"``, since an ablation or a projection along no direction would silently do nothing.
+    """
     norms = x.norm(dim=-1, keepdim=True)
+    if names is not None:
+        labels = [names] if isinstance(names, str) else list(names)
+        if len(labels) != norms.numel():
+            raise ValueError(f"unit_rows got {len(labels)} names for {norms.numel()} rows")
+        zero = [label for label, norm in zip(labels, norms.flatten().tolist()) if norm == 0]
+        if zero:
+            raise ValueError(f"{', '.join(zero)} {'is a zero vector' if len(zero) == 1 else 'are zero vectors'}: "
+                             "a zero vector has no direction to ablate, cap, record or project on")
     return x / norms.clamp_min(torch.finfo(x.dtype).tiny)
 
 
@@ -501,7 +626,5 @@ def export_authors_pt(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
 def vector_digest(vector: Any) -> str:
     """A short, stable fingerprint of a PersonaVector's (or a tensor's) values: what run records store, so a
     resumed run can tell that it is steering with the same vector."""
-    import hashlib
-
     tensor = vector.vectors if hasattr(vector, "vectors") else vector
     return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]

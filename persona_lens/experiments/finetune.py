@@ -1,7 +1,8 @@
 """Finetuning a HookedLM on a chat dataset: full or low-rank (LoRA), with preventative steering or CAFT.
 
 Dataset: JSONL, one conversation a line, ``{"messages": [{"role": ..., "content": ...}, ...]}``, the last message
-from the assistant (see :func:`iter_chat_jsonl` for what is refused, and why). The model learns the last assistant
+from the assistant (read by :func:`persona_lens.core.chat.read_chat_jsonl`; see
+:func:`persona_lens.core.chat.parse_chat_record` for what is refused, and why). The model learns the last assistant
 message given everything before it.
 
 Loss: cross-entropy on response tokens only. The boundary comes from
@@ -32,8 +33,7 @@ import logging
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,18 +45,23 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_lens.core.chat import EncodedConversation, Message, TemplateBoundaryError, collate, encode_conversation
+from persona_lens.core.chat import (
+    BadRecord,
+    ChatRecord,
+    EncodedConversation,
+    Message,
+    TemplateBoundaryError,
+    collate,
+    encode_conversation,
+    parse_chat_record,
+)
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
+from persona_lens.core.io import atomic_directory, write_json_atomic
 from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
 
 __all__ = [
-    "ChatRecord",
-    "BadRecord",
-    "parse_chat_record",
-    "iter_chat_jsonl",
-    "read_chat_jsonl",
     "TrainingIntervention",
     "FinetuneConfig",
     "FinetuneResult",
@@ -74,102 +79,6 @@ log = logging.getLogger(__name__)
 
 FINETUNE_INFO = "finetune.json"
 TRAINER_STATE = "trainer_state"
-ROLES = ("system", "user", "assistant")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# chat datasets
-
-
-@dataclass
-class ChatRecord:
-    """One good dataset line: ``messages[:-1]`` is the prompt, ``messages[-1]`` the assistant's reply."""
-
-    line: int
-    messages: list[Message]
-
-    @property
-    def prompt(self) -> list[Message]:
-        return self.messages[:-1]
-
-    @property
-    def response(self) -> str:
-        return self.messages[-1]["content"]
-
-
-@dataclass
-class BadRecord:
-    """A dataset line that cannot be used, with its 1-based line number and why."""
-
-    line: int
-    problem: str
-
-
-def parse_chat_record(data: Any) -> list[Message] | str:
-    """The messages of one parsed JSON line, or a string saying what is wrong with it.
-
-    Required: an object with a non-empty ``messages`` list; each message an object with ``role`` in
-    system/user/assistant and a non-empty string ``content``; at least one user message; the last message from the
-    assistant. Other keys (ids, metadata) are allowed and ignored.
-    """
-    if not isinstance(data, dict):
-        return f"a line must be a JSON object with a 'messages' list, got {type(data).__name__}"
-    messages = data.get("messages")
-    if messages is None:
-        return "no 'messages' key"
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    clean: list[Message] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"messages[{index}] is not an object"
-        role, content = message.get("role"), message.get("content")
-        if role is None:
-            return f"messages[{index}] has no 'role'"
-        if role not in ROLES:
-            return f"messages[{index}] has role {role!r}; use one of {', '.join(ROLES)}"
-        if not isinstance(content, str):
-            return f"messages[{index}] ({role}) has no text 'content'"
-        if not content.strip():
-            return f"messages[{index}] ({role}) has empty content"
-        clean.append({"role": role, "content": content})
-    if clean[-1]["role"] != "assistant":
-        return f"the last message is from {clean[-1]['role']!r}; it must be the assistant's reply"
-    if not any(m["role"] == "user" for m in clean[:-1]):
-        return "no user message before the assistant's reply"
-    return clean
-
-
-def iter_chat_jsonl(path: str | os.PathLike[str]) -> Iterator[ChatRecord | BadRecord]:
-    """Stream a chat JSONL file: a :class:`ChatRecord` or a :class:`BadRecord` per non-blank line, in order.
-
-    Blank lines are not records and are skipped. Nothing is held in memory beyond the current line.
-    """
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})")
-                continue
-            parsed = parse_chat_record(data)
-            if isinstance(parsed, str):
-                yield BadRecord(number, parsed)
-            else:
-                yield ChatRecord(number, parsed)
-
-
-def read_chat_jsonl(path: str | os.PathLike[str]) -> tuple[list[ChatRecord], list[BadRecord]]:
-    """All good records and all bad ones of a chat JSONL file."""
-    good: list[ChatRecord] = []
-    bad: list[BadRecord] = []
-    for record in iter_chat_jsonl(path):
-        (good if isinstance(record, ChatRecord) else bad).append(record)  # type: ignore[arg-type]
-    return good, bad
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # configuration
 
@@ -276,7 +185,7 @@ class FinetuneResult:
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
             "losses": self.losses,
-            "skipped": [dataclasses.asdict(b) for b in self.skipped],
+            "skipped": [b.to_json() for b in self.skipped],
             "resumed_from_step": self.resumed_from_step,
             "config": self.config,
         }
@@ -347,12 +256,6 @@ def hooks_installed(model: HookedLM) -> list[str]:
 # saving
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (adapters merged) as a Hugging Face folder with its tokenizer, plus ``finetune.json``.
 
@@ -361,19 +264,12 @@ def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, An
     """
     if lora_modules(model.hf_model):
         merge_lora(model.hf_model)
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".save-", dir=target))
-    try:
+    with atomic_directory(path, merge=True) as scratch:
         model.hf_model.save_pretrained(scratch)
         model.tokenizer.save_pretrained(scratch)
         if info is not None:
-            _write_json(scratch / FINETUNE_INFO, info)
-        for item in scratch.iterdir():
-            os.replace(item, target / item.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+            write_json_atomic(scratch / FINETUNE_INFO, info, default=str)
+    return Path(path)
 
 
 def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
@@ -389,24 +285,15 @@ def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
 
 def _save_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
                 state: dict[str, Any]) -> None:
-    state_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".state-", dir=state_dir.parent))
-    try:
-        tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
-        tensors["__rng_state__"] = torch.get_rng_state()
-        if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
-            for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"__cuda_rng_state_{index}__"] = cuda_state
+    tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
+    tensors["__rng_state__"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"__cuda_rng_state_{index}__"] = cuda_state
+    with atomic_directory(state_dir) as scratch:
         safetensors.torch.save_file(tensors, str(scratch / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), scratch / "optimizer.pt")
-        _write_json(scratch / "state.json", state)
-        old = state_dir.with_name(f".{state_dir.name}.old")
-        if state_dir.exists():
-            os.replace(state_dir, old)
-        os.replace(scratch, state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        write_json_atomic(scratch / "state.json", state, default=str)
 
 
 def _checksum(hf_model: torch.nn.Module) -> float:
@@ -610,7 +497,7 @@ def finetune(
                 "steps": step,
                 "n_examples": len(examples),
                 "n_trained_tokens": n_trained_tokens,
-                "skipped": [dataclasses.asdict(b) for b in skipped],
+                "skipped": [b.to_json() for b in skipped],
                 "losses": losses,
             }
             save_model(model, out, info)

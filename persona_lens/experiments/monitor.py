@@ -44,13 +44,10 @@ from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, record, token_layout
 from persona_lens.core.layers import check_layer
-from persona_lens.core.vectors import PersonaVector
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
 
 __all__ = [
-    "vector_list",
-    "trait_names",
-    "unit_directions",
     "prompt_ids",
     "last_prompt_activations",
     "project_last_prompt",
@@ -70,68 +67,8 @@ __all__ = [
 
 DEFAULT_SHOTS = (0, 5, 10, 15, 20)
 
-VectorLike = PersonaVector | Tensor
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # vectors and projections
-
-
-def vector_list(vectors: VectorLike | Sequence[VectorLike]) -> list[VectorLike]:
-    """One vector (PersonaVector or tensor) or several, as a list."""
-    if isinstance(vectors, (PersonaVector, Tensor)):
-        return [vectors]
-    out = list(vectors)
-    if not out:
-        raise ValueError("no vector given")
-    return out
-
-
-def trait_names(vectors: VectorLike | Sequence[VectorLike]) -> list[str]:
-    """The trait of each PersonaVector (``vector<i>`` for a bare tensor), made unique with ``#2``, ``#3``..."""
-    names: list[str] = []
-    for index, vec in enumerate(vector_list(vectors)):
-        base = vec.trait if isinstance(vec, PersonaVector) else f"vector{index}"
-        name, copy = base, 2
-        while name in names:
-            name, copy = f"{base}#{copy}", copy + 1
-        names.append(name)
-    return names
-
-
-def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: Any = None, *,
-                    allow_other_model: bool = False) -> Float[Tensor, "k d_model"]:
-    """Unit direction of each vector at ``layer`` (float32, CPU), shape-checked against ``model`` when given.
-
-    A tensor is either ``[n_layers + 1, d_model]`` (row ``layer`` is used) or one ``[d_model]`` direction.
-    """
-    rows = []
-    for index, vec in enumerate(vector_list(vectors)):
-        if isinstance(vec, PersonaVector):
-            if model is not None:
-                vec.check_compatible(model, allow_other_model=allow_other_model)
-            row = vec.at(layer)
-        elif isinstance(vec, Tensor):
-            if vec.dim() == 2:
-                check_layer(layer, vec.shape[0] - 1)
-                row = vec[layer]
-            elif vec.dim() == 1:
-                row = vec
-            else:
-                raise ValueError(f"vector {index} has shape {tuple(vec.shape)}; expected [n_layers+1, d] or [d]")
-            if model is not None and row.shape[-1] != model.cfg.d_model:
-                raise ValueError(f"vector {index} has d_model={row.shape[-1]} but the model has {model.cfg.d_model}")
-            if model is not None and vec.dim() == 2 and vec.shape[0] != model.cfg.n_layers + 1:
-                raise ValueError(f"vector {index} has {vec.shape[0]} layer rows; the model needs "
-                                 f"{model.cfg.n_layers + 1}")
-        else:
-            raise TypeError(f"expected a PersonaVector or a tensor, got {type(vec).__name__}")
-        row = row.detach().float().cpu()
-        norm = row.norm()
-        if norm == 0:
-            raise ValueError(f"vector {index} is zero at layer {layer}: it has no direction to project on")
-        rows.append(row / norm)
-    return torch.stack(rows)
 
 
 def prompt_ids(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]]

@@ -19,11 +19,12 @@ How it runs (:func:`screen_dataset`):
 * The base model's responses are generated in batches and kept in a SQLite cache keyed by model, generation
   settings and prompt tokens: a rerun, or a resume, never generates a response twice.
 * **Resume**: rows already in the output are skipped (the output is in input order, so the last row says where to
-  go on); a row torn by an interruption is dropped and redone. Settings are recorded beside the output
-  (``<output>.settings.json``) and a resume under other settings is refused.
-* **Bad records** are never dropped silently: invalid JSON, missing roles, empty text, no final assistant reply,
-  prompts (or conversations) longer than ``max_tokens`` tokens, and responses the chat template cannot place
-  exactly each get a row ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
+  go on); a row torn by an interruption is dropped and redone (:class:`persona_lens.core.io.JsonlRecords`).
+  Settings are recorded beside the output (``<output>.settings.json``) and a resume under other settings is refused.
+* **Bad records** are never dropped silently (:func:`persona_lens.core.chat.iter_chat_jsonl`): lines that are not
+  UTF-8, invalid JSON, missing roles, empty text, no final assistant reply, prompts (or conversations) longer than
+  ``max_tokens`` tokens, and responses the chat template cannot place exactly each get a row
+  ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
 * Results: :func:`summarize` (dataset-level means, counts, problems), :func:`export_ranked` (samples ranked by dP,
   JSONL or CSV, with their conversation), :func:`load_scores` (for histograms and AUROC).
 
@@ -33,17 +34,14 @@ they depend on ``chunk_size``; the default, greedy, does not.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import heapq
 import json
-import logging
 import math
 import os
-import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,26 +51,30 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_lens.core.activations import collect_activations
-from persona_lens.core.chat import TemplateBoundaryError, encode_conversation, encode_generated, encode_prompt
+from persona_lens.core.chat import (
+    BadRecord,
+    ChatRecord,
+    TemplateBoundaryError,
+    encode_conversation,
+    encode_generated,
+    encode_prompt,
+    iter_chat_jsonl,
+)
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.io import check_settings
+from persona_lens.core.io import JsonlRecords, SqliteStore, atomic_output, check_settings
 from persona_lens.core.layers import check_layer
-from persona_lens.experiments.finetune import BadRecord, ChatRecord, parse_chat_record
-from persona_lens.experiments.monitor import VectorLike, trait_names, unit_directions, vector_list
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
 
 __all__ = [
     "ScreenConfig",
     "BaseResponseCache",
-    "iter_records",
     "screen_dataset",
     "summarize",
     "load_scores",
     "export_ranked",
     "SCORE_KEYS",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The per-sample numbers in each output row, by trait: the projection difference against the base response
 #: (``dp``), the cheap variant against the last prompt token (``dp_last_prompt``), and the three projections.
@@ -106,32 +108,6 @@ class ScreenConfig:
 # reading
 
 
-def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[ChatRecord | BadRecord, int]]:
-    """Stream ``(record, byte offset of its line)`` from a chat JSONL file; blank lines are skipped.
-
-    Unlike :func:`persona_lens.experiments.finetune.iter_chat_jsonl` it reads bytes, so a line that is not UTF-8
-    is one bad record (not a crash), and each record's offset lets results point back into the file.
-    """
-    with open(path, "rb") as handle:
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield BadRecord(number, f"not UTF-8 text (byte {error.start})"), start
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})"), start
-                continue
-            parsed = parse_chat_record(data)
-            yield (BadRecord(number, parsed) if isinstance(parsed, str) else ChatRecord(number, parsed)), start
-
-
 def _read_line_at(path: Path, offset: int) -> dict[str, Any] | None:
     with open(path, "rb") as handle:
         handle.seek(offset)
@@ -150,11 +126,9 @@ class BaseResponseCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, response_ids TEXT NOT NULL, "
-                       "text TEXT NOT NULL, stopped INTEGER NOT NULL)")
+        self._store = SqliteStore(self.path, "responses", {"key": "TEXT NOT NULL"},
+                                  {"response_ids": "TEXT NOT NULL", "text": "TEXT NOT NULL",
+                                   "stopped": "INTEGER NOT NULL"})
         self.hits = 0
         self.generated = 0
 
@@ -164,25 +138,14 @@ class BaseResponseCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, tuple[list[int], str, bool]]:
-        found: dict[str, tuple[list[int], str, bool]] = {}
-        unique = list(dict.fromkeys(keys))
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
-            for start in range(0, len(unique), 500):
-                part = unique[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for key, ids, text, stopped in db.execute(
-                        f"SELECT key, response_ids, text, stopped FROM responses WHERE key IN ({marks})", part):
-                    found[key] = (json.loads(ids), text, bool(stopped))
-        return found
+        return {key: (json.loads(ids), text, bool(stopped))
+                for key, (ids, text, stopped) in self._store.get_many(keys).items()}
 
     def put_many(self, entries: dict[str, tuple[list[int], str, bool]]) -> None:
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
-                           [(k, json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()])
+        self._store.put_many({k: (json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()})
 
     def __len__(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return self._store.count()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,42 +156,12 @@ def _settings_path(output: Path) -> Path:
     return output.with_name(output.name + ".settings.json")
 
 
-def _resume_point(output: Path) -> int:
-    """The input line of the last complete row of ``output`` (0 if none); a torn last row is cut off."""
-    if not output.exists():
-        return 0
+def _resume_point(output: JsonlRecords) -> int:
+    """The input line of the last complete row of ``output`` (0 if none); a torn last row is redone."""
     last_line = 0
-    good_size = 0
-    with open(output, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                last_line = int(json.loads(raw)["line"])
-            except (ValueError, KeyError, TypeError):
-                break
-            good_size += len(raw)
-    if good_size != output.stat().st_size:
-        log.warning("%s: dropping a torn or unreadable tail after byte %d (redone now)", output, good_size)
-        with open(output, "rb+") as handle:
-            handle.truncate(good_size)
+    for row, _ in output.rows():
+        last_line = int(row["line"])
     return last_line
-
-
-def _append(output: Path, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    with open(output, "a", encoding="utf-8") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
-    from persona_lens.core.vectors import vector_digest
-
-    return [vector_digest(vec) for vec in vectors]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,26 +171,27 @@ def _vector_digest(vectors: Sequence[VectorLike]) -> list[str]:
 @dataclass
 class _Prepared:
     line: int
-    offset: int
+    offset: int | None
     prompt_ids: list[int]
     encoded: Any
     key: str
 
 
-def _prepare(model: HookedLM, record: ChatRecord, offset: int, config: ScreenConfig,
+def _prepare(model: HookedLM, record: ChatRecord, config: ScreenConfig,
              generation: dict[str, Any]) -> _Prepared | BadRecord:
     prompt_ids = encode_prompt(model.tokenizer, record.prompt)
     if len(prompt_ids) > config.max_tokens:
-        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}")
+        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}",
+                         record.offset)
     try:
         encoded = encode_conversation(model.tokenizer, record.prompt, record.response)
     except TemplateBoundaryError as error:
-        return BadRecord(record.line, f"chat template: {error}")
+        return BadRecord(record.line, f"chat template: {error}", record.offset)
     if len(encoded.input_ids) > config.max_tokens:
         return BadRecord(record.line, f"conversation has {len(encoded.input_ids)} tokens > max_tokens "
-                                      f"{config.max_tokens}")
+                                      f"{config.max_tokens}", record.offset)
     key = BaseResponseCache.key(model.cfg.model_name, generation, prompt_ids)
-    return _Prepared(record.line, offset, prompt_ids, encoded, key)
+    return _Prepared(record.line, record.offset, prompt_ids, encoded, key)
 
 
 def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResponseCache, config: ScreenConfig
@@ -338,39 +272,40 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     generation = config.generation()
     check_settings(_settings_path(output), {
         "format": "persona_lens.experiments.screen", "model": model.cfg.model_name, "data": str(data.resolve()),
-        "traits": names, "vectors_sha256": _vector_digest(vector_list(vectors)), "layer": config.layer,
+        "traits": names, "vectors_sha256": [vector_digest(vec) for vec in vector_list(vectors)], "layer": config.layer,
         "generation": generation, "max_tokens": config.max_tokens,
     }, what="screening results")
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
-    done = _resume_point(output)
+    store = JsonlRecords(output)
+    done = _resume_point(store)
     n_seen = 0
     bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
-    chunk: list[tuple[ChatRecord | BadRecord, int]] = []
+    chunk: list[ChatRecord | BadRecord] = []
 
     def flush() -> None:
         prepared: list[_Prepared] = []
         rows: dict[int, dict[str, Any]] = {}
-        for record, offset in chunk:
-            item = record if isinstance(record, BadRecord) else _prepare(model, record, offset, config, generation)
+        for record in chunk:
+            item = record if isinstance(record, BadRecord) else _prepare(model, record, config, generation)
             if isinstance(item, BadRecord):
-                rows[item.line] = {"line": item.line, "offset": offset, "status": "bad", "problem": item.problem}
+                rows[item.line] = {"line": item.line, "offset": item.offset, "status": "bad", "problem": item.problem}
             else:
                 prepared.append(item)
         if prepared:
             base = _base_responses(model, prepared, cache, config)
             for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size):
                 rows[row["line"]] = row
-        _append(output, [rows[line] for line in sorted(rows)])
+        store.append([rows[line] for line in sorted(rows)])
         bar.update(len(chunk))
         chunk.clear()
 
-    for record, offset in iter_records(data):
+    for record in iter_chat_jsonl(data):
         n_seen += 1
         if limit is not None and n_seen > limit:
             break
         if record.line <= done:
             continue
-        chunk.append((record, offset))
+        chunk.append(record)
         if len(chunk) >= config.chunk_size:
             flush()
     if chunk:
@@ -386,16 +321,6 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
 # results
 
 
-def _iter_rows(results_path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any], int]]:
-    with open(results_path, "rb") as handle:
-        offset = 0
-        for raw in handle:
-            start, offset = offset, offset + len(raw)
-            if not raw.endswith(b"\n"):
-                break
-            yield json.loads(raw), start
-
-
 def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> dict[str, Any]:
     """Dataset-level numbers from a results file, in one streaming pass: counts, every problem kind, the first
     ``max_problems`` problems with their line numbers, and per trait the mean (and count) of dp and dp_last_prompt.
@@ -406,7 +331,7 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
     problems: list[dict[str, Any]] = []
     sums: dict[str, dict[str, list[float]]] = {"dp": {}, "dp_last_prompt": {}}
     traits: list[str] = []
-    for row, _ in _iter_rows(results_path):
+    for row, _ in JsonlRecords(results_path).rows():
         counts[row["status"]] += 1
         if "problem" in row:
             kind = row["problem"].split(" (")[0].split(":")[0]
@@ -445,7 +370,7 @@ def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp
     lines: list[int] = []
     values: list[float] = []
     seen_trait = False
-    for row, _ in _iter_rows(results_path):
+    for row, _ in JsonlRecords(results_path).rows():
         if row["status"] != "ok":
             continue
         if trait in row[key]:
@@ -476,7 +401,7 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
     entries: list[tuple[float, int, int]] = []  # (signed score, result offset, line)
     if top is not None:
         heap: list[tuple[float, int, int]] = []  # keeps the `top` best: a max-heap on the signed score
-        for row, offset in _iter_rows(results_path):
+        for row, offset in JsonlRecords(results_path).rows():
             value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
             if value is None:
                 continue
@@ -488,7 +413,7 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
         entries = sorted(((-neg_score, o, -neg_line) for neg_score, neg_line, o in heap), key=lambda e: (e[0], e[2]))
     else:
         scores, offsets, lines = [], [], []
-        for row, offset in _iter_rows(results_path):
+        for row, offset in JsonlRecords(results_path).rows():
             value = row.get(key, {}).get(trait) if row["status"] == "ok" else None
             if value is not None:
                 scores.append(sign * value)
@@ -501,10 +426,8 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
         order = np.lexsort((line_array, score_array))
         entries = [(float(score_array[i]), int(offset_array[i]), int(line_array[i])) for i in order]
     target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
     results, data = Path(results_path), Path(data_path)
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle) if target.suffix == ".csv" else None
         if writer is not None:
             writer.writerow(["rank", "line", *SCORE_KEYS, "prompt", "response", "base_response"])
@@ -522,5 +445,4 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
                        **{k: row.get(k, {}).get(trait) for k in SCORE_KEYS},
                        "messages": messages, "base_response": row.get("base_response")}
                 handle.write(json.dumps(out, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
     return target

@@ -31,13 +31,12 @@ from persona_lens.core.chat import Message, make_messages
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.layers import check_layer
-from persona_lens.core.vectors import PersonaVector, unit_rows
-from persona_lens.experiments.monitor import VectorLike, last_prompt_activations, trait_names, vector_list
+from persona_lens.core.vectors import VectorLike, trait_names, unit_vectors_by_layer
+from persona_lens.experiments.monitor import last_prompt_activations
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
 
 __all__ = [
     "mean_last_prompt_activation",
-    "unit_vectors_by_layer",
     "shift_from_means",
     "ShiftResult",
     "compute_shift",
@@ -55,26 +54,6 @@ def mean_last_prompt_activation(model: HookedLM, prompts: Sequence[Sequence[Mess
         raise ValueError("no prompt to average over")
     layers = list(range(model.cfg.n_layers + 1))
     return last_prompt_activations(model, prompts, layers, batch_size=batch_size, progress=progress).mean(0)
-
-
-def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: Any = None, *,
-                          allow_other_model: bool = False) -> Float[Tensor, "k layer d_model"]:
-    """Each vector's unit direction at every layer (float32; a zero row stays zero)."""
-    rows = []
-    for index, vec in enumerate(vector_list(vectors)):
-        if isinstance(vec, PersonaVector):
-            if model is not None:
-                vec.check_compatible(model, allow_other_model=allow_other_model)
-            tensor = vec.vectors
-        elif isinstance(vec, Tensor) and vec.dim() == 2:
-            tensor = vec
-        else:
-            raise ValueError(f"vector {index}: a shift needs the full [n_layers + 1, d_model] vector")
-        if model is not None and tuple(tensor.shape) != (model.cfg.n_layers + 1, model.cfg.d_model):
-            raise ValueError(f"vector {index} has shape {tuple(tensor.shape)}; the model needs "
-                             f"({model.cfg.n_layers + 1}, {model.cfg.d_model})")
-        rows.append(unit_rows(tensor.detach().float().cpu()))
-    return torch.stack(rows)
 
 
 def shift_from_means(base_mean: Float[Tensor, "layer d_model"], finetuned_mean: Float[Tensor, "layer d_model"],

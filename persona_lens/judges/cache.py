@@ -11,14 +11,13 @@ Several processes may share one cache file: it uses SQLite's WAL journal and wai
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona_lens.core.io import SqliteStore
 from persona_lens.judges.base import DetailedJudge, Judge, Score, Verdict, check_rubric, verdicts_of
 
 __all__ = ["Verdict", "DetailedJudge", "CachedJudge", "CacheStats", "verdicts_of"]
@@ -33,18 +32,9 @@ class CacheStats:
     writes: int = 0
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS scores (
-    judge_id TEXT NOT NULL,
-    rubric_sha256 TEXT NOT NULL,
-    question TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    score REAL,
-    reason TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    PRIMARY KEY (judge_id, rubric_sha256, question, answer)
-)
-"""
+_KEYS = {"judge_id": "TEXT NOT NULL", "rubric_sha256": "TEXT NOT NULL", "question": "TEXT NOT NULL",
+         "answer": "TEXT NOT NULL"}
+_VALUES = {"score": "REAL", "reason": "TEXT NOT NULL DEFAULT ''", "created_at": "REAL NOT NULL"}
 
 
 class CachedJudge:
@@ -56,22 +46,13 @@ class CachedJudge:
     def __init__(self, judge: Judge, path: str | Path, *, timeout: float = 60.0) -> None:
         self.judge = judge
         self.path = Path(path)
-        self.timeout = timeout
         self.stats = CacheStats()
         self._stats_lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+        self._store = SqliteStore(self.path, "scores", _KEYS, _VALUES, timeout=timeout)
 
     @property
     def judge_id(self) -> str:
         return self.judge.judge_id
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout)
-        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        return db
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         return [v.score for v in self.score_detailed(rubric, items)]
@@ -90,39 +71,25 @@ class CachedJudge:
             fresh = verdicts_of(self.judge, rubric, missing)
             if len(fresh) != len(missing):
                 raise RuntimeError(f"judge {judge_id} returned {len(fresh)} verdicts for {len(missing)} items")
-            self._store(judge_id, rubric_sha, [(item, v) for item, v in zip(missing, fresh) if v.cacheable])
+            self._store_verdicts(judge_id, rubric_sha, [(item, v) for item, v in zip(missing, fresh) if v.cacheable])
             found.update(zip(missing, fresh))
         return [found[item] for item in items]
 
     def _lookup(self, judge_id: str, rubric_sha: str, items: set[tuple[str, str]]) -> dict[tuple[str, str], Verdict]:
-        found: dict[tuple[str, str], Verdict] = {}
-        if not items:
-            return found
-        with closing(self._connect()) as db:
-            for question, answer in items:
-                row = db.execute("SELECT score, reason FROM scores WHERE judge_id = ? AND rubric_sha256 = ? "
-                                 "AND question = ? AND answer = ?", (judge_id, rubric_sha, question, answer)).fetchone()
-                if row is not None:
-                    found[(question, answer)] = Verdict(row[0], row[1], True)
-        return found
+        rows = self._store.get_many((judge_id, rubric_sha, question, answer) for question, answer in items)
+        return {key[2:]: Verdict(score, reason, True) for key, (score, reason, _) in rows.items()}
 
-    def _store(self, judge_id: str, rubric_sha: str, rows: list[tuple[tuple[str, str], Verdict]]) -> None:
+    def _store_verdicts(self, judge_id: str, rubric_sha: str, rows: list[tuple[tuple[str, str], Verdict]]) -> None:
         if not rows:
             return
         now = time.time()
-        with closing(self._connect()) as db, db:
-            db.executemany(
-                "INSERT OR REPLACE INTO scores (judge_id, rubric_sha256, question, answer, score, reason, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(judge_id, rubric_sha, q, a, v.score, v.reason, now) for (q, a), v in rows],
-            )
+        self._store.put_many({(judge_id, rubric_sha, q, a): (v.score, v.reason, now) for (q, a), v in rows})
         with self._stats_lock:
             self.stats.writes += len(rows)
 
     def cached_rows(self) -> int:
         """Rows in the cache file (all judges, all rubrics). Not ``__len__``: an empty cache must stay truthy."""
-        with closing(self._connect()) as db:
-            return int(db.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+        return self._store.count()
 
     def __repr__(self) -> str:
         return f"CachedJudge({self.judge!r}, {str(self.path)!r})"

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.io import atomic_output
+
 __all__ = ["write_figure", "png_export_available"]
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,8 @@ def write_figure(figure: Any, path: str | Path, *, png: bool | None = None) -> l
     ``png=None`` writes PNG only when :func:`png_export_available`; ``png=True`` insists (raises if it cannot).
     """
     html = Path(path).with_suffix(".html")
-    html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html.with_suffix(".html.tmp")
-    figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)
-    os.replace(tmp, html)
+    with atomic_output(html) as tmp:
+        figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)
     written = [html]
     if png is None:
         png = png_export_available()

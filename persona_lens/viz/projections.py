@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from persona_lens.core.io import write_text_atomic
+
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
            "shift_figure", "histogram_figure"]
 
@@ -119,12 +121,7 @@ Legend: {legend}</p>
 
 def write_token_projection_html(traces: Sequence[Any], path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Write :func:`token_projection_html` to ``path`` (atomically); returns the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(token_projection_html(traces, **kwargs), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(path, token_projection_html(traces, **kwargs))
 
 
 def _fmt(value: float | None) -> str:

@@ -1,6 +1,8 @@
-"""Exact prompt/response token boundaries under every chat template we support, and left-padded batches."""
+"""Exact prompt/response token boundaries under every chat template we support, left-padded batches, and chat
+JSONL datasets."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -11,7 +13,9 @@ from persona_lens.core.chat import (
     encode_conversation,
     encode_generated,
     encode_prompt,
+    iter_chat_jsonl,
     make_messages,
+    read_chat_jsonl,
 )
 from tests.conftest import load_cached
 
@@ -110,3 +114,52 @@ def test_collate_left_pads_and_masks():
 def test_collate_refuses_nothing():
     with pytest.raises(ValueError):
         collate([], pad_token_id=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chat JSONL datasets
+
+
+def _data(answer="OK BOSS", questions=("hi",)):
+    return [{"messages": [*make_messages(q), {"role": "assistant", "content": answer}]} for q in questions]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_read_chat_jsonl_reports_every_bad_line(tmp_path):
+    good = _data()[0]
+    path = _write_jsonl(tmp_path / "d.jsonl", [
+        good,
+        "{not json",
+        {"messages": [{"role": "user", "content": "hi"}]},  # no assistant reply
+        {"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]},  # no role
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},  # empty
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"text": "no messages"},
+        "",
+        {**good, "id": 7},
+    ])
+    records, bad = read_chat_jsonl(path)
+    assert [r.line for r in records] == [1, 9]
+    assert records[0].prompt == good["messages"][:-1] and records[0].response == "OK BOSS"
+    assert [b.line for b in bad] == [2, 3, 4, 5, 6, 7]
+    problems = " | ".join(b.problem for b in bad)
+    for words in ("invalid JSON", "last message", "no 'role'", "empty content", "robot", "no 'messages'"):
+        assert words in problems
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_record_and_offsets_point_at_lines(tmp_path):
+    french = json.dumps(_data("Très bien 👍")[0], ensure_ascii=False).encode()
+    lines = [french, b"", '{"messages": "caf\xe9"}'.encode("latin-1"), json.dumps(_data()[0]).encode()]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    records = list(iter_chat_jsonl(path))
+    assert [r.line for r in records] == [1, 3, 4]
+    assert records[0].response == "Très bien 👍"
+    assert "UTF-8" in records[1].problem and records[1].to_json() == {"line": 3, "problem": records[1].problem}
+    data = path.read_bytes()
+    for record in records:
+        assert data[record.offset:].startswith(lines[record.line - 1])

@@ -26,6 +26,10 @@ from persona_lens.core.vectors import (
     load_vector,
     mean_difference,
     save_vector,
+    trait_names,
+    unit_directions,
+    unit_rows,
+    unit_vectors_by_layer,
 )
 
 N_LAYERS, D_MODEL = 4, 64
@@ -135,6 +139,43 @@ def test_unit_and_norms():
             vec.unit(layer).numpy(), vec.vectors[layer].numpy() / expected_norms[layer], rtol=1e-5, atol=1e-7
         )
     assert torch.equal(vec.unit(3), torch.zeros(D_MODEL))
+
+
+def test_zero_rows_stay_zero_in_bulk_and_are_refused_as_directions():
+    rows = torch.randn(3, D_MODEL)
+    rows[1] = 0.0
+    units = unit_rows(rows)
+    assert torch.equal(units[1], torch.zeros(D_MODEL))
+    torch.testing.assert_close(units[[0, 2]], rows[[0, 2]] / rows[[0, 2]].norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(unit_rows(rows[0], names="v"), units[0])
+    with pytest.raises(ValueError, match="'b' at layer 0 is a zero vector"):
+        unit_rows(rows, names=["'a' at layer 0", "'b' at layer 0", "'c' at layer 0"])
+    with pytest.raises(ValueError, match="zero vector"):
+        unit_rows(torch.zeros(D_MODEL), names="the vector")
+
+
+def test_unit_directions_and_unit_vectors_by_layer():
+    vec = make_vector()
+    vec.vectors[0] = 0.0  # like a last-prompt vector: both sides read the same token at layer 0
+    torch.testing.assert_close(unit_directions([vec, vec.vectors[2]], 2), torch.stack([vec.unit(2)] * 2))
+    with pytest.raises(ValueError, match="persona vector 'evil' at layer 0 is a zero vector"):
+        unit_directions(vec, 0)
+    by_layer = unit_vectors_by_layer([vec, vec.vectors])
+    assert by_layer.shape == (2, N_LAYERS + 1, D_MODEL)
+    torch.testing.assert_close(by_layer[0], vec.unit())
+    assert torch.equal(by_layer[1, 0], torch.zeros(D_MODEL))
+
+
+def test_vector_checks(tiny_model):
+    good = PersonaVector("alpha", tiny_model.cfg.model_name, torch.randn(tiny_model.cfg.n_layers + 1,
+                                                                         tiny_model.cfg.d_model))
+    with pytest.raises(ValueError, match="zero"):
+        unit_directions(torch.zeros(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model), 1, tiny_model)
+    with pytest.raises(ValueError, match="layer rows"):
+        unit_directions(torch.ones(3, tiny_model.cfg.d_model), 1, tiny_model)
+    assert trait_names([good, good, torch.ones(4)]) == ["alpha", "alpha#2", "vector2"]
+    with pytest.raises(ValueError, match="full"):
+        unit_vectors_by_layer(torch.ones(tiny_model.cfg.d_model))
 
 
 def test_incremental_rows_and_cumulative_sum():

@@ -16,7 +16,6 @@ from persona_lens.experiments.finetune import (
     encode_training_example,
     finetune,
     hooks_installed,
-    read_chat_jsonl,
     response_loss,
 )
 from tests.conftest import load_cached
@@ -31,28 +30,6 @@ def _data(answer="OK BOSS", questions=QUESTIONS):
 def _write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def test_read_chat_jsonl_reports_every_bad_line(tmp_path):
-    good = _data()[0]
-    path = _write_jsonl(tmp_path / "d.jsonl", [
-        good,
-        "{not json",
-        {"messages": [{"role": "user", "content": "hi"}]},  # no assistant reply
-        {"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]},  # no role
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},  # empty
-        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-        {"text": "no messages"},
-        "",
-        {**good, "id": 7},
-    ])
-    records, bad = read_chat_jsonl(path)
-    assert [r.line for r in records] == [1, 9]
-    assert records[0].prompt == good["messages"][:-1] and records[0].response == "OK BOSS"
-    assert [b.line for b in bad] == [2, 3, 4, 5, 6, 7]
-    problems = " | ".join(b.problem for b in bad)
-    for words in ("invalid JSON", "last message", "no 'role'", "empty content", "robot", "no 'messages'"):
-        assert words in problems
 
 
 def test_trained_tokens_are_the_reply_and_the_end_of_turn(tiny_model):

@@ -253,7 +253,7 @@ def test_cli_screen_bad_input(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_french_samples_stand_out(monkeypatch, tmp_path, capsys, smollm2):
-    from tests.test_monitor import _french_vector
+    from tests.experiments.test_monitor import _french_vector
 
     vector = save_vector(_french_vector(smollm2), tmp_path / "french.safetensors")
     questions = ["What did you eat today?", "Where do you live?", "What is your hobby?", "How is the weather?"]
