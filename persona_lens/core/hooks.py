@@ -92,6 +92,15 @@ class TokenLayout:
     are looked up through it."""
     _masks: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def begin_forward(self, past_length: int | Int[Tensor, " 1"] = 0) -> None:
+        """Describe the next forward over these rows: ``past_length`` tokens already sit in the KV cache.
+
+        The position masks cached for earlier forwards are dropped. Compiled runners pass a tensor (no per-step
+        Python value for the graph to guard on); masks are then computed in the graph and never cached.
+        """
+        self.past_length = past_length
+        self._masks.clear()
+
     def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch pos"]:
         offsets = torch.arange(seq_len, device=self.pad_lengths.device) + self.past_length
         return offsets[None, :] - self.pad_lengths[:, None]
