@@ -8,12 +8,16 @@ with the user's own hooks (they run in the order they were added).
 
 Each installer (:func:`steer`, :func:`ablate`, :func:`cap`, :func:`record`) takes any model with TransformerLens
 hook points (:class:`~persona_lens.core.protocols.TransformerLensModel`) and returns a :class:`HookHandle` that is
-both a removable handle and a context manager::
+both a removable handle and a context manager; :func:`record`'s :class:`RecordingHandle` also hands out what it
+read::
 
     with persona_lens.steer(model, vector, layer=20, coef=2.0, positions="response"):
         ...                                   # hooks removed on exit, also on exceptions
     handle = persona_lens.steer(model, vector, layer=20, coef=2.0)
     handle.remove()
+    with persona_lens.record(model, vector, layer=20) as recording:
+        ...
+    recording.projections()                   # [conversation, absolute position]
 
 Positions (the same meaning with and without a KV cache, since they count absolute token positions):
 
@@ -60,6 +64,7 @@ __all__ = [
     "CapProjection",
     "RecordProjection",
     "HookHandle",
+    "RecordingHandle",
     "install_hooks",
     "steer",
     "ablate",
@@ -387,6 +392,26 @@ class HookHandle:
         return f"{type(self).__name__}({'active' if self.active else 'removed'}: {names})"
 
 
+class RecordingHandle(HookHandle):
+    """The handle of one :class:`RecordProjection` hook (what :func:`record` returns): also reads what it recorded.
+
+    ``projections()`` works while the hook is installed and after it was removed.
+    """
+
+    def __init__(self, model: TransformerLensModel, name: str, recorder: RecordProjection) -> None:
+        super().__init__(model, [(name, recorder)])
+        self.recorder = recorder
+
+    def projections(self) -> Float[Tensor, "conversation pos"]:
+        """``[conversation, absolute position]`` projections, NaN where nothing was recorded (see
+        :meth:`RecordProjection.projections`)."""
+        return self.recorder.projections()
+
+    def clear(self) -> None:
+        """Forget what was recorded so far (the hook stays installed)."""
+        self.recorder.clear()
+
+
 _NOT_HOOKED = "persona_lens hooks need a TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)"
 
 
@@ -491,7 +516,8 @@ def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_v
 
 
 def record(model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
-           ) -> HookHandle:
-    """Record the projection onto the vector's unit direction; read ``handle.fns[0].projections()``."""
+           ) -> RecordingHandle:
+    """Record the projection onto the vector's unit direction at ``layer``; read it with the handle's
+    ``projections()`` (``[conversation, absolute position]``)."""
     ((name, v),) = _per_layer(vector, model, layer)
-    return install_hooks(model, [(name, RecordProjection(v, positions))])
+    return RecordingHandle(model, name, RecordProjection(v, positions))

@@ -206,11 +206,15 @@ def test_vector_of_another_shape_is_a_clear_error(tiny_model):
 
 def test_record_handle_reads_projections(tiny_model):
     v = _direction(tiny_model)
-    with H.record(tiny_model, v, layer=2) as handle:
+    with H.record(tiny_model, v, layer=2) as recording:
         with torch.no_grad():
             tiny_model(torch.tensor([[5, 6, 7]]))
-    projections = handle.fns[0].projections()
+    projections = recording.projections()
     assert projections.shape == (1, 3) and not projections.isnan().any()
+    assert isinstance(recording, H.RecordingHandle) and not recording.active
+    assert torch.equal(projections, recording.fns[0].projections())
+    recording.clear()
+    assert recording.projections().numel() == 0
 
 
 def test_same_hooks_run_on_a_transformer_bridge(tiny_model):
