@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -64,13 +65,15 @@ class _Reducer:
         self.batch = batch
         self.means = [r for r in ("response", "prompt") if r in out]
         masks = {"response": batch.response_mask, "prompt": batch.prompt_mask}
-        # [batch, k, pos]: one batched matmul gives every mean without copying the residual stream
-        self.weights = torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None
+        # one weight row per mean: a single contraction gives every mean without copying the residual stream
+        self.weights: Float[Tensor, "batch mean pos"] | None = (
+            torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None)
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
         resid32 = resid.float()
         if self.weights is not None:
-            means = torch.bmm(self.weights.to(resid32.device), resid32)
+            means = einops.einsum(self.weights.to(resid32.device), resid32,
+                                  "batch mean pos, batch pos d_model -> batch mean d_model")
             for k, reduction in enumerate(self.means):
                 self.out[reduction][:, self.layer] = means[:, k]
         if "last_prompt" in self.out:

@@ -110,8 +110,7 @@ class StaticDecoder:
 
     def prefill(self) -> Float[Tensor, "batch vocab"]:
         """Run the prompt (eagerly: one call per batch, and hooks see ordinary prompt positions)."""
-        self.layout.past_length = 0
-        self.layout._masks.clear()
+        self.layout.begin_forward(past_length=0)
         cache_position = self.indices[: self.prompt]
         logits, _ = self.model(self.input_ids, self.mask, self.position_ids, cache=self.cache, use_cache=True,
                                logits_to_keep=1, cache_position=cache_position)
@@ -124,7 +123,7 @@ class StaticDecoder:
         self.mask[:, index] = 1
         self.position_ids = self.position_ids[:, -1:] + 1
         cache_position = self.indices[index : index + 1]
-        self.layout.past_length = cache_position  # the tokens before this one, as a tensor: no recompile per step
+        self.layout.begin_forward(past_length=cache_position)  # cache length as a tensor: no recompile per step
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed (cloned)
         with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=RECOMPILE_LIMIT):
             logits = self._step(tokens[:, None], self.mask, self.position_ids, cache_position, self.cache)

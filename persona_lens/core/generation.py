@@ -102,13 +102,11 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
                 logits = (static.prefill() if step == 0 else static.step(step_input[:, 0], tokens.shape[1] - 1))
                 logits = logits[:, None]
             elif use_cache:
-                layout.past_length = tokens.shape[1] - step_input.shape[1]
-                layout._masks.clear()
+                layout.begin_forward(past_length=tokens.shape[1] - step_input.shape[1])
                 logits, cache = model(step_input, mask, position_ids, cache=cache, use_cache=True,
                                       logits_to_keep=1)
             else:
-                layout.past_length = 0
-                layout._masks.clear()
+                layout.begin_forward(past_length=0)
                 logits = model(tokens, mask, positions_from_mask(mask), logits_to_keep=1)
             next_token = _sample(logits[:, -1], temperature, top_p, generators)
             next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)

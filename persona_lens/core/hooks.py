@@ -6,13 +6,18 @@ hook names of our layer convention (:mod:`persona_lens.core.layers`): layer ``l 
 :class:`~persona_lens.core.hooked_model.HookedLM`, a ``TransformerBridge`` or a ``HookedTransformer`` alike, and compose
 with the user's own hooks (they run in the order they were added).
 
-Each installer (:func:`steer`, :func:`ablate`, :func:`cap`, :func:`record`) returns a :class:`HookHandle` that is
-both a removable handle and a context manager::
+Each installer (:func:`steer`, :func:`ablate`, :func:`cap`, :func:`record`) takes any model with TransformerLens
+hook points (:class:`~persona_lens.core.protocols.TransformerLensModel`) and returns a :class:`HookHandle` that is
+both a removable handle and a context manager; :func:`record`'s :class:`RecordingHandle` also hands out what it
+read::
 
     with persona_lens.steer(model, vector, layer=20, coef=2.0, positions="response"):
         ...                                   # hooks removed on exit, also on exceptions
     handle = persona_lens.steer(model, vector, layer=20, coef=2.0)
     handle.remove()
+    with persona_lens.record(model, vector, layer=20) as recording:
+        ...
+    recording.projections()                   # [conversation, absolute position]
 
 Positions (the same meaning with and without a KV cache, since they count absolute token positions):
 
@@ -33,17 +38,23 @@ import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from persona_lens.core.layers import check_layer, hook_name
+from persona_lens.core.protocols import TransformerLensModel
 from persona_lens.core.vectors import check_vector, unit_rows
 
+if TYPE_CHECKING:
+    from persona_lens.core.vectors import PersonaVector
+
 __all__ = [
+    "Layers",
     "Positions",
+    "VectorLike",
     "Window",
     "TokenLayout",
     "token_layout",
@@ -54,6 +65,7 @@ __all__ = [
     "CapProjection",
     "RecordProjection",
     "HookHandle",
+    "RecordingHandle",
     "install_hooks",
     "steer",
     "ablate",
@@ -78,6 +90,9 @@ class Window:
 
 Positions = Union[Literal["all", "prompt", "response"], Window]  # noqa: UP007 (a runtime alias)
 
+VectorLike = Union["PersonaVector", Float[Tensor, "layer d_model"], Float[Tensor, " d_model"]]  # noqa: UP007
+"""What the installers apply: a persona vector, its raw ``[n_layers + 1, d_model]`` rows, or one direction."""
+
 
 @dataclass
 class TokenLayout:
@@ -92,6 +107,15 @@ class TokenLayout:
     """Which of the caller's conversations each row is (runners sort by length): per-conversation coefficients
     are looked up through it."""
     _masks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def begin_forward(self, past_length: int | Int[Tensor, " 1"] = 0) -> None:
+        """Describe the next forward over these rows: ``past_length`` tokens already sit in the KV cache.
+
+        The position masks cached for earlier forwards are dropped. Compiled runners pass a tensor (no per-step
+        Python value for the graph to guard on); masks are then computed in the graph and never cached.
+        """
+        self.past_length = past_length
+        self._masks.clear()
 
     def absolute_positions(self, seq_len: int) -> Int[Tensor, "batch pos"]:
         offsets = torch.arange(seq_len, device=self.pad_lengths.device) + self.past_length
@@ -313,16 +337,20 @@ class RecordProjection(_ResidualHook):
 # ------------------------------------------------------------------------------------------- handles
 
 
+_Handle = TypeVar("_Handle", bound="HookHandle")
+
+
 class HookHandle:
     """Hooks installed on a model: ``remove()`` them, or use the handle as a context manager."""
 
-    def __init__(self, model: Any, hooks: Sequence[tuple[str, Callable]]) -> None:
+    def __init__(self, model: TransformerLensModel, hooks: Sequence[tuple[str, Callable]]) -> None:
         self.model = model
         self.hooks = list(hooks)
         self._installed: list[tuple[Any, Any]] = []
+        points = _hook_points(model)
         try:
             for name, fn in self.hooks:
-                point = _hook_point(model, name)
+                point = _hook_point(points, model, name)
                 lens_handle = point.add_hook(fn, dir="fwd")
                 if lens_handle is None:  # older TransformerLens returns nothing; the handle is the last one added
                     lens_handle = point.fwd_hooks[-1]
@@ -346,7 +374,7 @@ class HookHandle:
             if lens_handle in point.fwd_hooks:
                 point.fwd_hooks.remove(lens_handle)
 
-    def __enter__(self) -> HookHandle:
+    def __enter__(self: _Handle) -> _Handle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -354,81 +382,119 @@ class HookHandle:
 
     def __repr__(self) -> str:
         names = ", ".join(name for name, _ in self.hooks)
-        return f"HookHandle({'active' if self.active else 'removed'}: {names})"
+        return f"{type(self).__name__}({'active' if self.active else 'removed'}: {names})"
 
 
-def _hook_point(model: Any, name: str) -> Any:
+class RecordingHandle(HookHandle):
+    """The handle of one :class:`RecordProjection` hook (what :func:`record` returns): also reads what it recorded.
+
+    ``projections()`` works while the hook is installed and after it was removed.
+    """
+
+    def __init__(self, model: TransformerLensModel, name: str, recorder: RecordProjection) -> None:
+        super().__init__(model, [(name, recorder)])
+        self.recorder = recorder
+
+    def projections(self) -> Float[Tensor, "conversation pos"]:
+        """``[conversation, absolute position]`` projections, NaN where nothing was recorded (see
+        :meth:`RecordProjection.projections`)."""
+        return self.recorder.projections()
+
+    def clear(self) -> None:
+        """Forget what was recorded so far (the hook stays installed)."""
+        self.recorder.clear()
+
+
+_NOT_HOOKED = "persona_lens hooks need a TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)"
+
+
+def _check_model(model: Any) -> TransformerLensModel:
+    """``model`` itself, once it is known to have hook points and a ``cfg``; else a clear error."""
+    if not isinstance(model, TransformerLensModel):
+        raise ValueError(f"{type(model).__name__} has no hook points; {_NOT_HOOKED}")
+    return model
+
+
+def _hook_points(model: Any) -> Any:
+    """The model's hook points by name (read once: a TransformerBridge builds the mapping on every access)."""
     points = getattr(model, "hook_dict", None)
-    if points is None or name not in points:
-        raise ValueError(f"{type(model).__name__} has no hook point {name!r}; persona_lens hooks need a "
-                         "TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)")
+    if points is None:
+        raise ValueError(f"{type(model).__name__} has no hook points; {_NOT_HOOKED}")
+    return points
+
+
+def _hook_point(points: Any, model: Any, name: str) -> Any:
+    if name not in points:
+        raise ValueError(f"{type(model).__name__} has no hook point {name!r}; {_NOT_HOOKED}")
     return points[name]
 
 
-def install_hooks(model: Any, hooks: Sequence[tuple[str, Callable]]) -> HookHandle:
+def install_hooks(model: TransformerLensModel, hooks: Sequence[tuple[str, Callable]]) -> HookHandle:
     """Install ``(hook_name, fn)`` pairs; returns the handle that removes them."""
     return HookHandle(model, hooks)
 
 
 # ------------------------------------------------------------------------------------------ installers
 
+Layers = Union[int, Sequence[int], Literal["all"]]  # noqa: UP007 (a runtime alias)
+"""Where an installer acts: one layer, several, or ``"all"`` (1..n_layers; see :mod:`persona_lens.core.layers`)."""
 
-def _n_layers(model: Any) -> int:
-    return int(model.cfg.n_layers)
 
-
-def _resolve_layers(layer: int | Sequence[int] | str, model: Any) -> list[int]:
-    n_layers = _n_layers(model)
+def _resolve_layers(layer: Layers, n_layers: int) -> list[int]:
     if layer == "all":
         return list(range(1, n_layers + 1))
     layers = [layer] if isinstance(layer, int) else list(layer)
     return [check_layer(int(lay), n_layers) for lay in layers]
 
 
-def _per_layer(vector: Any, model: Any, layer: int | Sequence[int] | str, incremental: bool = False
-               ) -> list[tuple[int, Tensor]]:
+def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool = False
+               ) -> list[tuple[str, Float[Tensor, " d_model"]]]:
+    """``(hook name, direction)`` for each layer asked for, after checking the model and the vector."""
+    model = _check_model(model)
+    n_layers = int(model.cfg.n_layers)
     rows = check_vector(vector, model, allow_other_model=True)  # hooks check shapes, not model names
-    layers = _resolve_layers(layer, model)
+    layers = _resolve_layers(layer, n_layers)
     if rows.dim() == 1:
         if incremental or len(layers) != 1:
             raise ValueError("a single [d_model] direction can only be applied at one layer; pass the full "
                              "[n_layers+1, d_model] vector for several layers")
-        return [(layers[0], rows)]
-    if incremental:
+        directions = [rows]
+    elif incremental:
         increments = torch.cat([rows[:1], rows[1:] - rows[:-1]])
-        return [(lay, increments[lay]) for lay in layers]
-    return [(lay, rows[lay]) for lay in layers]
+        directions = [increments[lay] for lay in layers]
+    else:
+        directions = [rows[lay] for lay in layers]
+    return [(hook_name(lay, n_layers), v) for lay, v in zip(layers, directions)]
 
 
-def steer(model: Any, vector: Any, *, layer: int | Sequence[int] | str, coef: float | Tensor = 1.0,
-          positions: Positions = "all", incremental: bool = False) -> HookHandle:
+def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers,
+          coef: float | Float[Tensor, " batch"] = 1.0, positions: Positions = "all", incremental: bool = False
+          ) -> HookHandle:
     """Add ``coef * v_l`` to the residual stream at ``layer`` (an int, several, or ``"all"`` = 1..n_layers).
 
     ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant).
     ``coef`` may hold one value per batch row.
     """
-    n_layers = _n_layers(model)
-    return install_hooks(model, [(hook_name(lay, n_layers), AddVector(v, coef, positions))
-                                 for lay, v in _per_layer(vector, model, layer, incremental)])
+    return install_hooks(model, [(name, AddVector(v, coef, positions))
+                                 for name, v in _per_layer(vector, model, layer, incremental)])
 
 
-def ablate(model: Any, vector: Any, *, layer: int | Sequence[int] | str, positions: Positions = "all") -> HookHandle:
+def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, positions: Positions = "all"
+           ) -> HookHandle:
     """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT)."""
-    n_layers = _n_layers(model)
-    return install_hooks(model, [(hook_name(lay, n_layers), AblateDirection(v, positions))
-                                 for lay, v in _per_layer(vector, model, layer)])
+    return install_hooks(model, [(name, AblateDirection(v, positions)) for name, v in _per_layer(vector, model, layer)])
 
 
-def cap(model: Any, vector: Any, *, layer: int | Sequence[int] | str, min_value: float | None = None,
+def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_value: float | None = None,
         max_value: float | None = None, positions: Positions = "all") -> HookHandle:
     """Clamp the projection onto the vector's direction into a range at ``layer`` (activation capping)."""
-    n_layers = _n_layers(model)
-    return install_hooks(model, [(hook_name(lay, n_layers), CapProjection(v, min_value, max_value, positions))
-                                 for lay, v in _per_layer(vector, model, layer)])
+    return install_hooks(model, [(name, CapProjection(v, min_value, max_value, positions))
+                                 for name, v in _per_layer(vector, model, layer)])
 
 
-def record(model: Any, vector: Any, *, layer: int, positions: Positions = "all") -> HookHandle:
-    """Record the projection onto the vector's unit direction; read ``handle.fns[0].projections()``."""
-    n_layers = _n_layers(model)
-    ((lay, v),) = _per_layer(vector, model, layer)
-    return install_hooks(model, [(hook_name(lay, n_layers), RecordProjection(v, positions))])
+def record(model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
+           ) -> RecordingHandle:
+    """Record the projection onto the vector's unit direction at ``layer``; read it with the handle's
+    ``projections()`` (``[conversation, absolute position]``)."""
+    ((name, v),) = _per_layer(vector, model, layer)
+    return RecordingHandle(model, name, RecordProjection(v, positions))

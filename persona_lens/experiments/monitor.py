@@ -398,7 +398,7 @@ def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[
         recorders = [stack.enter_context(record(model, unit, layer=layer, positions="all")) for unit in units]
         generation = generate(model, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seed, batch_size=batch_size)
-        recorded = [handle.fns[0].projections() for handle in recorders]
+        recorded = [recording.projections() for recording in recorders]
     n = len(generation)
     lengths = [len(p) + len(r) for p, r in zip(generation.prompt_ids, generation.response_ids)]
     traces = torch.full((n, len(names), max(lengths, default=0)), float("nan"))
@@ -427,7 +427,7 @@ def _fill_by_forward(model: HookedLM, generation: Any, rows: list[int], units: T
         recorders = [stack.enter_context(record(model, unit, layer=layer, positions="all")) for unit in units]
         stack.enter_context(token_layout(layout))
         model.run_blocks(batch.input_ids, batch.attention_mask, stop_at_layer=layer)
-        tables = [handle.fns[0].projections() for handle in recorders]
+        tables = [recording.projections() for recording in recorders]
     for j, table in enumerate(tables):
         for k, i in enumerate(rows):
             length = len(encoded[k].input_ids)

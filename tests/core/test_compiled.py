@@ -68,9 +68,9 @@ def test_recording_under_compile_matches_eager(model):
     vector = _vector(model)
     projections = []
     for compile in (False, CompileCounterWithBackend("eager")):
-        with H.record(model, vector, layer=2, positions="all") as handle:
+        with H.record(model, vector, layer=2, positions="all") as recording:
             _replies(model, compile)
-            projections.append(handle.fns[0].projections())
+            projections.append(recording.projections())
     torch.testing.assert_close(projections[0], projections[1], equal_nan=True)
     assert not projections[0].isnan().all()
 

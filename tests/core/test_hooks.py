@@ -6,6 +6,7 @@ import torch
 import persona_lens.core.hooks as H
 from persona_lens.core.generation import generate
 from persona_lens.core.layers import hook_name
+from persona_lens.core.protocols import TransformerLensModel
 from tests.conftest import load_cached
 
 PROMPTS = [[{"role": "user", "content": "Tell me a story about a cat."}],
@@ -205,11 +206,15 @@ def test_vector_of_another_shape_is_a_clear_error(tiny_model):
 
 def test_record_handle_reads_projections(tiny_model):
     v = _direction(tiny_model)
-    with H.record(tiny_model, v, layer=2) as handle:
+    with H.record(tiny_model, v, layer=2) as recording:
         with torch.no_grad():
             tiny_model(torch.tensor([[5, 6, 7]]))
-    projections = handle.fns[0].projections()
+    projections = recording.projections()
     assert projections.shape == (1, 3) and not projections.isnan().any()
+    assert isinstance(recording, H.RecordingHandle) and not recording.active
+    assert torch.equal(projections, recording.fns[0].projections())
+    recording.clear()
+    assert recording.projections().numel() == 0
 
 
 def test_same_hooks_run_on_a_transformer_bridge(tiny_model):
@@ -230,6 +235,15 @@ def test_same_hooks_run_on_a_transformer_bridge(tiny_model):
 def test_hooks_need_a_transformer_lens_model():
     with pytest.raises(ValueError, match="no hook point"):
         H.install_hooks(torch.nn.Linear(2, 2), [("blocks.0.hook_resid_post", lambda x, hook: x)])
+    for install in (H.steer, H.ablate, H.record):
+        with pytest.raises(ValueError, match="no hook point"):
+            install(torch.nn.Linear(2, 2), torch.ones(2), layer=1)
+
+
+def test_transformer_lens_models_satisfy_the_protocol(tiny_model):
+    assert isinstance(tiny_model, TransformerLensModel)
+    assert isinstance(tiny_model.to_bridge(), TransformerLensModel)
+    assert not isinstance(torch.nn.Linear(2, 2), TransformerLensModel)
 
 
 def test_per_conversation_coefficients_follow_sorting_in_generate():
