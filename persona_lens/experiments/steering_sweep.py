@@ -40,7 +40,8 @@ from persona_lens.core.vectors import PersonaVector
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
-__all__ = ["SweepConfig", "SweepCell", "SweepResult", "run_sweep", "default_layers", "choose_layer"]
+__all__ = ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult", "run_steering_sweep", "default_layers",
+           "choose_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ Condition = Literal["none", "positive", "negative"]
 
 
 @dataclass
-class SweepConfig:
+class SteeringSweepConfig:
     layers: list[int] | None = None
     """Layers to steer (our convention: l = output of block l); default: :func:`default_layers`."""
     coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
@@ -72,7 +73,7 @@ class SweepConfig:
 
 
 @dataclass
-class SweepCell:
+class SteeringCell:
     """One (layer, coefficient) cell of the sweep; ``layer`` is None for the unsteered baseline."""
 
     layer: int | None
@@ -87,16 +88,16 @@ class SweepCell:
 
 
 @dataclass
-class SweepResult:
-    cells: list[SweepCell]
-    baseline: SweepCell
-    chosen: SweepCell | None
+class SteeringSweepResult:
+    cells: list[SteeringCell]
+    baseline: SteeringCell
+    chosen: SteeringCell | None
     reason: str
     out_dir: Path
     paths: dict[str, Path]
     trait: str = ""
     model_name: str = ""
-    config: SweepConfig | None = None
+    config: SteeringSweepConfig | None = None
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -126,7 +127,7 @@ class _Job:
         return make_messages(self.question_text, system=self.system)
 
 
-def _plan(trait: Trait, config: SweepConfig) -> list[_Job]:
+def _plan(trait: Trait, config: SteeringSweepConfig) -> list[_Job]:
     questions = trait.eval_questions[: config.n_questions]
     prompts: list[str | None]
     if config.condition == "positive":
@@ -144,7 +145,7 @@ def _cell_key(layer: int | None, mode: str, coef: float) -> str:
 
 
 def _generate_cells(model: HookedLM, vector: PersonaVector, jobs: Sequence[_Job],
-                    cells: Sequence[tuple[int | None, float, float]], config: SweepConfig, store: JsonlRecords,
+                    cells: Sequence[tuple[int | None, float, float]], config: SteeringSweepConfig, store: JsonlRecords,
                     records: dict[str, dict], desc: str, progress: bool) -> None:
     """Generate every missing reply of ``cells`` (one layer, several coefficients) as one batch."""
     todo = []
@@ -173,14 +174,14 @@ def _generate_cells(model: HookedLM, vector: PersonaVector, jobs: Sequence[_Job]
 
 
 def _summarise(layer: int | None, coef_rel: float, coef_raw: float, rows: Sequence[dict],
-               config: SweepConfig) -> SweepCell:
+               config: SteeringSweepConfig) -> SteeringCell:
     traits = [r["trait_score"] for r in rows if r["trait_score"] is not None]
     coherence = [r["coherence"] for r in rows if r["coherence"] is not None]
 
     def mean(values: Sequence[float]) -> float | None:
         return sum(values) / len(values) if values else None
 
-    return SweepCell(
+    return SteeringCell(
         layer=layer, coef_raw=coef_raw, coef_relative=coef_rel, n=len(rows), trait_mean=mean(traits),
         trait_rate=mean([float(t >= config.trait_threshold) for t in traits]),
         coherence_mean=mean(coherence),
@@ -189,8 +190,8 @@ def _summarise(layer: int | None, coef_rel: float, coef_raw: float, rows: Sequen
     )
 
 
-def choose_layer(cells: Sequence[SweepCell], baseline: SweepCell, coherence_threshold: float
-                 ) -> tuple[SweepCell | None, str]:
+def choose_layer(cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float
+                 ) -> tuple[SteeringCell | None, str]:
     """The steered cell with the highest trait score among those with mean coherence >= threshold."""
     coherent = [c for c in cells if c.layer is not None and c.trait_mean is not None
                 and c.coherence_mean is not None and c.coherence_mean >= coherence_threshold]
@@ -205,22 +206,22 @@ def choose_layer(cells: Sequence[SweepCell], baseline: SweepCell, coherence_thre
                   f"{best.coherence_mean:.1f} >= {coherence_threshold:g}")
 
 
-def run_sweep(
+def run_steering_sweep(
     model: HookedLM,
     vector: PersonaVector,
     trait: Trait,
     *,
     judge: Judge,
     coherence_judge: Judge | None = None,
-    config: SweepConfig | None = None,
+    config: SteeringSweepConfig | None = None,
     out_dir: str | Path,
     progress: bool = True,
-) -> SweepResult:
+) -> SteeringSweepResult:
     """Sweep layers x coefficients; write ``sweep.csv``, ``sweep.json`` and ``scored.jsonl``.
 
     The steering-curve figure is drawn from the result by :func:`persona_lens.viz.steering.plot_steering_curves`
     (the CLI writes it as ``sweep.html``)."""
-    config = config or SweepConfig()
+    config = config or SteeringSweepConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge
     vector.check_compatible(model, allow_other_model=True)
     if vector.model_name != model.cfg.model_name:
@@ -273,18 +274,18 @@ def run_sweep(
                                     config))
     chosen, reason = choose_layer(cells, baseline, config.coherence_threshold)
     paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records)
-    return SweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
+    return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
 
 
 def _encoded(model: HookedLM, job: _Job) -> Any:
     return encode_generated(encode_prompt(model.tokenizer, job.messages), ())
 
 
-def _write_outputs(out: Path, cells: list[SweepCell], baseline: SweepCell, chosen: SweepCell | None, reason: str,
-                   config: SweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector, norms: torch.Tensor,
-                   records: dict[str, dict]) -> dict[str, Path]:
+def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell, chosen: SteeringCell | None,
+                   reason: str, config: SteeringSweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector,
+                   norms: torch.Tensor, records: dict[str, dict]) -> dict[str, Path]:
     csv_path = out / "sweep.csv"
-    fields = list(SweepCell.__dataclass_fields__)
+    fields = list(SteeringCell.__dataclass_fields__)
     tmp = csv_path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
