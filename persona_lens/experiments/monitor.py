@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -43,9 +42,11 @@ from persona_lens.core.chat import Message, collate, encode_generated, encode_pr
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, record, token_layout
+from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import PersonaVector
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, evaluate_replies, mean_of
+from persona_lens.judges.base import Judge
 
 __all__ = [
     "vector_list",
@@ -269,11 +270,10 @@ class ProjectionSweepResult:
 
     def prompt_scores(self) -> list[float | None]:
         """Mean score of each prompt's scored samples (None when none was scored)."""
-        totals = [[] for _ in self.prompts]
+        scores: list[list[float | None]] = [[] for _ in self.prompts]
         for row in self.rows:
-            if row.score is not None:
-                totals[row.prompt_index].append(row.score)
-        return [sum(t) / len(t) if t else None for t in totals]
+            scores[row.prompt_index].append(row.score)
+        return [mean_of(s) for s in scores]
 
     def _trait_index(self, trait: str | None) -> int:
         if trait is None:
@@ -340,24 +340,22 @@ class ProjectionSweepResult:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, target)
-        return target
+        return write_json_atomic(path, self.to_json())
 
 
 def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
                          vectors: VectorLike | Sequence[VectorLike], layer: int, judge: Judge, rubric: str, *,
-                         n_samples: int = 1, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                         seed: int = 0, batch_size: int = 8, kind: str = "custom", coherence_judge: Judge | None = None,
-                         allow_other_model: bool = False, progress: bool = False) -> ProjectionSweepResult:
+                         kind: str = "custom", coherence_judge: Judge | None = None, allow_other_model: bool = False,
+                         progress: bool = False, **generation: Any) -> ProjectionSweepResult:
     """Project every prompt's last token, generate ``n_samples`` replies per prompt, judge them against ``rubric``
     (and against the coherence rubric with ``coherence_judge``, when given).
 
-    Sample ``s`` of prompt ``i`` is drawn with seed ``seed + i * n_samples + s`` (reproducible, batch-independent).
+    ``generation``: fields of :class:`~persona_lens.experiments.evaluate.GenerationSettings` (``n_samples``,
+    ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size``; its defaults otherwise). Sample ``s``
+    of prompt ``i`` is drawn with seed ``seed + i * n_samples + s`` (reproducible, batch-independent).
     """
+    settings = GenerationSettings(**generation)
+    n_samples = settings.n_samples
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
     prompts = list(prompts)
@@ -365,27 +363,22 @@ def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
         raise ValueError("a sweep needs at least one prompt")
     names = trait_names(vectors)
     ids = prompt_ids(model, [p.messages for p in prompts])
-    projections = project_last_prompt(model, ids, vectors, layer, batch_size=batch_size,
+    projections = project_last_prompt(model, ids, vectors, layer, batch_size=settings.batch_size,
                                       allow_other_model=allow_other_model, progress=progress)
-    requests = [ids[i] for i in range(len(prompts)) for _ in range(n_samples)]
-    generation = generate(model, requests, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          seed=seed, batch_size=batch_size, progress=progress, desc=f"{kind} sweep")
-    items = [(prompts[k // n_samples].question, text) for k, text in enumerate(generation.texts)]
-    scores = list(judge.score(rubric, items))
-    coherence = list(coherence_judge.score(COHERENCE_RUBRIC, items)) if coherence_judge is not None else \
-        [None] * len(items)
-    if len(scores) != len(items) or len(coherence) != len(items):
-        raise RuntimeError(f"a judge returned {len(scores)}/{len(coherence)} scores for {len(items)} items")
+    samples = [(i, s) for i in range(len(prompts)) for s in range(n_samples)]
+    jobs = [ReplyJob(f"p{i}|s{s}", ids[i], settings.seed + k, {"question_text": prompts[i].question})
+            for k, (i, s) in enumerate(samples)]
+    records = evaluate_replies(model, jobs, settings, rubric, judge, coherence_judge, progress=progress,
+                               desc=f"{kind} sweep")
     rows = []
-    for k, (text, score, stopped) in enumerate(zip(generation.texts, scores, generation.stopped)):
-        i = k // n_samples
-        rows.append(ProjectionSweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question,
-                                       k % n_samples, dict(zip(names, projections[i].tolist())), text,
-                                       None if score is None else float(score), stopped,
-                                       None if coherence[k] is None else float(coherence[k])))
-    settings = {"n_samples": n_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "model": model.cfg.model_name}
-    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings)
+    for (i, s), job in zip(samples, jobs):
+        reply = records[job.key]
+        rows.append(ProjectionSweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question, s,
+                                       dict(zip(names, projections[i].tolist())), reply["response"],
+                                       as_score(reply["trait_score"]), reply["stopped"],
+                                       as_score(reply["coherence"])))
+    settings_json = {"n_samples": n_samples, **settings.generation_settings(), "model": model.cfg.model_name}
+    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings_json)
 
 
 def system_prompt_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,

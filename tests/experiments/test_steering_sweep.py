@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import persona_lens.experiments.evaluate as E
 import persona_lens.experiments.steering_sweep as S
 from persona_lens.cli.sweep import write_sweep_figure
 from persona_lens.core.generation import generate
@@ -68,7 +69,7 @@ def test_outputs_table_figure_and_choice(tmp_path):
 def test_rerun_generates_nothing(tmp_path, monkeypatch):
     model = load_cached("tiny-qwen2")
     first = _sweep(model, _vector(model), tmp_path)
-    monkeypatch.setattr(S, "generate", lambda *a, **k: pytest.fail("a finished sweep must not generate"))
+    monkeypatch.setattr(E, "generate", lambda *a, **k: pytest.fail("a finished sweep must not generate"))
     again = _sweep(model, _vector(model), tmp_path)
     assert [c.trait_mean for c in again.cells] == [c.trait_mean for c in first.cells]
 
@@ -77,13 +78,13 @@ def test_adding_coefficients_to_a_finished_sweep_only_generates_the_new_cells(tm
     model = load_cached("tiny-gemma2")
     _sweep(model, _vector(model), tmp_path)
     seen = []
-    real = S.generate
+    real = E.generate
 
     def counting(model_, conversations, **kwargs):
         seen.append(len(conversations))
         return real(model_, conversations, **kwargs)
 
-    monkeypatch.setattr(S, "generate", counting)
+    monkeypatch.setattr(E, "generate", counting)
     _sweep(model, _vector(model), tmp_path, coefficients=[0.5, 2.0, 4.0])
     assert seen == [3, 3]  # one new coefficient x 3 questions, for each of the two layers
 
