@@ -8,8 +8,8 @@
 * :class:`ReplyJob` -> :func:`generate_replies` (what a :class:`~persona_lens.core.io.JsonlRecords` store lacks,
   optionally steered) -> :func:`judge_replies` (the trait rubric and the coherence rubric);
   :func:`evaluate_replies` does both for a list of jobs.
-* :func:`mean_of`, :func:`rate_of` and :func:`summarise_scores`: None-aware means and rates of judged replies
-  (a None score, a refusal or judge failure, is left out, and counted as unscored).
+* :func:`average` and :func:`summarise_scores`: None-aware means and rates of judged replies (a None score, a refusal
+  or judge failure, is left out, and counted as unscored).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ __all__ = [
     "judge_replies",
     "evaluate_replies",
     "as_score",
-    "mean_of",
-    "rate_of",
+    "average",
     "ScoreSummary",
     "summarise_scores",
 ]
@@ -172,7 +171,8 @@ def _score(judge: Judge, rubric: str, items: Sequence[tuple[str, str]], chunk: i
            desc: str) -> list[Score]:
     step = chunk or max(len(items), 1)
     scores: list[Score] = []
-    for start in tqdm(range(0, len(items), step), desc=desc, disable=not progress or not items, unit="batch"):
+    bar_off = not progress or chunk is None or not items  # a bar only for judging in chunks
+    for start in tqdm(range(0, len(items), step), desc=desc, disable=bar_off, unit="batch"):
         scores.extend(judge.score(rubric, items[start : start + step]))
     if len(scores) != len(items):
         raise RuntimeError(f"judge {judge.judge_id} returned {len(scores)} scores for {len(items)} items")
@@ -216,15 +216,15 @@ def as_score(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def mean_of(values: Iterable[float | None]) -> float | None:
+def average(values: Iterable[float | None]) -> float | None:
     """The mean of the values that are not None; None when there is none."""
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
-def rate_of(values: Iterable[float | None], threshold: float) -> float | None:
+def _rate(values: Iterable[float | None], threshold: float) -> float | None:
     """The share of the values that are not None that reach ``threshold``; None when there is none."""
-    return mean_of([None if v is None else float(v >= threshold) for v in values])
+    return average([None if v is None else float(v >= threshold) for v in values])
 
 
 @dataclass
@@ -245,7 +245,7 @@ def summarise_scores(records: Sequence[Mapping[str, Any]], *, trait_threshold: f
     """:class:`ScoreSummary` of records judged by :func:`judge_replies`."""
     traits = [r["trait_score"] for r in records]
     coherence = [r["coherence"] for r in records]
-    return ScoreSummary(n=len(records), trait_mean=mean_of(traits), trait_rate=rate_of(traits, trait_threshold),
-                        coherence_mean=mean_of(coherence), coherent_rate=rate_of(coherence, coherence_threshold),
+    return ScoreSummary(n=len(records), trait_mean=average(traits), trait_rate=_rate(traits, trait_threshold),
+                        coherence_mean=average(coherence), coherent_rate=_rate(coherence, coherence_threshold),
                         n_unscored=sum(t is None for t in traits))
 

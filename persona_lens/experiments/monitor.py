@@ -45,7 +45,7 @@ from persona_lens.core.hooks import TokenLayout, record, token_layout
 from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import PersonaVector
-from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, evaluate_replies, mean_of
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.judges.base import Judge
 
 __all__ = [
@@ -273,7 +273,7 @@ class ProjectionSweepResult:
         scores: list[list[float | None]] = [[] for _ in self.prompts]
         for row in self.rows:
             scores[row.prompt_index].append(row.score)
-        return [mean_of(s) for s in scores]
+        return [average(s) for s in scores]
 
     def _trait_index(self, trait: str | None) -> int:
         if trait is None:

@@ -31,7 +31,7 @@ from persona_lens.core.chat import Message, make_messages
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import PersonaVector, unit_rows
-from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, evaluate_replies, mean_of
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.experiments.monitor import VectorLike, last_prompt_activations, trait_names, vector_list
 from persona_lens.judges.base import Judge
 
@@ -161,7 +161,7 @@ def evaluate_trait(model: HookedLM, questions: Sequence[str], rubric: str, judge
     replies = [records[job.key] for job in jobs]
     scores = [as_score(r["trait_score"]) for r in replies]
     coherence = [as_score(r["coherence"]) for r in replies] if coherence_judge is not None else []
-    return TraitEvaluation(mean_of(scores), scores, mean_of(coherence), coherence, [r["response"] for r in replies],
+    return TraitEvaluation(average(scores), scores, average(coherence), coherence, [r["response"] for r in replies],
                            judge.judge_id)
 
 
