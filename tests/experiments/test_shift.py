@@ -204,7 +204,7 @@ def test_cli_shift_bad_input(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_smollm2_shift_after_a_real_finetune(monkeypatch, tmp_path, capsys, smollm2):
     from persona_lens.experiments.finetune import FinetuneConfig, finetune
-    from tests.test_monitor import _french_vector
+    from tests.experiments.test_monitor import _french_vector
 
     vector_path = save_vector(_french_vector(smollm2), tmp_path / "french.safetensors")
     model = persona_lens.load_model("smollm2-135m-instruct", device="cpu")
