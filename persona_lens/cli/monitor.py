@@ -182,7 +182,12 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from persona_lens.experiments.monitor import many_shot_prompts, run_sweep, system_prompt_prompts, trait_names
+    from persona_lens.experiments.monitor import (
+        many_shot_prompts,
+        run_projection_sweep,
+        system_prompt_prompts,
+        trait_names,
+    )
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import sweep_figure
 
@@ -206,11 +211,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"model": model.cfg.model_name, "trait": trait.name, "layer": layer,
                               "traits": trait_names(vectors), "judge": judge.judge_id, "sweeps": {}}
     for kind, prompts in plans.items():
-        result = run_sweep(model, prompts, vectors, layer, judge, trait.rubric, n_samples=args.samples,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, batch_size=args.batch_size, kind=kind,
-                           coherence_judge=None if args.no_coherence else coherence_judge,
-                           allow_other_model=args.allow_other_model, progress=not args.json)
+        result = run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, n_samples=args.samples,
+                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, kind=kind,
+                                      coherence_judge=None if args.no_coherence else coherence_judge,
+                                      allow_other_model=args.allow_other_model, progress=not args.json)
         data_path = result.save(out / f"{kind}_sweep.json")
         figures = []
         for name in result.traits:

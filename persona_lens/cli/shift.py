@@ -101,6 +101,7 @@ def _labels(names: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from persona_lens.core.chat import make_messages
+    from persona_lens.core.io import atomic_output, write_json_atomic
     from persona_lens.experiments.shift import shift_study
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import shift_figure
@@ -155,9 +156,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data = study.to_json(with_texts=True)
     data.update(base=base.cfg.model_name, n_prompts=len(prompts), trait=trait.name if trait else None)
-    (args.out / "shift.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json_atomic(args.out / "shift.json", data)
     scores = study.scores()
-    with open(args.out / "shift.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_output(args.out / "shift.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", *(f"shift_{t}" for t in study.traits), "trait_score"])
         for result, score in zip(study.results, scores):

@@ -103,24 +103,26 @@ def _vector(args: argparse.Namespace, model: Any, trait: Any, run_dir: Path) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_lens.experiments.steering_sweep import SweepConfig, run_sweep
+    from persona_lens.experiments.steering_sweep import SteeringSweepConfig, run_steering_sweep
 
     started = time.time()
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
     model = load_model_arg(args)
     vector = _vector(args, model, trait, run_dir)
-    config = SweepConfig(layers=args.layers, coefficient_mode="raw" if args.raw else "relative",
-                         n_samples=args.samples, n_questions=args.questions, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, seed=args.seed, positions=args.positions,
-                         condition=args.condition, trait_threshold=args.trait_threshold,
-                         coherence_threshold=args.coherence_threshold, batch_size=args.batch_size)
+    config = SteeringSweepConfig(layers=args.layers, coefficient_mode="raw" if args.raw else "relative",
+                                 n_samples=args.samples, n_questions=args.questions,
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                                 positions=args.positions, condition=args.condition,
+                                 trait_threshold=args.trait_threshold,
+                                 coherence_threshold=args.coherence_threshold, batch_size=args.batch_size)
     if args.coefficients is not None:
         config.coefficients = args.coefficients
     judge, coherence = judges_from_args(args, trait, model)
     try:
-        result = run_sweep(model, vector, trait, judge=judge, coherence_judge=coherence, config=config,
-                           out_dir=run_dir / f"sweep-{args.condition}-{args.positions}", progress=not args.quiet)
+        result = run_steering_sweep(model, vector, trait, judge=judge, coherence_judge=coherence, config=config,
+                                    out_dir=run_dir / f"sweep-{args.condition}-{args.positions}",
+                                    progress=not args.quiet)
     except ValueError as error:
         raise BadInput(str(error)) from error
     write_sweep_figure(result)
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_sweep_figure(result: Any) -> list[Path]:
-    """Draw the steering curves of a :class:`~persona_lens.experiments.steering_sweep.SweepResult` into
+    """Draw the steering curves of a :class:`~persona_lens.experiments.steering_sweep.SteeringSweepResult` into
     ``sweep.html`` (and ``sweep.png`` where a browser can render it) beside its table; adds them to ``result.paths``."""
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.steering import plot_steering_curves

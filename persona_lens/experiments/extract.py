@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,34 +21,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from jaxtyping import Float
+from torch import Tensor
 
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
-from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.io import JsonlRecords, check_settings
+from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.stats import auroc
 from persona_lens.core.vectors import PersonaVector, save_vector
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, evaluate_replies, job_seed, summarise_scores
+from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
 __all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path"]
-
-log = logging.getLogger(__name__)
 
 POSITIONS = ("response", "prompt", "last_prompt")
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(GenerationSettings):
     """Extraction settings; the defaults are the paper's, except ``max_new_tokens`` (1000 there)."""
 
     n_samples: int = 10
     max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
     batch_size: int = 32
     trait_threshold: float = 50.0
     coherence_threshold: float = 50.0
@@ -58,11 +52,6 @@ class ExtractConfig:
     """Use only the first ``n_questions`` extraction questions (quick runs)."""
     n_pairs: int | None = None
     """Use only the first ``n_pairs`` system-prompt pairs (quick runs)."""
-
-    def generation_settings(self) -> dict[str, Any]:
-        """The settings that change what a given reply is (a resumed run must share them)."""
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -90,7 +79,10 @@ class ExtractionJob:
 
     def seed(self, base: int) -> int:
         """A sampling seed that depends only on the job, so resumed and fresh runs draw the same replies."""
-        return (base * 1_000_003 + zlib.crc32(self.key.encode())) % (2**63)
+        return job_seed(base, self.key)
+
+    def reply_job(self, base_seed: int) -> ReplyJob:
+        return ReplyJob(self.key, self.messages, self.seed(base_seed), asdict(self))
 
 
 @dataclass
@@ -120,39 +112,6 @@ def plan_jobs(trait: Trait, config: ExtractConfig) -> list[ExtractionJob]:
 
 def vector_path(out_dir: str | Path, positions: str = "response") -> Path:
     return Path(out_dir) / f"vector_{positions}.safetensors"
-
-
-def _generate_missing(model: HookedLM, jobs: Sequence[ExtractionJob], store: JsonlRecords, config: ExtractConfig,
-                      progress: bool) -> dict[str, dict[str, Any]]:
-    records = store.load()
-    missing = [job for job in jobs if job.key not in records]
-    if len(missing) < len(jobs):
-        log.info("resuming: %d of %d replies already generated", len(jobs) - len(missing), len(jobs))
-    chunk = max(config.batch_size, 1)
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc="extract: generate", unit="reply",
-               disable=not progress)
-    for start in range(0, len(missing), chunk):
-        part = missing[start : start + chunk]
-        out = generate(model, [job.messages for job in part], max_new_tokens=config.max_new_tokens,
-                       temperature=config.temperature, top_p=config.top_p,
-                       seeds=[job.seed(config.seed) for job in part], batch_size=config.batch_size)
-        new = [{"key": job.key, **asdict(job), "response": text, "response_ids": ids, "stopped": stopped}
-               for job, text, ids, stopped in zip(part, out.texts, out.response_ids, out.stopped)]
-        store.append(new)
-        records.update({r["key"]: r for r in new})
-        bar.update(len(part))
-    bar.close()
-    return records
-
-
-def _judge(records: dict[str, dict[str, Any]], keys: Sequence[str], rubric: str, judge: Judge, desc: str,
-           progress: bool) -> dict[str, float | None]:
-    items = [(records[k]["question_text"], records[k]["response"]) for k in keys]
-    scores: list[float | None] = []
-    step = 256
-    for start in tqdm(range(0, len(items), step), desc=desc, disable=not progress or not items, unit="batch"):
-        scores.extend(judge.score(rubric, items[start : start + step]))
-    return dict(zip(keys, scores))
 
 
 def _drop_reason(pos: dict, neg: dict, config: ExtractConfig) -> str | None:
@@ -199,13 +158,10 @@ def extract(
     jobs = plan_jobs(trait, config)
     if not jobs:
         raise ValueError("nothing to extract: the trait has no extraction questions or prompt pairs")
-    records = _generate_missing(model, jobs, JsonlRecords(out / "responses.jsonl"), config, progress)
-    keys = [job.key for job in jobs]
-    trait_scores = _judge(records, keys, trait.rubric, judge, "extract: judge trait", progress)
-    coherence = _judge(records, keys, COHERENCE_RUBRIC, coherence_judge, "extract: judge coherence", progress)
-    for k in keys:
-        records[k]["trait_score"], records[k]["coherence"] = trait_scores[k], coherence[k]
-    _write_scores(out / "scores.jsonl", [records[k] for k in keys])
+    records = evaluate_replies(model, [job.reply_job(config.seed) for job in jobs], config, trait.rubric, judge,
+                               coherence_judge, store=JsonlRecords(out / "responses.jsonl"), chunk=config.batch_size,
+                               judge_chunk=256, progress=progress, desc="extract")
+    _write_scores(out / "scores.jsonl", [records[job.key] for job in jobs])
 
     by_pair: dict[str, dict[str, dict]] = {}
     for job in jobs:
@@ -241,29 +197,20 @@ def extract(
 
     report = _report(trait, model, config, settings, jobs, records, kept, dropped, vectors["response"],
                      pos_acts.get("response"), neg_acts.get("response"))
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / "report.md").write_text(format_report(report), encoding="utf-8")
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", format_report(report))
     return ExtractionResult(vectors, report, out, records)
 
 
 def _write_scores(path: Path, records: Sequence[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for r in records:
-            handle.write(json.dumps({k: r[k] for k in ("key", "polarity", "pair", "question", "sample",
-                                                        "trait_score", "coherence", "response")},
-                                    ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+    fields = ("key", "polarity", "pair", "question", "sample", "trait_score", "coherence", "response")
+    write_text_atomic(path, "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n"
+                                    for r in records))
 
 
 def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict, jobs: Sequence[ExtractionJob],
-            records: dict, kept: list, dropped: Counter, vector: PersonaVector, pos: torch.Tensor,
-            neg: torch.Tensor) -> dict[str, Any]:
+            records: dict, kept: list, dropped: Counter, vector: PersonaVector, pos: Float[Tensor, "n layer d_model"],
+            neg: Float[Tensor, "n layer d_model"]) -> dict[str, Any]:
     units = vector.unit()
     pos_proj = torch.einsum("nld,ld->nl", pos, units)
     neg_proj = torch.einsum("nld,ld->nl", neg, units)
@@ -273,8 +220,10 @@ def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict
                   "mean_projection_positive": float(pos_proj[:, layer].mean()),
                   "mean_projection_negative": float(neg_proj[:, layer].mean())}
                  for layer in range(vector.vectors.shape[0])]
-    scores = {pol: [records[j.key]["trait_score"] for j in jobs if j.polarity == pol] for pol in ("pos", "neg")}
-    coherence = {pol: [records[j.key]["coherence"] for j in jobs if j.polarity == pol] for pol in ("pos", "neg")}
+    summary = {name: summarise_scores([records[j.key] for j in jobs if j.polarity == pol],
+                                      trait_threshold=config.trait_threshold,
+                                      coherence_threshold=config.coherence_threshold)
+               for name, pol in (("positive", "pos"), ("negative", "neg"))}
     n_pairs = len(jobs) // 2
     return {
         "trait": trait.name,
@@ -284,10 +233,9 @@ def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict
         "pairs": n_pairs,
         "kept": len(kept),
         "dropped": dict(dropped.most_common()),
-        "mean_trait_score": {"positive": _mean(scores["pos"]), "negative": _mean(scores["neg"])},
-        "trait_rate": {pol_name: _mean([None if s is None else float(s >= config.trait_threshold) for s in v])
-                       for pol_name, v in (("positive", scores["pos"]), ("negative", scores["neg"]))},
-        "mean_coherence": {"positive": _mean(coherence["pos"]), "negative": _mean(coherence["neg"])},
+        "mean_trait_score": {name: s.trait_mean for name, s in summary.items()},
+        "trait_rate": {name: s.trait_rate for name, s in summary.items()},
+        "mean_coherence": {name: s.coherence_mean for name, s in summary.items()},
         "per_layer": per_layer,
         "note": "AUROC is in-sample: the same replies define the vector and are projected onto it.",
     }

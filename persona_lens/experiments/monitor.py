@@ -6,8 +6,8 @@
 * Sweeps (paper section 4): prompts that push the trait by degrees, replies generated and judged, and how well the
   projection predicts the judged trait. :func:`system_prompt_sweep` uses the trait's 8 graded system prompts (from
   suppressing to eliciting) x the eval questions; :func:`many_shot_sweep` puts 0/5/10/15/20 examples of the trait
-  before each question as earlier user/assistant turns. :class:`SweepResult` reports per-condition means and the
-  correlations of projection with score:
+  before each question as earlier user/assistant turns. :class:`ProjectionSweepResult` reports per-condition means
+  and the correlations of projection with score:
 
   - ``overall``: Pearson over all prompts;
   - ``within_condition``: the **pooled within-condition** correlation: subtract each condition's mean projection and
@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -43,20 +42,22 @@ from persona_lens.core.chat import Message, collate, encode_generated, encode_pr
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, record, token_layout
+from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
+from persona_lens.judges.base import Judge
 
 __all__ = [
     "prompt_ids",
     "last_prompt_activations",
     "project_last_prompt",
-    "SweepPrompt",
-    "SweepRow",
-    "SweepResult",
+    "ProjectionPrompt",
+    "ProjectionSweepRow",
+    "ProjectionSweepResult",
     "system_prompt_prompts",
     "many_shot_prompts",
-    "run_sweep",
+    "run_projection_sweep",
     "system_prompt_sweep",
     "many_shot_sweep",
     "TokenTrace",
@@ -111,7 +112,7 @@ def project_last_prompt(model: HookedLM, conversations: Sequence[Sequence[Messag
 
 
 @dataclass(frozen=True)
-class SweepPrompt:
+class ProjectionPrompt:
     """One prompt of a sweep: its condition (``level`` orders conditions on a plot), question and messages."""
 
     condition: str
@@ -130,17 +131,18 @@ def _questions(trait: Any, questions: Sequence[str] | None, n_questions: int | N
 
 
 def system_prompt_prompts(trait: Any, questions: Sequence[str] | None = None, *, n_questions: int | None = None
-                          ) -> list[SweepPrompt]:
+                          ) -> list[ProjectionPrompt]:
     """The trait's graded system prompts (most suppressing first) x the eval questions (or ``questions``)."""
     graded = list(trait.graded_system_prompts)
     if not graded:
         raise ValueError(f"trait {trait.name!r} has no graded_system_prompts; add 8 to its file for this sweep")
-    return [SweepPrompt(f"system {level}", float(level), question, tuple(make_messages(question, system=system)))
+    return [ProjectionPrompt(f"system {level}", float(level), question,
+                             tuple(make_messages(question, system=system)))
             for level, system in enumerate(graded) for question in _questions(trait, questions, n_questions)]
 
 
 def many_shot_prompts(trait: Any, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None, *,
-                      n_questions: int | None = None, system: str | None = None) -> list[SweepPrompt]:
+                      n_questions: int | None = None, system: str | None = None) -> list[ProjectionPrompt]:
     """``n`` examples of the trait (user question, assistant answer) before each question, for each ``n`` in shots.
 
     The examples are the first ``n`` of the trait's ``many_shot_examples``, in file order, so a prompt with more
@@ -160,12 +162,12 @@ def many_shot_prompts(trait: Any, shots: Sequence[int] = DEFAULT_SHOTS, question
                         {"role": "assistant", "content": example.answer}]
         for question in _questions(trait, questions, n_questions):
             messages = make_messages(question, system=system, history=history)
-            prompts.append(SweepPrompt(f"{n} shots", float(n), question, tuple(messages)))
+            prompts.append(ProjectionPrompt(f"{n} shots", float(n), question, tuple(messages)))
     return prompts
 
 
 @dataclass
-class SweepRow:
+class ProjectionSweepRow:
     """One generated reply: which prompt and sample, the prompt's projections, the reply and its score."""
 
     prompt_index: int
@@ -185,16 +187,16 @@ def _nan_to_none(value: float) -> float | None:
 
 
 @dataclass
-class SweepResult:
+class ProjectionSweepResult:
     """Everything a sweep measured. ``projections[i, j]``: prompt ``i`` on trait ``traits[j]``."""
 
     kind: str
     traits: list[str]
     layer: int
     judge_id: str
-    prompts: list[SweepPrompt]
+    prompts: list[ProjectionPrompt]
     projections: Float[Tensor, "n_prompts k"]
-    rows: list[SweepRow]
+    rows: list[ProjectionSweepRow]
     settings: dict[str, Any] = field(default_factory=dict)
 
     def conditions(self) -> list[str]:
@@ -205,11 +207,10 @@ class SweepResult:
 
     def prompt_scores(self) -> list[float | None]:
         """Mean score of each prompt's scored samples (None when none was scored)."""
-        totals = [[] for _ in self.prompts]
+        scores: list[list[float | None]] = [[] for _ in self.prompts]
         for row in self.rows:
-            if row.score is not None:
-                totals[row.prompt_index].append(row.score)
-        return [sum(t) / len(t) if t else None for t in totals]
+            scores[row.prompt_index].append(row.score)
+        return [average(s) for s in scores]
 
     def _trait_index(self, trait: str | None) -> int:
         if trait is None:
@@ -276,24 +277,22 @@ class SweepResult:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, target)
-        return target
+        return write_json_atomic(path, self.to_json())
 
 
-def run_sweep(model: HookedLM, prompts: Sequence[SweepPrompt], vectors: VectorLike | Sequence[VectorLike],
-              layer: int, judge: Judge, rubric: str, *, n_samples: int = 1, max_new_tokens: int = 128,
-              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8, kind: str = "custom",
-              coherence_judge: Judge | None = None, allow_other_model: bool = False, progress: bool = False
-              ) -> SweepResult:
+def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
+                         vectors: VectorLike | Sequence[VectorLike], layer: int, judge: Judge, rubric: str, *,
+                         kind: str = "custom", coherence_judge: Judge | None = None, allow_other_model: bool = False,
+                         progress: bool = False, **generation: Any) -> ProjectionSweepResult:
     """Project every prompt's last token, generate ``n_samples`` replies per prompt, judge them against ``rubric``
     (and against the coherence rubric with ``coherence_judge``, when given).
 
-    Sample ``s`` of prompt ``i`` is drawn with seed ``seed + i * n_samples + s`` (reproducible, batch-independent).
+    ``generation``: fields of :class:`~persona_lens.experiments.evaluate.GenerationSettings` (``n_samples``,
+    ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size``; its defaults otherwise). Sample ``s``
+    of prompt ``i`` is drawn with seed ``seed + i * n_samples + s`` (reproducible, batch-independent).
     """
+    settings = GenerationSettings(**generation)
+    n_samples = settings.n_samples
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
     prompts = list(prompts)
@@ -301,43 +300,39 @@ def run_sweep(model: HookedLM, prompts: Sequence[SweepPrompt], vectors: VectorLi
         raise ValueError("a sweep needs at least one prompt")
     names = trait_names(vectors)
     ids = prompt_ids(model, [p.messages for p in prompts])
-    projections = project_last_prompt(model, ids, vectors, layer, batch_size=batch_size,
+    projections = project_last_prompt(model, ids, vectors, layer, batch_size=settings.batch_size,
                                       allow_other_model=allow_other_model, progress=progress)
-    requests = [ids[i] for i in range(len(prompts)) for _ in range(n_samples)]
-    generation = generate(model, requests, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          seed=seed, batch_size=batch_size, progress=progress, desc=f"{kind} sweep")
-    items = [(prompts[k // n_samples].question, text) for k, text in enumerate(generation.texts)]
-    scores = list(judge.score(rubric, items))
-    coherence = list(coherence_judge.score(COHERENCE_RUBRIC, items)) if coherence_judge is not None else \
-        [None] * len(items)
-    if len(scores) != len(items) or len(coherence) != len(items):
-        raise RuntimeError(f"a judge returned {len(scores)}/{len(coherence)} scores for {len(items)} items")
+    samples = [(i, s) for i in range(len(prompts)) for s in range(n_samples)]
+    jobs = [ReplyJob(f"p{i}|s{s}", ids[i], settings.seed + k, {"question_text": prompts[i].question})
+            for k, (i, s) in enumerate(samples)]
+    records = evaluate_replies(model, jobs, settings, rubric, judge, coherence_judge, progress=progress,
+                               desc=f"{kind} sweep")
     rows = []
-    for k, (text, score, stopped) in enumerate(zip(generation.texts, scores, generation.stopped)):
-        i = k // n_samples
-        rows.append(SweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question, k % n_samples,
-                             dict(zip(names, projections[i].tolist())), text,
-                             None if score is None else float(score), stopped,
-                             None if coherence[k] is None else float(coherence[k])))
-    settings = {"n_samples": n_samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "model": model.cfg.model_name}
-    return SweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings)
+    for (i, s), job in zip(samples, jobs):
+        reply = records[job.key]
+        rows.append(ProjectionSweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question, s,
+                                       dict(zip(names, projections[i].tolist())), reply["response"],
+                                       as_score(reply["trait_score"]), reply["stopped"],
+                                       as_score(reply["coherence"])))
+    settings_json = {"n_samples": n_samples, **settings.generation_settings(), "model": model.cfg.model_name}
+    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings_json)
 
 
 def system_prompt_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
                         judge: Judge, *, questions: Sequence[str] | None = None, n_questions: int | None = None,
-                        **kwargs: Any) -> SweepResult:
-    """The 8 graded system prompts of ``trait`` x its eval questions; see :func:`run_sweep` for the options."""
+                        **kwargs: Any) -> ProjectionSweepResult:
+    """The 8 graded system prompts of ``trait`` x its eval questions; see :func:`run_projection_sweep` for the
+    options."""
     prompts = system_prompt_prompts(trait, questions, n_questions=n_questions)
-    return run_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="system", **kwargs)
+    return run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="system", **kwargs)
 
 
 def many_shot_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
                     judge: Judge, *, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None,
-                    n_questions: int | None = None, system: str | None = None, **kwargs: Any) -> SweepResult:
-    """0/5/10/15/20 trait examples before each eval question; see :func:`run_sweep` for the options."""
+                    n_questions: int | None = None, system: str | None = None, **kwargs: Any) -> ProjectionSweepResult:
+    """0/5/10/15/20 trait examples before each eval question; see :func:`run_projection_sweep` for the options."""
     prompts = many_shot_prompts(trait, shots, questions, n_questions=n_questions, system=system)
-    return run_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="many_shot", **kwargs)
+    return run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="many_shot", **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

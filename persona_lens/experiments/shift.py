@@ -28,12 +28,12 @@ from torch import Tensor
 
 from persona_lens.core import stats
 from persona_lens.core.chat import Message, make_messages
-from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_vectors_by_layer
+from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.experiments.monitor import last_prompt_activations
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.judges.base import Judge
 
 __all__ = [
     "mean_last_prompt_activation",
@@ -124,26 +124,24 @@ class TraitEvaluation:
         return out
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    mean, _, n = stats.mean_sem(values)
-    return None if n == 0 or math.isnan(mean) else mean
-
-
-def evaluate_trait(model: HookedLM, questions: Sequence[str], rubric: str, judge: Judge, *, n_samples: int = 1,
-                   max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                   batch_size: int = 8, coherence_judge: Judge | None = None, system: str | None = None
+def evaluate_trait(model: HookedLM, questions: Sequence[str], rubric: str, judge: Judge, *,
+                   coherence_judge: Judge | None = None, system: str | None = None, **generation: Any
                    ) -> TraitEvaluation:
-    """Generate ``n_samples`` replies per question (no steering) and judge them; the trait score of the model."""
-    conversations = [make_messages(q, system=system) for q in questions for _ in range(n_samples)]
-    generation = generate(model, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, batch_size=batch_size)
-    items = [(questions[k // n_samples], text) for k, text in enumerate(generation.texts)]
-    scores = [None if s is None else float(s) for s in judge.score(rubric, items)]
-    coherence: list[float | None] = []
-    if coherence_judge is not None:
-        coherence = [None if s is None else float(s) for s in coherence_judge.score(COHERENCE_RUBRIC, items)]
-    return TraitEvaluation(_mean(scores), scores, _mean(coherence) if coherence else None, coherence,
-                           list(generation.texts), judge.judge_id)
+    """Generate ``n_samples`` replies per question (no steering) and judge them; the trait score of the model.
+
+    ``generation``: fields of :class:`~persona_lens.experiments.evaluate.GenerationSettings` (its defaults
+    otherwise). Reply ``k`` (question ``k // n_samples``) is drawn with seed ``seed + k``.
+    """
+    settings = GenerationSettings(**generation)
+    jobs = [ReplyJob(f"q{k // settings.n_samples}|s{k % settings.n_samples}", make_messages(question, system=system),
+                     settings.seed + k, {"question_text": question})
+            for k, question in enumerate(q for q in questions for _ in range(settings.n_samples))]
+    records = evaluate_replies(model, jobs, settings, rubric, judge, coherence_judge, with_tokens=False)
+    replies = [records[job.key] for job in jobs]
+    scores = [as_score(r["trait_score"]) for r in replies]
+    coherence = [as_score(r["coherence"]) for r in replies] if coherence_judge is not None else []
+    return TraitEvaluation(average(scores), scores, average(coherence), coherence, [r["response"] for r in replies],
+                           judge.judge_id)
 
 
 @dataclass

@@ -20,27 +20,34 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from tqdm.auto import tqdm
+from jaxtyping import Float
+from torch import Tensor
 
 from persona_lens.core.activations import median_residual_norms
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
-from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.hooks import steer
-from persona_lens.core.io import JsonlRecords, check_settings
+from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import PersonaVector
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.experiments.evaluate import (
+    GenerationSettings,
+    ReplyJob,
+    Steering,
+    generate_replies,
+    job_seed,
+    judge_replies,
+    summarise_scores,
+)
+from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
-__all__ = ["SweepConfig", "SweepCell", "SweepResult", "run_sweep", "default_layers", "choose_layer"]
+__all__ = ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult", "run_steering_sweep", "default_layers",
+           "choose_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +55,26 @@ Condition = Literal["none", "positive", "negative"]
 
 
 @dataclass
-class SweepConfig:
+class SteeringSweepConfig(GenerationSettings):
+    max_new_tokens: int = 40
+    batch_size: int = 64
     layers: list[int] | None = None
     """Layers to steer (our convention: l = output of block l); default: :func:`default_layers`."""
     coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
     coefficient_mode: Literal["relative", "raw"] = "relative"
-    n_samples: int = 1
     n_questions: int | None = None
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
     positions: Literal["all", "prompt", "response"] = "response"
     condition: Condition = "none"
     """System prompt of the evaluation replies: none, or the trait's positive / negative prompts (cycled)."""
     trait_threshold: float = 50.0
     coherence_threshold: float = 75.0
-    batch_size: int = 64
 
     def generation_settings(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "positions": self.positions, "condition": self.condition}
+        return {**super().generation_settings(), "positions": self.positions, "condition": self.condition}
 
 
 @dataclass
-class SweepCell:
+class SteeringCell:
     """One (layer, coefficient) cell of the sweep; ``layer`` is None for the unsteered baseline."""
 
     layer: int | None
@@ -87,16 +89,16 @@ class SweepCell:
 
 
 @dataclass
-class SweepResult:
-    cells: list[SweepCell]
-    baseline: SweepCell
-    chosen: SweepCell | None
+class SteeringSweepResult:
+    cells: list[SteeringCell]
+    baseline: SteeringCell
+    chosen: SteeringCell | None
     reason: str
     out_dir: Path
     paths: dict[str, Path]
     trait: str = ""
     model_name: str = ""
-    config: SweepConfig | None = None
+    config: SteeringSweepConfig | None = None
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -119,14 +121,21 @@ class _Job:
         return f"{cell}|q{self.question}|s{self.sample}"
 
     def seed(self, base: int) -> int:
-        return (base * 1_000_003 + zlib.crc32(f"q{self.question}|s{self.sample}".encode())) % (2**63)
+        """The same random stream in every cell (common random numbers)."""
+        return job_seed(base, f"q{self.question}|s{self.sample}")
 
     @property
     def messages(self) -> list[dict[str, str]]:
         return make_messages(self.question_text, system=self.system)
 
+    def reply_job(self, cell: str, coef_raw: float, steering: Steering | None, base_seed: int) -> ReplyJob:
+        return ReplyJob(self.key(cell), self.messages, self.seed(base_seed),
+                        {"cell": cell, "question": self.question, "sample": self.sample,
+                         "question_text": self.question_text, "system": self.system, "coef_raw": coef_raw},
+                        steering)
 
-def _plan(trait: Trait, config: SweepConfig) -> list[_Job]:
+
+def _plan(trait: Trait, config: SteeringSweepConfig) -> list[_Job]:
     questions = trait.eval_questions[: config.n_questions]
     prompts: list[str | None]
     if config.condition == "positive":
@@ -143,54 +152,8 @@ def _cell_key(layer: int | None, mode: str, coef: float) -> str:
     return "base" if layer is None else f"L{layer}|{mode}{coef:g}"
 
 
-def _generate_cells(model: HookedLM, vector: PersonaVector, jobs: Sequence[_Job],
-                    cells: Sequence[tuple[int | None, float, float]], config: SweepConfig, store: JsonlRecords,
-                    records: dict[str, dict], desc: str, progress: bool) -> None:
-    """Generate every missing reply of ``cells`` (one layer, several coefficients) as one batch."""
-    todo = []
-    for layer, coef, raw in cells:
-        cell = _cell_key(layer, config.coefficient_mode, coef)
-        todo += [(job, cell, raw) for job in jobs if job.key(cell) not in records]
-    if not todo:
-        return
-    layer = cells[0][0]
-    conversations = [job.messages for job, _, _ in todo]
-    seeds = [job.seed(config.seed) for job, _, _ in todo]
-    kwargs: dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_p=config.top_p, seeds=seeds, batch_size=config.batch_size,
-                                  progress=progress, desc=desc)
-    if layer is None:
-        out = generate(model, conversations, **kwargs)
-    else:
-        coefs = torch.tensor([raw for _, _, raw in todo], dtype=torch.float32)
-        with steer(model, vector, layer=layer, coef=coefs, positions=config.positions):
-            out = generate(model, conversations, **kwargs)
-    new = [{"key": job.key(cell), "cell": cell, "question": job.question, "sample": job.sample,
-            "question_text": job.question_text, "system": job.system, "coef_raw": raw, "response": text}
-           for (job, cell, raw), text in zip(todo, out.texts)]
-    store.append(new)
-    records.update({r["key"]: r for r in new})
-
-
-def _summarise(layer: int | None, coef_rel: float, coef_raw: float, rows: Sequence[dict],
-               config: SweepConfig) -> SweepCell:
-    traits = [r["trait_score"] for r in rows if r["trait_score"] is not None]
-    coherence = [r["coherence"] for r in rows if r["coherence"] is not None]
-
-    def mean(values: Sequence[float]) -> float | None:
-        return sum(values) / len(values) if values else None
-
-    return SweepCell(
-        layer=layer, coef_raw=coef_raw, coef_relative=coef_rel, n=len(rows), trait_mean=mean(traits),
-        trait_rate=mean([float(t >= config.trait_threshold) for t in traits]),
-        coherence_mean=mean(coherence),
-        coherent_rate=mean([float(c >= config.coherence_threshold) for c in coherence]),
-        n_unscored=sum(r["trait_score"] is None for r in rows),
-    )
-
-
-def choose_layer(cells: Sequence[SweepCell], baseline: SweepCell, coherence_threshold: float
-                 ) -> tuple[SweepCell | None, str]:
+def choose_layer(cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float
+                 ) -> tuple[SteeringCell | None, str]:
     """The steered cell with the highest trait score among those with mean coherence >= threshold."""
     coherent = [c for c in cells if c.layer is not None and c.trait_mean is not None
                 and c.coherence_mean is not None and c.coherence_mean >= coherence_threshold]
@@ -205,22 +168,22 @@ def choose_layer(cells: Sequence[SweepCell], baseline: SweepCell, coherence_thre
                   f"{best.coherence_mean:.1f} >= {coherence_threshold:g}")
 
 
-def run_sweep(
+def run_steering_sweep(
     model: HookedLM,
     vector: PersonaVector,
     trait: Trait,
     *,
     judge: Judge,
     coherence_judge: Judge | None = None,
-    config: SweepConfig | None = None,
+    config: SteeringSweepConfig | None = None,
     out_dir: str | Path,
     progress: bool = True,
-) -> SweepResult:
+) -> SteeringSweepResult:
     """Sweep layers x coefficients; write ``sweep.csv``, ``sweep.json`` and ``scored.jsonl``.
 
     The steering-curve figure is drawn from the result by :func:`persona_lens.viz.steering.plot_steering_curves`
     (the CLI writes it as ``sweep.html``)."""
-    config = config or SweepConfig()
+    config = config or SteeringSweepConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge
     vector.check_compatible(model, allow_other_model=True)
     if vector.model_name != model.cfg.model_name:
@@ -237,8 +200,6 @@ def run_sweep(
     if not jobs:
         raise ValueError(f"trait {trait.name!r} has no evaluation questions")
     norms = median_residual_norms(model, [_encoded(model, j) for j in jobs], batch_size=config.batch_size)
-    store = JsonlRecords(out / "responses.jsonl")
-    records = store.load()
 
     def raw_of(layer: int, coef: float) -> float:
         if config.coefficient_mode == "raw":
@@ -248,58 +209,49 @@ def run_sweep(
     def relative_of(layer: int, raw: float) -> float:
         return float(raw * vector.vectors[layer].norm() / norms[layer])
 
-    _generate_cells(model, vector, jobs, [(None, 0.0, 0.0)], config, store, records, "sweep: baseline", progress)
-    for layer in tqdm(layers, desc="sweep: layers", disable=not progress):
-        cells = [(layer, c, raw_of(layer, c)) for c in config.coefficients]
-        _generate_cells(model, vector, jobs, cells, config, store, records, f"sweep: layer {layer}", False)
+    # The baseline, then every coefficient of a layer in one generate call (one steering, a coefficient per row).
+    steered = [(layer, coef, raw_of(layer, coef)) for layer in layers for coef in config.coefficients]
+    reply_jobs = [job.reply_job("base", 0.0, None, config.seed) for job in jobs]
+    for layer, coef, raw in steered:
+        steering = Steering(vector, layer, raw, config.positions)
+        cell = _cell_key(layer, config.coefficient_mode, coef)
+        reply_jobs += [job.reply_job(cell, raw, steering, config.seed) for job in jobs]
+    records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "responses.jsonl"),
+                               with_tokens=False, progress=progress, desc="sweep: generate")
+    judge_replies(list(records.values()), trait.rubric, judge, coherence_judge, progress=progress,
+                  desc="sweep: judge")  # every stored reply, those of earlier settings' cells too
 
-    keys = list(records)
-    items = [(records[k]["question_text"], records[k]["response"]) for k in keys]
-    for name, rubric, scorer in (("trait_score", trait.rubric, judge), ("coherence", COHERENCE_RUBRIC,
-                                                                        coherence_judge)):
-        for k, score in zip(keys, scorer.score(rubric, items)):
-            records[k][name] = score
+    def summarise(layer: int | None, coef_raw: float, coef_relative: float, cell: str) -> SteeringCell:
+        summary = summarise_scores([records[job.key(cell)] for job in jobs], trait_threshold=config.trait_threshold,
+                                   coherence_threshold=config.coherence_threshold)
+        return SteeringCell(layer, coef_raw, coef_relative, **asdict(summary))
 
-    def rows_of(cell: str) -> list[dict]:
-        return [records[job.key(cell)] for job in jobs]
-
-    baseline = _summarise(None, 0.0, 0.0, rows_of("base"), config)
-    cells = []
-    for layer in layers:
-        for coef in config.coefficients:
-            raw = raw_of(layer, coef)
-            relative = coef if config.coefficient_mode == "relative" else relative_of(layer, raw)
-            cells.append(_summarise(layer, relative, raw, rows_of(_cell_key(layer, config.coefficient_mode, coef)),
-                                    config))
+    baseline = summarise(None, 0.0, 0.0, "base")
+    cells = [summarise(layer, raw, coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
+                       _cell_key(layer, config.coefficient_mode, coef)) for layer, coef, raw in steered]
     chosen, reason = choose_layer(cells, baseline, config.coherence_threshold)
     paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records)
-    return SweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
+    return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
 
 
 def _encoded(model: HookedLM, job: _Job) -> Any:
     return encode_generated(encode_prompt(model.tokenizer, job.messages), ())
 
 
-def _write_outputs(out: Path, cells: list[SweepCell], baseline: SweepCell, chosen: SweepCell | None, reason: str,
-                   config: SweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector, norms: torch.Tensor,
-                   records: dict[str, dict]) -> dict[str, Path]:
+def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell, chosen: SteeringCell | None,
+                   reason: str, config: SteeringSweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector,
+                   norms: Float[Tensor, " layer"], records: dict[str, dict]) -> dict[str, Path]:
     csv_path = out / "sweep.csv"
-    fields = list(SweepCell.__dataclass_fields__)
-    tmp = csv_path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+    with atomic_output(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(SteeringCell.__dataclass_fields__))
         writer.writeheader()
         for cell in [baseline, *cells]:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(cell).items()})
-    tmp.replace(csv_path)
     summary = {"trait": trait.name, "model": model.cfg.model_name, "vector_model": vector.model_name,
                "config": asdict(config), "median_residual_norm": [float(x) for x in norms],
                "baseline": asdict(baseline), "chosen": None if chosen is None else asdict(chosen), "reason": reason,
                "cells": [asdict(c) for c in cells]}
-    json_path = out / "sweep.json"
-    json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    scored = out / "scored.jsonl"
-    with scored.open("w", encoding="utf-8") as handle:
-        for record in records.values():
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    json_path = write_json_atomic(out / "sweep.json", summary)
+    scored = write_text_atomic(out / "scored.jsonl",
+                               "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records.values()))
     return {"csv": csv_path, "json": json_path, "scored": scored}

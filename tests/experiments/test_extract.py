@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import persona_lens.experiments.evaluate as E
 import persona_lens.experiments.extract as X
 from persona_lens.core.vectors import load_vector
 from persona_lens.judges.rule import RuleJudge
@@ -99,7 +100,7 @@ def test_rerun_costs_nothing_and_interrupted_run_resumes_identically(tmp_path, m
     reference = _run(model, tmp_path / "fresh", _config())
 
     calls = {"n": 0}
-    real_generate = X.generate
+    real_generate = E.generate
 
     def crashing_generate(*args, **kwargs):
         calls["n"] += 1
@@ -107,12 +108,12 @@ def test_rerun_costs_nothing_and_interrupted_run_resumes_identically(tmp_path, m
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(X, "generate", crashing_generate)
+    monkeypatch.setattr(E, "generate", crashing_generate)
     with pytest.raises(KeyboardInterrupt):
         _run(model, tmp_path / "resumed", _config())
     partial = X.JsonlRecords(tmp_path / "resumed" / "responses.jsonl").load()
     assert 0 < len(partial) < 2 * reference.report["pairs"]
-    monkeypatch.setattr(X, "generate", real_generate)
+    monkeypatch.setattr(E, "generate", real_generate)
     resumed = _run(model, tmp_path / "resumed", _config())
     for key, record in reference.records.items():
         assert resumed.records[key]["response_ids"] == record["response_ids"]
@@ -125,7 +126,7 @@ def test_rerun_costs_nothing_and_interrupted_run_resumes_identically(tmp_path, m
     cached = CachedJudge(counting, tmp_path / "cache.sqlite")
     _run(model, tmp_path / "resumed", _config(), judge=cached)
     first_calls = counting.calls
-    monkeypatch.setattr(X, "generate", lambda *a, **k: pytest.fail("a finished run must not generate"))
+    monkeypatch.setattr(E, "generate", lambda *a, **k: pytest.fail("a finished run must not generate"))
     _run(model, tmp_path / "resumed", _config(), judge=cached)
     assert counting.calls == first_calls
 

@@ -82,8 +82,8 @@ def test_sweep_against_independent_recomputation():
     trait = load_trait("shouting")
     vectors = _vectors(model, seed=3)
     prompts = monitor.many_shot_prompts(trait, (0, 1, 2), n_questions=3)
-    result = monitor.run_sweep(model, prompts, vectors, 2, RuleJudge("shouting"), trait.rubric, n_samples=2,
-                               max_new_tokens=6, temperature=1.0, seed=5, batch_size=4)
+    result = monitor.run_projection_sweep(model, prompts, vectors, 2, RuleJudge("shouting"), trait.rubric, n_samples=2,
+                                          max_new_tokens=6, temperature=1.0, seed=5, batch_size=4)
     n = len(prompts)
     assert len(result.rows) == 2 * n and result.traits == ["alpha", "vector1"]
     torch.testing.assert_close(result.projections,

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import persona_lens.experiments.evaluate as E
 import persona_lens.experiments.steering_sweep as S
 from persona_lens.cli.sweep import write_sweep_figure
 from persona_lens.core.generation import generate
@@ -25,12 +26,13 @@ def _vector(model, seed=0):
 def _config(**kw):
     defaults = dict(layers=[1, 3], coefficients=[0.5, 2.0], n_questions=3, max_new_tokens=6, temperature=0.0,
                     batch_size=8, coherence_threshold=0.0)
-    return S.SweepConfig(**{**defaults, **kw})
+    return S.SteeringSweepConfig(**{**defaults, **kw})
 
 
 def _sweep(model, vector, out, **kw):
-    return S.run_sweep(model, vector, load_trait("shouting"), judge=RuleJudge("shouting"),
-                       coherence_judge=RuleJudge("coherence"), config=_config(**kw), out_dir=out, progress=False)
+    return S.run_steering_sweep(model, vector, load_trait("shouting"), judge=RuleJudge("shouting"),
+                                coherence_judge=RuleJudge("coherence"), config=_config(**kw), out_dir=out,
+                                progress=False)
 
 
 def test_one_batch_of_coefficients_equals_separate_runs(tmp_path, tiny_model):
@@ -67,7 +69,7 @@ def test_outputs_table_figure_and_choice(tmp_path):
 def test_rerun_generates_nothing(tmp_path, monkeypatch):
     model = load_cached("tiny-qwen2")
     first = _sweep(model, _vector(model), tmp_path)
-    monkeypatch.setattr(S, "generate", lambda *a, **k: pytest.fail("a finished sweep must not generate"))
+    monkeypatch.setattr(E, "generate", lambda *a, **k: pytest.fail("a finished sweep must not generate"))
     again = _sweep(model, _vector(model), tmp_path)
     assert [c.trait_mean for c in again.cells] == [c.trait_mean for c in first.cells]
 
@@ -76,20 +78,20 @@ def test_adding_coefficients_to_a_finished_sweep_only_generates_the_new_cells(tm
     model = load_cached("tiny-gemma2")
     _sweep(model, _vector(model), tmp_path)
     seen = []
-    real = S.generate
+    real = E.generate
 
     def counting(model_, conversations, **kwargs):
         seen.append(len(conversations))
         return real(model_, conversations, **kwargs)
 
-    monkeypatch.setattr(S, "generate", counting)
+    monkeypatch.setattr(E, "generate", counting)
     _sweep(model, _vector(model), tmp_path, coefficients=[0.5, 2.0, 4.0])
     assert seen == [3, 3]  # one new coefficient x 3 questions, for each of the two layers
 
 
 def test_choose_layer_takes_the_best_coherent_cell():
     def cell(layer, rel, trait, coherence):
-        return S.SweepCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0)
+        return S.SteeringCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0)
 
     baseline = cell(None, 0.0, 5.0, 90.0)
     cells = [cell(4, 0.2, 40, 90), cell(4, 0.6, 95, 30), cell(8, 0.2, 60, 80), cell(8, 0.4, 70, 74)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from persona_lens.experiments.monitor import SweepPrompt, SweepResult, SweepRow
+from persona_lens.experiments.monitor import ProjectionPrompt, ProjectionSweepResult, ProjectionSweepRow
 from persona_lens.viz.figures import write_figure
 from persona_lens.viz.projections import (
     histogram_figure,
@@ -64,11 +64,11 @@ def test_write_token_html(tmp_path):
 
 
 def _sweep():
-    prompts = [SweepPrompt(f"c{c}", float(c), f"q{i}", ()) for c in range(3) for i in range(4)]
+    prompts = [ProjectionPrompt(f"c{c}", float(c), f"q{i}", ()) for c in range(3) for i in range(4)]
     projections = torch.tensor([[float(c) + 0.1 * i, -float(i)] for c in range(3) for i in range(4)])
-    rows = [SweepRow(k, p.condition, p.level, p.question, 0, {}, "", 10.0 * p.level + k % 3, True)
+    rows = [ProjectionSweepRow(k, p.condition, p.level, p.question, 0, {}, "", 10.0 * p.level + k % 3, True)
             for k, p in enumerate(prompts)]
-    return SweepResult("system", ["evil", "other"], 5, "rule:x", prompts, projections, rows)
+    return ProjectionSweepResult("system", ["evil", "other"], 5, "rule:x", prompts, projections, rows)
 
 
 def test_sweep_figure_shows_each_prompt_and_condition_mean():
