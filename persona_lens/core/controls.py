@@ -1,0 +1,191 @@
+"""Controls: what a random direction of the same norm, another trait's vector or the flipped vector gives.
+
+Every analysis reports its persona vector's number beside its controls, measured in the same run:
+
+* ``random_like(vector, k, seed)`` draws ``k`` seeded random vectors with the vector's per-layer norms (each layer an
+  independent Gaussian direction), so a measurement that only needs "some direction of this size" is exposed;
+* :func:`compare` puts the vector's value beside the ``k`` random values (percentile, 5-95% band), the other traits'
+  values (cross-trait) and the sign-flipped vector's value, as one :class:`Baseline`.
+
+Random projections cost one matmul on cached activations (:func:`project_rows`): no extra forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_RANDOM_DIRECTIONS",
+    "Baseline",
+    "random_directions",
+    "random_like",
+    "project_rows",
+    "compare",
+]
+
+DEFAULT_RANDOM_DIRECTIONS = 100
+"""K where a control costs a matmul; commands that must generate per control use fewer (their own default)."""
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"the number of random directions must be a positive int, got {k!r}")
+
+
+def random_directions(d_model: int, k: int, *, seed: int = 0,
+                      norm: float | Tensor = 1.0) -> Float[Tensor, "k d_model"]:
+    """``k`` seeded Gaussian directions in ``d_model`` dimensions, each scaled to ``norm`` (float32, CPU).
+
+    The same (d_model, k, seed) always gives the same directions on every machine (CPU generator)."""
+    _check_k(k)
+    if not isinstance(d_model, int) or d_model < 1:
+        raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+    generator = torch.Generator().manual_seed(int(seed))
+    draws = torch.randn(k, d_model, generator=generator, dtype=torch.float32)
+    units = draws / draws.norm(dim=-1, keepdim=True)
+    return units * torch.as_tensor(norm, dtype=torch.float32)
+
+
+def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
+                seed: int = 0) -> Float[Tensor, "k layer d_model"]:
+    """``k`` random vectors shaped like a persona vector's ``[n_layers + 1, d_model]`` tensor, row norms equal to it.
+
+    Layer ``l`` of random vector ``i`` is an independent Gaussian direction with ``vectors[l].norm()``; a zero row
+    stays zero. Accepts a :class:`~persona_lens.core.vectors.PersonaVector` too."""
+    tensor = getattr(vectors, "vectors", vectors)
+    if not isinstance(tensor, Tensor) or tensor.ndim != 2:
+        raise ValueError(f"random_like needs a [n_layers + 1, d_model] tensor, got {type(tensor).__name__}"
+                         f"{tuple(getattr(tensor, 'shape', ()))}")
+    _check_k(k)
+    n_rows, d_model = tensor.shape
+    norms = tensor.detach().float().cpu().norm(dim=-1)  # [layer]
+    draws = random_directions(d_model, k * n_rows, seed=seed).reshape(k, n_rows, d_model)
+    return draws * norms[None, :, None]
+
+
+def project_rows(activations: Float[Tensor, "n d_model"],
+                 directions: Float[Tensor, "k d_model"]) -> Float[Tensor, "k n"]:
+    """Projections of ``n`` activations on ``k`` directions, each direction normalised to unit length first.
+
+    This is how a control costs nothing extra: the activations are already cached."""
+    acts = activations.detach().float().cpu()
+    dirs = directions.detach().float().cpu()
+    norms = dirs.norm(dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a control direction has zero norm: its projection is undefined")
+    return (dirs / norms) @ acts.T
+
+
+def _finite(x: Any) -> float:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+@dataclass
+class Baseline:
+    """One measurement of the persona vector beside its controls (all from the same run).
+
+    ``random`` holds the metric for each random direction; ``others`` the metric for other traits' vectors;
+    ``flipped`` the sign-flipped vector's. ``higher_is_better`` says which side counts as "beats"."""
+
+    metric: str
+    value: float
+    random: list[float] = field(default_factory=list)
+    others: dict[str, float] = field(default_factory=dict)
+    flipped: float | None = None
+    higher_is_better: bool = True
+
+    def _random(self) -> np.ndarray:
+        values = np.asarray([_finite(v) for v in self.random], dtype=float)
+        return values[np.isfinite(values)]
+
+    @property
+    def percentile(self) -> float:
+        """Share (0-100) of random directions the vector beats (ties count half); nan without random values."""
+        values = self._random()
+        if values.size == 0 or not math.isfinite(self.value):
+            return math.nan
+        sign = 1.0 if self.higher_is_better else -1.0
+        below = np.sum(sign * values < sign * self.value)
+        ties = np.sum(values == self.value)
+        return float(100.0 * (below + 0.5 * ties) / values.size)
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The random directions' 5th and 95th percentiles (nan, nan without random values)."""
+        values = self._random()
+        if values.size == 0:
+            return (math.nan, math.nan)
+        low, high = np.percentile(values, [5, 95])
+        return (float(low), float(high))
+
+    @property
+    def beats_random(self) -> bool:
+        """True when the vector is beyond the random band's far edge (95th percentile, or 5th when lower is better)."""
+        low, high = self.band
+        if not math.isfinite(self.value) or not math.isfinite(high):
+            return False
+        return self.value > high if self.higher_is_better else self.value < low
+
+    def margin_over_others(self) -> float:
+        """How far the vector is ahead of the best other trait's vector (nan without others)."""
+        values = [v for v in (_finite(x) for x in self.others.values()) if math.isfinite(v)]
+        if not values or not math.isfinite(self.value):
+            return math.nan
+        if self.higher_is_better:
+            return float(self.value - max(values))
+        return float(min(values) - self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the value, the random band, percentile and count, the other traits, the flipped value."""
+        low, high = self.band
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "higher_is_better": self.higher_is_better,
+            "random_n": int(self._random().size),
+            "random_p5": low,
+            "random_p95": high,
+            "random_mean": float(np.mean(self._random())) if self._random().size else math.nan,
+            "percentile": self.percentile,
+            "beats_random": self.beats_random,
+            "others": dict(self.others),
+            "margin_over_others": self.margin_over_others(),
+            "flipped": self.flipped,
+        }
+
+    def summary(self) -> str:
+        """One line for tables and logs, e.g. ``r = 0.82 | random 5-95%: -0.10..0.31 (pct 99) | sycophancy 0.40``."""
+        parts = [f"{self.metric} = {self.value:.3g}"]
+        low, high = self.band
+        if math.isfinite(low):
+            parts.append(f"random 5-95%: {low:.3g}..{high:.3g} (pct {self.percentile:.0f}, n={self._random().size})")
+        if self.others:
+            parts.append(", ".join(f"{name} {_finite(v):.3g}" for name, v in self.others.items()))
+        if self.flipped is not None:
+            parts.append(f"flipped {self.flipped:.3g}")
+        return " | ".join(parts)
+
+
+def compare(metric: str, value: Any, random: Sequence[Any] = (), *, others: Mapping[str, Any] | None = None,
+            flipped: Any = None, higher_is_better: bool = True) -> Baseline:
+    """Bundle a vector's measurement with its controls' measurements (see :class:`Baseline`)."""
+    return Baseline(
+        metric=metric,
+        value=_finite(value),
+        random=[_finite(v) for v in random],
+        others={str(name): _finite(v) for name, v in (others or {}).items()},
+        flipped=None if flipped is None else _finite(flipped),
+        higher_is_better=higher_is_better,
+    )
