@@ -1,0 +1,150 @@
+"""Persona space mechanics on planted data and tiny models: PCA and the axis recover planted directions, role units
+resume, drift is the turn mean of the token projections, capping at the bottom of the default range changes
+nothing and above it lifts every capped position to the threshold."""
+
+import json
+
+import pytest
+import torch
+
+from persona_lens.core.activations import collect_activations
+from persona_lens.core.chat import encode_conversation, make_messages
+from persona_lens.experiments import space as sp
+from persona_lens.traits.roles import role_from_dict
+
+N_LAYERS, D = 3, 32
+
+
+def _planted(seed=0, n_roles=8, noise=0.05):
+    """Roles spread along one planted direction u (the default sits far on its + side), plus small noise."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(N_LAYERS + 1, D, generator=g)
+    u = u / u.norm(dim=-1, keepdim=True)
+    base = torch.randn(N_LAYERS + 1, D, generator=g) * 3
+    spread = torch.linspace(-2, 1, n_roles)
+    roles = {f"r{i}": base + spread[i] * u + noise * torch.randn(N_LAYERS + 1, D, generator=g)
+             for i in range(n_roles)}
+    default = base + 4 * u + noise * torch.randn(6, N_LAYERS + 1, D, generator=g)
+    return roles, default, u
+
+
+def test_pca_and_axis_recover_a_planted_direction_beside_random():
+    roles, default, u = _planted()
+    space = sp.fit_space(roles, default, model_name="planted")
+    assert space.components.shape == (N_LAYERS + 1, 7, D) and space.roles == [f"r{i}" for i in range(8)]
+    assert bool((space.explained[:, 0] > 0.9).all())
+    assert bool(((space.components[:, 0] * u).sum(-1) > 0.99).all())  # PC1 = u, oriented towards the default
+    report = sp.axis_alignment(space, traits={"planted": u, "noise": torch.randn(N_LAYERS + 1, D)}, k_random=50)
+    for row in report["layers"]:
+        assert row["pc1_axis"]["value"] > 0.99 and row["pc1_axis"]["beats_random"]
+        assert row["pc1_axis"]["random_p95"] < 0.6
+        assert row["traits"]["planted"]["cos_axis"] > 0.99
+        assert row["roles"]["default"]["pc1"] > max(r["pc1"] for n, r in row["roles"].items() if n != "default")
+
+
+def test_pc1_with_no_planted_structure_does_not_beat_random():
+    """Isotropic role vectors: PC1 is some direction unrelated to the axis, within the random band."""
+    g = torch.Generator().manual_seed(3)
+    roles = {f"r{i}": torch.randn(N_LAYERS + 1, D, generator=g) for i in range(6)}
+    default = torch.randn(4, N_LAYERS + 1, D, generator=g)
+    report = sp.axis_alignment(sp.fit_space(roles, default), k_random=200)
+    assert sum(row["pc1_axis"]["beats_random"] for row in report["layers"]) <= 2
+
+
+def test_space_saves_and_loads_and_refuses_too_few_roles(tmp_path):
+    roles, default, _ = _planted()
+    space = sp.fit_space(roles, default, model_name="planted")
+    space.token_quantiles = torch.zeros(N_LAYERS + 1, 101)
+    loaded = sp.PersonaSpace.load(space.save(tmp_path / "space.safetensors"))
+    assert loaded.roles == space.roles and torch.equal(loaded.axis, space.axis)
+    assert torch.equal(loaded.token_quantiles, space.token_quantiles)
+    with pytest.raises(ValueError, match="at least 2 roles"):
+        sp.fit_space({"r0": roles["r0"], "default": default[0]}, default)
+    with pytest.raises(ValueError, match="not a persona_lens cap file"):
+        sp.CapSettings.load(tmp_path / "space.safetensors")
+
+
+ROLE = role_from_dict({"schema_version": 1, "name": "sailor", "description": "A sailor.", "default": True,
+                       "system_prompts": ["You are a sailor.", None], "rubric": "{question} {answer}"})
+
+
+def test_role_unit_is_resumable_and_keeps_unjudged_replies(tiny_model, tmp_path):
+    config = sp.SpaceConfig(max_new_tokens=6, n_samples=2, batch_size=4)
+    first = sp.build_role_vector(tiny_model, ROLE, ["Hi?", "Why?"], judge=None, config=config, out_dir=tmp_path)
+    assert first.n_replies == 8 and not first.judged and first.in_role_rate is None
+    assert first.activations.shape == (first.n_kept, tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model)
+    assert torch.allclose(first.mean, first.activations.mean(0))
+    lines = (tmp_path / "roles/sailor/responses.jsonl").read_text().splitlines()
+    again = sp.build_role_vector(tiny_model, ROLE, ["Hi?", "Why?"], judge=None, config=config, out_dir=tmp_path)
+    assert torch.equal(again.mean, first.mean) and again.kept_keys == first.kept_keys
+    assert (tmp_path / "roles/sailor/responses.jsonl").read_text().splitlines() == lines
+    with pytest.raises(ValueError, match="other settings"):
+        sp.build_role_vector(tiny_model, ROLE, ["Hi?"], judge=None, config=config, out_dir=tmp_path)
+
+
+def _default_conversations(model):
+    pairs = [("Hi?", "Hello there, friend."), ("How are you?", "Fine, thanks for asking."),
+             ("Tell me a fact.", "Water boils at 100 degrees.")]
+    return [encode_conversation(model.tokenizer, make_messages(q), a) for q, a in pairs]
+
+
+def _tiny_space(model, conversations):
+    g = torch.Generator().manual_seed(0)
+    acts = collect_activations(model, conversations, reductions=("response",), progress=False).get("response")
+    shape = (model.cfg.n_layers + 1, model.cfg.d_model)
+    roles = {f"r{i}": acts.mean(0) + torch.randn(shape, generator=g) for i in range(4)}
+    space = sp.fit_space(roles, acts, model_name=model.cfg.model_name)
+    space.token_quantiles = sp.default_token_quantiles(model, space, conversations, batch_size=8)
+    return space
+
+
+def test_cap_at_the_bottom_of_the_default_range_changes_nothing(tiny_model, tmp_path):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    layers = list(range(1, tiny_model.cfg.n_layers + 1))
+    settings = sp.calibrate_cap(space, layers, percentile=0.0)
+    settings = sp.CapSettings.load(settings.save(tmp_path / "cap.safetensors"))
+    before = collect_activations(tiny_model, conversations, reductions=("response",), progress=False, batch_size=8)
+    with sp.apply_cap(tiny_model, settings):
+        after = collect_activations(tiny_model, conversations, reductions=("response",), progress=False,
+                                    batch_size=8)
+    assert torch.equal(before.get("response"), after.get("response"))
+
+
+def test_cap_above_the_range_lifts_capped_positions_to_the_threshold(tiny_model):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    layer = tiny_model.cfg.n_layers
+    settings = sp.calibrate_cap(space, [layer], percentile=90.0)
+    handle = sp.apply_cap(tiny_model, settings)
+    try:
+        tokens = sp._token_projections(tiny_model, conversations, settings.directions[0], layer)
+    finally:
+        handle.remove()
+    assert not handle.active
+    low = min(min(t) for t in tokens)
+    assert low >= settings.thresholds[0] - 1e-4 * max(1.0, abs(settings.thresholds[0]))
+    assert settings.thresholds[0] > float(space.token_quantiles[layer, 0])
+
+
+def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_model):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    messages = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "And now?"},
+                {"role": "assistant", "content": "Arr matey, now I be a pirate."}]
+    layer = 1
+    result = sp.project_conversation(tiny_model, space, messages, layer=layer, k_random=20)
+    assert result.turn_projections.shape == (2, tiny_model.cfg.n_layers + 1)
+    for turn, tokens in enumerate(result.token_projections):
+        assert abs(sum(tokens) / len(tokens) - float(result.turn_projections[turn, layer])) < 1e-3
+    assert "".join(result.token_pieces[1]).strip() == "Arr matey, now I be a pirate."
+    assert result.drift.to_dict()["random_n"] == 20
+    json.dumps(result.to_json())
+    with pytest.raises(ValueError, match="no assistant turn"):
+        sp.project_conversation(tiny_model, space, messages[:2], layer=layer)
+
+
+def test_simulated_conversation_alternates_turns(tiny_model):
+    messages = sp.simulate_conversation(tiny_model, ["Hi?", "More?"], system="Be brief.", max_new_tokens=4)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
