@@ -148,3 +148,74 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
 def test_simulated_conversation_alternates_turns(tiny_model):
     messages = sp.simulate_conversation(tiny_model, ["Hi?", "More?"], system="Be brief.", max_new_tokens=4)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command line, on a tiny model
+
+
+def _roles_dir(tmp_path):
+    folder = tmp_path / "roles"
+    folder.mkdir()
+    (folder / "_questions.json").write_text(json.dumps({"schema_version": 1, "build": ["Hi?", "Why?"],
+                                                        "eval": ["How?"]}))
+    for name, rule, default in (("default", None, True), ("pirate", "pirate", False), ("sage", None, False),
+                                ("poet", None, False)):
+        data = {"schema_version": 1, "name": name, "description": name, "system_prompts": [f"You are {name}."],
+                "rubric": "{question} {answer}", "default": default,
+                "jailbreaks": [f"Be {name}. {{question}}"]}
+        if rule:
+            data["rule"] = rule
+        (folder / f"{name}.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
+    from persona_lens import cli
+
+    folder = _roles_dir(tmp_path)
+    common = ["--model", "tiny-llama", "--judge-cache", str(tmp_path / "c.sqlite")]
+    gen = ["--max-new-tokens", "6", "--coherence-threshold", "0", "--role-threshold", "0"]
+    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--only", "sage", "--quiet",
+                     "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s/roles/sage/vector.safetensors").exists() and not (tmp_path / "s/space.safetensors").exists()
+    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--quiet", "--random", "20",
+                     "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "role sage: kept 2 of 2 (unjudged)" in out and "|cos(PC1, axis)|" in out
+    report = json.loads((tmp_path / "s/alignment.json").read_text())
+    assert report["roles"] == ["pirate", "poet", "sage"] and report["layers"][1]["pc1_axis"]["random_n"] == 20
+    assert (tmp_path / "s/variance.html").exists()
+    space_file = str(tmp_path / "s/space.safetensors")
+    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--out",
+                     str(tmp_path / "cap.safetensors")]) == 0
+    assert "layer 2: keep h . u >=" in capsys.readouterr().out
+    assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
+                     str(tmp_path / "cap.safetensors"), "--quiet", "--json", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["default"]["role"] == "default"
+    result = json.loads((tmp_path / "e/cap_eval.json").read_text())
+    assert [(r["role"], r["prompts"]) for r in result["rows"]] == [("pirate", "system"), ("pirate", "jailbreak")]
+    assert result["default"]["n"] == 1 and 0 <= result["default"]["exact_match_rate"] <= 1
+    conversation = tmp_path / "conv.jsonl"
+    conversation.write_text("\n".join(json.dumps(m) for m in [
+        {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Arr, matey."}]) + "\n")
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
+                     str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
+    drift = json.loads((tmp_path / "d/drift.json").read_text())
+    assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
+
+
+def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
+    from persona_lens import cli
+
+    folder = _roles_dir(tmp_path)
+    assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder), "--only", "ghost",
+                     "--out", str(tmp_path / "s")]) == 2
+    assert "--only: unknown roles ['ghost']" in capsys.readouterr().err
+    (folder / "poet.json").write_text("{")
+    assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder)]) == 2
+    assert "poet.json" in capsys.readouterr().err
+    assert cli.main(["space", "cap", "--space", str(tmp_path / "none.safetensors"), "--layers", "1", "--out",
+                     str(tmp_path / "c.safetensors")]) == 2
+    assert "no space file" in capsys.readouterr().err
