@@ -69,6 +69,8 @@ def main() -> None:
     for name, built in space.meta["roles"].items():
         rate = "unjudged" if not built["judged"] else f"in-role rate {built['in_role_rate']:.2f}"
         print(f"  role {name}: kept {built['n_kept']} of {built['n_replies']} ({rate})")
+    for name, why in space.meta["skipped"].items():
+        print(f"  role {name}: left out: {why}")
 
     report = sp.axis_alignment(space, k_random=args.random)
     print("\n1. layer | PC1 var | |cos(PC1, axis)| | random 5-95% | beats random | best other PC")

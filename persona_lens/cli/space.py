@@ -227,6 +227,7 @@ def run_build(args: argparse.Namespace) -> int:
     report = axis_alignment(space, traits={v.trait: v.vectors for v in traits}, k_random=args.random,
                             seed=args.seed)
     report["roles_built"] = space.meta.get("roles", {})
+    report["roles_skipped"] = space.meta.get("skipped", {})
     from persona_lens.core.io import write_json_atomic
 
     write_json_atomic(out / "alignment.json", report)
@@ -254,6 +255,8 @@ def run_build(args: argparse.Namespace) -> int:
     for name, built in report["roles_built"].items():
         rate = "unjudged" if not built["judged"] else f"in-role rate {built['in_role_rate']:.2f}"
         print(f"role {name}: kept {built['n_kept']} of {built['n_replies']} ({rate})")
+    for name, why in space.meta.get("skipped", {}).items():
+        print(f"role {name}: left out of the space: {why}")
     print("layer | PC1 var | |cos(PC1, axis)| beside random directions")
     for row in report["layers"]:
         print(f"{row['layer']:5d} | {row['explained'][0]:.2f}    | {row['pc1_axis_summary']}")

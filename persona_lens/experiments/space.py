@@ -79,6 +79,7 @@ from persona_lens.traits.roles import Role, RoleSet, role_to_dict
 
 __all__ = [
     "SpaceConfig",
+    "RoleNotPlayed",
     "RoleVector",
     "PersonaSpace",
     "CapSettings",
@@ -100,6 +101,10 @@ __all__ = [
 ]
 
 JudgePair = tuple["Judge | None", "Judge | None"]
+
+
+class RoleNotPlayed(ValueError):
+    """No reply of a role passed the filters: the model does not play it under its prompts."""
 _FORMAT = "persona_lens.space"
 
 
@@ -245,8 +250,8 @@ def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, 
     scores = [records[job.key]["trait_score"] for job in jobs if records[job.key]["trait_score"] is not None]
     rate = (sum(s >= config.role_threshold for s in scores) / len(scores)) if judged and scores else None
     if not kept:
-        raise ValueError(f"role {role.name!r}: no reply was kept ({dropped}); the model does not play the role under "
-                         "these prompts. Try more samples, other prompts, or a lower --role-threshold")
+        raise RoleNotPlayed(f"role {role.name!r}: no reply was kept ({dropped}); the model does not play the role "
+                            "under these prompts. Try more samples, other prompts, or a lower --role-threshold")
     acts = collect_activations(model, [_encode_record(model, r) for r in kept], reductions=("response",),
                                batch_size=config.batch_size, progress=progress,
                                desc=f"role {role.name}: activations").get("response")
@@ -398,21 +403,29 @@ def default_token_quantiles(model: HookedLM, space: PersonaSpace, conversations:
 
 def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], JudgePair],
                 config: SpaceConfig | None = None, out_dir: str | Path, progress: bool = False,
-                only: Sequence[str] | None = None) -> PersonaSpace | None:
+                only: Sequence[str] | None = None, skip_unplayed: bool = True) -> PersonaSpace | None:
     """Every role's unit (:func:`build_role_vector`), then the space, saved to ``out_dir/space.safetensors``.
 
     ``judges(role)`` gives ``(role judge or None, coherence judge or None)``. With ``only``, just those roles' units
-    are built and None is returned (a worker's share; run again without ``only`` to assemble).
+    are built and None is returned (a worker's share; run again without ``only`` to assemble). A non-default role
+    with no kept reply is left out of the space and listed in ``space.meta["skipped"]`` (``skip_unplayed=False``:
+    raise :class:`RoleNotPlayed` instead); the default role is never skipped.
     """
     config = config or SpaceConfig()
     questions = roles.questions.build
     vectors: dict[str, RoleVector] = {}
+    skipped: dict[str, str] = {}
     for role in roles.roles:
         if only is not None and role.name not in only:
             continue
         judge, coherence = judges(role)
-        vectors[role.name] = build_role_vector(model, role, questions, judge=judge, coherence_judge=coherence,
-                                               config=config, out_dir=out_dir, progress=progress)
+        try:
+            vectors[role.name] = build_role_vector(model, role, questions, judge=judge, coherence_judge=coherence,
+                                                   config=config, out_dir=out_dir, progress=progress)
+        except RoleNotPlayed as error:
+            if role.default or not skip_unplayed:
+                raise
+            skipped[role.name] = str(error)
     if only is not None:
         return None
     default = vectors[roles.default.name]
@@ -423,7 +436,8 @@ def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], Jud
     space.token_quantiles = default_token_quantiles(model, space, [_encode_record(model, stored[key])
                                                                    for key in default.kept_keys],
                                                     batch_size=config.batch_size)
-    space.meta.update(config=asdict(config), roles={name: v.report() for name, v in vectors.items()})
+    space.meta.update(config=asdict(config), roles={name: v.report() for name, v in vectors.items()},
+                      skipped=skipped)
     space.save(Path(out_dir) / "space.safetensors")
     return space
 

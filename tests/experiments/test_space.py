@@ -82,6 +82,25 @@ def test_role_unit_is_resumable_and_keeps_unjudged_replies(tiny_model, tmp_path)
         sp.build_role_vector(tiny_model, ROLE, ["Hi?"], judge=None, config=config, out_dir=tmp_path)
 
 
+def test_build_space_leaves_out_a_role_the_model_does_not_play(tmp_path):
+    from persona_lens.judges.rule import RuleJudge
+    from persona_lens.traits.roles import load_roles
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    roles = load_roles(directory=_roles_dir(tmp_path))  # default, pirate (rule), sage, poet
+
+    def judges(role):  # pirate judged, and no reply reaches the threshold of 101
+        return (RuleJudge("coherence") if role.rule else None), None
+
+    config = sp.SpaceConfig(max_new_tokens=4, role_threshold=101)
+    space = sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / "s")
+    assert space.roles == ["poet", "sage"] and "no reply was kept" in space.meta["skipped"]["pirate"]
+    assert space.token_quantiles.shape == (model.cfg.n_layers + 1, 101)
+    with pytest.raises(sp.RoleNotPlayed, match="pirate"):
+        sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / "s", skip_unplayed=False)
+
+
 def _default_conversations(model):
     pairs = [("Hi?", "Hello there, friend."), ("How are you?", "Fine, thanks for asking."),
              ("Tell me a fact.", "Water boils at 100 degrees.")]
@@ -219,3 +238,39 @@ def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
     assert cli.main(["space", "cap", "--space", str(tmp_path / "none.safetensors"), "--layers", "1", "--out",
                      str(tmp_path / "c.safetensors")]) == 2
     assert "no space file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SmolLM2 with the rule-measurable roles (slow; few questions: the figures of a larger run are in RESULTS.md)
+
+SLOW_ROLES = ["default", "pirate", "french", "emoji", "enthusiastic"]
+USER = ["What do you like to eat for breakfast?", "What do you do at the weekend?", "Tell me about the sea."]
+ORDINARY = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I read and walk in the park.",
+            "The sea covers most of the planet and is home to many animals."]
+INTO_PIRATE = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I sail a little, matey.",
+               "Arr, the sea be me home, matey! Ye never saw such waves, me hearties, yo ho ho!"]
+SLOW_LAYER = 20
+
+
+def _rule_judges(role):
+    from persona_lens.judges.rule import RuleJudge
+
+    return (None if role.rule is None else RuleJudge(role.rule)), RuleJudge("coherence")
+
+
+@pytest.fixture(scope="module")
+def smol_space(tmp_path_factory):
+    from persona_lens.core.models import SMOLLM2
+    from persona_lens.traits.roles import load_roles
+    from tests.conftest import load_cached
+
+    model = load_cached(SMOLLM2)
+    roles = load_roles(SLOW_ROLES)
+    config = sp.SpaceConfig(n_questions=2, n_prompts=2, max_new_tokens=24, batch_size=32)
+    out = tmp_path_factory.mktemp("smol_space")
+    return model, roles, sp.build_space(model, roles, judges=_rule_judges, config=config, out_dir=out), out
+
+
+def _conversation(replies):
+    return [m for u, a in zip(USER, replies) for m in ({"role": "user", "content": u},
+                                                         {"role": "assistant", "content": a})]
