@@ -274,3 +274,39 @@ def smol_space(tmp_path_factory):
 def _conversation(replies):
     return [m for u, a in zip(USER, replies) for m in ({"role": "user", "content": u},
                                                          {"role": "assistant", "content": a})]
+
+
+@pytest.mark.slow
+def test_smollm2_pc1_aligns_with_the_axis_beyond_random_directions(smol_space):
+    _, _, space, _ = smol_space
+    assert len(space.roles) >= 3, space.meta["skipped"]
+    report = sp.axis_alignment(space, k_random=100)
+    beats = [row["layer"] for row in report["layers"][1:] if row["pc1_axis"]["beats_random"]]
+    assert len(beats) > space.n_layers // 2, [row["pc1_axis_summary"] for row in report["layers"]]
+
+
+@pytest.mark.slow
+def test_smollm2_drift_rises_into_a_role_and_not_in_an_ordinary_conversation(smol_space):
+    model, _, space, _ = smol_space
+    ordinary = sp.project_conversation(model, space, _conversation(ORDINARY), layer=SLOW_LAYER, k_random=100)
+    pirate = sp.project_conversation(model, space, _conversation(INTO_PIRATE), layer=SLOW_LAYER, k_random=100)
+    assert pirate.drift.beats_random and not ordinary.drift.beats_random, (pirate.drift.summary(),
+                                                                           ordinary.drift.summary())
+    assert pirate.drift.value > ordinary.drift.value
+
+
+@pytest.mark.slow
+def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
+    """Capping layers 18-24 at the 25th percentile (the paper's setting) under pirate's system prompts (greedy)."""
+    model, roles, space, out = smol_space
+
+    def pirate_only(role):
+        return _rule_judges(role) if role.name == "pirate" else (None, None)
+
+    settings = sp.calibrate_cap(space, range(18, 25), percentile=25.0)
+    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=2, n_prompts=2)
+    result = sp.evaluate_capping(model, roles, settings, judges=pirate_only, config=config, out_dir=out / "cap",
+                                 jailbreaks=False)
+    (row,) = result.rows
+    print(json.dumps(result.to_json(), indent=1))
+    assert row["in_role_rate_capped"] < row["in_role_rate_uncapped"], row
