@@ -223,6 +223,14 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
                      str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
     drift = json.loads((tmp_path / "d/drift.json").read_text())
     assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
+    turns = tmp_path / "turns.txt"
+    turns.write_text("Hi?\n\nTell me more.\nAnd then?\n")
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--user-turns", str(turns),
+                     "--system", "Be brief.", "--max-new-tokens", "4", "--layer", "1", "--random", "5", "--out",
+                     str(tmp_path / "u")]) == 0
+    simulated = json.loads((tmp_path / "u/drift.json").read_text())
+    assert [m["role"] for m in simulated["messages"]] == ["system"] + ["user", "assistant"] * 3
+    assert (tmp_path / "u/drift.html").exists()
 
 
 def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
