@@ -149,6 +149,8 @@ def measure_replies(model: HookedLM, items: Sequence[tuple[str, str]], contexts:
     (None: none is), else the one with the lowest NLL; then the unrelated question's NLL in that context."""
     if not contexts:
         raise ValueError("the likelihood judge needs at least one context (None = the template's default)")
+    if not items:
+        return []
     replies = [_reply_ids(model, answer) for _, answer in items]
     nll = np.full((len(items), len(contexts)), np.inf)
     pending = list(range(len(items)))
