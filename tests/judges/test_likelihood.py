@@ -137,6 +137,7 @@ def smollm2_judge():
     trait = load_trait("pirate")
     questions = list(trait.eval_questions[:10])
     calibration = L.calibrate_coherence(model, questions, (None, trait.prompt_pairs[0].positive), max_new_tokens=32)
+    print({k: getattr(calibration, k) for k in ("fluent_nll", "nonsense_nll", "relevant_gain", "irrelevant_gain")})
     return L.LikelihoodCoherenceJudge(model, calibration)
 
 
