@@ -310,6 +310,10 @@ def _call_facts(kind: str, model: Any, args: tuple, kwargs: dict
         cache = kwargs.get("past_kv_cache")
         past = int(cache.entries[0].past_keys.shape[1]) if cache is not None and cache.entries else 0
         inputs = _first(args, kwargs, "input", "tokens")
+        previous = getattr(cache, "previous_attention_mask", None)
+        if past and torch.is_tensor(mask) and torch.is_tensor(previous) and previous.shape[1] == past \
+                and mask.dim() == 2 and torch.is_tensor(inputs) and mask.shape[1] == inputs.shape[1]:
+            mask = torch.cat([previous.to(mask.device, mask.dtype), mask], dim=1)  # TL 3.x: the new tokens' mask
     else:
         cache = kwargs.get("past_key_values")
         if cache is None:

@@ -8,8 +8,9 @@ steering through attention, so a single misplaced column anywhere shows up.
 
 Runners installed with TransformerLens 4 (the main environment): persona_lens ``generate`` (KV cache on/off; the
 compiled decoder equals it, position mode by position mode, in ``tests/core/test_compiled.py``), HF ``generate``
-on the wrapped model (cache on/off), ``TransformerBridge.generate`` (cache on/off), plain forwards and ``run_with_cache``. TransformerLens 3.x's ``HookedTransformer.generate`` runs in the TL 3.x
-environment (``tests/core/test_tl3.py``, ``scripts/setup_tl3.sh``).
+on the wrapped model (cache on/off), ``TransformerBridge.generate`` (cache on/off), plain forwards and
+``run_with_cache``. TransformerLens 3.x's ``HookedTransformer.generate`` runs in the TL 3.x environment
+(``tests/core/test_tl3.py``, ``scripts/setup_tl3.sh``).
 """
 
 from __future__ import annotations
