@@ -35,5 +35,5 @@ if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 "$venv/bin/python" -c 'import importlib.metadata as m; print("transformer-lens", m.version("transformer-lens"), "transformers", m.version("transformers"), "torch", m.version("torch"))'
 start=$SECONDS
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" -m tl3 tests/core/test_tl3.py tests/core/test_runners.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" -m tl3 tests/core/test_tl3.py
 echo "TL 3.x tests ran in $((SECONDS - start)) s"
