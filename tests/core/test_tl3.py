@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformer_lens  # noqa: E402
 
-transformer_lens = pytest.importorskip("transformer_lens")
-if not hasattr(transformer_lens, "HookedTransformer"):
-    pytest.skip("TransformerLens 3.x only (HookedTransformer); run scripts/setup_tl3.sh", allow_module_level=True)
+try:  # TransformerLens 4 raises ImportError for the removed name
+    transformer_lens.HookedTransformer  # noqa: B018
+except (ImportError, AttributeError):
+    pytest.skip("TransformerLens 3.x only (HookedTransformer): scripts/setup_tl3.sh runs these",
+                allow_module_level=True)
 
 import persona_lens.core.hooks as H  # noqa: E402
 from persona_lens.core.activations import collect_activations  # noqa: E402
