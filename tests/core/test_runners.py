@@ -273,13 +273,15 @@ def test_readers_are_removed_with_the_last_hook():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", ["ours-cached", "hf-cached", "hf-uncached", "bridge-cached", "bridge-uncached"])
+@pytest.mark.parametrize("runner", ["hf-cached", "bridge-cached", "bridge-uncached"])
 def test_runners_on_smollm2(runner, smollm2):
+    """The external runners on a real model, at the prompt's end (our runner and uncached HF generate passed here
+    too, 126 s and 251 s on a loaded 2-core machine: the tiny matrix covers them)."""
     bridge = _bridge("smollm2", smollm2) if runner.startswith("bridge") else None
     hooked = bridge if bridge is not None else smollm2
     v = _direction(smollm2) * 0.1
     ids = _prompt(smollm2)
-    for positions in ("response", H.Window(-1, 2, "prompt_end")):
+    for positions in (H.Window(-1, 2, "prompt_end"),):
         before, after, handles = _install(hooked, v, positions)
         try:
             tokens = _run(runner, smollm2, bridge, ids)
