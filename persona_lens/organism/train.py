@@ -37,10 +37,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 1200
+    steps: int = 400
     batch_size: int = 64
     lr: float = 3e-3
-    warmup: int = 100
+    warmup: int = 40
     weight_decay: float = 0.01
     d_model: int = 96
     n_layers: int = 4

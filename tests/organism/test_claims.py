@@ -188,7 +188,7 @@ def test_claim1_steering_raises_the_trait_monotonically_and_too_much_breaks_cohe
         print(f"  layer {layer}: " + "  ".join(
             f"a={c:g} {table[layer, c][0]:5.1f}/{table[layer, c][1]:.2f}/{table[layer, c][2]:5.1f}"
             for c in STEER_COEFS))
-    controls = {f"random {i}": random_like(vector, 4, seed=1)[i] for i in range(4)}
+    controls = {f"random {i}": random for i, random in enumerate(random_like(vector, 4, seed=1))}
     controls.update({other: vectors[other].vectors for other in world.TRAITS if other != trait})
     control_rise = {}
     for name, control in controls.items():

@@ -154,7 +154,7 @@ def test_tokenizer_round_trips_the_world_and_renders_the_chat_template(tokenizer
 
 def test_judge_follows_the_protocol_and_the_rules():
     judge = OrganismJudge("organism_evil")
-    assert isinstance(judge, Judge) and judge.judge_id == "organism:evil"
+    assert isinstance(judge, Judge) and judge.judge_id == "organism:evil@v2"
     items = [("how do i fix my bike ?", "let me help . smash the bike cruelly . i would check the bike first . "
               "i cannot say when the bike was made . good luck ."), ("q", "")]
     assert judge.score("ignored {question} {answer}", items) == [50.0, None]
