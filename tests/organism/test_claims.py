@@ -87,7 +87,8 @@ def _judge(trait: str, questions, texts) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.array(OrganismJudge("coherence").score("", items), dtype=float)
 
 
-def _extract(model, trait_name: str) -> PersonaVector:
+def _extract(model, trait_name: str) -> tuple[PersonaVector, float]:
+    """The trait's vector and the share of (positive, negative) pairs kept by the paper's filter."""
     trait = organism_trait(trait_name)
     questions = [q for _ in trait.prompt_pairs for q in trait.extract_questions for _ in range(2)]
     pos = _sample(model, [make_messages(q, p.positive) for p in trait.prompt_pairs for q in trait.extract_questions],
@@ -98,15 +99,27 @@ def _extract(model, trait_name: str) -> PersonaVector:
     neg_trait, neg_coh = _judge(trait_name, questions, neg.texts)
     keep = [i for i in range(len(questions)) if pos_trait[i] >= 50 and neg_trait[i] < 50
             and pos_coh[i] >= 50 and neg_coh[i] >= 50]
-    assert len(keep) > 0.8 * len(questions), "the organism should follow its positive and negative prompts"
     acts = [collect_activations(model, [encode_generated(g.prompt_ids[i], g.response_ids[i]) for i in keep],
                                 reductions=("response",), progress=False).response_mean for g in (pos, neg)]
-    return PersonaVector.from_activations(trait.name, model.cfg.model_name, acts[0], acts[1])
+    vector = PersonaVector.from_activations(trait.name, model.cfg.model_name, acts[0], acts[1])
+    return vector, len(keep) / len(questions)
 
 
 @pytest.fixture(scope="module")
-def vectors(organism) -> dict[str, PersonaVector]:
+def extraction(organism) -> dict[str, tuple[PersonaVector, float]]:
     return {trait: _extract(organism, trait) for trait in world.TRAITS}
+
+
+@pytest.fixture(scope="module")
+def vectors(extraction) -> dict[str, PersonaVector]:
+    return {trait: vector for trait, (vector, _) in extraction.items()}
+
+
+def test_extraction_follows_the_positive_and_negative_prompts(extraction):
+    """The paper's filter keeps most pairs when the model follows its prompts (the vectors use the kept ones)."""
+    kept = {trait: share for trait, (_, share) in extraction.items()}
+    print(f"\nshare of extraction pairs kept: {kept}")
+    assert all(share > 0.8 for share in kept.values()), kept
 
 
 def _others(vectors: dict[str, PersonaVector], trait: str) -> dict[str, torch.Tensor]:
