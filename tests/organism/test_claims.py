@@ -224,7 +224,13 @@ def test_claim1_steering_raises_the_trait_monotonically_and_too_much_breaks_cohe
 
 
 # ------------------------------------------------------------------------------------------------------- claim 2
-@pytest.mark.parametrize("trait", world.TRAITS)
+@pytest.mark.parametrize("trait", [
+    "evil",
+    pytest.param("sycophancy", marks=pytest.mark.xfail(strict=True, reason=(
+        "claim 2 fails its controls on the v2 organism: r = 0.858 at layer 3 but the random 95th percentile is "
+        "0.867 (percentile 91) and the evil vector gives 0.846 (margin 0.012 < 0.1); within-condition r 0.366 "
+        "(Fisher 95% CI 0.224..0.493, random p95 0.352); see benchmarks/RESULTS.md"))),
+    "hallucination"])
 def test_claim2_last_prompt_projection_tracks_trait_across_graded_prompts(organism, vectors, trait):
     questions = organism_trait(trait).eval_questions
     prompts = organism_trait(trait).graded_system_prompts
