@@ -71,3 +71,14 @@ def run_command(func, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:
+        from persona_lens.judges.base import JudgeAuthError
+
+        if isinstance(error, JudgeAuthError):  # a wrong or unauthorised API key: the user's to fix, stop at once
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+    finally:
+        from persona_lens.cli.options import release_out_locks
+
+        release_out_locks()
