@@ -61,8 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 
+def silence_progress_bars() -> None:
+    """``--quiet``: no progress bars from Hugging Face either (downloads, weight loading), only our own output."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub / transformers are imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a command, turning :class:`BadInput` into exit code 2 and Ctrl-C into 130 (work so far is kept)."""
+    if getattr(args, "quiet", False):
+        silence_progress_bars()
     try:
         return int(func(args) or 0)
     except BadInput as error:

@@ -162,8 +162,16 @@ class JsonlRecords:
                 yield record, start
 
     def load(self, key: str = "key") -> dict[str, dict[str, Any]]:
-        """Every record by its ``key`` field; of records with the same key, the last one wins."""
-        return {record[key]: record for record, _ in self.rows()}
+        """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
+        field (or with one that is not a string or number) is a damaged file: a ValueError names its byte."""
+        records: dict[str, dict[str, Any]] = {}
+        for record, start in self.rows():
+            value = record.get(key)
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"{self.path}: the record at byte {start} has no {key!r} field (a string): the file "
+                                 "is damaged or was not written by persona_lens; repair or delete it")
+            records[value] = record
+        return records
 
     def drop_torn_tail(self) -> int:
         """Cut the torn tail off the file (see the class); returns how many bytes were dropped."""
