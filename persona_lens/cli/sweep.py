@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona_lens.cli import BadInput, run_command
+from persona_lens.cli import EXIT_BAD_INPUT, BadInput, parse_args, run_command
 from persona_lens.cli.extract import add_extract_options, extract_config_from_args, run_extraction
 from persona_lens.cli.options import (
     add_judge_options,
@@ -172,4 +172,5 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return run_command(run, build_parser().parse_args(argv))
+    args = parse_args(build_parser(), argv)
+    return EXIT_BAD_INPUT if args is None else run_command(run, args)

@@ -7,7 +7,7 @@ raises :class:`BadValue` (a ValueError) naming the argument, what it got and wha
 
 * :func:`finite`: a real number, not NaN or infinite; optionally within bounds.
 * :func:`positive_int`, :func:`non_negative_int`, :func:`optional_positive_int`: counts (bools refused).
-* :func:`probability` (0..1), :func:`temperature` (>= 0), :func:`score_threshold` (0..100).
+* :func:`probability` (0..1), :func:`temperature` (>= 0), :func:`score_threshold` (finite).
 * :func:`layer_index`: an int layer (``True`` is not layer 1), :func:`finite_values`: a tensor or list with no
   NaN or infinity (coefficients, vectors).
 """
@@ -99,8 +99,9 @@ def temperature(value: Any, name: str = "temperature") -> float:
 
 
 def score_threshold(value: Any, name: str) -> float:
-    """A judge-score threshold on the 0-100 scale."""
-    return finite(value, name, minimum=0.0, maximum=100.0)
+    """A threshold on judge scores (0-100): any finite number (NaN would silently disable a filter; above 100 keeps
+    nothing, which the filters then say)."""
+    return finite(value, name)
 
 
 def layer_index(value: Any, name: str = "layer") -> int:

@@ -50,8 +50,8 @@ def test_ranges():
         validate.probability(0.0, "top_p", allow_zero=False)
     with pytest.raises(validate.BadValue, match="temperature must be >= 0"):
         validate.temperature(-1.0)
-    with pytest.raises(validate.BadValue, match="trait_threshold must be <= 100"):
-        validate.score_threshold(101, "trait_threshold")
+    with pytest.raises(validate.BadValue, match="trait_threshold must be a finite number"):
+        validate.score_threshold(math.nan, "trait_threshold")
     assert validate.finite(torch.tensor(2.5), "x") == 2.5  # a 0-d tensor is a number
 
 
