@@ -21,8 +21,7 @@ import pytest
 import torch
 
 from persona_lens.cli import main
-from persona_lens.core.io import FolderLock, JsonlRecords
-from persona_lens.core.validate import BadValue, temperature
+from persona_lens.core.io import JsonlRecords
 from persona_lens.core.vectors import PersonaVector, save_vector
 from tests.conftest import load_cached
 
@@ -81,6 +80,8 @@ def test_cli_refuses_bad_numbers_with_exit_2(argv, message, capsys, tmp_path, mo
 
 
 def test_cli_and_api_refuse_with_the_same_sentence(capsys):
+    from persona_lens.core.validate import BadValue, temperature
+
     with pytest.raises(BadValue) as api:
         temperature(-1.0, "--temperature")
     code, err = run_cli(["extract", "pirate", "--temperature", "-1", "--model", NO_MODEL], capsys)
@@ -259,6 +260,8 @@ _HOLD_LOCK = textwrap.dedent("""
 
 
 def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, capsys):
+    from persona_lens.core.io import FolderLock
+
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -10,7 +10,6 @@ import safetensors.torch
 import torch
 
 import persona_lens
-from persona_lens.core import validate
 from persona_lens.core.generation import generate
 from persona_lens.core.hooks import cap, steer
 from persona_lens.core.vectors import PersonaVector, VectorFileError, encode_metadata, load_vector, save_vector
@@ -24,11 +23,15 @@ NON_FINITE = [math.nan, math.inf, -math.inf]
 
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_finite_refuses_non_finite_with_the_name(value):
+    from persona_lens.core import validate
+
     with pytest.raises(validate.BadValue, match=r"coef must be a finite number"):
         validate.finite(value, "coef")
 
 
 def test_counts_refuse_bools_zero_negative_and_floats():
+    from persona_lens.core import validate
+
     assert validate.positive_int(3, "batch_size") == 3
     for bad in (0, -1, True, 2.0, "4", None):
         with pytest.raises(validate.BadValue, match="batch_size"):
@@ -39,12 +42,16 @@ def test_counts_refuse_bools_zero_negative_and_floats():
 
 
 def test_layer_index_refuses_a_bool():
+    from persona_lens.core import validate
+
     assert validate.layer_index(3) == 3
     with pytest.raises(validate.BadValue, match="layer must be an int layer, got bool True"):
         validate.layer_index(True)
 
 
 def test_ranges():
+    from persona_lens.core import validate
+
     assert validate.probability(0.5, "top_p") == 0.5
     with pytest.raises(validate.BadValue, match=r"top_p must be in \(0, 1\]"):
         validate.probability(0.0, "top_p", allow_zero=False)
