@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "build_parser", "run_command", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
+__all__ = ["main", "build_parser", "run_command", "parse_args", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if args is None:
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -62,8 +64,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | None:
+    """``parser.parse_args``, but a refused option (argparse already printed why) gives None, so that ``main()``
+    returns exit code 2 in-process as for every other bad input; ``--help`` still exits 0."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code == EXIT_BAD_INPUT:
+            return None
+        raise
+
+
+def silence_progress_bars() -> None:
+    """``--quiet``: no progress bars from Hugging Face either (downloads, weight loading), only our own output."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub / transformers are imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a command, turning :class:`BadInput` into exit code 2 and Ctrl-C into 130 (work so far is kept)."""
+    if getattr(args, "quiet", False):
+        silence_progress_bars()
     try:
         return int(func(args) or 0)
     except BadInput as error:
@@ -72,3 +102,14 @@ def run_command(func, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:
+        from persona_lens.judges.base import JudgeAuthError
+
+        if isinstance(error, JudgeAuthError):  # a wrong or unauthorised API key: the user's to fix, stop at once
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+    finally:
+        from persona_lens.cli.options import release_out_locks
+
+        release_out_locks()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
+from persona_lens.cli.options import check_out_file, number_arg
 
 __all__ = ["configure_parser", "run", "parse_layers"]
 
@@ -43,7 +44,8 @@ def configure_parser(subparsers: Any) -> None:
         help="convert a persona vector to a llama.cpp control vector, .npz or the authors' .pt",
         description=(
             "Convert a persona vector saved by persona_lens (.safetensors) for other tools. "
-            "gguf: llama.cpp control vector (llama-cli --control-vector FILE); our layer l is written as "
+            "gguf: llama.cpp control vector (llama-completion -m MODEL.gguf --control-vector FILE, or "
+            "--control-vector-scaled FILE:SCALE); our layer l is written as "
             "direction.{l-1}, so layers 2..n_layers can be exported. npz: arrays 'vectors' and 'metadata' (JSON). "
             "pt: the authors' layout, torch.save of the [n_layers+1, d_model] tensor."
         ),
@@ -55,8 +57,10 @@ def configure_parser(subparsers: Any) -> None:
         "--layers", metavar="SPEC", help="gguf only: layers to export, e.g. 10-20 or 4,8,12 (default: 2..n_layers)"
     )
     parser.add_argument(
-        "--coefficient", type=float, metavar="A", help="gguf only: scale written into the file (default 1.0)"
+        "--coefficient", type=number_arg("--coefficient"), metavar="A",
+        help="gguf only: scale written into the file (default 1.0)",
     )
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument(
         "--normalize", action="store_true", help="gguf only: write unit vectors (times the coefficient)"
     )
@@ -84,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
             raise BadInput(f"{', '.join(given)} only apply to --format gguf; {args.format} keeps the whole vector")
     if args.out.resolve() == args.vector.resolve():
         raise BadInput(f"--out {args.out} is the input file; choose another path")
+    if args.out.is_dir():
+        raise BadInput(f"--out {args.out} is a folder; give a file path")
+    if args.out.exists() and not args.force:
+        raise BadInput(f"--out {args.out} already exists; pass --force to overwrite it")
+    check_out_file(args.out)
     try:
         vec = load_vector(args.vector)
     except (FileNotFoundError, VectorFileError) as error:
@@ -137,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {args.out}: llama.cpp control vector {vec.trait!r} for {vec.model_name!r}, "
             f"layer->tensor {pairs}, "
             f"coefficient {summary['coefficient']}{' (unit vectors)' if args.normalize else ''}.\n"
-            f"use: llama-cli -m MODEL.gguf --control-vector {args.out}"
+            f"use: llama-completion -m MODEL.gguf --control-vector {args.out}  (or --control-vector-scaled "
+            f"{args.out}:SCALE to scale it)"
         )
     else:
         print(

@@ -11,10 +11,15 @@ from persona_lens.cli import BadInput
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
+    count_arg,
     default_run_dir,
     judges_from_args,
     load_model_arg,
     load_trait_arg,
+    lock_out,
+    seed_arg,
+    temperature_arg,
+    threshold_arg,
 )
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
@@ -29,16 +34,20 @@ def calibration_path(run_dir: Path) -> Path:
 def add_extract_options(parser: argparse.ArgumentParser, *, prefix: str = "", samples: int = 10,
                         max_new_tokens: int = 256) -> None:
     p = prefix
-    parser.add_argument(f"--{p}samples", type=int, default=samples,
+    parser.add_argument(f"--{p}samples", type=count_arg(f"--{p}samples"), default=samples,
                         help=f"replies per question and system prompt, each polarity (paper: 10; default {samples})")
-    parser.add_argument(f"--{p}questions", type=int, default=None, help="use only the first N extraction questions")
-    parser.add_argument(f"--{p}pairs", type=int, default=None, help="use only the first N system-prompt pairs")
-    parser.add_argument(f"--{p}max-new-tokens", type=int, default=max_new_tokens,
+    parser.add_argument(f"--{p}questions", type=count_arg(f"--{p}questions"),
+                        default=None, help="use only the first N extraction questions")
+    parser.add_argument(f"--{p}pairs", type=count_arg(f"--{p}pairs"),
+                        default=None, help="use only the first N system-prompt pairs")
+    parser.add_argument(f"--{p}max-new-tokens", type=count_arg(f"--{p}max-new-tokens"), default=max_new_tokens,
                         help=f"reply length limit (paper: 1000; default {max_new_tokens})")
-    parser.add_argument(f"--{p}temperature", type=float, default=1.0, help="sampling temperature (paper: 1.0)")
-    parser.add_argument("--trait-threshold", type=float, default=50.0,
+    parser.add_argument(f"--{p}temperature", type=temperature_arg(f"--{p}temperature"),
+                        default=1.0, help="sampling temperature (paper: 1.0)")
+    parser.add_argument("--trait-threshold", type=threshold_arg("--trait-threshold"), default=50.0,
                         help="keep pairs whose positive reply scores >= this and negative < this (default 50)")
-    parser.add_argument("--extract-coherence-threshold", type=float, default=50.0,
+    parser.add_argument("--extract-coherence-threshold", type=threshold_arg("--extract-coherence-threshold"),
+                        default=50.0,
                         help="both replies of a kept pair need coherence >= this (default 50)")
 
 
@@ -56,6 +65,7 @@ def extract_config_from_args(args: argparse.Namespace, *, prefix: str = "") -> A
 def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Path, config: Any) -> Any:
     from persona_lens.experiments.extract import extract
 
+    lock_out(out_dir)
     judge, coherence = judges_from_args(args, trait, model, calibration=calibration_path(out_dir.parent))
     try:
         return extract(model, trait, judge=judge, coherence_judge=coherence, config=config, out_dir=out_dir,
@@ -75,8 +85,9 @@ def configure_parser(subparsers: Any) -> None:
     add_model_options(parser)
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
+    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
+                        default=32, help="generation batch size (default 32)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: runs/<model>/<trait>/extract)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -89,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     trait = load_trait_arg(args.trait)
     out_dir = args.out or default_run_dir(args.model, trait.name) / "extract"
+    lock_out(out_dir)
     model = load_model_arg(args)
     result = run_extraction(model, trait, args, out_dir, extract_config_from_args(args))
     if args.json:

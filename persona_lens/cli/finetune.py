@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from persona_lens.cli import EXIT_OK, BadInput
-from persona_lens.cli.options import add_model_options, load_model_arg, load_vectors_arg, parse_layer_spec
+from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_model_options,
+    count_arg,
+    load_model_arg,
+    load_vectors_arg,
+    lock_out,
+    number_arg,
+    parse_layer_spec,
+    probability_arg,
+    seed_arg,
+)
 
 __all__ = ["configure_parser", "run"]
 
@@ -34,32 +44,40 @@ def configure_parser(subparsers: Any) -> None:
                              "training")
     parser.add_argument("--method", choices=["lora", "full"], default="lora",
                         help="low-rank adapters on the attention/MLP Linear layers, or all weights (default lora)")
-    parser.add_argument("--rank", type=int, default=32, help="LoRA rank r (default 32, as in the paper)")
-    parser.add_argument("--alpha", type=float, default=64.0, help="LoRA alpha; the update is scaled by alpha/r "
+    parser.add_argument("--rank", type=count_arg("--rank"),
+                        default=32, help="LoRA rank r (default 32, as in the paper)")
+    parser.add_argument("--alpha", type=number_arg("--alpha", above=0.0),
+                        default=64.0, help="LoRA alpha; the update is scaled by alpha/r "
                                                                    "(default 64)")
-    parser.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input (default 0)")
+    parser.add_argument("--lora-dropout", type=probability_arg("--lora-dropout"),
+                        default=0.0, help="dropout on the LoRA input (default 0)")
     parser.add_argument("--targets", default=None, metavar="NAMES",
                         help="comma-separated Linear names to adapt, e.g. q_proj,v_proj (default: every Linear in "
                              "the decoder blocks)")
-    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="conversations per optimizer step (default 8)")
-    parser.add_argument("--grad-clip", type=float, default=1.0,
+    parser.add_argument("--lr", type=number_arg("--lr", above=0.0),
+                        default=1e-5, help="AdamW learning rate (default 1e-5)")
+    parser.add_argument("--epochs", type=count_arg("--epochs"), default=1, help="passes over the data (default 1)")
+    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
+                        default=8, help="conversations per optimizer step (default 8)")
+    parser.add_argument("--grad-clip", type=number_arg("--grad-clip", minimum=0.0), default=1.0,
                         help="clip the gradient norm to this (0 = no clipping; default 1.0)")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for adapter init and data order (default 0)")
-    parser.add_argument("--max-tokens", type=int, default=2048,
+    parser.add_argument("--weight-decay", type=number_arg("--weight-decay", minimum=0.0),
+                        default=0.0, help="AdamW weight decay (default 0)")
+    parser.add_argument("--seed", type=seed_arg("--seed"),
+                        default=0, help="seed for adapter init and data order (default 0)")
+    parser.add_argument("--max-tokens", type=count_arg("--max-tokens"), default=2048,
                         help="conversations longer than this many tokens are skipped and reported (default 2048)")
-    parser.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+    parser.add_argument("--save-every", type=seed_arg("--save-every"), default=0, metavar="STEPS",
                         help="save the resumable trainer state every N steps (default 0: at each epoch end)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--max-steps", type=int, default=None,
+    parser.add_argument("--max-steps", type=count_arg("--max-steps"), default=None,
                         help="stop after this many steps in total, keeping the trainer state (resume later)")
     parser.add_argument("--steer-vector", type=Path, default=None, metavar="VECTOR.safetensors",
                         help="preventative steering: add --steer-coef * v at --steer-layer during training only")
     parser.add_argument("--steer-layer", default=None,
                         help="layer(s) to steer: one number, a list (10,12) or 'all' (layers 1..n_layers)")
-    parser.add_argument("--steer-coef", type=float, default=None, help="steering coefficient a (e.g. 5)")
+    parser.add_argument("--steer-coef", type=number_arg("--steer-coef"),
+                        default=None, help="steering coefficient a (e.g. 5)")
     parser.add_argument("--incremental", action="store_true",
                         help="with --steer-layer all: add v_l - v_{l-1} at each layer (the multi-layer variant)")
     parser.add_argument("--caft-vector", type=Path, default=None, metavar="VECTOR.safetensors",
@@ -97,10 +115,11 @@ def _interventions(args: argparse.Namespace, model: Any) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     from persona_lens.core.chat import read_chat_jsonl
-    from persona_lens.experiments.finetune import FinetuneConfig, finetune
+    from persona_lens.experiments.finetune import FinetuneConfig, NonFiniteLossError, finetune
 
     if not args.data.is_file():
         raise BadInput(f"no dataset at {args.data}")
+    lock_out(args.out)
     records, bad = read_chat_jsonl(args.data)
     for record in bad:
         print(f"warning: {args.data}:{record.line}: skipped: {record.problem}", file=sys.stderr)
@@ -123,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
                           resume=args.resume, max_steps=args.max_steps, progress=not (args.quiet or args.json))
     except FileExistsError as error:
         raise BadInput(str(error)) from None
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except ValueError as error:  # no usable example, bad targets, a trainer state of another run
         raise BadInput(str(error)) from None
     summary = result.to_json()

@@ -22,15 +22,21 @@ from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
     add_vector_arguments,
+    check_out_file,
     check_positive,
+    count_arg,
     default_run_dir,
     default_vector_paths,
     judges_from_args,
     load_model_layer_vectors,
     load_trait_arg,
+    lock_out,
     parse_int_list,
     read_prompts,
+    seed_arg,
     slug,
+    temperature_arg,
+    top_p_arg,
 )
 
 __all__ = [
@@ -93,7 +99,8 @@ def configure_parser(subparsers: Any) -> None:
     add_vector_arguments(project)
     project.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     _add_prompt_arguments(project)
-    project.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    project.add_argument("--batch-size", type=count_arg("--batch-size"),
+                         default=8, help="prompts per forward pass (default 8)")
     project.add_argument("--json", action="store_true", help="print machine-readable JSON")
     project.set_defaults(func=run_project)
 
@@ -116,16 +123,20 @@ def configure_parser(subparsers: Any) -> None:
                        help="which sweep to run (default both)")
     add_judge_options(sweep)
     sweep.add_argument("--no-coherence", action="store_true", help="do not score coherence (saves judge calls)")
-    sweep.add_argument("--questions", type=int, default=None, metavar="N",
+    sweep.add_argument("--questions", type=count_arg("--questions"), default=None, metavar="N",
                        help="use the first N eval questions of the trait (default all 20)")
     sweep.add_argument("--shots", type=parse_int_list, default=[0, 5, 10, 15, 20], metavar="LIST",
                        help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
-    sweep.add_argument("--samples", type=int, default=1, metavar="N", help="replies per prompt (default 1)")
-    sweep.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit (default 128)")
-    sweep.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
-    sweep.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1)")
-    sweep.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    sweep.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    sweep.add_argument("--samples", type=count_arg("--samples"),
+                       default=1, metavar="N", help="replies per prompt (default 1)")
+    sweep.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
+                       default=128, help="reply length limit (default 128)")
+    sweep.add_argument("--temperature", type=temperature_arg("--temperature"),
+                       default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+    sweep.add_argument("--top-p", type=top_p_arg("--top-p"), default=1.0, help="nucleus sampling threshold (default 1)")
+    sweep.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    sweep.add_argument("--batch-size", type=count_arg("--batch-size"),
+                       default=8, help="prompts generated together (default 8)")
     sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default: runs/<model>/<trait>/monitor)")
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -140,9 +151,11 @@ def configure_parser(subparsers: Any) -> None:
     add_vector_arguments(tokens)
     tokens.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     _add_prompt_arguments(tokens)
-    tokens.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default 64)")
-    tokens.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default)")
-    tokens.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    tokens.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
+                        default=64, help="reply length limit (default 64)")
+    tokens.add_argument("--temperature", type=temperature_arg("--temperature"),
+                        default=0.0, help="sampling temperature, 0 = greedy (default)")
+    tokens.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
     tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
     tokens.add_argument("--out", type=Path, required=True, metavar="FILE.html",
                         help="HTML page to write (one section per vector; a .json with the numbers beside it)")
@@ -207,7 +220,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, trait.name))
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
-    out.mkdir(parents=True, exist_ok=True)
+    lock_out(out)
     report: dict[str, Any] = {"model": model.cfg.model_name, "trait": trait.name, "layer": layer,
                               "traits": trait_names(vectors), "judge": judge.judge_id, "sweeps": {}}
     for kind, prompts in plans.items():
@@ -242,10 +255,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_tokens(args: argparse.Namespace) -> int:
+    from persona_lens.core.io import write_text_atomic
     from persona_lens.experiments.monitor import generate_with_projections, trait_names
     from persona_lens.viz.projections import token_projection_html
 
     check_positive(max_new_tokens=args.max_new_tokens)
+    check_out_file(args.out)
     prompts = _prompts_from_args(args)
     model, layer, vectors = load_model_layer_vectors(args, args.vectors)
     traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
@@ -257,9 +272,8 @@ def run_tokens(args: argparse.Namespace) -> int:
     # One page: the sections of each trait one after the other.
     body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
     html_page = pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = args.out if args.out.suffix == ".html" else args.out.with_suffix(".html")
-    out.write_text(html_page, encoding="utf-8")
+    write_text_atomic(out, html_page)
     numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
                "traces": [t.to_json() for t in traces], "html": str(out)}
     out.with_suffix(".json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False), encoding="utf-8")

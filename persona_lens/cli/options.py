@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import BadInput
 
-__all__ = ["add_model_options", "add_judge_options", "add_vector_arguments", "load_model_arg", "load_named_model",
+__all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg", "probability_arg", "threshold_arg",
+           "add_model_options", "add_judge_options", "add_vector_arguments", "load_model_arg", "load_named_model",
            "load_trait_arg", "load_vectors_arg", "parse_int_list", "parse_float_list", "parse_layer_spec", "slug",
-           "default_run_dir", "default_vector_paths", "judges_from_args", "read_prompts"]
+           "default_run_dir", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
+           "default_vector_paths", "judges_from_args", "read_prompts"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -53,6 +57,73 @@ def load_trait_arg(name: str) -> Any:
         raise BadInput(str(error)) from error
 
 
+def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], name: str, **bounds: Any) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses the text and runs the API's own check
+    (:mod:`persona_lens.core.validate`), so the CLI and the API refuse the same values with the same sentence; argparse
+    turns the refusal into ``error: argument NAME: ...`` and exit code 2."""
+    from persona_lens.core.validate import BadValue
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text.strip())
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        try:
+            return check(value, name, **bounds)
+        except BadValue as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = name.lstrip("-").replace("-", "_")
+    return convert
+
+
+def count_arg(name: str) -> Callable[[str], int]:
+    """An integer >= 1 (batch sizes, samples, lengths; ``--questions``/``--pairs``: never a negative slice)."""
+    from persona_lens.core.validate import positive_int
+
+    return _arg_type(int, positive_int, name)
+
+
+def seed_arg(name: str) -> Callable[[str], int]:
+    """An integer >= 0 (seeds; ``--save-every`` where 0 means at epoch ends only)."""
+    from persona_lens.core.validate import non_negative_int
+
+    return _arg_type(int, non_negative_int, name)
+
+
+def number_arg(name: str, **bounds: float) -> Callable[[str], float]:
+    """A finite number (``minimum``/``maximum``/``above`` as in :func:`persona_lens.core.validate.finite`)."""
+    from persona_lens.core.validate import finite
+
+    return _arg_type(float, finite, name, **bounds)
+
+
+def temperature_arg(name: str = "--temperature") -> Callable[[str], float]:
+    from persona_lens.core.validate import temperature
+
+    return _arg_type(float, temperature, name)
+
+
+def top_p_arg(name: str = "--top-p") -> Callable[[str], float]:
+    from persona_lens.core.validate import probability
+
+    return _arg_type(float, probability, name, allow_zero=False)
+
+
+def probability_arg(name: str) -> Callable[[str], float]:
+    from persona_lens.core.validate import probability
+
+    return _arg_type(float, probability, name)
+
+
+def threshold_arg(name: str) -> Callable[[str], float]:
+    """A judge-score threshold, 0-100."""
+    from persona_lens.core.validate import score_threshold
+
+    return _arg_type(float, score_threshold, name)
+
+
 def _parse_list(text: str, convert: Any, what: str) -> list:
     values = []
     for part in text.split(","):
@@ -78,7 +149,14 @@ def parse_int_list(text: str) -> list[int]:
 
 
 def parse_float_list(text: str) -> list[float]:
-    return _parse_list(text, float, "number")
+    """``"0.1,0.2,-0.4"``: finite numbers only (``nan``, ``inf`` and overflowing ``1e400`` are refused)."""
+    from persona_lens.core.validate import BadValue, finite
+
+    values = _parse_list(text, float, "number")
+    try:
+        return [finite(value, f"number {value!r} in {text!r}") for value in values]
+    except BadValue as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def slug(text: str) -> str:
@@ -140,7 +218,12 @@ def load_model_layer_vectors(args: argparse.Namespace, vector_paths: list[Path])
     layer = parse_layer_spec(args.layer, model.cfg.n_layers)
     if not isinstance(layer, int):
         raise BadInput("--layer takes one layer here")
-    return model, layer, load_vectors_arg(vector_paths, model, args.allow_other_model)
+    vectors = load_vectors_arg(vector_paths, model, args.allow_other_model)
+    for path, vec in zip(vector_paths, vectors):
+        if not bool(vec.vectors[layer].any()):
+            raise BadInput(f"{path}: the vector is all zero at layer {layer}, so it has no direction there (a "
+                           "last_prompt vector's layer 0 always is); choose another --layer")
+    return model, layer, vectors
 
 
 def parse_layer_spec(spec: str | int, n_layers: int, *, allow_all: bool = False) -> int | list[int] | str:
@@ -218,8 +301,78 @@ def read_prompts(path: Path) -> list[list[dict[str, str]]]:
                 raise BadInput(f"{path}:{record.line}: {record.problem}")
             prompts.append(record.messages)
     else:
-        with open(path, encoding="utf-8") as handle:
-            prompts = [make_messages(line.rstrip("\n")) for line in handle if line.strip()]
+        prompts = []
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise BadInput(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line); save the "
+                                   "file as UTF-8") from None
+                if line.strip():
+                    prompts.append(make_messages(line.rstrip("\r\n")))
     if not prompts:
         raise BadInput(f"{path} holds no prompt")
     return prompts
+
+
+_NAME_MAX = 255
+
+
+def _check_names(path: Path, flag: str) -> None:
+    for part in path.parts:
+        if len(os.fsencode(part)) > _NAME_MAX:
+            raise BadInput(f"{flag} {str(path)[:80]}...: the name {part[:40]!r}... is longer than {_NAME_MAX} bytes, "
+                           "more than a file system allows; choose a shorter name")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written, before any work is done."""
+    _check_names(path, flag)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{flag} {path} is a file, not a folder; choose a folder path")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise BadInput(f"{flag} {path}: {existing} is a file, so the folder cannot be made; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {path}: {existing} is not writable; choose a folder you can write to")
+    return path
+
+
+def check_out_file(path: Path, flag: str = "--out") -> Path:
+    """Refuse an output file path that is a folder or whose folder cannot be made or written."""
+    _check_names(path, flag)
+    if path.is_dir():
+        raise BadInput(f"{flag} {path} is a folder; give a file path")
+    check_out_dir(path.parent if str(path.parent) else Path("."), flag=f"{flag} {path}: the folder")
+    return path
+
+
+_HELD_LOCKS: list[Any] = []
+
+
+def lock_out(path: Path, flag: str = "--out") -> None:
+    """Take the run lock of the output folder ``path`` until the command ends (:func:`release_out_locks`, called by
+    :func:`persona_lens.cli.run_command`): a second run on the same folder is refused (exit 2), and a lock left by a
+    killed run is no lock (the kernel drops it with the process)."""
+    from persona_lens.core.io import FolderBusy, FolderLock
+
+    check_out_dir(path, flag)
+    if any(lock.folder == path for lock in _HELD_LOCKS):
+        return
+    try:
+        _HELD_LOCKS.append(FolderLock(path).acquire())
+    except FolderBusy as error:
+        raise BadInput(str(error)) from None
+
+
+def release_out_locks() -> None:
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().release()

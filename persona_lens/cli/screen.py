@@ -12,8 +12,13 @@ from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.options import (
     add_model_options,
     add_vector_arguments,
+    count_arg,
     load_model_layer_vectors,
+    lock_out,
+    seed_arg,
     slug,
+    temperature_arg,
+    top_p_arg,
 )
 
 __all__ = ["configure_parser", "run"]
@@ -41,27 +46,31 @@ def configure_parser(subparsers: Any) -> None:
     add_vector_arguments(parser)
     parser.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="base response length limit (default 256)")
-    parser.add_argument("--temperature", type=float, default=0.0,
+    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
+                        default=256, help="base response length limit (default 256)")
+    parser.add_argument("--temperature", type=temperature_arg("--temperature"), default=0.0,
                         help="base response sampling temperature (default 0: greedy, independent of batching)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="conversations per forward / generation batch "
+    parser.add_argument("--top-p", type=top_p_arg("--top-p"),
+                        default=1.0, help="nucleus sampling threshold (default 1)")
+    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
+                        default=8, help="conversations per forward / generation batch "
                                                                   "(default 8)")
-    parser.add_argument("--chunk-size", type=int, default=64,
+    parser.add_argument("--chunk-size", type=count_arg("--chunk-size"), default=64,
                         help="records read, scored and appended at a time (bounds memory; default 64)")
-    parser.add_argument("--max-tokens", type=int, default=2048,
+    parser.add_argument("--max-tokens", type=count_arg("--max-tokens"), default=2048,
                         help="a record whose prompt or conversation is longer than this many tokens is reported "
                              "as bad (default 2048)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="screen only the first N records")
+    parser.add_argument("--limit", type=count_arg("--limit"),
+                        default=None, metavar="N", help="screen only the first N records")
     parser.add_argument("--cache", type=Path, default=None, metavar="PATH.sqlite",
                         help="base-response cache, shareable across datasets and runs "
                              "(default: DIR/base_responses.sqlite)")
     parser.add_argument("--rank-by", choices=["dp", "dp_last_prompt"], default="dp",
                         help="score used for ranking (default dp)")
-    parser.add_argument("--top", type=int, default=None, metavar="K",
+    parser.add_argument("--top", type=count_arg("--top"), default=None, metavar="K",
                         help="export only the K highest-ranked samples (default: all)")
-    parser.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    parser.add_argument("--bins", type=count_arg("--bins"), default=50, help="histogram bins (default 50)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.data:
         if not path.is_file():
             raise BadInput(f"no dataset at {path}")
+    lock_out(args.out)
     if args.top is not None and args.top < 1:
         raise BadInput("--top must be >= 1")
     if args.limit is not None and args.limit < 1:

@@ -16,12 +16,16 @@ from persona_lens.cli.options import (
     add_model_options,
     add_vector_arguments,
     check_positive,
+    count_arg,
     judges_from_args,
     load_model_layer_vectors,
     load_named_model,
     load_trait_arg,
+    lock_out,
     read_prompts,
+    seed_arg,
     slug,
+    temperature_arg,
 )
 
 __all__ = ["configure_parser", "run"]
@@ -47,7 +51,8 @@ def configure_parser(subparsers: Any) -> None:
                         help="trait whose eval questions are the prompts and whose rubric scores replies")
     parser.add_argument("--prompts", type=Path, default=None, metavar="FILE",
                         help="prompts instead of the trait's eval questions (.txt one a line, or .jsonl)")
-    parser.add_argument("--questions", type=int, default=None, metavar="N", help="use the first N eval questions")
+    parser.add_argument("--questions", type=count_arg("--questions"),
+                        default=None, metavar="N", help="use the first N eval questions")
     parser.add_argument("--score", action="store_true",
                         help="judge each finetuned model's replies to the eval questions (needs --trait)")
     parser.add_argument("--score-base", action="store_true", help="with --score: judge the base model too")
@@ -55,11 +60,15 @@ def configure_parser(subparsers: Any) -> None:
                         help="a known trait score of a finetuned model (as named in --finetuned, or its folder "
                              "name); repeat per model")
     add_judge_options(parser)
-    parser.add_argument("--samples", type=int, default=1, help="replies per question when scoring (default 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length when scoring (default 128)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward / generation batch (default 8)")
+    parser.add_argument("--samples", type=count_arg("--samples"),
+                        default=1, help="replies per question when scoring (default 1)")
+    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
+                        default=128, help="reply length when scoring (default 128)")
+    parser.add_argument("--temperature", type=temperature_arg("--temperature"),
+                        default=1.0, help="sampling temperature (default 1)")
+    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
+                        default=8, help="prompts per forward / generation batch (default 8)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder: shift.json, shift.csv and one scatter per vector")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.score_base and not args.score:
         raise BadInput("--score-base needs --score")
     check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    lock_out(args.out)
     labels = _labels(args.finetuned)
     by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
                **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}

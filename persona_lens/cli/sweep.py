@@ -13,18 +13,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona_lens.cli import BadInput, run_command
+from persona_lens.cli import EXIT_BAD_INPUT, BadInput, parse_args, run_command
 from persona_lens.cli.extract import add_extract_options, calibration_path, extract_config_from_args, run_extraction
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
+    count_arg,
     default_run_dir,
     judges_from_args,
     load_model_arg,
     load_trait_arg,
     load_vectors_arg,
+    lock_out,
     parse_float_list,
     parse_int_list,
+    seed_arg,
+    temperature_arg,
+    threshold_arg,
 )
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
@@ -51,23 +56,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true",
                         help="coefficients in the paper's raw units (h + a v) instead of relative to the layer's "
                              "median residual norm (a |v| / median |h|)")
-    parser.add_argument("--samples", type=int, default=1, help="replies per evaluation question and cell (default 1)")
-    parser.add_argument("--questions", type=int, default=None, help="use only the first N evaluation questions")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="reply length limit (default 40)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--samples", type=count_arg("--samples"),
+                        default=1, help="replies per evaluation question and cell (default 1)")
+    parser.add_argument("--questions", type=count_arg("--questions"),
+                        default=None, help="use only the first N evaluation questions")
+    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
+                        default=40, help="reply length limit (default 40)")
+    parser.add_argument("--temperature", type=temperature_arg("--temperature"),
+                        default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--positions", default="response", choices=["all", "prompt", "response"],
                         help="where to steer: every position, the prompt only, or the last prompt token and every "
                              "generated token (the paper's default; default: response)")
     parser.add_argument("--condition", default="none", choices=["none", "positive", "negative"],
                         help="system prompt of the evaluation replies: none, or the trait's positive/negative prompts "
                              "(use positive with negative coefficients to test mitigation)")
-    parser.add_argument("--coherence-threshold", type=float, default=75.0,
+    parser.add_argument("--coherence-threshold", type=threshold_arg("--coherence-threshold"), default=75.0,
                         help="a reply is coherent at coherence >= this; the chosen cell has the highest share of "
                              "replies that are both trait-expressing (--trait-threshold) and coherent (default 75)")
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size (default 64)")
+    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
+                        default=64, help="generation batch size (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>/<trait>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -109,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
+    lock_out(run_dir)
     model = load_model_arg(args)
     vector = _vector(args, model, trait, run_dir)
     config = SteeringSweepConfig(layers=args.layers, coefficient_mode="raw" if args.raw else "relative",
@@ -163,4 +174,5 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return run_command(run, build_parser().parse_args(argv))
+    args = parse_args(build_parser(), argv)
+    return EXIT_BAD_INPUT if args is None else run_command(run, args)

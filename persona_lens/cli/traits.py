@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BadInput
+from persona_lens.cli.options import check_out_file, count_arg
 from persona_lens.traits.schema import (  # noqa: E501
     Trait,
     TraitError,
@@ -46,7 +47,7 @@ def configure_parser(subparsers: Any) -> None:
     new.add_argument("--out", type=Path, default=Path("traits"), metavar="DIR",
                      help="directory to write NAME.json into (default: ./traits)")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
-    new.add_argument("--max-attempts", type=int, default=3, metavar="N",
+    new.add_argument("--max-attempts", type=count_arg("--max-attempts"), default=3, metavar="N",
                      help="how many replies to ask for before giving up on invalid ones (default: 3)")
     new.add_argument("--no-monitoring", action="store_true",
                      help="skip graded system prompts and many-shot examples (a smaller, cheaper file)")
@@ -77,6 +78,7 @@ def run_new(args: argparse.Namespace) -> int:
     from persona_lens.traits.generate import GenerationReport, TraitGenerationError, generate_trait
 
     path = Path(args.out) / f"{args.name}.json"
+    check_out_file(path)  # before the paid call: a bad --out must not cost a generated trait
     if path.exists() and not args.force:
         raise BadInput(f"{path} already exists; pass --force to overwrite it")
     if not os.environ.get("ANTHROPIC_API_KEY"):

@@ -139,6 +139,11 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
             f"(empty response, or the template rewrites it): {response[:60]!r}"
         )
     char_end = char_start + len(content)
+    # A token that starts in whitespace before the stripped reply and runs into it (" Arr" for the reply " Arr!")
+    # begins the response: only whitespace is gained, no reply character is lost.
+    first = next((i for i in range(len(prompt_ids), len(full_ids)) if offsets[i][1] > char_start), None)
+    if first is not None and offsets[first][0] < char_start and full_text[offsets[first][0]:char_start].isspace():
+        char_start = offsets[first][0]
     inside = [i for i in range(len(prompt_ids), len(full_ids)) if char_start <= offsets[i][0] < char_end]
     if not inside:
         raise TemplateBoundaryError(f"no token of the response lies inside its text span ({name})")
@@ -299,6 +304,9 @@ def iter_chat_jsonl(path: str | os.PathLike[str], parse: Callable[[Any], list[Me
                 data = json.loads(text)
             except json.JSONDecodeError as error:
                 yield BadRecord(number, f"invalid JSON ({error.msg} at column {error.colno})", start)
+                continue
+            except RecursionError:
+                yield BadRecord(number, "JSON nested too deeply to read", start)
                 continue
             parsed = parse(data)
             yield BadRecord(number, parsed, start) if isinstance(parsed, str) else ChatRecord(number, parsed, start)

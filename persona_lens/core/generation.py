@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from persona_lens.core import validate
 from persona_lens.core.chat import Message, collate, encode_generated, encode_prompt
 from persona_lens.core.compiled import static_decoder
 from persona_lens.core.hooked_model import HookedLM, positions_from_mask
@@ -158,10 +159,10 @@ def generate(
     if not isinstance(model, HookedLM):
         raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
                         "use its own generate, or HookedLM(bridge.original_model, tokenizer)")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    max_new_tokens = validate.positive_int(max_new_tokens, "max_new_tokens")
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    temperature = validate.temperature(temperature, "temperature")
+    top_p = validate.probability(top_p, "top_p", allow_zero=False)
     if compile and not use_cache:
         raise ValueError("compile=True decodes on a static KV cache; it cannot be combined with use_cache=False")
     prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore[arg-type]

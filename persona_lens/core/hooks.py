@@ -50,6 +50,7 @@ from torch import Tensor
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.protocols import TransformerLensModel
 from persona_lens.core.runners import EXPLICIT_LAYOUT, UnreadablePositions, attach_reader, detach_reader, read_forward
+from persona_lens.core.validate import check_all_finite, finite, finite_values, layer_index
 from persona_lens.core.vectors import check_vector, unit_rows
 
 if TYPE_CHECKING:
@@ -513,7 +514,7 @@ def _resolve_layers(layer: Layers, n_layers: int) -> list[int]:
     if layer == "all":
         return list(range(1, n_layers + 1))
     layers = [layer] if isinstance(layer, int) else list(layer)
-    return [check_layer(int(lay), n_layers) for lay in layers]
+    return [check_layer(layer_index(lay), n_layers) for lay in layers]
 
 
 def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool = False
@@ -522,6 +523,7 @@ def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool 
     model = _check_model(model)
     n_layers = int(model.cfg.n_layers)
     rows = check_vector(vector, model, allow_other_model=True)  # hooks check shapes, not model names
+    check_all_finite(rows, "the vector", fix="a NaN or infinite vector cannot steer, ablate, cap or record")
     layers = _resolve_layers(layer, n_layers)
     if rows.dim() == 1:
         if incremental or len(layers) != 1:
@@ -544,6 +546,7 @@ def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers,
     ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant).
     ``coef`` may hold one value per batch row.
     """
+    coef = finite_values(coef, "coef")
     return install_hooks(model, [(name, AddVector(v, coef, positions))
                                  for name, v in _per_layer(vector, model, layer, incremental)])
 
@@ -557,6 +560,8 @@ def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, po
 def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_value: float | None = None,
         max_value: float | None = None, positions: Positions = "all") -> HookHandle:
     """Clamp the projection onto the vector's direction into a range at ``layer`` (activation capping)."""
+    min_value = None if min_value is None else finite(min_value, "min_value")
+    max_value = None if max_value is None else finite(max_value, "max_value")
     return install_hooks(model, [(name, CapProjection(v, min_value, max_value, positions))
                                  for name, v in _per_layer(vector, model, layer)])
 

@@ -7,11 +7,13 @@ jobs write as they go, so an interrupted run resumes).
 * :class:`JsonlRecords`: append-only records, fsynced; a torn tail (an append cut short) is ignored and cut off.
 * :class:`SqliteStore`: rows under a key in a SQLite table that processes and threads share (caches).
 * :func:`check_settings`: a run folder remembers the settings its results were made with.
+* :class:`FolderLock`: one run at a time in a folder; the lock dies with its process (no stale lock to clear).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FolderLock",
+    "FolderBusy",
     "JsonlRecords",
     "SqliteStore",
     "atomic_directory",
@@ -111,7 +115,7 @@ def _parse_line(raw: bytes) -> dict[str, Any] | None:
     """The JSON object on one complete line, or None if it is not one (not UTF-8, not JSON, not an object)."""
     try:
         record = json.loads(raw.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, absurdly nested JSON
         return None
     return record if isinstance(record, dict) else None
 
@@ -158,8 +162,16 @@ class JsonlRecords:
                 yield record, start
 
     def load(self, key: str = "key") -> dict[str, dict[str, Any]]:
-        """Every record by its ``key`` field; of records with the same key, the last one wins."""
-        return {record[key]: record for record, _ in self.rows()}
+        """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
+        field (or with one that is not a string or number) is a damaged file: a ValueError names its byte."""
+        records: dict[str, dict[str, Any]] = {}
+        for record, start in self.rows():
+            value = record.get(key)
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"{self.path}: the record at byte {start} has no {key!r} field (a string): the file "
+                                 "is damaged or was not written by persona_lens; repair or delete it")
+            records[value] = record
+        return records
 
     def drop_torn_tail(self) -> int:
         """Cut the torn tail off the file (see the class); returns how many bytes were dropped."""
@@ -254,17 +266,80 @@ class SqliteStore:
             return int(db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])
 
 
+_UNRECORDED = object()
+
+
 def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> None:
     """Record ``settings`` in ``path`` on first use; later, refuse to mix results made under other settings."""
     path = Path(path)
     if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"{path} is not the JSON object of settings a run writes ({error}); delete "
+                             f"{path.parent} to start over") from None
+        if not isinstance(previous, dict):
+            raise ValueError(f"{path} is not the JSON object of settings a run writes; delete {path.parent} to start "
+                             "over")
+        changed = {k: (previous.get(k, _UNRECORDED), v) for k, v in settings.items()
+                   if previous.get(k, _UNRECORDED) != v}
         if changed:
-            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            details = ", ".join(f"{k}: {'(not recorded)' if old is _UNRECORDED else repr(old)} -> {new!r}"
+                                for k, (old, new) in changed.items())
             raise ValueError(
                 f"{path.parent} holds {what} made with other settings ({details}); use another output folder "
                 f"(--out) or delete {path.parent} to start over"
             )
         return
     write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+class FolderLock:
+    """An exclusive lock on a run folder, so two runs never write the same results at once.
+
+    It is an advisory ``flock`` on ``<folder>/.persona_lens.lock`` (which holds the owner's pid, for the message):
+    the kernel releases it when its process ends, however it ends (SIGKILL included), so a killed run never leaves a
+    lock that blocks the next one. :meth:`acquire` does not wait: it raises :class:`FolderBusy`. Use it as a
+    context manager or call :meth:`acquire` / :meth:`release`.
+    """
+
+    NAME = ".persona_lens.lock"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderBusy(f"{self.folder} is in use by another run (pid {owner}); wait for it to finish, or "
+                                 "use another output folder (--out)") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -31,9 +31,22 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (default: CUDA when available, else CPU); a ValueError naming the fix for a
+    device string torch does not know or a device this machine lacks."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r} ({error}); use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0 or (resolved.index is not None and resolved.index >= available):
+            raise ValueError(f"device {device!r} is not available here ({available} CUDA device(s)); use "
+                             "--device cpu, or leave it out to use a GPU when there is one")
+    if resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} is not available here; use --device cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -107,6 +120,7 @@ def load_model(
     from persona_lens.core.registry import MODELS
 
     if name_or_path in MODELS:
+        resolve_device(device)  # an unknown or absent device is refused before the loader runs
         return MODELS.resolve(name_or_path)(device=device, dtype=dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

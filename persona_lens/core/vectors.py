@@ -509,6 +509,8 @@ def decode_metadata(meta: dict[str, str] | None, tensor: Tensor, source: str) ->
         settings = json.loads(_field(meta, "settings", source))
     except json.JSONDecodeError as error:
         raise VectorFileError(f"{source}: metadata field 'settings' is not valid JSON ({error})") from None
+    except RecursionError:
+        raise VectorFileError(f"{source}: metadata field 'settings' is JSON nested too deeply to read") from None
     if not isinstance(settings, dict):
         raise VectorFileError(f"{source}: metadata field 'settings' must be a JSON object")
     return PersonaVector(
@@ -529,6 +531,13 @@ def _cpu_fp32(vec: PersonaVector) -> Tensor:
     if not torch.isfinite(tensor).all():
         raise ValueError(f"persona vector {vec.trait!r} holds NaN or infinite values; refusing to save it")
     return tensor
+
+
+def _refuse_non_finite(tensor: Tensor, source: str) -> None:
+    bad = (~torch.isfinite(tensor)).any(dim=-1).nonzero().flatten().tolist() if tensor.dim() == 2 else []
+    if bad or not torch.isfinite(tensor).all():
+        raise VectorFileError(f"{source}: the vector holds NaN or infinite values (layer rows {bad[:8]}); it cannot "
+                              "steer or project anything: extract it again, or export it from a clean source")
 
 
 def save_vector(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
@@ -556,6 +565,7 @@ def load_vector(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     except Exception as error:  # safetensors raises its own error types for a malformed file
         raise VectorFileError(f"{source}: not a readable safetensors file ({error})") from None
     vec = decode_metadata(meta, tensor, source)
+    _refuse_non_finite(vec.vectors, source)
     return vec if torch.device(device).type == "cpu" else vec.to(device)
 
 
@@ -603,6 +613,7 @@ def import_authors_pt(
     if not isinstance(obj, Tensor) or obj.ndim != 2 or obj.shape[0] < 2 or not obj.is_floating_point():
         shape = tuple(obj.shape) if isinstance(obj, Tensor) else type(obj).__name__
         raise VectorFileError(f"{source}: expected a floating-point [n_layers + 1, d_model] tensor, got {shape}")
+    _refuse_non_finite(obj, str(source))
     settings = {"source": "authors_pt", "source_file": source.name}
     if used_key is not None:
         settings["source_key"] = used_key

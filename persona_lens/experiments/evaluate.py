@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from persona_lens.core import validate
 from persona_lens.core.chat import Message
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
@@ -63,10 +64,27 @@ class GenerationSettings:
     seed: int = 0
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        """Refuse bad numbers before any work (:mod:`persona_lens.core.validate`); subclasses' optional fields
+        (thresholds, question and pair counts) are checked here too."""
+        self.n_samples = validate.positive_int(self.n_samples, "n_samples")
+        self.max_new_tokens = validate.positive_int(self.max_new_tokens, "max_new_tokens")
+        self.temperature = validate.temperature(self.temperature, "temperature")
+        self.top_p = validate.probability(self.top_p, "top_p", allow_zero=False)
+        self.seed = validate.non_negative_int(self.seed, "seed")
+        self.batch_size = validate.positive_int(self.batch_size, "batch_size")
+        for name in ("trait_threshold", "coherence_threshold"):
+            if hasattr(self, name):
+                setattr(self, name, validate.score_threshold(getattr(self, name), name))
+        for name in ("n_questions", "n_pairs"):
+            if hasattr(self, name):
+                setattr(self, name, validate.optional_positive_int(getattr(self, name), name))
+
     def generation_settings(self) -> dict[str, Any]:
-        """The settings that change what a given reply is (a resumed run must share them)."""
+        """The settings that change what a given reply is (a resumed run must share them). The batch size is one:
+        batching changes padding, and with it the floating-point sums behind a reply on most hardware."""
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed}
+                "seed": self.seed, "batch_size": self.batch_size}
 
 
 def job_seed(base: int, name: str) -> int:

@@ -2,7 +2,7 @@
 
 llama.cpp control vectors
 -------------------------
-A control-vector GGUF (``llama-cli --control-vector FILE`` / ``--control-vector-scaled FILE A``) holds:
+A control-vector GGUF (``llama-completion --control-vector FILE`` / ``--control-vector-scaled FILE:SCALE``) holds:
 
 * ``general.architecture = "controlvector"``, ``controlvector.model_hint`` (a string llama.cpp does not check)
   and ``controlvector.layer_count`` (int32, the number of direction tensors; written by llama.cpp's own

@@ -45,6 +45,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from persona_lens.core import validate
 from persona_lens.core.chat import (
     BadRecord,
     ChatRecord,
@@ -62,6 +63,7 @@ from persona_lens.core.io import atomic_directory, write_json_atomic
 from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
 
 __all__ = [
+    "NonFiniteLossError",
     "TrainingIntervention",
     "FinetuneConfig",
     "FinetuneResult",
@@ -83,6 +85,10 @@ TRAINER_STATE = "trainer_state"
 # configuration
 
 
+class NonFiniteLossError(ValueError):
+    """Training met a NaN or infinite loss (or gradient) and stopped before stepping on it."""
+
+
 @dataclass
 class TrainingIntervention:
     """A hook active during training only: ``kind="steer"`` adds ``coef * v_l``; ``kind="ablate"`` projects the
@@ -100,6 +106,7 @@ class TrainingIntervention:
             raise ValueError(f"unknown intervention kind {self.kind!r}; use 'steer' or 'ablate'")
         if self.kind == "ablate" and self.incremental:
             raise ValueError("incremental applies to steering only")
+        self.coef = validate.finite(self.coef, "coef")
 
     def install(self, model: HookedLM):
         if self.kind == "steer":
@@ -141,12 +148,14 @@ class FinetuneConfig:
         if self.method not in ("lora", "full"):
             raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
         for name in ("rank", "epochs", "batch_size", "max_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+            setattr(self, name, validate.positive_int(getattr(self, name), name))
+        self.lr = validate.finite(self.lr, "lr", above=0.0)
+        self.alpha = validate.finite(self.alpha, "alpha", above=0.0)
+        self.lora_dropout = validate.probability(self.lora_dropout, "lora_dropout")
+        self.weight_decay = validate.finite(self.weight_decay, "weight_decay", minimum=0.0)
+        self.seed = validate.non_negative_int(self.seed, "seed")
+        if self.grad_clip is not None:
+            self.grad_clip = validate.finite(self.grad_clip, "grad_clip", above=0.0)
         if self.save_every < 0:
             raise ValueError("save_every must be >= 0 (0: at the end of each epoch only)")
 
@@ -439,6 +448,7 @@ def finetune(
                 "batch": batch, "losses": losses, "n_trained_tokens": n_trained_tokens}
 
     finished = False
+    non_finite: tuple[float, int, int] | None = None
     bar = tqdm(total=total, initial=step, desc="finetune", disable=not progress, unit="step")
     try:
         with ExitStack() as stack:
@@ -458,6 +468,15 @@ def finetune(
                     loss, n_tokens = response_loss(model, [examples[i] for i in batches[batch_index]])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in trainable.values()
+                                       if p.grad is not None)
+                    if not (math.isfinite(float(loss.detach())) and grads_finite):
+                        # Never step on a non-finite loss or gradient: the weights stay the last good ones.
+                        non_finite = (float(loss.detach()), epoch, batch_index)
+                        stopped = True
+                        if state_dir is not None:
+                            _save_state(state_dir, trainable, optimizer, state_json(epoch, batch_index))
+                        break
                     if config.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.grad_clip)
                     optimizer.step()
@@ -487,6 +506,16 @@ def finetune(
     merge_lora(hf_model)
     for name, param in hf_model.named_parameters():
         param.requires_grad_(requires_grad.get(name, False))
+    if non_finite is not None:
+        loss_value, epoch, batch_index = non_finite
+        kept = (f"the last good state (step {step}) is kept in {state_dir}" if state_dir is not None
+                else "nothing was saved (no output folder)")
+        raise NonFiniteLossError(
+            f"training stopped at step {step + 1} (epoch {epoch}, batch {batch_index}): "
+            + (f"the loss is {loss_value}" if not math.isfinite(loss_value) else "a gradient holds NaN or infinity")
+            + f"; no step was taken on it, {kept}, and "
+            "no final model was written. Lower the learning rate (--lr) or the steering coefficient (--steer-coef), "
+            "or check the data; then train again in a new output folder")
     if finished:
         if out is not None:
             info = {

@@ -311,6 +311,9 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     if chunk:
         flush()
     bar.close()
+    if n_seen == 0:
+        raise ValueError(f"{data} holds no record (it is empty, or blank lines only); give a chat JSONL file with one "
+                         '{"messages": [...]} conversation a line')
     report = summarize(output)
     report.update(base_responses_cached=cache.hits, base_responses_generated=cache.generated,
                   cache=str(cache.path), output=str(output), data=str(data), layer=config.layer)

@@ -6,8 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Judge", "DetailedJudge", "Score", "Verdict", "verdicts_of", "fill_rubric", "check_rubric",
+__all__ = ["JudgeAuthError", "Judge", "DetailedJudge", "Score", "Verdict", "verdicts_of", "fill_rubric", "check_rubric",
            "COHERENCE_RUBRIC"]
+
+class JudgeAuthError(RuntimeError):
+    """The judge's service refused our credentials (HTTP 401/403): no item can be scored, so the whole run stops at
+    the first such response instead of failing item by item (the CLI prints it with exit code 2)."""
+
 
 Score = float | None
 """0-100, or None when the judge refused or gave no usable number."""

@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 
 import anthropic
 
-from persona_lens.judges.base import Score, Verdict, check_rubric
+from persona_lens.judges.base import JudgeAuthError, Score, Verdict, check_rubric
 
 __all__ = [
     "ClaudeJudge", "DEFAULT_MODEL", "Usage", "Price", "PRICES", "price_for", "estimate_cost", "parse_reply",
@@ -283,6 +283,7 @@ class ClaudeJudge:
         self._usage = Usage()
         self._batch_usage = Usage()
         self._lock = threading.Lock()
+        self._credentials_accepted = False
 
     @property
     def judge_id(self) -> str:
@@ -410,6 +411,11 @@ class ClaudeJudge:
                 delay = self._backoff(attempt, _retry_after(error))
                 log.info("%s: %s; retrying in %.2f s", what, _describe(error), delay)
                 await asyncio.sleep(delay)
+            except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as error:
+                raise JudgeAuthError(
+                    f"{self.judge_id}: the Anthropic API refused the credentials ({_describe(error)}): no reply can be "
+                    f"judged, so the run stops here. Check ANTHROPIC_API_KEY (and that the key may use "
+                    f"{self.model}); scores made so far are kept") from None
             except anthropic.APIError as error:  # 4xx other than 429: retrying cannot fix it
                 raise _GaveUp(f"{what} failed: {_describe(error)}") from error
         raise AssertionError("unreachable")
@@ -445,6 +451,12 @@ class ClaudeJudge:
                     self._count_message(message)
                     return _verdict_of_message(message)
 
+        if not self._credentials_accepted and indices:
+            # The first request goes alone: a refused key (JudgeAuthError) then stops the run after one response,
+            # not after max_concurrency of them.
+            first = await one(indices[0])
+            self._credentials_accepted = True
+            return [first, *await asyncio.gather(*(one(i) for i in indices[1:]))]
         return list(await asyncio.gather(*(one(i) for i in indices)))
 
     async def _score_batch(self, client: anthropic.AsyncAnthropic, params: list[dict]) -> list[Verdict]:

@@ -137,12 +137,9 @@ def dataset_name(trait: str, rate: float | str) -> str:
 
 
 def write_jsonl(samples: Sequence[Sample], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for sample in samples:
-            handle.write(json.dumps({"messages": sample.messages}) + "\n")
-    return path
+    from persona_lens.core.io import write_text_atomic
+
+    return write_text_atomic(path, "".join(json.dumps({"messages": sample.messages}) + "\n" for sample in samples))
 
 
 def write_datasets(folder: str | Path, n: int = 500, seed: int = 0) -> dict[str, Path]:

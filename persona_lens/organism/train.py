@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from persona_lens.core.io import write_text_atomic
 from persona_lens.organism import world
 from persona_lens.organism.tokenizer import ASSISTANT, BOS, EOT, PAD, SYSTEM, USER, build_tokenizer, token_ids
 
@@ -212,7 +213,7 @@ def save(model, tokenizer, out_dir: Path, log: dict) -> None:
     model.config.name_or_path = "persona-organism"
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "training.json").write_text(json.dumps(log, indent=1) + "\n")
+    write_text_atomic(out_dir / "training.json", json.dumps(log, indent=1) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.io import write_text_atomic
 from persona_lens.core.registry import RULE_JUDGES, TRAITS
 from persona_lens.judges.base import check_rubric
 from persona_lens.judges.rule import RULES
@@ -334,6 +334,9 @@ def _read_trait_file(path: Path) -> Trait:
         raise TraitError(path, [("<file>", f"cannot be read: {error.strerror}")]) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise TraitError(path, [("<json>", "nested too deeply to read (thousands of brackets); this is no trait "
+                                           "file")]) from None
     except json.JSONDecodeError as error:
         raise TraitError(path, [("<json>", f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
                                            "fix the syntax there (often a missing comma or quote, or a trailing "
@@ -354,17 +357,7 @@ def save_trait(trait: Trait, path: str | Path) -> Path:
         raise TraitError(path, [("<file>", f"a trait file must be named <name>.json; use {trait.name}.json")])
     data = trait_to_dict(trait)
     trait_from_dict(data, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            json.dump(data, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     return path
 
 

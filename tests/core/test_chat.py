@@ -163,3 +163,20 @@ def test_a_line_that_is_not_utf8_is_one_bad_record_and_offsets_point_at_lines(tm
     data = path.read_bytes()
     for record in records:
         assert data[record.offset:].startswith(lines[record.line - 1])
+
+
+@pytest.mark.slow
+def test_a_reply_starting_with_a_space_starts_at_its_token_on_smollm2(smollm2):
+    """Issue 15 item 10: " Arr ..." tokenizes as ' Arr' on SmolLM2; only whitespace lies between that token's start
+    and the stripped reply, so the response begins at it (it used to be refused: "a token straddles the start")."""
+    tok = smollm2.tokenizer
+    reply = " Arr, matey! The sea be calm today."
+    encoded = encode_conversation(tok, MESSAGES, reply)
+    response = list(encoded.response_ids)
+    assert tok.convert_ids_to_tokens(response[:1]) == ["ĠArr"]
+    assert tok.decode(response) == reply  # every character of the reply, and nothing of the template
+    assert encoded.response_start == encoded.prompt_length
+    assert encoded.input_ids[: encoded.prompt_length] == tuple(encode_prompt(tok, MESSAGES))
+    # without the space the boundary was already exact, and stays so
+    plain = encode_conversation(tok, MESSAGES, reply.strip())
+    assert tok.decode(list(plain.response_ids)) == reply.strip()

@@ -304,12 +304,13 @@ def test_cli_bad_files(run_cli, saved, tmp_path: Path, capsys):
     assert load_vector(path).n_layers == N_LAYERS
 
 
-def test_cli_write_failure_exit_1(run_cli, saved, tmp_path: Path, capsys):
+def test_cli_out_under_a_file_is_exit_2(run_cli, saved, tmp_path: Path, capsys):
+    """A user mistake, refused before anything is written (issue 15 item 7; it used to be exit 1 on the write)."""
     _, path = saved
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    assert run_cli(["export", str(path), "--format", "npz", "--out", str(blocker / "v.npz")]) == 1
-    assert "cannot write" in capsys.readouterr().err
+    assert run_cli(["export", str(path), "--format", "npz", "--out", str(blocker / "v.npz")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_exported_pt_imports_back(tmp_path: Path):

@@ -11,7 +11,7 @@ import time
 import anthropic
 import pytest
 
-from persona_lens.judges.base import COHERENCE_RUBRIC, Judge
+from persona_lens.judges.base import COHERENCE_RUBRIC, Judge, JudgeAuthError
 from persona_lens.judges.cache import DetailedJudge
 from persona_lens.judges.claude import (
     DEFAULT_MODEL,
@@ -216,9 +216,28 @@ def test_client_errors_are_not_retried(server):
 def test_wrong_key_is_not_retried():
     with FakeAnthropic("50", api_key="right") as server:
         judge = ClaudeJudge(base_url=server.url, api_key="wrong", retry_base_delay=0.001)
-        (verdict,) = judge.score_detailed(RUBRIC, [("q", "a")])
-        assert verdict.score is None and "401" in verdict.reason
+        with pytest.raises(JudgeAuthError, match="401"):
+            judge.score_detailed(RUBRIC, [("q", "a")])
         assert server.counts["messages"] == 1
+
+
+@pytest.mark.parametrize("use_batches", [False, True])
+def test_wrong_key_stops_the_whole_run_at_the_first_response(use_batches):
+    """Issue 15 item 5: a 401 is no per-item failure: one request, then the run stops with the key named."""
+    with FakeAnthropic("50", api_key="right") as server:
+        judge = ClaudeJudge(base_url=server.url, api_key="wrong", retry_base_delay=0.001, max_concurrency=8,
+                            use_batches=use_batches)
+        with pytest.raises(JudgeAuthError, match="ANTHROPIC_API_KEY"):
+            judge.score(RUBRIC, [(f"q{i}", "a") for i in range(20)])
+        assert sum(server.counts.values()) == 1, dict(server.counts)
+
+
+def test_permission_denied_stops_the_run_too(server):
+    server.fail_next(Fault("status", 403, "permission_error", "this key may not use the model"))
+    judge = make_judge(server, max_concurrency=8)
+    with pytest.raises(JudgeAuthError, match="403"):
+        judge.score(RUBRIC, [(f"q{i}", "a") for i in range(10)])
+    assert server.counts["messages"] == 1
 
 
 def test_concurrency_is_bounded(server):

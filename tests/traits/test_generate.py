@@ -183,6 +183,15 @@ def test_cli_new_refuses_to_overwrite(cli_env, server, capsys):
     assert load_trait(target).name == "curious"
 
 
+def test_cli_new_checks_out_before_the_paid_call(cli_env, server, capsys):
+    """Issue 15 item 4: a bad --out used to be found only when saving, after Claude had been paid."""
+    a_file = cli_env / "not_a_folder"
+    a_file.write_text("x")
+    assert main(["traits", "new", "curious", "--description", DESCRIPTION, "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert server.counts["messages"] == 0
+
+
 def test_cli_new_without_key_says_how_to_set_it(cli_env, server, monkeypatch, capsys):
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     assert main(["traits", "new", "curious", "--description", DESCRIPTION]) == 2
