@@ -27,6 +27,7 @@ from persona_lens.core.chat import EncodedConversation, TokenBatch, collate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, install_hooks, token_layout
 from persona_lens.core.layers import hook_name
+from persona_lens.core.scale import median_residual_norms, model_device
 
 __all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms"]
 
@@ -140,7 +141,7 @@ def collect_activations(
     results = {r: torch.zeros((n, n_layers + 1, d_model), dtype=torch.float32) for r in reductions}
     order = sorted(range(n), key=lambda i: len(conversations[i].input_ids))
     pad_id = _pad_token_id(model)
-    device = _device(model)
+    device = model_device(model)
     rows = None if layers is None else torch.tensor(sorted(set(layers)))  # copy only these layers off the device
     bar = tqdm(total=n, desc=desc, disable=not progress or n == 0, unit="conv")
     for start in range(0, n, batch_size):
@@ -170,45 +171,3 @@ def _pad_token_id(model: Any) -> int:
             return int(candidate)
     return 0
 
-
-def _device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
-
-
-class _NormCollector:
-    def __init__(self, layer: int, keep: Tensor, out: dict[int, list[Tensor]]) -> None:
-        self.layer, self.keep, self.out = layer, keep, out
-
-    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
-        self.out[self.layer].append(resid.float().norm(dim=-1)[self.keep].cpu())
-        return None
-
-
-@torch.no_grad()
-def median_residual_norms(model: Any, conversations: Sequence[EncodedConversation], *, batch_size: int = 8
-                          ) -> Float[Tensor, " layer"]:
-    """The median norm of the residual stream at each layer over the conversations' tokens.
-
-    The first token of each conversation is left out: it often carries an outsized norm (an attention sink) that
-    says nothing about the typical scale. Used to express steering coefficients relative to the stream's size.
-    """
-    n_layers = int(model.cfg.n_layers)
-    norms: dict[int, list[Tensor]] = {layer: [] for layer in range(n_layers + 1)}
-    pad_id = _pad_token_id(model)
-    device = _device(model)
-    step = batch_size if isinstance(model, HookedLM) else 1
-    for start in range(0, len(conversations), step):
-        batch = collate(conversations[start : start + step], pad_id, device)
-        keep = batch.attention_mask.bool().clone()
-        keep[torch.arange(keep.shape[0]), batch.pad_lengths] = False
-        hooks = [(hook_name(lay, n_layers), _NormCollector(lay, keep, norms)) for lay in norms]
-        layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths)
-        with install_hooks(model, hooks), token_layout(layout):
-            if isinstance(model, HookedLM):
-                model.run_blocks(batch.input_ids, batch.attention_mask)
-            else:
-                _run_transformer_lens(model, batch)
-    return torch.stack([torch.cat(norms[layer]).median() for layer in range(n_layers + 1)])

@@ -103,7 +103,7 @@ def test_claim1_steering_raises_the_trait_monotonically_and_too_much_breaks_cohe
     table = {}
     for layer in range(1, organism.cfg.n_layers + 1):
         for coef in STEER_COEFS:
-            with steer(organism, vector, layer=layer, coef=coef, positions="response"):
+            with steer(organism, vector, layer=layer, coef=coef, raw=True, positions="response"):
                 table[layer, coef] = _trait_and_coherence(organism, trait)
     print(f"\nclaim 1, {trait}: trait/coherence when steering at each layer (response positions)")
     for layer in range(1, organism.cfg.n_layers + 1):
@@ -208,7 +208,7 @@ def test_claim4_preventative_steering_keeps_the_trait_near_baseline(finetuning, 
     base, plain = finetuning["base_score"], plain_row["score"]
     closer = (plain - prevented) / (plain - base)
     plain_model = finetuning["models"][0.9]
-    with steer(plain_model, vector, layer=LAYER, coef=-1.0, positions="response"):
+    with steer(plain_model, vector, layer=LAYER, coef=-1.0, raw=True, positions="response"):
         post_hoc, post_hoc_coherence = _trait_and_coherence(plain_model, trait)
     loss = float(np.mean(result.losses[-5:]))
     print(f"\nclaim 4, {trait}: base {base:.1f}; plain finetune {plain:.1f} (loss {plain_row['loss']:.3f}); "
