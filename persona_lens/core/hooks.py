@@ -404,6 +404,41 @@ class RecordingHandle(HookHandle):
         """Forget what was recorded so far (the hook stays installed)."""
         self.recorder.clear()
 
+    def token_projections(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0
+                          ) -> list[tuple[int, str, float]]:
+        """``(absolute position, token text, projection)`` for ``token_ids[start:]`` of one conversation.
+
+        ``token_ids`` are the conversation's tokens from position 0 (after generation: ``prompt_ids[i] +
+        response_ids[i]``). A position nothing was recorded at (e.g. the last generated token, which no forward
+        read) has projection NaN.
+        """
+        projections = self.projections()
+        row = projections[conversation] if conversation < projections.shape[0] else torch.empty(0)
+        out = []
+        for position in range(start, len(token_ids)):
+            value = float(row[position]) if position < row.shape[0] else float("nan")
+            out.append((position, tokenizer.decode([int(token_ids[position])]), value))
+        return out
+
+    def format_tokens(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0,
+                      bar_width: int = 24) -> str:
+        """A readable table of :meth:`token_projections`: position, projection, a bar, the token (``repr``).
+
+        The bar spans the smallest to the largest projection shown, so the tokens that lean towards the trait
+        stand out; ``n/a`` marks positions nothing was recorded at.
+        """
+        rows = self.token_projections(tokenizer, token_ids, conversation=conversation, start=start)
+        values = [value for _, _, value in rows if value == value]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        lines = [f"{'pos':>5}  {'projection':>10}  {'':{bar_width}}  token"]
+        for position, text, value in rows:
+            if value != value:
+                lines.append(f"{position:>5}  {'n/a':>10}  {'':{bar_width}}  {text!r}")
+                continue
+            filled = round((value - lo) / (hi - lo) * bar_width) if hi > lo else 0
+            lines.append(f"{position:>5}  {value:>10.3f}  {'#' * filled:{bar_width}}  {text!r}")
+        return "\n".join(lines)
+
 
 _NOT_HOOKED = "persona_lens hooks need a TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)"
 

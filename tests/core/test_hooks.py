@@ -339,3 +339,21 @@ def test_default_positions_of_the_installers_are_response(tiny_model):
     with H.steer(tiny_model, v, layer=1, coef=1.0, raw=True) as s, H.ablate(tiny_model, v, layer=1) as a, \
             H.cap(tiny_model, v, layer=1, max_value=0.0) as c:
         assert [h.fns[0].positions for h in (s, a, c)] == ["response"] * 3
+
+
+def test_recording_formats_tokens_with_their_projections(tiny_model):
+    v = _direction(tiny_model)
+    with H.record(tiny_model, v, layer=2) as recording:
+        out = generate(tiny_model, PROMPTS[:1], max_new_tokens=4, stop_at_eos=False)
+    ids = out.prompt_ids[0] + out.response_ids[0]
+    start = len(out.prompt_ids[0]) - 2
+    rows = recording.token_projections(tiny_model.tokenizer, ids, start=start)
+    projections = recording.projections()[0]
+    assert [r[0] for r in rows] == list(range(start, len(ids)))
+    assert [r[1] for r in rows] == [tiny_model.tokenizer.decode([t]) for t in ids[start:]]
+    for position, _, value in rows[:-1]:
+        assert value == pytest.approx(float(projections[position]))
+    assert rows[-1][2] != rows[-1][2]  # the last generated token was never fed back: NaN, shown as n/a
+    table = recording.format_tokens(tiny_model.tokenizer, ids, start=start).splitlines()
+    assert len(table) == 1 + len(rows) and "n/a" in table[-1]
+    assert repr(rows[0][1]) in table[1] and f"{rows[0][2]:.3f}" in table[1]
