@@ -143,4 +143,5 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert code == 0, out
     result = json.loads(out)
     assert result["paths"]["csv"].endswith("sweep.csv")
-    assert (tmp_path / "extract" / "vector_response.safetensors").exists()
+    # extracted first into the run folder's extraction folder for these reply settings
+    assert (tmp_path / "extract-t4-T1-p1-s0" / "vector_response.safetensors").exists()
