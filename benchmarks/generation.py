@@ -103,7 +103,7 @@ def main() -> None:
         def ours(prompts=prompts, batch=batch, compile=False, outputs=outputs):
             from persona_lens.core.generation import generate
 
-            with steer(model, vector, layer=layer, coef=1.0, positions="response"):
+            with steer(model, vector, layer=layer, coef=1.0, raw=True, positions="response"):
                 result = generate(model, prompts, max_new_tokens=new, batch_size=batch, stop_at_eos=False,
                                   compile=compile)
             outputs["ours-c" if compile else "ours"] = result.response_ids

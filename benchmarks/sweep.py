@@ -36,13 +36,13 @@ def main() -> None:
     start = time.perf_counter()
     separate = []
     for coef in coefs:
-        with steer(model, vector, layer=layer, coef=coef, positions="response"):
+        with steer(model, vector, layer=layer, coef=coef, raw=True, positions="response"):
             separate += generate(model, questions, max_new_tokens=args.new, batch_size=len(questions)).texts
     t_separate = time.perf_counter() - start
 
     start = time.perf_counter()
     per_row = torch.tensor([c for c in coefs for _ in questions])
-    with steer(model, vector, layer=layer, coef=per_row, positions="response"):
+    with steer(model, vector, layer=layer, coef=per_row, raw=True, positions="response"):
         batched = generate(model, questions * len(coefs), max_new_tokens=args.new, batch_size=64).texts
     t_batched = time.perf_counter() - start
     same = sum(a == b for a, b in zip(separate, batched))

@@ -21,6 +21,7 @@ __all__ = [
     "ablate",
     "cap",
     "collect_activations",
+    "contrast_vector",
     "generate",
     "list_traits",
     "load_model",
@@ -45,12 +46,13 @@ _EXPORTS = {
     "record": "persona_lens.core.hooks",
     "steer": "persona_lens.core.hooks",
     "collect_activations": "persona_lens.core.activations",
+    "contrast_vector": "persona_lens.core.activations",
     "generate": "persona_lens.core.generation",
     "load_model": "persona_lens.core.models",
 }
 
 if TYPE_CHECKING:
-    from persona_lens.core.activations import collect_activations
+    from persona_lens.core.activations import collect_activations, contrast_vector
     from persona_lens.core.generation import generate
     from persona_lens.core.hooked_model import HookedLM
     from persona_lens.core.hooks import ablate, cap, record, steer

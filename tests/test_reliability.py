@@ -91,7 +91,8 @@ def test_cli_and_api_refuse_with_the_same_sentence(capsys):
 def test_batch_size_is_a_recorded_setting(tmp_path, capsys):
     """Item 3: replies made at one batch size are not silently mixed with replies made at another."""
     out = tmp_path / "run"
-    base = ["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule", "--samples", "1", "--questions", "1",
+    base = ["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule",
+            "--samples", "1", "--questions", "1",
             "--pairs", "1", "--max-new-tokens", "3", "--quiet", "--out", out, "--extract-coherence-threshold", "0",
             "--trait-threshold", "0"]
     code, err = run_cli([*base, "--batch-size", "2"], capsys)
@@ -213,7 +214,8 @@ def test_a_damaged_middle_line_of_the_replies_is_exit_2_naming_file_and_line(tmp
     out = tmp_path / "run"
     out.mkdir()
     (out / "responses.jsonl").write_text('{"key": "a"}\n{"key": \n{"key": "b"}\n')
-    code, err = run_cli(["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule", "--samples", "1",
+    code, err = run_cli(["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule",
+                         "--samples", "1",
                          "--questions", "1", "--pairs", "1", "--max-new-tokens", "3", "--out", out, "--quiet"],
                         capsys)
     assert code == 2 and "responses.jsonl: line 2" in err

@@ -11,6 +11,7 @@ from persona_lens.cli import BadInput
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
+    check_judge_arg,
     count_arg,
     default_run_dir,
     judges_from_args,
@@ -23,7 +24,7 @@ from persona_lens.cli.options import (
 )
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
-           "calibration_path"]
+           "calibration_path", "extract_dir"]
 
 
 def calibration_path(run_dir: Path) -> Path:
@@ -62,6 +63,13 @@ def extract_config_from_args(args: argparse.Namespace, *, prefix: str = "") -> A
                          coherence_threshold=args.extract_coherence_threshold)
 
 
+def extract_dir(run_dir: Path, config: Any) -> Path:
+    """The default extraction folder of a run folder: one per reply-changing setting (length, temperature, top-p,
+    seed), so extractions made with other settings (the sweep's quick one, ``extract``'s default) never collide."""
+    return run_dir / (f"extract-t{config.max_new_tokens}-T{config.temperature:g}-p{config.top_p:g}"
+                      f"-s{config.seed}")
+
+
 def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Path, config: Any) -> Any:
     from persona_lens.experiments.extract import extract
 
@@ -89,7 +97,8 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=count_arg("--batch-size"),
                         default=32, help="generation batch size (default 32)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: runs/<model>/<trait>/extract)")
+                        help="output folder (default: runs/<model>/<trait>/extract-t<max tokens>-T<temperature>-"
+                             "p<top-p>-s<seed>, one per setting)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -99,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.extract import vector_path
 
     trait = load_trait_arg(args.trait)
-    out_dir = args.out or default_run_dir(args.model, trait.name) / "extract"
+    check_judge_arg(args, trait)
+    config = extract_config_from_args(args)
+    out_dir = args.out or extract_dir(default_run_dir(args.model, trait.name), config)
     lock_out(out_dir)
     model = load_model_arg(args)
-    result = run_extraction(model, trait, args, out_dir, extract_config_from_args(args))
+    result = run_extraction(model, trait, args, out_dir, config)
     if args.json:
         print(json.dumps({**result.report, "vector": str(vector_path(out_dir))}, indent=2))
     else:

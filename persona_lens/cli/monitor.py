@@ -22,6 +22,7 @@ from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
     add_vector_arguments,
+    check_judge_arg,
     check_out_file,
     check_positive,
     count_arg,
@@ -96,7 +97,7 @@ def configure_parser(subparsers: Any) -> None:
         description="Print the projection of each prompt's last token (at --layer) on the unit vector of each "
                     "--vector; no generation.")
     add_model_options(project)
-    add_vector_arguments(project)
+    add_vector_arguments(project, trait_option=True)
     project.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     _add_prompt_arguments(project)
     project.add_argument("--batch-size", type=count_arg("--batch-size"),
@@ -116,8 +117,7 @@ def configure_parser(subparsers: Any) -> None:
         ))
     add_model_options(sweep)
     sweep.add_argument("--trait", required=True, help="trait name or path to its JSON file")
-    add_vector_arguments(sweep, required=False,
-                         default_help=" (default: the vector extracted into runs/<model>/<trait>/extract)")
+    add_vector_arguments(sweep)
     sweep.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     sweep.add_argument("--kind", choices=["system", "many-shot", "both"], default="both",
                        help="which sweep to run (default both)")
@@ -148,7 +148,7 @@ def configure_parser(subparsers: Any) -> None:
                     "at --layer, and write an HTML page with the text coloured by projection (red towards the trait, "
                     "blue away, relative to the mean over prompt tokens).")
     add_model_options(tokens)
-    add_vector_arguments(tokens)
+    add_vector_arguments(tokens, trait_option=True)
     tokens.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     _add_prompt_arguments(tokens)
     tokens.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
@@ -177,7 +177,7 @@ def run_project(args: argparse.Namespace) -> int:
 
     check_positive(batch_size=args.batch_size)
     prompts = _prompts_from_args(args)
-    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
     projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
                                       allow_other_model=args.allow_other_model)
     names = trait_names(vectors)
@@ -216,8 +216,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         if "many_shot" in kinds:
             plans["many_shot"] = many_shot_prompts(trait, args.shots, n_questions=args.questions)
     except ValueError as error:
-        raise BadInput(str(error)) from None
-    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, trait.name))
+        hint = "; run --kind system alone" if args.kind == "both" and "many_shot" in str(error) else ""
+        raise BadInput(f"{error}{hint}") from None
+    paths = default_vector_paths(args, trait.name)
+    check_judge_arg(args, trait)
+    model, layer, vectors = load_model_layer_vectors(args, paths)
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
     lock_out(out)
@@ -262,7 +265,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     check_positive(max_new_tokens=args.max_new_tokens)
     check_out_file(args.out)
     prompts = _prompts_from_args(args)
-    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
     traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed,
                                        allow_other_model=args.allow_other_model)

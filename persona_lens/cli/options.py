@@ -15,7 +15,7 @@ __all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg"
            "add_model_options", "add_judge_options", "add_vector_arguments", "load_model_arg", "load_named_model",
            "load_trait_arg", "load_vectors_arg", "parse_int_list", "parse_float_list", "parse_layer_spec", "slug",
            "default_run_dir", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
-           "default_vector_paths", "judges_from_args", "read_prompts"]
+           "default_vector_paths", "extracted_vectors", "judges_from_args", "check_judge_arg", "read_prompts"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -177,11 +177,19 @@ def load_named_model(name: str, args: argparse.Namespace):
         raise BadInput(f"cannot load model {name!r}: {error}") from None
 
 
-def add_vector_arguments(parser: argparse.ArgumentParser, required: bool = True, default_help: str = "") -> None:
-    parser.add_argument("--vector", dest="vectors", action="append", required=required, type=Path,
-                        metavar="VECTOR.safetensors",
+VECTOR_DEFAULT_HELP = (" (default: the vector extracted for --trait with --model, i.e. the one "
+                       "runs/<model>/<trait>/extract-*/vector_response.safetensors)")
+
+
+def add_vector_arguments(parser: argparse.ArgumentParser, *, trait_option: bool = False) -> None:
+    """``--vector`` (repeatable), optional everywhere: without it the vector extracted for ``--trait`` is used
+    (:func:`default_vector_paths`). ``trait_option=True`` adds a ``--trait`` for commands that have none."""
+    parser.add_argument("--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors",
                         help="a persona vector saved by persona_lens (repeat for several traits at once)"
-                             + default_help)
+                             + VECTOR_DEFAULT_HELP)
+    if trait_option:
+        parser.add_argument("--trait", default=None,
+                            help="use the vector extracted for this trait (and --model) when no --vector is given")
     parser.add_argument("--allow-other-model", action="store_true",
                         help="accept vectors extracted from another model with the same shape (e.g. the base of a "
                              "finetune)")
@@ -245,17 +253,40 @@ def parse_layer_spec(spec: str | int, n_layers: int, *, allow_all: bool = False)
         raise BadInput(f"layer {spec!r}: {error}") from None
 
 
-def default_vector_paths(args: argparse.Namespace, trait_name: str) -> list[Path]:
-    """``--vector`` paths, or the vector extracted into the default run folder of ``--model`` and the trait."""
-    if args.vectors:
-        return list(args.vectors)
+def extracted_vectors(run_dir: Path) -> list[Path]:
+    """The response vectors extracted into a run folder (``run_dir/extract*``, one per extraction setting),
+    sorted."""
     from persona_lens.experiments.extract import vector_path
 
-    path = vector_path(default_run_dir(args.model, trait_name) / "extract")
-    if not path.exists():
-        raise BadInput(f"no --vector given and no extracted vector at {path}; pass --vector FILE or run "
-                       f"`python -m persona_lens extract --trait {trait_name}` first")
-    return [path]
+    return sorted(p for p in (vector_path(d) for d in run_dir.glob("extract*") if d.is_dir()) if p.exists())
+
+
+def default_vector_paths(args: argparse.Namespace, trait_name: str | None) -> list[Path]:
+    """``--vector`` paths, or else the one vector extracted for the trait with ``--model`` (the same rule in
+    every command): none or several found is an error naming the fix."""
+    if getattr(args, "vectors", None):
+        return list(args.vectors)
+    if not trait_name:
+        raise BadInput("give --vector FILE, or --trait NAME to use the vector extracted for that trait")
+    found = extracted_vectors(default_run_dir(args.model, trait_name))
+    if not found:
+        raise BadInput(f"no --vector given and no vector extracted for {trait_name!r} with {args.model} under "
+                       f"{default_run_dir(args.model, trait_name)}/extract*; run `python -m persona_lens extract "
+                       f"{trait_name} --model {args.model}` first, or pass --vector FILE")
+    if len(found) > 1:
+        raise BadInput(f"several vectors were extracted for {trait_name!r} with {args.model} (other settings): "
+                       f"{', '.join(map(str, found))}; choose one with --vector")
+    return found
+
+
+def check_judge_arg(args: argparse.Namespace, trait: Any) -> None:
+    """Refuse a ``--judge`` that cannot score ``trait`` (no rule, no API key) before any model is loaded."""
+    from persona_lens.judges.factory import resolve_judge_kind
+
+    try:
+        resolve_judge_kind(args.judge, trait)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
 
 
 def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None,

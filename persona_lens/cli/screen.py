@@ -13,6 +13,7 @@ from persona_lens.cli.options import (
     add_model_options,
     add_vector_arguments,
     count_arg,
+    default_vector_paths,
     load_model_layer_vectors,
     lock_out,
     seed_arg,
@@ -43,7 +44,7 @@ def configure_parser(subparsers: Any) -> None:
                         help="chat datasets, one {\"messages\": [...]} conversation a line (last message from the "
                              "assistant)")
     add_model_options(parser)
-    add_vector_arguments(parser)
+    add_vector_arguments(parser, trait_option=True)
     parser.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--top must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be >= 1")
-    model, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
     try:
         config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,

@@ -15,8 +15,10 @@ from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
     add_vector_arguments,
+    check_judge_arg,
     check_positive,
     count_arg,
+    default_vector_paths,
     judges_from_args,
     load_model_layer_vectors,
     load_named_model,
@@ -48,7 +50,8 @@ def configure_parser(subparsers: Any) -> None:
     add_vector_arguments(parser)
     parser.add_argument("--layer", required=True, help="layer of the shift (0 = embeddings, l = output of block l)")
     parser.add_argument("--trait", default=None,
-                        help="trait whose eval questions are the prompts and whose rubric scores replies")
+                        help="trait whose eval questions are the prompts and whose rubric scores replies (and whose "
+                             "extracted vector is used when no --vector is given)")
     parser.add_argument("--prompts", type=Path, default=None, metavar="FILE",
                         help="prompts instead of the trait's eval questions (.txt one a line, or .jsonl)")
     parser.add_argument("--questions", type=count_arg("--questions"),
@@ -137,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
                **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
     given = _given_scores(args.given_score, by_name)
 
-    base, layer, vectors = load_model_layer_vectors(args, args.vectors)
+    paths = default_vector_paths(args, trait.name if trait is not None else None)
+    if args.score:
+        check_judge_arg(args, trait)
+    base, layer, vectors = load_model_layer_vectors(args, paths)
     judge = coherence_judge = None
     if args.score:
         judge, coherence_judge = judges_from_args(args, trait, base)

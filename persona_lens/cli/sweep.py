@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, BadInput, parse_args, run_command
-from persona_lens.cli.extract import add_extract_options, calibration_path, extract_config_from_args, run_extraction
+from persona_lens.cli.extract import (
+    add_extract_options,
+    calibration_path,
+    extract_config_from_args,
+    extract_dir,
+    run_extraction,
+)
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
+    check_judge_arg,
     count_arg,
     default_run_dir,
+    extracted_vectors,
     judges_from_args,
     load_model_arg,
     load_trait_arg,
@@ -41,9 +49,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trait", default=DEFAULT_TRAIT,
                         help=f"trait name or JSON file (default: {DEFAULT_TRAIT}, measurable by a rule offline)")
     add_model_options(parser)
-    parser.add_argument("--vector", type=Path, default=None,
-                        help="a saved persona vector (.safetensors); default: the run folder's extracted vector, "
-                             "extracted first if missing")
+    parser.add_argument("--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors",
+                        help="a saved persona vector (.safetensors); default: the vector extracted into the run "
+                             "folder (--out, default runs/<model>/<trait>: its extract-* folder), extracted first "
+                             "(with the --extract-* settings) if there is none")
     parser.add_argument("--allow-other-model", action="store_true",
                         help="steer with a vector extracted from another model of the same shape (e.g. base -> "
                              "finetuned)")
@@ -101,13 +110,28 @@ def configure_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _vector(args: argparse.Namespace, model: Any, trait: Any, run_dir: Path) -> Any:
+def _vector_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
+    """``--vector``, else the one vector extracted into the run folder (None: there is none yet, extract first)."""
+    if args.vectors:
+        if len(args.vectors) > 1:
+            raise BadInput("sweep steers with one vector; give --vector once")
+        return args.vectors[0]
+    found = extracted_vectors(run_dir)
+    if len(found) > 1:
+        raise BadInput(f"several vectors were extracted into {run_dir} (other settings): "
+                       f"{', '.join(map(str, found))}; choose one with --vector")
+    return found[0] if found else None
+
+
+def _vector(args: argparse.Namespace, model: Any, trait: Any, run_dir: Path, path: Path | None) -> Any:
     from persona_lens.experiments.extract import vector_path
 
-    path = args.vector or vector_path(run_dir / "extract")
-    if args.vector is None and not path.exists():
-        print(f"no vector at {path}: extracting it first", file=sys.stderr)
-        run_extraction(model, trait, args, run_dir / "extract", extract_config_from_args(args, prefix="extract-"))
+    if path is None:
+        config = extract_config_from_args(args, prefix="extract-")
+        out = extract_dir(run_dir, config)
+        print(f"no vector extracted for {trait.name!r} yet: extracting it first into {out}", file=sys.stderr)
+        run_extraction(model, trait, args, out, config)
+        path = vector_path(out)
     if not path.exists():
         raise BadInput(f"no vector file {path}")
     return load_vectors_arg([path], model, allow_other_model=args.allow_other_model)[0]
@@ -119,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
+    check_judge_arg(args, trait)
     lock_out(run_dir)
+    path = _vector_path(args, run_dir)
     model = load_model_arg(args)
-    vector = _vector(args, model, trait, run_dir)
+    vector = _vector(args, model, trait, run_dir, path)
     config = SteeringSweepConfig(layers=args.layers, coefficient_mode="raw" if args.raw else "relative",
                                  n_samples=args.samples, n_questions=args.questions,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,

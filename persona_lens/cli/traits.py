@@ -28,15 +28,24 @@ from persona_lens.traits.schema import (  # noqa: E501
     traits_dirs,
 )
 
-__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate"]
+__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION"]
+
+DESCRIPTION = """\
+  traits new NAME --description "..." [--model M] [--out DIR] [--force]
+      write DIR/NAME.json (DIR defaults to ./traits); needs ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL is respected)
+  traits list [--json]
+      every trait found: the packaged traits, ./traits and $PERSONA_LENS_TRAITS
+  traits show NAME [--json]
+      one trait, by name or path
+  traits validate PATH...
+      check trait files; exit code 2 if any is invalid"""
 
 _DEFAULT_MODEL = "claude-sonnet-4-5"  # = persona_lens.judges.claude.DEFAULT_MODEL, not imported: anthropic loads slowly
 
 
 def configure_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("traits", help="create (with Claude), list, show and validate trait files",
-                                   description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="traits_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _print_help(parser))
 

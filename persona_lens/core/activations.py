@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import einops
 import torch
@@ -23,12 +23,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_lens.core.chat import EncodedConversation, TokenBatch, collate
+from persona_lens.core.chat import EncodedConversation, Message, TokenBatch, collate, encode_conversation
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, install_hooks, token_layout
 from persona_lens.core.layers import hook_name
+from persona_lens.core.scale import median_residual_norms, model_device
+from persona_lens.core.vectors import PersonaVector
 
-__all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms"]
+__all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms", "ContrastItem",
+           "encode_contrast_item", "contrast_vector"]
 
 REDUCTIONS = ("response", "prompt", "last_prompt")
 
@@ -140,7 +143,7 @@ def collect_activations(
     results = {r: torch.zeros((n, n_layers + 1, d_model), dtype=torch.float32) for r in reductions}
     order = sorted(range(n), key=lambda i: len(conversations[i].input_ids))
     pad_id = _pad_token_id(model)
-    device = _device(model)
+    device = model_device(model)
     rows = None if layers is None else torch.tensor(sorted(set(layers)))  # copy only these layers off the device
     bar = tqdm(total=n, desc=desc, disable=not progress or n == 0, unit="conv")
     for start in range(0, n, batch_size):
@@ -171,44 +174,65 @@ def _pad_token_id(model: Any) -> int:
     return 0
 
 
-def _device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
+
+ContrastItem = Union[str, Sequence[Message], EncodedConversation]  # noqa: UP007 (a runtime alias)
+"""One contrast example: plain text, a chat conversation whose last message is the assistant's, or tokens."""
 
 
-class _NormCollector:
-    def __init__(self, layer: int, keep: Tensor, out: dict[int, list[Tensor]]) -> None:
-        self.layer, self.keep, self.out = layer, keep, out
+def encode_contrast_item(tokenizer: Any, item: ContrastItem) -> EncodedConversation:
+    """Tokens of one contrast example and where its "response" lies.
 
-    def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
-        self.out[self.layer].append(resid.float().norm(dim=-1)[self.keep].cpu())
-        return None
-
-
-@torch.no_grad()
-def median_residual_norms(model: Any, conversations: Sequence[EncodedConversation], *, batch_size: int = 8
-                          ) -> Float[Tensor, " layer"]:
-    """The median norm of the residual stream at each layer over the conversations' tokens.
-
-    The first token of each conversation is left out: it often carries an outsized norm (an attention sink) that
-    says nothing about the typical scale. Used to express steering coefficients relative to the stream's size.
+    * a chat conversation (messages ending with an assistant turn): the chat template renders it, the assistant's
+      reply is the response and the rest the prompt, exactly as in extraction (:func:`encode_conversation`);
+    * plain text: tokenized as it is (the tokenizer's own special tokens); every token but a leading BOS is the
+      response, and there is no prompt;
+    * an :class:`EncodedConversation`: taken as given.
     """
-    n_layers = int(model.cfg.n_layers)
-    norms: dict[int, list[Tensor]] = {layer: [] for layer in range(n_layers + 1)}
-    pad_id = _pad_token_id(model)
-    device = _device(model)
-    step = batch_size if isinstance(model, HookedLM) else 1
-    for start in range(0, len(conversations), step):
-        batch = collate(conversations[start : start + step], pad_id, device)
-        keep = batch.attention_mask.bool().clone()
-        keep[torch.arange(keep.shape[0]), batch.pad_lengths] = False
-        hooks = [(hook_name(lay, n_layers), _NormCollector(lay, keep, norms)) for lay in norms]
-        layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths)
-        with install_hooks(model, hooks), token_layout(layout):
-            if isinstance(model, HookedLM):
-                model.run_blocks(batch.input_ids, batch.attention_mask)
-            else:
-                _run_transformer_lens(model, batch)
-    return torch.stack([torch.cat(norms[layer]).median() for layer in range(n_layers + 1)])
+    if isinstance(item, EncodedConversation):
+        return item
+    if isinstance(item, str):
+        ids = list(tokenizer(item)["input_ids"])
+        if not ids:
+            raise ValueError(f"contrast text {item!r} has no tokens")
+        start = 1 if len(ids) > 1 and ids[0] == getattr(tokenizer, "bos_token_id", None) else 0
+        return EncodedConversation(tuple(ids), 0, start, len(ids))
+    messages = list(item)
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+        raise ValueError("a contrast conversation is a list of chat messages ending with the assistant's reply "
+                         f"(the tokens averaged), got {str(item)[:80]!r}")
+    return encode_conversation(tokenizer, messages[:-1], messages[-1]["content"])
+
+
+def contrast_vector(model: Any, positive: Sequence[ContrastItem], negative: Sequence[ContrastItem], *,
+                    trait: str = "contrast", positions: str = "response", batch_size: int = 8,
+                    progress: bool = False) -> PersonaVector:
+    """A persona vector from your own contrast examples: mean activation of ``positive`` minus that of
+    ``negative``, at every layer, each example first averaged over its ``positions``.
+
+    The convention is extraction's (:mod:`persona_lens.experiments.extract`, without generation, judging or
+    filtering): ``"response"`` averages the reply tokens (every token of a plain text), ``"prompt"`` the prompt
+    tokens and ``"last_prompt"`` takes the last prompt token (those two need chat conversations, whose prompt is
+    everything before the assistant's reply). The two sides may differ in size. Examples are items of
+    :data:`ContrastItem` (see :func:`encode_contrast_item`)::
+
+        vector = contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
+        with persona_lens.steer(model, vector, layer=20, coef=0.4): ...
+    """
+    if positions not in REDUCTIONS:
+        raise ValueError(f"unknown positions {positions!r}; use one of {REDUCTIONS}")
+    if not positive or not negative:
+        raise ValueError(f"contrast_vector needs examples on both sides ({len(positive)} positive, "
+                         f"{len(negative)} negative)")
+    if isinstance(positive, str) or isinstance(negative, str):
+        raise ValueError("positive and negative are lists of examples; wrap a single text in a list")
+    tokenizer = getattr(model, "tokenizer", None)
+    sides = []
+    for name, items in (("positive", positive), ("negative", negative)):
+        encoded = [encode_contrast_item(tokenizer, item) for item in items]
+        if positions != "response" and any(e.prompt_length == 0 for e in encoded):
+            raise ValueError(f"positions={positions!r} needs a prompt, but a {name} example is plain text; give chat "
+                             "conversations (messages ending with the assistant's reply) or use positions='response'")
+        sides.append(collect_activations(model, encoded, reductions=(positions,), batch_size=batch_size,
+                                         progress=progress, desc=f"contrast: {name}").get(positions))
+    settings = {"source": "contrast_vector", "positions": positions}
+    return PersonaVector.from_activations(trait, str(model.cfg.model_name), sides[0], sides[1], positions, settings)

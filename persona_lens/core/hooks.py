@@ -11,9 +11,9 @@ hook points (:class:`~persona_lens.core.protocols.TransformerLensModel`) and ret
 both a removable handle and a context manager; :func:`record`'s :class:`RecordingHandle` also hands out what it
 read::
 
-    with persona_lens.steer(model, vector, layer=20, coef=2.0, positions="response"):
+    with persona_lens.steer(model, vector, layer=20, coef=0.4):   # |added| = 0.4 x the residual's median norm
         ...                                   # hooks removed on exit, also on exceptions
-    handle = persona_lens.steer(model, vector, layer=20, coef=2.0)
+    handle = persona_lens.steer(model, vector, layer=20, coef=2.0, raw=True)   # h_20 + 2.0 v_20 (paper units)
     handle.remove()
     with persona_lens.record(model, vector, layer=20) as recording:
         ...
@@ -24,7 +24,7 @@ Positions (the same meaning with and without a KV cache, since they count absolu
 * ``"all"``       every position of every forward;
 * ``"prompt"``    prompt tokens only (the prefill);
 * ``"response"``  the last prompt token and every generated token (the paper's "response" steering: the last
-  position of each cached forward);
+  position of each cached forward); the default of :func:`steer`, :func:`ablate` and :func:`cap`;
 * a :class:`Window` of absolute positions, counted from the first real token or from the end of the prompt.
 
 Absolute positions need to know left padding, prompt lengths and how many tokens the KV cache already holds. Our
@@ -474,6 +474,41 @@ class RecordingHandle(HookHandle):
         """Forget what was recorded so far (the hook stays installed)."""
         self.recorder.clear()
 
+    def token_projections(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0
+                          ) -> list[tuple[int, str, float]]:
+        """``(absolute position, token text, projection)`` for ``token_ids[start:]`` of one conversation.
+
+        ``token_ids`` are the conversation's tokens from position 0 (after generation: ``prompt_ids[i] +
+        response_ids[i]``). A position nothing was recorded at (e.g. the last generated token, which no forward
+        read) has projection NaN.
+        """
+        projections = self.projections()
+        row = projections[conversation] if conversation < projections.shape[0] else torch.empty(0)
+        out = []
+        for position in range(start, len(token_ids)):
+            value = float(row[position]) if position < row.shape[0] else float("nan")
+            out.append((position, tokenizer.decode([int(token_ids[position])]), value))
+        return out
+
+    def format_tokens(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0,
+                      bar_width: int = 24) -> str:
+        """A readable table of :meth:`token_projections`: position, projection, a bar, the token (``repr``).
+
+        The bar spans the smallest to the largest projection shown, so the tokens that lean towards the trait
+        stand out; ``n/a`` marks positions nothing was recorded at.
+        """
+        rows = self.token_projections(tokenizer, token_ids, conversation=conversation, start=start)
+        values = [value for _, _, value in rows if value == value]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        lines = [f"{'pos':>5}  {'projection':>10}  {'':{bar_width}}  token"]
+        for position, text, value in rows:
+            if value != value:
+                lines.append(f"{position:>5}  {'n/a':>10}  {'':{bar_width}}  {text!r}")
+                continue
+            filled = round((value - lo) / (hi - lo) * bar_width) if hi > lo else 0
+            lines.append(f"{position:>5}  {value:>10.3f}  {'#' * filled:{bar_width}}  {text!r}")
+        return "\n".join(lines)
+
 
 _NOT_HOOKED = "persona_lens hooks need a TransformerLens model (HookedLM, TransformerBridge or HookedTransformer)"
 
@@ -518,8 +553,8 @@ def _resolve_layers(layer: Layers, n_layers: int) -> list[int]:
 
 
 def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool = False
-               ) -> list[tuple[str, Float[Tensor, " d_model"]]]:
-    """``(hook name, direction)`` for each layer asked for, after checking the model and the vector."""
+               ) -> list[tuple[int, str, Float[Tensor, " d_model"]]]:
+    """``(layer, hook name, direction)`` for each layer asked for, after checking the model and the vector."""
     model = _check_model(model)
     n_layers = int(model.cfg.n_layers)
     rows = check_vector(vector, model, allow_other_model=True)  # hooks check shapes, not model names
@@ -535,40 +570,67 @@ def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool 
         directions = [increments[lay] for lay in layers]
     else:
         directions = [rows[lay] for lay in layers]
-    return [(hook_name(lay, n_layers), v) for lay, v in zip(layers, directions)]
+    return [(lay, hook_name(lay, n_layers), v) for lay, v in zip(layers, directions)]
 
 
-def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers,
-          coef: float | Float[Tensor, " batch"] = 1.0, positions: Positions = "all", incremental: bool = False
-          ) -> HookHandle:
-    """Add ``coef * v_l`` to the residual stream at ``layer`` (an int, several, or ``"all"`` = 1..n_layers).
+def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coef: float | Float[Tensor, " batch"],
+          raw: bool = False, residual_norms: Float[Tensor, " layer"] | Sequence[float] | None = None,
+          positions: Positions = "response", incremental: bool = False) -> HookHandle:
+    """Add a multiple of ``v_l`` to the residual stream at ``layer`` (an int, several, or ``"all"`` = 1..n_layers).
 
-    ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant).
-    ``coef`` may hold one value per batch row.
+    ``coef`` is *relative*, in the units the CLI and the steering sweep report: the added vector has norm
+    ``coef * median|h_l|``, the residual stream's median token norm at that layer, i.e. the raw coefficient is
+    ``coef * median|h_l| / |v_l|`` (:func:`persona_lens.core.scale.raw_coefficient`). ``median|h_l|`` comes from
+    ``residual_norms`` (``[n_layers + 1]``, e.g. :func:`persona_lens.core.scale.median_residual_norms` on your
+    prompts, or a sweep's ``sweep.json`` ``median_residual_norm``), else it is measured now on the neutral
+    :data:`~persona_lens.core.scale.REFERENCE_QUESTIONS`. ``raw=True``: ``coef`` is the paper's raw ``a`` in
+    ``h_l + a v_l``. ``coef`` may hold one value per conversation (a coefficient sweep in one batch).
+
+    ``positions`` defaults to ``"response"`` (the last prompt token and every generated token, as in the paper).
+    ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant; raw only).
+    The raw coefficient of each hook is its ``fns[i].coef``.
     """
     coef = finite_values(coef, "coef")
-    return install_hooks(model, [(name, AddVector(v, coef, positions))
-                                 for name, v in _per_layer(vector, model, layer, incremental)])
+    per_layer = _per_layer(vector, model, layer, incremental)
+    if raw:
+        return install_hooks(model, [(name, AddVector(v, coef, positions)) for _, name, v in per_layer])
+    if incremental:
+        raise ValueError("incremental steering adds v_l - v_{l-1} at every layer, which has no single relative size; "
+                         "pass the coefficient in raw units (raw=True)")
+    from persona_lens.core.scale import median_residual_norms, raw_coefficient
+
+    norms = median_residual_norms(model) if residual_norms is None else torch.as_tensor(residual_norms).float()
+    n_layers = int(model.cfg.n_layers)
+    if norms.shape != (n_layers + 1,):
+        raise ValueError(f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer, "
+                         f"[{n_layers + 1}] (layer 0 = embeddings)")
+    return install_hooks(model, [(name, AddVector(v, raw_coefficient(coef, v.norm(), norms[lay]), positions))
+                                 for lay, name, v in per_layer])
 
 
-def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, positions: Positions = "all"
+def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, positions: Positions = "response"
            ) -> HookHandle:
-    """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT)."""
-    return install_hooks(model, [(name, AblateDirection(v, positions)) for name, v in _per_layer(vector, model, layer)])
+    """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT).
+
+    ``positions`` defaults to ``"response"``, as for :func:`steer`; CAFT during finetuning passes ``"all"``."""
+    return install_hooks(model, [(name, AblateDirection(v, positions))
+                                 for _, name, v in _per_layer(vector, model, layer)])
 
 
 def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_value: float | None = None,
-        max_value: float | None = None, positions: Positions = "all") -> HookHandle:
-    """Clamp the projection onto the vector's direction into a range at ``layer`` (activation capping)."""
+        max_value: float | None = None, positions: Positions = "response") -> HookHandle:
+    """Clamp the projection onto the vector's unit direction into ``[min_value, max_value]`` at ``layer``
+    (activation capping). The bounds are projections (``h . u``, the numbers :func:`record` reports), not
+    coefficients. ``positions`` defaults to ``"response"``, as for :func:`steer`."""
     min_value = None if min_value is None else finite(min_value, "min_value")
     max_value = None if max_value is None else finite(max_value, "max_value")
     return install_hooks(model, [(name, CapProjection(v, min_value, max_value, positions))
-                                 for name, v in _per_layer(vector, model, layer)])
+                                 for _, name, v in _per_layer(vector, model, layer)])
 
 
 def record(model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
            ) -> RecordingHandle:
     """Record the projection onto the vector's unit direction at ``layer``; read it with the handle's
     ``projections()`` (``[conversation, absolute position]``)."""
-    ((name, v),) = _per_layer(vector, model, layer)
+    ((_, name, v),) = _per_layer(vector, model, layer)
     return RecordingHandle(model, name, RecordProjection(v, positions))

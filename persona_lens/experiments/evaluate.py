@@ -94,7 +94,8 @@ def job_seed(base: int, name: str) -> int:
 
 @dataclass(frozen=True, eq=False)
 class Steering:
-    """Generate under ``steer(model, vector, layer=layer, coef=coef, positions=positions)``."""
+    """Generate under ``steer(model, vector, layer=layer, coef=coef, raw=True, positions=positions)`` (``coef`` in raw
+    units)."""
 
     vector: Any
     """A :class:`~persona_lens.core.vectors.PersonaVector` or a tensor, as :func:`~persona_lens.core.hooks.steer`
@@ -147,7 +148,7 @@ def _steering(model: HookedLM, jobs: Sequence[ReplyJob]) -> AbstractContextManag
     if first is None:
         return nullcontext()
     coefs = torch.tensor([job.steering.coef for job in jobs], dtype=torch.float32)  # type: ignore[union-attr]
-    return steer(model, first.vector, layer=first.layer, coef=coefs, positions=first.positions)
+    return steer(model, first.vector, layer=first.layer, coef=coefs, raw=True, positions=first.positions)
 
 
 def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, *,

@@ -110,7 +110,7 @@ class TrainingIntervention:
 
     def install(self, model: HookedLM):
         if self.kind == "steer":
-            return steer(model, self.vector, layer=self.layer, coef=self.coef, positions="all",
+            return steer(model, self.vector, layer=self.layer, coef=self.coef, raw=True, positions="all",
                          incremental=self.incremental)
         return ablate(model, self.vector, layer=self.layer, positions="all")
 

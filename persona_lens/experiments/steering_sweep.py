@@ -32,11 +32,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from persona_lens.core.activations import median_residual_norms
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
+from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
 from persona_lens.core.vectors import PersonaVector
 from persona_lens.experiments.evaluate import (
     GenerationSettings,
@@ -223,15 +223,15 @@ def run_steering_sweep(
     jobs = _plan(trait, config)
     if not jobs:
         raise ValueError(f"trait {trait.name!r} has no evaluation questions")
-    norms = median_residual_norms(model, [_encoded(model, j) for j in jobs], batch_size=config.batch_size)
+    norms = median_residual_norms(model, [_encoded(model, j) for j in jobs])
 
     def raw_of(layer: int, coef: float) -> float:
         if config.coefficient_mode == "raw":
             return float(coef)
-        return float(coef * norms[layer] / vector.vectors[layer].norm().clamp(min=1e-12))
+        return float(raw_coefficient(coef, vector.vectors[layer].norm(), norms[layer]))
 
     def relative_of(layer: int, raw: float) -> float:
-        return float(raw * vector.vectors[layer].norm() / norms[layer])
+        return float(relative_coefficient(raw, vector.vectors[layer].norm(), norms[layer]))
 
     # The baseline, then every coefficient of a layer in one generate call (one steering, a coefficient per row).
     steered = [(layer, coef, raw_of(layer, coef)) for layer in layers for coef in config.coefficients]

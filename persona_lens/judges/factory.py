@@ -8,7 +8,7 @@ from typing import Any
 
 from persona_lens.judges.base import Judge
 
-__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges", "build_likelihood_coherence"]
+__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges", "build_likelihood_coherence", "resolve_judge_kind"]
 
 JUDGE_KINDS = ("auto", "rule", "claude", "local")
 COHERENCE_KINDS = ("judge", "auto", "likelihood", "rule")
@@ -26,6 +26,22 @@ def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path |
     contexts = (None, trait.prompt_pairs[0].positive) if trait.prompt_pairs else (None,)
     questions = list(dict.fromkeys([*trait.extract_questions, *trait.eval_questions]))
     return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration))
+
+
+def resolve_judge_kind(kind: str, trait: Any) -> str:
+    """``kind`` with ``auto`` resolved, after checking it can score ``trait`` here (a rule to apply, an API key);
+    needs no model, so the CLI checks it before loading one."""
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
+    if kind == "auto":
+        kind = "rule" if trait.rule else "claude"
+    if kind == "rule" and not trait.rule:
+        raise ValueError(f"trait {trait.name!r} has no rule; use --judge claude (or local), or add a \"rule\" "
+                         "to its JSON file")
+    if kind == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise ValueError("--judge claude needs an API key: export ANTHROPIC_API_KEY=sk-ant-... "
+                         "(or use --judge rule for a rule-measurable trait, or --judge local)")
+    return kind
 
 
 def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, model: Any = None,
@@ -48,30 +64,21 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     less than a cache lookup, and a cached rule score outlives edits to the rule (a stale score is how two runs of
     one command once differed).
     """
-    if kind not in JUDGE_KINDS:
-        raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
     if coherence not in COHERENCE_KINDS:
         raise ValueError(f"unknown coherence judge {coherence!r}; choose one of {', '.join(COHERENCE_KINDS)}")
     from persona_lens.core.registry import RULE_JUDGES
 
-    if kind == "auto":
-        kind = "rule" if trait.rule else "claude"
+    kind = resolve_judge_kind(kind, trait)
     if kind == "rule" and trait.rule in RULE_JUDGES:
         trait_judge, coherence_judge = RULE_JUDGES.resolve(trait.rule)(trait.rule)
     elif kind == "rule":
         from persona_lens.judges.rule import RuleJudge
 
-        if not trait.rule:
-            raise ValueError(f"trait {trait.name!r} has no rule; use --judge claude (or local), or add a \"rule\" "
-                             "to its JSON file")
         trait_judge: Judge = RuleJudge(trait.rule)
         coherence_judge: Judge = RuleJudge("coherence")
     elif kind == "claude":
         from persona_lens.judges.claude import DEFAULT_MODEL, ClaudeJudge
 
-        if not os.environ.get("ANTHROPIC_API_KEY"):
-            raise ValueError("--judge claude needs an API key: export ANTHROPIC_API_KEY=sk-ant-... "
-                             "(or use --judge rule for a rule-measurable trait, or --judge local)")
         trait_judge = coherence_judge = ClaudeJudge(claude_model or DEFAULT_MODEL)
     else:
         from persona_lens.judges.local import LocalJudge

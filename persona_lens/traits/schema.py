@@ -58,6 +58,8 @@ _NAME = re.compile(r"[a-z0-9_-]+")
 _REQUIRED_KEYS = ("schema_version", "name", "description", "system_prompts", "questions", "rubric")
 _OPTIONAL_KEYS = ("graded_system_prompts", "many_shot_examples", "rule")
 _REPO_TRAITS = Path(__file__).resolve().parents[2] / "traits"
+#: Where a wheel install has the built-in traits (copied from the repository's traits/ at build time, setup.py).
+_PACKAGED_TRAITS = Path(__file__).resolve().parent / "builtin"
 
 
 @dataclass(frozen=True)
@@ -363,9 +365,10 @@ def save_trait(trait: Trait, path: str | Path) -> Path:
 
 def traits_dirs() -> list[Path]:
     """Existing directories searched for trait names, first match wins: ``$PERSONA_LENS_TRAITS`` (split on
-    ``os.pathsep``), ``./traits``, then this repository's ``traits/``. Duplicates are dropped."""
+    ``os.pathsep``), ``./traits``, then the built-in traits: this repository's ``traits/`` (a source checkout or
+    an editable install) or the copy a wheel ships in ``persona_lens/traits/builtin/``. Duplicates are dropped."""
     candidates = [Path(entry) for entry in os.environ.get(TRAITS_ENV, "").split(os.pathsep) if entry.strip()]
-    candidates += [Path.cwd() / "traits", _REPO_TRAITS]
+    candidates += [Path.cwd() / "traits", _REPO_TRAITS, _PACKAGED_TRAITS]
     dirs: list[Path] = []
     seen: set[Path] = set()
     for directory in candidates:
@@ -403,7 +406,10 @@ def load_trait(name_or_path: str | Path) -> Trait:
         if name in TRAITS:  # defined in code (the organism's, from its world), reached by registry string
             return TRAITS.resolve(name)(name)
     available = list_traits()
-    searched = ", ".join(str(directory) for directory in traits_dirs()) or "no trait directory exists"
+    searched = ", ".join(str(directory) for directory in traits_dirs()) or (
+        f"no trait directory exists (not {_REPO_TRAITS} nor {_PACKAGED_TRAITS}: the built-in trait files are "
+        "missing from this install; reinstall persona_lens from a wheel or a source checkout, or point "
+        f"${TRAITS_ENV} at a copy of the repository's traits/ folder)")
     raise TraitError(name, [("name", f"no trait named {name!r}; available traits: "
                                      f"{', '.join(available) or '(none)'}. Searched: {searched}. Pass one of these "
                                      f"names, a path to a .json file, or add a directory to ${TRAITS_ENV}")])

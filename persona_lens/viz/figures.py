@@ -9,7 +9,7 @@ from typing import Any
 
 from persona_lens.core.io import atomic_output
 
-__all__ = ["write_figure", "png_export_available"]
+__all__ = ["write_figure", "png_export_available", "show"]
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +48,21 @@ def write_figure(figure: Any, path: str | Path, *, png: bool | None = None) -> l
                 raise
             log.warning("PNG export failed (%s); the HTML figure is at %s", error, html)
     return written
+
+
+def show(figure: Any) -> None:
+    """Display ``figure`` in a notebook twice: the interactive plotly figure, and beside it a static image for
+    renderers that run no JavaScript (GitHub, nbconvert to Markdown/PDF): PNG when kaleido and Chromium are
+    available here, else the browser-free SVG of :func:`persona_lens.viz.static.figure_svg`."""
+    from IPython.display import SVG, Image, display
+
+    display(figure)
+    if png_export_available():
+        try:
+            display(Image(figure.to_image(format="png", width=900, height=500)))
+            return
+        except Exception as error:  # a broken browser must not lose the figure: fall back to the SVG
+            log.warning("PNG export failed (%s); showing the SVG fallback", error)
+    from persona_lens.viz.static import figure_svg
+
+    display(SVG(figure_svg(figure)))

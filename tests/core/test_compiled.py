@@ -37,7 +37,7 @@ def test_compiled_steering_equals_eager(model, positions):
     plain = _replies(model, False)
     assert _replies(model, counter) == plain
     coefs = torch.tensor([3.0, -4.0])  # per-conversation coefficients, looked up inside the graph
-    with H.steer(model, _vector(model), layer=2, coef=coefs, positions=positions):
+    with H.steer(model, _vector(model), layer=2, coef=coefs, raw=True, positions=positions):
         eager = _replies(model, False)
         compiled = _replies(model, counter)
     assert compiled == eager
@@ -48,7 +48,7 @@ def test_hook_changes_recompile_and_old_graphs_are_reused(model):
     counter = CompileCounterWithBackend("eager")
     plain = _replies(model, counter)
     assert counter.frame_count == 1  # one graph: the decoding step traced whole
-    with H.steer(model, _vector(model), layer=1, coef=4.0, positions="response"):
+    with H.steer(model, _vector(model), layer=1, coef=4.0, raw=True, positions="response"):
         steered = _replies(model, counter)
         assert steered == _replies(model, False) != plain
         assert counter.frame_count == 2  # installing a hook recompiled, still one graph
@@ -58,8 +58,8 @@ def test_hook_changes_recompile_and_old_graphs_are_reused(model):
     after_removal = counter.frame_count  # (at most one more graph: the block stays wired to its hook point)
     assert after_removal <= 3
     assert _replies(model, counter) == plain and counter.frame_count == after_removal
-    with H.ablate(model, _vector(model), layer=2), H.cap(model, _vector(model), layer=3,
-                                                                     max_value=0.1):
+    with H.ablate(model, _vector(model), layer=2, positions="all"), H.cap(model, _vector(model), layer=3,
+                                                                                      max_value=0.1, positions="all"):
         assert _replies(model, counter) == _replies(model, False)
         assert counter.frame_count == after_removal + 1
 
@@ -77,7 +77,7 @@ def test_recording_under_compile_matches_eager(model):
 
 def test_inductor_compiled_steering_equals_eager():
     model = load_cached("tiny-llama")
-    with H.steer(model, _vector(model), layer=2, coef=3.0, positions="response"):
+    with H.steer(model, _vector(model), layer=2, coef=3.0, raw=True, positions="response"):
         assert _replies(model, True) == _replies(model, False)
 
 

@@ -50,7 +50,7 @@ def test_smollm2_answers_and_stops_at_end_of_turn(smollm2):
 def test_steering_changes_the_output(tiny_model):
     clean = generate(tiny_model, CONVERSATIONS, max_new_tokens=8)
     v = torch.randn(tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(3))
-    with H.steer(tiny_model, v * 10, layer=2, coef=1.0):
+    with H.steer(tiny_model, v * 10, layer=2, coef=1.0, raw=True, positions="all"):
         steered = generate(tiny_model, CONVERSATIONS, max_new_tokens=8)
     assert steered.response_ids != clean.response_ids
     assert generate(tiny_model, CONVERSATIONS, max_new_tokens=8).response_ids == clean.response_ids

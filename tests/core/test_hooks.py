@@ -1,5 +1,7 @@
 """Steering, ablation, capping and recording hooks: maths, positions (with and without KV cache), handles."""
 
+import functools
+
 import pytest
 import torch
 
@@ -113,7 +115,7 @@ def test_each_position_mode_touches_exactly_its_positions_with_and_without_cache
     outputs = {}
     for use_cache in (True, False):
         before, after, handles = _record_around(
-            model, layer, u, lambda: H.steer(model, v, layer=layer, coef=3.0, positions=positions))
+            model, layer, u, lambda: H.steer(model, v, layer=layer, coef=3.0, raw=True, positions=positions))
         try:
             gen = generate(model, PROMPTS, max_new_tokens=6, use_cache=use_cache)
         finally:
@@ -153,7 +155,7 @@ def test_each_position_mode_touches_exactly_its_positions_with_and_without_cache
 def test_context_manager_removes_hooks_even_on_exceptions(tiny_model):
     v = _direction(tiny_model)
     with pytest.raises(RuntimeError):
-        with H.steer(tiny_model, v, layer=2, coef=1.0) as handle:
+        with H.steer(tiny_model, v, layer=2, coef=1.0, raw=True, positions="all") as handle:
             assert handle.active
             raise RuntimeError("boom")
     assert not handle.active
@@ -161,7 +163,7 @@ def test_context_manager_removes_hooks_even_on_exceptions(tiny_model):
 
 
 def test_handle_remove(tiny_model):
-    handle = H.steer(tiny_model, _direction(tiny_model), layer=[1, 3], coef=1.0)
+    handle = H.steer(tiny_model, _direction(tiny_model), layer=[1, 3], coef=1.0, raw=True, positions="all")
     assert tiny_model.hook_dict["blocks.0.hook_resid_post"]._forward_hooks
     assert tiny_model.hook_dict["blocks.2.hook_resid_post"]._forward_hooks
     handle.remove()
@@ -176,7 +178,7 @@ def test_steering_changes_logits_and_composes_with_user_hooks(tiny_model):
     ids = torch.tensor([[5, 6, 7, 8]])
     clean = tiny_model(ids)
     seen = []
-    with H.steer(tiny_model, v, layer=1, coef=4.0):
+    with H.steer(tiny_model, v, layer=1, coef=4.0, raw=True, positions="all"):
         with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: seen.append(x.clone()))]):
             steered = tiny_model(ids)
     assert not torch.allclose(clean, steered)
@@ -187,7 +189,7 @@ def test_steering_changes_logits_and_composes_with_user_hooks(tiny_model):
 
 def test_incremental_vectors_sum_to_the_layer_vector(tiny_model):
     v = _direction(tiny_model)
-    with H.steer(tiny_model, v, layer="all", incremental=True) as handle:
+    with H.steer(tiny_model, v, layer="all", coef=1.0, raw=True, incremental=True) as handle:
         increments = torch.stack([fn.vector for fn in handle.fns])
     assert len(handle.hooks) == tiny_model.cfg.n_layers
     torch.testing.assert_close(increments.cumsum(0) + v[0], v[1:])
@@ -195,13 +197,13 @@ def test_incremental_vectors_sum_to_the_layer_vector(tiny_model):
 
 def test_vector_of_another_shape_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="d_model"):
-        H.steer(tiny_model, torch.randn(tiny_model.cfg.n_layers + 1, 7), layer=1)
+        H.steer(tiny_model, torch.randn(tiny_model.cfg.n_layers + 1, 7), layer=1, coef=1.0, raw=True)
     with pytest.raises(ValueError, match="layer rows"):
-        H.steer(tiny_model, torch.randn(3, tiny_model.cfg.d_model), layer=1)
+        H.steer(tiny_model, torch.randn(3, tiny_model.cfg.d_model), layer=1, coef=1.0, raw=True)
     with pytest.raises(ValueError, match="out of range"):
-        H.steer(tiny_model, _direction(tiny_model), layer=99)
+        H.steer(tiny_model, _direction(tiny_model), layer=99, coef=1.0, raw=True)
     with pytest.raises(ValueError, match="one layer"):
-        H.steer(tiny_model, torch.randn(tiny_model.cfg.d_model), layer=[1, 2])
+        H.steer(tiny_model, torch.randn(tiny_model.cfg.d_model), layer=[1, 2], coef=1.0, raw=True)
 
 
 def test_record_handle_reads_projections(tiny_model):
@@ -224,9 +226,9 @@ def test_same_hooks_run_on_a_transformer_bridge(tiny_model):
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         ours_clean, bridge_clean = tiny_model(ids), bridge(ids)
-        with H.steer(tiny_model, v, layer=2, coef=2.0, positions="response"):
+        with H.steer(tiny_model, v, layer=2, coef=2.0, raw=True, positions="response"):
             ours = tiny_model(ids)
-        with H.steer(bridge, v, layer=2, coef=2.0, positions="response"):
+        with H.steer(bridge, v, layer=2, coef=2.0, raw=True, positions="response"):
             theirs = bridge(ids)
     torch.testing.assert_close(ours - ours_clean, theirs - bridge_clean, rtol=1e-3, atol=1e-3)
     assert not any(p._forward_hooks for p in bridge.hook_dict.values())
@@ -235,7 +237,7 @@ def test_same_hooks_run_on_a_transformer_bridge(tiny_model):
 def test_hooks_need_a_transformer_lens_model():
     with pytest.raises(ValueError, match="no hook point"):
         H.install_hooks(torch.nn.Linear(2, 2), [("blocks.0.hook_resid_post", lambda x, hook: x)])
-    for install in (H.steer, H.ablate, H.record):
+    for install in (H.ablate, H.record, functools.partial(H.steer, coef=1.0)):
         with pytest.raises(ValueError, match="no hook point"):
             install(torch.nn.Linear(2, 2), torch.ones(2), layer=1)
 
@@ -251,10 +253,10 @@ def test_per_conversation_coefficients_follow_sorting_in_generate():
     v = _direction(model)
     prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1]]  # generate sorts by length, so rows move
     coefs = torch.tensor([0.0, 2.0, 4.0])
-    with H.steer(model, v, layer=2, coef=coefs):
+    with H.steer(model, v, layer=2, coef=coefs, raw=True, positions="all"):
         together = generate(model, prompts, max_new_tokens=5)
     for i, prompt in enumerate(prompts):
-        with H.steer(model, v, layer=2, coef=float(coefs[i])):
+        with H.steer(model, v, layer=2, coef=float(coefs[i]), raw=True, positions="all"):
             alone = generate(model, [prompt], max_new_tokens=5)
         assert together.response_ids[i] == alone.response_ids[0]
 
@@ -270,9 +272,88 @@ def test_same_hooks_run_on_a_transformer_lens_model_built_from_config():
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         _, clean = native.run_with_cache(ids, names_filter="blocks.1.hook_resid_post")
-        with H.steer(native, v, layer=2, coef=2.0, positions="response"):
+        with H.steer(native, v, layer=2, coef=2.0, raw=True, positions="response"):
             _, steered = native.run_with_cache(ids, names_filter="blocks.1.hook_resid_post")
     delta = steered["blocks.1.hook_resid_post"] - clean["blocks.1.hook_resid_post"]
     torch.testing.assert_close(delta[0, -1], 2.0 * v[2])
     assert delta[0, :-1].abs().max() == 0
     assert not any(p._forward_hooks for p in native.hook_dict.values())
+
+
+# ------------------------------------------------------------------------------- relative coefficients
+@torch.no_grad()
+def test_relative_coefficient_adds_that_fraction_of_the_residual_norm(tiny_model):
+    """coef=0.5 (relative, the default units) adds a vector whose norm is half the layer's median residual norm."""
+    layer = 2
+    v = _direction(tiny_model)
+    norms = torch.linspace(1.0, 3.0, tiny_model.cfg.n_layers + 1)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    name = hook_name(layer, tiny_model.cfg.n_layers)
+    _, clean = tiny_model.run_with_cache(ids, names_filter=name)
+    with H.steer(tiny_model, v, layer=layer, coef=0.5, residual_norms=norms) as handle:
+        _, steered = tiny_model.run_with_cache(ids, names_filter=name)
+    delta = steered[name] - clean[name]
+    assert float(delta[0, -1].norm()) == pytest.approx(0.5 * float(norms[layer]), rel=1e-4)
+    assert float(handle.fns[0].coef) == pytest.approx(0.5 * float(norms[layer] / v[layer].norm()), rel=1e-6)
+    assert delta[0, :-1].abs().max() == 0  # default positions: "response" = the last position of a plain forward
+
+
+def test_relative_coefficients_default_to_the_reference_prompts_norms(tiny_model):
+    from persona_lens.core.scale import median_residual_norms
+
+    v = _direction(tiny_model)
+    norms = median_residual_norms(tiny_model)
+    with H.steer(tiny_model, v, layer=[1, 3], coef=torch.tensor([0.0, 0.3])) as handle:
+        coefs = [fn.coef for fn in handle.fns]
+    for coef, layer in zip(coefs, [1, 3]):
+        torch.testing.assert_close(coef, torch.tensor([0.0, 0.3]) * norms[layer] / v[layer].norm())
+
+
+def test_raw_and_relative_agree_through_the_one_conversion(tiny_model):
+    from persona_lens.core.scale import raw_coefficient, relative_coefficient
+
+    v = _direction(tiny_model)
+    norms = torch.full((tiny_model.cfg.n_layers + 1,), 2.0)
+    with H.steer(tiny_model, v, layer=2, coef=0.4, residual_norms=norms) as relative:
+        raw_value = relative.fns[0].coef
+    assert raw_value == pytest.approx(float(raw_coefficient(0.4, v[2].norm(), 2.0)))
+    assert relative_coefficient(raw_value, v[2].norm(), 2.0) == pytest.approx(0.4)
+    with H.steer(tiny_model, v, layer=2, coef=raw_value, raw=True) as raw:
+        assert raw.fns[0].coef == raw_value and raw.fns[0].positions == "response"
+
+
+def test_relative_coefficients_refuse_what_has_no_relative_size(tiny_model):
+    v = _direction(tiny_model)
+    with pytest.raises(ValueError, match="raw=True"):
+        H.steer(tiny_model, v, layer="all", coef=0.5, incremental=True)
+    zero = torch.zeros_like(v)
+    with pytest.raises(ValueError, match="zero"):
+        H.steer(tiny_model, zero, layer=2, coef=0.5, residual_norms=torch.ones(tiny_model.cfg.n_layers + 1))
+    with pytest.raises(ValueError, match="one median norm per layer"):
+        H.steer(tiny_model, v, layer=2, coef=0.5, residual_norms=torch.ones(3))
+    assert not any(p._forward_hooks for p in tiny_model.hook_dict.values())
+
+
+def test_default_positions_of_the_installers_are_response(tiny_model):
+    v = _direction(tiny_model)
+    with H.steer(tiny_model, v, layer=1, coef=1.0, raw=True) as s, H.ablate(tiny_model, v, layer=1) as a, \
+            H.cap(tiny_model, v, layer=1, max_value=0.0) as c:
+        assert [h.fns[0].positions for h in (s, a, c)] == ["response"] * 3
+
+
+def test_recording_formats_tokens_with_their_projections(tiny_model):
+    v = _direction(tiny_model)
+    with H.record(tiny_model, v, layer=2) as recording:
+        out = generate(tiny_model, PROMPTS[:1], max_new_tokens=4, stop_at_eos=False)
+    ids = out.prompt_ids[0] + out.response_ids[0]
+    start = len(out.prompt_ids[0]) - 2
+    rows = recording.token_projections(tiny_model.tokenizer, ids, start=start)
+    projections = recording.projections()[0]
+    assert [r[0] for r in rows] == list(range(start, len(ids)))
+    assert [r[1] for r in rows] == [tiny_model.tokenizer.decode([t]) for t in ids[start:]]
+    for position, _, value in rows[:-1]:
+        assert value == pytest.approx(float(projections[position]))
+    assert rows[-1][2] != rows[-1][2]  # the last generated token was never fed back: NaN, shown as n/a
+    table = recording.format_tokens(tiny_model.tokenizer, ids, start=start).splitlines()
+    assert len(table) == 1 + len(rows) and "n/a" in table[-1]
+    assert repr(rows[0][1]) in table[1] and f"{rows[0][2]:.3f}" in table[1]

@@ -37,7 +37,7 @@ def _install(model, v, positions, coef=3.0):
     """recorder, steering, recorder (in that order) at LAYER; returns (before, after, handles)."""
     name = hook_name(LAYER, model.cfg.n_layers)
     before = H.record(model, v, layer=LAYER)
-    steering = H.steer(model, v, layer=LAYER, coef=coef, positions=positions)
+    steering = H.steer(model, v, layer=LAYER, coef=coef, positions=positions, raw=True)
     after = H.RecordingHandle(model, name, H.RecordProjection(v[LAYER]))
     return before, after, [before, steering, after]
 
@@ -196,7 +196,7 @@ def test_a_cached_forward_whose_prompt_was_not_seen_raises_where_the_prompt_matt
         _, cache = model(ids, use_cache=True)  # the prompt ran before any persona_lens hook was installed
     nxt = torch.tensor([[70]])
     mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
-    with H.steer(model, v, layer=LAYER, coef=1.0, positions="response"), torch.no_grad():
+    with H.steer(model, v, layer=LAYER, coef=1.0, positions="response", raw=True), torch.no_grad():
         with pytest.raises(UnreadablePositions, match="did not see.*positions='all'"):
             model(nxt, mask, cache=cache, use_cache=True)
     # absolute positions are still known from the cache: recording and 'all' work, at the right column
@@ -237,9 +237,10 @@ def test_a_runner_that_cannot_be_read_raises():
     v = torch.ones(2, 4)
     with H.record(model, v, layer=1), pytest.raises(UnreadablePositions, match="token_layout"):
         model(torch.tensor([[1, 2, 3]]))
-    with H.steer(model, v, layer=1, positions="prompt"), pytest.raises(UnreadablePositions, match="positions='all'"):
+    with H.steer(model, v, layer=1, positions="prompt", coef=1.0, raw=True), \
+            pytest.raises(UnreadablePositions, match="positions='all'"):
         model(torch.tensor([[1, 2, 3]]))
-    with H.steer(model, v, layer=1, positions="all"):  # needs no positions
+    with H.steer(model, v, layer=1, positions="all", coef=1.0, raw=True):  # needs no positions
         out = model(torch.tensor([[1, 2, 3]]))
     assert torch.allclose(out, model.embed(torch.tensor([[1, 2, 3]])) + 1)
     layout = H.TokenLayout(torch.zeros(1, dtype=torch.long), torch.tensor([2]))  # the fix: publish the layout
@@ -262,13 +263,13 @@ def test_readers_are_removed_with_the_last_hook():
     decoder = model.hf_model.get_decoder()
     v = _direction(model)
     first = H.record(model, v, layer=1)
-    second = H.steer(model, v, layer=2, positions="prompt")
+    second = H.steer(model, v, layer=2, positions="prompt", coef=1.0, raw=True)
     assert "forward" in decoder.__dict__ and "generate" in model.hf_model.__dict__
     first.remove()
     assert "forward" in decoder.__dict__
     second.remove()
     assert "forward" not in decoder.__dict__ and "generate" not in model.hf_model.__dict__
-    with H.steer(model, v, layer=2, positions="all"):  # position-free steering reads nothing
+    with H.steer(model, v, layer=2, positions="all", coef=1.0, raw=True):  # position-free steering reads nothing
         assert "forward" not in decoder.__dict__
 
 

@@ -55,7 +55,7 @@ def _direction(model, seed=1):
 
 def _install(model, v, positions):
     before = H.record(model, v, layer=LAYER)
-    steering = H.steer(model, v, layer=LAYER, coef=3.0, positions=positions)
+    steering = H.steer(model, v, layer=LAYER, coef=3.0, positions=positions, raw=True)
     after = H.RecordingHandle(model, hook_name(LAYER, model.cfg.n_layers), H.RecordProjection(v[LAYER]))
     return before, after, [before, steering, after]
 
@@ -98,7 +98,7 @@ def test_cached_and_uncached_generate_agree_under_prompt_only_steering():
     v = _direction(model)
     replies = {}
     for cache in (True, False):
-        with H.steer(model, v, layer=LAYER, coef=3.0, positions="prompt"), torch.no_grad():
+        with H.steer(model, v, layer=LAYER, coef=3.0, positions="prompt", raw=True), torch.no_grad():
             replies[cache] = model.generate(PROMPT, max_new_tokens=NEW, do_sample=False, stop_at_eos=False,
                                             use_past_kv_cache=cache, verbose=False).tolist()
     assert replies[True] == replies[False]
@@ -110,7 +110,7 @@ def test_a_cached_forward_whose_prompt_was_not_seen_raises():
     with torch.no_grad():
         model(PROMPT, past_kv_cache=cache, attention_mask=torch.ones_like(PROMPT))  # no persona_lens hook yet
         mask = torch.ones(1, 1, dtype=torch.long)  # TL 3.x: the new tokens' mask (the cache keeps the rest)
-        with H.steer(model, _direction(model), layer=LAYER, positions="response"):
+        with H.steer(model, _direction(model), layer=LAYER, positions="response", coef=1.0, raw=True):
             with pytest.raises(UnreadablePositions, match="did not see"):
                 model(torch.tensor([[8]]), past_kv_cache=cache, attention_mask=mask)
 
@@ -130,6 +130,6 @@ def test_activations_and_vectors_on_a_hooked_transformer():
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         clean = model(ids)
-        with H.steer(model, vector, layer=LAYER, coef=2.0):
+        with H.steer(model, vector, layer=LAYER, coef=2.0, raw=True, positions="all"):
             steered = model(ids)
     assert not torch.allclose(clean, steered)

@@ -42,7 +42,7 @@ def test_one_batch_of_coefficients_equals_separate_runs(tmp_path, tiny_model):
     trait = load_trait("shouting")
     questions = [[{"role": "user", "content": q}] for q in trait.eval_questions[:3]]
     for cell in result.cells:
-        with steer(tiny_model, vector, layer=cell.layer, coef=cell.coef_raw, positions="response"):
+        with steer(tiny_model, vector, layer=cell.layer, coef=cell.coef_raw, raw=True, positions="response"):
             alone = generate(tiny_model, questions, max_new_tokens=6)
         key = S._cell_key(cell.layer, "relative", cell.coef_relative)
         batched = [records[f"{key}|q{q}|s0"]["response"] for q in range(3)]
@@ -194,4 +194,5 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert code == 0, out
     result = json.loads(out)
     assert result["paths"]["csv"].endswith("sweep.csv")
-    assert (tmp_path / "extract" / "vector_response.safetensors").exists()
+    # extracted first into the run folder's extraction folder for these reply settings
+    assert (tmp_path / "extract-t4-T1-p1-s0" / "vector_response.safetensors").exists()

@@ -44,7 +44,7 @@ def test_response_nll_is_the_mean_token_nll_and_independent_of_the_batch(tiny_mo
 
 def test_scoring_refuses_a_steered_model(tiny_model):
     vector = torch.randn(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model)
-    with steer(tiny_model, vector, layer=1, coef=4.0), pytest.raises(RuntimeError, match="unsteered"):
+    with steer(tiny_model, vector, layer=1, coef=4.0, raw=True), pytest.raises(RuntimeError, match="unsteered"):
         L.response_nlls(tiny_model, _rows(tiny_model, [(Q, PLAIN)]))
     L.check_unhooked(tiny_model)  # the handle is gone: no error
 

@@ -227,7 +227,7 @@ def test_claim1_steering_raises_the_trait_monotonically_and_too_much_breaks_cohe
     table = {}
     for layer in range(1, organism.cfg.n_layers + 1):
         for coef in STEER_COEFS:
-            with steer(organism, vector, layer=layer, coef=coef, positions="response"):
+            with steer(organism, vector, layer=layer, coef=coef, raw=True, positions="response"):
                 table[layer, coef] = _coherent_trait(*_replies(organism, trait))
     print(f"\nclaim 1, {trait}: trait (coherent replies) / share coherent / mean coherence, steering each layer")
     for layer in range(1, organism.cfg.n_layers + 1):
@@ -238,7 +238,7 @@ def test_claim1_steering_raises_the_trait_monotonically_and_too_much_breaks_cohe
     controls.update({other: vectors[other].vectors for other in world.TRAITS if other != trait})
     control_rise = {}
     for name, control in controls.items():
-        with steer(organism, control, layer=LAYER, coef=2.0, positions="response"):
+        with steer(organism, control, layer=LAYER, coef=2.0, positions="response", raw=True):
             score, share, coherence = _coherent_trait(*_replies(organism, trait))
         control_rise[name] = score - table[LAYER, 0.0][0]
         print(f"  control {name} at layer {LAYER}, a=2: trait {score:5.1f} / {share:.2f} / {coherence:5.1f}")
@@ -392,7 +392,7 @@ def test_claim4_preventative_steering_keeps_the_trait_near_baseline(finetuning, 
     prevented, prevented_coherence, loss = preventative(vector)
     closer = (plain - prevented) / (plain - base)
     plain_model = finetuning["models"][DATASET_RATES[-1]]
-    with steer(plain_model, vector, layer=LAYER, coef=-1.0, positions="response"):
+    with steer(plain_model, vector, layer=LAYER, coef=-1.0, raw=True, positions="response"):
         post_hoc, post_hoc_coherence = _trait_and_coherence(plain_model, trait)
     random_closer = []
     for index, control in enumerate(random_like(vector, 2, seed=2)):
