@@ -1,0 +1,94 @@
+"""Controls in every analysis: a planted direction that carries the signal ranks first among random directions of
+its norm (and beats the other traits' vectors); one more random vector ranks in the middle.
+
+The data are built so that the planted direction carries the signal: scores (or finetuning amounts, or dataset
+labels) are a function of the model's own activations along that direction, measured on the tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from persona_lens.core.chat import make_messages
+from persona_lens.core.controls import random_like
+from persona_lens.core.vectors import PersonaVector
+from persona_lens.experiments import monitor
+from tests.conftest import load_cached
+
+LAYER = 2
+
+
+class ByQuestion:
+    """A judge whose score of a reply is fixed per question (the test decides what each prompt should score)."""
+
+    def __init__(self, table):
+        self.table = dict(table)
+
+    @property
+    def judge_id(self) -> str:
+        return "test:by-question"
+
+    def score(self, rubric, items):
+        return [self.table.get(question) for question, _ in items]
+
+
+def _planted(model, direction, seed=0, name="planted"):
+    """A persona vector whose row LAYER is ``direction`` (other rows random)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+    rows[LAYER] = direction * 3.0
+    return PersonaVector(name, model.cfg.model_name, rows)
+
+
+def _stranger(model, seed=123, name="stranger"):
+    """A random vector of the planted one's shape: it should rank in the middle of the random directions."""
+    base = torch.ones(model.cfg.n_layers + 1, model.cfg.d_model)
+    return PersonaVector(name, model.cfg.model_name, random_like(base, 1, seed=seed)[0])
+
+
+def _middle(baseline) -> bool:
+    return 5 <= baseline.percentile <= 95 and not baseline.beats_random
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# monitoring sweeps: overall and within-condition r
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+def test_monitor_sweep_planted_direction_ranks_first_overall_and_within_condition(name):
+    model = load_cached(name)
+    conditions, per_condition = 4, 12
+    prompts = [monitor.ProjectionPrompt(f"c{c}", float(c), f"Question {c}-{i}: tell me about item {7 * c + i}?",
+                                        tuple(make_messages(f"Question {c}-{i}: tell me about item {7 * c + i}?")))
+               for c in range(conditions) for i in range(per_condition)]
+    acts = monitor.last_prompt_activations(model, [p.messages for p in prompts], [LAYER])[:, 0]
+    # The planted direction: a minor principal direction of these activations. (Not the first: a tiny random model's
+    # activations spread mostly along a few directions, which random directions pick up too; that is what the
+    # controls exist to expose.)
+    centred = acts - acts.mean(0)
+    direction = torch.linalg.svd(centred, full_matrices=False).Vh[8]
+    along = centred @ direction
+    along = (along - along.mean()) / along.std()
+    # Scores follow the projection on the planted direction, plus a condition offset that the within-condition r
+    # must see through, plus a little noise.
+    noise = torch.randn(len(prompts), generator=torch.Generator().manual_seed(1))
+    table = {p.question: float(50 + 10 * along[i] + 5 * (i // per_condition) + 2 * noise[i])
+             for i, p in enumerate(prompts)}
+    vectors = [_planted(model, direction), _stranger(model)]
+    result = monitor.run_projection_sweep(model, prompts, vectors, LAYER, ByQuestion(table), "{question} {answer}",
+                                          n_samples=1, max_new_tokens=2, controls=100, control_seed=0,
+                                          against=[_stranger(model, seed=7, name="other")])
+    for metric in monitor.SWEEP_METRICS:
+        planted = result.baseline(metric, "planted")
+        assert planted.value > 0.8 and planted.percentile == 100.0 and planted.beats_random, planted.summary()
+        assert planted.margin_over_others() > 0.3, planted.summary()
+        assert planted.flipped == pytest.approx(-planted.value)
+        assert set(planted.others) == {"stranger", "other"}
+        assert _middle(result.baseline(metric, "stranger")), result.baseline(metric, "stranger").summary()
+    assert result.random_projections.shape == (100, len(prompts))
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["baselines"]["planted"]["within_condition"]["random_n"] == 100
+    assert data["controls"] == {"k": 100, "seed": 0, "against": ["other"]}
+    assert data["correlations"]["planted"]["overall"] == pytest.approx(result.baseline("overall").value)
