@@ -169,12 +169,23 @@ class Baseline:
             "random": [float(v) for v in self.random],
         }
 
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Baseline:
+        """The Baseline back from its :meth:`to_dict` (derived fields are recomputed)."""
+        return cls(metric=str(record["metric"]), value=_finite(record["value"]),
+                   random=[_finite(v) for v in record.get("random", [])],
+                   others={str(k): _finite(v) for k, v in record.get("others", {}).items()},
+                   flipped=None if record.get("flipped") is None else _finite(record["flipped"]),
+                   higher_is_better=bool(record.get("higher_is_better", True)))
+
     def summary(self) -> str:
         """One line for tables and logs, e.g. ``r = 0.82 | random 5-95%: -0.10..0.31 (pct 99) | sycophancy 0.40``."""
         parts = [f"{self.metric} = {self.value:.3g}"]
         low, high = self.band
         if math.isfinite(low):
             parts.append(f"random 5-95%: {low:.3g}..{high:.3g} (pct {self.percentile:.0f}, n={self._random().size})")
+        elif self.random:
+            parts.append(f"random: undefined for all {len(self.random)} directions")
         if self.others:
             parts.append(", ".join(f"{name} {_finite(v):.3g}" for name, v in self.others.items()))
         if self.flipped is not None:

@@ -153,9 +153,16 @@ def sweep_figure(result: Any, trait: str | None = None) -> go.Figure:
                 hovertemplate=f"{condition} mean<br>%{{x:.3f}}, %{{y:.1f}}",
             ))
     corr = result.correlations(name)
+    title = (f"{result.kind} sweep, layer {result.layer}: r = {_fmt(corr['overall'])} overall, "
+             f"{_fmt(corr['within_condition'])} within condition (n = {corr['n_prompts']} prompts)")
+    baselines = getattr(result, "baselines", {}).get(name, {})
+    if baselines:
+        from persona_lens.viz.controls import baseline_note
+
+        title += "<br><sup>" + "; ".join(f"{metric.replace('_', ' ')}: {baseline_note(b)}"
+                                         for metric, b in baselines.items()) + "</sup>"
     figure.update_layout(
-        title=(f"{result.kind} sweep, layer {result.layer}: r = {_fmt(corr['overall'])} overall, "
-               f"{_fmt(corr['within_condition'])} within condition (n = {corr['n_prompts']} prompts)"),
+        title=title,
         xaxis_title=f"projection of the last prompt token on {name}", yaxis_title=f"trait score ({result.judge_id})",
         template="plotly_white",
     )

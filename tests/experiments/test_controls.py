@@ -92,3 +92,40 @@ def test_monitor_sweep_planted_direction_ranks_first_overall_and_within_conditio
     assert data["baselines"]["planted"]["within_condition"]["random_n"] == 100
     assert data["controls"] == {"k": 100, "seed": 0, "against": ["other"]}
     assert data["correlations"]["planted"]["overall"] == pytest.approx(result.baseline("overall").value)
+
+
+def _main(monkeypatch, argv, module):
+    from persona_lens import cli
+
+    if module not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, module])
+    return cli.main(argv)
+
+
+def _save(model, tmp_path, names=("shouting", "other", "third")):
+    from persona_lens.core.vectors import save_vector
+
+    generator = torch.Generator().manual_seed(7)
+    return [save_vector(PersonaVector(n, model.cfg.model_name,
+                                      torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)),
+                        tmp_path / f"{n}.safetensors") for n in names]
+
+
+def test_cli_monitor_sweep_reports_its_controls(monkeypatch, tmp_path, capsys):
+    model = load_cached("tiny-llama")
+    v1, v2, v3 = _save(model, tmp_path)
+    argv = ["monitor", "sweep", "--model", "tiny-llama", "--vector", str(v1), "--vector", str(v2), "--layer", "2",
+            "--trait", "shouting", "--kind", "many-shot", "--questions", "2", "--shots", "0,1",
+            "--max-new-tokens", "3", "--out", str(tmp_path / "sweep"), "--judge-cache", str(tmp_path / "c.sqlite"),
+            "--controls", "7", "--against", str(v3)]
+    assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.monitor") == 0
+    report = json.loads(capsys.readouterr().out)["sweeps"]["many_shot"]
+    for trait, others in (("shouting", {"other", "third"}), ("other", {"shouting", "third"})):
+        for metric in ("overall", "within_condition"):
+            record = report["baselines"][trait][metric]
+            assert len(record["random"]) == 7 and set(record["others"]) == others
+    assert (tmp_path / "sweep" / "many_shot_sweep_shouting.controls.html").exists()
+    saved = json.loads((tmp_path / "sweep" / "many_shot_sweep.json").read_text())
+    assert saved["baselines"] == report["baselines"] and saved["controls"]["k"] == 7
+    assert _main(monkeypatch, argv, "persona_lens.cli.monitor") == 0
+    assert "| random" in capsys.readouterr().out
