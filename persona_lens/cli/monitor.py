@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
@@ -61,17 +62,6 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=Path, metavar="FILE",
                         help="prompts file: .txt (one question a line) or .jsonl ({\"messages\": [...]} or "
                              "{\"question\": ..., \"system\": ...} a line)")
-
-
-def _add_control_arguments(parser: argparse.ArgumentParser, default: int) -> None:
-    """``--controls K``, ``--control-seed`` and ``--against VECTOR`` (kept here: each command owns its options)."""
-    parser.add_argument("--controls", type=int, default=default, metavar="K",
-                        help=f"random directions of the vector's norm to compare with, seeded (default {default}; "
-                             "0: none). They cost one matmul on the activations already read")
-    parser.add_argument("--control-seed", type=int, default=0, help="seed of the random directions (default 0)")
-    parser.add_argument("--against", action="append", type=Path, default=[], metavar="VECTOR.safetensors",
-                        help="another trait's vector, reported beside each number as a cross-trait control "
-                             "(repeat for several; every --vector is also a control of the others)")
 
 
 def _fmt(value: Any) -> str:
@@ -140,7 +130,7 @@ def configure_parser(subparsers: Any) -> None:
     sweep.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
     sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default: runs/<model>/<trait>/monitor)")
-    _add_control_arguments(sweep, default=100)
+    add_control_arguments(sweep, default=100)
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     sweep.set_defaults(func=run_sweep)
 
@@ -207,8 +197,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from persona_lens.viz.projections import sweep_figure
 
     check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    if args.controls < 0:
-        raise BadInput(f"--controls must be >= 0 (0: no random directions), got {args.controls}")
+    check_controls(args)
     if args.questions is not None:
         check_positive(questions=args.questions)
     trait = load_trait_arg(args.trait)
@@ -265,15 +254,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                 print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
                       f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
                 for metric, baseline in sweep["baselines"][name].items():
-                    print(f"    {metric}: {_summary(baseline)}")
+                    print(f"    {metric}: {baseline_line(baseline)}")
             print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
     return EXIT_OK
-
-
-def _summary(record: dict[str, Any]) -> str:
-    from persona_lens.core.controls import Baseline
-
-    return Baseline.from_dict(record).summary()
 
 
 def run_tokens(args: argparse.Namespace) -> int:

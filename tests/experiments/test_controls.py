@@ -129,3 +129,78 @@ def test_cli_monitor_sweep_reports_its_controls(monkeypatch, tmp_path, capsys):
     assert saved["baselines"] == report["baselines"] and saved["controls"]["k"] == 7
     assert _main(monkeypatch, argv, "persona_lens.cli.monitor") == 0
     assert "| random" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# finetuning shift: r(shift, score) over finetunes
+
+
+SHIFT_PROMPTS = [make_messages("What is the capital of France?"), make_messages("Name a colour.")]
+
+
+def _moved(name, moves):
+    """The base model with the last prompt token's embedding moved by ``moves`` (a [d_model] vector)."""
+    import persona_lens
+    from persona_lens.core.chat import encode_prompt
+
+    model = persona_lens.load_model(name, device="cpu")
+    token = encode_prompt(model.tokenizer, SHIFT_PROMPTS[0])[-1]  # the assistant header: every prompt ends in it
+    with torch.no_grad():
+        model.hf_model.get_input_embeddings().weight[token] += moves
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])  # gemma scales its embeddings by sqrt(d_model)
+def test_shift_study_planted_direction_ranks_first(name):
+    from persona_lens.experiments import shift
+
+    base = load_cached(name)
+    d = base.cfg.d_model
+    generator = torch.Generator().manual_seed(3)
+    direction = torch.randn(d, generator=generator)
+    direction /= direction.norm()
+    amounts = [0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8]
+    # Each finetune moves along the planted direction by its amount (which is its score) and by a larger random
+    # move in other directions, unrelated to the score.
+    noises = 3.0 * torch.randn(len(amounts), d, generator=generator)
+    noises -= (noises @ direction)[:, None] * direction  # orthogonal to the planted direction
+    models = [_moved(name, a * direction + noise) for a, noise in zip(amounts, noises)]
+    scores = {f"m{i}": 10.0 + 20.0 * a for i, a in enumerate(amounts)}
+    planted = PersonaVector("planted", base.cfg.model_name, torch.randn(base.cfg.n_layers + 1, d, generator=generator))
+    planted.vectors[0] = 2.0 * direction
+    study = shift.shift_study(base, models, SHIFT_PROMPTS, [planted, _stranger(base)], 0, labels=list(scores),
+                              scores=scores, controls=100, against=[_stranger(base, seed=7, name="other")])
+    r = study.baseline("planted")
+    assert r.value == pytest.approx(1.0, abs=1e-4) and r.percentile == 100.0 and r.beats_random, r.summary()
+    assert r.margin_over_others() > 0.2 and set(r.others) == {"stranger", "other"}
+    assert _middle(study.baseline("stranger")), study.baseline("stranger").summary()
+    first = study.results[1].baselines["planted"]  # the shift itself, beside random directions' shifts
+    assert first.value == pytest.approx(0.4, abs=1e-4) and len(first.random) == 100
+    data = json.loads(json.dumps(study.to_json()))
+    assert data["baselines"]["planted"]["pearson_r"]["percentile"] == 100.0
+    assert data["models"][0]["baselines"]["planted"]["random_n"] == 100
+
+
+def test_cli_shift_reports_its_controls(monkeypatch, tmp_path, capsys):
+    from persona_lens.experiments.finetune import save_model
+
+    name = "tiny-llama"
+    base = load_cached(name)
+    v1, v2, v3 = _save(base, tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    folders = [str(save_model(_moved(name, torch.randn(base.cfg.d_model, generator=generator)), tmp_path / f"ft{i}"))
+               for i in range(3)]
+    argv = ["shift", "--model", name, "--finetuned", *folders, "--vector", str(v1), "--vector", str(v2),
+            "--layer", "0", "--trait", "shouting", "--questions", "2", "--given-score", "ft0=5",
+            "--given-score", "ft1=15", "--given-score", "ft2=20", "--out", str(tmp_path / "out"),
+            "--controls", "9", "--against", str(v3)]
+    assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.shift") == 0
+    summary = json.loads(capsys.readouterr().out)
+    r = summary["baselines"]["shouting"]["pearson_r"]
+    assert r["random_n"] == 9 and set(r["others"]) == {"other", "third"}
+    assert summary["model_baselines"]["ft1"]["other"]["random_n"] == 9
+    assert (tmp_path / "out" / "shift_shouting.controls.html").exists()
+    saved = json.loads((tmp_path / "out" / "shift.json").read_text())
+    assert saved["baselines"] == summary["baselines"]
+    assert _main(monkeypatch, [*argv, "--out", str(tmp_path / "out2")], "persona_lens.cli.shift") == 0
+    assert "random 5-95%" in capsys.readouterr().out
