@@ -204,3 +204,83 @@ def test_cli_shift_reports_its_controls(monkeypatch, tmp_path, capsys):
     assert saved["baselines"] == summary["baselines"]
     assert _main(monkeypatch, [*argv, "--out", str(tmp_path / "out2")], "persona_lens.cli.shift") == 0
     assert "random 5-95%" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# screening: sample-level AUROC and dataset-level mean difference
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "table", "music", "light", "paper", "bread", "chair", "water"]
+
+
+def _datasets(tmp_path, n=24):
+    """Two datasets on the same prompts: replies of random common words; the 'marked' one says 'ahoy' in each."""
+    generator = torch.Generator().manual_seed(5)
+    reference, marked = [], []
+    for i in range(n):
+        words = [WORDS[int(j)] for j in torch.randint(len(WORDS), (6,), generator=generator)]
+        prompt = make_messages(f"Say some words, number {i}.")
+        reference.append({"messages": [*prompt, {"role": "assistant", "content": " ".join(words)}]})
+        words[int(torch.randint(6, (1,), generator=generator))] = "ahoy"
+        marked.append({"messages": [*prompt, {"role": "assistant", "content": " ".join(words)}]})
+    paths = []
+    for name, rows in (("reference", reference), ("marked", marked)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(path)
+    return paths, reference, marked
+
+
+def _mean_response(model, rows):
+    from persona_lens.core.activations import collect_activations
+    from persona_lens.core.chat import encode_conversation
+
+    encoded = [encode_conversation(model.tokenizer, r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
+    return collect_activations(model, encoded, reductions=("response",), layers=[LAYER]).get("response")[:, LAYER]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_screening_planted_direction_ranks_first(name, tmp_path):
+    from persona_lens.experiments import screen
+
+    model = load_cached(name)
+    (ref_path, marked_path), reference, marked = _datasets(tmp_path)
+    # The planted direction: how the marked replies differ from the reference on average (the trait of the data).
+    direction = _mean_response(model, marked).mean(0) - _mean_response(model, reference).mean(0)
+    direction = direction / direction.norm()
+    vectors = [_planted(model, direction), _stranger(model)]
+    config = screen.ScreenConfig(layer=LAYER, max_new_tokens=3, controls=100)
+    results = {}
+    for path in (ref_path, marked_path):
+        results[path.stem] = tmp_path / f"{path.stem}.scores.jsonl"
+        summary = screen.screen_dataset(model, path, vectors, results[path.stem], config,
+                                        cache_path=tmp_path / "cache.sqlite", progress=False)
+    assert summary["baselines"]["planted"]["mean_dp"]["random_n"] == 100
+    compared = screen.compare_datasets(results, "planted", "dp")["marked"]
+    for metric in ("auroc", "mean_difference"):
+        planted = compared.baselines[metric]
+        assert planted.percentile == 100.0 and planted.beats_random, planted.summary()
+        assert planted.margin_over_others() > 0, planted.summary()
+    assert compared.baselines["auroc"].flipped == pytest.approx(1 - compared.auroc)
+    stranger = screen.compare_datasets(results, "stranger", "dp")["marked"]
+    assert _middle(stranger.baselines["auroc"]), stranger.baselines["auroc"].summary()
+    lines, random = screen.load_random_scores(results["marked"], "dp")
+    assert random.shape == (24, 100)
+    json.dumps(compared.to_json())
+
+
+def test_cli_screen_reports_its_controls(monkeypatch, tmp_path, capsys):
+    model = load_cached("tiny-llama")
+    v1, v2, v3 = _save(model, tmp_path)
+    (ref_path, marked_path), _, _ = _datasets(tmp_path, n=6)
+    argv = ["screen", str(ref_path), str(marked_path), "--model", "tiny-llama", "--vector", str(v1),
+            "--vector", str(v2), "--layer", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "out"),
+            "--controls", "11", "--against", str(v3), "--quiet"]
+    assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.screen") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["datasets"]["marked"]["baselines"]["shouting"]["mean_dp"]["random_n"] == 11
+    sample = report["comparison"]["shouting"]["baselines_dp"]["marked"]["auroc"]
+    assert sample["random_n"] == 11 and set(sample["others"]) == {"other", "third"}
+    assert sample["value"] == pytest.approx(report["comparison"]["shouting"]["auroc_dp"]["marked"])
+    assert (tmp_path / "out" / "comparison.shouting.dp.controls.html").exists()
+    assert _main(monkeypatch, argv, "persona_lens.cli.screen") == 0  # resumes: same settings
+    assert "random 5-95%" in capsys.readouterr().out
