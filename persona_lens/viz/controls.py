@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-__all__ = ["baseline_figure", "baseline_note"]
+__all__ = ["baseline_figure", "baseline_note", "cosine_figure"]
 
 _OTHERS = ["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 
@@ -80,3 +80,24 @@ def baseline_note(baseline: Any) -> str:
     if not (_finite(low) and _finite(high)):
         return "no random control"
     return f"random 5-95% {low:.2f}..{high:.2f}, pct {pct:.0f}"
+
+
+def cosine_figure(cosines: Any, *, title: str = "Cosine between the traits' vectors per layer") -> go.Figure:
+    """One line per pair of traits (cosine vs layer) over the random directions' 5-95% band (grey), from a
+    :class:`~persona_lens.experiments.extract.TraitCosines` or its ``to_json()``."""
+    data = cosines.to_json() if hasattr(cosines, "to_json") else dict(cosines)
+    layers = [row["layer"] for row in data["layers"]]
+    figure = go.Figure()
+    low = [row["random_p5"] for row in data["layers"]]
+    high = [row["random_p95"] for row in data["layers"]]
+    if any(_finite(v) for v in high):
+        figure.add_trace(go.Scatter(x=layers + layers[::-1], y=high + low[::-1], fill="toself", mode="lines",
+                                    line={"width": 0}, fillcolor="rgba(150,150,150,0.35)", name="random 5-95%",
+                                    hoverinfo="skip"))
+    pairs = list(data["layers"][0]["pairs"]) if data["layers"] else []
+    for c, pair in enumerate(pairs):
+        figure.add_trace(go.Scatter(x=layers, y=[row["pairs"][pair] for row in data["layers"]], mode="lines+markers",
+                                    name=pair, line={"color": _OTHERS[c % len(_OTHERS)]}))
+    figure.update_layout(title=title, template="plotly_white", xaxis_title="layer", yaxis_title="cosine",
+                         yaxis={"range": [-1.05, 1.05]})
+    return figure

@@ -284,3 +284,34 @@ def test_cli_screen_reports_its_controls(monkeypatch, tmp_path, capsys):
     assert (tmp_path / "out" / "comparison.shouting.dp.controls.html").exists()
     assert _main(monkeypatch, argv, "persona_lens.cli.screen") == 0  # resumes: same settings
     assert "random 5-95%" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# extraction: the traits' vectors side by side
+
+
+def test_trait_cosines_match_a_manual_computation_and_sit_beside_the_random_band(tmp_path):
+    from persona_lens.cli.extract import write_cosines
+    from persona_lens.experiments.extract import trait_cosines
+
+    model = load_cached("tiny-llama")
+    generator = torch.Generator().manual_seed(4)
+    shape = (model.cfg.n_layers + 1, model.cfg.d_model)
+    a = PersonaVector("evil", model.cfg.model_name, torch.randn(shape, generator=generator))
+    near = PersonaVector("sycophancy", model.cfg.model_name, a.vectors + 0.3 * torch.randn(shape, generator=generator))
+    far = _stranger(model, name="humour")
+    cosines = trait_cosines([a, near, far], controls=100)
+    for layer in range(shape[0]):
+        for i, u in enumerate((a, near, far)):
+            for j, v in enumerate((a, near, far)):
+                expected = torch.nn.functional.cosine_similarity(u.vectors[layer], v.vectors[layer], dim=0)
+                assert float(cosines.matrix[layer, i, j]) == pytest.approx(float(expected), abs=1e-5)
+        low, high = cosines.random_band[layer]
+        assert float(cosines.matrix[layer, 0, 1]) > high  # the planted near-copy stands out
+    inside = sum(low <= float(cosines.matrix[layer, 0, 2]) <= high
+                 for layer, (low, high) in enumerate(cosines.random_band))
+    assert inside >= shape[0] - 2  # an unrelated vector sits in the band (about 90% of layers)
+    written = write_cosines(a, [near, far], tmp_path, controls=50, control_seed=0)
+    assert json.loads((tmp_path / "cosines.json").read_text())["layers"][1]["pairs"]["evil / sycophancy"] > 0.9
+    assert "| layer | evil / sycophancy | evil / humour | sycophancy / humour | random 5-95% |" in written["table"]
+    assert (tmp_path / "cosines.html").exists()
