@@ -315,3 +315,73 @@ def test_trait_cosines_match_a_manual_computation_and_sit_beside_the_random_band
     assert json.loads((tmp_path / "cosines.json").read_text())["layers"][1]["pairs"]["evil / sycophancy"] > 0.9
     assert "| layer | evil / sycophancy | evil / humour | sycophancy / humour | random 5-95% |" in written["table"]
     assert (tmp_path / "cosines.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# steering: the trait rate of the vector beside random vectors at the same relative coefficient
+
+
+class SaysWord:
+    """Scores 100 when the reply says ``word`` at least ``times`` times, else 0 (a rule trait)."""
+
+    def __init__(self, word, times=3):
+        self.word, self.times = word, times
+
+    @property
+    def judge_id(self) -> str:
+        return f"test:says:{self.word}:{self.times}"
+
+    def score(self, rubric, items):
+        return [100.0 if answer.count(self.word) >= self.times else 0.0 for _, answer in items]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_steering_controls_planted_direction_ranks_first(name, tmp_path):
+    from persona_lens.experiments.steering_sweep import SteeringCell, SteeringSweepConfig, run_steering_controls
+    from persona_lens.judges.rule import RuleJudge
+    from persona_lens.traits.schema import load_trait
+
+    model = load_cached(name)
+    token = model.tokenizer.encode("Z", add_special_tokens=False)[-1]  # the tiny models' tokens are bytes
+    word = model.tokenizer.decode([token])
+    layer = model.cfg.n_layers  # the last block's output: the unembedding reads it (after the final norm)
+    unembed = model.hf_model.get_output_embeddings().weight[token].detach().float()
+    planted = _planted(model, torch.zeros(model.cfg.d_model))
+    planted.vectors[layer] = unembed / unembed.norm()
+    cell = SteeringCell(layer, 200.0, 20.0, 0, None, None, None, None, 0)
+    config = SteeringSweepConfig(n_questions=4, n_samples=1, max_new_tokens=4, temperature=1.0, batch_size=8)
+    other = _stranger(model, name="other")
+    result = run_steering_controls(model, planted, load_trait("shouting"), cell, judge=SaysWord(word),
+                                   coherence_judge=RuleJudge("coherence"), config=config, out_dir=tmp_path,
+                                   controls=5, against=[other], progress=False)
+    rate = result.baselines["trait_rate"]
+    assert rate.value == 1.0 and rate.percentile == 100.0 and rate.beats_random, rate.summary()
+    assert rate.flipped == 0.0 and rate.margin_over_others() > 0.5, rate.summary()
+    # A random vector of the same norm at the same coefficient is one of the random crowd: in the middle.
+    stranger = result.cells["random0"]["trait_rate"]
+    assert stranger == 0.0 and 5 <= type(rate)(**{**rate.__dict__, "value": stranger}).percentile <= 95
+    saved = json.loads((tmp_path / "controls.json").read_text())
+    assert saved["baselines"]["trait_rate"]["random_n"] == 5 and set(saved["cells"]) == {
+        "vector", "flipped", "other", *(f"random{i}" for i in range(5))}
+    assert saved["cells"]["other"]["coef_raw"] == pytest.approx(200.0 * 1.0 / float(other.vectors[layer].norm()))
+
+
+def test_cli_sweep_reports_its_controls_at_the_chosen_cell(tmp_path, capsys):
+    from persona_lens.cli.sweep import main
+
+    model = load_cached("tiny-llama")
+    vector, other, _ = _save(model, tmp_path)
+    argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(vector), "--out", str(tmp_path / "run"),
+            "--quiet", "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
+            "--coherence-threshold", "0", "--judge-cache", str(tmp_path / "cache.sqlite"), "--controls", "2",
+            "--against", str(other)]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    controls = result["controls"]
+    assert controls["layer"] == 2 and set(controls["cells"]) == {"vector", "random0", "random1", "flipped", "other"}
+    assert len(controls["baselines"]["trait_rate"]["random"]) == 2
+    assert controls["cells"]["vector"]["n"] == 2
+    run = tmp_path / "run" / "sweep-none-response"
+    assert (run / "controls.json").exists() and (run / "controls.html").exists()
+    assert main(argv) == 0  # a rerun generates nothing and prints the summary lines
+    assert "trait_rate = " in capsys.readouterr().out
