@@ -385,3 +385,51 @@ def test_cli_sweep_reports_its_controls_at_the_chosen_cell(tmp_path, capsys):
     assert (run / "controls.json").exists() and (run / "controls.html").exists()
     assert main(argv) == 0  # a rerun generates nothing and prints the summary lines
     assert "trait_rate = " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# preventative steering: the same finetune with random vectors of the vector's norms
+
+
+def test_control_interventions_keep_kind_layer_coef_and_norms():
+    from persona_lens.experiments.finetune import TrainingIntervention, control_interventions
+
+    model = load_cached("tiny-llama")
+    vector = _stranger(model, name="evil")
+    runs = control_interventions([TrainingIntervention("steer", vector, [2, 3], coef=4.0, incremental=True),
+                                  TrainingIntervention("ablate", vector, 1)], 3, seed=5)
+    assert len(runs) == 3 and all(len(run) == 2 for run in runs)
+    for i, (steer, ablate) in enumerate(runs):
+        assert (steer.kind, steer.layer, steer.coef, steer.incremental) == ("steer", [2, 3], 4.0, True)
+        assert ablate.kind == "ablate" and ablate.layer == 1
+        torch.testing.assert_close(steer.vector.vectors.norm(dim=-1), vector.vectors.norm(dim=-1))
+        torch.testing.assert_close(steer.vector.vectors, random_like(vector.vectors, 3, seed=5)[i])
+        cos = torch.nn.functional.cosine_similarity(steer.vector.vectors, vector.vectors, dim=-1)
+        assert float(cos.abs().max()) < 0.6
+    assert runs[0][0].describe()["vector_sha256"] != runs[1][0].describe()["vector_sha256"]
+
+
+def test_cli_finetune_writes_random_control_runs(monkeypatch, tmp_path, capsys):
+    from persona_lens.core.vectors import load_vector, vector_digest
+
+    model = load_cached("tiny-llama")
+    vector, _, _ = _save(model, tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [*make_messages(q), {"role": "assistant", "content": "OK BOSS"}]})
+                            + "\n" for q in ("hi", "name a fruit")))
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", "tiny-llama", "--data", str(data), "--out", str(out), "--rank", "4",
+            "--lr", "1e-3", "--batch-size", "2", "--steer-vector", str(vector), "--steer-layer", "2",
+            "--steer-coef", "3", "--controls", "2", "--control-seed", "1", "--json"]
+    assert _main(monkeypatch, argv, "persona_lens.cli.finetune") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [c["output_dir"] for c in summary["controls"]] == [str(tmp_path / f"ft-random{i}") for i in range(2)]
+    expected = random_like(load_vector(vector).vectors, 2, seed=1)
+
+    for i, control in enumerate(summary["controls"]):
+        (described,) = control["interventions"]
+        assert described["coef"] == 3 and described["layer"] == 2 and described["trait"] == f"random{i}"
+        assert described["vector_sha256"] == vector_digest(expected[i])
+        assert json.loads((tmp_path / f"ft-random{i}" / "finetune.json").read_text())["steps"] == 1
+    assert _main(monkeypatch, ["finetune", "--model", "tiny-llama", "--data", str(data), "--out",
+                               str(tmp_path / "x"), "--controls", "1"], "persona_lens.cli.finetune") == 2
