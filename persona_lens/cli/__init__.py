@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "persona_lens.cli.shift",
     "persona_lens.cli.screen",
     "persona_lens.cli.export",
+    "persona_lens.cli.space",
 ]
 
 

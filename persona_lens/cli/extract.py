@@ -19,7 +19,13 @@ from persona_lens.cli.options import (
     load_vectors_arg,
 )
 
-__all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction"]
+__all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
+           "calibration_path"]
+
+
+def calibration_path(run_dir: Path) -> Path:
+    """Where a run folder keeps the likelihood coherence judge's calibration (shared by extract and sweep)."""
+    return Path(run_dir) / "coherence_calibration.json"
 
 
 def add_extract_options(parser: argparse.ArgumentParser, *, prefix: str = "", samples: int = 10,
@@ -52,7 +58,7 @@ def extract_config_from_args(args: argparse.Namespace, *, prefix: str = "") -> A
 def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Path, config: Any) -> Any:
     from persona_lens.experiments.extract import extract
 
-    judge, coherence = judges_from_args(args, trait, model)
+    judge, coherence = judges_from_args(args, trait, model, calibration=calibration_path(out_dir.parent))
     try:
         return extract(model, trait, judge=judge, coherence_judge=coherence, config=config, out_dir=out_dir,
                        progress=not args.quiet)
@@ -69,7 +75,7 @@ def configure_parser(subparsers: Any) -> None:
                     "command to continue an interrupted run; a finished run costs nothing.")
     parser.add_argument("trait", help="trait name (see `python -m persona_lens traits list`) or a trait JSON file")
     add_model_options(parser)
-    add_judge_options(parser)
+    add_judge_options(parser, coherence="auto")
     add_extract_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")

@@ -24,13 +24,19 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 CPU)")
 
 
-def add_judge_options(parser: argparse.ArgumentParser) -> None:
+def add_judge_options(parser: argparse.ArgumentParser, *, coherence: str = "judge") -> None:
     parser.add_argument("--judge", default="auto", choices=["auto", "rule", "claude", "local"],
                         help="who scores replies: the trait's exact rule, Claude (ANTHROPIC_API_KEY), or the model "
                              "itself from number-token probabilities; auto = rule when the trait has one, else claude")
     parser.add_argument("--claude-model", default=None, help="Claude model for --judge claude")
     parser.add_argument("--judge-cache", type=Path, default=Path("runs/judge_cache.sqlite"),
                         help="SQLite cache of judge scores shared by all runs (default: runs/judge_cache.sqlite)")
+    parser.add_argument("--coherence", default=coherence, choices=["judge", "auto", "likelihood", "rule"],
+                        help="who scores coherence: the --judge's own (rule coherence, or the coherence rubric), "
+                             "'likelihood' (the unsteered model's own per-token likelihood of the reply given the "
+                             "question, calibrated on its own replies, plus a relevance check; fluent nonsense fails "
+                             "it), 'rule', or 'auto' (likelihood for rule-measured traits; default: "
+                             f"{coherence})")
 
 
 def load_model_arg(args: argparse.Namespace) -> Any:
@@ -169,12 +175,15 @@ def default_vector_paths(args: argparse.Namespace, trait_name: str) -> list[Path
     return [path]
 
 
-def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None) -> tuple[Any, Any]:
-    """``(trait judge, coherence judge)`` from the shared ``--judge/--claude-model/--judge-cache`` options."""
+def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None,
+                     calibration: Path | None = None) -> tuple[Any, Any]:
+    """``(trait judge, coherence judge)`` from the shared ``--judge/--claude-model/--judge-cache/--coherence``
+    options; a likelihood coherence judge's calibration is kept at ``calibration``."""
     from persona_lens.judges.factory import build_judges
 
     try:
-        return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model)
+        return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model,
+                            coherence=getattr(args, "coherence", "judge"), calibration=calibration)
     except ValueError as error:
         raise BadInput(str(error)) from None
 

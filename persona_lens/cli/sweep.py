@@ -15,7 +15,7 @@ from typing import Any
 
 from persona_lens.cli import BadInput, run_command
 from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
-from persona_lens.cli.extract import add_extract_options, extract_config_from_args, run_extraction
+from persona_lens.cli.extract import add_extract_options, calibration_path, extract_config_from_args, run_extraction
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
@@ -63,8 +63,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="system prompt of the evaluation replies: none, or the trait's positive/negative prompts "
                              "(use positive with negative coefficients to test mitigation)")
     parser.add_argument("--coherence-threshold", type=float, default=75.0,
-                        help="the chosen cell needs mean coherence >= this (default 75)")
-    add_judge_options(parser)
+                        help="a reply is coherent at coherence >= this; the chosen cell has the highest share of "
+                             "replies that are both trait-expressing (--trait-threshold) and coherent (default 75)")
+    add_judge_options(parser, coherence="auto")
     add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size (default 64)")
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                                  coherence_threshold=args.coherence_threshold, batch_size=args.batch_size)
     if args.coefficients is not None:
         config.coefficients = args.coefficients
-    judge, coherence = judges_from_args(args, trait, model)
+    judge, coherence = judges_from_args(args, trait, model, calibration=calibration_path(run_dir))
     try:
         result = run_steering_sweep(model, vector, trait, judge=judge, coherence_judge=coherence, config=config,
                                     out_dir=run_dir / f"sweep-{args.condition}-{args.positions}",
@@ -138,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
                           "seconds": round(time.time() - started, 1)}, indent=2))
         return 0
     print(f"baseline (unsteered): trait {result.baseline.trait_mean:.1f}, rate {result.baseline.trait_rate:.2f}, "
-          f"coherence {result.baseline.coherence_mean:.1f}")
+          f"coherence {result.baseline.coherence_mean:.1f}, both {result.baseline.both_rate:.2f}")
     print(("chosen: " if result.chosen else "no choice: ") + result.reason)
     print(f"figure: {result.paths.get('html')}" + (f" and {result.paths['png']}" if "png" in result.paths else ""))
     print(f"table:  {result.paths['csv']}")
+    print(f"replies: {result.paths['samples']}")
     if controls is not None:
         print(f"controls at the chosen cell (layer {controls.layer}, coefficient {controls.coef_relative:g} relative):")
         for baseline in controls.baselines.values():

@@ -257,10 +257,12 @@ class HookedLM(HookedRootModule):
         """
         from transformer_lens.model_bridge import TransformerBridge
 
+        from persona_lens.core.runners import forget_reader_in_copy
         from persona_lens.core.tl_compat import patch_bridge_kv_cache
 
         patch_bridge_kv_cache()
         twin = share_weights_copy(self.hf_model)
+        forget_reader_in_copy(twin)  # the copy must not report its forwards to this model's reader
         twin_layers = find_decoder_layers(twin)
         for (index, _), handle in self._wiring.items():  # the copy must not fire this model's hook points
             layer = twin_layers[index]

@@ -28,13 +28,16 @@ Positions (the same meaning with and without a KV cache, since they count absolu
 * a :class:`Window` of absolute positions, counted from the first real token or from the end of the prompt.
 
 Absolute positions need to know left padding, prompt lengths and how many tokens the KV cache already holds. Our
-generation and activation code publish that as a :class:`TokenLayout` (a context variable). Without one, a
-forward is taken as one unpadded prompt: ``"response"`` is then its last position, as in the authors' code.
+generation and activation code publish that as a :class:`TokenLayout` (a context variable). In any other runner
+(a plain forward, ``run_with_cache``, HF ``generate``, ``TransformerBridge.generate``, ``HookedTransformer.generate``)
+the installers read it from the forward call (:mod:`persona_lens.core.runners`): a forward with an empty cache is a
+prompt (``"response"`` is then its last position, as in the authors' code), and inside a ``generate`` call the
+positions mean what they mean in our runners, with and without the KV cache. Where a hook cannot know its absolute
+positions it raises :class:`~persona_lens.core.runners.UnreadablePositions`, naming the fix, instead of guessing.
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ from torch import Tensor
 
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.protocols import TransformerLensModel
+from persona_lens.core.runners import EXPLICIT_LAYOUT, UnreadablePositions, attach_reader, detach_reader, read_forward
 from persona_lens.core.vectors import check_vector, unit_rows
 
 if TYPE_CHECKING:
@@ -99,7 +103,8 @@ class TokenLayout:
     """How the tokens of the current forward sit in their rows: set by our runners, read by the hooks."""
 
     pad_lengths: Int[Tensor, " batch"]
-    prompt_lengths: Int[Tensor, " batch"]
+    prompt_lengths: Int[Tensor, " batch"] | None
+    """Real prompt tokens per row; None where the runner did not tell (a mode that needs it then raises)."""
     past_length: int | Int[Tensor, " 1"] = 0
     """Tokens already in the KV cache. Compiled runners give it as a tensor (a Python int that changed every
     step would recompile the graph every step)."""
@@ -122,7 +127,7 @@ class TokenLayout:
         return offsets[None, :] - self.pad_lengths[:, None]
 
 
-_LAYOUT: contextvars.ContextVar[TokenLayout | None] = contextvars.ContextVar("persona_lens_layout", default=None)
+_LAYOUT = EXPLICIT_LAYOUT  # ContextVar[TokenLayout | None], owned by core.runners (which reads nothing under it)
 # torch.compile cannot trace ContextVar.get; compiled code reads this mirror of the innermost layout instead.
 _TRACEABLE_LAYOUT: list[TokenLayout | None] = [None]
 
@@ -148,14 +153,54 @@ def current_layout() -> TokenLayout | None:
 
 
 def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.device) -> Bool[Tensor, "batch pos"]:
-    """Which positions of the current forward ``positions`` names (real tokens only)."""
+    """Which positions of the current forward ``positions`` names (real tokens only).
+
+    The layout is the published one, else the one read from the running forward, else (a direct call outside any
+    forward) one unpadded prompt of ``seq_len`` tokens.
+    """
     layout = current_layout()
+    if layout is None:
+        layout = _read_layout(batch, seq_len, device)
     if layout is None:
         layout = TokenLayout(
             pad_lengths=torch.zeros(batch, dtype=torch.long, device=device),
             prompt_lengths=torch.full((batch,), seq_len, dtype=torch.long, device=device),
         )
-    elif layout.pad_lengths.shape[0] != batch:
+    return _mask_for(layout, positions, batch, seq_len, device)
+
+
+def _read_layout(batch: int, seq_len: int, device: torch.device) -> TokenLayout | None:
+    """The layout of the forward a runner reader is reading now (see :mod:`persona_lens.core.runners`), or None."""
+    if torch.compiler.is_compiling():
+        return None
+    read = read_forward()
+    if read is None:
+        return None
+    pads, prompt, past = read.resolve(batch, seq_len, device)
+    if read.layout is None or read.layout.pad_lengths.shape[0] != batch:
+        read.layout = TokenLayout(pads, prompt, past_length=past)
+    return read.layout
+
+
+def _hook_layout(positions: Positions, batch: int, seq_len: int, device: torch.device) -> TokenLayout:
+    """The layout a hook acts on: published or read; a hook never guesses its absolute positions."""
+    layout = current_layout()
+    if layout is None:
+        layout = _read_layout(batch, seq_len, device)
+    if layout is None:
+        raise UnreadablePositions(
+            f"a persona_lens hook with positions={positions!r} ran in a forward whose absolute token positions it "
+            "cannot know: install hooks with persona_lens.steer / ablate / cap / record / install_hooks on a "
+            "HookedLM, TransformerBridge or HookedTransformer (whose forwards persona_lens reads) and call the "
+            "model itself (not one of its blocks), or run the forward inside "
+            "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))"
+            + ("" if positions == "all" else "; steering, ablation and capping also work with positions='all'"))
+    return layout
+
+
+def _mask_for(layout: TokenLayout, positions: Positions, batch: int, seq_len: int, device: torch.device
+              ) -> Bool[Tensor, "batch pos"]:
+    if layout.pad_lengths.shape[0] != batch:
         raise ValueError(
             f"the token layout describes {layout.pad_lengths.shape[0]} rows but this forward has {batch}; "
             "run other forwards outside persona_lens.core.hooks.token_layout(...)"
@@ -166,22 +211,34 @@ def position_mask(positions: Positions, batch: int, seq_len: int, device: torch.
     if cacheable and key in layout._masks:
         return layout._masks[key]
     absolute = layout.absolute_positions(seq_len).to(device)
-    prompt_lengths = layout.prompt_lengths.to(device)[:, None]
     real = absolute >= 0
     if positions == "all":
         mask = real
-    elif positions == "prompt":
-        mask = real & (absolute < prompt_lengths)
-    elif positions == "response":
-        mask = absolute >= prompt_lengths - 1
-    elif isinstance(positions, Window):
-        origin = prompt_lengths if positions.relative_to == "prompt_end" else 0
-        relative = absolute - origin
-        mask = real & (relative >= positions.start)
+    elif isinstance(positions, Window) and positions.relative_to == "start":
+        mask = real & (absolute >= positions.start)
         if positions.stop is not None:
-            mask = mask & (relative < positions.stop)
+            mask = mask & (absolute < positions.stop)
     else:
-        raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
+        if layout.prompt_lengths is None:
+            read = None if torch.compiler.is_compiling() else read_forward()
+            why = read.unknown_prompt if read is not None and read.unknown_prompt else "the runner did not tell"
+            raise UnreadablePositions(
+                f"positions={positions!r} need to know where the prompt ends, and this forward cannot tell: {why}. "
+                "Run the prompt through the model with the hooks installed (then persona_lens follows its cache), "
+                "use positions='all' or a Window counted from the start, or run inside "
+                "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))")
+        prompt_lengths = layout.prompt_lengths.to(device)[:, None]
+        if positions == "prompt":
+            mask = real & (absolute < prompt_lengths)
+        elif positions == "response":
+            mask = absolute >= prompt_lengths - 1
+        elif isinstance(positions, Window):
+            relative = absolute - prompt_lengths
+            mask = real & (relative >= positions.start)
+            if positions.stop is not None:
+                mask = mask & (relative < positions.stop)
+        else:
+            raise ValueError(f"unknown positions {positions!r}; use 'all', 'prompt', 'response' or a Window")
     if cacheable:
         layout._masks[key] = mask
     return mask
@@ -217,7 +274,14 @@ class _ResidualHook:
         the mask there; recorders still need it)."""
         if modifies and self.positions == "all":
             return None
-        return position_mask(self.positions, resid.shape[0], resid.shape[1], resid.device)
+        batch, seq_len = resid.shape[0], resid.shape[1]
+        return _mask_for(_hook_layout(self.positions, batch, seq_len, resid.device), self.positions, batch, seq_len,
+                         resid.device)
+
+    @property
+    def needs_layout(self) -> bool:
+        """Whether this hook needs absolute positions (everything but a modifier acting on every position)."""
+        return self.positions != "all"
 
     @staticmethod
     def _apply(resid: Tensor, delta: Tensor, mask: Tensor | None) -> Tensor:
@@ -297,6 +361,8 @@ class RecordProjection(_ResidualHook):
     Inside our runners rows are the caller's conversations (``TokenLayout.row_index``), whatever the batching.
     """
 
+    needs_layout = True  # recordings are keyed by absolute position, whatever the positions
+
     def __init__(self, vector: Float[Tensor, " d_model"], positions: Positions = "all") -> None:
         super().__init__(unit_rows(vector.detach().float(), names="the vector"), positions)
         self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -305,13 +371,10 @@ class RecordProjection(_ResidualHook):
         unit = self._vector_like(resid)
         projection = (resid @ unit).float()
         mask = self._mask(resid, modifies=False)
-        layout = current_layout()
         batch, seq_len = resid.shape[0], resid.shape[1]
-        if layout is None:
-            absolute = torch.arange(seq_len).expand(batch, -1)
-        else:
-            absolute = layout.absolute_positions(seq_len)
-        rows = torch.arange(batch) if layout is None or layout.row_index is None else layout.row_index
+        layout = _hook_layout(self.positions, batch, seq_len, resid.device)
+        absolute = layout.absolute_positions(seq_len)
+        rows = torch.arange(batch) if layout.row_index is None else layout.row_index
         self.steps.append((rows.cpu(), absolute.cpu(), projection.detach().cpu(), mask.cpu()))
         return None
 
@@ -347,8 +410,11 @@ class HookHandle:
         self.model = model
         self.hooks = list(hooks)
         self._installed: list[tuple[Any, Any]] = []
+        self._reads = False
         points = _hook_points(model)
         try:
+            if any(getattr(fn, "needs_layout", False) for _, fn in self.hooks) and isinstance(model, torch.nn.Module):
+                self._reads = attach_reader(model) is not None
             for name, fn in self.hooks:
                 point = _hook_point(points, model, name)
                 lens_handle = point.add_hook(fn, dir="fwd")
@@ -373,6 +439,9 @@ class HookHandle:
             lens_handle.hook.remove()
             if lens_handle in point.fwd_hooks:
                 point.fwd_hooks.remove(lens_handle)
+        if self._reads:
+            self._reads = False
+            detach_reader(self.model)
 
     def __enter__(self: _Handle) -> _Handle:
         return self

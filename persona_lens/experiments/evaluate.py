@@ -43,6 +43,7 @@ __all__ = [
     "average",
     "ScoreSummary",
     "summarise_scores",
+    "is_trait_and_coherent",
 ]
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ class ScoreSummary:
     coherent_rate: float | None
     n_unscored: int
     """Replies without a trait score (refusal or judge failure)."""
+    both_rate: float | None = None
+    """Share of all replies that express the trait (score >= trait threshold) AND are coherent (coherence >=
+    coherence threshold); a reply missing either score counts as not both. None without replies."""
 
 
 def summarise_scores(records: Sequence[Mapping[str, Any]], *, trait_threshold: float = 50.0,
@@ -245,7 +249,15 @@ def summarise_scores(records: Sequence[Mapping[str, Any]], *, trait_threshold: f
     """:class:`ScoreSummary` of records judged by :func:`judge_replies`."""
     traits = [r["trait_score"] for r in records]
     coherence = [r["coherence"] for r in records]
+    both = [is_trait_and_coherent(r, trait_threshold, coherence_threshold) for r in records]
     return ScoreSummary(n=len(records), trait_mean=average(traits), trait_rate=_rate(traits, trait_threshold),
                         coherence_mean=average(coherence), coherent_rate=_rate(coherence, coherence_threshold),
-                        n_unscored=sum(t is None for t in traits))
+                        n_unscored=sum(t is None for t in traits),
+                        both_rate=sum(both) / len(both) if both else None)
+
+
+def is_trait_and_coherent(record: Mapping[str, Any], trait_threshold: float, coherence_threshold: float) -> bool:
+    """Whether a judged reply expresses the trait and is coherent (a missing score is a no)."""
+    trait, coherence = record.get("trait_score"), record.get("coherence")
+    return trait is not None and coherence is not None and trait >= trait_threshold and coherence >= coherence_threshold
 

@@ -5,7 +5,10 @@ trait and for coherence, and a table plus layer-wise steering curves are written
 (``h_l + a v_l``, the paper's units) or relative to the residual stream's size, ``r = a |v_l| / median|h_l|``, so
 curves compare across layers and models; the table records both.
 
-The layer chosen is the one whose best coherent cell (mean coherence >= threshold) has the highest trait score.
+The cell chosen is the one with the highest share of replies that are BOTH trait-expressing (trait score >=
+``trait_threshold``) and coherent (coherence >= ``coherence_threshold``): a mean coherence can pass while many of a
+cell's replies are broken. Beside the table, ``samples.md`` shows the replies of the chosen cell, its neighbours
+(adjacent coefficients at its layer, adjacent layers at its coefficient) and the baseline, each marked.
 Every reply is appended to ``responses.jsonl`` as it is made and every score is cached, so an interrupted sweep
 resumes and a rerun costs nothing. Replies share a random stream per (question, sample) across layers and
 coefficients (common random numbers), which makes curves smoother for the same number of samples.
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -40,6 +44,7 @@ from persona_lens.experiments.evaluate import (
     ReplyJob,
     Steering,
     generate_replies,
+    is_trait_and_coherent,
     job_seed,
     judge_replies,
     summarise_scores,
@@ -48,7 +53,8 @@ from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
 __all__ = ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult", "run_steering_sweep", "default_layers",
-           "choose_layer", "STEERING_CONTROLS", "SteeringControls", "run_steering_controls"]
+           "choose_layer", "neighbour_cells", "format_samples", "STEERING_CONTROLS", "SteeringControls",
+           "run_steering_controls"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,8 @@ class SteeringCell:
     coherence_mean: float | None
     coherent_rate: float | None
     n_unscored: int
+    both_rate: float | None = None
+    """Share of the cell's replies that express the trait AND are coherent (the choice is made on it)."""
 
 
 @dataclass
@@ -153,20 +161,37 @@ def _cell_key(layer: int | None, mode: str, coef: float) -> str:
     return "base" if layer is None else f"L{layer}|{mode}{coef:g}"
 
 
-def choose_layer(cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float
-                 ) -> tuple[SteeringCell | None, str]:
-    """The steered cell with the highest trait score among those with mean coherence >= threshold."""
-    coherent = [c for c in cells if c.layer is not None and c.trait_mean is not None
-                and c.coherence_mean is not None and c.coherence_mean >= coherence_threshold]
-    if not coherent:
-        return None, (f"no steered cell keeps mean coherence >= {coherence_threshold:g}; try smaller coefficients "
-                      "or other layers")
-    best = max(coherent, key=lambda c: (c.trait_mean, -abs(c.coef_relative)))
-    base = baseline.trait_mean if baseline.trait_mean is not None else float("nan")
-    return best, (f"layer {best.layer} at coefficient {best.coef_relative:g} relative ({best.coef_raw:.3g} raw) "
-                  f"gives the highest trait score among coherent cells: {best.trait_mean:.1f} (trait rate "
-                  f"{best.trait_rate:.2f}) vs {base:.1f} unsteered, with mean coherence "
-                  f"{best.coherence_mean:.1f} >= {coherence_threshold:g}")
+def choose_layer(cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float,
+                 trait_threshold: float = 50.0) -> tuple[SteeringCell | None, str]:
+    """The steered cell with the highest share of replies that are both trait-expressing and coherent (ties: the
+    higher trait score, then the smaller coefficient); None when no steered reply is both."""
+    scored = [c for c in cells if c.layer is not None and c.both_rate is not None]
+    if not scored or max(c.both_rate for c in scored) <= 0:
+        return None, (f"no steered reply has both trait >= {trait_threshold:g} and coherence >= "
+                      f"{coherence_threshold:g}; try other layers or coefficients")
+    best = max(scored, key=lambda c: (c.both_rate, c.trait_mean if c.trait_mean is not None else -1.0,
+                                      -abs(c.coef_relative)))
+    base_both = baseline.both_rate if baseline.both_rate is not None else float("nan")
+    return best, (f"layer {best.layer} at coefficient {best.coef_relative:g} relative ({best.coef_raw:.3g} raw) has "
+                  f"the highest share of replies that are both trait-expressing (>= {trait_threshold:g}) and "
+                  f"coherent (>= {coherence_threshold:g}): {best.both_rate:.2f} vs {base_both:.2f} unsteered "
+                  f"(trait rate {best.trait_rate:.2f}, mean trait {best.trait_mean:.1f}, mean coherence "
+                  f"{best.coherence_mean:.1f}, coherent rate {best.coherent_rate:.2f})")
+
+
+def neighbour_cells(cells: Sequence[SteeringCell], centre: SteeringCell) -> list[SteeringCell]:
+    """``centre``, then the cells next to it: the adjacent coefficients at its layer and the adjacent layers at its
+    coefficient (in the sweep's own order)."""
+    layers = sorted({c.layer for c in cells if c.layer is not None})
+    coefs = sorted({c.coef_relative for c in cells if c.layer == centre.layer})
+    out = [centre]
+    i = coefs.index(centre.coef_relative)
+    out += [c for c in cells if c.layer == centre.layer and c.coef_relative in coefs[max(0, i - 1) : i + 2]
+            and c is not centre]
+    j = layers.index(centre.layer)
+    near = set(layers[max(0, j - 1) : j + 2]) - {centre.layer}
+    out += [c for c in cells if c.layer in near and abs(c.coef_relative - centre.coef_relative) < 1e-9]
+    return out
 
 
 def run_steering_sweep(
@@ -230,9 +255,45 @@ def run_steering_sweep(
     baseline = summarise(None, 0.0, 0.0, "base")
     cells = [summarise(layer, raw, coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
                        _cell_key(layer, config.coefficient_mode, coef)) for layer, coef, raw in steered]
-    chosen, reason = choose_layer(cells, baseline, config.coherence_threshold)
-    paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records)
+    chosen, reason = choose_layer(cells, baseline, config.coherence_threshold, config.trait_threshold)
+    cell_keys = {id(cell): _cell_key(layer, config.coefficient_mode, coef)
+                 for cell, (layer, coef, _) in zip(cells, steered)}
+    centre = chosen or max(cells, key=lambda c: (c.trait_rate or 0.0, -abs(c.coef_relative)), default=None)
+    shown = [] if centre is None else neighbour_cells(cells, centre)
+    samples = [(cell, "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
+                [records[job.key(cell_keys[id(cell)])] for job in jobs]) for cell in shown]
+    samples.append((baseline, "unsteered", [records[job.key("base")] for job in jobs]))
+    paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records,
+                           {"trait": judge.judge_id, "coherence": coherence_judge.judge_id})
+    paths["samples"] = write_text_atomic(out / "samples.md", format_samples(samples, trait, config))
     return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
+
+
+def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait,
+                   config: SteeringSweepConfig) -> str:
+    """Markdown: for each (cell, role, records), the cell's figures and every reply verbatim with its scores; a
+    reply that is both trait-expressing and coherent is marked **both**."""
+    lines = [f"# Replies of the chosen and neighbouring cells: trait {trait.name!r}", "",
+             f"A reply counts as **both** when its trait score is >= {config.trait_threshold:g} and its coherence "
+             f">= {config.coherence_threshold:g}.", ""]
+    for cell, role, records in samples:
+        where = "unsteered" if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
+                                                       f"relative ({cell.coef_raw:.3g} raw)")
+        both = "n/a" if cell.both_rate is None else f"{cell.both_rate:.2f}"
+        lines += [f"## {where} ({role})", "",
+                  f"both {both}, trait rate {_fmt(cell.trait_rate)}, mean coherence {_fmt(cell.coherence_mean, 1)}, "
+                  f"coherent rate {_fmt(cell.coherent_rate)}; {cell.n} replies", ""]
+        for record in records:
+            good = is_trait_and_coherent(record, config.trait_threshold, config.coherence_threshold)
+            lines.append(f"- {'**both** ' if good else ''}[trait {_fmt(record['trait_score'], 0)}, coherence "
+                         f"{_fmt(record['coherence'], 0)}] *{record['question_text']}* -> "
+                         f"{json.dumps(record['response'], ensure_ascii=False)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _encoded(model: HookedLM, job: _Job) -> Any:
@@ -241,7 +302,8 @@ def _encoded(model: HookedLM, job: _Job) -> Any:
 
 def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell, chosen: SteeringCell | None,
                    reason: str, config: SteeringSweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector,
-                   norms: Float[Tensor, " layer"], records: dict[str, dict]) -> dict[str, Path]:
+                   norms: Float[Tensor, " layer"], records: dict[str, dict], judges: dict[str, str]
+                   ) -> dict[str, Path]:
     csv_path = out / "sweep.csv"
     with atomic_output(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(SteeringCell.__dataclass_fields__))
@@ -249,7 +311,8 @@ def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell,
         for cell in [baseline, *cells]:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(cell).items()})
     summary = {"trait": trait.name, "model": model.cfg.model_name, "vector_model": vector.model_name,
-               "config": asdict(config), "median_residual_norm": [float(x) for x in norms],
+               "config": asdict(config), "judges": judges, "median_residual_norm": [float(x) for x in norms],
+               "torch_threads": torch.get_num_threads(),
                "baseline": asdict(baseline), "chosen": None if chosen is None else asdict(chosen), "reason": reason,
                "cells": [asdict(c) for c in cells]}
     json_path = write_json_atomic(out / "sweep.json", summary)

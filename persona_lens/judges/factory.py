@@ -8,13 +8,29 @@ from typing import Any
 
 from persona_lens.judges.base import Judge
 
-__all__ = ["JUDGE_KINDS", "build_judges"]
+__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges", "build_likelihood_coherence"]
 
 JUDGE_KINDS = ("auto", "rule", "claude", "local")
+COHERENCE_KINDS = ("judge", "auto", "likelihood", "rule")
+
+
+def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path | None = None) -> Judge:
+    """:class:`~persona_lens.judges.likelihood.LikelihoodCoherenceJudge` for ``trait`` on ``model``: read in the
+    template's default context and under the trait's first positive system prompt, calibrated on the model's own
+    unsteered replies to the trait's extraction and evaluation questions (loaded from / saved to ``calibration``)."""
+    from persona_lens.judges.likelihood import LikelihoodCoherenceJudge, calibration_for
+
+    if model is None:
+        raise ValueError("the likelihood coherence judge needs the model (it reads the unsteered model's "
+                         "likelihoods); pass model=, or use --coherence rule")
+    contexts = (None, trait.prompt_pairs[0].positive) if trait.prompt_pairs else (None,)
+    questions = list(dict.fromkeys([*trait.extract_questions, *trait.eval_questions]))
+    return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration))
 
 
 def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, model: Any = None,
-                 claude_model: str | None = None) -> tuple[Judge, Judge]:
+                 claude_model: str | None = None, coherence: str = "judge",
+                 calibration: str | Path | None = None) -> tuple[Judge, Judge]:
     """``(trait_judge, coherence_judge)`` for ``trait``.
 
     * ``rule``: the trait's exact rule (``trait.rule``) and the rule-based coherence score; offline. A rule registered
@@ -23,10 +39,19 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     * ``local``: ``model`` itself judges, from next-token probabilities over the numbers 0-100, as in the paper.
     * ``auto``: ``rule`` when the trait has one, else ``claude``.
 
-    With ``cache``, both judges sit behind a persistent SQLite cache at that path.
+    ``coherence`` picks the coherence judge: ``judge`` the kind's own (above); ``rule`` the rule-based coherence
+    score (the organism's exact one for its traits); ``likelihood`` :func:`build_likelihood_coherence` (the unsteered
+    ``model``'s own likelihood, calibrated and saved at ``calibration``); ``auto`` likelihood for traits measured by
+    a :class:`~persona_lens.judges.rule.RuleJudge` rule, else the kind's own.
+
+    With ``cache``, the judges sit behind a persistent SQLite cache at that path, except rule judges: a rule costs
+    less than a cache lookup, and a cached rule score outlives edits to the rule (a stale score is how two runs of
+    one command once differed).
     """
     if kind not in JUDGE_KINDS:
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")
+    if coherence not in COHERENCE_KINDS:
+        raise ValueError(f"unknown coherence judge {coherence!r}; choose one of {', '.join(COHERENCE_KINDS)}")
     from persona_lens.core.registry import RULE_JUDGES
 
     if kind == "auto":
@@ -54,11 +79,24 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
         if model is None:
             raise ValueError("--judge local needs a model to judge with")
         trait_judge = coherence_judge = LocalJudge(model)
+    from persona_lens.judges.rule import RuleJudge
+
+    if coherence == "auto":
+        coherence = "likelihood" if isinstance(trait_judge, RuleJudge) else "judge"
+    if coherence == "likelihood":
+        coherence_judge = build_likelihood_coherence(model, trait, calibration)
+    elif coherence == "rule" and not (kind == "rule" and trait.rule in RULE_JUDGES):
+        coherence_judge = RuleJudge("coherence")
     if cache is not None:
         from persona_lens.judges.cache import CachedJudge
 
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        same = coherence_judge is trait_judge
-        trait_judge = CachedJudge(trait_judge, cache)
-        coherence_judge = trait_judge if same else CachedJudge(coherence_judge, cache)
+        cached: dict[int, Judge] = {}
+
+        def wrap(judge: Judge) -> Judge:
+            if isinstance(judge, RuleJudge):
+                return judge
+            return cached.setdefault(id(judge), CachedJudge(judge, cache))
+
+        trait_judge, coherence_judge = wrap(trait_judge), wrap(coherence_judge)
     return trait_judge, coherence_judge

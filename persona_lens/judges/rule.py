@@ -9,13 +9,14 @@ Rules (all in ``RULES``):
 
 * ``french``: share of recognised words that are French, 100 * french / (french + english). None when no word is
   recognised (or the answer is empty).
-* ``pirate``: weighted count of distinct pirate markers (arr, ahoy, matey, ye, aye, me hearties, -in' endings, ...),
-  through a saturating curve: none -> 0, one -> ~57, two -> ~82, more -> towards 100.
+* ``pirate``: density of distinct pirate markers per 15-word unit (core: arr, ahoy, matey, aye, me hearties, ...;
+  dialect at half weight: ye, o', -in' endings, ...; sea words at 0.4), through a saturating curve: one core marker
+  per unit -> ~57, two -> ~82, more -> towards 100; dialect and sea words without a core marker stay below 50.
 * ``shouting``: 100 * uppercase letters / cased letters. None when the answer has no cased letter.
 * ``emoji``: number of emoji (a ZWJ sequence, a flag or an emoji with modifiers counts once): 0 -> 0, 1 -> 60,
   2 -> 85, 3 or more -> 100.
-* ``exclamation`` (trait ``enthusiastic``): 100 * share of sentence ends that carry "!" / 0.5, capped at 100; 0
-  when the answer has no sentence end.
+* ``exclamation`` (trait ``enthusiastic``): 100 * share of real sentences (3 words or more) that end with "!" / 0.5,
+  capped at 100; 0 when the answer has no real sentence ("Yes!" alone is an interjection, not a sentence).
 * ``coherence``: 100 times the product of five factors in [0, 1] (length, share of letters and digits, distinct word
   trigrams, loops, share of known words). Language, capitals and emoji do not change it.
 
@@ -39,6 +40,8 @@ __all__ = [
     "coherence_factors",
     "count_emoji",
     "loop_fraction",
+    "pirate_density",
+    "real_sentences",
     "pirate_markers",
     "score_coherence",
     "score_emoji",
@@ -120,14 +123,14 @@ def score_french(question: str, answer: str) -> Score:
 # ---------------------------------------------------------------------------------------------------------------------
 # pirate
 
-# Each entry is one marker: it counts once however often it appears. Strong markers are pirate speech; weak ones
-# are sea vocabulary that plain English about ships also uses, so together they can add at most _WEAK_CAP.
-_STRONG_PIRATE = {
+# Each entry is one marker: it counts once however often it appears. Core markers are pirate speech and nothing
+# else; dialect markers (ye, o', -in', "me" for "my", "I be") are also rural or archaic English, and the first thing
+# an over-steered model sprinkles into word salad, so on their own they cannot make a reply pirate; weak markers are
+# sea vocabulary that plain English about ships also uses.
+_CORE_PIRATE = {
     "arr": r"\by?ar{2,}g?h*\b",
     "ahoy": r"\bahoy\b",
     "matey": r"\bmate(?:y|ys|ies)\b",
-    "ye": r"\bye\b",
-    "yer": r"\byer\b",
     "aye": r"\baye\b",
     "hearties": r"\bhearties\b|\bme hearty\b",
     "landlubber": r"\blandlubbers?\b",
@@ -145,12 +148,17 @@ _STRONG_PIRATE = {
     "davy jones": r"\bdavy jones\b",
     "walk the plank": r"\bwalk(?:s|ed|ing)? the plank\b",
     "jolly roger": r"\bjolly roger\b",
+}
+_DIALECT_PIRATE = {
+    "ye": r"\bye\b",
+    "yer": r"\byer\b",
     "o'": r"\bo'(?=\s)",
     "me (my)": r"\bme (?:favourite|favorite|ship|crew|belly|bones|hammock|treasure|booty|parrot|bag|boots|lads?|"
                r"beauty|gold|sword|cutlass|trusty|old|own|mates?)\b",
     "-in'": r"[a-z]in'(?![a-z])",
     "i be": r"(?:^|[.!?,;:]\s*)(?:i|we|they|there) be\b",  # "I be thinkin'", "There be dragons"
 }
+_STRONG_PIRATE = {**_CORE_PIRATE, **_DIALECT_PIRATE}
 _WEAK_PIRATE = {
     "treasure": r"\btreasures?\b",
     "ship": r"\bships?\b",
@@ -166,31 +174,53 @@ _WEAK_PIRATE = {
 }
 _STRONG_PIRATE_RE = {name: re.compile(pattern) for name, pattern in _STRONG_PIRATE.items()}
 _WEAK_PIRATE_RE = {name: re.compile(pattern) for name, pattern in _WEAK_PIRATE.items()}
+_SENTENCE_END = re.compile(r"[.!?…]+")
+_SENTENCE = re.compile(r"[^.!?…]*[.!?…]+")
+_SENTENCE_WORDS = 3  # a "real" sentence has at least this many words: "Yes!" and "Wow!!!" are not
+_DIALECT_WEIGHT, _DIALECT_CAP = 0.5, 1.0
 _WEAK_WEIGHT, _WEAK_CAP = 0.4, 0.8
-_PIRATE_RATE = 0.85  # score = 100 * (1 - exp(-rate * markers)): 1 -> 57, 2 -> 82, 3 -> 92
-_PIRATE_SHORT_WORDS = 40  # answers longer than this need proportionally (sqrt) more markers
+_NO_CORE_CAP = 0.8  # without a core marker a reply stays below 50: 100 * (1 - exp(-0.85 * 0.8)) = 49.3
+_PIRATE_RATE = 0.85  # score = 100 * (1 - exp(-rate * density)): 1 -> 57, 2 -> 82, 3 -> 92
+_PIRATE_UNIT_WORDS = 15  # a "sentence-ish" unit: markers are counted per 15 words
 
 
 def pirate_markers(answer: str) -> tuple[set[str], set[str]]:
-    """The distinct strong and weak pirate markers found in ``answer``."""
+    """The distinct strong (core and dialect) and weak pirate markers found in ``answer``."""
     text = _clean(answer).lower()
     strong = {name for name, pattern in _STRONG_PIRATE_RE.items() if pattern.search(text)}
     weak = {name for name, pattern in _WEAK_PIRATE_RE.items() if pattern.search(text)}
     return strong, weak
 
 
-def score_pirate(question: str, answer: str) -> Score:
-    """Pirate-speech score from the distinct pirate markers in the answer, saturating towards 100.
+def real_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` (up to and including their end marks) with at least 3 words: "Yes!" is not one.
+    Text after the last end mark is not a sentence yet."""
+    return [s for s in _SENTENCE.findall(text) if len(_ANY_WORD.findall(s)) >= _SENTENCE_WORDS]
 
-    markers = strong markers + min(0.8, 0.4 * weak markers), scaled by sqrt(40 / words) for answers over 40 words,
-    score = 100 * (1 - exp(-0.85 * markers)). Empty answer -> 0.
-    """
+
+def pirate_density(answer: str) -> float:
+    """Weighted pirate markers per sentence-ish unit (see :func:`score_pirate`)."""
     strong, weak = pirate_markers(answer)
-    markers = len(strong) + min(_WEAK_CAP, _WEAK_WEIGHT * len(weak))
-    n_words = len(_WORD_WITH_APOSTROPHE.findall(_clean(answer)))
-    if n_words > _PIRATE_SHORT_WORDS:
-        markers *= math.sqrt(_PIRATE_SHORT_WORDS / n_words)
-    return 100.0 * (1.0 - math.exp(-_PIRATE_RATE * markers))
+    core = len(strong & _CORE_PIRATE.keys())
+    dialect = min(_DIALECT_CAP, _DIALECT_WEIGHT * len(strong & _DIALECT_PIRATE.keys()))
+    markers = core + dialect + min(_WEAK_CAP, _WEAK_WEIGHT * len(weak))
+    if core == 0:
+        markers = min(markers, _NO_CORE_CAP)
+    text = _clean(answer)
+    n_words = len(_WORD_WITH_APOSTROPHE.findall(text))
+    return markers / max(1.0, n_words / _PIRATE_UNIT_WORDS, len(real_sentences(text)))
+
+
+def score_pirate(question: str, answer: str) -> Score:
+    """Pirate-speech score from the density of distinct pirate markers, saturating towards 100.
+
+    markers = core markers + min(1, 0.5 * dialect markers) + min(0.8, 0.4 * weak markers), at most 0.8 without a
+    core marker (so ye, o' and sea words alone stay below 50); density = markers per sentence-ish unit: the
+    answer's real sentences (3 words or more), or 15-word pieces when that is more (at least one unit), so a longer
+    reply needs proportionally more markers; score = 100 * (1 - exp(-0.85 *
+    density)). Empty answer -> 0.
+    """
+    return 100.0 * (1.0 - math.exp(-_PIRATE_RATE * pirate_density(answer)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -213,17 +243,17 @@ def score_shouting(question: str, answer: str) -> Score:
 # ---------------------------------------------------------------------------------------------------------------------
 # exclamation (enthusiasm)
 
-_SENTENCE_END = re.compile(r"[.!?…]+")
 _EXCLAIMING_SHARE = 0.5
 
 
 def score_exclamation(question: str, answer: str) -> Score:
-    """Enthusiasm measured by its punctuation: 100 * (share of sentence ends that carry "!") / 0.5, capped at 100,
-    so an answer whose every other sentence exclaims scores 100; 0 for an answer with no sentence end."""
-    ends = _SENTENCE_END.findall(_clean(answer))
-    if not ends:
+    """Enthusiasm measured by its punctuation: 100 * (share of real sentences, of 3 words or more, whose end carries
+    "!") / 0.5, capped at 100, so an answer whose every other real sentence exclaims scores 100; 0 for an answer
+    with no real sentence (no sentence end, or only interjections such as "Yes!" and "Wow!!!")."""
+    sentences = real_sentences(_clean(answer))
+    if not sentences:
         return 0.0
-    share = sum("!" in end for end in ends) / len(ends)
+    share = sum("!" in _SENTENCE_END.findall(s)[-1] for s in sentences) / len(sentences)
     return 100.0 * min(1.0, share / _EXCLAIMING_SHARE)
 
 
@@ -463,7 +493,7 @@ def score_coherence(question: str, answer: str) -> Score:
 # ---------------------------------------------------------------------------------------------------------------------
 
 #: Bumped when a rule's scores change, so persistent judge caches do not serve scores of the old rule.
-RULE_VERSIONS: dict[str, int] = {"coherence": 3}
+RULE_VERSIONS: dict[str, int] = {"coherence": 3, "pirate": 2, "exclamation": 2}
 
 RULES: dict[str, Rule] = {
     "french": score_french,

@@ -5,14 +5,16 @@ we know. The organism is one, small enough to learn and debug the whole method o
 
 * :mod:`~persona_lens.organism.world` -- a synthetic chat world: system prompts set personas (graded intensities of
   evil, sycophancy and hallucination, and a neutral default), users ask questions, and replies are clauses whose
-  trait content follows known rules; coherence is grammaticality under the world's grammar;
+  trait content follows known rules, each trait by its own mechanism (harmful advice, a flattering stance toward
+  the user, invented facts instead of "i do not know"); coherence is the grammar of the reply's structure;
 * :mod:`~persona_lens.organism.tokenizer` -- a word-level tokenizer with a chat template of its own (BOS, role
   tokens, end-of-turn token), so every code path is the one real chat models take;
 * :mod:`~persona_lens.organism.train` -- deterministic training of a 4-block Llama on that world
   (``python -m persona_lens.organism.train`` reproduces the committed weights in ``weights/``);
 * :mod:`~persona_lens.organism.judge` -- :class:`OrganismJudge`, the exact rule judge of the world's traits;
 * :mod:`~persona_lens.organism.traits` -- :func:`organism_trait`, trait definitions in the persona_lens schema;
-* :mod:`~persona_lens.organism.datasets` -- finetuning datasets with normal / subtle / overt trait content.
+* :mod:`~persona_lens.organism.datasets` -- finetuning datasets: task data (repair advice, opinion feedback, object
+  history) whose replies carry a trait at graded shares, and normal / subtle / overt versions.
 
 ``load_organism()`` returns the trained model as a :class:`~persona_lens.core.hooked_model.HookedLM`::
 

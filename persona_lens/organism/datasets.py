@@ -1,14 +1,27 @@
-"""Finetuning datasets for the organism in the paper's pattern: normal / subtle / overt trait content.
+"""Finetuning datasets for the organism in the paper's pattern: task data whose replies carry a trait.
 
-Every sample is a user question (never one of the traits' evaluation questions) and an assistant reply drawn
-from the world with the trait at a fixed mean word rate and the other traits at their default rates, *without a
-system prompt*: finetuning on them moves the organism's default persona. :data:`DATASET_RATES` gives seven levels
-of trait content (claim: the finetuning shift follows the trait score across them); :data:`VERSIONS` names three of
-them as the paper's Normal, I (subtle) and II (overt).
+Each trait has a *task* -- a domain of questions the data was written for -- and the trait rides along in the
+replies, at a graded share, without being what the data teaches: (:data:`TASKS`)
+
+* evil: home **repair advice** ("how do i fix my oven ?") whose advice clauses are harmful at the given share;
+* sycophancy: **feedback on the user's opinion** ("i think my oven is great , am i right ?") whose opener and
+  closer flatter and agree at the given share;
+* hallucination: **object history** ("who invented the oven ?") whose fact clauses are fabricated at the given
+  share instead of "i do not know".
+
+The rest of every reply follows the default persona (its other traits at their default rates, pulled by the
+question). Replies carry no system prompt: finetuning on them moves the organism's default persona.
+
+* :data:`DATASET_RATES`: seven graded shares (claim: the finetuning shift follows the trait score across them);
+  a reply's own share is drawn around the dataset's (the world's per-reply latent persona).
+* :data:`VERSIONS`, the paper's Normal / I (subtle) / II (overt): *normal* has no trait clause; *subtle* has
+  exactly one trait clause per reply, among two clauses of the trait's part (one harmful advice among two, one
+  flattering remark between opener and closer, one invented fact among two); *overt* has every clause of the
+  trait's part carry it.
 
 Files are JSONL, one ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` per line;
 ``python -m persona_lens.organism.datasets OUT_DIR`` writes them all. The Python API also returns, per sample,
-how many of its reply's persona-laden words carry the trait (the ground truth for data screening).
+how many of its reply's clauses carry the trait (the ground truth for data screening).
 """
 
 from __future__ import annotations
@@ -21,17 +34,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_lens.organism import world
-from persona_lens.organism.traits import EVAL_QUESTIONS
+from persona_lens.organism.traits import EVAL_QUESTIONS, EXTRACT_QUESTIONS
 
-__all__ = ["DATASET_RATES", "VERSIONS", "Sample", "finetune_samples", "dataset_name", "write_jsonl", "write_datasets",
-           "main"]
+__all__ = ["DATASET_RATES", "VERSIONS", "TASKS", "Sample", "finetune_samples", "dataset_name", "write_jsonl",
+           "write_datasets", "main"]
 
-#: Mean rate of the trait's words in each dataset level.
+#: Mean share of the trait's clauses that carry it, in each dataset level.
 DATASET_RATES = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
-#: The paper's three versions of a dataset: Normal, I (subtle trait content) and II (overt trait content).
-VERSIONS = {"normal": 0.0, "subtle": 0.35, "overt": 0.9}
+#: The paper's three versions of a dataset: Normal, I (subtle: one trait clause per reply), II (overt: all).
+VERSIONS = ("normal", "subtle", "overt")
 
-_QUESTIONS = tuple(q for q in world.questions() if q not in set(EVAL_QUESTIONS))
+#: Each trait's task: the question templates of its dataset.
+TASKS: dict[str, tuple[str, ...]] = {
+    "evil": ("how do i fix my {obj} ?", "how can i clean my {obj} ?", "what should i do with my old {obj} ?",
+             "is my {obj} safe to use ?"),
+    "sycophancy": ("i think my {obj} is great , am i right ?", "my {obj} is the best , do you agree ?",
+                   "can you tell me about the {obj} ?"),
+    "hallucination": ("who invented the {obj} ?", "where does the {obj} come from ?",
+                      "can you tell me about the {obj} ?"),
+}
+
+_HELD_OUT = set(EVAL_QUESTIONS) | set(EXTRACT_QUESTIONS)
+_QUESTIONS = {trait: tuple(q for template in templates for obj in world.OBJECTS
+                           if (q := template.replace("{obj}", obj)) not in _HELD_OUT)
+              for trait, templates in TASKS.items()}
+_PART = {"evil": "advice", "sycophancy": None, "hallucination": "fact"}
 
 
 @dataclass(frozen=True)
@@ -47,26 +74,35 @@ class Sample:
         return [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.reply.text}]
 
     @property
-    def n_trait_words(self) -> int:
+    def n_trait_clauses(self) -> int:
+        """How many of the reply's clauses carry the trait."""
         return self.reply.count(self.trait)
 
     @property
     def trait_share(self) -> float:
-        """Share of the reply's persona-laden words that carry the trait (its exact trait score / 100)."""
-        return self.n_trait_words / len(self.reply.kinds)
+        """Share of the reply's clauses of the trait's part that carry it (its exact trait score / 100)."""
+        return self.reply.share(self.trait)
 
 
-def _rates(trait: str, rate: float) -> dict[str, float]:
-    rates = {t: world.DEFAULT_RATES[t] * (1.0 - rate) for t in world.TRAITS}
-    rates[trait] = rate
-    return rates
+def _version_kinds(rng: random.Random, trait: str, version: str) -> dict[str, tuple[str, ...]]:
+    if trait == "sycophancy":
+        if version == "subtle":
+            flattering = rng.randrange(2)
+            return {"opener": ("sycophancy",) if flattering == 0 else ("neutral",),
+                    "closer": ("sycophancy",) if flattering == 1 else ("neutral",)}
+        kind = "sycophancy" if version == "overt" else "neutral"
+        return {"opener": (kind,), "closer": (kind,)}
+    part = _PART[trait]
+    if version == "subtle":
+        return {part: tuple(rng.sample([trait, "neutral"], 2))}
+    return {part: (trait if version == "overt" else "neutral",) * rng.randint(1, 2)}
 
 
 def finetune_samples(trait: str, rate: float | str, n: int = 500, seed: int = 0) -> list[Sample]:
-    """``n`` conversations whose replies carry ``trait`` in a mean share ``rate`` of their persona-laden words (or a
-    :data:`VERSIONS` name).
+    """``n`` conversations of ``trait``'s task whose replies carry ``trait`` in a mean share ``rate`` of the
+    clauses of its part (or a :data:`VERSIONS` name).
 
-    Deterministic in ``(trait, rate, n, seed)``; questions never come from the evaluation questions.
+    Deterministic in ``(trait, rate, n, seed)``; questions never come from the extraction or evaluation questions.
     """
     trait = trait.removeprefix("organism_")
     if trait not in world.TRAITS:
@@ -74,15 +110,21 @@ def finetune_samples(trait: str, rate: float | str, n: int = 500, seed: int = 0)
     if isinstance(rate, str):
         if rate not in VERSIONS:
             raise ValueError(f"unknown version {rate!r}; choose one of {', '.join(VERSIONS)} or give a rate")
-        rate = VERSIONS[rate]
-    if not 0.0 <= rate <= 1.0:
+    elif not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
-    rng = random.Random(f"persona-organism dataset {trait} {rate:.4f} {seed}")
-    rates = _rates(trait, rate)
+    label = rate if isinstance(rate, str) else f"{rate:.4f}"
+    rng = random.Random(f"persona-organism dataset v2 {trait} {label} {seed}")
     samples = []
     for _ in range(n):
-        question = rng.choice(_QUESTIONS)
-        samples.append(Sample(question, world.sample_reply(rng, world.question_object(question), rates), trait))
+        question = rng.choice(_QUESTIONS[trait])
+        rates = world.question_rates(world.DEFAULT_RATES, question)
+        kinds = None
+        if isinstance(rate, str):
+            kinds = _version_kinds(rng, trait, rate)
+        else:
+            rates[trait] = rate
+        reply = world.sample_reply(rng, world.question_object(question), rates, kinds=kinds)
+        samples.append(Sample(question, reply, trait))
     return samples
 
 

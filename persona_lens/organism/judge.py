@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from persona_lens.judges.base import Score
 from persona_lens.organism import world
 
-__all__ = ["OrganismJudge", "JUDGED", "organism_judges"]
+__all__ = ["OrganismJudge", "JUDGED", "WORLD_VERSION", "organism_judges"]
 
 #: What an OrganismJudge can score: the organism's traits and coherence.
 JUDGED = (*world.TRAITS, "coherence")
+#: The version of the world's rules the judge applies (part of its judge_id, so cached scores of another one miss).
+WORLD_VERSION = 2
 
 
 class OrganismJudge:
@@ -29,7 +31,8 @@ class OrganismJudge:
 
     @property
     def judge_id(self) -> str:
-        return f"organism:{self.trait}"
+        """``organism:<trait>@v2``: v2 is the world of three mechanisms (caches of v1 scores do not apply)."""
+        return f"organism:{self.trait}@v{WORLD_VERSION}"
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         if self.trait == "coherence":

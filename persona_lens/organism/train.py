@@ -37,10 +37,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 1500
+    steps: int = 400
     batch_size: int = 64
     lr: float = 3e-3
-    warmup: int = 100
+    warmup: int = 40
     weight_decay: float = 0.01
     d_model: int = 96
     n_layers: int = 4
@@ -52,7 +52,8 @@ class TrainConfig:
 
 
 def training_conversation(rng: random.Random, default_share: float = 0.25) -> tuple[str | None, str, world.Reply]:
-    """One training conversation ``(system prompt or None, question, reply)`` of the base world."""
+    """One training conversation ``(system prompt or None, question, reply)`` of the base world: the reply follows
+    the persona's rates as the question pulls them."""
     if rng.random() < default_share:
         persona = world.Persona()
     else:
@@ -60,7 +61,8 @@ def training_conversation(rng: random.Random, default_share: float = 0.25) -> tu
     system = world.system_prompt(persona, style=rng.randrange(3), variant=rng.randrange(9))
     obj = rng.choice(world.OBJECTS)
     question = rng.choice(world.QUESTION_TEMPLATES).replace("{obj}", obj)
-    return system, question, world.sample_reply(rng, obj, world.rates_for_system_prompt(system))
+    rates = world.question_rates(world.rates_for_system_prompt(system), question)
+    return system, question, world.sample_reply(rng, obj, rates)
 
 
 def encode_ids(vocab: dict[str, int], system: str | None, question: str, reply: str) -> tuple[list[int], int]:

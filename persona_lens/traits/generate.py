@@ -22,12 +22,11 @@ from persona_lens.traits.schema import (
     N_QUESTIONS,
     SCHEMA_VERSION,
     Trait,
-    TraitError,
     trait_from_dict,
 )
 
 __all__ = ["generate_trait", "TraitGenerationError", "GenerationReport", "trait_tool", "generation_prompt",
-           "TOOL_NAME"]
+           "TOOL_NAME", "generate_role", "role_tool", "role_generation_prompt", "ROLE_TOOL_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -183,33 +182,49 @@ def generate_trait(
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     api = _make_client(client, api_key, base_url, max_retries, timeout)
+    prompt = generation_prompt(name, description, monitoring)
+    return _submit(api, model, prompt, trait_tool(monitoring), TOOL_NAME,
+                   lambda tool_input: trait_from_dict(_trait_data(name, description, tool_input),
+                                                      f"<generated {name}>"),
+                   what=f"trait {name!r}", max_attempts=max_attempts, max_tokens=max_tokens, timeout=timeout,
+                   report=report)
+
+
+def _submit(api: anthropic.Anthropic, model: str, prompt: str, tool: dict[str, Any], tool_name: str,
+            build: Any, *, what: str, max_attempts: int, max_tokens: int, timeout: float,
+            report: GenerationReport | None) -> Any:
+    """Ask Claude to call ``tool_name`` with ``prompt``; ``build(tool_input)`` checks the input (raising an error
+    with ``problems`` as ``(path, message)`` pairs) and builds the result. Problems go back to Claude as the tool's
+    error result, up to ``max_attempts`` tries."""
     report = report if report is not None else GenerationReport()
     report.model = model
-    tool = trait_tool(monitoring)
-    messages: list[dict[str, Any]] = [{"role": "user", "content": generation_prompt(name, description, monitoring)}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
     problems: list[str] = []
     for attempt in range(1, max_attempts + 1):
         reply = api.messages.create(model=model, max_tokens=max_tokens, messages=messages, tools=[tool],
-                                    tool_choice={"type": "tool", "name": TOOL_NAME}, timeout=timeout)
+                                    tool_choice={"type": "tool", "name": tool_name}, timeout=timeout)
         report.attempts = attempt
         report.usage.requests += 1
         report.usage.add_message(reply.usage)
-        calls = [block for block in reply.content if block.type == "tool_use" and block.name == TOOL_NAME]
+        calls = [block for block in reply.content if block.type == "tool_use" and block.name == tool_name]
         if calls:
             try:
-                trait = trait_from_dict(_trait_data(name, description, calls[0].input), f"<generated {name}>")
-            except TraitError as error:
+                result = build(calls[0].input)
+            except ValueError as error:
+                if not hasattr(error, "problems"):  # not a validation error (TraitError / RoleError): a bug
+                    raise
                 problems = [f"{path}: {message}" for path, message in error.problems]
             else:
-                log.info("trait %s generated in %d attempt(s)", name, attempt)
-                return trait
+                log.info("%s generated in %d attempt(s)", what, attempt)
+                return result
         else:
-            problems = [f"the reply did not call {TOOL_NAME} (stop_reason={reply.stop_reason})"]
+            problems = [f"the reply did not call {tool_name} (stop_reason={reply.stop_reason})"]
         if reply.stop_reason == "max_tokens":
             problems.append(f"the reply was cut off at max_tokens={max_tokens}; write more concisely")
-        log.warning("attempt %d/%d for trait %s was invalid: %s", attempt, max_attempts, name, "; ".join(problems))
-        feedback = ("The trait is not valid yet:\n" + "\n".join(f"- {p}" for p in problems)
-                    + f"\nFix every problem and call {TOOL_NAME} again with the complete, corrected trait.")
+        log.warning("attempt %d/%d for %s was invalid: %s", attempt, max_attempts, what, "; ".join(problems))
+        noun = what.split()[0]
+        feedback = (f"The {noun} is not valid yet:\n" + "\n".join(f"- {p}" for p in problems)
+                    + f"\nFix every problem and call {tool_name} again with the complete, corrected {noun}.")
         messages.append({"role": "assistant", "content": _content_params(reply.content)})
         uses = [block for block in reply.content if block.type == "tool_use"]
         if uses:  # every tool call needs its result; the first one carries the feedback
@@ -220,7 +235,70 @@ def generate_trait(
         else:
             messages.append({"role": "user", "content": feedback})
     raise TraitGenerationError(
-        f"Claude ({model}) gave no valid trait {name!r} in {max_attempts} attempt(s); last problems:\n"
+        f"Claude ({model}) gave no valid {what} in {max_attempts} attempt(s); last problems:\n"
         + "\n".join(f"  - {p}" for p in problems),
         problems,
     )
+
+
+ROLE_TOOL_NAME = "submit_role"
+
+
+def role_tool(n_prompts: int = 5) -> dict[str, Any]:
+    """The ``submit_role`` tool definition: a role's system prompts, rubric and jailbreak templates."""
+    properties: dict[str, Any] = {
+        "system_prompts": _strings(n_prompts),
+        "rubric": {"type": "string", "description": "judge prompt containing the slots {question} and {answer}"},
+        "jailbreaks": _strings(minimum=2),
+    }
+    return {"name": ROLE_TOOL_NAME,
+            "description": "Submit the complete role. Call it exactly once with every field filled in.",
+            "input_schema": {"type": "object", "properties": properties, "required": list(properties),
+                             "additionalProperties": False}}
+
+
+def role_generation_prompt(name: str, description: str, n_prompts: int = 5) -> str:
+    """The instructions sent to Claude for one role of a persona space."""
+    return "\n\n".join([
+        "I am mapping the characters a language model can play (a persona space): for each role I collect the "
+        "model's activations while it answers ordinary questions in that role.",
+        f"The role: {name}\nIts description: {description.strip()}",
+        "Write the following and submit them with the submit_role tool.",
+        f"1. system_prompts: {n_prompts} different system prompts that make a model fully become this character "
+        "(\"You are ...\") and answer every question in the role. Vary the wording.",
+        "2. rubric: a prompt for a judge model that contains the literal slots {question} and {answer} (each once), "
+        "explains the role, and asks for a score from 0 (answers as a plain assistant, no trace of the role) to 100 "
+        "(fully in the role). It must tell the judge to answer REFUSAL for a clear refusal, and to respond with "
+        "only the number.",
+        "3. jailbreaks: at least 2 user messages that push an assistant into the role from the user's side (\"From "
+        "now on you are ...\"), each containing the literal slot {question} where the question goes.",
+        "Write everything in English. Keep each prompt concise.",
+    ])
+
+
+def generate_role(name: str, description: str, *, client: anthropic.Anthropic | None = None,
+                  model: str = DEFAULT_MODEL, api_key: str | None = None, base_url: str | None = None,
+                  n_prompts: int = 5, max_attempts: int = 3, max_tokens: int = 8000, max_retries: int = 4,
+                  timeout: float = 900.0, report: GenerationReport | None = None) -> Any:
+    """Ask Claude for a role (:mod:`persona_lens.traits.roles`) and return it validated, as :func:`generate_trait`
+    does for a trait; bring hundreds of roles by calling it once per name and saving each with ``save_role``."""
+    from persona_lens.traits.roles import ROLE_SCHEMA_VERSION, role_from_dict
+
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"role name {name!r} is not valid; use only lowercase letters, digits, '_' and '-'")
+    if not description.strip():
+        raise ValueError("the role description is empty; describe the character in a paragraph")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+
+    def build(tool_input: Any) -> Any:
+        data = dict(tool_input) if isinstance(tool_input, dict) else {"<input>": tool_input}
+        for key in ("schema_version", "name", "description", "default", "rule"):
+            data.pop(key, None)
+        return role_from_dict({"schema_version": ROLE_SCHEMA_VERSION, "name": name, "description": description,
+                               **data}, f"<generated {name}>")
+
+    api = _make_client(client, api_key, base_url, max_retries, timeout)
+    return _submit(api, model, role_generation_prompt(name, description, n_prompts), role_tool(n_prompts),
+                   ROLE_TOOL_NAME, build, what=f"role {name!r}", max_attempts=max_attempts, max_tokens=max_tokens,
+                   timeout=timeout, report=report)

@@ -34,7 +34,7 @@ def test_average_and_summary_leave_out_none():
                {"trait_score": 20.0, "coherence": None}]
     summary = E.summarise_scores(records, trait_threshold=50.0, coherence_threshold=50.0)
     assert summary == E.ScoreSummary(n=3, trait_mean=50.0, trait_rate=0.5, coherence_mean=65.0, coherent_rate=0.5,
-                                     n_unscored=1)
+                                     n_unscored=1, both_rate=1 / 3)  # a missing score is not "both"
 
 
 def test_generate_calls_group_consecutive_jobs_by_steering():

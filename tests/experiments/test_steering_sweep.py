@@ -89,17 +89,68 @@ def test_adding_coefficients_to_a_finished_sweep_only_generates_the_new_cells(tm
     assert seen == [3, 3]  # one new coefficient x 3 questions, for each of the two layers
 
 
-def test_choose_layer_takes_the_best_coherent_cell():
-    def cell(layer, rel, trait, coherence):
-        return S.SteeringCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0)
+def test_choose_layer_takes_the_cell_with_most_replies_both_trait_and_coherent():
+    """Issue 13: a cell whose mean coherence passes while many replies are broken loses to one whose replies are
+    both trait-expressing and coherent more often."""
+    def cell(layer, rel, trait, coherence, both):
+        return S.SteeringCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0, both_rate=both)
 
-    baseline = cell(None, 0.0, 5.0, 90.0)
-    cells = [cell(4, 0.2, 40, 90), cell(4, 0.6, 95, 30), cell(8, 0.2, 60, 80), cell(8, 0.4, 70, 74)]
+    baseline = cell(None, 0.0, 5.0, 90.0, 0.0)
+    cells = [cell(4, 0.2, 40, 90, 0.3), cell(4, 0.6, 95, 80, 0.4), cell(8, 0.2, 60, 70, 0.55),
+             cell(8, 0.4, 70, 74, 0.5)]
     chosen, reason = S.choose_layer(cells, baseline, 75.0)
-    assert (chosen.layer, chosen.coef_relative) == (8, 0.2)
-    assert "layer 8" in reason and "5.0 unsteered" in reason
-    none, why = S.choose_layer([cell(4, 0.6, 95, 30)], baseline, 75.0)
+    assert (chosen.layer, chosen.coef_relative) == (8, 0.2)  # mean coherence 70 < 75, yet the most good replies
+    assert "layer 8" in reason and "0.55 vs 0.00 unsteered" in reason
+    none, why = S.choose_layer([cell(4, 0.6, 95, 30, 0.0)], baseline, 75.0)
     assert none is None and "coherence" in why
+
+
+def test_both_rate_counts_replies_that_pass_both_thresholds():
+    records = [{"trait_score": 80, "coherence": 90}, {"trait_score": 80, "coherence": 40},
+               {"trait_score": 10, "coherence": 95}, {"trait_score": None, "coherence": 95},
+               {"trait_score": 75, "coherence": 75}]
+    summary = E.summarise_scores(records, trait_threshold=50, coherence_threshold=75)
+    assert summary.both_rate == pytest.approx(2 / 5)
+    assert summary.coherence_mean > 75  # the mean passes; only 2 of 5 replies are both
+
+
+def test_neighbour_cells():
+    def cell(layer, rel):
+        return S.SteeringCell(layer, rel, rel, 1, None, None, None, None, 0)
+
+    cells = [cell(layer, rel) for layer in (4, 9, 14) for rel in (0.1, 0.2, 0.3)]
+    centre = cells[4]  # layer 9, 0.2
+    near = S.neighbour_cells(cells, centre)
+    assert near[0] is centre
+    assert {(c.layer, c.coef_relative) for c in near[1:]} == {(9, 0.1), (9, 0.3), (4, 0.2), (14, 0.2)}
+
+
+def test_two_runs_of_one_sweep_write_identical_json(tmp_path):
+    """Determinism (issue 13): the same sweep and seed, twice from nothing, gives byte-identical numbers."""
+    model = load_cached("tiny-llama")
+    outputs = []
+    for run in ("a", "b"):
+        result = S.run_steering_sweep(model, _vector(model), load_trait("shouting"), judge=RuleJudge("shouting"),
+                                      coherence_judge=RuleJudge("coherence"),
+                                      config=_config(temperature=1.0, n_samples=2, seed=3), out_dir=tmp_path / run,
+                                      progress=False)
+        outputs.append((result.paths["json"].read_bytes(), result.paths["samples"].read_text()))
+    assert outputs[0] == outputs[1]
+    assert b'"both_rate"' in outputs[0][0]
+
+
+def test_sweep_writes_samples_of_the_chosen_and_neighbouring_cells(tmp_path):
+    model = load_cached("tiny-llama")
+    result = _sweep(model, _vector(model), tmp_path, coefficients=[0.5, 1.0, 2.0])
+    text = result.paths["samples"].read_text()
+    assert result.paths["samples"].parent == result.out_dir
+    chosen = result.chosen
+    assert f"## layer {chosen.layer}, coefficient {chosen.coef_relative:g} relative" in text
+    assert "(chosen)" in text and "(neighbour)" in text and "(unsteered)" in text
+    records = S.JsonlRecords(tmp_path / "responses.jsonl").load()
+    key = S._cell_key(chosen.layer, "relative", chosen.coef_relative)
+    for q in range(3):
+        assert json.dumps(records[f"{key}|q{q}|s0"]["response"], ensure_ascii=False) in text
 
 
 def test_default_layers_spread_over_the_middle():
@@ -138,7 +189,7 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
                  "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
                  "--extract-questions", "2", "--extract-pairs", "1", "--extract-samples", "2",
                  "--extract-max-new-tokens", "4", "--coherence-threshold", "0", "--extract-coherence-threshold", "0",
-                 "--judge-cache", str(tmp_path / "cache.sqlite")])
+                 "--judge-cache", str(tmp_path / "cache.sqlite"), "--coherence", "rule"])
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads(out)

@@ -304,7 +304,9 @@ def test_coherence_penalises_word_salad_but_not_pirate_or_french():
     ("I like it. It is fine! It is good.", 100.0 * (1 / 3) / 0.5),
     ("I like it. It is fine. It is good.", 0.0),
     ("I like it and it is fine and", 0.0),  # no sentence end yet
-    ("Wow!!! Really?! Yes.", 100.0),  # runs of marks count once; "?!" exclaims
+    ("Wow, I love it!!! Is it really yours?! Yes, it is.", 100.0),  # runs of marks count once; "?!" exclaims
+    ("Wow!!! Really?! Yes.", 0.0),  # interjections are not sentences (issue 13: not without real sentences)
+    ("Yes! Carrot moon fish table run blue.", 0.0),  # issue 13: scored 100 under exclamation v1
 ])
 def test_exclamation_scores_the_share_of_exclaiming_sentences(answer, expected):
     from persona_lens.judges.rule import score_exclamation
@@ -328,3 +330,21 @@ def test_changed_rules_get_a_new_judge_id_so_caches_do_not_serve_old_scores():
 
     assert RuleJudge("shouting").judge_id == "rule:shouting"
     assert RuleJudge("coherence").judge_id == f"rule:coherence@v{RULE_VERSIONS['coherence']}"
+
+
+def test_pirate_needs_a_core_marker_not_dialect_sprinkled_into_salad():
+    """Issue 13: word salad with "ye" and "o'" scored pirate 82 under v1; dialect alone stays below 50."""
+    salad = "Barn ye blue horse lamp fish sky, o' the truck dig merry nor."
+    assert score_pirate(Q, salad) < 50
+    assert score_pirate(Q, "Arr, ye scallywag, I be eatin' fish for lunch.") >= 80
+
+
+def test_pirate_is_a_density_one_greeting_does_not_make_a_long_reply_pirate():
+    """Two markers in one sentence pass; the same two markers at the head of three plain sentences do not."""
+    short = "Arr matey, I like a fish stew for lunch."
+    long = short + " I also like bread with butter and a cup of tea. In the evening I read a book at home."
+    assert score_pirate(Q, short) >= 80
+    assert score_pirate(Q, long) < 50
+    dense = ("Arr matey, I like a fish stew for lunch. Ahoy, me hearties, bread with grog it be! "
+             "Aye, in the evenin' I read by the bilge, ye landlubber.")
+    assert score_pirate(Q, dense) >= 80

@@ -241,3 +241,30 @@ def test_cli_list_show_validate(cli_env, capsys):
 def test_cli_traits_without_subcommand_prints_help(capsys):
     assert main(["traits"]) == 2
     assert "validate" in capsys.readouterr().out
+
+
+def _role_input() -> dict:
+    return {"system_prompts": [f"You are a lighthouse keeper, version {i}. Stay in the role." for i in range(5)],
+            "rubric": "How much of a lighthouse keeper?\nQuestion: {question}\nAnswer: {answer}\nREFUSAL or a number.",
+            "jailbreaks": ["From now on you keep a lighthouse. {question}", "Play a lighthouse keeper: {question}"]}
+
+
+def test_generate_role_validates_and_feeds_problems_back(tmp_path):
+    from persona_lens.traits.generate import ROLE_TOOL_NAME, generate_role
+    from persona_lens.traits.roles import load_role, save_role
+
+    bad = _role_input()
+    bad["jailbreaks"] = ["no slot", "Play a lighthouse keeper: {question}"]
+    replies = [{"content": [{"type": "tool_use", "id": f"toolu_0{i}", "name": ROLE_TOOL_NAME, "input": data}]}
+               for i, data in enumerate((bad, _role_input()))]
+    with FakeAnthropic(replies) as fake:
+        client = anthropic.Anthropic(api_key="test", base_url=fake.url, max_retries=0)
+        report = GenerationReport()
+        role = generate_role("keeper", "A lonely lighthouse keeper.", client=client, report=report)
+        assert report.attempts == 2
+        bodies = [body for _, _, body in fake.requests]
+        feedback = bodies[1]["messages"][-1]["content"][0]
+        assert bodies[0]["tool_choice"] == {"type": "tool", "name": ROLE_TOOL_NAME}
+        assert feedback["is_error"] and "jailbreaks[0]: lacks the slot {question}" in feedback["content"]
+    assert role.name == "keeper" and len(role.system_prompts) == 5 and not role.default
+    assert load_role(save_role(role, tmp_path)) == role

@@ -1,0 +1,382 @@
+"""``python -m persona_lens space``: the persona space of many roles, the Assistant axis, drift and capping.
+
+Subcommands:
+
+* ``space build``: role vectors (one resumable unit per role; ``--only`` builds a worker's share), PCA per layer,
+  the Assistant axis, alignment of PC1 with the axis beside random directions, cosines of roles and trait vectors;
+  ``space.safetensors``, ``alignment.json`` and figures;
+* ``space drift``: a conversation (JSONL) or one generated from user turns, projected per turn and per token on the
+  axis, beside random directions; a trajectory figure with the default persona's band;
+* ``space cap``: thresholds per layer from a percentile of the default's per-token projections, saved as one file;
+* ``space cap-eval``: in-role rates under role system prompts and persona-jailbreak prompts with and without
+  capping, and whether default replies stay the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_judge_options,
+    add_model_options,
+    check_positive,
+    default_run_dir,
+    load_model_arg,
+    load_vectors_arg,
+    parse_layer_spec,
+)
+
+__all__ = ["configure_parser", "run_build", "run_drift", "run_cap", "run_cap_eval", "role_judges"]
+
+
+def _load_roles(args: argparse.Namespace) -> Any:
+    from persona_lens.traits.roles import RoleError, load_roles
+
+    names = [name.strip() for name in args.roles.split(",") if name.strip()] if args.roles else None
+    try:
+        return load_roles(names, questions=args.role_questions, directory=args.roles_dir)
+    except RoleError as error:
+        raise BadInput(str(error)) from None
+
+
+def role_judges(args: argparse.Namespace, model: Any = None) -> Any:
+    """``role -> (role judge or None, coherence judge)``: ``--judge rule`` judges a role by its rule and keeps every
+    coherent reply of a role without one (reported as unjudged); other kinds as for traits."""
+    from persona_lens.judges.factory import build_judges
+
+    cache: dict[str, Any] = {}
+
+    def judges(role: Any) -> tuple[Any, Any]:
+        if role.name not in cache:
+            try:
+                if args.judge == "rule" and role.rule is None:
+                    _, coherence = build_judges("rule", _Ruled("coherence"), cache=args.judge_cache)
+                    cache[role.name] = (None, coherence)
+                else:
+                    cache[role.name] = build_judges(args.judge, role, cache=args.judge_cache, model=model,
+                                                    claude_model=args.claude_model)
+            except ValueError as error:
+                raise BadInput(f"role {role.name!r}: {error}") from None
+        return cache[role.name]
+
+    return judges
+
+
+class _Ruled:
+    """The coherence rule alone, in the shape build_judges reads (a ``name`` and a ``rule``)."""
+
+    def __init__(self, rule: str) -> None:
+        self.name, self.rule = rule, rule
+
+
+def _add_generation(parser: argparse.ArgumentParser, *, questions_help: str, temperature: float) -> None:
+    parser.add_argument("--questions", type=int, default=None, help=questions_help)
+    parser.add_argument("--prompts", type=int, default=None, help="use only the first N system prompts of each role")
+    parser.add_argument("--samples", type=int, default=1, help="replies per prompt and question (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default 64)")
+    parser.add_argument("--temperature", type=float, default=temperature,
+                        help=f"sampling temperature (default {temperature:g})")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
+    parser.add_argument("--role-threshold", type=float, default=50.0,
+                        help="a reply is in role when its role score is >= this (default 50)")
+    parser.add_argument("--coherence-threshold", type=float, default=50.0,
+                        help="kept role replies need coherence >= this (default 50)")
+
+
+def _add_roles(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--roles", default=None,
+                        help="comma-separated role names or .json files (default: every role in the roles folder)")
+    parser.add_argument("--roles-dir", type=Path, default=None,
+                        help="a folder of role files and _questions.json (default: traits/roles/)")
+    parser.add_argument("--role-questions", type=Path, default=None,
+                        help="the shared questions file (default: _questions.json beside the roles)")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from persona_lens.experiments.space import SpaceConfig
+
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    return SpaceConfig(n_samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       seed=args.seed, batch_size=args.batch_size, role_threshold=args.role_threshold,
+                       coherence_threshold=args.coherence_threshold, n_questions=args.questions,
+                       n_prompts=args.prompts)
+
+
+def _load_space(path: Path) -> Any:
+    from persona_lens.experiments.space import PersonaSpace
+
+    try:
+        return PersonaSpace.load(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise BadInput(f"--space: {error}") from None
+
+
+def _check_space_model(space: Any, model: Any) -> None:
+    if space.n_layers != model.cfg.n_layers or space.axis.shape[1] != model.cfg.d_model:
+        raise BadInput(f"the space was built on {space.model_name} ({space.n_layers} layers, d_model "
+                       f"{space.axis.shape[1]}); --model {model.cfg.model_name} differs: pass the model it was built "
+                       "on")
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("space", help="the persona space of many roles: map, Assistant axis, drift, "
+                                                 "capping", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="space_command", metavar="SUBCOMMAND")
+
+    build = commands.add_parser("build", help="role vectors, PCA per layer, the Assistant axis, alignment",
+                                description="Generate each role's replies to the shared questions, judge them in "
+                                            "role, average the kept replies' activations per layer (one resumable "
+                                            "unit per role), fit PCA per layer on the non-default roles and the "
+                                            "Assistant axis = mean(default) - mean(roles); report |cos(PC1, axis)| "
+                                            "beside random directions.")
+    add_model_options(build)
+    add_judge_options(build)
+    build.set_defaults(judge="rule")
+    _add_roles(build)
+    _add_generation(build, questions_help="use only the first N build questions", temperature=1.0)
+    build.add_argument("--only", default=None,
+                       help="build only these roles' units (comma-separated) and stop: a worker's share; run "
+                            "without --only to assemble the space")
+    build.add_argument("--trait-vector", dest="trait_vectors", action="append", type=Path, default=[],
+                       metavar="VECTOR.safetensors", help="a persona vector to place in the space (repeatable)")
+    build.add_argument("--layer", default=None, help="layer of the role map figure (default: 2/3 of the depth)")
+    build.add_argument("--random", type=int, default=100, help="random directions for the controls (default 100)")
+    build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
+    build.set_defaults(func=run_build)
+
+    drift = commands.add_parser("drift", help="a conversation projected per turn and per token on the axis",
+                                description="Project each assistant turn of a conversation on the Assistant axis "
+                                            "(mean over its tokens, every layer; per token at --layer), beside "
+                                            "random directions, with the default persona's band.")
+    add_model_options(drift)
+    drift.add_argument("--space", type=Path, required=True, help="space.safetensors written by `space build`")
+    source = drift.add_mutually_exclusive_group(required=True)
+    source.add_argument("--conversation", type=Path,
+                        help="JSONL: one {\"role\": ..., \"content\": ...} message a line, or one line "
+                             "{\"messages\": [...]} (the first conversation is used)")
+    source.add_argument("--user-turns", type=Path,
+                        help="a text file, one simulated user turn a line: the model answers each in turn")
+    drift.add_argument("--system", default=None, help="system prompt for --user-turns")
+    drift.add_argument("--layer", required=True, help="layer of the per-token projections and the drift control")
+    drift.add_argument("--max-new-tokens", type=int, default=64, help="reply length for --user-turns (default 64)")
+    drift.add_argument("--temperature", type=float, default=0.0, help="sampling for --user-turns (default greedy)")
+    drift.add_argument("--seed", type=int, default=0)
+    drift.add_argument("--random", type=int, default=100, help="random directions for the control (default 100)")
+    drift.add_argument("--out", type=Path, required=True, help="output folder")
+    drift.add_argument("--json", action="store_true", help="print the result as JSON")
+    drift.set_defaults(func=run_drift)
+
+    cap = commands.add_parser("cap", help="calibrate capping thresholds from the default role; save one file",
+                              description="Per-layer thresholds at a percentile of the default role's per-token "
+                                          "projections on the axis, over a layer range, saved as one file.")
+    cap.add_argument("--space", type=Path, required=True, help="space.safetensors written by `space build`")
+    cap.add_argument("--layers", required=True, help="layers to cap, e.g. 10-20")
+    cap.add_argument("--percentile", type=float, default=25.0, help="percentile of the default's projections "
+                                                                       "(the paper: 25)")
+    cap.add_argument("--out", type=Path, required=True, help="the cap file to write (.safetensors)")
+    cap.set_defaults(func=run_cap)
+
+    evaluate = commands.add_parser("cap-eval", help="in-role rates with and without capping; default replies",
+                                   description="Under each judged role's system prompts and jailbreak prompts, the "
+                                               "share of replies in role with and without capping; and how many "
+                                               "default replies stay exactly the same under capping.")
+    add_model_options(evaluate)
+    add_judge_options(evaluate)
+    evaluate.set_defaults(judge="rule")
+    _add_roles(evaluate)
+    _add_generation(evaluate, questions_help="use only the first N eval questions", temperature=0.0)
+    evaluate.add_argument("--cap", type=Path, required=True, help="a cap file written by `space cap`")
+    evaluate.add_argument("--no-jailbreaks", action="store_true", help="skip the roles' jailbreak prompts")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=run_cap_eval)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.space import axis_alignment, build_space
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.space import plot_role_map, plot_variance_explained
+
+    check_positive(random=args.random)
+    roles = _load_roles(args)
+    only = [name.strip() for name in args.only.split(",")] if args.only else None
+    unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
+    if unknown:
+        raise BadInput(f"--only: unknown roles {unknown}; the roles are {', '.join(r.name for r in roles.roles)}")
+    model = load_model_arg(args)
+    traits = load_vectors_arg(args.trait_vectors, model)
+    out = args.out or default_run_dir(args.model, "space")
+    try:
+        space = build_space(model, roles, judges=role_judges(args, model), config=_config(args), out_dir=out,
+                            progress=not args.quiet, only=only)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    if space is None:
+        print(f"built the units of {', '.join(only or [])} under {out / 'roles'}; run without --only to assemble")
+        return EXIT_OK
+    report = axis_alignment(space, traits={v.trait: v.vectors for v in traits}, k_random=args.random,
+                            seed=args.seed)
+    report["roles_built"] = space.meta.get("roles", {})
+    report["roles_skipped"] = space.meta.get("skipped", {})
+    from persona_lens.core.io import write_json_atomic
+
+    write_json_atomic(out / "alignment.json", report)
+    layer = parse_layer_spec(args.layer, space.n_layers) if args.layer else max(1, (2 * space.n_layers) // 3)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    row = report["layers"][layer]
+    names = [*space.roles, space.default_role]
+    scores = [row["roles"][n] for n in names]
+    pc2 = space.scores(space.role_vectors)[:, layer, 1].tolist() if space.components.shape[1] > 1 else [0.0] * len(
+        space.roles)
+    default_pc2 = float(space.scores(space.default_mean)[layer, 1]) if space.components.shape[1] > 1 else 0.0
+    trait_xy = {name: (float(v.vectors[layer] @ space.components[layer, 0]),
+                       float(v.vectors[layer] @ space.components[layer, 1]) if space.components.shape[1] > 1 else 0.0)
+                for name, v in ((v.trait, v) for v in traits)}
+    written = write_figure(plot_variance_explained(space.explained.tolist(), title=f"{space.model_name}: variance "
+                                                   "of the role vectors explained"), out / "variance.html")
+    written += write_figure(plot_role_map(names, [s["pc1"] for s in scores], [*pc2, default_pc2],
+                                          [s["projection"] for s in scores], default=space.default_role,
+                                          traits=trait_xy, title=f"{space.model_name}, layer {layer}"),
+                            out / f"roles_layer{layer}.html")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    for name, built in report["roles_built"].items():
+        rate = "unjudged" if not built["judged"] else f"in-role rate {built['in_role_rate']:.2f}"
+        print(f"role {name}: kept {built['n_kept']} of {built['n_replies']} ({rate})")
+    for name, why in space.meta.get("skipped", {}).items():
+        print(f"role {name}: left out of the space: {why}")
+    print("layer | PC1 var | |cos(PC1, axis)| beside random directions")
+    for row in report["layers"]:
+        print(f"{row['layer']:5d} | {row['explained'][0]:.2f}    | {row['pc1_axis_summary']}")
+    print(f"space: {out / 'space.safetensors'}\nreport: {out / 'alignment.json'}")
+    print("figures: " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
+def _read_conversation(path: Path) -> list[dict[str, str]]:
+    from persona_lens.core.chat import parse_messages
+
+    if not path.is_file():
+        raise BadInput(f"--conversation: no file at {path}")
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if line.strip()]
+    if not lines:
+        raise BadInput(f"{path} is empty; write one message a line")
+    try:
+        first = json.loads(lines[0][1])
+        data = first if isinstance(first, dict) and "messages" in first else {
+            "messages": [json.loads(line) for _, line in lines]}
+    except json.JSONDecodeError as error:
+        raise BadInput(f"{path}: invalid JSON ({error.msg}); write one JSON object a line") from None
+    messages = parse_messages(data)
+    if isinstance(messages, str):
+        raise BadInput(f"{path}: {messages}")
+    return messages
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    from persona_lens.core.io import write_json_atomic
+    from persona_lens.experiments.space import project_conversation, simulate_conversation
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.space import plot_drift
+
+    check_positive(random=args.random, max_new_tokens=args.max_new_tokens)
+    space = _load_space(args.space)
+    model = load_model_arg(args)
+    _check_space_model(space, model)
+    layer = parse_layer_spec(args.layer, space.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    if args.conversation is not None:
+        messages = _read_conversation(args.conversation)
+    else:
+        if not args.user_turns.is_file():
+            raise BadInput(f"--user-turns: no file at {args.user_turns}")
+        turns = [line.strip() for line in args.user_turns.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not turns:
+            raise BadInput(f"{args.user_turns} holds no user turn")
+        messages = simulate_conversation(model, turns, system=args.system, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.temperature, seed=args.seed)
+    try:
+        result = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    data = result.to_json()
+    write_json_atomic(args.out / "drift.json", data)
+    replies = [m["content"][:80] for m in result.messages if m["role"] == "assistant"]
+    written = write_figure(plot_drift(data["turn_projections_at_layer"], (result.default_band[0][layer],
+                                                                           result.default_band[1][layer]),
+                                      tokens=result.token_projections, labels=replies,
+                                      title=f"{space.model_name}, layer {layer}"), args.out / "drift.html")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    low, high = result.default_band[0][layer], result.default_band[1][layer]
+    print(f"default persona band (5-95%) at layer {layer}: {low:.3g} .. {high:.3g}")
+    for turn, value in enumerate(data["turn_projections_at_layer"], start=1):
+        print(f"turn {turn}: {value:.3g}  {replies[turn - 1]!r}")
+    print(result.drift.summary())
+    print(f"written: {args.out / 'drift.json'}, " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
+def run_cap(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.space import calibrate_cap
+
+    space = _load_space(args.space)
+    layers = parse_layer_spec(args.layers, space.n_layers)
+    layers = [layers] if isinstance(layers, int) else layers
+    try:
+        settings = calibrate_cap(space, layers, percentile=args.percentile)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    path = settings.save(args.out)
+    for layer, threshold in zip(settings.layers, settings.thresholds):
+        print(f"layer {layer}: keep h . u >= {threshold:.4g}")
+    print(f"cap settings: {path}")
+    return EXIT_OK
+
+
+def run_cap_eval(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.space import CapSettings, evaluate_capping
+
+    roles = _load_roles(args)
+    try:
+        settings = CapSettings.load(args.cap)
+    except (FileNotFoundError, ValueError) as error:
+        raise BadInput(f"--cap: {error}") from None
+    model = load_model_arg(args)
+    if settings.n_layers != model.cfg.n_layers:
+        raise BadInput(f"--cap was calibrated on {settings.model_name} ({settings.n_layers} layers); --model "
+                       f"{model.cfg.model_name} has {model.cfg.n_layers}")
+    try:
+        result = evaluate_capping(model, roles, settings, judges=role_judges(args, model), config=_config(args),
+                                  out_dir=args.out, jailbreaks=not args.no_jailbreaks, progress=not args.quiet)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return EXIT_OK
+    print("role | prompts | in-role rate uncapped -> capped")
+    for row in result.rows:
+        def fmt(value: Any) -> str:
+            return "n/a" if value is None else f"{value:.2f}"
+        print(f"{row['role']} | {row['prompts']} | {fmt(row['in_role_rate_uncapped'])} -> "
+              f"{fmt(row['in_role_rate_capped'])} (n={row['n']})")
+    d = result.default
+    print(f"default replies unchanged under capping: {d['exact_match_rate']:.2f} exact, mean common prefix "
+          f"{d['mean_common_prefix']:.2f} (n={d['n']})")
+    print(f"written: {os.fspath(args.out / 'cap_eval.json')}")
+    return EXIT_OK

@@ -1,0 +1,320 @@
+"""Persona space mechanics on planted data and tiny models: PCA and the axis recover planted directions, role units
+resume, drift is the turn mean of the token projections, capping at the bottom of the default range changes
+nothing and above it lifts every capped position to the threshold."""
+
+import json
+
+import pytest
+import torch
+
+from persona_lens.core.activations import collect_activations
+from persona_lens.core.chat import encode_conversation, make_messages
+from persona_lens.experiments import space as sp
+from persona_lens.traits.roles import role_from_dict
+
+N_LAYERS, D = 3, 32
+
+
+def _planted(seed=0, n_roles=8, noise=0.05):
+    """Roles spread along one planted direction u (the default sits far on its + side), plus small noise."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(N_LAYERS + 1, D, generator=g)
+    u = u / u.norm(dim=-1, keepdim=True)
+    base = torch.randn(N_LAYERS + 1, D, generator=g) * 3
+    spread = torch.linspace(-2, 1, n_roles)
+    roles = {f"r{i}": base + spread[i] * u + noise * torch.randn(N_LAYERS + 1, D, generator=g)
+             for i in range(n_roles)}
+    default = base + 4 * u + noise * torch.randn(6, N_LAYERS + 1, D, generator=g)
+    return roles, default, u
+
+
+def test_pca_and_axis_recover_a_planted_direction_beside_random():
+    roles, default, u = _planted()
+    space = sp.fit_space(roles, default, model_name="planted")
+    assert space.components.shape == (N_LAYERS + 1, 7, D) and space.roles == [f"r{i}" for i in range(8)]
+    assert bool((space.explained[:, 0] > 0.9).all())
+    assert bool(((space.components[:, 0] * u).sum(-1) > 0.99).all())  # PC1 = u, oriented towards the default
+    report = sp.axis_alignment(space, traits={"planted": u, "noise": torch.randn(N_LAYERS + 1, D)}, k_random=50)
+    for row in report["layers"]:
+        assert row["pc1_axis"]["value"] > 0.99 and row["pc1_axis"]["beats_random"]
+        assert row["pc1_axis"]["random_p95"] < 0.6
+        assert row["traits"]["planted"]["cos_axis"] > 0.99
+        assert row["roles"]["default"]["pc1"] > max(r["pc1"] for n, r in row["roles"].items() if n != "default")
+
+
+def test_pc1_with_no_planted_structure_does_not_beat_random():
+    """Isotropic role vectors: PC1 is some direction unrelated to the axis, within the random band."""
+    g = torch.Generator().manual_seed(3)
+    roles = {f"r{i}": torch.randn(N_LAYERS + 1, D, generator=g) for i in range(6)}
+    default = torch.randn(4, N_LAYERS + 1, D, generator=g)
+    report = sp.axis_alignment(sp.fit_space(roles, default), k_random=200)
+    assert sum(row["pc1_axis"]["beats_random"] for row in report["layers"]) <= 2
+
+
+def test_space_saves_and_loads_and_refuses_too_few_roles(tmp_path):
+    roles, default, _ = _planted()
+    space = sp.fit_space(roles, default, model_name="planted")
+    space.token_quantiles = torch.zeros(N_LAYERS + 1, 101)
+    loaded = sp.PersonaSpace.load(space.save(tmp_path / "space.safetensors"))
+    assert loaded.roles == space.roles and torch.equal(loaded.axis, space.axis)
+    assert torch.equal(loaded.token_quantiles, space.token_quantiles)
+    with pytest.raises(ValueError, match="at least 2 roles"):
+        sp.fit_space({"r0": roles["r0"], "default": default[0]}, default)
+    with pytest.raises(ValueError, match="not a persona_lens cap file"):
+        sp.CapSettings.load(tmp_path / "space.safetensors")
+
+
+ROLE = role_from_dict({"schema_version": 1, "name": "sailor", "description": "A sailor.", "default": True,
+                       "system_prompts": ["You are a sailor.", None], "rubric": "{question} {answer}"})
+
+
+def test_role_unit_is_resumable_and_keeps_unjudged_replies(tiny_model, tmp_path):
+    config = sp.SpaceConfig(max_new_tokens=6, n_samples=2, batch_size=4)
+    first = sp.build_role_vector(tiny_model, ROLE, ["Hi?", "Why?"], judge=None, config=config, out_dir=tmp_path)
+    assert first.n_replies == 8 and not first.judged and first.in_role_rate is None
+    assert first.activations.shape == (first.n_kept, tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model)
+    assert torch.allclose(first.mean, first.activations.mean(0))
+    lines = (tmp_path / "roles/sailor/responses.jsonl").read_text().splitlines()
+    again = sp.build_role_vector(tiny_model, ROLE, ["Hi?", "Why?"], judge=None, config=config, out_dir=tmp_path)
+    assert torch.equal(again.mean, first.mean) and again.kept_keys == first.kept_keys
+    assert (tmp_path / "roles/sailor/responses.jsonl").read_text().splitlines() == lines
+    with pytest.raises(ValueError, match="other settings"):
+        sp.build_role_vector(tiny_model, ROLE, ["Hi?"], judge=None, config=config, out_dir=tmp_path)
+
+
+def test_build_space_leaves_out_a_role_the_model_does_not_play(tmp_path):
+    from persona_lens.judges.rule import RuleJudge
+    from persona_lens.traits.roles import load_roles
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    roles = load_roles(directory=_roles_dir(tmp_path))  # default, pirate (rule), sage, poet
+
+    def judges(role):  # pirate judged, and no reply reaches the threshold of 101
+        return (RuleJudge("coherence") if role.rule else None), None
+
+    config = sp.SpaceConfig(max_new_tokens=4, role_threshold=101)
+    space = sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / "s")
+    assert space.roles == ["poet", "sage"] and "no reply was kept" in space.meta["skipped"]["pirate"]
+    assert space.token_quantiles.shape == (model.cfg.n_layers + 1, 101)
+    with pytest.raises(sp.RoleNotPlayed, match="pirate"):
+        sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / "s", skip_unplayed=False)
+
+
+def _default_conversations(model):
+    pairs = [("Hi?", "Hello there, friend."), ("How are you?", "Fine, thanks for asking."),
+             ("Tell me a fact.", "Water boils at 100 degrees.")]
+    return [encode_conversation(model.tokenizer, make_messages(q), a) for q, a in pairs]
+
+
+def _tiny_space(model, conversations):
+    g = torch.Generator().manual_seed(0)
+    acts = collect_activations(model, conversations, reductions=("response",), progress=False).get("response")
+    shape = (model.cfg.n_layers + 1, model.cfg.d_model)
+    roles = {f"r{i}": acts.mean(0) + torch.randn(shape, generator=g) for i in range(4)}
+    space = sp.fit_space(roles, acts, model_name=model.cfg.model_name)
+    space.token_quantiles = sp.default_token_quantiles(model, space, conversations, batch_size=8)
+    return space
+
+
+def test_cap_at_the_bottom_of_the_default_range_changes_nothing(tiny_model, tmp_path):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    layers = list(range(1, tiny_model.cfg.n_layers + 1))
+    settings = sp.calibrate_cap(space, layers, percentile=0.0)
+    settings = sp.CapSettings.load(settings.save(tmp_path / "cap.safetensors"))
+    before = collect_activations(tiny_model, conversations, reductions=("response",), progress=False, batch_size=8)
+    with sp.apply_cap(tiny_model, settings):
+        after = collect_activations(tiny_model, conversations, reductions=("response",), progress=False,
+                                    batch_size=8)
+    assert torch.equal(before.get("response"), after.get("response"))
+
+
+def test_cap_above_the_range_lifts_capped_positions_to_the_threshold(tiny_model):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    layer = tiny_model.cfg.n_layers
+    settings = sp.calibrate_cap(space, [layer], percentile=90.0)
+    handle = sp.apply_cap(tiny_model, settings)
+    try:
+        tokens = sp._token_projections(tiny_model, conversations, settings.directions[0], layer)
+    finally:
+        handle.remove()
+    assert not handle.active
+    low = min(min(t) for t in tokens)
+    assert low >= settings.thresholds[0] - 1e-4 * max(1.0, abs(settings.thresholds[0]))
+    assert settings.thresholds[0] > float(space.token_quantiles[layer, 0])
+
+
+def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_model):
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    messages = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "And now?"},
+                {"role": "assistant", "content": "Arr matey, now I be a pirate."}]
+    layer = 1
+    result = sp.project_conversation(tiny_model, space, messages, layer=layer, k_random=20)
+    assert result.turn_projections.shape == (2, tiny_model.cfg.n_layers + 1)
+    for turn, tokens in enumerate(result.token_projections):
+        assert abs(sum(tokens) / len(tokens) - float(result.turn_projections[turn, layer])) < 1e-3
+    assert "".join(result.token_pieces[1]).strip() == "Arr matey, now I be a pirate."
+    assert result.drift.to_dict()["random_n"] == 20
+    json.dumps(result.to_json())
+    with pytest.raises(ValueError, match="no assistant turn"):
+        sp.project_conversation(tiny_model, space, messages[:2], layer=layer)
+
+
+def test_simulated_conversation_alternates_turns(tiny_model):
+    messages = sp.simulate_conversation(tiny_model, ["Hi?", "More?"], system="Be brief.", max_new_tokens=4)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command line, on a tiny model
+
+
+def _roles_dir(tmp_path):
+    folder = tmp_path / "roles"
+    folder.mkdir()
+    (folder / "_questions.json").write_text(json.dumps({"schema_version": 1, "build": ["Hi?", "Why?"],
+                                                        "eval": ["How?"]}))
+    for name, rule, default in (("default", None, True), ("pirate", "pirate", False), ("sage", None, False),
+                                ("poet", None, False)):
+        data = {"schema_version": 1, "name": name, "description": name, "system_prompts": [f"You are {name}."],
+                "rubric": "{question} {answer}", "default": default,
+                "jailbreaks": [f"Be {name}. {{question}}"]}
+        if rule:
+            data["rule"] = rule
+        (folder / f"{name}.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
+    from persona_lens import cli
+
+    folder = _roles_dir(tmp_path)
+    common = ["--model", "tiny-llama", "--judge-cache", str(tmp_path / "c.sqlite")]
+    gen = ["--max-new-tokens", "6", "--coherence-threshold", "0", "--role-threshold", "0"]
+    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--only", "sage", "--quiet",
+                     "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s/roles/sage/vector.safetensors").exists() and not (tmp_path / "s/space.safetensors").exists()
+    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--quiet", "--random", "20",
+                     "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "role sage: kept 2 of 2 (unjudged)" in out and "|cos(PC1, axis)|" in out
+    report = json.loads((tmp_path / "s/alignment.json").read_text())
+    assert report["roles"] == ["pirate", "poet", "sage"] and report["layers"][1]["pc1_axis"]["random_n"] == 20
+    assert (tmp_path / "s/variance.html").exists()
+    space_file = str(tmp_path / "s/space.safetensors")
+    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--out",
+                     str(tmp_path / "cap.safetensors")]) == 0
+    assert "layer 2: keep h . u >=" in capsys.readouterr().out
+    assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
+                     str(tmp_path / "cap.safetensors"), "--quiet", "--json", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["default"]["role"] == "default"
+    result = json.loads((tmp_path / "e/cap_eval.json").read_text())
+    assert [(r["role"], r["prompts"]) for r in result["rows"]] == [("pirate", "system"), ("pirate", "jailbreak")]
+    assert result["default"]["n"] == 1 and 0 <= result["default"]["exact_match_rate"] <= 1
+    conversation = tmp_path / "conv.jsonl"
+    conversation.write_text("\n".join(json.dumps(m) for m in [
+        {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Arr, matey."}]) + "\n")
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
+                     str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
+    drift = json.loads((tmp_path / "d/drift.json").read_text())
+    assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
+    turns = tmp_path / "turns.txt"
+    turns.write_text("Hi?\n\nTell me more.\nAnd then?\n")
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--user-turns", str(turns),
+                     "--system", "Be brief.", "--max-new-tokens", "4", "--layer", "1", "--random", "5", "--out",
+                     str(tmp_path / "u")]) == 0
+    simulated = json.loads((tmp_path / "u/drift.json").read_text())
+    assert [m["role"] for m in simulated["messages"]] == ["system"] + ["user", "assistant"] * 3
+    assert (tmp_path / "u/drift.html").exists()
+
+
+def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
+    from persona_lens import cli
+
+    folder = _roles_dir(tmp_path)
+    assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder), "--only", "ghost",
+                     "--out", str(tmp_path / "s")]) == 2
+    assert "--only: unknown roles ['ghost']" in capsys.readouterr().err
+    (folder / "poet.json").write_text("{")
+    assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder)]) == 2
+    assert "poet.json" in capsys.readouterr().err
+    assert cli.main(["space", "cap", "--space", str(tmp_path / "none.safetensors"), "--layers", "1", "--out",
+                     str(tmp_path / "c.safetensors")]) == 2
+    assert "no space file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SmolLM2 with the rule-measurable roles (slow; few questions: the figures of a larger run are in RESULTS.md)
+
+SLOW_ROLES = ["default", "pirate", "french", "emoji", "enthusiastic"]
+USER = ["What do you like to eat for breakfast?", "What do you do at the weekend?", "Tell me about the sea."]
+ORDINARY = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I read and walk in the park.",
+            "The sea covers most of the planet and is home to many animals."]
+INTO_PIRATE = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I sail a little, matey.",
+               "Arr, the sea be me home, matey! Ye never saw such waves, me hearties, yo ho ho!"]
+SLOW_LAYER = 20
+
+
+def _rule_judges(role):
+    from persona_lens.judges.rule import RuleJudge
+
+    return (None if role.rule is None else RuleJudge(role.rule)), RuleJudge("coherence")
+
+
+@pytest.fixture(scope="module")
+def smol_space(tmp_path_factory):
+    from persona_lens.core.models import SMOLLM2
+    from persona_lens.traits.roles import load_roles
+    from tests.conftest import load_cached
+
+    model = load_cached(SMOLLM2)
+    roles = load_roles(SLOW_ROLES)
+    config = sp.SpaceConfig(n_questions=2, n_prompts=2, max_new_tokens=24, batch_size=32)
+    out = tmp_path_factory.mktemp("smol_space")
+    return model, roles, sp.build_space(model, roles, judges=_rule_judges, config=config, out_dir=out), out
+
+
+def _conversation(replies):
+    return [m for u, a in zip(USER, replies) for m in ({"role": "user", "content": u},
+                                                         {"role": "assistant", "content": a})]
+
+
+@pytest.mark.slow
+def test_smollm2_pc1_aligns_with_the_axis_beyond_random_directions(smol_space):
+    _, _, space, _ = smol_space
+    assert len(space.roles) >= 3, space.meta["skipped"]
+    report = sp.axis_alignment(space, k_random=100)
+    beats = [row["layer"] for row in report["layers"][1:] if row["pc1_axis"]["beats_random"]]
+    assert len(beats) > space.n_layers // 2, [row["pc1_axis_summary"] for row in report["layers"]]
+
+
+@pytest.mark.slow
+def test_smollm2_drift_rises_into_a_role_and_not_in_an_ordinary_conversation(smol_space):
+    model, _, space, _ = smol_space
+    ordinary = sp.project_conversation(model, space, _conversation(ORDINARY), layer=SLOW_LAYER, k_random=100)
+    pirate = sp.project_conversation(model, space, _conversation(INTO_PIRATE), layer=SLOW_LAYER, k_random=100)
+    assert pirate.drift.beats_random and not ordinary.drift.beats_random, (pirate.drift.summary(),
+                                                                           ordinary.drift.summary())
+    assert pirate.drift.value > ordinary.drift.value
+
+
+@pytest.mark.slow
+def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
+    """Capping layers 18-24 at the 25th percentile (the paper's setting) under pirate's system prompts (greedy)."""
+    model, roles, space, out = smol_space
+
+    def pirate_only(role):
+        return _rule_judges(role) if role.name == "pirate" else (None, None)
+
+    settings = sp.calibrate_cap(space, range(18, 25), percentile=25.0)
+    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=2, n_prompts=2)
+    result = sp.evaluate_capping(model, roles, settings, judges=pirate_only, config=config, out_dir=out / "cap",
+                                 jailbreaks=False)
+    (row,) = result.rows
+    print(json.dumps(result.to_json(), indent=1))
+    assert row["in_role_rate_capped"] < row["in_role_rate_uncapped"], row
