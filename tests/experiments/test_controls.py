@@ -373,7 +373,8 @@ def test_cli_sweep_reports_its_controls_at_the_chosen_cell(tmp_path, capsys):
     vector, other, _ = _save(model, tmp_path)
     argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(vector), "--out", str(tmp_path / "run"),
             "--quiet", "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
-            "--coherence-threshold", "0", "--judge-cache", str(tmp_path / "cache.sqlite"), "--controls", "2",
+            "--coherence-threshold", "0", "--judge-cache", str(tmp_path / "cache.sqlite"), "--coherence", "rule",
+            "--trait-threshold", "0", "--controls", "2",
             "--against", str(other)]
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
