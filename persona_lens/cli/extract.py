@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import BadInput
+from persona_lens.cli.controls import add_control_arguments, check_controls
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
@@ -17,6 +18,7 @@ from persona_lens.cli.options import (
     judges_from_args,
     load_model_arg,
     load_trait_arg,
+    load_vectors_arg,
     lock_out,
     seed_arg,
     temperature_arg,
@@ -101,21 +103,27 @@ def configure_parser(subparsers: Any) -> None:
                              "p<top-p>-s<seed>, one per setting)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_control_arguments(parser, default=100, cost="a dot product")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.extract import vector_path
 
+    check_controls(args)
     trait = load_trait_arg(args.trait)
     check_judge_arg(args, trait)
     config = extract_config_from_args(args)
     out_dir = args.out or extract_dir(default_run_dir(args.model, trait.name), config)
     lock_out(out_dir)
     model = load_model_arg(args)
+    against = load_vectors_arg(args.against, model, allow_other_model=True)
     result = run_extraction(model, trait, args, out_dir, config)
+    cosines = write_cosines(result.vectors["response"], against, out_dir, controls=args.controls,
+                            control_seed=args.control_seed) if against else None
     if args.json:
-        print(json.dumps({**result.report, "vector": str(vector_path(out_dir))}, indent=2))
+        extra = {} if cosines is None else {"cosines": cosines}
+        print(json.dumps({**result.report, "vector": str(vector_path(out_dir)), **extra}, indent=2))
     else:
         report = result.report
         best = max(report["per_layer"][1:], key=lambda row: row["auroc"])
@@ -123,4 +131,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"best-separating layer (in-sample AUROC): {best['layer']} ({best['auroc']:.3f})")
         print(f"vector: {vector_path(out_dir)}")
         print(f"report: {out_dir / 'report.md'}")
+        if cosines is not None:
+            print(f"cosines with the other traits' vectors: {out_dir / 'cosines.md'} (table), "
+                  f"{', '.join(cosines['files'])}")
+            print(cosines["table"], end="")
     return 0
+
+
+def write_cosines(vector: Any, against: list[Any], out_dir: Path, *, controls: int, control_seed: int
+                  ) -> dict[str, Any]:
+    """The cosine matrix of ``vector`` and the ``against`` vectors per layer: cosines.json, cosines.md, figure."""
+    from persona_lens.core.io import write_json_atomic, write_text_atomic
+    from persona_lens.experiments.extract import format_cosines, trait_cosines
+    from persona_lens.viz.controls import cosine_figure
+    from persona_lens.viz.figures import write_figure
+
+    try:
+        cosines = trait_cosines([vector, *against], controls=controls, control_seed=control_seed)
+    except ValueError as error:
+        raise BadInput(f"--against: {error}") from None
+    data = cosines.to_json()
+    table = format_cosines(cosines)
+    write_json_atomic(out_dir / "cosines.json", data)
+    write_text_atomic(out_dir / "cosines.md", table)
+    files = [str(p) for p in write_figure(cosine_figure(cosines, title=f"Cosine of {vector.trait!r} with the other "
+                                                                       "traits' vectors per layer"),
+                                          out_dir / "cosines.html")]
+    return {**data, "table": table, "files": [str(out_dir / "cosines.json"), str(out_dir / "cosines.md"), *files]}

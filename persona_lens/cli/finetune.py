@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
+from persona_lens.cli.controls import add_control_arguments, check_controls
 from persona_lens.cli.options import (
     add_model_options,
     count_arg,
@@ -85,6 +86,10 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--caft-layer", default=None, help="layer(s) for CAFT: a number, a list or 'all'")
     parser.add_argument("--allow-other-model", action="store_true",
                         help="accept vectors extracted from another model of the same shape")
+    add_control_arguments(parser, default=0, against=False,
+                          cost="a whole finetune: the same run with random vectors of the steering/CAFT vector's "
+                               "norms instead, saved as DIR-random0, DIR-random1 ... (compare their trait after "
+                               "finetuning with the `shift` command)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -115,8 +120,9 @@ def _interventions(args: argparse.Namespace, model: Any) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     from persona_lens.core.chat import read_chat_jsonl
-    from persona_lens.experiments.finetune import FinetuneConfig, NonFiniteLossError, finetune
+    from persona_lens.experiments.finetune import FinetuneConfig, NonFiniteLossError, control_interventions, finetune
 
+    check_controls(args)
     if not args.data.is_file():
         raise BadInput(f"no dataset at {args.data}")
     lock_out(args.out)
@@ -137,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(str(error)) from None
     model = load_model_arg(args)
     interventions = _interventions(args, model)
+    if args.controls and not interventions:
+        raise BadInput("--controls replaces the vectors of --steer-vector / --caft-vector; give one of them")
     try:
         result = finetune(model, records, config, output_dir=args.out, interventions=interventions,
                           resume=args.resume, max_steps=args.max_steps, progress=not (args.quiet or args.json))
@@ -150,6 +158,16 @@ def run(args: argparse.Namespace) -> int:
     summary = result.to_json()
     summary["bad_lines"] = [b.to_json() for b in bad]
     summary["complete"] = (args.out / "finetune.json").exists() and not (args.out / "trainer_state").exists()
+    summary["controls"] = []
+    for index, control in enumerate(control_interventions(interventions, args.controls, seed=args.control_seed)):
+        folder = args.out.parent / f"{args.out.name}-random{index}"
+        try:
+            ran = finetune(load_model_arg(args), records, config, output_dir=folder, interventions=control,
+                           resume=args.resume, max_steps=args.max_steps, progress=not (args.quiet or args.json))
+        except (FileExistsError, ValueError) as error:
+            raise BadInput(f"control run {folder}: {error}") from None
+        summary["controls"].append({"output_dir": str(folder), "last_loss": ran.to_json()["last_loss"],
+                                    "steps": ran.steps, "interventions": [c.describe() for c in control]})
     if args.json:
         summary.pop("losses")
         print(json.dumps(summary, indent=2))
@@ -160,4 +178,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.method} finetune of {model.cfg.model_name!r}: {result.steps} steps, {result.n_examples} "
               f"conversations, {result.n_trained_tokens} trained tokens, {losses}; {len(result.skipped)} skipped.")
         print(f"{state}: {args.out}  (load it with --model {args.out})")
+        for run_info in summary["controls"]:
+            print(f"control run with random vectors of the same norms: {run_info['output_dir']} "
+                  f"({run_info['steps']} steps, last loss {run_info['last_loss']:.4f})")
+        if summary["controls"]:
+            folders = " ".join([str(args.out), *(c["output_dir"] for c in summary["controls"])])
+            print(f"compare the trait after finetuning: python -m persona_lens shift --finetuned {folders} ...")
     return EXIT_OK

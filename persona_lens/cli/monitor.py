@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
@@ -31,6 +32,7 @@ from persona_lens.cli.options import (
     judges_from_args,
     load_model_layer_vectors,
     load_trait_arg,
+    load_vectors_arg,
     lock_out,
     parse_int_list,
     read_prompts,
@@ -139,6 +141,7 @@ def configure_parser(subparsers: Any) -> None:
                        default=8, help="prompts generated together (default 8)")
     sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default: runs/<model>/<trait>/monitor)")
+    add_control_arguments(sweep, default=100)
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     sweep.set_defaults(func=run_sweep)
 
@@ -195,16 +198,19 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from persona_lens.core.controls import baselines_to_dict
     from persona_lens.experiments.monitor import (
         many_shot_prompts,
         run_projection_sweep,
         system_prompt_prompts,
         trait_names,
     )
+    from persona_lens.viz.controls import baseline_figure
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import sweep_figure
 
     check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    check_controls(args)
     if args.questions is not None:
         check_positive(questions=args.questions)
     trait = load_trait_arg(args.trait)
@@ -221,6 +227,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     paths = default_vector_paths(args, trait.name)
     check_judge_arg(args, trait)
     model, layer, vectors = load_model_layer_vectors(args, paths)
+    against = load_vectors_arg(args.against, model, args.allow_other_model)
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
     lock_out(out)
@@ -231,14 +238,23 @@ def run_sweep(args: argparse.Namespace) -> int:
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, kind=kind,
                                       coherence_judge=None if args.no_coherence else coherence_judge,
-                                      allow_other_model=args.allow_other_model, progress=not args.json)
+                                      allow_other_model=args.allow_other_model, controls=args.controls,
+                                      control_seed=args.control_seed, against=against, progress=not args.json)
         data_path = result.save(out / f"{kind}_sweep.json")
         figures = []
         for name in result.traits:
             figures += [str(p) for p in write_figure(sweep_figure(result, name),
                                                      out / f"{kind}_sweep_{slug(name)}.html")]
+            controls_figure = baseline_figure(
+                {f"r {metric.replace('_', ' ')}": b for metric, b in result.baselines[name].items()},
+                title=f"{kind} sweep at layer {layer}: r of {name} with the score, beside its controls",
+                vector=name)
+            figures += [str(p) for p in write_figure(controls_figure,
+                                                     out / f"{kind}_sweep_{slug(name)}.controls.html")]
         report["sweeps"][kind] = {"conditions": result.summary(),
                                   "correlations": {t: result.correlations(t) for t in result.traits},
+                                  "baselines": baselines_to_dict(result.baselines),
+                                  "controls": {**result.controls, "against": list(result.against)},
                                   "data": str(data_path), "figures": figures}
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -253,6 +269,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             for name, corr in sweep["correlations"].items():
                 print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
                       f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
+                for metric, baseline in sweep["baselines"][name].items():
+                    print(f"    {metric}: {baseline_line(baseline)}")
             print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
     return EXIT_OK
 

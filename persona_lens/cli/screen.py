@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
     add_model_options,
     add_vector_arguments,
     count_arg,
     default_vector_paths,
     load_model_layer_vectors,
+    load_vectors_arg,
     lock_out,
     seed_arg,
     slug,
@@ -33,7 +35,8 @@ DESCRIPTION = (
     "command). Bad records (invalid JSON, missing roles, empty text, prompts over --max-tokens) are reported with "
     "their line numbers. Writes per dataset: <name>.scores.jsonl, samples ranked by dP (<name>.ranked.<trait>.jsonl "
     "and .csv) and a histogram; with several datasets, overlaid histograms and the AUROC of dP for telling each "
-    "dataset from the first."
+    "dataset from the first. Controls in the same run: every number is reported beside K seeded random directions "
+    "(--controls), the other vectors (--vector, --against) and the flipped vector."
 )
 
 
@@ -72,6 +75,8 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--top", type=count_arg("--top"), default=None, metavar="K",
                         help="export only the K highest-ranked samples (default: all)")
     parser.add_argument("--bins", type=count_arg("--bins"), default=50, help="histogram bins (default 50)")
+    add_control_arguments(parser, default=100, cost="one matmul on the activations already read, and K numbers "
+                          "a row in the scores file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -96,7 +101,14 @@ def _fmt(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from persona_lens.core.io import write_json_atomic
     from persona_lens.core.stats import auroc
-    from persona_lens.experiments.screen import ScreenConfig, export_ranked, load_scores, screen_dataset
+    from persona_lens.experiments.screen import (
+        ScreenConfig,
+        compare_datasets,
+        export_ranked,
+        load_scores,
+        screen_dataset,
+    )
+    from persona_lens.viz.controls import baseline_figure
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import histogram_figure
 
@@ -108,11 +120,14 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--top must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise BadInput("--limit must be >= 1")
+    check_controls(args)
     model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
+    vectors += load_vectors_arg(args.against, model, args.allow_other_model)  # screened too: cross-trait controls
     try:
         config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                              chunk_size=args.chunk_size, max_tokens=args.max_tokens)
+                              chunk_size=args.chunk_size, max_tokens=args.max_tokens, controls=args.controls,
+                              control_seed=args.control_seed)
     except ValueError as error:
         raise BadInput(str(error)) from None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +168,14 @@ def run(args: argparse.Namespace) -> int:
                 comparison[f"auroc_{key}"] = {
                     n: _none_if_nan(auroc([*values[n], *reference], [1] * len(values[n]) + [0] * len(reference)))
                     for n in names[1:]}
+                compared = compare_datasets({n: args.out / f"{n}.scores.jsonl" for n in names}, trait, key)
+                comparison[f"baselines_{key}"] = {n: c.to_json()["baselines"] for n, c in compared.items()}
+                figure = baseline_figure({f"{metric} {n}": b for n, c in compared.items()
+                                          for metric, b in c.baselines.items()},
+                                         title=f"{key} on {trait}: datasets vs {names[0]}, beside the controls",
+                                         vector=trait)
+                comparison[f"{key}_figure"] += [str(p) for p in write_figure(
+                    figure, args.out / f"comparison.{slug(trait)}.{key}.controls.html")]
             report["comparison"][trait] = comparison
     write_json_atomic(args.out / "screen_report.json", report)
     if args.json:
@@ -165,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         for trait in summary["traits"]:
             print(f"  {trait}: mean dP {_fmt(summary['mean_dp'][trait])}, mean dP(last prompt token) "
                   f"{_fmt(summary['mean_dp_last_prompt'][trait])} over {summary['n_scored'][trait]} samples")
+            for record in summary["baselines"].get(trait, {}).values():
+                print(f"    {baseline_line(record)}")
         for problem in summary["problems"][:20]:
             print(f"  line {problem['line']}: {problem['problem']}")
         if len(summary["problems"]) > 20 or summary["n_bad"] > 20:
@@ -174,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
             for name, value in comparison[f"auroc_{key}"].items():
                 print(f"AUROC of {key} on {trait}, {name} vs {comparison['reference']}: "
                       f"{'n/a' if value is None else f'{value:.3f}'}")
+                for record in comparison[f"baselines_{key}"][name].values():
+                    print(f"    {baseline_line(record)}")
     print(f"wrote {args.out / 'screen_report.json'} and the files listed there")
     return EXIT_OK
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
     add_judge_options,
     add_model_options,
@@ -23,6 +24,7 @@ from persona_lens.cli.options import (
     load_model_layer_vectors,
     load_named_model,
     load_trait_arg,
+    load_vectors_arg,
     lock_out,
     read_prompts,
     seed_arg,
@@ -74,6 +76,7 @@ def configure_parser(subparsers: Any) -> None:
                         default=8, help="prompts per forward / generation batch (default 8)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder: shift.json, shift.csv and one scatter per vector")
+    add_control_arguments(parser, default=100)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.core.chat import make_messages
     from persona_lens.core.io import atomic_output, write_json_atomic
     from persona_lens.experiments.shift import shift_study
+    from persona_lens.viz.controls import baseline_figure
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import shift_figure
 
@@ -135,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--score-base needs --score")
     check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     lock_out(args.out)
+    check_controls(args)
     labels = _labels(args.finetuned)
     by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
                **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.score:
         check_judge_arg(args, trait)
     base, layer, vectors = load_model_layer_vectors(args, paths)
+    against = load_vectors_arg(args.against, base, args.allow_other_model)
     judge = coherence_judge = None
     if args.score:
         judge, coherence_judge = judges_from_args(args, trait, base)
@@ -161,11 +167,11 @@ def run(args: argparse.Namespace) -> int:
         study = shift_study(base, list(args.finetuned), prompts, vectors, layer, labels=labels, scores=given,
                             judge=judge, rubric=trait.rubric if trait is not None else None, questions=questions,
                             evaluate_base=args.score_base, load=load, batch_size=args.batch_size,
-                            allow_other_model=args.allow_other_model,
-                            progress=not args.json, **({"n_samples": args.samples,
-                                                        "max_new_tokens": args.max_new_tokens,
-                                                        "temperature": args.temperature, "seed": args.seed,
-                                                        "coherence_judge": coherence_judge} if args.score else {}))
+                            allow_other_model=args.allow_other_model, controls=args.controls,
+                            control_seed=args.control_seed, against=against, progress=not args.json,
+                            **({"n_samples": args.samples, "max_new_tokens": args.max_new_tokens,
+                                "temperature": args.temperature, "seed": args.seed,
+                                "coherence_judge": coherence_judge} if args.score else {}))
     except ValueError as error:
         raise BadInput(str(error)) from None
 
@@ -190,12 +196,19 @@ def run(args: argparse.Namespace) -> int:
                     [*ys, study.base_evaluation.mean_score]
             figure = shift_figure(point_labels, shifts, ys, trait=name,
                                   score_name=f"{trait.name if trait else 'trait'} score",
-                                  r=corr["pearson_r"] if corr["pearson_r"] is not None else math.nan)
+                                  r=corr["pearson_r"] if corr["pearson_r"] is not None else math.nan,
+                                  baseline=study.baseline(name))
             figures += [str(p) for p in write_figure(figure, args.out / f"shift_{slug(name)}.html")]
+            controls = baseline_figure({"r(shift, score)": study.baseline(name),
+                                        **{f"shift of {r.label}": r.baselines[name] for r in study.results}},
+                                       title=f"Shift along {name} at layer {layer}, beside its controls", vector=name)
+            figures += [str(p) for p in write_figure(controls, args.out / f"shift_{slug(name)}.controls.html")]
     summary = {"base": base.cfg.model_name, "layer": layer, "traits": study.traits,
                "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
                "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
-               "correlations": data["correlations"], "files": [str(args.out / "shift.json"),
+               "correlations": data["correlations"], "baselines": data["baselines"],
+               "model_baselines": {r.label: {t: b.to_dict() for t, b in r.baselines.items()} for r in study.results},
+               "files": [str(args.out / "shift.json"),
                                                                str(args.out / "shift.csv"), *figures]}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -205,8 +218,12 @@ def run(args: argparse.Namespace) -> int:
         for row in summary["models"]:
             print("\t".join([row["label"], *(f"{row['shift'][t]:+.4f}" for t in study.traits),
                              "n/a" if row["score"] is None else f"{row['score']:.1f}"]))
+        for row in summary["models"]:
+            for name in study.traits:
+                print(f"  {row['label']} along {name}: {baseline_line(summary['model_baselines'][row['label']][name])}")
         for name, corr in summary["correlations"].items():
             if corr["pearson_r"] is not None:
                 print(f"r(shift along {name}, score) = {corr['pearson_r']:.3f} over {corr['n_models']} models")
+                print(f"  {baseline_line(summary['baselines'][name]['pearson_r'])}")
         print("wrote " + ", ".join(summary["files"]))
     return EXIT_OK

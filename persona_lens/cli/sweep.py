@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, BadInput, parse_args, run_command
+from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.extract import (
     add_extract_options,
     calibration_path,
@@ -90,6 +91,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>/<trait>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_control_arguments(parser, default=3, cost="one more cell of generation at the chosen cell (the vector "
+                          "and the flipped vector are generated there too)")
 
 
 DESCRIPTION = ("Steer with a persona vector at each layer and coefficient, generate on the trait's evaluation "
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.steering_sweep import SteeringSweepConfig, run_steering_sweep
 
     started = time.time()
+    check_controls(args)
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
     check_judge_arg(args, trait)
@@ -164,9 +168,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise BadInput(str(error)) from error
     write_sweep_figure(result)
+    controls = run_sweep_controls(args, model, vector, trait, result, judge, coherence)
     if args.json:
         print(json.dumps({"chosen": None if result.chosen is None else vars(result.chosen), "reason": result.reason,
                           "baseline": vars(result.baseline), "paths": {k: str(v) for k, v in result.paths.items()},
+                          "controls": None if controls is None else controls.to_json(),
                           "seconds": round(time.time() - started, 1)}, indent=2))
         return 0
     print(f"baseline (unsteered): trait {result.baseline.trait_mean:.1f}, rate {result.baseline.trait_rate:.2f}, "
@@ -175,8 +181,40 @@ def run(args: argparse.Namespace) -> int:
     print(f"figure: {result.paths.get('html')}" + (f" and {result.paths['png']}" if "png" in result.paths else ""))
     print(f"table:  {result.paths['csv']}")
     print(f"replies: {result.paths['samples']}")
+    if controls is not None:
+        print(f"controls at the chosen cell (layer {controls.layer}, coefficient {controls.coef_relative:g} relative):")
+        for baseline in controls.baselines.values():
+            print(f"  {baseline_line(baseline)}")
+        print(f"  figure: {controls.paths['html']}")
+    elif args.controls or args.against:
+        print("controls: skipped (no chosen cell)")
     print(f"done in {time.time() - started:.0f} s")
     return 0
+
+
+def run_sweep_controls(args: argparse.Namespace, model: Any, vector: Any, trait: Any, result: Any, judge: Any,
+                       coherence: Any) -> Any:
+    """Steer the chosen cell with --controls random vectors, the flipped vector and the --against vectors; write
+    controls.json and its figure beside the sweep (None when there is no chosen cell or no control asked)."""
+    from persona_lens.experiments.steering_sweep import run_steering_controls
+    from persona_lens.viz.controls import baseline_figure
+    from persona_lens.viz.figures import write_figure
+
+    if result.chosen is None or not (args.controls or args.against):
+        return None
+    against = load_vectors_arg(args.against, model, allow_other_model=args.allow_other_model)
+    try:
+        controls = run_steering_controls(model, vector, trait, result.chosen, judge=judge, coherence_judge=coherence,
+                                         config=result.config, out_dir=result.out_dir, controls=args.controls,
+                                         control_seed=args.control_seed, against=against, progress=not args.quiet)
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+    figure = baseline_figure(controls.baselines, vector=trait.name,
+                             title=f"Steering at layer {controls.layer}, coefficient {controls.coef_relative:g} "
+                                   "relative: the vector beside random vectors of its norm")
+    for path in write_figure(figure, result.out_dir / "controls.html"):
+        controls.paths[path.suffix.lstrip(".")] = path
+    return controls
 
 
 def write_sweep_figure(result: Any) -> list[Path]:

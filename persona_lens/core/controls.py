@@ -13,7 +13,7 @@ Random projections cost one matmul on cached activations (:func:`project_rows`):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,9 @@ __all__ = [
     "random_like",
     "project_rows",
     "compare",
+    "layer_controls",
+    "compare_measure",
+    "baselines_to_dict",
 ]
 
 DEFAULT_RANDOM_DIRECTIONS = 100
@@ -163,7 +166,17 @@ class Baseline:
             "others": dict(self.others),
             "margin_over_others": self.margin_over_others(),
             "flipped": self.flipped,
+            "random": [float(v) for v in self.random],
         }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Baseline:
+        """The Baseline back from its :meth:`to_dict` (derived fields are recomputed)."""
+        return cls(metric=str(record["metric"]), value=_finite(record["value"]),
+                   random=[_finite(v) for v in record.get("random", [])],
+                   others={str(k): _finite(v) for k, v in record.get("others", {}).items()},
+                   flipped=None if record.get("flipped") is None else _finite(record["flipped"]),
+                   higher_is_better=bool(record.get("higher_is_better", True)))
 
     def summary(self) -> str:
         """One line for tables and logs, e.g. ``r = 0.82 | random 5-95%: -0.10..0.31 (pct 99) | sycophancy 0.40``."""
@@ -171,6 +184,8 @@ class Baseline:
         low, high = self.band
         if math.isfinite(low):
             parts.append(f"random 5-95%: {low:.3g}..{high:.3g} (pct {self.percentile:.0f}, n={self._random().size})")
+        elif self.random:
+            parts.append(f"random: undefined for all {len(self.random)} directions")
         if self.others:
             parts.append(", ".join(f"{name} {_finite(v):.3g}" for name, v in self.others.items()))
         if self.flipped is not None:
@@ -189,3 +204,45 @@ def compare(metric: str, value: Any, random: Sequence[Any] = (), *, others: Mapp
         flipped=None if flipped is None else _finite(flipped),
         higher_is_better=higher_is_better,
     )
+
+
+def layer_controls(vector: Any, layer: int, k: int, *, seed: int = 0) -> Float[Tensor, "k d_model"]:
+    """The ``k`` random control directions of ``vector`` at ``layer``: rows ``[:, layer]`` of :func:`random_like`.
+
+    ``vector``: a PersonaVector, a ``[n_layers + 1, d_model]`` tensor (row ``layer`` is used), or one ``[d_model]``
+    direction (``layer`` is then ignored: ``k`` seeded directions of its norm). The same ``(shape, k, seed)`` gives
+    the same directions for every trait, so every analysis of a run compares its vectors with one set of controls.
+    """
+    tensor = getattr(vector, "vectors", vector)
+    if not isinstance(tensor, Tensor) or tensor.ndim not in (1, 2):
+        raise ValueError(f"layer_controls needs a PersonaVector, a [n_layers + 1, d_model] tensor or a [d_model] "
+                         f"direction, got {type(tensor).__name__}{tuple(getattr(tensor, 'shape', ()))}")
+    if tensor.ndim == 1:
+        return random_directions(int(tensor.shape[0]), k, seed=seed, norm=float(tensor.detach().float().norm()))
+    if not 0 <= int(layer) < tensor.shape[0]:
+        raise ValueError(f"layer {layer} is outside the vector's rows 0..{tensor.shape[0] - 1}")
+    return random_like(tensor, k, seed=seed)[:, int(layer)]
+
+
+def compare_measure(metric: str, measure: Callable[[Tensor], Any], vector: Float[Tensor, "..."],
+                    random: Float[Tensor, "k ..."] | None = None, *,
+                    others: Mapping[str, Tensor] | None = None, flip: bool = True,
+                    higher_is_better: bool = True) -> Baseline:
+    """One :class:`Baseline` from per-direction data: ``measure(data)`` gives the metric of one direction's data.
+
+    ``vector``: the persona vector's data (e.g. its projections ``[n]``); ``random``: the same data for each random
+    direction (``[k, n]``, e.g. from :func:`project_rows`); ``others``: the other traits' data by name; ``flip``:
+    also measure the sign-flipped vector (``measure(-vector)``: data linear in the direction, as projections)."""
+    return compare(
+        metric, measure(vector),
+        [] if random is None else [measure(row) for row in random],
+        others={name: measure(data) for name, data in (others or {}).items()},
+        flipped=measure(-vector) if flip else None,
+        higher_is_better=higher_is_better,
+    )
+
+
+def baselines_to_dict(baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready nested baselines: every :class:`Baseline` (at any depth of dicts) as its :meth:`Baseline.to_dict`."""
+    return {str(key): (value.to_dict() if isinstance(value, Baseline) else baselines_to_dict(value))
+            for key, value in baselines.items()}

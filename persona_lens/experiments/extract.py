@@ -9,6 +9,10 @@
    and take the mean difference positive - negative for response-mean, prompt-mean and last-prompt positions.
 5. Save one :class:`~persona_lens.core.vectors.PersonaVector` per position kind and a report with counts and the
    per-layer separation (AUROC) of positive vs negative projections.
+
+:func:`trait_cosines` puts several traits' vectors side by side: their cosine matrix at every layer, beside the
+cosines of random directions of the same norm (:mod:`persona_lens.core.controls`): traits whose vectors nearly
+coincide cannot be told apart by any analysis that uses them.
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ from torch import Tensor
 
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
+from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, random_like
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.stats import auroc
-from persona_lens.core.vectors import PersonaVector, save_vector
+from persona_lens.core.vectors import PersonaVector, VectorLike, check_vector, save_vector, trait_names, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, evaluate_replies, job_seed, summarise_scores
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
-__all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path"]
+__all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path",
+           "cosine_matrix", "TraitCosines", "trait_cosines", "format_cosines"]
 
 POSITIONS = ("response", "prompt", "last_prompt")
 
@@ -251,4 +257,78 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"- dropped, {reason}: {count}")
     lines += ["", "| layer | norm | AUROC |", "|---:|---:|---:|"]
     lines += [f"| {row['layer']} | {row['norm']:.3f} | {row['auroc']:.3f} |" for row in report["per_layer"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the traits' vectors side by side
+
+
+def cosine_matrix(vectors: Sequence[VectorLike]) -> Float[Tensor, "layer k k"]:
+    """Cosine similarity of every pair of vectors at every layer (nan where a row is zero)."""
+    tensors = torch.stack([check_vector(v, full=True).detach().float().cpu() for v in vector_list(vectors)])
+    if len({tuple(t.shape) for t in tensors}) != 1:
+        raise ValueError("the vectors differ in shape; compare vectors of one model")
+    norms = tensors.norm(dim=-1)  # [k, layer]
+    dots = torch.einsum("ald,bld->lab", tensors, tensors)
+    scale = torch.einsum("al,bl->lab", norms, norms)
+    return torch.where(scale > 0, dots / scale.clamp(min=1e-30), torch.full_like(dots, float("nan")))
+
+
+@dataclass
+class TraitCosines:
+    """``matrix[l, i, j]``: cosine of trait ``i``'s and trait ``j``'s vectors at layer ``l``; ``random_band[l]``: the
+    5th and 95th percentiles of the cosine of the first vector with ``k`` random directions of its norm at layer
+    ``l`` (what "unrelated" looks like in this many dimensions)."""
+
+    traits: list[str]
+    matrix: Float[Tensor, "layer k k"]
+    random_band: list[tuple[float, float]]
+    controls: dict[str, Any] = field(default_factory=dict)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(a, b) for i, a in enumerate(self.traits) for b in self.traits[i + 1:]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"traits": self.traits, "controls": self.controls,
+                "layers": [{"layer": layer, "matrix": self.matrix[layer].tolist(),
+                            "random_p5": self.random_band[layer][0], "random_p95": self.random_band[layer][1],
+                            "pairs": {f"{a} / {b}": float(self.matrix[layer, i, j])
+                                      for i, a in enumerate(self.traits) for j, b in enumerate(self.traits) if j > i}}
+                           for layer in range(self.matrix.shape[0])]}
+
+
+def trait_cosines(vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RANDOM_DIRECTIONS,
+                  control_seed: int = 0) -> TraitCosines:
+    """The cosine matrix of ``vectors`` (two or more) at every layer, beside random directions' cosines."""
+    listed = vector_list(vectors)
+    if len(listed) < 2:
+        raise ValueError("a cosine matrix needs at least two vectors")
+    matrix = cosine_matrix(listed)
+    first = check_vector(listed[0], full=True).detach().float().cpu()
+    band: list[tuple[float, float]] = []
+    if controls:
+        random = random_like(first, controls, seed=control_seed)  # [k, layer, d]
+        dots = torch.einsum("kld,ld->lk", random, first)
+        scale = random.norm(dim=-1).T * first.norm(dim=-1)[:, None]
+        cos = torch.where(scale > 0, dots / scale.clamp(min=1e-30), torch.full_like(dots, float("nan")))
+        for row in cos:
+            finite = row[torch.isfinite(row)]
+            band.append((float(torch.quantile(finite, 0.05)), float(torch.quantile(finite, 0.95)))
+                        if finite.numel() else (float("nan"), float("nan")))
+    else:
+        band = [(float("nan"), float("nan"))] * matrix.shape[0]
+    return TraitCosines(trait_names(listed), matrix, band, {"k": controls, "seed": control_seed})
+
+
+def format_cosines(cosines: TraitCosines) -> str:
+    """A Markdown table: one row per layer, one column per pair of traits, and the random 5-95% band."""
+    pairs = cosines.pairs()
+    index = {t: i for i, t in enumerate(cosines.traits)}
+    lines = ["| layer | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " | random 5-95% |",
+             "|---:|" + "---:|" * len(pairs) + "---|"]
+    for layer in range(cosines.matrix.shape[0]):
+        low, high = cosines.random_band[layer]
+        values = " | ".join(f"{float(cosines.matrix[layer, index[a], index[b]]):.3f}" for a, b in pairs)
+        lines.append(f"| {layer} | {values} | {low:.3f}..{high:.3f} |")
     return "\n".join(lines) + "\n"

@@ -75,6 +75,7 @@ __all__ = [
     "hooks_installed",
     "FINETUNE_INFO",
     "TRAINER_STATE",
+    "control_interventions",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,24 @@ class TrainingIntervention:
                          incremental=self.incremental)
         return ablate(model, self.vector, layer=self.layer, positions="all")
 
+    def random_control(self, index: int = 0, *, seed: int = 0) -> TrainingIntervention:
+        """The same intervention (kind, layer, coefficient) with random vector ``index`` of ``seed``: seeded random
+        directions with this vector's per-layer norms (:func:`persona_lens.core.controls.random_like`)."""
+        from persona_lens.core.controls import random_like
+        from persona_lens.core.vectors import PersonaVector
+
+        tensor = getattr(self.vector, "vectors", self.vector)
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"a random control needs a PersonaVector or a tensor, got {type(self.vector).__name__}")
+        shaped = tensor if tensor.ndim == 2 else tensor[None]
+        draw = random_like(shaped, index + 1, seed=seed)[index]
+        draw = draw if tensor.ndim == 2 else draw[0]
+        if isinstance(self.vector, PersonaVector):
+            draw = PersonaVector(f"random{index}", self.vector.model_name, draw.to(tensor.dtype),
+                                 self.vector.positions, settings={"control_of": self.vector.trait, "seed": seed,
+                                                                  "index": index})
+        return dataclasses.replace(self, vector=draw)
+
     def describe(self) -> dict[str, Any]:
         from persona_lens.core.vectors import vector_digest
 
@@ -123,6 +142,19 @@ class TrainingIntervention:
         if self.kind == "steer":
             out.update(coef=self.coef, incremental=self.incremental)
         return out
+
+
+def control_interventions(interventions: Sequence[TrainingIntervention], k: int, *, seed: int = 0
+                          ) -> list[list[TrainingIntervention]]:
+    """``k`` control runs for a mitigated finetune: in run ``i`` every intervention uses random vector ``i`` (same
+    kind, layer and coefficient; the vector's per-layer norms). Finetune each, then compare the trait after
+    finetuning (e.g. ``python -m persona_lens shift``): preventative steering works when the persona vector keeps
+    the trait lower than the random vectors do, not merely when it is lower than no steering."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    if k and not interventions:
+        raise ValueError("control runs replace the vectors of interventions; give at least one")
+    return [[item.random_control(i, seed=seed) for item in interventions] for i in range(k)]
 
 
 @dataclass

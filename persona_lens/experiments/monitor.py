@@ -18,6 +18,12 @@
 
   The unit of every correlation is the **prompt**: its projection against the mean score of its samples (the
   projection is a property of the prompt, so repeating it once per sample would count it several times).
+
+  Controls (:mod:`persona_lens.core.controls`), in the same run and from the same cached activations (one matmul):
+  ``ProjectionSweepResult.baselines[trait][metric]`` (metric ``"overall"`` or ``"within_condition"``) is a
+  :class:`~persona_lens.core.controls.Baseline`: the trait's r beside the r of ``controls`` seeded random directions
+  of the vector's norm at the layer (percentile, 5-95% band), the other vectors' r (the sweep's other traits and
+  the ``against`` vectors: cross-trait) and the sign-flipped vector's r.
 * :func:`generate_with_projections`: per-token projections while generating (a record hook on the residual stream),
   for the coloured-text view of :mod:`persona_lens.viz.projections`.
 """
@@ -39,12 +45,20 @@ from torch import Tensor
 from persona_lens.core import stats
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import Message, collate, encode_generated, encode_prompt, make_messages
+from persona_lens.core.controls import (
+    DEFAULT_RANDOM_DIRECTIONS,
+    Baseline,
+    baselines_to_dict,
+    compare_measure,
+    layer_controls,
+    project_rows,
+)
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, record, token_layout
 from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
-from persona_lens.core.vectors import VectorLike, trait_names, unit_directions
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.judges.base import Judge
 
@@ -64,9 +78,12 @@ __all__ = [
     "token_pieces",
     "generate_with_projections",
     "DEFAULT_SHOTS",
+    "SWEEP_METRICS",
 ]
 
 DEFAULT_SHOTS = (0, 5, 10, 15, 20)
+SWEEP_METRICS = ("overall", "within_condition")
+"""The correlations of a sweep that get controls (``ProjectionSweepResult.baselines[trait][metric]``)."""
 
 # ---------------------------------------------------------------------------------------------------------------------
 # vectors and projections
@@ -198,6 +215,43 @@ class ProjectionSweepResult:
     projections: Float[Tensor, "n_prompts k"]
     rows: list[ProjectionSweepRow]
     settings: dict[str, Any] = field(default_factory=dict)
+    random_projections: Float[Tensor, "n_controls n_prompts"] | None = None
+    """Projections of every prompt on each random control direction (unit, seeded; see ``controls``)."""
+    against: dict[str, list[float]] = field(default_factory=dict)
+    """Projections of every prompt on each cross-trait vector given only as a control (``against=``)."""
+    controls: dict[str, Any] = field(default_factory=dict)
+    """How the random controls were drawn: ``{"k": ..., "seed": ...}``."""
+    baselines: dict[str, dict[str, Baseline]] = field(default_factory=dict)
+    """``baselines[trait][metric]``, metric in :data:`SWEEP_METRICS`; computed from the fields above when empty."""
+
+    def __post_init__(self) -> None:
+        if not self.baselines:
+            self.baselines = self.compute_baselines()
+
+    def compute_baselines(self) -> dict[str, dict[str, Baseline]]:
+        """Each trait's overall and within-condition r beside its controls: random directions, the other vectors
+        (the sweep's other traits and the ``against`` vectors) and the flipped vector."""
+        scores = self.prompt_scores()
+        conditions = [p.condition for p in self.prompts]
+        measures = {
+            "overall": lambda x: stats.pearson(x, scores),
+            "within_condition": lambda x: stats.within_condition_correlation(x, scores, conditions, "demean"),
+        }
+        columns = {name: self.projections[:, j] for j, name in enumerate(self.traits)}
+        columns.update({name: torch.as_tensor(values, dtype=torch.float32) for name, values in self.against.items()})
+        out: dict[str, dict[str, Baseline]] = {}
+        for name in self.traits:
+            others = {other: data for other, data in columns.items() if other != name}
+            out[name] = {metric: compare_measure(metric, measure, columns[name], self.random_projections,
+                                                 others=others)
+                         for metric, measure in measures.items()}
+        return out
+
+    def baseline(self, metric: str = "overall", trait: str | None = None) -> Baseline:
+        """``baselines[trait][metric]`` (default: the first trait's overall r)."""
+        if metric not in SWEEP_METRICS:
+            raise KeyError(f"no metric {metric!r}; use one of {SWEEP_METRICS}")
+        return self.baselines[self.traits[self._trait_index(trait)]][metric]
 
     def conditions(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -268,6 +322,8 @@ class ProjectionSweepResult:
             "settings": self.settings,
             "conditions": self.summary(),
             "correlations": {t: self.correlations(t) for t in self.traits},
+            "controls": {**self.controls, "against": list(self.against)},
+            "baselines": baselines_to_dict(self.baselines),
             "prompts": [{"condition": p.condition, "level": p.level, "question": p.question,
                          "n_messages": len(p.messages),
                          "projection": dict(zip(self.traits, self.projections[i].tolist())),
@@ -283,9 +339,15 @@ class ProjectionSweepResult:
 def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
                          vectors: VectorLike | Sequence[VectorLike], layer: int, judge: Judge, rubric: str, *,
                          kind: str = "custom", coherence_judge: Judge | None = None, allow_other_model: bool = False,
-                         progress: bool = False, **generation: Any) -> ProjectionSweepResult:
+                         controls: int = DEFAULT_RANDOM_DIRECTIONS, control_seed: int = 0,
+                         against: Sequence[VectorLike] = (), progress: bool = False,
+                         **generation: Any) -> ProjectionSweepResult:
     """Project every prompt's last token, generate ``n_samples`` replies per prompt, judge them against ``rubric``
     (and against the coherence rubric with ``coherence_judge``, when given).
+
+    Controls, from the same activations: ``controls`` seeded random directions (``control_seed``; 0: none) with the
+    first vector's norm at ``layer``, and the ``against`` vectors (other traits', as cross-trait controls only);
+    see :attr:`ProjectionSweepResult.baselines`.
 
     ``generation``: fields of :class:`~persona_lens.experiments.evaluate.GenerationSettings` (``n_samples``,
     ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size``; its defaults otherwise). Sample ``s``
@@ -298,10 +360,24 @@ def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
     prompts = list(prompts)
     if not prompts:
         raise ValueError("a sweep needs at least one prompt")
+    if not isinstance(controls, int) or controls < 0:
+        raise ValueError(f"controls must be an int >= 0 (0: no random directions), got {controls!r}")
     names = trait_names(vectors)
+    units = unit_directions(vectors, layer, model, allow_other_model=allow_other_model)
+    against_units = unit_directions(against, layer, model, allow_other_model=allow_other_model) if against else None
     ids = prompt_ids(model, [p.messages for p in prompts])
-    projections = project_last_prompt(model, ids, vectors, layer, batch_size=settings.batch_size,
-                                      allow_other_model=allow_other_model, progress=progress)
+    acts = last_prompt_activations(model, ids, [layer], batch_size=settings.batch_size, progress=progress)[:, 0]
+    projections = acts @ units.T
+    random_projections = None
+    if controls:
+        random_projections = project_rows(acts, layer_controls(vector_list(vectors)[0], layer, controls,
+                                                               seed=control_seed))
+    against_projections = {}
+    if against_units is not None:
+        for name, column in zip(trait_names(against), (acts @ against_units.T).T):
+            while name in names or name in against_projections:
+                name = f"{name} (against)"
+            against_projections[name] = column.tolist()
     samples = [(i, s) for i in range(len(prompts)) for s in range(n_samples)]
     jobs = [ReplyJob(f"p{i}|s{s}", ids[i], settings.seed + k, {"question_text": prompts[i].question})
             for k, (i, s) in enumerate(samples)]
@@ -315,7 +391,8 @@ def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
                                        as_score(reply["trait_score"]), reply["stopped"],
                                        as_score(reply["coherence"])))
     settings_json = {"n_samples": n_samples, **settings.generation_settings(), "model": model.cfg.model_name}
-    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings_json)
+    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings_json,
+                                 random_projections, against_projections, {"k": controls, "seed": control_seed})
 
 
 def system_prompt_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,

@@ -27,6 +27,13 @@ How it runs (:func:`screen_dataset`):
   ``{"line": n, "status": "bad", "problem": ...}``, counted in :func:`summarize`.
 * Results: :func:`summarize` (dataset-level means, counts, problems), :func:`export_ranked` (samples ranked by dP,
   JSONL or CSV, with their conversation), :func:`load_scores` (for histograms and AUROC).
+* Controls (:mod:`persona_lens.core.controls`): with ``ScreenConfig.controls = K`` (default 100) each row also holds
+  ``dp_random`` and ``dp_last_prompt_random``, the same differences along ``K`` seeded random unit directions at the
+  layer (one set for the run, shared by every trait: they cost one matmul on the activations already read).
+  :func:`summarize` reports each trait's mean dP beside the random directions' (``baselines``);
+  :func:`compare_datasets` gives, per dataset against a reference, the sample-level AUROC and the dataset-level
+  difference of mean dP, each beside the random directions', the other traits' vectors (cross-trait) and the
+  flipped vector (:class:`DatasetComparison`).
 
 Sampled base responses (``temperature > 0``) are seeded by their position in the chunk's generation call, so
 they depend on ``chunk_size``; the default, greedy, does not.
@@ -41,7 +48,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from persona_lens.core import stats
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import (
     BadRecord,
@@ -59,6 +67,14 @@ from persona_lens.core.chat import (
     encode_generated,
     encode_prompt,
     iter_chat_jsonl,
+)
+from persona_lens.core.controls import (
+    DEFAULT_RANDOM_DIRECTIONS,
+    Baseline,
+    baselines_to_dict,
+    compare,
+    compare_measure,
+    layer_controls,
 )
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
@@ -74,6 +90,9 @@ __all__ = [
     "load_scores",
     "export_ranked",
     "SCORE_KEYS",
+    "load_random_scores",
+    "DatasetComparison",
+    "compare_datasets",
 ]
 
 #: The per-sample numbers in each output row, by trait: the projection difference against the base response
@@ -93,11 +112,16 @@ class ScreenConfig:
     batch_size: int = 8
     chunk_size: int = 64
     max_tokens: int = 2048
+    controls: int = DEFAULT_RANDOM_DIRECTIONS
+    """Random control directions scored beside the vectors (``dp_random`` in each row); 0: none."""
+    control_seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "chunk_size", "max_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.controls, int) or self.controls < 0:
+            raise ValueError(f"controls must be an int >= 0 (0: no random directions), got {self.controls!r}")
 
     def generation(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -216,19 +240,23 @@ def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResp
 
 
 def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tuple[list[int], str, bool]],
-                 units: torch.Tensor, names: list[str], layer: int, batch_size: int) -> list[dict[str, Any]]:
+                 units: torch.Tensor, names: list[str], layer: int, batch_size: int,
+                 random_units: torch.Tensor | None = None) -> list[dict[str, Any]]:
     dataset_convs = [item.encoded for item in items]
     with_base = [i for i, item in enumerate(items) if base[item.key][0]]
     base_convs = [encode_generated(items[i].prompt_ids, base[items[i].key][0]) for i in with_base]
     acts = collect_activations(model, dataset_convs, reductions=("response", "last_prompt"), layers=[layer],
                                batch_size=batch_size, progress=False)
-    response = acts.get("response")[:, layer] @ units.T  # [n, k]
+    if random_units is not None:  # the controls: the same numbers along the random directions, after the vectors
+        units = torch.cat([units, random_units])
+    response = acts.get("response")[:, layer] @ units.T  # [n, k (+ K)]
     last_prompt = acts.get("last_prompt")[:, layer] @ units.T
     base_proj = torch.full_like(response, float("nan"))
     if base_convs:
         base_acts = collect_activations(model, base_convs, reductions=("response",), layers=[layer],
                                         batch_size=batch_size, progress=False)
         base_proj[with_base] = base_acts.get("response")[:, layer] @ units.T
+    k = len(names)
     rows = []
     for i, item in enumerate(items):
         ids, text, stopped = base[item.key]
@@ -245,6 +273,10 @@ def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tu
             "proj_response": by_trait(response), "proj_base": by_trait(base_proj),
             "proj_last_prompt": by_trait(last_prompt),
         }
+        if random_units is not None:
+            dp_random = (response[i, k:] - base_proj[i, k:]).tolist()
+            row["dp_random"] = None if not ids else [float(f"{v:.5g}") for v in dp_random]
+            row["dp_last_prompt_random"] = [float(f"{v:.5g}") for v in (response[i, k:] - last_prompt[i, k:]).tolist()]
         if not ids:
             row["problem"] = "the base model's reply is empty, so dp is undefined (dp_last_prompt is kept)"
         rows.append(row)
@@ -264,17 +296,25 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     check_layer(config.layer, model.cfg.n_layers)
     units = unit_directions(vectors, config.layer, model, allow_other_model=allow_other_model)
     names = trait_names(vectors)
+    random_units = None
+    if config.controls:
+        random_units = layer_controls(vector_list(vectors)[0], config.layer, config.controls,
+                                      seed=config.control_seed)
+        random_units = random_units / random_units.norm(dim=-1, keepdim=True)
     data = Path(data_path)
     if not data.is_file():
         raise FileNotFoundError(f"no dataset at {data}")
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     generation = config.generation()
-    check_settings(_settings_path(output), {
+    settings = {
         "format": "persona_lens.experiments.screen", "model": model.cfg.model_name, "data": str(data.resolve()),
         "traits": names, "vectors_sha256": [vector_digest(vec) for vec in vector_list(vectors)], "layer": config.layer,
         "generation": generation, "max_tokens": config.max_tokens,
-    }, what="screening results")
+    }
+    if config.controls:  # recorded only when used, so results screened before controls existed still resume
+        settings["controls"] = {"k": config.controls, "seed": config.control_seed}
+    check_settings(_settings_path(output), settings, what="screening results")
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
     store = JsonlRecords(output)
     done = _resume_point(store)
@@ -293,7 +333,8 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
                 prepared.append(item)
         if prepared:
             base = _base_responses(model, prepared, cache, config)
-            for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size):
+            for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size,
+                                    random_units):
                 rows[row["line"]] = row
         store.append([rows[line] for line in sorted(rows)])
         bar.update(len(chunk))
@@ -333,6 +374,7 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
     without_base = 0
     problems: list[dict[str, Any]] = []
     sums: dict[str, dict[str, list[float]]] = {"dp": {}, "dp_last_prompt": {}}
+    random_sums: dict[str, list[Any]] = {}  # key -> [sum over rows (array K), count]
     traits: list[str] = []
     for row, _ in JsonlRecords(results_path).rows():
         counts[row["status"]] += 1
@@ -346,6 +388,12 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
             continue
         without_base += "problem" in row
         for key in ("dp", "dp_last_prompt"):
+            random_values = row.get(f"{key}_random")
+            if random_values is not None:
+                total_random = random_sums.setdefault(key, [np.zeros(len(random_values)), 0])
+                if len(random_values) == len(total_random[0]):
+                    total_random[0] += np.asarray(random_values, dtype=np.float64)
+                    total_random[1] += 1
             for trait, value in row[key].items():
                 if trait not in traits:
                     traits.append(trait)
@@ -356,12 +404,20 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
     means = {key: {t: (sums[key][t][0] / sums[key][t][1] if t in sums[key] and sums[key][t][1] else None)
                    for t in traits} for key in sums}
     n_scored = {t: int(sums["dp"][t][1]) if t in sums["dp"] else 0 for t in traits}
+    random_means = {key: (total / count).tolist() for key, (total, count) in random_sums.items() if count}
+    baselines = {t: {f"mean_{key}": compare(f"mean {key}", means[key][t], random_means.get(key, []),
+                                            others={o: means[key][o] for o in traits
+                                                    if o != t and means[key][o] is not None},
+                                            flipped=None if means[key][t] is None else -means[key][t])
+                     for key in sums if means[key][t] is not None}
+                 for t in traits}
     return {
         "results": str(results_path),
         "n_rows": sum(counts.values()), "n_ok": counts["ok"], "n_bad": counts["bad"],
         "n_without_base_response": without_base,
         "traits": traits, "mean_dp": means["dp"], "mean_dp_last_prompt": means["dp_last_prompt"],
         "n_scored": n_scored, "problem_counts": dict(kinds), "problems": problems,
+        "baselines": baselines_to_dict(baselines),
     }
 
 
@@ -449,3 +505,122 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
                        "messages": messages, "base_response": row.get("base_response")}
                 handle.write(json.dumps(out, ensure_ascii=False) + "\n")
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# controls: datasets compared, beside random directions and the other traits
+
+
+def load_random_scores(results_path: str | os.PathLike[str], key: str = "dp") -> tuple[np.ndarray, np.ndarray]:
+    """``(line numbers, [n, K] float32)``: each scored row's ``key`` along the K random control directions (rows
+    without them are left out; ``K = 0`` when the results hold no controls)."""
+    if key not in ("dp", "dp_last_prompt"):
+        raise ValueError(f"controls are kept for dp and dp_last_prompt, not {key!r}")
+    lines: list[int] = []
+    values: list[list[float]] = []
+    for row, _ in JsonlRecords(results_path).rows():
+        random_values = row.get(f"{key}_random") if row["status"] == "ok" else None
+        if random_values is not None and (not values or len(random_values) == len(values[0])):
+            lines.append(row["line"])
+            values.append(random_values)
+    width = len(values[0]) if values else 0
+    return np.asarray(lines, dtype=np.int64), np.asarray(values, dtype=np.float32).reshape(len(values), width)
+
+
+@dataclass
+class DatasetComparison:
+    """One dataset against a reference dataset, on one trait's ``key`` (dp or dp_last_prompt): the sample-level
+    AUROC (dataset = positive) and the dataset-level difference of mean scores, each beside its controls in
+    ``baselines`` (``"auroc"``, ``"mean_difference"``): random directions, other traits' vectors, flipped vector."""
+
+    dataset: str
+    reference: str
+    trait: str
+    key: str
+    n: int
+    n_reference: int
+    baselines: dict[str, Baseline]
+
+    @property
+    def auroc(self) -> float:
+        return self.baselines["auroc"].value
+
+    @property
+    def mean_difference(self) -> float:
+        return self.baselines["mean_difference"].value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "reference": self.reference, "trait": self.trait, "key": self.key,
+                "n": self.n, "n_reference": self.n_reference, "auroc": self.auroc,
+                "mean_difference": self.mean_difference, "baselines": baselines_to_dict(self.baselines)}
+
+
+def _aligned(results_path: str | os.PathLike[str], traits: Sequence[str], key: str
+             ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Every trait's ``key`` and the random controls over the rows where all of them are defined."""
+    columns: dict[str, list[float]] = {t: [] for t in traits}
+    randoms: list[list[float]] = []
+    with_random = True
+    for row, _ in JsonlRecords(results_path).rows():
+        if row["status"] != "ok":
+            continue
+        values = [row.get(key, {}).get(t) for t in traits]
+        if any(v is None for v in values):
+            continue
+        for t, v in zip(traits, values):
+            columns[t].append(v)
+        random_values = row.get(f"{key}_random")
+        if random_values is None or (randoms and len(random_values) != len(randoms[0])):
+            with_random = False
+        else:
+            randoms.append(random_values)
+    arrays = {t: np.asarray(v, dtype=np.float64) for t, v in columns.items()}
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    random = np.asarray(randoms, dtype=np.float64).T if with_random and randoms and len(randoms) == n else None
+    return arrays, random
+
+
+def compare_datasets(results: Mapping[str, str | os.PathLike[str]], trait: str, key: str = "dp", *,
+                     reference: str | None = None) -> dict[str, DatasetComparison]:
+    """Each dataset of ``results`` (name -> screening results file) against ``reference`` (default: the first), on
+    ``trait``: sample-level AUROC and dataset-level mean difference, beside the random directions kept in the files
+    (when both files have them, from the same run settings), the files' other traits and the flipped vector."""
+    if key not in ("dp", "dp_last_prompt"):
+        raise ValueError(f"datasets are compared on dp or dp_last_prompt, not {key!r}")
+    names = list(results)
+    if len(names) < 2:
+        raise ValueError("comparing datasets needs at least two results files")
+    reference = names[0] if reference is None else reference
+    if reference not in results:
+        raise KeyError(f"no dataset {reference!r} among {names}")
+    traits = summarize(results[reference], max_problems=0)["traits"]
+    if trait not in traits:
+        raise KeyError(f"no trait {trait!r} in {results[reference]}; it has {traits}")
+    ref_columns, ref_random = _aligned(results[reference], traits, key)
+    out = {}
+    for name in names:
+        if name == reference:
+            continue
+        columns, random = _aligned(results[name], traits, key)
+        n, n_ref = len(columns[trait]), len(ref_columns[trait])
+        labels = np.r_[np.ones(n), np.zeros(n_ref)]
+        both = {t: torch.as_tensor(np.r_[columns[t], ref_columns[t]]) for t in traits}
+        random_both = None
+        if random is not None and ref_random is not None and random.shape[0] == ref_random.shape[0]:
+            random_both = torch.as_tensor(np.concatenate([random, ref_random], axis=1))
+        others = {t: v for t, v in both.items() if t != trait}
+
+        def difference(values: torch.Tensor, n: int = n, n_ref: int = n_ref) -> float:
+            values = values.double()
+            return float(values[:n].mean() - values[n:].mean()) if n and n_ref else math.nan
+
+        def area(values: torch.Tensor, labels: np.ndarray = labels) -> float:
+            return stats.auroc(values, labels)
+
+        out[name] = DatasetComparison(name, reference, trait, key, n, n_ref, {
+            "auroc": compare_measure("auroc", area, both[trait], random_both,
+                                     others=others),
+            "mean_difference": compare_measure(f"mean {key} difference", difference, both[trait], random_both,
+                                               others=others),
+        })
+    return out

@@ -10,6 +10,12 @@ models, the shift along a trait's vector predicts the trait's expression after f
 gives the Pearson correlation of shift with trait score, per vector (a vector of another trait is the cross-trait
 baseline), and :func:`persona_lens.viz.projections.shift_figure` draws the scatter.
 
+Controls (:mod:`persona_lens.core.controls`), from the same mean activations (one matmul): each
+:class:`ShiftResult` holds the shift along ``controls`` seeded random directions of the first vector's norm at the
+layer and along the ``against`` vectors (other traits', cross-trait); ``ShiftResult.baselines[trait]`` is the shift
+beside them, and ``ShiftStudy.baselines[trait]["pearson_r"]`` the correlation with the score beside the
+correlation of each random direction's (and each other vector's) shift with the same scores, and the flipped r.
+
 Finetuned models given by name are loaded one at a time and released, so a study over many finetunes needs the
 memory of two models.
 """
@@ -28,9 +34,17 @@ from torch import Tensor
 
 from persona_lens.core import stats
 from persona_lens.core.chat import Message, make_messages
+from persona_lens.core.controls import (
+    DEFAULT_RANDOM_DIRECTIONS,
+    Baseline,
+    baselines_to_dict,
+    compare,
+    layer_controls,
+    project_rows,
+)
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.layers import check_layer
-from persona_lens.core.vectors import VectorLike, trait_names, unit_vectors_by_layer
+from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, unit_vectors_by_layer, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.experiments.monitor import last_prompt_activations
 from persona_lens.judges.base import Judge
@@ -78,10 +92,25 @@ class ShiftResult:
     shift_by_layer: dict[str, list[float]]
     n_prompts: int
     evaluation: TraitEvaluation | None = None
+    random_shift: list[float] = field(default_factory=list)
+    """The shift at ``layer`` along each random control direction (unit, seeded)."""
+    against_shift: dict[str, float] = field(default_factory=dict)
+    """The shift at ``layer`` along each cross-trait vector given only as a control."""
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    """``baselines[trait]``: the shift along the trait's vector beside its controls (computed when empty)."""
+
+    def __post_init__(self) -> None:
+        if not self.baselines:
+            self.baselines = {name: compare("shift", value, self.random_shift,
+                                            others={**{o: v for o, v in self.shift.items() if o != name},
+                                                    **self.against_shift},
+                                            flipped=-value)
+                              for name, value in self.shift.items()}
 
     def to_json(self, with_texts: bool = False) -> dict[str, Any]:
         out = {"label": self.label, "model": self.model_name, "layer": self.layer, "shift": self.shift,
-               "shift_by_layer": self.shift_by_layer, "n_prompts": self.n_prompts}
+               "shift_by_layer": self.shift_by_layer, "n_prompts": self.n_prompts,
+               "against_shift": self.against_shift, "baselines": baselines_to_dict(self.baselines)}
         if self.evaluation is not None:
             out["evaluation"] = self.evaluation.to_json(with_texts)
         return out
@@ -89,20 +118,35 @@ class ShiftResult:
 
 def compute_shift(base: HookedLM | Tensor, finetuned: HookedLM, prompts: Sequence[Sequence[Message]],
                   vectors: VectorLike | Sequence[VectorLike], layer: int, *, label: str | None = None,
-                  batch_size: int = 8, progress: bool = False) -> ShiftResult:
+                  batch_size: int = 8, progress: bool = False, controls: int = DEFAULT_RANDOM_DIRECTIONS,
+                  control_seed: int = 0, against: Sequence[VectorLike] = ()) -> ShiftResult:
     """Shift of ``finetuned`` relative to ``base`` (a model, or its precomputed
     :func:`mean_last_prompt_activation`) along each vector. Vectors are checked against ``finetuned`` by shape
-    only (a finetune's name differs from its base's)."""
+    only (a finetune's name differs from its base's). Controls: the shift along ``controls`` seeded random
+    directions (0: none) and along the ``against`` vectors, at ``layer``."""
     check_layer(layer, finetuned.cfg.n_layers)
+    if not isinstance(controls, int) or controls < 0:
+        raise ValueError(f"controls must be an int >= 0 (0: no random directions), got {controls!r}")
     units = unit_vectors_by_layer(vectors, finetuned, allow_other_model=True)
     base_mean = base if isinstance(base, Tensor) else mean_last_prompt_activation(base, prompts,
                                                                                   batch_size=batch_size)
     ft_mean = mean_last_prompt_activation(finetuned, prompts, batch_size=batch_size, progress=progress)
     shifts = shift_from_means(base_mean, ft_mean, units)
     names = trait_names(vectors)
+    delta = (ft_mean.float() - base_mean.float()).cpu()[layer]
+    random_shift = project_rows(delta[None], layer_controls(vector_list(vectors)[0], layer, controls,
+                                                            seed=control_seed))[:, 0].tolist() if controls else []
+    against_shift = {}
+    if against:
+        against_units = unit_directions(against, layer, finetuned, allow_other_model=True)
+        for name, value in zip(trait_names(against), (against_units @ delta).tolist()):
+            while name in names or name in against_shift:
+                name = f"{name} (against)"
+            against_shift[name] = float(value)
     return ShiftResult(label or finetuned.cfg.model_name, finetuned.cfg.model_name, names, layer,
                        {n: float(shifts[j, layer]) for j, n in enumerate(names)},
-                       {n: shifts[j].tolist() for j, n in enumerate(names)}, len(prompts))
+                       {n: shifts[j].tolist() for j, n in enumerate(names)}, len(prompts),
+                       random_shift=random_shift, against_shift=against_shift)
 
 
 @dataclass
@@ -152,6 +196,31 @@ class ShiftStudy:
     layer: int
     results: list[ShiftResult]
     base_evaluation: TraitEvaluation | None = None
+    baselines: dict[str, dict[str, Baseline]] = field(default_factory=dict)
+    """``baselines[trait]["pearson_r"]``: r(shift, score) beside the r of each random direction's shift, of each
+    other vector's shift (the study's other traits and the ``against`` vectors) and of the flipped vector's."""
+
+    def __post_init__(self) -> None:
+        if not self.baselines:
+            self.baselines = self.compute_baselines()
+
+    def compute_baselines(self) -> dict[str, dict[str, Baseline]]:
+        scores = self.scores()
+        if not self.results:
+            return {}
+        n_random = min(len(r.random_shift) for r in self.results)
+        random_r = [stats.pearson([r.random_shift[i] for r in self.results], scores) for i in range(n_random)]
+        against = {name: stats.pearson([r.against_shift.get(name) for r in self.results], scores)
+                   for name in self.results[0].against_shift}
+        mine = {name: stats.pearson(self.shifts(name), scores) for name in self.traits}
+        return {name: {"pearson_r": compare("r(shift, score)", value, random_r,
+                                            others={**{o: v for o, v in mine.items() if o != name}, **against},
+                                            flipped=-value if math.isfinite(value) else None)}
+                for name, value in mine.items()}
+
+    def baseline(self, trait: str | None = None, metric: str = "pearson_r") -> Baseline:
+        """``baselines[trait][metric]`` (default: the first trait's r)."""
+        return self.baselines[trait or self.traits[0]][metric]
 
     def scores(self) -> list[float | None]:
         return [r.evaluation.mean_score if r.evaluation is not None else None for r in self.results]
@@ -174,7 +243,8 @@ class ShiftStudy:
         return {"traits": self.traits, "layer": self.layer,
                 "models": [r.to_json(with_texts) for r in self.results],
                 "base_evaluation": None if self.base_evaluation is None else self.base_evaluation.to_json(with_texts),
-                "correlations": {t: self.correlation(t) for t in self.traits}}
+                "correlations": {t: self.correlation(t) for t in self.traits},
+                "baselines": baselines_to_dict(self.baselines)}
 
 
 def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Sequence[Sequence[Message]],
@@ -182,11 +252,14 @@ def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Se
                 scores: Mapping[str, float] | None = None, judge: Judge | None = None, rubric: str | None = None,
                 questions: Sequence[str] | None = None, evaluate_base: bool = False,
                 load: Callable[[str], HookedLM] | None = None, batch_size: int = 8, progress: bool = False,
-                allow_other_model: bool = False, **evaluate_kwargs: Any) -> ShiftStudy:
+                allow_other_model: bool = False, controls: int = DEFAULT_RANDOM_DIRECTIONS, control_seed: int = 0,
+                against: Sequence[VectorLike] = (), **evaluate_kwargs: Any) -> ShiftStudy:
     """Shift of each finetuned model (objects, or names loaded one at a time with ``load``), and its trait score:
     from ``scores`` (by label) when given, else judged with ``judge`` and ``rubric`` on ``questions``
     (:func:`evaluate_trait`; ``evaluate_kwargs`` go there). ``evaluate_base`` scores the base model too.
-    The vectors are checked against the base model (``allow_other_model`` as in ``check_compatible``)."""
+    The vectors are checked against the base model (``allow_other_model`` as in ``check_compatible``).
+    Controls: ``controls`` random directions (``control_seed``) and the ``against`` vectors, see
+    :attr:`ShiftStudy.baselines`."""
     if not finetuned:
         raise ValueError("no finetuned model given")
     labels = list(labels) if labels is not None else [m if isinstance(m, str) else m.cfg.model_name
@@ -197,6 +270,8 @@ def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Se
         raise ValueError("judging needs a rubric and questions")
     # The vectors must fit the base model (by name too, unless allow_other_model).
     unit_vectors_by_layer(vectors, base, allow_other_model=allow_other_model)
+    if against:
+        unit_vectors_by_layer(against, base, allow_other_model=allow_other_model)
     base_mean = mean_last_prompt_activation(base, prompts, batch_size=batch_size, progress=progress)
     base_eval = None
     if evaluate_base and judge is not None:
@@ -212,7 +287,8 @@ def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Se
         model = load(item) if isinstance(item, str) else item
         try:
             result = compute_shift(base_mean, model, prompts, vectors, layer, label=label, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, controls=controls, control_seed=control_seed,
+                                   against=against)
             if scores is not None and label in scores:
                 result.evaluation = TraitEvaluation(float(scores[label]), [float(scores[label])],
                                                     judge_id="given")

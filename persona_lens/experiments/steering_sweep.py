@@ -33,11 +33,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
+from persona_lens.core.controls import Baseline, baselines_to_dict, compare, random_like
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
-from persona_lens.core.vectors import PersonaVector
+from persona_lens.core.vectors import PersonaVector, trait_names
 from persona_lens.experiments.evaluate import (
     GenerationSettings,
     ReplyJob,
@@ -52,7 +53,8 @@ from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
 __all__ = ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult", "run_steering_sweep", "default_layers",
-           "choose_layer", "neighbour_cells", "format_samples"]
+           "choose_layer", "neighbour_cells", "format_samples", "STEERING_CONTROLS", "SteeringControls",
+           "run_steering_controls"]
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +319,107 @@ def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell,
     scored = write_text_atomic(out / "scored.jsonl",
                                "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records.values()))
     return {"csv": csv_path, "json": json_path, "scored": scored}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# controls: the same steering with random vectors of the vector's norm, the flipped vector and other traits' vectors
+
+STEERING_CONTROLS = 3
+"""Random vectors steered at the chosen cell by default: each costs one cell of generation (the questions x samples
+of the sweep), so 3 random + the vector + the flipped vector add 5 cells to a sweep of (layers x coefficients)."""
+
+
+@dataclass
+class SteeringControls:
+    """One steered cell beside its controls, generated and judged on the same questions with the same seeds:
+    ``baselines[metric]`` for ``trait_rate`` (share of replies >= trait threshold), ``trait_mean`` and
+    ``coherent_trait_rate`` (share of replies both >= trait threshold and >= coherence threshold)."""
+
+    layer: int
+    coef_raw: float
+    coef_relative: float
+    cells: dict[str, dict[str, Any]]
+    """Per steered vector (``vector``, ``random0``.., ``flipped``, other traits): its raw coefficient and summary."""
+    baselines: dict[str, Baseline]
+    controls: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer, "coef_raw": self.coef_raw, "coef_relative": self.coef_relative,
+                "controls": self.controls, "cells": self.cells, "baselines": baselines_to_dict(self.baselines)}
+
+
+def _coherent_trait_rate(records: Sequence[dict], trait_threshold: float, coherence_threshold: float
+                         ) -> float | None:
+    pairs = [(r["trait_score"], r["coherence"]) for r in records]
+    scored = [(t, c) for t, c in pairs if t is not None and c is not None]
+    if not scored:
+        return None
+    return sum(t >= trait_threshold and c >= coherence_threshold for t, c in scored) / len(scored)
+
+
+def run_steering_controls(model: HookedLM, vector: PersonaVector, trait: Trait, cell: SteeringCell, *,
+                          judge: Judge, coherence_judge: Judge | None = None,
+                          config: SteeringSweepConfig | None = None, out_dir: str | Path,
+                          controls: int = STEERING_CONTROLS, control_seed: int = 0,
+                          against: Sequence[PersonaVector] = (), flip: bool = True,
+                          progress: bool = True) -> SteeringControls:
+    """Steer at ``cell``'s layer with the vector, ``controls`` seeded random vectors with its per-layer norm (same
+    raw coefficient, so the same relative coefficient), the flipped vector and each ``against`` vector (at the same
+    relative coefficient: its raw coefficient scaled by the norms), on the sweep's questions and seeds; judge and
+    compare. Replies go to ``out_dir/controls.jsonl`` (resumable) and the result to ``out_dir/controls.json``."""
+    config = config or SteeringSweepConfig()
+    coherence_judge = judge if coherence_judge is None else coherence_judge
+    if cell.layer is None:
+        raise ValueError("controls need a steered cell (the unsteered baseline has no vector)")
+    if not isinstance(controls, int) or controls < 0:
+        raise ValueError(f"controls must be an int >= 0 (0: no random vectors), got {controls!r}")
+    layer = int(cell.layer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = _plan(trait, config)
+    norm = float(vector.vectors[layer].norm())
+    if cell.coef_relative:
+        residual = cell.coef_raw * norm / cell.coef_relative  # the layer's median residual norm
+    else:
+        residual = float("nan")
+    steered: dict[str, tuple[Any, float]] = {"vector": (vector, cell.coef_raw)}
+    for i, tensor in enumerate(random_like(vector.vectors, controls, seed=control_seed) if controls else []):
+        steered[f"random{i}"] = (PersonaVector(f"random{i}", vector.model_name, tensor), cell.coef_raw)
+    if flip:
+        steered["flipped"] = (vector, -cell.coef_raw)
+    for other, name in zip(against, trait_names(list(against)) if against else []):
+        other_norm = float(other.vectors[layer].norm())
+        if not other_norm or residual != residual:
+            raise ValueError(f"cannot steer {name!r} at the same relative coefficient (zero norm or coefficient 0)")
+        while name in steered:
+            name = f"{name} (against)"
+        steered[name] = (other, cell.coef_relative * residual / other_norm)
+    tag = f"control|L{layer}|raw{cell.coef_raw:.6g}|seed{control_seed}"
+    reply_jobs = []
+    for name, (vec, raw) in steered.items():
+        steering = Steering(vec, layer, raw, config.positions)
+        reply_jobs += [job.reply_job(f"{tag}|{name}", raw, steering, config.seed) for job in jobs]
+    records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "controls.jsonl"),
+                               with_tokens=False, progress=progress, desc="controls: generate")
+    judge_replies([records[j.key] for j in reply_jobs], trait.rubric, judge, coherence_judge, progress=progress,
+                  desc="controls: judge")
+    cells: dict[str, dict[str, Any]] = {}
+    for name, (_, raw) in steered.items():
+        mine = [records[job.key(f"{tag}|{name}")] for job in jobs]
+        summary = summarise_scores(mine, trait_threshold=config.trait_threshold,
+                                   coherence_threshold=config.coherence_threshold)
+        cells[name] = {"coef_raw": raw, **asdict(summary),
+                       "coherent_trait_rate": _coherent_trait_rate(mine, config.trait_threshold,
+                                                                   config.coherence_threshold)}
+    randoms = [name for name in steered if name.startswith("random") and name[6:].isdigit()]
+    others = [name for name in steered if name not in ("vector", "flipped", *randoms)]
+    baselines = {metric: compare(metric, cells["vector"][metric], [cells[n][metric] for n in randoms],
+                                 others={n: cells[n][metric] for n in others},
+                                 flipped=cells["flipped"][metric] if flip else None)
+                 for metric in ("trait_rate", "trait_mean", "coherent_trait_rate")}
+    result = SteeringControls(layer, cell.coef_raw, cell.coef_relative, cells, baselines,
+                              {"k": controls, "seed": control_seed, "against": others, "flipped": flip})
+    result.paths["json"] = write_json_atomic(out / "controls.json", result.to_json())
+    result.paths["replies"] = out / "controls.jsonl"
+    return result

@@ -153,9 +153,16 @@ def sweep_figure(result: Any, trait: str | None = None) -> go.Figure:
                 hovertemplate=f"{condition} mean<br>%{{x:.3f}}, %{{y:.1f}}",
             ))
     corr = result.correlations(name)
+    title = (f"{result.kind} sweep, layer {result.layer}: r = {_fmt(corr['overall'])} overall, "
+             f"{_fmt(corr['within_condition'])} within condition (n = {corr['n_prompts']} prompts)")
+    baselines = getattr(result, "baselines", {}).get(name, {})
+    if baselines:
+        from persona_lens.viz.controls import baseline_note
+
+        title += "<br><sup>" + "; ".join(f"{metric.replace('_', ' ')}: {baseline_note(b)}"
+                                         for metric, b in baselines.items()) + "</sup>"
     figure.update_layout(
-        title=(f"{result.kind} sweep, layer {result.layer}: r = {_fmt(corr['overall'])} overall, "
-               f"{_fmt(corr['within_condition'])} within condition (n = {corr['n_prompts']} prompts)"),
+        title=title,
         xaxis_title=f"projection of the last prompt token on {name}", yaxis_title=f"trait score ({result.judge_id})",
         template="plotly_white",
     )
@@ -163,8 +170,10 @@ def sweep_figure(result: Any, trait: str | None = None) -> go.Figure:
 
 
 def shift_figure(labels: Sequence[str], shifts: Sequence[float], scores: Sequence[float | None], *,
-                 trait: str = "", score_name: str = "trait score", r: float | None = None) -> go.Figure:
-    """Finetuning shift (x) vs trait score (y), one labelled point per finetuned model."""
+                 trait: str = "", score_name: str = "trait score", r: float | None = None,
+                 baseline: Any = None) -> go.Figure:
+    """Finetuning shift (x) vs trait score (y), one labelled point per finetuned model. ``baseline``: the r's
+    :class:`~persona_lens.core.controls.Baseline` (its random band goes under the title)."""
     figure = go.Figure(go.Scatter(
         x=list(shifts), y=list(scores), mode="markers+text", text=list(labels), textposition="top center",
         marker={"size": 11, "color": _PALETTE[0]}, hovertemplate="%{text}<br>shift %{x:.3f}<br>score %{y:.1f}",
@@ -172,6 +181,10 @@ def shift_figure(labels: Sequence[str], shifts: Sequence[float], scores: Sequenc
     title = f"Finetuning shift along {trait or 'the vector'} vs {score_name}"
     if r is not None and not math.isnan(r):
         title += f" (Pearson r = {r:.2f}, n = {sum(s is not None for s in scores)})"
+    if baseline is not None:
+        from persona_lens.viz.controls import baseline_note
+
+        title += f"<br><sup>r {baseline_note(baseline)}</sup>"
     figure.update_layout(title=title, xaxis_title="shift of the last prompt token (finetuned - base) . unit vector",
                          yaxis_title=score_name, template="plotly_white")
     return figure

@@ -63,3 +63,9 @@ def test_bad_k_and_zero_direction_are_refused():
         random_directions(4, 0)
     with pytest.raises(ValueError, match="zero norm"):
         project_rows(torch.randn(3, 4), torch.zeros(1, 4))
+
+
+def test_baseline_round_trips_through_its_dict():
+    base = compare("r", 0.5, [0.1, -0.2, 0.3], others={"evil": 0.2}, flipped=-0.5)
+    again = type(base).from_dict(base.to_dict())
+    assert again == base and again.summary() == base.summary()
