@@ -16,6 +16,7 @@ from persona_lens.cli.options import (
     load_model_arg,
     load_trait_arg,
 )
+from persona_lens.cli.scale import add_ray_options, executor_from_args
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction"]
 
@@ -53,7 +54,7 @@ def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Pa
     judge, coherence = judges_from_args(args, trait, model)
     try:
         return extract(model, trait, judge=judge, coherence_judge=coherence, config=config, out_dir=out_dir,
-                       progress=not args.quiet)
+                       progress=not args.quiet, executor=executor_from_args(args))
     except ValueError as error:
         raise BadInput(str(error)) from error
 
@@ -75,6 +76,7 @@ def configure_parser(subparsers: Any) -> None:
                         help="output folder (default: runs/<model>/<trait>/extract)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_ray_options(parser)
     parser.set_defaults(func=run)
 
 
