@@ -16,7 +16,7 @@ from persona_lens.cli.options import (
     load_model_arg,
     load_trait_arg,
 )
-from persona_lens.cli.scale import add_ray_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction"]
 
@@ -76,7 +76,7 @@ def configure_parser(subparsers: Any) -> None:
                         help="output folder (default: runs/<model>/<trait>/extract)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_ray_options(parser)
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 

@@ -15,7 +15,7 @@ from persona_lens.cli.options import (
     load_model_layer_vectors,
     slug,
 )
-from persona_lens.cli.scale import add_ray_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "run"]
 
@@ -65,7 +65,7 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_ray_options(parser)
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 

@@ -26,7 +26,7 @@ from persona_lens.cli.options import (
     parse_float_list,
     parse_int_list,
 )
-from persona_lens.cli.scale import add_ray_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
 
@@ -88,7 +88,7 @@ def configure_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("sweep", help="sweep layers x coefficients and pick the layer",
                                    description=DESCRIPTION)
     _add_arguments(parser)
-    add_ray_options(parser)
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 

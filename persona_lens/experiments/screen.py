@@ -204,21 +204,36 @@ def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResp
         if item.key not in found:
             missing.setdefault(item.key, item.prompt_ids)
     if missing:
-        new = _generate_base(model, (list(missing), list(missing.values()), config))
+        new = _generate_base(model, (list(missing), list(missing.values()), config, None))
         cache.put_many(new)  # on disk before anything else: an interruption loses no generation
         cache.generated += len(new)
         found.update(new)
     return found
 
 
-def _generate_base(model: HookedLM, unit: tuple[list[str], list[list[int]], ScreenConfig]
-                   ) -> dict[str, tuple[list[int], str, bool]]:
+_BaseUnit = tuple[list[str], list[list[int]], ScreenConfig, Any]
+
+
+def _generate_base(model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
     """One chunk's missing base replies in one generate call (a unit of work for an executor), by cache key."""
-    keys, prompts, config = unit
+    keys, prompts, config, _ = unit
     generation = generate(model, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                           top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
     return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, generation.response_ids,
                                                                      generation.texts, generation.stopped)}
+
+
+def _engine_base(engine: Any, model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
+    """The same replies from a serving engine (they need no hooks), to the prompts' chat messages."""
+    keys, prompts, config, messages = unit
+    out = engine.generate(model, messages, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          top_p=config.top_p, seeds=[config.seed + i for i in range(len(prompts))])
+    if out.prompt_ids != prompts:
+        raise ValueError("the engine's prompts do not tokenize as the screening prompts")
+    return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, out.response_ids, out.texts, out.stopped)}
+
+
+_generate_base.on_engine = _engine_base  # type: ignore[attr-defined]
 
 
 def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, generation: dict[str, Any],
@@ -230,18 +245,19 @@ def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, g
     """
     assigned: set[str] = set()
 
-    def unit(chunk: list[ChatRecord | BadRecord]) -> tuple[list[str], list[list[int]], ScreenConfig] | None:
-        items = [_prepare(model, r, config, generation) for r in chunk if not isinstance(r, BadRecord)]
-        items = [item for item in items if isinstance(item, _Prepared)]
-        found = cache.get_many([item.key for item in items])
-        missing: dict[str, list[int]] = {}
-        for item in items:
-            if item.key not in found and item.key not in assigned:
-                missing.setdefault(item.key, item.prompt_ids)
+    def unit(chunk: list[ChatRecord | BadRecord]) -> _BaseUnit | None:
+        records = [r for r in chunk if not isinstance(r, BadRecord)]
+        items = [_prepare(model, r, config, generation) for r in records]
+        found = cache.get_many([item.key for item in items if isinstance(item, _Prepared)])
+        missing: dict[str, tuple[list[int], Any]] = {}
+        for record, item in zip(records, items):
+            if isinstance(item, _Prepared) and item.key not in found and item.key not in assigned:
+                missing.setdefault(item.key, (item.prompt_ids, record.prompt))
         assigned.update(missing)
-        return (list(missing), list(missing.values()), config) if missing else None
+        values = list(missing.values())
+        return (list(missing), [v[0] for v in values], config, [v[1] for v in values]) if missing else None
 
-    def units() -> Iterator[tuple[list[str], list[list[int]], ScreenConfig]]:
+    def units() -> Iterator[_BaseUnit]:
         chunk: list[ChatRecord | BadRecord] = []
         for n_seen, record in enumerate(iter_chat_jsonl(data), start=1):
             if limit is not None and n_seen > limit:
