@@ -29,6 +29,10 @@ PROMPTS = [make_messages(q, system="You are a pirate.") for q in ["Name a colour
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The script's server on a free port (PERSONA_LENS_TEST_ENGINE: reuse one the script started already)."""
+    if os.environ.get("PERSONA_LENS_TEST_ENGINE"):
+        yield os.environ["PERSONA_LENS_TEST_ENGINE"]
+        return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -97,3 +101,28 @@ def test_cli_extract_with_engine_and_its_errors(server, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert cli.main([*common, "--model", "tiny-qwen2", "--out", str(tmp_path / "other"), "--engine", server]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_screening_base_replies_from_the_engine_equal_in_process(server, smollm2, tmp_path):
+    import json
+
+    from persona_lens.core.vectors import PersonaVector
+    from persona_lens.experiments.screen import ScreenConfig, screen_dataset
+
+    data = tmp_path / "d.jsonl"
+    with open(data, "w", encoding="utf-8") as handle:
+        for messages, answer in zip(PROMPTS, ["Red, matey!", "Four.", "Why did the parrot cross the sea?"]):
+            handle.write(json.dumps({"messages": [*messages, {"role": "assistant", "content": answer}]}) + "\n")
+    vector = PersonaVector("pirate", smollm2.cfg.model_name, torch.randn(smollm2.cfg.n_layers + 1,
+                                                                          smollm2.cfg.d_model,
+                                                                          generator=torch.Generator().manual_seed(0)))
+    config = ScreenConfig(layer=10, max_new_tokens=12, chunk_size=2, batch_size=2)
+    screen_dataset(smollm2, data, [vector], tmp_path / "local.jsonl", config, progress=False)
+    report = screen_dataset(smollm2, data, [vector], tmp_path / "engine.jsonl", config, progress=False,
+                            executor=EngineExecutor(OpenAIEngine(server)))
+    assert report["base_responses_generated"] == 3
+    local = [json.loads(line) for line in open(tmp_path / "local.jsonl")]
+    served = [json.loads(line) for line in open(tmp_path / "engine.jsonl")]
+    assert [r["base_response"] for r in served] == [r["base_response"] for r in local]
+    for a, b in zip(served, local):
+        assert a["dp"]["pirate"] == pytest.approx(b["dp"]["pirate"], abs=1e-4)
