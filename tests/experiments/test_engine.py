@@ -68,9 +68,8 @@ def test_extraction_on_the_engine_gives_the_in_process_vector(server, smollm2, t
     same = sum(engine.records[k]["response_ids"] == local.records[k]["response_ids"] for k in local.records)
     cosine = cosine_similarity_by_layer(engine.vectors["response"], local.vectors["response"])
     print(f"identical replies {same}/{len(local.records)}; cosine per layer {[round(float(c), 4) for c in cosine]}")
-    assert engine.vectors["response"].vectors.shape == local.vectors["response"].vectors.shape
-    if same == len(local.records):
-        torch.testing.assert_close(engine.vectors["response"].vectors, local.vectors["response"].vectors)
+    assert same == len(local.records)  # measured: 12/12 greedy replies identical, cosine 1.0000 at every layer
+    torch.testing.assert_close(engine.vectors["response"].vectors, local.vectors["response"].vectors)
 
 
 def test_another_served_model_is_refused_with_the_fix(server):
