@@ -91,7 +91,7 @@ class OpenAIEngine:
             raise EngineError(f"{self.base}/chat/completions answered no reply: {str(answer)[:300]}") from None
         usage = answer.get("usage") or {}
         return {"text": text, "finish_reason": choice.get("finish_reason"),
-                "prompt_tokens": usage.get("prompt_tokens")}
+                "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")}
 
     def check_matches(self, model: Any) -> None:
         """Raise :class:`EngineMismatch` unless the server tokenizes our probe conversation as ``model`` does.
@@ -122,7 +122,7 @@ class OpenAIEngine:
         """Replies from the server, as :func:`persona_lens.core.generation.generate` returns them.
 
         ``response_ids`` are the reply's tokens located in ``model``'s re-tokenized conversation; ``stopped`` is
-        the server's ``finish_reason == "stop"``.
+        the server's ``finish_reason == "stop"`` (or a stop token as the last allowed token: :func:`_stopped`).
         """
         self.check_matches(model)
         seeds = list(seeds) if seeds is not None else [None] * len(conversations)  # type: ignore[list-item]
@@ -137,7 +137,20 @@ class OpenAIEngine:
         response_ids = [_locate(model.tokenizer, c, a["text"], len(p))
                         for c, a, p in zip(conversations, answers, prompts)]
         return Generation([a["text"] for a in answers], prompts, response_ids,
-                          [a["finish_reason"] == "stop" for a in answers])
+                          [_stopped(a, ids) for a, ids in zip(answers, response_ids)])
+
+
+def _stopped(answer: dict[str, Any], response_ids: Sequence[int]) -> bool:
+    """Whether the reply ended with a stop token, as our ``generate`` says it.
+
+    A server that generates the stop token as the last allowed token reports ``"length"`` (seen with
+    ``transformers serve``), where our ``generate`` reports a stop: it counted one completion token more than the
+    reply's text holds, and that token was the (skipped) stop token.
+    """
+    if answer["finish_reason"] == "stop":
+        return True
+    count = answer.get("completion_tokens")
+    return answer["finish_reason"] == "length" and count is not None and len(response_ids) < int(count)
 
 
 def _locate(tokenizer: Any, messages: Sequence[Message], text: str, prompt_length: int) -> list[int]:
