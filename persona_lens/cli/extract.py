@@ -24,6 +24,7 @@ from persona_lens.cli.options import (
     temperature_arg,
     threshold_arg,
 )
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
            "calibration_path", "extract_dir"]
@@ -79,7 +80,7 @@ def run_extraction(model: Any, trait: Any, args: argparse.Namespace, out_dir: Pa
     judge, coherence = judges_from_args(args, trait, model, calibration=calibration_path(out_dir.parent))
     try:
         return extract(model, trait, judge=judge, coherence_judge=coherence, config=config, out_dir=out_dir,
-                       progress=not args.quiet)
+                       progress=not args.quiet, executor=executor_from_args(args))
     except ValueError as error:
         raise BadInput(str(error)) from error
 
@@ -104,6 +105,7 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_control_arguments(parser, default=100, cost="a dot product")
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 

@@ -23,6 +23,7 @@ from persona_lens.cli.options import (
     temperature_arg,
     top_p_arg,
 )
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "run"]
 
@@ -79,6 +80,7 @@ def configure_parser(subparsers: Any) -> None:
                           "a row in the scores file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -135,12 +137,13 @@ def run(args: argparse.Namespace) -> int:
     names = _names(list(args.data))
     report: dict[str, Any] = {"model": model.cfg.model_name, "layer": layer, "datasets": {}, "comparison": {}}
     traits: list[str] = []
+    executor = executor_from_args(args)
     for name, path in zip(names, args.data):
         scores_path = args.out / f"{name}.scores.jsonl"
         try:
             summary = screen_dataset(model, path, vectors, scores_path, config, cache_path=cache, limit=args.limit,
                                      allow_other_model=args.allow_other_model,
-                                     progress=not (args.quiet or args.json))
+                                     progress=not (args.quiet or args.json), executor=executor)
         except ValueError as error:  # settings of an earlier run differ
             raise BadInput(str(error)) from None
         traits = summary["traits"] or traits

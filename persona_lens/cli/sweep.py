@@ -40,6 +40,7 @@ from persona_lens.cli.options import (
     temperature_arg,
     threshold_arg,
 )
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
 
@@ -110,6 +111,7 @@ def configure_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("sweep", help="sweep layers x coefficients and pick the layer",
                                    description=DESCRIPTION)
     _add_arguments(parser)
+    add_scale_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_steering_sweep(model, vector, trait, judge=judge, coherence_judge=coherence, config=config,
                                     out_dir=run_dir / f"sweep-{args.condition}-{args.positions}",
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, executor=executor_from_args(args))
     except ValueError as error:
         raise BadInput(str(error)) from error
     write_sweep_figure(result)

@@ -75,14 +75,19 @@ class _Reducer:
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
         resid32 = resid.float()
         if self.weights is not None:
-            means = einops.einsum(self.weights.to(resid32.device), resid32,
+            means = einops.einsum(_on(self.weights, resid32.device), resid32,
                                   "batch mean pos, batch pos d_model -> batch mean d_model")
             for k, reduction in enumerate(self.means):
                 self.out[reduction][:, self.layer] = means[:, k]
         if "last_prompt" in self.out:
             rows = torch.arange(resid.shape[0], device=resid.device)
-            self.out["last_prompt"][:, self.layer] = resid32[rows, self.batch.last_prompt_index]
+            self.out["last_prompt"][:, self.layer] = resid32[rows, _on(self.batch.last_prompt_index, resid.device)]
         return None
+
+
+def _on(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` (blocks of a split model run on different devices; no copy when already there)."""
+    return tensor if tensor.device == device else tensor.to(device)
 
 
 def _mean_weights(mask: Tensor) -> Float[Tensor, "batch pos"]:

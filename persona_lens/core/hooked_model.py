@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from persona_lens.core.devices import find_decoder_layers, input_device
+
 __all__ = ["HookedLM", "ModelConfig", "find_decoder_layers", "share_weights_copy"]
 
 
@@ -64,23 +66,6 @@ class _BlockHooks(nn.Module):
         super().__init__()
         self.hook_resid_pre = _ResidHookPoint(connect_pre)
         self.hook_resid_post = _ResidHookPoint(connect_post)
-
-
-def find_decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a Hugging Face causal LM, whatever the architecture calls it."""
-    n_layers = hf_model.config.num_hidden_layers
-    for attr in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        obj: Any = hf_model
-        for part in attr.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) == n_layers:
-            return obj
-    for module in hf_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(hf_model).__name__}")
 
 
 def share_weights_copy(module: nn.Module) -> nn.Module:
@@ -164,6 +149,9 @@ class HookedLM(HookedRootModule):
     # ----------------------------------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the embedding's device (its execution device when accelerate placed the model)."""
+        if getattr(self.hf_model, "hf_device_map", None):
+            return input_device(self.hf_model)
         return next(self.hf_model.parameters()).device
 
     @property

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from persona_lens.core.devices import DeviceMap, check_device_map_args, dispatch
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import atomic_directory
 
@@ -105,6 +107,9 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> HookedLM:
     """Load a chat model as a :class:`~persona_lens.core.hooked_model.HookedLM`.
 
@@ -113,20 +118,35 @@ def load_model(
     organism), ``"tiny-<arch>"`` for a tiny random model built in memory (see :mod:`persona_lens.core.tiny`), a local
     folder, or a Hugging Face model id.
     ``device`` defaults to CUDA when available; ``dtype`` to bfloat16 on CUDA and float32 on CPU.
+
+    ``device_map`` splits the model over devices instead (accelerate; see :mod:`persona_lens.core.devices`):
+    ``"auto"`` within ``max_memory`` (``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``), or a dict
+    ``{module name: device}`` where ``"cpu"`` / ``"disk"`` entries are offloaded (``"disk"`` needs
+    ``offload_folder``). Hooks, activations, generation and steering behave exactly as on one device.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persona_lens.core import tiny
     from persona_lens.core.registry import MODELS
 
+    check_device_map_args(device_map, max_memory, offload_folder, device)
+    split = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     if name_or_path in MODELS:
         resolve_device(device)  # an unknown or absent device is refused before the loader runs
-        return MODELS.resolve(name_or_path)(device=device, dtype=dtype)
+        if device_map is None:
+            return MODELS.resolve(name_or_path)(device=device, dtype=dtype)
+        main = resolve_device(None)
+        model = MODELS.resolve(name_or_path)(device="cpu", dtype=resolve_dtype(dtype, main))
+        dispatch(model.hf_model, **split)  # type: ignore[arg-type]
+        return model
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     if name_or_path in tiny.ARCHITECTURES or name_or_path.startswith("tiny-"):
         hf_model, tokenizer = tiny.build_tiny(name_or_path)
-        hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
+        if device_map is None:
+            hf_model = hf_model.to(device=torch_device, dtype=torch_dtype).eval()
+        else:
+            hf_model = dispatch(hf_model.to(dtype=torch_dtype).eval(), **split)  # type: ignore[arg-type]
         return HookedLM(hf_model, tokenizer, model_name=name_or_path)
     if name_or_path.lower() == SMOLLM2:
         folder: str | Path = smollm2_folder()
@@ -139,5 +159,10 @@ def load_model(
         tokenizer.name_or_path = model_name
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device).eval()
+    if device_map is None:
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device).eval()
+    else:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, device_map=device_map, max_memory=dict(max_memory) if max_memory else None,
+            offload_folder=offload_folder).eval()
     return HookedLM(hf_model, tokenizer, model_name=model_name)

@@ -30,6 +30,7 @@ from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import Positions, steer
 from persona_lens.core.io import JsonlRecords
+from persona_lens.experiments.executor import Executor, SerialExecutor
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge, Score
 
 __all__ = [
@@ -151,38 +152,66 @@ def _steering(model: HookedLM, jobs: Sequence[ReplyJob]) -> AbstractContextManag
     return steer(model, first.vector, layer=first.layer, coef=coefs, raw=True, positions=first.positions)
 
 
+def _generate_call(model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]) -> list[Record]:
+    """One generate call (a unit of work for an executor): the records of ``jobs``, in job order."""
+    part, settings, with_tokens = unit
+    with _steering(model, part):
+        out = generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
+                       temperature=settings.temperature, top_p=settings.top_p, seeds=[job.seed for job in part],
+                       batch_size=settings.batch_size)
+    return _records(part, out, with_tokens)
+
+
+def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]
+                 ) -> list[Record]:
+    """The same call on a serving engine when it needs no hooks (steered calls stay here)."""
+    part, settings, with_tokens = unit
+    if part[0].steering is not None or not all(job.prompt and isinstance(job.prompt[0], dict) for job in part):
+        return _generate_call(model, unit)
+    out = engine.generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
+                          temperature=settings.temperature, top_p=settings.top_p, seeds=[job.seed for job in part])
+    return _records(part, out, with_tokens)
+
+
+_generate_call.on_engine = _engine_call  # type: ignore[attr-defined]
+
+
+def _records(part: Sequence[ReplyJob], out: Any, with_tokens: bool) -> list[Record]:
+    new = []
+    for job, text, ids, stopped in zip(part, out.texts, out.response_ids, out.stopped):
+        record = {"key": job.key, **job.fields, "response": text}
+        if with_tokens:
+            record.update(response_ids=ids, stopped=stopped)
+        new.append(record)
+    return new
+
+
 def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, *,
                      store: JsonlRecords | None = None, chunk: int | None = None, with_tokens: bool = True,
-                     progress: bool = False, desc: str = "generate") -> dict[str, Record]:
+                     progress: bool = False, desc: str = "generate", executor: Executor | None = None
+                     ) -> dict[str, Record]:
     """Generate the replies of ``jobs`` that ``store`` lacks and append them to it after each generate call.
 
     Returns every record of the store (file order) and the new ones (job order), by key. One generate call takes the
     consecutive jobs that share a steering (vector, layer, positions), each with its own coefficient, or ``chunk``
     of them at a time. ``with_tokens`` adds ``response_ids`` and ``stopped`` (whether the reply ended with a stop
     token) to each record.
+
+    Each generate call is a unit for ``executor`` (default: this process, in order; a
+    :class:`~persona_lens.experiments.executor.RayExecutor` spreads the calls over workers). Every call carries its
+    jobs' seeds, so the records are the same wherever it ran; they are appended as calls finish.
     """
     records = store.load() if store is not None else {}
     missing = list({job.key: job for job in jobs if job.key not in records}.values())
     if store is not None and len(missing) < len(jobs):
         log.info("resuming: %d of %d replies already generated", len(jobs) - len(missing), len(jobs))
-    per_call = chunk is None  # generate draws its own progress bar
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc=desc, unit="reply",
-               disable=not progress or per_call)
-    for part in _calls(missing, chunk):
-        with _steering(model, part):
-            out = generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
-                           temperature=settings.temperature, top_p=settings.top_p, seeds=[job.seed for job in part],
-                           batch_size=settings.batch_size, progress=progress and per_call, desc=desc)
-        new = []
-        for job, text, ids, stopped in zip(part, out.texts, out.response_ids, out.stopped):
-            record = {"key": job.key, **job.fields, "response": text}
-            if with_tokens:
-                record.update(response_ids=ids, stopped=stopped)
-            new.append(record)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc=desc, unit="reply", disable=not progress)
+    units = ((part, settings, with_tokens) for part in _calls(missing, chunk))
+    for _, new in (executor or SerialExecutor()).map(_generate_call, units, model):
         if store is not None:
             store.append(new)
         records.update({r["key"]: r for r in new})
-        bar.update(len(part))
+        bar.update(len(new))
     bar.close()
     return records
 
@@ -218,14 +247,15 @@ def judge_replies(records: Sequence[Record], rubric: str, judge: Judge, coherenc
 def evaluate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, rubric: str,
                      judge: Judge, coherence_judge: Judge | None = None, *, store: JsonlRecords | None = None,
                      chunk: int | None = None, judge_chunk: int | None = None, with_tokens: bool = True,
-                     progress: bool = False, desc: str = "evaluate") -> dict[str, Record]:
+                     progress: bool = False, desc: str = "evaluate", executor: Executor | None = None
+                     ) -> dict[str, Record]:
     """:func:`generate_replies` then :func:`judge_replies` on the jobs' records (``judge_chunk`` at a time).
 
     Returns the records by key as :func:`generate_replies` does; those of ``jobs`` carry ``trait_score`` and
     ``coherence``.
     """
     records = generate_replies(model, jobs, settings, store=store, chunk=chunk, with_tokens=with_tokens,
-                               progress=progress, desc=f"{desc}: generate")
+                               progress=progress, desc=f"{desc}: generate", executor=executor)
     judge_replies(list({job.key: records[job.key] for job in jobs}.values()), rubric, judge, coherence_judge,
                   chunk=judge_chunk, progress=progress, desc=f"{desc}: judge")
     return records

@@ -36,6 +36,7 @@ from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic
 from persona_lens.core.stats import auroc
 from persona_lens.core.vectors import PersonaVector, VectorLike, check_vector, save_vector, trait_names, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, evaluate_replies, job_seed, summarise_scores
+from persona_lens.experiments.executor import Executor
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
@@ -148,12 +149,15 @@ def extract(
     config: ExtractConfig | None = None,
     out_dir: str | Path,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> ExtractionResult:
     """Run the whole extraction for ``trait`` on ``model``; writes everything under ``out_dir`` as it goes.
 
     ``judge`` scores the trait with the trait's rubric; ``coherence_judge`` (default: ``judge``) scores coherence
     with the built-in coherence rubric. Rerunning with the same settings and folder costs nothing; a run that was
     interrupted resumes where it stopped. More samples or questions can be added to an existing folder.
+    ``executor`` runs the generate calls elsewhere (:mod:`persona_lens.experiments.executor`, e.g. on Ray workers);
+    the vectors are the same.
     """
     config = config or ExtractConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge
@@ -166,7 +170,7 @@ def extract(
         raise ValueError("nothing to extract: the trait has no extraction questions or prompt pairs")
     records = evaluate_replies(model, [job.reply_job(config.seed) for job in jobs], config, trait.rubric, judge,
                                coherence_judge, store=JsonlRecords(out / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=256, progress=progress, desc="extract")
+                               judge_chunk=256, progress=progress, desc="extract", executor=executor)
     _write_scores(out / "scores.jsonl", [records[job.key] for job in jobs])
 
     by_pair: dict[str, dict[str, dict]] = {}

@@ -56,6 +56,7 @@ from persona_lens.core.chat import (
     encode_conversation,
     parse_chat_record,
 )
+from persona_lens.core.devices import offloaded_parameters
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
@@ -408,6 +409,11 @@ def finetune(
     """
     config = config or FinetuneConfig()
     hf_model = model.hf_model
+    offloaded = offloaded_parameters(hf_model)
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} weights of the model are offloaded (e.g. {offloaded[0]}), and offloaded "
+                         "weights cannot be trained: load the model with a device_map that keeps every block on a "
+                         "GPU or the CPU (no 'disk', and no 'cpu' entries when a GPU is the main device)")
     if lora_modules(hf_model):
         raise ValueError("the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) "
                          "first")

@@ -48,7 +48,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, SqliteStore, atomic_output, check_settings
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
+from persona_lens.experiments.executor import Executor
 
 __all__ = [
     "ScreenConfig",
@@ -227,16 +228,80 @@ def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResp
         if item.key not in found:
             missing.setdefault(item.key, item.prompt_ids)
     if missing:
-        keys = list(missing)
-        generation = generate(model, [missing[k] for k in keys], max_new_tokens=config.max_new_tokens,
-                              temperature=config.temperature, top_p=config.top_p, seed=config.seed,
-                              batch_size=config.batch_size)
-        new = {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, generation.response_ids,
-                                                                         generation.texts, generation.stopped)}
+        new = _generate_base(model, (list(missing), list(missing.values()), config, None))
         cache.put_many(new)  # on disk before anything else: an interruption loses no generation
         cache.generated += len(new)
         found.update(new)
     return found
+
+
+_BaseUnit = tuple[list[str], list[list[int]], ScreenConfig, Any]
+
+
+def _generate_base(model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
+    """One chunk's missing base replies in one generate call (a unit of work for an executor), by cache key."""
+    keys, prompts, config, _ = unit
+    generation = generate(model, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
+    return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, generation.response_ids,
+                                                                     generation.texts, generation.stopped)}
+
+
+def _engine_base(engine: Any, model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
+    """The same replies from a serving engine (they need no hooks), to the prompts' chat messages."""
+    keys, prompts, config, messages = unit
+    out = engine.generate(model, messages, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          top_p=config.top_p, seeds=[config.seed + i for i in range(len(prompts))])
+    if out.prompt_ids != prompts:
+        raise ValueError("the engine's prompts do not tokenize as the screening prompts")
+    return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, out.response_ids, out.texts, out.stopped)}
+
+
+_generate_base.on_engine = _engine_base  # type: ignore[attr-defined]
+
+
+def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, generation: dict[str, Any],
+                            cache: BaseResponseCache, done: int, limit: int | None, executor: Executor) -> int:
+    """Generate on ``executor`` the base replies that the chunks still to screen will ask the cache for.
+
+    The units are exactly the generate calls the serial loop would make (same chunks, same prompts, same order
+    within a call), so the replies are the same; each lands in the cache as its unit finishes. Returns how many.
+    """
+    assigned: set[str] = set()
+
+    def unit(chunk: list[ChatRecord | BadRecord]) -> _BaseUnit | None:
+        records = [r for r in chunk if not isinstance(r, BadRecord)]
+        items = [_prepare(model, r, config, generation) for r in records]
+        found = cache.get_many([item.key for item in items if isinstance(item, _Prepared)])
+        missing: dict[str, tuple[list[int], Any]] = {}
+        for record, item in zip(records, items):
+            if isinstance(item, _Prepared) and item.key not in found and item.key not in assigned:
+                missing.setdefault(item.key, (item.prompt_ids, record.prompt))
+        assigned.update(missing)
+        values = list(missing.values())
+        return (list(missing), [v[0] for v in values], config, [v[1] for v in values]) if missing else None
+
+    def units() -> Iterator[_BaseUnit]:
+        chunk: list[ChatRecord | BadRecord] = []
+        for n_seen, record in enumerate(iter_chat_jsonl(data), start=1):
+            if limit is not None and n_seen > limit:
+                break
+            if record.line <= done:
+                continue
+            chunk.append(record)
+            if len(chunk) >= config.chunk_size:
+                todo, chunk = unit(chunk), []
+                if todo is not None:
+                    yield todo
+        todo = unit(chunk) if chunk else None
+        if todo is not None:
+            yield todo
+
+    count = 0
+    for _, new in executor.map(_generate_base, units(), model):
+        cache.put_many(new)
+        count += len(new)
+    return count
 
 
 def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tuple[list[int], str, bool]],
@@ -286,9 +351,13 @@ def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tu
 def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: VectorLike | Sequence[VectorLike],
                    output_path: str | os.PathLike[str], config: ScreenConfig, *,
                    cache_path: str | os.PathLike[str] | None = None, limit: int | None = None,
-                   allow_other_model: bool = False, progress: bool = True) -> dict[str, Any]:
+                   allow_other_model: bool = False, progress: bool = True, executor: Executor | None = None
+                   ) -> dict[str, Any]:
     """Screen a chat JSONL file; rows go to ``output_path`` (JSONL), resumably. Returns :func:`summarize`'s report
     plus how many base responses came from the cache and how many were generated in this call.
+
+    ``executor`` (e.g. Ray workers) generates the base responses of all chunks first, in parallel, into the cache;
+    the rows are then scored here, and are the same as without it.
 
     ``cache_path`` (default ``<output>.base_responses.sqlite``) may be shared between datasets and runs.
     ``limit`` stops after that many input records in total (counting those done before a resume).
@@ -318,6 +387,10 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
     store = JsonlRecords(output)
     done = _resume_point(store)
+    prefilled = 0
+    if executor is not None:
+        prefilled = _prefill_base_responses(model, data, config, generation, cache, done, limit, executor)
+        cache.generated += prefilled
     n_seen = 0
     bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
     chunk: list[ChatRecord | BadRecord] = []
@@ -356,7 +429,7 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
         raise ValueError(f"{data} holds no record (it is empty, or blank lines only); give a chat JSONL file with one "
                          '{"messages": [...]} conversation a line')
     report = summarize(output)
-    report.update(base_responses_cached=cache.hits, base_responses_generated=cache.generated,
+    report.update(base_responses_cached=cache.hits - prefilled, base_responses_generated=cache.generated,
                   cache=str(cache.path), output=str(output), data=str(data), layer=config.layer)
     return report
 

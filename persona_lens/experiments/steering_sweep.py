@@ -49,6 +49,7 @@ from persona_lens.experiments.evaluate import (
     judge_replies,
     summarise_scores,
 )
+from persona_lens.experiments.executor import Executor
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
@@ -204,8 +205,11 @@ def run_steering_sweep(
     config: SteeringSweepConfig | None = None,
     out_dir: str | Path,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SteeringSweepResult:
     """Sweep layers x coefficients; write ``sweep.csv``, ``sweep.json`` and ``scored.jsonl``.
+
+    ``executor`` runs the generate calls (one per layer) elsewhere, e.g. on Ray workers; the results are the same.
 
     The steering-curve figure is drawn from the result by :func:`persona_lens.viz.steering.plot_steering_curves`
     (the CLI writes it as ``sweep.html``)."""
@@ -243,7 +247,7 @@ def run_steering_sweep(
         cell = _cell_key(layer, config.coefficient_mode, coef)
         reply_jobs += [job.reply_job(cell, raw, steering, config.seed) for job in jobs]
     records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "responses.jsonl"),
-                               with_tokens=False, progress=progress, desc="sweep: generate")
+                               with_tokens=False, progress=progress, desc="sweep: generate", executor=executor)
     judge_replies(list(records.values()), trait.rubric, judge, coherence_judge, progress=progress,
                   desc="sweep: judge")  # every stored reply, those of earlier settings' cells too
 

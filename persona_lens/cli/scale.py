@@ -1,0 +1,55 @@
+"""``--ray [ADDRESS]`` and ``--engine URL``: where a command's generate calls run (README "Scaling up")."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from persona_lens.cli import BadInput
+
+__all__ = ["add_scale_options", "executor_from_args"]
+
+
+def add_scale_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run the generate calls on Ray workers, each holding its own copy of --model: no "
+                             "ADDRESS starts a local cluster; 'auto' or ray://HOST:PORT joins a running one. Same "
+                             "results as without; resumable as without")
+    parser.add_argument("--ray-workers", type=int, default=2, metavar="N", help="Ray workers (default 2)")
+    parser.add_argument("--ray-gpus", type=float, default=0, metavar="G",
+                        help="GPUs reserved per Ray worker (default 0; 1 on a GPU cluster)")
+    parser.add_argument("--ray-cpus", type=float, default=1, metavar="C", help="CPUs per Ray worker (default 1)")
+    parser.add_argument("--engine", default=None, metavar="URL",
+                        help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
+                             "--model makes the unsteered replies; activations are still read here. Checked to serve "
+                             "the same tokenizer and chat template")
+    parser.add_argument("--engine-model", default=None, metavar="NAME",
+                        help="the served model name to ask for (default: the only one the server lists)")
+    parser.add_argument("--engine-concurrency", type=int, default=8, metavar="N",
+                        help="requests in flight at once (default 8)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    """None (this process), an EngineExecutor for ``--engine``, or a RayExecutor loading ``--model`` with
+    ``--device/--dtype`` for ``--ray``."""
+    if getattr(args, "engine", None) is not None:
+        if getattr(args, "ray", None) is not None:
+            raise BadInput("choose --ray or --engine, not both")
+        from persona_lens.core.engine import OpenAIEngine
+        from persona_lens.experiments.executor import EngineExecutor
+
+        return EngineExecutor(OpenAIEngine(args.engine, model=args.engine_model,
+                                           concurrency=args.engine_concurrency))
+    if getattr(args, "ray", None) is None:
+        return None
+    if getattr(args, "_executor", None) is not None:  # one set of workers per command (they hold the cluster's CPUs)
+        return args._executor
+    if args.ray_workers < 1:
+        raise BadInput(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    from persona_lens.experiments.executor import RayExecutor
+
+    args._executor = RayExecutor(args.model, load_kwargs={"device": getattr(args, "device", None),
+                                                          "dtype": getattr(args, "dtype", None)},
+                                 address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                                 num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+    return args._executor
