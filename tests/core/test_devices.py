@@ -70,7 +70,7 @@ def test_steered_and_recorded_generation_equals_the_whole_model(pair):
     prompts = [make_messages(q) for q in QUESTIONS[:2]]
     replies = {}
     for label, model in (("whole", whole), ("split", split)):
-        with steer(model, vector, layer=[1, 3], coef=4.0), record(model, vector, layer=2) as rec:
+        with steer(model, vector, layer=[1, 3], coef=4.0, raw=True, positions="all"), record(model, vector, layer=2) as rec:
             out = generate(model, prompts, max_new_tokens=6)
         replies[label] = (out.texts, out.response_ids, rec.projections())
         plain = generate(model, prompts, max_new_tokens=6)
@@ -82,7 +82,7 @@ def test_steered_and_recorded_generation_equals_the_whole_model(pair):
 def test_steering_vectors_are_cast_once_per_device_not_per_step(pair):
     _, split = pair
     vector = _random_vector(split)
-    with steer(split, vector, layer=2, coef=1.0) as handle:
+    with steer(split, vector, layer=2, coef=1.0, raw=True, positions="all") as handle:
         generate(split, [make_messages("Hi")], max_new_tokens=5)
         (hook,) = handle.fns
         assert list(hook._cast) == [(torch.device("cpu"), torch.float32)]
