@@ -70,7 +70,8 @@ def test_steered_and_recorded_generation_equals_the_whole_model(pair):
     prompts = [make_messages(q) for q in QUESTIONS[:2]]
     replies = {}
     for label, model in (("whole", whole), ("split", split)):
-        with steer(model, vector, layer=[1, 3], coef=4.0, raw=True, positions="all"), record(model, vector, layer=2) as rec:
+        with steer(model, vector, layer=[1, 3], coef=4.0, raw=True, positions="all"), \
+                record(model, vector, layer=2) as rec:
             out = generate(model, prompts, max_new_tokens=6)
         replies[label] = (out.texts, out.response_ids, rec.projections())
         plain = generate(model, prompts, max_new_tokens=6)
