@@ -22,9 +22,10 @@ def test_configs_extend_the_generation_settings_and_keep_their_defaults():
     assert isinstance(extract, E.GenerationSettings) and isinstance(sweep, E.GenerationSettings)
     assert (extract.n_samples, extract.max_new_tokens, extract.batch_size) == (1, 48, 32)
     assert (sweep.max_new_tokens, sweep.batch_size, sweep.coherence_threshold) == (40, 64, 75.0)
-    assert extract.generation_settings() == {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+    assert extract.generation_settings() == {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0,
+                                             "batch_size": 32}
     assert sweep.generation_settings() == {"max_new_tokens": 40, "temperature": 1.0, "top_p": 1.0, "seed": 0,
-                                           "positions": "response", "condition": "none"}
+                                           "batch_size": 64, "positions": "response", "condition": "none"}
 
 
 def test_average_and_summary_leave_out_none():

@@ -153,7 +153,8 @@ def test_workers_must_load_the_runs_model(cluster):
 def test_cli_extract_with_ray_equals_the_serial_cli(cluster, tmp_path, capsys):
     from persona_lens import cli
 
-    common = ["extract", "shouting", "--model", MODEL, "--device", "cpu", "--judge", "rule", "--samples", "1",
+    common = ["extract", "shouting", "--model", MODEL, "--device", "cpu", "--judge", "rule", "--coherence", "rule",
+              "--samples", "1",
               "--questions", "2", "--pairs", "2", "--max-new-tokens", "5", "--batch-size", "4", "--quiet",
               "--extract-coherence-threshold", "0", "--judge-cache", str(tmp_path / "judge.sqlite")]
     assert cli.main([*common, "--out", str(tmp_path / "serial")]) == 0

