@@ -91,7 +91,8 @@ def test_cli_extract_with_engine_and_its_errors(server, tmp_path, capsys):
     from persona_lens import cli
 
     common = ["extract", "pirate", "--model", "smollm2-135m-instruct", "--device", "cpu", "--judge", "rule",
-              "--coherence", "rule", "--samples", "1", "--questions", "2", "--pairs", "2", "--max-new-tokens", "16", "--temperature", "0",
+              "--coherence", "rule", "--samples", "1", "--questions", "2", "--pairs", "2", "--max-new-tokens", "16",
+              "--temperature", "0",
               "--quiet", "--trait-threshold", "50", "--judge-cache", str(tmp_path / "judge.sqlite")]
     code = cli.main([*common, "--out", str(tmp_path / "engine"), "--engine", server])
     print(capsys.readouterr().out)
