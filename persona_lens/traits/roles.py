@@ -44,7 +44,7 @@ from persona_lens.core.io import write_json_atomic
 from persona_lens.core.registry import RULE_JUDGES
 from persona_lens.judges.base import check_rubric
 from persona_lens.judges.rule import RULES
-from persona_lens.traits.schema import TRAITS_ENV, _Checker, _normalised, traits_dirs
+from persona_lens.traits.schema import TRAITS_ENV, _Checker, _normalised, check_keys, traits_dirs
 
 __all__ = [
     "ROLE_SCHEMA_VERSION",
@@ -131,13 +131,7 @@ class RoleError(ValueError):
 
 
 def _check_keys(check: _Checker, data: dict, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
-    known = required + optional
-    for key in data:
-        if key not in known:
-            check.add(str(key), f"unknown key; remove it or rename it to one of {', '.join(known)}")
-    for key in required:
-        if key not in data:
-            check.add(key, "is missing; add it (see persona_lens/traits/roles.py for the schema)")
+    check_keys(check, data, required, optional, "persona_lens/traits/roles.py")
     version = data.get("schema_version", ROLE_SCHEMA_VERSION)
     if version != ROLE_SCHEMA_VERSION or isinstance(version, bool):
         check.add("schema_version", f"is {version!r}; this version of persona_lens reads schema_version "

@@ -197,6 +197,17 @@ class _Checker:
         return good
 
 
+def check_keys(check: _Checker, data: dict, required: Sequence[str], optional: Sequence[str], schema: str) -> None:
+    """Report unknown keys (with the known ones to rename to) and missing required keys (pointing to ``schema``)."""
+    known = (*required, *optional)
+    for key in data:
+        if key not in known:
+            check.add(str(key), f"unknown key; remove it or rename it to one of {', '.join(known)}")
+    for key in required:
+        if key not in data:
+            check.add(key, f"is missing; add it (see {schema} for the schema)")
+
+
 def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
     """Check ``data`` (a parsed trait file) and build the Trait; raises TraitError listing every problem.
 
@@ -207,13 +218,7 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
     if not isinstance(data, dict):
         raise TraitError(source, [("<top>", f"must be a JSON object, got {type(data).__name__}")])
 
-    known = _REQUIRED_KEYS + _OPTIONAL_KEYS
-    for key in data:
-        if key not in known:
-            check.add(str(key), f"unknown key; remove it or rename it to one of {', '.join(known)}")
-    for key in _REQUIRED_KEYS:
-        if key not in data:
-            check.add(key, "is missing; add it (see persona_lens/traits/schema.py for the schema)")
+    check_keys(check, data, _REQUIRED_KEYS, _OPTIONAL_KEYS, "persona_lens/traits/schema.py")
 
     if "schema_version" in data and (data["schema_version"] != SCHEMA_VERSION or
                                      isinstance(data["schema_version"], bool)):
