@@ -297,7 +297,8 @@ def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None,
 
     try:
         return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model,
-                            coherence=getattr(args, "coherence", "judge"), calibration=calibration)
+                            coherence=getattr(args, "coherence", "judge"), calibration=calibration,
+                            progress=not getattr(args, "quiet", False))
     except ValueError as error:
         raise BadInput(str(error)) from None
 

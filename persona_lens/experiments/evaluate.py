@@ -34,6 +34,7 @@ from persona_lens.experiments.executor import Executor, SerialExecutor
 from persona_lens.judges.base import COHERENCE_RUBRIC, Judge, Score
 
 __all__ = [
+    "JUDGE_CHUNK",
     "GenerationSettings",
     "job_seed",
     "Steering",
@@ -51,6 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+
+#: Replies judged per judge call by the commands (a progress bar; an interrupted run keeps what was judged).
+JUDGE_CHUNK = 256
 
 
 @dataclass
@@ -233,14 +237,17 @@ def judge_replies(records: Sequence[Record], rubric: str, judge: Judge, coherenc
     """Set each record's ``trait_score`` (``judge`` with ``rubric``) and ``coherence`` (``coherence_judge`` with the
     coherence rubric; None for all without one), from its ``question_text`` and ``response``.
 
-    Each judge scores all records in one call, or ``chunk`` at a time.
+    Each judge scores all records in one call, or ``chunk`` at a time (:data:`JUDGE_CHUNK` for the commands: a
+    progress bar, and an interrupted run keeps the chunks a cached judge has scored).
     """
-    items = [(r["question_text"], r["response"]) for r in records]
+    # judged grouped by question (a judge that reads with the model shares each question's prompt within a chunk)
+    ordered = sorted(records, key=lambda r: r["question_text"])
+    items = [(r["question_text"], r["response"]) for r in ordered]
     for name, label, scorer, text in (("trait_score", "trait", judge, rubric),
                                       ("coherence", "coherence", coherence_judge, COHERENCE_RUBRIC)):
         scores = [None] * len(items) if scorer is None else _score(scorer, text, items, chunk, progress,
                                                                      f"{desc} {label}")
-        for record, score in zip(records, scores):
+        for record, score in zip(ordered, scores):
             record[name] = score
 
 

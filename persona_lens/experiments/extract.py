@@ -35,7 +35,14 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.stats import auroc
 from persona_lens.core.vectors import PersonaVector, VectorLike, check_vector, save_vector, trait_names, vector_list
-from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, evaluate_replies, job_seed, summarise_scores
+from persona_lens.experiments.evaluate import (
+    JUDGE_CHUNK,
+    GenerationSettings,
+    ReplyJob,
+    evaluate_replies,
+    job_seed,
+    summarise_scores,
+)
 from persona_lens.experiments.executor import Executor
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
@@ -170,7 +177,7 @@ def extract(
         raise ValueError("nothing to extract: the trait has no extraction questions or prompt pairs")
     records = evaluate_replies(model, [job.reply_job(config.seed) for job in jobs], config, trait.rubric, judge,
                                coherence_judge, store=JsonlRecords(out / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=256, progress=progress, desc="extract", executor=executor)
+                               judge_chunk=JUDGE_CHUNK, progress=progress, desc="extract", executor=executor)
     _write_scores(out / "scores.jsonl", [records[job.key] for job in jobs])
 
     by_pair: dict[str, dict[str, dict]] = {}

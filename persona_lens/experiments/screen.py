@@ -238,6 +238,34 @@ def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResp
 _BaseUnit = tuple[list[str], list[list[int]], ScreenConfig, Any]
 
 
+@dataclass
+class _PendingChunks:
+    """The records of ``data`` after line ``done``, in chunks of ``size``, reading at most ``limit`` records counted
+    from the file's start (those done before a resume included); ``n_seen`` counts the records read so far. The
+    executor's units and the serial loop both walk it, so they see the same chunks."""
+
+    data: Path
+    done: int
+    limit: int | None
+    size: int
+    n_seen: int = 0
+
+    def __iter__(self) -> Iterator[list[ChatRecord | BadRecord]]:
+        chunk: list[ChatRecord | BadRecord] = []
+        for record in iter_chat_jsonl(self.data):
+            if self.limit is not None and self.n_seen >= self.limit:
+                break
+            self.n_seen += 1
+            if record.line <= self.done:
+                continue
+            chunk.append(record)
+            if len(chunk) >= self.size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
 def _generate_base(model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
     """One chunk's missing base replies in one generate call (a unit of work for an executor), by cache key."""
     keys, prompts, config, _ = unit
@@ -282,20 +310,10 @@ def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, g
         return (list(missing), [v[0] for v in values], config, [v[1] for v in values]) if missing else None
 
     def units() -> Iterator[_BaseUnit]:
-        chunk: list[ChatRecord | BadRecord] = []
-        for n_seen, record in enumerate(iter_chat_jsonl(data), start=1):
-            if limit is not None and n_seen > limit:
-                break
-            if record.line <= done:
-                continue
-            chunk.append(record)
-            if len(chunk) >= config.chunk_size:
-                todo, chunk = unit(chunk), []
-                if todo is not None:
-                    yield todo
-        todo = unit(chunk) if chunk else None
-        if todo is not None:
-            yield todo
+        for chunk in _PendingChunks(data, done, limit, config.chunk_size):
+            todo = unit(chunk)
+            if todo is not None:
+                yield todo
 
     count = 0
     for _, new in executor.map(_generate_base, units(), model):
@@ -391,11 +409,9 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     if executor is not None:
         prefilled = _prefill_base_responses(model, data, config, generation, cache, done, limit, executor)
         cache.generated += prefilled
-    n_seen = 0
     bar = tqdm(desc=f"screen {data.name}", unit="rec", disable=not progress)
-    chunk: list[ChatRecord | BadRecord] = []
 
-    def flush() -> None:
+    def flush(chunk: list[ChatRecord | BadRecord]) -> None:
         prepared: list[_Prepared] = []
         rows: dict[int, dict[str, Any]] = {}
         for record in chunk:
@@ -411,21 +427,12 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
                 rows[row["line"]] = row
         store.append([rows[line] for line in sorted(rows)])
         bar.update(len(chunk))
-        chunk.clear()
 
-    for record in iter_chat_jsonl(data):
-        n_seen += 1
-        if limit is not None and n_seen > limit:
-            break
-        if record.line <= done:
-            continue
-        chunk.append(record)
-        if len(chunk) >= config.chunk_size:
-            flush()
-    if chunk:
-        flush()
+    chunks = _PendingChunks(data, done, limit, config.chunk_size)
+    for chunk in chunks:
+        flush(chunk)
     bar.close()
-    if n_seen == 0:
+    if chunks.n_seen == 0:
         raise ValueError(f"{data} holds no record (it is empty, or blank lines only); give a chat JSONL file with one "
                          '{"messages": [...]} conversation a line')
     report = summarize(output)

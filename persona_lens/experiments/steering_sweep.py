@@ -40,6 +40,7 @@ from persona_lens.core.layers import check_layer
 from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
 from persona_lens.core.vectors import PersonaVector, trait_names
 from persona_lens.experiments.evaluate import (
+    JUDGE_CHUNK,
     GenerationSettings,
     ReplyJob,
     Steering,
@@ -248,8 +249,8 @@ def run_steering_sweep(
         reply_jobs += [job.reply_job(cell, raw, steering, config.seed) for job in jobs]
     records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "responses.jsonl"),
                                with_tokens=False, progress=progress, desc="sweep: generate", executor=executor)
-    judge_replies(list(records.values()), trait.rubric, judge, coherence_judge, progress=progress,
-                  desc="sweep: judge")  # every stored reply, those of earlier settings' cells too
+    judge_replies(list(records.values()), trait.rubric, judge, coherence_judge, chunk=JUDGE_CHUNK,
+                  progress=progress, desc="sweep: judge")  # every stored reply, those of earlier settings' cells too
 
     def summarise(layer: int | None, coef_raw: float, coef_relative: float, cell: str) -> SteeringCell:
         summary = summarise_scores([records[job.key(cell)] for job in jobs], trait_threshold=config.trait_threshold,
@@ -406,8 +407,8 @@ def run_steering_controls(model: HookedLM, vector: PersonaVector, trait: Trait, 
         reply_jobs += [job.reply_job(f"{tag}|{name}", raw, steering, config.seed) for job in jobs]
     records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "controls.jsonl"),
                                with_tokens=False, progress=progress, desc="controls: generate")
-    judge_replies([records[j.key] for j in reply_jobs], trait.rubric, judge, coherence_judge, progress=progress,
-                  desc="controls: judge")
+    judge_replies([records[j.key] for j in reply_jobs], trait.rubric, judge, coherence_judge, chunk=JUDGE_CHUNK,
+                  progress=progress, desc="controls: judge")
     cells: dict[str, dict[str, Any]] = {}
     for name, (_, raw) in steered.items():
         mine = [records[job.key(f"{tag}|{name}")] for job in jobs]

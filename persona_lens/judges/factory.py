@@ -14,7 +14,8 @@ JUDGE_KINDS = ("auto", "rule", "claude", "local")
 COHERENCE_KINDS = ("judge", "auto", "likelihood", "rule")
 
 
-def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path | None = None) -> Judge:
+def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path | None = None, *,
+                               progress: bool = False) -> Judge:
     """:class:`~persona_lens.judges.likelihood.LikelihoodCoherenceJudge` for ``trait`` on ``model``: read in the
     template's default context and under the trait's first positive system prompt, calibrated on the model's own
     unsteered replies to the trait's extraction and evaluation questions (loaded from / saved to ``calibration``)."""
@@ -25,7 +26,8 @@ def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path |
                          "likelihoods); pass model=, or use --coherence rule")
     contexts = (None, trait.prompt_pairs[0].positive) if trait.prompt_pairs else (None,)
     questions = list(dict.fromkeys([*trait.extract_questions, *trait.eval_questions]))
-    return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration))
+    return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration,
+                                                           progress=progress))
 
 
 def resolve_judge_kind(kind: str, trait: Any) -> str:
@@ -46,7 +48,7 @@ def resolve_judge_kind(kind: str, trait: Any) -> str:
 
 def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, model: Any = None,
                  claude_model: str | None = None, coherence: str = "judge",
-                 calibration: str | Path | None = None) -> tuple[Judge, Judge]:
+                 calibration: str | Path | None = None, progress: bool = False) -> tuple[Judge, Judge]:
     """``(trait_judge, coherence_judge)`` for ``trait``.
 
     * ``rule``: the trait's exact rule (``trait.rule``) and the rule-based coherence score; offline. A rule registered
@@ -58,7 +60,8 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     ``coherence`` picks the coherence judge: ``judge`` the kind's own (above); ``rule`` the rule-based coherence
     score (the organism's exact one for its traits); ``likelihood`` :func:`build_likelihood_coherence` (the unsteered
     ``model``'s own likelihood, calibrated and saved at ``calibration``); ``auto`` likelihood for traits measured by
-    a :class:`~persona_lens.judges.rule.RuleJudge` rule, else the kind's own.
+    a :class:`~persona_lens.judges.rule.RuleJudge` rule, else the kind's own. ``progress`` shows bars while a
+    likelihood judge is calibrated.
 
     With ``cache``, the judges sit behind a persistent SQLite cache at that path, except rule judges: a rule costs
     less than a cache lookup, and a cached rule score outlives edits to the rule (a stale score is how two runs of
@@ -91,7 +94,7 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     if coherence == "auto":
         coherence = "likelihood" if isinstance(trait_judge, RuleJudge) else "judge"
     if coherence == "likelihood":
-        coherence_judge = build_likelihood_coherence(model, trait, calibration)
+        coherence_judge = build_likelihood_coherence(model, trait, calibration, progress=progress)
     elif coherence == "rule" and not (kind == "rule" and trait.rule in RULE_JUDGES):
         coherence_judge = RuleJudge("coherence")
     if cache is not None:

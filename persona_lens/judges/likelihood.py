@@ -32,12 +32,13 @@ The anchors come from :func:`calibrate_coherence` (unsteered replies generated b
 ``judge_id``, so cached scores of another calibration or version are never served.
 
 Scoring must see the model as it is, unsteered: the judge raises if any hook is installed on the model's hook
-points (call it outside ``steer(...)`` blocks). Replies are scored in batches of equal length (no padding), so a
-reply's score does not depend on which other replies share its batch.
+points (call it outside ``steer(...)`` blocks). Replies to one prompt share the prompt's forward pass and are scored in
+batches of equal length (no padding), so a reply's score does not depend on which other replies share its batch.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.generation import generate
@@ -65,7 +67,7 @@ __all__ = ["JUDGE_VERSION", "UNRELATED_QUESTIONS", "CoherenceCalibration", "Repl
            "calibration_for", "check_unhooked", "response_nlls", "measure_replies", "unrelated_question"]
 
 #: Bumped whenever this judge's scores change for the same calibration (the cache key carries it).
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 
 #: Questions far from everyday chat topics; each reply's "unrelated question" is one of these.
 UNRELATED_QUESTIONS = (
@@ -99,32 +101,43 @@ def _prompt_ids(model: HookedLM, question: str, system: str | None) -> list[int]
 
 
 @torch.no_grad()
-def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16
-                  ) -> list[float]:
+def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
+                  progress: bool = False, desc: str = "likelihood") -> list[float]:
     """Mean per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response given its prompt.
 
-    Rows run in batches of equal total length (no padding), so each value is independent of the other rows.
+    Rows that share a prompt share its forward pass: the prompt runs once (its KV cache and the logits of its last
+    token, which predict every reply's first token), then its replies continue from a copy of that cache in batches
+    of equal length (no padding), so each value is independent of the other rows.
     """
     check_unhooked(model)
     out = [math.nan] * len(rows)
-    by_length: dict[int, list[int]] = {}
+    groups: dict[tuple[int, ...], dict[int, list[int]]] = {}
     for index, (prompt, response) in enumerate(rows):
         if not response:
             raise ValueError(f"row {index}: an empty response has no likelihood")
-        by_length.setdefault(len(prompt) + len(response), []).append(index)
-    for length in sorted(by_length):
-        members = by_length[length]
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            ids = torch.tensor([[*rows[i][0], *rows[i][1]] for i in chunk], dtype=torch.long, device=model.device)
-            keep = max(len(rows[i][1]) for i in chunk) + 1  # logits from the last prompt token on
-            logits: Float[Tensor, "batch pos vocab"] = model(ids, logits_to_keep=keep)
-            logp = logits[:, :-1].float().log_softmax(-1)  # position t predicts token t + 1
-            for row, i in enumerate(chunk):
-                n = len(rows[i][1])
-                targets = torch.tensor(rows[i][1], dtype=torch.long, device=logp.device)
-                picked = logp[row, keep - 1 - n :].gather(-1, targets[:, None])
-                out[i] = float(-picked.mean())
+        if not prompt:
+            raise ValueError(f"row {index}: an empty prompt (the chat template gives at least its header)")
+        groups.setdefault(tuple(prompt), {}).setdefault(len(response), []).append(index)
+    for prompt, by_length in tqdm(groups.items(), desc=desc, unit="prompt", disable=not progress):
+        ids = torch.tensor([prompt], dtype=torch.long, device=model.device)
+        last, cache = model(ids, use_cache=True, logits_to_keep=1)
+        first_logp: Float[Tensor, " vocab"] = last[0, -1].float().log_softmax(-1)
+        for length in sorted(by_length):
+            members = by_length[length]
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                targets = torch.tensor([rows[i][1] for i in chunk], dtype=torch.long, device=model.device)
+                total: Float[Tensor, " batch"] = first_logp[targets[:, 0]]
+                if length > 1:  # the reply's tokens but the last, after the prompt's cache, predict the rest
+                    step_cache = copy.deepcopy(cache)
+                    step_cache.batch_repeat_interleave(len(chunk))
+                    mask = torch.ones(len(chunk), len(prompt) + length - 1, dtype=torch.long, device=model.device)
+                    logits: Float[Tensor, "batch pos vocab"] = model(targets[:, :-1], mask, cache=step_cache,
+                                                                     use_cache=True)[0]
+                    picked = logits.float().log_softmax(-1).gather(-1, targets[:, 1:, None])[..., 0]
+                    total = total + picked.sum(-1)
+                for row, i in enumerate(chunk):
+                    out[i] = float(-total[row] / length)
     return out
 
 
@@ -144,7 +157,8 @@ class ReplyLikelihood:
 
 
 def measure_replies(model: HookedLM, items: Sequence[tuple[str, str]], contexts: Sequence[str | None], *,
-                    fluent_nll: float | None = None, batch_size: int = 16) -> list[ReplyLikelihood]:
+                    fluent_nll: float | None = None, batch_size: int = 16, progress: bool = False,
+                    desc: str = "likelihood") -> list[ReplyLikelihood]:
     """:class:`ReplyLikelihood` of each (question, answer): the first context whose NLL is at most ``fluent_nll``
     (None: none is), else the one with the lowest NLL; then the unrelated question's NLL in that context."""
     if not contexts:
@@ -158,13 +172,14 @@ def measure_replies(model: HookedLM, items: Sequence[tuple[str, str]], contexts:
         if not pending:
             break
         values = response_nlls(model, [(_prompt_ids(model, items[i][0], system), replies[i]) for i in pending],
-                               batch_size=batch_size)
+                               batch_size=batch_size, progress=progress, desc=f"{desc} (context {c + 1})")
         nll[pending, c] = values
         pending = [i for i, v in zip(pending, values) if fluent_nll is None or v > fluent_nll]
     chosen = [next((c for c in range(len(contexts)) if fluent_nll is not None and nll[i, c] <= fluent_nll),
                    int(np.argmin(nll[i]))) for i in range(len(items))]
     unrelated = response_nlls(model, [(_prompt_ids(model, unrelated_question(q), contexts[c]), replies[i])
-                                      for i, ((q, _), c) in enumerate(zip(items, chosen))], batch_size=batch_size)
+                                      for i, ((q, _), c) in enumerate(zip(items, chosen))], batch_size=batch_size,
+                              progress=progress, desc=f"{desc} (unrelated question)")
     return [ReplyLikelihood(float(nll[i, c]), c, u) for i, (c, u) in enumerate(zip(chosen, unrelated))]
 
 
@@ -232,11 +247,11 @@ def _shuffled(text: str, rng: random.Random) -> str:
 def calibrate_coherence(model: HookedLM, questions: Sequence[str], contexts: Sequence[str | None] = (None,), *,
                         n_samples: int = 1, max_new_tokens: int = 40, seed: int = 0, batch_size: int = 16,
                         prefilter: float = 50.0, fluent_percentile: float = 90.0,
-                        relevant_percentile: float = 10.0) -> CoherenceCalibration:
+                        relevant_percentile: float = 10.0, progress: bool = False) -> CoherenceCalibration:
     """Measure the anchors on the model's own unsteered replies (temperature 1, seeded) to ``questions`` under each
     context, ``n_samples`` each. Replies that fail the rule pre-filter are left out (the judge never reads those
     with the model either); each kept reply is also read with its words shuffled, and as an answer to the next
-    question of the list."""
+    question of the list. ``progress`` shows bars for the generation and the likelihood passes."""
     check_unhooked(model)
     if len(set(questions)) < 2:
         raise ValueError("calibration needs at least two distinct questions (relevance compares them)")
@@ -244,20 +259,25 @@ def calibrate_coherence(model: HookedLM, questions: Sequence[str], contexts: Seq
     plan = [(q, c, s) for c in range(len(contexts)) for q in range(len(questions)) for s in range(n_samples)]
     out = generate(model, [make_messages(questions[q], system=contexts[c]) for q, c, _ in plan],
                    max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch_size,
-                   seeds=[seed * 1_000_003 + index for index in range(len(plan))])
+                   seeds=[seed * 1_000_003 + index for index in range(len(plan))], progress=progress,
+                   desc="coherence calibration: generate")
     kept = [(q, text.strip()) for (q, _, _), text in zip(plan, out.texts)
             if text.strip() and score_coherence(questions[q], text) >= prefilter]
     if len(kept) < 4:
         raise ValueError(f"only {len(kept)} of {len(plan)} calibration replies of {model.cfg.model_name} pass the "
                          f"rule pre-filter (>= {prefilter:g}); the model cannot be calibrated as a coherence judge")
     rng = random.Random(seed)
-    own = measure_replies(model, [(questions[q], text) for q, text in kept], contexts, batch_size=batch_size)
-    shuffled = measure_replies(model, [(questions[q], _shuffled(text, rng)) for q, text in kept], contexts,
-                               batch_size=batch_size)
+    bars = {"progress": progress, "batch_size": batch_size}
+    # own and shuffled replies in one pass: each (question, context) prompt runs once for both
+    both = measure_replies(model, [(questions[q], text) for q, text in kept]
+                           + [(questions[q], _shuffled(text, rng)) for q, text in kept], contexts,
+                           desc="coherence calibration: own and shuffled replies", **bars)
+    own, shuffled = both[: len(kept)], both[len(kept) :]
     other = [questions[(q + 1) % len(questions)] for q, _ in kept]
     other = [o if o != questions[q] else questions[(q + 2) % len(questions)] for o, (q, _) in zip(other, kept)]
     mismatched = response_nlls(model, [(_prompt_ids(model, o, contexts[m.context]), _reply_ids(model, text))
-                                       for o, (_, text), m in zip(other, kept, own)], batch_size=batch_size)
+                                       for o, (_, text), m in zip(other, kept, own)],
+                               desc="coherence calibration: other questions", **bars)
     # the unrelated question's NLL does not depend on the question asked: reuse it
     mismatched_gain = [m.unrelated_nll - nll for m, nll in zip(own, mismatched)]
     own_nll = [m.nll for m in own]
@@ -276,7 +296,8 @@ def calibrate_coherence(model: HookedLM, questions: Sequence[str], contexts: Seq
 
 
 def calibration_for(model: HookedLM, questions: Sequence[str], contexts: Sequence[str | None],
-                    path: str | Path | None = None, **settings: Any) -> CoherenceCalibration:
+                    path: str | Path | None = None, *, progress: bool = False, **settings: Any
+                    ) -> CoherenceCalibration:
     """The calibration saved at ``path`` when it was measured on this model, contexts and settings; else a new one
     (saved there when ``path`` is given)."""
     if path is not None and Path(path).exists():
@@ -285,7 +306,10 @@ def calibration_for(model: HookedLM, questions: Sequence[str], contexts: Sequenc
         if (saved.model_name == model.cfg.model_name and saved.contexts == tuple(contexts)
                 and all(saved.settings.get(k) == v for k, v in wanted.items())):
             return saved
-    calibration = calibrate_coherence(model, questions, contexts, **settings)
+    if progress:
+        where = f" (saved to {path}, reused by later runs)" if path is not None else ""
+        tqdm.write(f"calibrating the likelihood coherence judge on {model.cfg.model_name}'s own replies{where}")
+    calibration = calibrate_coherence(model, questions, contexts, progress=progress, **settings)
     if path is not None:
         save_calibration(calibration, path)
     return calibration
