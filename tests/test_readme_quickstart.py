@@ -29,9 +29,10 @@ def test_readme_quickstart_steers_visibly_and_prints_token_projections(tmp_path)
                              timeout=1800)
     assert process.returncode == 0, process.stderr[-3000:]
     out = process.stdout
-    scores = dict(re.findall(r"^(unsteered|steered), pirate score (\d+):", out, flags=re.M))
-    assert set(scores) == {"unsteered", "steered"}, out
+    scores = dict(re.findall(r"^(unsteered|steered|random direction), pirate score (\d+):", out, flags=re.M))
+    assert set(scores) == {"unsteered", "steered", "random direction"}, out
     assert int(scores["steered"]) > int(scores["unsteered"]), out  # the steering visibly changes the reply
+    assert int(scores["steered"]) > int(scores["random direction"]), out  # ... and not by any push of that size
     table = [line for line in out.splitlines() if re.match(r"^\s+\d+\s+(-?\d+\.\d{3}|n/a)\s", line)]
     assert len(table) >= 10, out  # one readable line per token: position, projection, bar, token
     assert all("'" in line or '"' in line for line in table)  # ... with the token text

@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "persona_lens.cli.screen",
     "persona_lens.cli.export",
     "persona_lens.cli.space",
+    "persona_lens.cli.roles",
 ]
 
 

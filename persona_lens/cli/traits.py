@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from persona_lens.traits.schema import (  # noqa: E501
     traits_dirs,
 )
 
-__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION"]
+__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION", "add_new_arguments",
+           "run_generation"]
 
 DESCRIPTION = """\
   traits new NAME --description "..." [--model M] [--out DIR] [--force]
@@ -50,14 +52,7 @@ def configure_parser(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: _print_help(parser))
 
     new = commands.add_parser("new", help="generate a trait file with Claude from a name and a description")
-    new.add_argument("name", help="trait name: lowercase letters, digits, '_' and '-' (e.g. evil)")
-    new.add_argument("--description", required=True, help="one paragraph saying what the trait is")
-    new.add_argument("--model", default=None, help=f"Claude model (default: {_DEFAULT_MODEL})")
-    new.add_argument("--out", type=Path, default=Path("traits"), metavar="DIR",
-                     help="directory to write NAME.json into (default: ./traits)")
-    new.add_argument("--force", action="store_true", help="overwrite an existing file")
-    new.add_argument("--max-attempts", type=count_arg("--max-attempts"), default=3, metavar="N",
-                     help="how many replies to ask for before giving up on invalid ones (default: 3)")
+    add_new_arguments(new, "trait", "evil", Path("traits"))
     new.add_argument("--no-monitoring", action="store_true",
                      help="skip graded system prompts and many-shot examples (a smaller, cheaper file)")
     new.set_defaults(func=run_new)
@@ -81,13 +76,29 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return EXIT_BAD_INPUT
 
 
-def run_new(args: argparse.Namespace) -> int:
-    """Generate ``args.out / f"{args.name}.json"`` with Claude."""
+def add_new_arguments(new: argparse.ArgumentParser, what: str, example: str, default_out: Path) -> None:
+    """The options every ``... new NAME`` command shares (a file generated with Claude): name, description, model,
+    ``--out``, ``--force``, ``--max-attempts``."""
+    new.add_argument("name", help=f"{what} name: lowercase letters, digits, '_' and '-' (e.g. {example})")
+    new.add_argument("--description", required=True, help=f"one paragraph saying what the {what} is")
+    new.add_argument("--model", default=None, help=f"Claude model (default: {_DEFAULT_MODEL})")
+    new.add_argument("--out", type=Path, default=default_out, metavar="DIR",
+                     help=f"directory to write NAME.json into (default: ./{default_out})")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument("--max-attempts", type=count_arg("--max-attempts"), default=3, metavar="N",
+                     help="how many replies to ask for before giving up on invalid ones (default: 3)")
+
+
+def run_generation(args: argparse.Namespace, what: str, generate: Callable[..., Any],
+                   save: Callable[[Any, Path], Path], **options: Any) -> int:
+    """Ask Claude for ``args.name`` through ``generate(name, description, model=, max_attempts=, report=,
+    **options)`` and write it with ``save`` to ``args.out / NAME.json``: every check that costs nothing (the file,
+    the key, the options) comes before the paid call, and API failures are reported without a traceback."""
     from persona_lens.judges.claude import API_KEY_HELP, MissingAPIKeyError
-    from persona_lens.traits.generate import GenerationReport, TraitGenerationError, generate_trait
+    from persona_lens.traits.generate import GenerationReport, TraitGenerationError
 
     path = Path(args.out) / f"{args.name}.json"
-    check_out_file(path)  # before the paid call: a bad --out must not cost a generated trait
+    check_out_file(path)  # before the paid call: a bad --out must not cost a generated file
     if path.exists() and not args.force:
         raise BadInput(f"{path} already exists; pass --force to overwrite it")
     if not os.environ.get("ANTHROPIC_API_KEY"):
@@ -96,10 +107,10 @@ def run_new(args: argparse.Namespace) -> int:
         raise BadInput("--max-attempts must be at least 1")
     model = args.model or _DEFAULT_MODEL
     report = GenerationReport()
-    print(f"asking {model} for trait {args.name!r} (this can take a few minutes)...", file=sys.stderr)
+    print(f"asking {model} for {what} {args.name!r} (this can take a few minutes)...", file=sys.stderr)
     try:
-        trait = generate_trait(args.name, args.description, model=model, max_attempts=args.max_attempts,
-                               monitoring=not args.no_monitoring, report=report)
+        made = generate(args.name, args.description, model=model, max_attempts=args.max_attempts, report=report,
+                        **options)
     except ValueError as error:  # bad name or empty description
         raise BadInput(str(error)) from None
     except MissingAPIKeyError as error:
@@ -114,11 +125,18 @@ def run_new(args: argparse.Namespace) -> int:
             raise
         print(f"error: the Anthropic API failed: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    written = save_trait(trait, path)
+    written = save(made, path)
     cost = report.estimated_cost_usd
     print(f"wrote {written} ({report.attempts} attempt(s), {report.usage.input_tokens} input and "
           f"{report.usage.output_tokens} output tokens" + (f", about ${cost:.2f}" if cost is not None else "") + ")")
     return EXIT_OK
+
+
+def run_new(args: argparse.Namespace) -> int:
+    """Generate ``args.out / f"{args.name}.json"`` with Claude."""
+    from persona_lens.traits.generate import generate_trait
+
+    return run_generation(args, "trait", generate_trait, save_trait, monitoring=not args.no_monitoring)
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -1,0 +1,145 @@
+"""``python -m persona_lens roles``: create role files with Claude, list, show and validate them (persona space).
+
+* ``roles new NAME --description "..." [--model M] [--out DIR] [--force] [--prompts N]``: writes ``DIR/NAME.json``
+  (``DIR`` defaults to ``./traits/roles``, where ``space build`` finds roles); needs ``ANTHROPIC_API_KEY``.
+  Bring hundreds of roles by calling it once per name (a shell loop over a names file).
+* ``roles list [--json]``: every role found (the ``roles/`` folder of each trait directory).
+* ``roles show NAME [--json]``: one role, by name or path.
+* ``roles validate PATH...``: check role files; exit code 2 if any is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_BAD_INPUT, EXIT_OK, BadInput
+from persona_lens.cli.options import count_arg
+from persona_lens.cli.traits import add_new_arguments, run_generation
+
+__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION"]
+
+DESCRIPTION = """\
+  roles new NAME --description "..." [--model M] [--out DIR] [--force] [--prompts N]
+      write DIR/NAME.json (DIR defaults to ./traits/roles); needs ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL is respected)
+  roles list [--json]
+      every role found: the roles/ folder of the packaged traits, ./traits and $PERSONA_LENS_TRAITS
+  roles show NAME [--json]
+      one role, by name or path
+  roles validate PATH...
+      check role files; exit code 2 if any is invalid"""
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("roles", help="create (with Claude), list, show and validate the role files of a "
+                                                 "persona space", description=DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="roles_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: _print_help(parser))
+
+    new = commands.add_parser("new", help="generate a role file with Claude from a name and a description")
+    add_new_arguments(new, "role", "lighthouse_keeper", Path("traits") / "roles")
+    new.add_argument("--prompts", type=count_arg("--prompts"), default=5, metavar="N",
+                     help="how many system-prompt variants to ask for (default: 5, as in the Assistant-axis paper)")
+    new.set_defaults(func=run_new)
+
+    listing = commands.add_parser("list", help="list the roles found")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=run_list)
+
+    show = commands.add_parser("show", help="show one role")
+    show.add_argument("name", help="role name or path to a .json file")
+    show.add_argument("--json", action="store_true", help="print the role file's JSON")
+    show.set_defaults(func=run_show)
+
+    validate = commands.add_parser("validate", help="check role files (exit code 2 if any is invalid)")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="role files (or names)")
+    validate.set_defaults(func=run_validate)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_BAD_INPUT
+
+
+def run_new(args: argparse.Namespace) -> int:
+    """Generate ``args.out / f"{args.name}.json"`` with Claude."""
+    from persona_lens.traits.generate import generate_role
+    from persona_lens.traits.roles import save_role
+
+    return run_generation(args, "role", generate_role, save_role, n_prompts=args.prompts)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print every role found, with its description (or why it does not load)."""
+    from persona_lens.traits.roles import RoleError, list_roles, load_role, roles_dirs
+
+    rows = []
+    for name in list_roles():
+        try:
+            role = load_role(name)
+        except RoleError as error:
+            rows.append({"name": name, "valid": False, "default": None, "description": None, "error": str(error)})
+        else:
+            rows.append({"name": name, "path": str(role.source), "valid": True, "default": role.default,
+                         "description": role.description, "error": None})
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        searched = ", ".join(str(d) for d in roles_dirs()) or "no roles folder exists"
+        print(f"no roles found (searched: {searched}); create one with: python -m persona_lens roles new NAME "
+              "--description \"...\"")
+        return EXIT_OK
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        text = row["description"] if row["valid"] else f"(invalid: run `roles validate {row['name']}`)"
+        text = ("[default] " if row["default"] else "") + " ".join(text.split())
+        print(f"{row['name']:<{width}}  {text[:100] + ('...' if len(text) > 100 else '')}")
+    return EXIT_OK
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one role, readable or as JSON."""
+    from persona_lens.traits.roles import RoleError, load_role, role_to_dict
+
+    try:
+        role = load_role(args.name)
+    except RoleError as error:
+        raise BadInput(str(error)) from None
+    if args.json:
+        print(json.dumps(role_to_dict(role), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    lines = [f"role: {role.name}" + (" (the default persona)" if role.default else ""), f"file: {role.source}", "",
+             role.description, "", "system prompts:"]
+    lines += [f"  {i}. {prompt if prompt is not None else '(no system prompt)'}"
+              for i, prompt in enumerate(role.system_prompts, 1)]
+    lines += ["", "rubric:"] + [f"  {line}" for line in role.rubric.splitlines()]
+    if role.jailbreaks:
+        lines += ["", "jailbreaks:"] + [f"  {i}. {text}" for i, text in enumerate(role.jailbreaks, 1)]
+    if role.rule:
+        lines += ["", f"rule judge: {role.rule}"]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Check each file; print ``ok`` or its problems. Exit 2 if any is invalid."""
+    from persona_lens.traits.roles import RoleError, load_role
+
+    bad = 0
+    for path in args.paths:
+        try:
+            role = load_role(path)
+        except RoleError as error:
+            bad += 1
+            print(str(error), file=sys.stderr)
+        else:
+            print(f"ok {path} ({role.name})")
+    if bad:
+        print(f"{bad} of {len(args.paths)} role file(s) invalid", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
