@@ -10,6 +10,7 @@ from typing import Any
 from persona_lens.cli import BadInput
 from persona_lens.cli.controls import add_control_arguments, check_controls
 from persona_lens.cli.options import (
+    add_generation_options,
     add_judge_options,
     add_model_options,
     check_judge_arg,
@@ -20,8 +21,6 @@ from persona_lens.cli.options import (
     load_trait_arg,
     load_vectors_arg,
     lock_out,
-    seed_arg,
-    temperature_arg,
     threshold_arg,
 )
 from persona_lens.cli.scale import add_scale_options, executor_from_args
@@ -37,17 +36,17 @@ def calibration_path(run_dir: Path) -> Path:
 
 def add_extract_options(parser: argparse.ArgumentParser, *, prefix: str = "", samples: int = 10,
                         max_new_tokens: int = 256) -> None:
+    """The extraction settings (``--{prefix}samples`` ...); the extraction shares the command's ``--seed`` and
+    ``--batch-size``."""
     p = prefix
-    parser.add_argument(f"--{p}samples", type=count_arg(f"--{p}samples"), default=samples,
-                        help=f"replies per question and system prompt, each polarity (paper: 10; default {samples})")
+    add_generation_options(parser, prefix=p, samples=samples, max_new_tokens=max_new_tokens, temperature=1.0,
+                           helps={"samples": "replies per question and system prompt, each polarity (paper: 10)",
+                                  "max_new_tokens": "reply length limit (paper: 1000)",
+                                  "temperature": "sampling temperature (paper: 1.0)"})
     parser.add_argument(f"--{p}questions", type=count_arg(f"--{p}questions"),
                         default=None, help="use only the first N extraction questions")
     parser.add_argument(f"--{p}pairs", type=count_arg(f"--{p}pairs"),
                         default=None, help="use only the first N system-prompt pairs")
-    parser.add_argument(f"--{p}max-new-tokens", type=count_arg(f"--{p}max-new-tokens"), default=max_new_tokens,
-                        help=f"reply length limit (paper: 1000; default {max_new_tokens})")
-    parser.add_argument(f"--{p}temperature", type=temperature_arg(f"--{p}temperature"),
-                        default=1.0, help="sampling temperature (paper: 1.0)")
     parser.add_argument("--trait-threshold", type=threshold_arg("--trait-threshold"), default=50.0,
                         help="keep pairs whose positive reply scores >= this and negative < this (default 50)")
     parser.add_argument("--extract-coherence-threshold", type=threshold_arg("--extract-coherence-threshold"),
@@ -96,9 +95,7 @@ def configure_parser(subparsers: Any) -> None:
     add_model_options(parser)
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser)
-    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
-                        default=32, help="generation batch size (default 32)")
+    add_generation_options(parser, seed=0, batch_size=32)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: runs/<model>/<trait>/extract-t<max tokens>-T<temperature>-"
                              "p<top-p>-s<seed>, one per setting)")

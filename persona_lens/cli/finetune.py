@@ -11,6 +11,7 @@ from typing import Any
 from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
 from persona_lens.cli.controls import add_control_arguments, check_controls
 from persona_lens.cli.options import (
+    add_allow_other_model,
     add_model_options,
     count_arg,
     load_model_arg,
@@ -84,8 +85,7 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--caft-vector", type=Path, default=None, metavar="VECTOR.safetensors",
                         help="CAFT: project this vector's direction out at --caft-layer during training only")
     parser.add_argument("--caft-layer", default=None, help="layer(s) for CAFT: a number, a list or 'all'")
-    parser.add_argument("--allow-other-model", action="store_true",
-                        help="accept vectors extracted from another model of the same shape")
+    add_allow_other_model(parser)
     add_control_arguments(parser, default=0, against=False,
                           cost="a whole finetune: the same run with random vectors of the steering/CAFT vector's "
                                "norms instead, saved as DIR-random0, DIR-random1 ... (compare their trait after "

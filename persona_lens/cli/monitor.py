@@ -20,7 +20,9 @@ from typing import Any
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
+    add_generation_options,
     add_judge_options,
+    add_layer_option,
     add_model_options,
     add_vector_arguments,
     check_judge_arg,
@@ -36,10 +38,7 @@ from persona_lens.cli.options import (
     lock_out,
     parse_int_list,
     read_prompts,
-    seed_arg,
     slug,
-    temperature_arg,
-    top_p_arg,
 )
 
 __all__ = [
@@ -100,10 +99,9 @@ def configure_parser(subparsers: Any) -> None:
                     "--vector; no generation.")
     add_model_options(project)
     add_vector_arguments(project, trait_option=True)
-    project.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    add_layer_option(project)
     _add_prompt_arguments(project)
-    project.add_argument("--batch-size", type=count_arg("--batch-size"),
-                         default=8, help="prompts per forward pass (default 8)")
+    add_generation_options(project, batch_size=8, helps={"batch_size": "prompts per forward pass"})
     project.add_argument("--json", action="store_true", help="print machine-readable JSON")
     project.set_defaults(func=run_project)
 
@@ -120,7 +118,7 @@ def configure_parser(subparsers: Any) -> None:
     add_model_options(sweep)
     sweep.add_argument("--trait", required=True, help="trait name or path to its JSON file")
     add_vector_arguments(sweep)
-    sweep.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    add_layer_option(sweep)
     sweep.add_argument("--kind", choices=["system", "many-shot", "both"], default="both",
                        help="which sweep to run (default both)")
     add_judge_options(sweep)
@@ -129,16 +127,8 @@ def configure_parser(subparsers: Any) -> None:
                        help="use the first N eval questions of the trait (default all 20)")
     sweep.add_argument("--shots", type=parse_int_list, default=[0, 5, 10, 15, 20], metavar="LIST",
                        help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
-    sweep.add_argument("--samples", type=count_arg("--samples"),
-                       default=1, metavar="N", help="replies per prompt (default 1)")
-    sweep.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
-                       default=128, help="reply length limit (default 128)")
-    sweep.add_argument("--temperature", type=temperature_arg("--temperature"),
-                       default=1.0, help="sampling temperature, 0 = greedy (default 1)")
-    sweep.add_argument("--top-p", type=top_p_arg("--top-p"), default=1.0, help="nucleus sampling threshold (default 1)")
-    sweep.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
-    sweep.add_argument("--batch-size", type=count_arg("--batch-size"),
-                       default=8, help="prompts generated together (default 8)")
+    add_generation_options(sweep, samples=1, max_new_tokens=128, temperature=1.0, top_p=1.0, seed=0, batch_size=8,
+                           helps={"batch_size": "prompts generated together"})
     sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="output folder (default: runs/<model>/<trait>/monitor)")
     add_control_arguments(sweep, default=100)
@@ -152,13 +142,9 @@ def configure_parser(subparsers: Any) -> None:
                     "blue away, relative to the mean over prompt tokens).")
     add_model_options(tokens)
     add_vector_arguments(tokens, trait_option=True)
-    tokens.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    add_layer_option(tokens)
     _add_prompt_arguments(tokens)
-    tokens.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
-                        default=64, help="reply length limit (default 64)")
-    tokens.add_argument("--temperature", type=temperature_arg("--temperature"),
-                        default=0.0, help="sampling temperature, 0 = greedy (default)")
-    tokens.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
+    add_generation_options(tokens, max_new_tokens=64, temperature=0.0, seed=0)
     tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
     tokens.add_argument("--out", type=Path, required=True, metavar="FILE.html",
                         help="HTML page to write (one section per vector; a .json with the numbers beside it)")

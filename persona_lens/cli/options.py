@@ -12,7 +12,8 @@ from typing import Any
 from persona_lens.cli import BadInput
 
 __all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg", "probability_arg", "threshold_arg",
-           "add_model_options", "add_judge_options", "add_vector_arguments", "load_model_arg", "load_named_model",
+           "add_model_options", "add_judge_options", "add_generation_options", "add_layer_option",
+           "add_vector_arguments", "add_allow_other_model", "load_model_arg", "load_named_model",
            "load_trait_arg", "load_vectors_arg", "parse_int_list", "parse_float_list", "parse_layer_spec", "slug",
            "default_run_dir", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
            "default_vector_paths", "extracted_vectors", "judges_from_args", "check_judge_arg", "read_prompts"]
@@ -41,6 +42,59 @@ def add_judge_options(parser: argparse.ArgumentParser, *, coherence: str = "judg
                              "question, calibrated on its own replies, plus a relevance check; fluent nonsense fails "
                              "it), 'rule', or 'auto' (likelihood for rule-measured traits; default: "
                              f"{coherence})")
+
+
+GENERATION_HELP = {
+    "samples": "replies per prompt",
+    "max_new_tokens": "reply length limit",
+    "temperature": "sampling temperature, 0 = greedy",
+    "top_p": "nucleus sampling threshold",
+    "seed": "sampling seed",
+    "batch_size": "generation batch size",
+}
+
+
+def add_generation_options(parser: argparse.ArgumentParser, *, samples: int | None = None,
+                           max_new_tokens: int | None = None, temperature: float | None = None,
+                           top_p: float | None = None, seed: int | None = None, batch_size: int | None = None,
+                           prefix: str = "", helps: dict[str, str] | None = None) -> None:
+    """The sampling options every generating command shares, each with its validating type and this command's
+    default: ``--samples``, ``--max-new-tokens``, ``--temperature``, ``--top-p``, ``--seed``, ``--batch-size``
+    (``--{prefix}samples`` ...). An option whose default is None is not added (the command has no such option).
+    ``helps`` replaces the default wording (:data:`GENERATION_HELP`) of some, by key (``"max_new_tokens"``); the
+    help always ends with the default (:func:`_with_default`)."""
+    wording = {**GENERATION_HELP, **(helps or {})}
+    unknown = set(wording) - set(GENERATION_HELP)
+    if unknown:
+        raise ValueError(f"add_generation_options: no option {sorted(unknown)}; known: {sorted(GENERATION_HELP)}")
+    options: list[tuple[str, Any, Callable[[str], Any], dict[str, Any]]] = [
+        ("samples", samples, count_arg, {"metavar": "N"}),
+        ("max_new_tokens", max_new_tokens, count_arg, {}),
+        ("temperature", temperature, temperature_arg, {}),
+        ("top_p", top_p, top_p_arg, {}),
+        ("seed", seed, seed_arg, {}),
+        ("batch_size", batch_size, count_arg, {}),
+    ]
+    for key, default, arg_type, extra in options:
+        if default is None:
+            continue
+        flag = f"--{prefix}{key.replace('_', '-')}"
+        parser.add_argument(flag, type=arg_type(flag), default=default, help=_with_default(wording[key], default),
+                            **extra)
+
+
+def _with_default(text: str, default: float) -> str:
+    """``"reply length limit (default 64)"``; a help ending in a parenthesis takes the default inside it:
+    ``"reply length limit (paper: 1000; default 256)"``."""
+    return f"{text[:-1]}; default {default:g})" if text.endswith(")") else f"{text} (default {default:g})"
+
+
+LAYER_HELP = "(0 = embeddings, l = output of block l)"
+
+
+def add_layer_option(parser: argparse.ArgumentParser, what: str = "layer to read") -> None:
+    """``--layer`` (required): one layer in the one convention, read with :func:`parse_layer_spec`."""
+    parser.add_argument("--layer", required=True, help=f"{what} {LAYER_HELP}")
 
 
 def load_model_arg(args: argparse.Namespace) -> Any:
@@ -179,17 +233,25 @@ def load_named_model(name: str, args: argparse.Namespace):
 
 VECTOR_DEFAULT_HELP = (" (default: the vector extracted for --trait with --model, i.e. the one "
                        "runs/<model>/<trait>/extract-*/vector_response.safetensors)")
+VECTOR_HELP = "a persona vector saved by persona_lens (repeat for several traits at once)" + VECTOR_DEFAULT_HELP
 
 
-def add_vector_arguments(parser: argparse.ArgumentParser, *, trait_option: bool = False) -> None:
+def add_vector_arguments(parser: argparse.ArgumentParser, *, trait_option: bool = False,
+                         vector_help: str = VECTOR_HELP) -> None:
     """``--vector`` (repeatable), optional everywhere: without it the vector extracted for ``--trait`` is used
-    (:func:`default_vector_paths`). ``trait_option=True`` adds a ``--trait`` for commands that have none."""
+    (:func:`default_vector_paths`). ``trait_option=True`` adds a ``--trait`` for commands that have none;
+    ``vector_help`` says what a command does with it and without it."""
     parser.add_argument("--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors",
-                        help="a persona vector saved by persona_lens (repeat for several traits at once)"
-                             + VECTOR_DEFAULT_HELP)
+                        help=vector_help)
     if trait_option:
         parser.add_argument("--trait", default=None,
                             help="use the vector extracted for this trait (and --model) when no --vector is given")
+    add_allow_other_model(parser)
+
+
+def add_allow_other_model(parser: argparse.ArgumentParser) -> None:
+    """``--allow-other-model``: the one switch that lets a vector of another model of the same shape through
+    (``load_vectors_arg(..., allow_other_model=args.allow_other_model)``)."""
     parser.add_argument("--allow-other-model", action="store_true",
                         help="accept vectors extracted from another model with the same shape (e.g. the base of a "
                              "finetune)")

@@ -11,6 +11,8 @@ from typing import Any
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
+    add_generation_options,
+    add_layer_option,
     add_model_options,
     add_vector_arguments,
     count_arg,
@@ -18,10 +20,7 @@ from persona_lens.cli.options import (
     load_model_layer_vectors,
     load_vectors_arg,
     lock_out,
-    seed_arg,
     slug,
-    temperature_arg,
-    top_p_arg,
 )
 from persona_lens.cli.scale import add_scale_options, executor_from_args
 
@@ -49,18 +48,13 @@ def configure_parser(subparsers: Any) -> None:
                              "assistant)")
     add_model_options(parser)
     add_vector_arguments(parser, trait_option=True)
-    parser.add_argument("--layer", required=True, help="layer to read (0 = embeddings, l = output of block l)")
+    add_layer_option(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
-                        default=256, help="base response length limit (default 256)")
-    parser.add_argument("--temperature", type=temperature_arg("--temperature"), default=0.0,
-                        help="base response sampling temperature (default 0: greedy, independent of batching)")
-    parser.add_argument("--top-p", type=top_p_arg("--top-p"),
-                        default=1.0, help="nucleus sampling threshold (default 1)")
-    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
-                        default=8, help="conversations per forward / generation batch "
-                                                                  "(default 8)")
+    add_generation_options(parser, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=0, batch_size=8,
+                           helps={"max_new_tokens": "base response length limit",
+                                  "temperature": "base response sampling temperature (0: greedy, independent of "
+                                                 "batching)",
+                                  "batch_size": "conversations per forward / generation batch"})
     parser.add_argument("--chunk-size", type=count_arg("--chunk-size"), default=64,
                         help="records read, scored and appended at a time (bounds memory; default 64)")
     parser.add_argument("--max-tokens", type=count_arg("--max-tokens"), default=2048,

@@ -13,7 +13,9 @@ from typing import Any
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.controls import add_control_arguments, baseline_line, check_controls
 from persona_lens.cli.options import (
+    add_generation_options,
     add_judge_options,
+    add_layer_option,
     add_model_options,
     add_vector_arguments,
     check_judge_arg,
@@ -27,9 +29,7 @@ from persona_lens.cli.options import (
     load_vectors_arg,
     lock_out,
     read_prompts,
-    seed_arg,
     slug,
-    temperature_arg,
 )
 
 __all__ = ["configure_parser", "run"]
@@ -50,7 +50,7 @@ def configure_parser(subparsers: Any) -> None:
     parser.add_argument("--finetuned", nargs="+", required=True, metavar="MODEL",
                         help="finetuned models (folders written by `finetune`, or any model of the base's shape)")
     add_vector_arguments(parser)
-    parser.add_argument("--layer", required=True, help="layer of the shift (0 = embeddings, l = output of block l)")
+    add_layer_option(parser, "layer of the shift")
     parser.add_argument("--trait", default=None,
                         help="trait whose eval questions are the prompts and whose rubric scores replies (and whose "
                              "extracted vector is used when no --vector is given)")
@@ -65,15 +65,10 @@ def configure_parser(subparsers: Any) -> None:
                         help="a known trait score of a finetuned model (as named in --finetuned, or its folder "
                              "name); repeat per model")
     add_judge_options(parser)
-    parser.add_argument("--samples", type=count_arg("--samples"),
-                        default=1, help="replies per question when scoring (default 1)")
-    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
-                        default=128, help="reply length when scoring (default 128)")
-    parser.add_argument("--temperature", type=temperature_arg("--temperature"),
-                        default=1.0, help="sampling temperature (default 1)")
-    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
-                        default=8, help="prompts per forward / generation batch (default 8)")
+    add_generation_options(parser, samples=1, max_new_tokens=128, temperature=1.0, seed=0, batch_size=8,
+                           helps={"samples": "replies per question when scoring",
+                                  "max_new_tokens": "reply length when scoring",
+                                  "batch_size": "prompts per forward / generation batch"})
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output folder: shift.json, shift.csv and one scatter per vector")
     add_control_arguments(parser, default=100)

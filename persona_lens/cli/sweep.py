@@ -23,8 +23,10 @@ from persona_lens.cli.extract import (
     run_extraction,
 )
 from persona_lens.cli.options import (
+    add_generation_options,
     add_judge_options,
     add_model_options,
+    add_vector_arguments,
     check_judge_arg,
     count_arg,
     default_run_dir,
@@ -36,8 +38,6 @@ from persona_lens.cli.options import (
     lock_out,
     parse_float_list,
     parse_int_list,
-    seed_arg,
-    temperature_arg,
     threshold_arg,
 )
 from persona_lens.cli.scale import add_scale_options, executor_from_args
@@ -51,13 +51,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trait", default=DEFAULT_TRAIT,
                         help=f"trait name or JSON file (default: {DEFAULT_TRAIT}, measurable by a rule offline)")
     add_model_options(parser)
-    parser.add_argument("--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors",
-                        help="a saved persona vector (.safetensors); default: the vector extracted into the run "
-                             "folder (--out, default runs/<model>/<trait>: its extract-* folder), extracted first "
-                             "(with the --extract-* settings) if there is none")
-    parser.add_argument("--allow-other-model", action="store_true",
-                        help="steer with a vector extracted from another model of the same shape (e.g. base -> "
-                             "finetuned)")
+    add_vector_arguments(parser, vector_help="a saved persona vector (.safetensors); default: the vector extracted "
+                         "into the run folder (--out, default runs/<model>/<trait>: its extract-* folder), extracted "
+                         "first (with the --extract-* settings) if there is none")
     parser.add_argument("--layers", type=parse_int_list, default=None,
                         help="layers to steer, e.g. 4,8,12 or 6-14 (l = output of block l, as HF hidden_states[l]); "
                              "default: 5 layers spread over the middle")
@@ -67,14 +63,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true",
                         help="coefficients in the paper's raw units (h + a v) instead of relative to the layer's "
                              "median residual norm (a |v| / median |h|)")
-    parser.add_argument("--samples", type=count_arg("--samples"),
-                        default=1, help="replies per evaluation question and cell (default 1)")
+    add_generation_options(parser, samples=1, max_new_tokens=40, temperature=1.0, seed=0, batch_size=64,
+                           helps={"samples": "replies per evaluation question and cell"})
     parser.add_argument("--questions", type=count_arg("--questions"),
                         default=None, help="use only the first N evaluation questions")
-    parser.add_argument("--max-new-tokens", type=count_arg("--max-new-tokens"),
-                        default=40, help="reply length limit (default 40)")
-    parser.add_argument("--temperature", type=temperature_arg("--temperature"),
-                        default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--positions", default="response", choices=["all", "prompt", "response"],
                         help="where to steer: every position, the prompt only, or the last prompt token and every "
                              "generated token (the paper's default; default: response)")
@@ -86,9 +78,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "replies that are both trait-expressing (--trait-threshold) and coherent (default 75)")
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
-    parser.add_argument("--seed", type=seed_arg("--seed"), default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=count_arg("--batch-size"),
-                        default=64, help="generation batch size (default 64)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>/<trait>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
