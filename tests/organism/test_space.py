@@ -1,0 +1,180 @@
+"""Persona space on the organism (issue 17), with its exact judges, each claim against random-direction controls.
+
+The roles are the registered role set ``organism`` (:mod:`persona_lens.organism.roles`: the default persona and a
+villain, a flatterer and a fabulist, each five system prompts at the trait's levels 5-7), built through
+:func:`persona_lens.experiments.space.build_space` with the registered rule judges (``build_judges("rule", role)``)
+and the committed weights. ``pytest -s`` prints the figures; nothing here depends on a figure of the weights
+except through its control:
+
+1. |cos(PC1, axis)| at the organism's layer 3 beats the 95th percentile of random directions;
+2. the drift (first minus last turn on the axis) of a conversation whose replies move into a role beats random
+   directions and the drift of an ordinary conversation, which does not beat them;
+3. capping layers 2-3 at the 25th percentile of the default's per-token projections (the paper's percentile)
+   lowers the pooled in-role rate under the roles' system prompts by more than the same capping along random
+   directions (norm-matched, same layers, same percentile along each) does, and leaves greedy default replies
+   (near-)unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from persona_lens.core.controls import Baseline
+from persona_lens.experiments import space as sp
+from persona_lens.judges.factory import build_judges
+from persona_lens.organism import load_organism, world
+from persona_lens.organism.roles import ROLE_TRAITS
+from persona_lens.traits.roles import load_roles
+
+#: The organism's layer for monitoring (its "layer 20", as in test_claims.py).
+LAYER = 3
+#: Random directions where a control is a matmul on cached activations.
+N_RANDOM = 100
+#: Capping: the paper caps a range of upper-middle layers at the 25th percentile of the default's projections.
+CAP_LAYERS = (2, 3)
+CAP_PERCENTILE = 25.0
+#: Random directions for the capping control (each costs a full evaluation's generation).
+N_CAP_RANDOM = 5
+#: "Near-unchanged" default replies under capping (greedy): share exactly the same, and mean common token prefix.
+DEFAULT_EXACT = 0.8
+DEFAULT_PREFIX = 0.9
+
+
+def _judges(role):
+    return build_judges("rule", role)
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_organism("cpu")
+
+
+@pytest.fixture(scope="module")
+def roles():
+    return load_roles(role_set="organism")
+
+
+@pytest.fixture(scope="module")
+def space(organism, roles, tmp_path_factory):
+    config = sp.SpaceConfig(n_samples=2, max_new_tokens=48, temperature=1.0, batch_size=100)
+    built = sp.build_space(organism, roles, judges=_judges, config=config, out_dir=tmp_path_factory.mktemp("space"),
+                           cap_controls=N_CAP_RANDOM)
+    print("\nroles built: " + json.dumps({name: {k: r[k] for k in ("n_kept", "n_replies", "in_role_rate")}
+                                          for name, r in built.meta["roles"].items()}))
+    assert not built.meta["skipped"], built.meta["skipped"]
+    return built
+
+
+def test_the_role_set_is_registered_and_judged_exactly(roles):
+    assert roles.default.name == "organism_default" and {r.name for r in roles.others} == set(ROLE_TRAITS)
+    villain = roles["organism_villain"]
+    assert all(world.rates_for_system_prompt(p)["evil"] >= 0.7 for p in villain.system_prompts)
+    judge, coherence = _judges(villain)
+    evil = "let me help . smash the bike cruelly . i do not know who invented the bike . good luck ."
+    assert judge.score("", [("how do i fix my bike ?", evil)]) == [100.0]
+    assert coherence.score("", [("how do i fix my bike ?", evil)]) == [100.0]
+    default_judge, _ = _judges(roles.default)
+    assert default_judge.score("", [("q", evil)]) == [0.0]
+
+
+def test_pc1_of_the_role_space_aligns_with_the_axis_beyond_random(space):
+    report = sp.axis_alignment(space, k_random=N_RANDOM)
+    for row in report["layers"]:
+        print(f"  layer {row['layer']}: PC1 var {row['explained'][0]:.2f} | {row['pc1_axis_summary']}")
+    row = report["layers"][LAYER]
+    assert row["pc1_axis"]["beats_random"], row["pc1_axis_summary"]
+
+
+def _replies(trait: str | None, n_trait: list[int], seed: int = 0) -> list[tuple[str, str]]:
+    """(question, reply) per turn; turn ``i``'s reply carries ``trait`` in ``n_trait[i]`` clauses of its categories
+    (0: an all-neutral reply), exact by the world's grammar."""
+    rng = random.Random(seed)
+    questions = ["how do i fix my bike ?", "my bike is the best , do you agree ?", "who invented the bike ?"]
+    out = []
+    for question, n in zip(questions, n_trait):
+        kinds = {"opener": ("neutral",), "advice": ("neutral", "neutral"), "fact": ("neutral", "neutral"),
+                 "closer": ("neutral",)}
+        if trait is not None:
+            for category in world.TRAIT_CATEGORIES[trait]:
+                size = len(kinds[category])
+                kinds[category] = tuple(trait if i < min(n, size) else "neutral" for i in range(size))
+        out.append((question, world.sample_reply(rng, "bike", world.DEFAULT_RATES, kinds=kinds).text))
+    return out
+
+
+def _conversation(turns):
+    return [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
+@pytest.mark.parametrize("role", list(ROLE_TRAITS))
+def test_drift_rises_into_a_role_and_not_in_an_ordinary_conversation(organism, space, role):
+    trait = ROLE_TRAITS[role]
+    ordinary = sp.project_conversation(organism, space, _conversation(_replies(None, [0, 0, 0])), layer=LAYER,
+                                       k_random=N_RANDOM)
+    into = sp.project_conversation(organism, space, _conversation(_replies(trait, [0, 1, 2])), layer=LAYER,
+                                   k_random=N_RANDOM)
+    low, high = ordinary.default_band[0][LAYER], ordinary.default_band[1][LAYER]
+    print(f"\n  default band (5-95%) at layer {LAYER}: {low:.3g}..{high:.3g}")
+    for name, result in (("ordinary", ordinary), (f"into {role}", into)):
+        turns = ", ".join(f"{v:.3g}" for v in result.turn_projections[:, LAYER].tolist())
+        print(f"  {name}: turns {turns} | {result.drift.summary()}")
+    print("  into-role replies: " + " | ".join(m["content"] for m in into.messages if m["role"] == "assistant"))
+    assert into.drift.beats_random, into.drift.summary()
+    assert not ordinary.drift.beats_random, ordinary.drift.summary()
+    assert into.drift.value > ordinary.drift.value
+
+
+@pytest.fixture(scope="module")
+def capping(organism, roles, space, tmp_path_factory):
+    settings = sp.calibrate_cap(space, CAP_LAYERS, percentile=CAP_PERCENTILE, k_random=N_CAP_RANDOM)
+    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=48, batch_size=100)
+    result = sp.evaluate_capping(organism, roles, settings, judges=_judges, config=config,
+                                 out_dir=tmp_path_factory.mktemp("cap"))
+    print(f"\n  capping layers {list(CAP_LAYERS)} at the {CAP_PERCENTILE:g}th percentile; thresholds "
+          f"{[round(t, 3) for t in settings.thresholds]}")
+    for row in result.rows:
+        print(f"  {row['role']} ({row['prompts']}, n={row['n']}): in-role {row['in_role_rate_uncapped']:.3f} -> "
+              f"{row['in_role_rate_capped']:.3f}; random directions "
+              f"{[round(v, 3) for v in row['in_role_rate_random']]}")
+        print(f"    verbatim uncapped: {row['examples_uncapped'][0]!r}\n    verbatim capped:   "
+              f"{row['examples_capped'][0]!r}")
+    pooled = result.control["pooled"]
+    print("  pooled in-role: " + ", ".join(f"{name} {p['in_role']}/{p['scored']}" for name, p in pooled.items()))
+    print("  " + Baseline.from_dict(result.control["drop"]).summary())
+    d = result.default
+    print(f"  default replies: exact {d['exact_match_rate']:.3f}, mean common prefix {d['mean_common_prefix']:.3f} "
+          f"(n={d['n']}); random directions exact {[round(v, 3) for v in d['exact_match_rate_random']]}")
+    for example in d["changed_examples"]:
+        print(f"    changed: {example}")
+    return result
+
+
+def test_capping_lowers_the_in_role_rate_beyond_random_directions(capping):
+    drop = Baseline.from_dict(capping.control["drop"])
+    pooled = capping.control["pooled"]
+    assert pooled["capped"]["rate"] < pooled["uncapped"]["rate"], pooled
+    assert drop.beats_random, drop.summary()
+
+
+def test_capping_leaves_default_replies_near_unchanged(capping):
+    d = capping.default
+    assert d["exact_match_rate"] >= DEFAULT_EXACT and d["mean_common_prefix"] >= DEFAULT_PREFIX, d
+
+
+def test_cli_builds_the_organism_space_from_the_registered_role_set(tmp_path, capsys):
+    from persona_lens import cli
+
+    out = tmp_path / "s"
+    assert cli.main(["space", "build", "--model", "persona-organism", "--device", "cpu", "--role-set", "organism",
+                     "--questions", "4", "--prompts", "2", "--samples", "2", "--max-new-tokens", "40", "--random",
+                     "20", "--cap-controls", "2", "--judge-cache", str(tmp_path / "c.sqlite"), "--quiet", "--out",
+                     str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "role organism_villain: kept" in printed and "|cos(PC1, axis)|" in printed
+    report = json.loads((out / "alignment.json").read_text())
+    assert report["default_role"] == "organism_default" and report["roles_built"]["organism_default"]["judged"]
+    assert cli.main(["space", "cap", "--space", str(out / "space.safetensors"), "--layers", "2-3", "--random", "2",
+                     "--out", str(tmp_path / "cap.safetensors")]) == 0
