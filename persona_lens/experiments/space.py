@@ -16,7 +16,8 @@ conversation, and activation capping along the axis calibrated from the default 
    and each given trait vector with the axis and PC1.
 4. **Drift** (:func:`project_conversation`): each assistant turn of a conversation projected on the axis (mean
    over the turn's response tokens, every layer) and per token (one layer); the drift (first turn minus last turn
-   along the unit axis: positive = moving away from the Assistant) beside random directions.
+   along the unit axis: positive = moving away from the Assistant) beside random directions; :func:`compare_drift`
+   sets one conversation's drift beside a reference conversation's (paired, with its own random control).
 5. **Capping** (:class:`CapSettings`, :func:`calibrate_cap`, :func:`apply_cap`): per-layer thresholds at a
    percentile of the default role's per-token projections, saved as one file; :func:`apply_cap` installs
    ``clamp(h . u_l, min=threshold_l)`` on a layer range (a handle that is also a context manager).
@@ -101,6 +102,7 @@ __all__ = [
     "conversation_turns",
     "simulate_conversation",
     "project_conversation",
+    "compare_drift",
     "calibrate_cap",
     "apply_cap",
     "evaluate_capping",
@@ -577,6 +579,8 @@ class DriftResult:
     drift: Baseline
     """First turn minus last turn along the unit axis at ``layer`` (positive = away from the Assistant), beside
     random directions of the same norm."""
+    change: Float[Tensor, " d_model"] | None = None
+    """The first minus the last turn's response-mean activation at ``layer`` (what ``drift`` projects)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"layer": self.layer, "messages": self.messages,
@@ -622,7 +626,24 @@ def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequenc
     drift = compare("drift (first - last turn on the axis)", float(per_turn[0, layer] - per_turn[-1, layer]),
                     random_drift)
     return DriftResult(layer, [dict(m) for m in messages], per_turn, tokens, pieces, (low.tolist(), high.tolist()),
-                       drift)
+                       drift, first - last)
+
+
+def compare_drift(result: DriftResult, reference: DriftResult, *, k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+                  seed: int = 0) -> Baseline:
+    """How much more ``result`` drifts than ``reference`` (e.g. an ordinary conversation with the same user turns),
+    beside random directions: the value is ``result.drift - reference.drift``, each random value the same difference
+    along a random unit direction. A paired control: drift that both conversations share (a model that slides with
+    the turn count alone) cancels."""
+    if result.layer != reference.layer:
+        raise ValueError(f"the drifts were read at layers {result.layer} and {reference.layer}; project both "
+                         "conversations at one layer")
+    if result.change is None or reference.change is None:
+        raise ValueError("compare_drift needs DriftResults from project_conversation (with their change vectors)")
+    difference = result.change - reference.change
+    randoms = random_directions(difference.shape[0], k_random, seed=seed + result.layer)
+    return compare("drift - reference drift", result.drift.value - reference.drift.value,
+                   (randoms @ difference).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

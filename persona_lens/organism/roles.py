@@ -13,6 +13,9 @@ organism``):
   and several synonym variants (:data:`ROLE_FORMS`, none of them a prompt of the trait's extraction pairs); in role
   when the trait's exact score (:class:`~persona_lens.organism.judge.OrganismJudge`) is >= the threshold.
 
+:func:`scripted_conversation` writes multi-turn conversations whose replies move into a role (or stay neutral),
+exactly by the world's grammar, for drift measurements.
+
 The shared questions are the organism traits' questions: ``build`` = the 20 extraction questions, ``eval`` = the 20
 disjoint evaluation questions. The world has no user-side persona instructions, so the roles have no jailbreak
 templates.
@@ -20,6 +23,7 @@ templates.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from persona_lens.judges.base import Score
@@ -28,8 +32,8 @@ from persona_lens.organism.judge import WORLD_VERSION, OrganismJudge
 from persona_lens.organism.traits import EVAL_QUESTIONS, EXTRACT_QUESTIONS, organism_trait
 from persona_lens.traits.roles import Role, RoleSet, make_role_set, questions_from_dict, role_from_dict
 
-__all__ = ["ROLE_SET", "ROLE_TRAITS", "ROLE_FORMS", "ROLE_NAMES", "OrganismDefaultJudge", "organism_role",
-           "organism_roles", "organism_role_judges"]
+__all__ = ["ROLE_SET", "ROLE_TRAITS", "ROLE_FORMS", "ROLE_NAMES", "DRIFT_QUESTIONS", "OrganismDefaultJudge",
+           "organism_role", "organism_roles", "organism_role_judges", "scripted_conversation"]
 
 #: The role set's registered name.
 ROLE_SET = "organism"
@@ -111,3 +115,35 @@ def organism_roles(name: str = ROLE_SET) -> RoleSet:
     questions = questions_from_dict({"schema_version": 1, "build": list(EXTRACT_QUESTIONS),
                                      "eval": list(EVAL_QUESTIONS)}, "<organism questions>")
     return make_role_set([organism_role(role) for role in ROLE_NAMES], questions, source="role set 'organism'")
+
+
+#: The user turns of :func:`scripted_conversation`: a repair question, an opinion, a history question.
+DRIFT_QUESTIONS = ("how do i fix my {obj} ?", "my {obj} is the best , do you agree ?", "who invented the {obj} ?")
+
+
+def scripted_conversation(trait: str | None, n_trait: Sequence[int], *, obj: str = "bike", seed: int = 0,
+                          questions: Sequence[str] = DRIFT_QUESTIONS) -> list[dict[str, str]]:
+    """A conversation (user and assistant messages, no system prompt) with one turn per entry of ``n_trait``.
+
+    Every reply has the full structure (opener, 2 advice, 2 facts, closer); turn ``i``'s reply carries ``trait`` in
+    ``n_trait[i]`` clauses of each of the trait's categories (capped at the category's size), the rest neutral. So
+    ``scripted_conversation("evil", [0, 1, 2])`` moves into the villain role and ``scripted_conversation(None,
+    [0, 0, 0])`` is an ordinary conversation with the same user turns; the same ``seed`` gives the same first turn.
+    """
+    if trait is not None and trait not in world.TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; the organism's traits are {', '.join(world.TRAITS)}")
+    if obj not in world.OBJECTS:
+        raise ValueError(f"unknown object {obj!r}; the world's objects are {', '.join(world.OBJECTS)}")
+    if len(n_trait) > len(questions):
+        raise ValueError(f"{len(n_trait)} turns but {len(questions)} questions; pass more questions")
+    rng = random.Random(seed)
+    messages = []
+    for question, n in zip(questions, n_trait):
+        kinds = {"opener": ["neutral"], "advice": ["neutral", "neutral"], "fact": ["neutral", "neutral"],
+                 "closer": ["neutral"]}
+        for category in world.TRAIT_CATEGORIES.get(trait, ()) if trait is not None else ():
+            kinds[category] = [trait if i < n else "neutral" for i in range(len(kinds[category]))]
+        reply = world.sample_reply(rng, obj, world.DEFAULT_RATES, kinds=kinds)
+        messages += [{"role": "user", "content": question.replace("{obj}", obj)},
+                     {"role": "assistant", "content": reply.text}]
+    return messages

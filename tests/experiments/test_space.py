@@ -225,6 +225,8 @@ def test_build_space_through_the_serial_executor_equals_the_plain_run(tmp_path):
     from tests.conftest import load_cached
 
     model = load_cached("tiny-llama")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     _, _, plain = _built_space(model, tmp_path / "a")
     _, _, executed = _built_space(model, tmp_path / "b", executor=SerialExecutor())
     for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles",
@@ -246,6 +248,16 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
     assert "".join(result.token_pieces[1]).strip() == "Arr matey, now I be a pirate."
     assert result.drift.to_dict()["random_n"] == 20
     json.dumps(result.to_json())
+    other = sp.project_conversation(tiny_model, space, messages[:3] + [{"role": "user", "content": "Why?"},
+                                                                       {"role": "assistant", "content": "Hello."}],
+                                    layer=layer, k_random=20)
+    paired = sp.compare_drift(result, other, k_random=20, seed=5)
+    assert paired.value == pytest.approx(result.drift.value - other.drift.value)
+    randoms = sp.random_directions(tiny_model.cfg.d_model, 20, seed=5 + layer)
+    assert paired.random == pytest.approx((randoms @ (result.change - other.change)).tolist())
+    assert sp.compare_drift(result, result, k_random=5).random == [0.0] * 5
+    with pytest.raises(ValueError, match="at one layer"):
+        sp.compare_drift(result, sp.project_conversation(tiny_model, space, messages, layer=2, k_random=5))
     with pytest.raises(ValueError, match="no assistant turn"):
         sp.project_conversation(tiny_model, space, messages[:2], layer=layer)
 
