@@ -174,6 +174,10 @@ def configure_parser(subparsers: Any) -> None:
     source.add_argument("--user-turns", type=Path,
                         help="a text file, one simulated user turn a line: the model answers each in turn")
     drift.add_argument("--system", default=None, help="system prompt for --user-turns")
+    drift.add_argument("--reference", type=Path, default=None, metavar="C.jsonl",
+                       help="a reference conversation (JSONL, e.g. an ordinary one with the same user turns): its "
+                            "drift is subtracted, beside the same difference along random directions (a paired "
+                            "control for a model that drifts with the turn count alone)")
     drift.add_argument("--layer", required=True, help="layer of the per-token projections and the drift control")
     drift.add_argument("--max-new-tokens", type=int, default=64, help="reply length for --user-turns (default 64)")
     drift.add_argument("--temperature", type=float, default=0.0, help="sampling for --user-turns (default greedy)")
@@ -284,11 +288,11 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_conversation(path: Path) -> list[dict[str, str]]:
+def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[str, str]]:
     from persona_lens.core.chat import parse_messages
 
     if not path.is_file():
-        raise BadInput(f"--conversation: no file at {path}")
+        raise BadInput(f"{option}: no file at {path}")
     lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
              if line.strip()]
     if not lines:
@@ -307,7 +311,7 @@ def _read_conversation(path: Path) -> list[dict[str, str]]:
 
 def run_drift(args: argparse.Namespace) -> int:
     from persona_lens.core.io import write_json_atomic
-    from persona_lens.experiments.space import project_conversation, simulate_conversation
+    from persona_lens.experiments.space import compare_drift, project_conversation, simulate_conversation
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_drift
 
@@ -330,9 +334,18 @@ def run_drift(args: argparse.Namespace) -> int:
                                          temperature=args.temperature, seed=args.seed)
     try:
         result = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed)
+        paired = None
+        if args.reference is not None:
+            reference = project_conversation(model, space, _read_conversation(args.reference, "--reference"),
+                                             layer=layer, k_random=args.random, seed=args.seed)
+            paired = compare_drift(result, reference, k_random=args.random, seed=args.seed)
     except ValueError as error:
         raise BadInput(str(error)) from None
     data = result.to_json()
+    if paired is not None:
+        data["reference_drift"] = reference.drift.to_dict()
+        data["drift_minus_reference"] = paired.to_dict()
+        data["drift_minus_reference_summary"] = paired.summary()
     write_json_atomic(args.out / "drift.json", data)
     replies = [m["content"][:80] for m in result.messages if m["role"] == "assistant"]
     written = write_figure(plot_drift(data["turn_projections_at_layer"], (result.default_band[0][layer],
@@ -347,6 +360,8 @@ def run_drift(args: argparse.Namespace) -> int:
     for turn, value in enumerate(data["turn_projections_at_layer"], start=1):
         print(f"turn {turn}: {value:.3g}  {replies[turn - 1]!r}")
     print(result.drift.summary())
+    if paired is not None:
+        print(f"reference {reference.drift.summary()}\n{paired.summary()}")
     print(f"written: {args.out / 'drift.json'}, " + ", ".join(str(p) for p in written))
     return EXIT_OK
 

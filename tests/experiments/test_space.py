@@ -328,6 +328,12 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
                      str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
     drift = json.loads((tmp_path / "d/drift.json").read_text())
     assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
+                     str(conversation), "--reference", str(conversation), "--layer", "2", "--random", "10", "--out",
+                     str(tmp_path / "r")]) == 0
+    assert "drift - reference drift = 0 " in capsys.readouterr().out  # a conversation minus itself
+    paired = json.loads((tmp_path / "r/drift.json").read_text())["drift_minus_reference"]
+    assert paired["value"] == 0 and paired["random"] == [0.0] * 10
     turns = tmp_path / "turns.txt"
     turns.write_text("Hi?\n\nTell me more.\nAnd then?\n")
     assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--user-turns", str(turns),
