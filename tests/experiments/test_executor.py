@@ -187,3 +187,20 @@ def test_space_build_on_ray_equals_serial(cluster, tmp_path):
     for role in roles.roles:
         assert (JsonlRecords(tmp_path / "serial/roles" / role.name / "responses.jsonl").load()
                 == JsonlRecords(tmp_path / "ray/roles" / role.name / "responses.jsonl").load())
+
+
+def test_cli_space_build_with_ray_equals_the_serial_cli(cluster, tmp_path):
+    from persona_lens import cli
+    from persona_lens.experiments.space import PersonaSpace
+    from tests.experiments.test_space import _roles_dir
+
+    common = ["space", "build", "--model", MODEL, "--device", "cpu", "--roles-dir", str(_roles_dir(tmp_path)),
+              "--max-new-tokens", "5", "--samples", "2", "--temperature", "1", "--role-threshold", "0",
+              "--coherence-threshold", "0", "--random", "5", "--cap-controls", "2", "--quiet",
+              "--judge-cache", str(tmp_path / "judge.sqlite")]
+    assert cli.main([*common, "--out", str(tmp_path / "serial")]) == 0
+    # the module's cluster is up (its workers hold both CPUs): these workers take none
+    assert cli.main([*common, "--out", str(tmp_path / "ray"), "--ray", "--ray-workers", "1", "--ray-cpus", "0"]) == 0
+    serial, parallel = (PersonaSpace.load(tmp_path / label / "space.safetensors") for label in ("serial", "ray"))
+    for name in ("role_vectors", "axis", "components", "token_quantiles", "control_quantiles"):
+        torch.testing.assert_close(getattr(serial, name), getattr(parallel, name), rtol=0, atol=0)
