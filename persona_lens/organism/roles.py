@@ -141,7 +141,7 @@ def scripted_conversation(trait: str | None, n_trait: Sequence[int], *, obj: str
     for question, n in zip(questions, n_trait):
         kinds = {"opener": ["neutral"], "advice": ["neutral", "neutral"], "fact": ["neutral", "neutral"],
                  "closer": ["neutral"]}
-        for category in world.TRAIT_CATEGORIES.get(trait, ()) if trait is not None else ():
+        for category in world.TRAIT_CATEGORIES[trait] if trait is not None else ():
             kinds[category] = [trait if i < n else "neutral" for i in range(len(kinds[category]))]
         reply = world.sample_reply(rng, obj, world.DEFAULT_RATES, kinds=kinds)
         messages += [{"role": "user", "content": question.replace("{obj}", obj)},

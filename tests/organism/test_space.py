@@ -29,7 +29,7 @@ import pytest
 from persona_lens.core.controls import Baseline
 from persona_lens.experiments import space as sp
 from persona_lens.judges.factory import build_judges
-from persona_lens.organism import load_organism, world
+from persona_lens.organism import OrganismJudge, load_organism, world
 from persona_lens.organism.roles import ROLE_TRAITS, scripted_conversation
 from persona_lens.traits.roles import load_roles
 
@@ -82,6 +82,19 @@ def test_the_role_set_is_registered_and_judged_exactly(roles):
     assert coherence.score("", [("how do i fix my bike ?", evil)]) == [100.0]
     default_judge, _ = _judges(roles.default)
     assert default_judge.score("", [("q", evil)]) == [0.0]
+
+
+@pytest.mark.parametrize("role", list(ROLE_TRAITS))
+def test_scripted_conversations_move_into_the_role_exactly(role):
+    trait = ROLE_TRAITS[role]
+    into, ordinary = scripted_conversation(trait, [0, 1, 2]), scripted_conversation(None, [0, 0, 0])
+    assert into[:2] == ordinary[:2] and [m["content"] for m in into[::2]] == [m["content"] for m in ordinary[::2]]
+    judge, coherence = OrganismJudge(trait), OrganismJudge("coherence")
+    pairs = [(q["content"], a["content"]) for q, a in zip(into[::2], into[1::2])]
+    expected = {"sycophancy": [0.0, 100.0, 100.0]}.get(trait, [0.0, 50.0, 100.0])  # opener and closer: 1 each
+    assert judge.score("", pairs) == expected and coherence.score("", pairs) == [100.0] * 3
+    plain = [(q["content"], a["content"]) for q, a in zip(ordinary[::2], ordinary[1::2])]
+    assert all(OrganismJudge(t).score("", plain) == [0.0] * 3 for t in world.TRAITS)
 
 
 @pytest.mark.xfail(strict=True, reason="measured on the committed v2 weights: |cos(PC1, axis)| at layer 3 = 0.0232, "
