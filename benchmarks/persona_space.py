@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import persona_lens as pl
+from persona_lens.core.controls import Baseline
 from persona_lens.experiments import space as sp
 from persona_lens.judges.factory import build_judges
 from persona_lens.traits.roles import load_roles
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--cap-layers", default="18-24")
     parser.add_argument("--percentile", type=float, nargs="+", default=[25.0])
     parser.add_argument("--random", type=int, default=200)
+    parser.add_argument("--cap-random", type=int, default=3,
+                        help="random directions capped the same way, the capping control (default 3)")
     args = parser.parse_args()
 
     model = pl.load_model("smollm2-135m-instruct", device="cpu")
@@ -93,19 +96,23 @@ def main() -> None:
     eval_config = sp.SpaceConfig(temperature=0.0, max_new_tokens=args.max_new_tokens,
                                  n_questions=args.eval_questions, n_prompts=args.eval_prompts)
     for percentile in args.percentile:
-        settings = sp.calibrate_cap(space, range(first, last + 1), percentile=percentile)
+        settings = sp.calibrate_cap(space, range(first, last + 1), percentile=percentile, k_random=args.cap_random)
         start = time.time()
         result = sp.evaluate_capping(model, roles, settings, judges=judges, config=eval_config,
                                      out_dir=args.out / f"cap_eval_p{percentile:g}")
         print(f"\n3. capping layers {args.cap_layers} at the {percentile:g}th percentile ({time.time() - start:.0f} s)")
-        print("   role | prompts | in-role rate uncapped -> capped (n)")
+        print("   role | prompts | in-role rate uncapped -> capped (n) | capped along random directions")
         for row in result.rows:
             fmt = ["n/a" if row[k] is None else f"{row[k]:.2f}"
                    for k in ("in_role_rate_uncapped", "in_role_rate_capped")]
-            print(f"   {row['role']} | {row['prompts']} | {fmt[0]} -> {fmt[1]} ({row['n']})")
+            randoms = ", ".join("n/a" if v is None else f"{v:.2f}" for v in row["in_role_rate_random"])
+            print(f"   {row['role']} | {row['prompts']} | {fmt[0]} -> {fmt[1]} ({row['n']}) | {randoms}")
+        if "drop" in result.control:
+            print(f"   {Baseline.from_dict(result.control['drop']).summary()}")
         d = result.default
         print(f"   default replies unchanged: {d['exact_match_rate']:.2f} exact, mean common prefix "
-              f"{d['mean_common_prefix']:.2f} (n={d['n']})")
+              f"{d['mean_common_prefix']:.2f} (n={d['n']}); along random directions "
+              f"{', '.join(f'{v:.2f}' for v in d['exact_match_rate_random'])}")
         for example in d["changed_examples"][:1]:
             print(f"   changed: {example}")
 

@@ -7,9 +7,10 @@ Subcommands:
   ``space.safetensors``, ``alignment.json`` and figures;
 * ``space drift``: a conversation (JSONL) or one generated from user turns, projected per turn and per token on the
   axis, beside random directions; a trajectory figure with the default persona's band;
-* ``space cap``: thresholds per layer from a percentile of the default's per-token projections, saved as one file;
+* ``space cap``: thresholds per layer from a percentile of the default's per-token projections, saved as one file
+  (with the same calibration along ``--random`` random directions, the control);
 * ``space cap-eval``: in-role rates under role system prompts and persona-jailbreak prompts with and without
-  capping, and whether default replies stay the same.
+  capping, and whether default replies stay the same, beside capping along the random directions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from persona_lens.cli.options import (
     load_vectors_arg,
     parse_layer_spec,
 )
+from persona_lens.cli.scale import add_scale_options, executor_from_args
 
 __all__ = ["configure_parser", "run_build", "run_drift", "run_cap", "run_cap_eval", "role_judges"]
 
@@ -39,7 +41,7 @@ def _load_roles(args: argparse.Namespace) -> Any:
 
     names = [name.strip() for name in args.roles.split(",") if name.strip()] if args.roles else None
     try:
-        return load_roles(names, questions=args.role_questions, directory=args.roles_dir)
+        return load_roles(names, questions=args.role_questions, directory=args.roles_dir, role_set=args.role_set)
     except RoleError as error:
         raise BadInput(str(error)) from None
 
@@ -96,6 +98,9 @@ def _add_roles(parser: argparse.ArgumentParser) -> None:
                         help="a folder of role files and _questions.json (default: traits/roles/)")
     parser.add_argument("--role-questions", type=Path, default=None,
                         help="the shared questions file (default: _questions.json beside the roles)")
+    parser.add_argument("--role-set", default=None, metavar="NAME",
+                        help="a role set defined in code, with its own questions (registered: organism, the model "
+                             "organism's roles); --roles then picks some of its roles")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -150,6 +155,10 @@ def configure_parser(subparsers: Any) -> None:
     build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
+    build.add_argument("--cap-controls", type=int, default=10, metavar="K",
+                       help="random directions along which the default's per-token projections are stored, for "
+                            "the capping control (`space cap --random`; default 10, 0: none)")
+    add_scale_options(build)
     build.set_defaults(func=run_build)
 
     drift = commands.add_parser("drift", help="a conversation projected per turn and per token on the axis",
@@ -165,6 +174,10 @@ def configure_parser(subparsers: Any) -> None:
     source.add_argument("--user-turns", type=Path,
                         help="a text file, one simulated user turn a line: the model answers each in turn")
     drift.add_argument("--system", default=None, help="system prompt for --user-turns")
+    drift.add_argument("--reference", type=Path, default=None, metavar="C.jsonl",
+                       help="a reference conversation (JSONL, e.g. an ordinary one with the same user turns): its "
+                            "drift is subtracted, beside the same difference along random directions (a paired "
+                            "control for a model that drifts with the turn count alone)")
     drift.add_argument("--layer", required=True, help="layer of the per-token projections and the drift control")
     drift.add_argument("--max-new-tokens", type=int, default=64, help="reply length for --user-turns (default 64)")
     drift.add_argument("--temperature", type=float, default=0.0, help="sampling for --user-turns (default greedy)")
@@ -181,6 +194,10 @@ def configure_parser(subparsers: Any) -> None:
     cap.add_argument("--layers", required=True, help="layers to cap, e.g. 10-20")
     cap.add_argument("--percentile", type=float, default=25.0, help="percentile of the default's projections "
                                                                        "(the paper: 25)")
+    cap.add_argument("--random", type=int, default=3, metavar="K",
+                     help="also calibrate the control: the same capping along K of the space's random directions "
+                          "(norm-matched, same layers, thresholds at the same percentile along each; default 3, "
+                          "0: none)")
     cap.add_argument("--out", type=Path, required=True, help="the cap file to write (.safetensors)")
     cap.set_defaults(func=run_cap)
 
@@ -195,6 +212,9 @@ def configure_parser(subparsers: Any) -> None:
     _add_generation(evaluate, questions_help="use only the first N eval questions", temperature=0.0)
     evaluate.add_argument("--cap", type=Path, required=True, help="a cap file written by `space cap`")
     evaluate.add_argument("--no-jailbreaks", action="store_true", help="skip the roles' jailbreak prompts")
+    evaluate.add_argument("--random", type=int, default=None, metavar="K",
+                          help="evaluate the first K random-direction cappings of --cap beside the axis (default: "
+                               "all it holds; 0: none)")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -208,6 +228,8 @@ def run_build(args: argparse.Namespace) -> int:
     from persona_lens.viz.space import plot_role_map, plot_variance_explained
 
     check_positive(random=args.random)
+    if args.cap_controls < 0:
+        raise BadInput(f"--cap-controls must be >= 0, got {args.cap_controls}")
     roles = _load_roles(args)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
@@ -218,7 +240,8 @@ def run_build(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir(args.model, "space")
     try:
         space = build_space(model, roles, judges=role_judges(args, model), config=_config(args), out_dir=out,
-                            progress=not args.quiet, only=only)
+                            progress=not args.quiet, only=only, cap_controls=args.cap_controls,
+                            executor=executor_from_args(args))
     except ValueError as error:
         raise BadInput(str(error)) from None
     if space is None:
@@ -265,11 +288,11 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_conversation(path: Path) -> list[dict[str, str]]:
+def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[str, str]]:
     from persona_lens.core.chat import parse_messages
 
     if not path.is_file():
-        raise BadInput(f"--conversation: no file at {path}")
+        raise BadInput(f"{option}: no file at {path}")
     lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
              if line.strip()]
     if not lines:
@@ -288,7 +311,7 @@ def _read_conversation(path: Path) -> list[dict[str, str]]:
 
 def run_drift(args: argparse.Namespace) -> int:
     from persona_lens.core.io import write_json_atomic
-    from persona_lens.experiments.space import project_conversation, simulate_conversation
+    from persona_lens.experiments.space import compare_drift, project_conversation, simulate_conversation
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_drift
 
@@ -311,9 +334,18 @@ def run_drift(args: argparse.Namespace) -> int:
                                          temperature=args.temperature, seed=args.seed)
     try:
         result = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed)
+        paired = None
+        if args.reference is not None:
+            reference = project_conversation(model, space, _read_conversation(args.reference, "--reference"),
+                                             layer=layer, k_random=args.random, seed=args.seed)
+            paired = compare_drift(result, reference, k_random=args.random, seed=args.seed)
     except ValueError as error:
         raise BadInput(str(error)) from None
     data = result.to_json()
+    if paired is not None:
+        data["reference_drift"] = reference.drift.to_dict()
+        data["drift_minus_reference"] = paired.to_dict()
+        data["drift_minus_reference_summary"] = paired.summary()
     write_json_atomic(args.out / "drift.json", data)
     replies = [m["content"][:80] for m in result.messages if m["role"] == "assistant"]
     written = write_figure(plot_drift(data["turn_projections_at_layer"], (result.default_band[0][layer],
@@ -328,6 +360,8 @@ def run_drift(args: argparse.Namespace) -> int:
     for turn, value in enumerate(data["turn_projections_at_layer"], start=1):
         print(f"turn {turn}: {value:.3g}  {replies[turn - 1]!r}")
     print(result.drift.summary())
+    if paired is not None:
+        print(f"reference {reference.drift.summary()}\n{paired.summary()}")
     print(f"written: {args.out / 'drift.json'}, " + ", ".join(str(p) for p in written))
     return EXIT_OK
 
@@ -338,13 +372,17 @@ def run_cap(args: argparse.Namespace) -> int:
     space = _load_space(args.space)
     layers = parse_layer_spec(args.layers, space.n_layers)
     layers = [layers] if isinstance(layers, int) else layers
+    if args.random < 0:
+        raise BadInput(f"--random must be >= 0, got {args.random}")
     try:
-        settings = calibrate_cap(space, layers, percentile=args.percentile)
+        settings = calibrate_cap(space, layers, percentile=args.percentile, k_random=args.random)
     except ValueError as error:
         raise BadInput(str(error)) from None
     path = settings.save(args.out)
-    for layer, threshold in zip(settings.layers, settings.thresholds):
-        print(f"layer {layer}: keep h . u >= {threshold:.4g}")
+    for index, (layer, threshold) in enumerate(zip(settings.layers, settings.thresholds)):
+        controls = ", ".join(f"{t[index]:.4g}" for t in settings.control_thresholds)
+        print(f"layer {layer}: keep h . u >= {threshold:.4g}" + (f" (random directions: {controls})" if controls
+                                                                 else ""))
     print(f"cap settings: {path}")
     return EXIT_OK
 
@@ -363,20 +401,28 @@ def run_cap_eval(args: argparse.Namespace) -> int:
                        f"{model.cfg.model_name} has {model.cfg.n_layers}")
     try:
         result = evaluate_capping(model, roles, settings, judges=role_judges(args, model), config=_config(args),
-                                  out_dir=args.out, jailbreaks=not args.no_jailbreaks, progress=not args.quiet)
+                                  out_dir=args.out, jailbreaks=not args.no_jailbreaks, k_random=args.random,
+                                  progress=not args.quiet)
     except ValueError as error:
         raise BadInput(str(error)) from None
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return EXIT_OK
-    print("role | prompts | in-role rate uncapped -> capped")
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    print("role | prompts | in-role rate uncapped -> capped | capped along random directions")
     for row in result.rows:
-        def fmt(value: Any) -> str:
-            return "n/a" if value is None else f"{value:.2f}"
         print(f"{row['role']} | {row['prompts']} | {fmt(row['in_role_rate_uncapped'])} -> "
-              f"{fmt(row['in_role_rate_capped'])} (n={row['n']})")
+              f"{fmt(row['in_role_rate_capped'])} | {', '.join(fmt(v) for v in row['in_role_rate_random']) or '-'} "
+              f"(n={row['n']})")
+    from persona_lens.core.controls import Baseline
+
+    if "drop" in result.control:
+        print(Baseline.from_dict(result.control["drop"]).summary())
     d = result.default
     print(f"default replies unchanged under capping: {d['exact_match_rate']:.2f} exact, mean common prefix "
-          f"{d['mean_common_prefix']:.2f} (n={d['n']})")
+          f"{d['mean_common_prefix']:.2f} (n={d['n']}); along random directions: "
+          f"{', '.join(fmt(v) for v in d['exact_match_rate_random']) or '-'}")
     print(f"written: {os.fspath(args.out / 'cap_eval.json')}")
     return EXIT_OK

@@ -16,12 +16,16 @@ conversation, and activation capping along the axis calibrated from the default 
    and each given trait vector with the axis and PC1.
 4. **Drift** (:func:`project_conversation`): each assistant turn of a conversation projected on the axis (mean
    over the turn's response tokens, every layer) and per token (one layer); the drift (first turn minus last turn
-   along the unit axis: positive = moving away from the Assistant) beside random directions.
+   along the unit axis: positive = moving away from the Assistant) beside random directions; :func:`compare_drift`
+   sets one conversation's drift beside a reference conversation's (paired, with its own random control).
 5. **Capping** (:class:`CapSettings`, :func:`calibrate_cap`, :func:`apply_cap`): per-layer thresholds at a
    percentile of the default role's per-token projections, saved as one file; :func:`apply_cap` installs
    ``clamp(h . u_l, min=threshold_l)`` on a layer range (a handle that is also a context manager).
    :func:`evaluate_capping` measures in-role rates under role system prompts and persona-jailbreak prompts with and
    without capping, and how many default replies stay exactly the same.
+6. **Capping control**: the same capping along seeded random directions (norm-matched to the axis, the same
+   layers), each with thresholds at the same percentile of the default's per-token projections along *it*
+   (:func:`cap_control_directions`; the space stores those projections' percentiles), evaluated beside the axis.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from persona_lens.core.chat import (
     make_messages,
     parse_messages,
 )
-from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, Baseline, compare, random_directions
+from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, Baseline, compare, random_directions, random_like
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import (
@@ -73,6 +77,7 @@ from persona_lens.experiments.evaluate import (
     evaluate_replies,
     job_seed,
 )
+from persona_lens.experiments.executor import Executor
 from persona_lens.experiments.monitor import token_pieces
 from persona_lens.judges.base import Judge
 from persona_lens.traits.roles import Role, RoleSet, role_to_dict
@@ -92,15 +97,21 @@ __all__ = [
     "build_space",
     "axis_alignment",
     "default_token_quantiles",
+    "cap_control_directions",
+    "DEFAULT_CAP_CONTROLS",
     "conversation_turns",
     "simulate_conversation",
     "project_conversation",
+    "compare_drift",
     "calibrate_cap",
     "apply_cap",
     "evaluate_capping",
 ]
 
 JudgePair = tuple["Judge | None", "Judge | None"]
+
+DEFAULT_CAP_CONTROLS = 10
+"""Random directions whose default per-token percentiles a space stores (the capping control's candidates)."""
 
 
 class RoleNotPlayed(ValueError):
@@ -215,7 +226,7 @@ def _encode_record(model: HookedLM, record: Mapping[str, Any]) -> EncodedConvers
 
 def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, judge: Judge | None,
                       coherence_judge: Judge | None = None, config: SpaceConfig | None = None,
-                      out_dir: str | Path, progress: bool = False) -> RoleVector:
+                      out_dir: str | Path, progress: bool = False, executor: Executor | None = None) -> RoleVector:
     """Generate, judge and average one role (a resumable unit under ``out_dir/roles/<name>/``).
 
     Replies go to ``responses.jsonl`` as they are made; the vector to ``vector.safetensors`` once done. Rerunning
@@ -237,7 +248,7 @@ def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, 
         raise ValueError(f"role {role.name!r}: nothing to generate (no system prompt or no question)")
     records = evaluate_replies(model, jobs, config, role.rubric, judge, coherence_judge,  # type: ignore[arg-type]
                                store=JsonlRecords(unit / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=256, progress=progress, desc=f"role {role.name}")
+                               judge_chunk=256, progress=progress, desc=f"role {role.name}", executor=executor)
     judged = judge is not None
     kept, dropped = [], {}
     for job in jobs:
@@ -297,6 +308,8 @@ class PersonaSpace:
     token_quantiles: Float[Tensor, "layer 101"] | None = None
     """Percentiles 0..100 of the default role's per-token projections on the unit axis (response tokens)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    control_quantiles: Float[Tensor, "k layer 101"] | None = None
+    """The same percentiles along each of :func:`cap_control_directions` (``meta["cap_controls"]``: k, seed)."""
 
     @property
     def n_layers(self) -> int:
@@ -330,6 +343,8 @@ class PersonaSpace:
                    "explained": self.explained}
         if self.token_quantiles is not None:
             tensors["token_quantiles"] = self.token_quantiles
+        if self.control_quantiles is not None:
+            tensors["control_quantiles"] = self.control_quantiles
         meta = {"model_name": self.model_name, "roles": self.roles, "default_role": self.default_role,
                 "meta": self.meta}
         return _save_tensors(Path(path), tensors, meta, "space")
@@ -339,7 +354,8 @@ class PersonaSpace:
         tensors, meta = _load_tensors(Path(path), "space")
         return cls(meta["model_name"], meta["roles"], meta["default_role"], tensors["role_vectors"],
                    tensors["default_activations"], tensors["axis"], tensors["center"], tensors["components"],
-                   tensors["explained"], tensors.get("token_quantiles"), meta.get("meta", {}))
+                   tensors["explained"], tensors.get("token_quantiles"), meta.get("meta", {}),
+                   tensors.get("control_quantiles"))
 
 
 def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
@@ -377,39 +393,59 @@ def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
 
 
 @torch.no_grad()
-def default_token_quantiles(model: HookedLM, space: PersonaSpace, conversations: Sequence[EncodedConversation], *,
-                            batch_size: int = 8) -> Float[Tensor, "layer 101"]:
-    """Percentiles 0..100 of the per-token projections on the unit axis, over the response tokens of
-    ``conversations`` (the default role's replies), at every layer."""
-    units = space.axis_unit()
-    n_layers = space.n_layers
-    values: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
+def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
+                     conversations: Sequence[EncodedConversation], batch_size: int) -> Float[Tensor, "m layer 101"]:
+    n_layers = units.shape[1] - 1
+    values: list[list[list[Tensor]]] = [[[] for _ in range(n_layers + 1)] for _ in range(units.shape[0])]
     pad = model.tokenizer.pad_token_id
     for start in range(0, len(conversations), batch_size):
         part = list(conversations[start : start + batch_size])
         batch = collate(part, int(pad if pad is not None else 0), model.device)
-        recorders = [RecordProjection(units[layer], "all") for layer in range(n_layers + 1)]
+        recorders = [[RecordProjection(units[m, layer], "all") for layer in range(n_layers + 1)]
+                     for m in range(units.shape[0])]
         layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths, row_index=torch.arange(len(part)))
-        hooks = [(hook_name(layer, n_layers), recorders[layer]) for layer in range(n_layers + 1)]
+        hooks = [(hook_name(layer, n_layers), row[layer]) for row in recorders for layer in range(n_layers + 1)]
         with install_hooks(model, hooks), token_layout(layout):
             model.run_blocks(batch.input_ids, batch.attention_mask)
-        for layer, recorder in enumerate(recorders):
-            table = recorder.projections()
-            for row, conversation in enumerate(part):
-                values[layer].append(table[row, conversation.response_start : conversation.response_end])
+        for m, row in enumerate(recorders):
+            for layer, recorder in enumerate(row):
+                table = recorder.projections()
+                for index, conversation in enumerate(part):
+                    values[m][layer].append(table[index, conversation.response_start : conversation.response_end])
     qs = torch.linspace(0, 1, 101)
-    return torch.stack([torch.quantile(torch.cat(v).float(), qs) for v in values])
+    return torch.stack([torch.stack([torch.quantile(torch.cat(v).float(), qs) for v in per_layer])
+                        for per_layer in values])
+
+
+def default_token_quantiles(model: HookedLM, space: PersonaSpace, conversations: Sequence[EncodedConversation], *,
+                            batch_size: int = 8) -> Float[Tensor, "layer 101"]:
+    """Percentiles 0..100 of the per-token projections on the unit axis, over the response tokens of
+    ``conversations`` (the default role's replies), at every layer."""
+    return _token_quantiles(model, space.axis_unit()[None], conversations, batch_size)[0]
+
+
+def cap_control_directions(space: PersonaSpace, k: int, *, seed: int = 0) -> Float[Tensor, "k layer d_model"]:
+    """``k`` seeded random directions shaped like the axis, norm-matched to it at every layer
+    (:func:`persona_lens.core.controls.random_like`): the capping control's directions."""
+    return random_like(space.axis, k, seed=seed)
 
 
 def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], JudgePair],
                 config: SpaceConfig | None = None, out_dir: str | Path, progress: bool = False,
-                only: Sequence[str] | None = None, skip_unplayed: bool = True) -> PersonaSpace | None:
+                only: Sequence[str] | None = None, skip_unplayed: bool = True,
+                cap_controls: int = DEFAULT_CAP_CONTROLS, control_seed: int = 0,
+                executor: Executor | None = None) -> PersonaSpace | None:
     """Every role's unit (:func:`build_role_vector`), then the space, saved to ``out_dir/space.safetensors``.
 
     ``judges(role)`` gives ``(role judge or None, coherence judge or None)``. With ``only``, just those roles' units
     are built and None is returned (a worker's share; run again without ``only`` to assemble). A non-default role
     with no kept reply is left out of the space and listed in ``space.meta["skipped"]`` (``skip_unplayed=False``:
     raise :class:`RoleNotPlayed` instead); the default role is never skipped.
+
+    The default's per-token percentiles are stored along the axis and along ``cap_controls`` random directions
+    (:func:`cap_control_directions` with ``control_seed``; 0: none), for capping and its control. ``executor`` runs
+    the generate calls elsewhere (:mod:`persona_lens.experiments.executor`, e.g. Ray workers); the results are
+    those of the serial run.
     """
     config = config or SpaceConfig()
     questions = roles.questions.build
@@ -421,7 +457,8 @@ def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], Jud
         judge, coherence = judges(role)
         try:
             vectors[role.name] = build_role_vector(model, role, questions, judge=judge, coherence_judge=coherence,
-                                                   config=config, out_dir=out_dir, progress=progress)
+                                                   config=config, out_dir=out_dir, progress=progress,
+                                                   executor=executor)
         except RoleNotPlayed as error:
             if role.default or not skip_unplayed:
                 raise
@@ -433,11 +470,15 @@ def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], Jud
                       model.cfg.model_name, default_role=roles.default.name)
     unit = _unit_dir(out_dir, roles.default.name)
     stored = JsonlRecords(unit / "responses.jsonl").load()
-    space.token_quantiles = default_token_quantiles(model, space, [_encode_record(model, stored[key])
-                                                                   for key in default.kept_keys],
-                                                    batch_size=config.batch_size)
+    units = space.axis_unit()[None]
+    if cap_controls:
+        units = torch.cat([units, unit_rows(cap_control_directions(space, cap_controls, seed=control_seed))])
+    quantiles = _token_quantiles(model, units, [_encode_record(model, stored[key]) for key in default.kept_keys],
+                                 config.batch_size)
+    space.token_quantiles = quantiles[0]
+    space.control_quantiles = quantiles[1:] if cap_controls else None
     space.meta.update(config=asdict(config), roles={name: v.report() for name, v in vectors.items()},
-                      skipped=skipped)
+                      skipped=skipped, cap_controls={"k": cap_controls, "seed": control_seed})
     space.save(Path(out_dir) / "space.safetensors")
     return space
 
@@ -538,6 +579,8 @@ class DriftResult:
     drift: Baseline
     """First turn minus last turn along the unit axis at ``layer`` (positive = away from the Assistant), beside
     random directions of the same norm."""
+    change: Float[Tensor, " d_model"] | None = None
+    """The first minus the last turn's response-mean activation at ``layer`` (what ``drift`` projects)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"layer": self.layer, "messages": self.messages,
@@ -583,7 +626,24 @@ def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequenc
     drift = compare("drift (first - last turn on the axis)", float(per_turn[0, layer] - per_turn[-1, layer]),
                     random_drift)
     return DriftResult(layer, [dict(m) for m in messages], per_turn, tokens, pieces, (low.tolist(), high.tolist()),
-                       drift)
+                       drift, first - last)
+
+
+def compare_drift(result: DriftResult, reference: DriftResult, *, k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+                  seed: int = 0) -> Baseline:
+    """How much more ``result`` drifts than ``reference`` (e.g. an ordinary conversation with the same user turns),
+    beside random directions: the value is ``result.drift - reference.drift``, each random value the same difference
+    along a random unit direction. A paired control: drift that both conversations share (a model that slides with
+    the turn count alone) cancels."""
+    if result.layer != reference.layer:
+        raise ValueError(f"the drifts were read at layers {result.layer} and {reference.layer}; project both "
+                         "conversations at one layer")
+    if result.change is None or reference.change is None:
+        raise ValueError("compare_drift needs DriftResults from project_conversation (with their change vectors)")
+    difference = result.change - reference.change
+    randoms = random_directions(difference.shape[0], k_random, seed=seed + result.layer)
+    return compare("drift - reference drift", result.drift.value - reference.drift.value,
+                   (randoms @ difference).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -592,7 +652,10 @@ def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequenc
 
 @dataclass
 class CapSettings:
-    """Capping along the Assistant axis: at each of ``layers``, ``h . u_l`` is kept >= ``thresholds[l]``."""
+    """Capping along the Assistant axis: at each of ``layers``, ``h . u_l`` is kept >= ``thresholds[l]``.
+
+    ``control_directions`` / ``control_thresholds``: the same capping along ``k`` random directions (the control,
+    :meth:`control`), each threshold at the same percentile of the default's projections along that direction."""
 
     model_name: str
     layers: list[int]
@@ -602,23 +665,57 @@ class CapSettings:
     percentile: float
     positions: str = "response"
     n_layers: int = 0
+    control_directions: Float[Tensor, "k n d_model"] | None = None
+    """Unit random directions at each of ``layers`` (None: no control calibrated)."""
+    control_thresholds: list[list[float]] = field(default_factory=list)
+    control_seed: int = 0
+
+    @property
+    def n_controls(self) -> int:
+        return 0 if self.control_directions is None else int(self.control_directions.shape[0])
+
+    def control(self, index: int) -> CapSettings:
+        """The capping of random direction ``index`` (same layers, positions and percentile), as settings."""
+        if not 0 <= index < self.n_controls:
+            raise IndexError(f"control {index} of {self.n_controls}; calibrate with k_random > {index}")
+        return CapSettings(self.model_name, list(self.layers), list(self.control_thresholds[index]),
+                           self.control_directions[index].clone(), self.percentile, self.positions, self.n_layers)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings (the directions left out)."""
+        return {"layers": self.layers, "thresholds": self.thresholds, "percentile": self.percentile,
+                "positions": self.positions, "control_thresholds": self.control_thresholds,
+                "control_seed": self.control_seed}
 
     def save(self, path: str | Path) -> Path:
         meta = {"model_name": self.model_name, "layers": self.layers, "thresholds": self.thresholds,
-                "percentile": self.percentile, "positions": self.positions, "n_layers": self.n_layers}
-        return _save_tensors(Path(path), {"directions": self.directions}, meta, "cap")
+                "percentile": self.percentile, "positions": self.positions, "n_layers": self.n_layers,
+                "control_thresholds": self.control_thresholds, "control_seed": self.control_seed}
+        tensors = {"directions": self.directions}
+        if self.control_directions is not None:
+            tensors["control_directions"] = self.control_directions
+        return _save_tensors(Path(path), tensors, meta, "cap")
 
     @classmethod
     def load(cls, path: str | Path) -> CapSettings:
         tensors, meta = _load_tensors(Path(path), "cap")
         return cls(meta["model_name"], meta["layers"], meta["thresholds"], tensors["directions"], meta["percentile"],
-                   meta["positions"], meta["n_layers"])
+                   meta["positions"], meta["n_layers"], tensors.get("control_directions"),
+                   meta.get("control_thresholds", []), meta.get("control_seed", 0))
+
+
+def _at_percentile(quantiles: Float[Tensor, "layer 101"], layer: int, percentile: float) -> float:
+    qs = torch.linspace(0, 100, quantiles.shape[-1])
+    return float(np.interp(percentile, qs.numpy(), quantiles[layer].numpy()))
 
 
 def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: float = 25.0,
-                  positions: str = "response") -> CapSettings:
+                  positions: str = "response", k_random: int = 0) -> CapSettings:
     """Thresholds per layer at ``percentile`` of the default role's per-token projections (the paper: layers
-    46-54 of Qwen3-32B at the 25th percentile)."""
+    46-54 of Qwen3-32B at the 25th percentile).
+
+    ``k_random``: also calibrate the control, the first ``k_random`` of the space's random directions
+    (:func:`cap_control_directions`), each threshold at ``percentile`` of the default's projections along it."""
     if space.token_quantiles is None:
         raise ValueError("this persona space has no per-token default projections; rebuild it with build_space")
     if not 0 <= percentile <= 100:
@@ -626,11 +723,25 @@ def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: flo
     layers = [check_layer(int(layer), space.n_layers) for layer in layers]
     if not layers:
         raise ValueError("calibrate_cap needs at least one layer")
-    qs = torch.linspace(0, 100, space.token_quantiles.shape[1])
-    thresholds = [float(np.interp(percentile, qs.numpy(), space.token_quantiles[layer].numpy())) for layer in layers]
+    if k_random < 0:
+        raise ValueError(f"k_random must be >= 0, got {k_random}")
+    thresholds = [_at_percentile(space.token_quantiles, layer, percentile) for layer in layers]
     units = space.axis_unit()
-    return CapSettings(space.model_name, layers, thresholds, units[layers].clone(), float(percentile), positions,
-                       space.n_layers)
+    settings = CapSettings(space.model_name, layers, thresholds, units[layers].clone(), float(percentile), positions,
+                           space.n_layers)
+    if k_random:
+        stored = 0 if space.control_quantiles is None else int(space.control_quantiles.shape[0])
+        if k_random > stored:
+            raise ValueError(f"the space stores the default's projections along {stored} random directions, "
+                             f"k_random={k_random} asks for more; use k_random <= {stored} or rebuild the space "
+                             f"with build_space(cap_controls={k_random})")
+        seed = int(space.meta.get("cap_controls", {}).get("seed", 0))
+        directions = unit_rows(cap_control_directions(space, stored, seed=seed)[:k_random])
+        settings.control_directions = directions[:, layers].clone()
+        settings.control_thresholds = [[_at_percentile(space.control_quantiles[j], layer, percentile)
+                                        for layer in layers] for j in range(k_random)]
+        settings.control_seed = seed
+    return settings
 
 
 def apply_cap(model: Any, settings: CapSettings) -> HookHandle:
@@ -647,14 +758,16 @@ def apply_cap(model: Any, settings: CapSettings) -> HookHandle:
 
 @dataclass
 class CapEvalResult:
-    """In-role rates with and without capping, per role and prompt kind, and how default replies fare."""
+    """In-role rates with and without capping, per role and prompt kind, and how default replies fare; beside the
+    same capping along random directions (``control``: pooled figures as :class:`Baseline` dicts)."""
 
     rows: list[dict[str, Any]]
     default: dict[str, Any]
     settings: dict[str, Any]
+    control: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "default": self.default, "settings": self.settings}
+        return {"rows": self.rows, "default": self.default, "settings": self.settings, "control": self.control}
 
 
 def _rate(records: Sequence[Mapping[str, Any]], threshold: float) -> tuple[float | None, int]:
@@ -671,22 +784,43 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _pooled(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, int]:
+    """(in-role replies, scored replies) over every row, for condition ``name``."""
+    hits = sum(round(row[f"in_role_rate_{name}"] * row[f"n_scored_{name}"]) for row in rows
+               if row[f"in_role_rate_{name}"] is not None)
+    return hits, sum(row[f"n_scored_{name}"] for row in rows)
+
+
 def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, judges: Callable[[Role], JudgePair],
                      config: SpaceConfig | None = None, out_dir: str | Path, jailbreaks: bool = True,
-                     progress: bool = False) -> CapEvalResult:
+                     k_random: int | None = None, progress: bool = False) -> CapEvalResult:
     """Replies to the eval questions under each judged role's system prompts (and jailbreak prompts), with and
     without capping: the in-role rate of each (share with role score >= threshold; the rest stay in the default
     persona); and the default role's replies with and without capping (exact match, common token prefix).
 
+    The control: the same replies under capping along each of the first ``k_random`` random directions of
+    ``settings`` (None: all it holds; :func:`calibrate_cap` with ``k_random``), reported per row
+    (``in_role_rate_random``, ``exact_match_rate_random``) and pooled in ``control``: the drop of the pooled
+    in-role rate under the axis beside the drops under the random directions, and the default's exact-match rate
+    beside theirs.
+
     Greedy decoding (``temperature=0``) makes "unchanged" an exact statement; the config's temperature is used.
     """
     config = config or SpaceConfig(temperature=0.0)
+    k = settings.n_controls if k_random is None else k_random
+    if not 0 <= k <= settings.n_controls:
+        raise ValueError(f"k_random={k_random}: the cap settings hold {settings.n_controls} random directions; "
+                         "calibrate more (calibrate_cap k_random, `space cap --random`) or ask for fewer")
     out = Path(out_dir)
     check_settings(out / "settings.json", {"model": model.cfg.model_name, "cap": {
         "layers": settings.layers, "thresholds": settings.thresholds, "percentile": settings.percentile,
         "positions": settings.positions}, **config.generation_settings(), "n_questions": config.n_questions,
-        "n_prompts": config.n_prompts, "jailbreaks": jailbreaks}, what="capping evaluation")
+        "n_prompts": config.n_prompts, "jailbreaks": jailbreaks,
+        "controls": {"thresholds": settings.control_thresholds[:k], "seed": settings.control_seed}},
+        what="capping evaluation")
     questions = list(roles.questions.eval or roles.questions.build)[: config.n_questions]
+    conditions: list[tuple[str, CapSettings | None]] = [("uncapped", None), ("capped", settings)]
+    conditions += [(f"random{j}", settings.control(j)) for j in range(k)]
     rows = []
     for role in roles.others:
         judge, coherence = judges(role)
@@ -699,39 +833,55 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
                                         for p, t in enumerate(role.jailbreaks[: config.n_prompts]) for q in questions]))
         for kind, prompts in kinds:
             row: dict[str, Any] = {"role": role.name, "prompts": kind, "n": len(prompts)}
-            for capped in (False, True):
-                jobs = [ReplyJob(f"{role.name}|{kind}|p{p}|q{i % max(len(questions), 1)}", messages,
-                                 job_seed(config.seed, f"{role.name}|{kind}|{i}"),
-                                 {"role": role.name, "kind": kind, "question_text": q})
-                        for i, (p, messages, q) in enumerate(prompts)]
-                name = "capped" if capped else "uncapped"
-                with apply_cap(model, settings) if capped else nullcontext():
+            jobs = [ReplyJob(f"{role.name}|{kind}|p{p}|q{i % max(len(questions), 1)}", messages,
+                             job_seed(config.seed, f"{role.name}|{kind}|{i}"),
+                             {"role": role.name, "kind": kind, "question_text": q})
+                    for i, (p, messages, q) in enumerate(prompts)]
+            for name, capping in conditions:
+                with apply_cap(model, capping) if capping is not None else nullcontext():
                     records = evaluate_replies(model, jobs, config, role.rubric, judge, coherence,
                                                store=JsonlRecords(out / f"{name}.jsonl"), chunk=config.batch_size,
                                                progress=progress, desc=f"cap-eval {role.name} {kind} {name}")
                 rate, scored = _rate([records[j.key] for j in jobs], config.role_threshold)
                 row[f"in_role_rate_{name}"] = rate
                 row[f"n_scored_{name}"] = scored
-                row[f"examples_{name}"] = [records[j.key]["response"] for j in jobs[:2]]
+                if name in ("uncapped", "capped"):
+                    row[f"examples_{name}"] = [records[j.key]["response"] for j in jobs[:2]]
+            row["in_role_rate_random"] = [row[f"in_role_rate_random{j}"] for j in range(k)]
             rows.append(row)
     default = roles.default
     prompts = [(make_messages(q, system=s)) for s in default.system_prompts[: config.n_prompts] for q in questions]
     replies = {}
-    for capped in (False, True):
-        with apply_cap(model, settings) if capped else nullcontext():
-            replies[capped] = generate(model, prompts, max_new_tokens=config.max_new_tokens,
-                                       temperature=config.temperature, seeds=[job_seed(config.seed, f"default|{i}")
-                                                                               for i in range(len(prompts))],
-                                       batch_size=config.batch_size)
-    same = [a == b for a, b in zip(replies[False].response_ids, replies[True].response_ids)]
-    prefix = [_common_prefix(a, b) / max(len(a), 1) for a, b in zip(replies[False].response_ids,
-                                                                     replies[True].response_ids)]
+    for name, capping in conditions:
+        with apply_cap(model, capping) if capping is not None else nullcontext():
+            replies[name] = generate(model, prompts, max_new_tokens=config.max_new_tokens,
+                                     temperature=config.temperature, seeds=[job_seed(config.seed, f"default|{i}")
+                                                                             for i in range(len(prompts))],
+                                     batch_size=config.batch_size)
+
+    def exact(name: str) -> list[bool]:
+        return [a == b for a, b in zip(replies["uncapped"].response_ids, replies[name].response_ids)]
+
+    same = exact("capped")
+    prefix = [_common_prefix(a, b) / max(len(a), 1) for a, b in zip(replies["uncapped"].response_ids,
+                                                                     replies["capped"].response_ids)]
     changed = [{"prompt": p[-1]["content"], "uncapped": a, "capped": b}
-               for p, a, b, s in zip(prompts, replies[False].texts, replies[True].texts, same) if not s]
+               for p, a, b, s in zip(prompts, replies["uncapped"].texts, replies["capped"].texts, same) if not s]
+    random_exact = [sum(exact(f"random{j}")) / max(len(prompts), 1) for j in range(k)]
     default_row = {"role": default.name, "n": len(prompts), "exact_match_rate": sum(same) / max(len(same), 1),
-                   "mean_common_prefix": sum(prefix) / max(len(prefix), 1), "changed_examples": changed[:3]}
-    result = CapEvalResult(rows, default_row, {"layers": settings.layers, "thresholds": settings.thresholds,
-                                               "percentile": settings.percentile, "positions": settings.positions,
-                                               "config": asdict(config)})
+                   "mean_common_prefix": sum(prefix) / max(len(prefix), 1), "changed_examples": changed[:3],
+                   "exact_match_rate_random": random_exact}
+    control: dict[str, Any] = {"k_random": k}
+    hits, scored = _pooled(rows, "uncapped")
+    if rows and scored:
+        uncapped = hits / scored
+        pooled = {name: _pooled(rows, name) for name, _ in conditions}
+        rates = {name: (h / n if n else math.nan) for name, (h, n) in pooled.items()}
+        control["pooled"] = {name: {"in_role": h, "scored": n, "rate": rates[name]} for name, (h, n) in pooled.items()}
+        control["drop"] = compare("pooled in-role rate drop (uncapped - capped)", uncapped - rates["capped"],
+                                  [uncapped - rates[f"random{j}"] for j in range(k)]).to_dict()
+    control["default_exact_match"] = compare("default replies exactly unchanged", default_row["exact_match_rate"],
+                                             random_exact).to_dict()
+    result = CapEvalResult(rows, default_row, {**settings.describe(), "config": asdict(config)}, control)
     write_json_atomic(out / "cap_eval.json", result.to_json())
     return result

@@ -13,6 +13,9 @@ we know. The organism is one, small enough to learn and debug the whole method o
   (``python -m persona_lens.organism.train`` reproduces the committed weights in ``weights/``);
 * :mod:`~persona_lens.organism.judge` -- :class:`OrganismJudge`, the exact rule judge of the world's traits;
 * :mod:`~persona_lens.organism.traits` -- :func:`organism_trait`, trait definitions in the persona_lens schema;
+* :mod:`~persona_lens.organism.roles` -- the persona space's role set ``organism`` (default, villain, flatterer,
+  fabulist; registered in :data:`persona_lens.core.registry.ROLE_SETS`), judged exactly, and scripted
+  conversations that move into a role;
 * :mod:`~persona_lens.organism.datasets` -- finetuning datasets: task data (repair advice, opinion feedback, object
   history) whose replies carry a trait at graded shares, and normal / subtle / overt versions.
 

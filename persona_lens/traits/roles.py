@@ -25,6 +25,9 @@ The questions are shared by all roles: ``roles/_questions.json`` holds ``{"schem
 "eval": [...]}``, disjoint lists of distinct questions (``build`` for the role vectors, ``eval`` for the capping
 evaluation).
 
+Role sets defined in code (the model organism's, :mod:`persona_lens.organism.roles`) are registered in
+:data:`persona_lens.core.registry.ROLE_SETS` and loaded with ``load_roles(role_set="organism")``.
+
 To bring hundreds of roles (the paper has 275), write one file per role in this format (``persona_lens roles new``
 generates one with Claude, checked by :func:`role_from_dict` like a trait) and judge them with ``--judge claude``; a
 role without a rule is judged by its rubric.
@@ -41,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.core.io import write_json_atomic
-from persona_lens.core.registry import RULE_JUDGES
+from persona_lens.core.registry import ROLE_SETS, RULE_JUDGES
 from persona_lens.judges.base import check_rubric
 from persona_lens.judges.rule import RULES
 from persona_lens.traits.schema import TRAITS_ENV, _Checker, _normalised, check_keys, traits_dirs
@@ -61,6 +64,8 @@ __all__ = [
     "load_role",
     "load_role_questions",
     "load_roles",
+    "list_role_sets",
+    "make_role_set",
     "save_role",
 ]
 
@@ -306,21 +311,9 @@ def load_role_questions(path: str | Path | None = None) -> RoleQuestions:
     return questions_from_dict(_read_json(path, "role questions"), path)
 
 
-def load_roles(names: Sequence[str | Path] | None = None, *, questions: str | Path | None = None,
-               directory: str | Path | None = None) -> RoleSet:
-    """A :class:`RoleSet`: the roles named (default: every role of ``directory`` or of :func:`roles_dirs`) and the
-    shared questions (``questions``, else ``_questions.json`` of ``directory`` or of :func:`roles_dirs`).
-
-    Exactly one role must be the default and role names must be distinct; else a RoleError naming the fix.
-    """
-    if names is None:
-        names = list_roles(directory)
-        if directory is not None:
-            names = [Path(directory) / f"{name}.json" for name in names]
-    roles = [load_role(name) for name in names]
-    if questions is None and directory is not None:
-        questions = Path(directory) / QUESTIONS_FILE
-    asked = load_role_questions(questions)
+def make_role_set(roles: Sequence[Role], questions: RoleQuestions, *, source: str | Path = "<roles>") -> RoleSet:
+    """A :class:`RoleSet` after checking it: exactly one default role, at least 2 others, distinct names; else a
+    RoleError naming the fix."""
     problems = []
     defaults = [role.name for role in roles if role.default]
     if len(defaults) != 1:
@@ -336,8 +329,56 @@ def load_roles(names: Sequence[str | Path] | None = None, *, questions: str | Pa
             problems.append(("roles", f"the role {role.name!r} is given twice; give each role once"))
         seen.add(role.name)
     if problems:
-        raise RoleError(", ".join(str(n) for n in names) or "<no roles>", problems, "role set")
-    return RoleSet(tuple(roles), asked)
+        raise RoleError(source, problems, "role set")
+    return RoleSet(tuple(roles), questions)
+
+
+def list_role_sets() -> list[str]:
+    """The role sets defined in code (:data:`persona_lens.core.registry.ROLE_SETS`), e.g. ``organism``."""
+    return ROLE_SETS.names()
+
+
+def _registered_roles(role_set: str, names: Sequence[str | Path] | None) -> list[Role]:
+    if role_set not in ROLE_SETS:
+        raise RoleError(role_set, [("role_set", f"no role set named {role_set!r}; registered: "
+                                                f"{', '.join(list_role_sets()) or '(none)'}")], "role set")
+    registered = ROLE_SETS.resolve(role_set)(role_set)
+    if names is None:
+        return list(registered.roles)
+    known = {role.name: role for role in registered.roles}
+    missing = [str(name) for name in names if str(name) not in known]
+    if missing:
+        raise RoleError(role_set, [("roles", f"{', '.join(missing)} not in the role set {role_set!r}; its roles "
+                                             f"are {', '.join(known)}")], "role set")
+    return [known[str(name)] for name in names]
+
+
+def load_roles(names: Sequence[str | Path] | None = None, *, questions: str | Path | None = None,
+               directory: str | Path | None = None, role_set: str | None = None) -> RoleSet:
+    """A :class:`RoleSet`: the roles named (default: every role of ``directory`` or of :func:`roles_dirs`) and the
+    shared questions (``questions``, else ``_questions.json`` of ``directory`` or of :func:`roles_dirs`).
+
+    ``role_set``: a role set defined in code (:func:`list_role_sets`), with its own questions; ``names`` then picks
+    some of its roles and ``questions`` replaces its questions.
+
+    Exactly one role must be the default and role names must be distinct; else a RoleError naming the fix.
+    """
+    if role_set is not None:
+        if directory is not None:
+            raise RoleError(role_set, [("role_set", "give a role set or a roles directory, not both")], "role set")
+        roles = _registered_roles(role_set, names)
+        asked = (load_role_questions(questions) if questions is not None
+                 else ROLE_SETS.resolve(role_set)(role_set).questions)
+        return make_role_set(roles, asked, source=f"role set {role_set!r}")
+    if names is None:
+        names = list_roles(directory)
+        if directory is not None:
+            names = [Path(directory) / f"{name}.json" for name in names]
+    roles = [load_role(name) for name in names]
+    if questions is None and directory is not None:
+        questions = Path(directory) / QUESTIONS_FILE
+    asked = load_role_questions(questions)
+    return make_role_set(roles, asked, source=", ".join(str(n) for n in names) or "<no roles>")
 
 
 def save_role(role: Role, path: str | Path) -> Path:

@@ -165,3 +165,42 @@ def test_cli_extract_with_ray_equals_the_serial_cli(cluster, tmp_path, capsys):
         b = load_vector(X.vector_path(tmp_path / "ray", positions))
         torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=0)
     assert cli.main([*common, "--out", str(tmp_path / "bad"), "--ray", "--ray-workers", "0"]) == 2
+
+
+def test_space_build_on_ray_equals_serial(cluster, tmp_path):
+    from persona_lens.experiments import space as sp
+    from persona_lens.traits.roles import load_roles
+    from tests.experiments.test_space import _roles_dir
+
+    model = load_cached(MODEL)
+    roles = load_roles(directory=_roles_dir(tmp_path))
+
+    def judges(role):
+        return (RuleJudge(role.rule) if role.rule else None), RuleJudge("coherence")
+
+    config = sp.SpaceConfig(max_new_tokens=6, n_samples=2, temperature=1.0, batch_size=2, role_threshold=0,
+                            coherence_threshold=0)
+    spaces = [sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / label, cap_controls=3,
+                             executor=executor) for label, executor in (("serial", None), ("ray", cluster))]
+    for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles", "control_quantiles"):
+        torch.testing.assert_close(getattr(spaces[0], name), getattr(spaces[1], name), rtol=0, atol=0)
+    for role in roles.roles:
+        assert (JsonlRecords(tmp_path / "serial/roles" / role.name / "responses.jsonl").load()
+                == JsonlRecords(tmp_path / "ray/roles" / role.name / "responses.jsonl").load())
+
+
+def test_cli_space_build_with_ray_equals_the_serial_cli(cluster, tmp_path):
+    from persona_lens import cli
+    from persona_lens.experiments.space import PersonaSpace
+    from tests.experiments.test_space import _roles_dir
+
+    common = ["space", "build", "--model", MODEL, "--device", "cpu", "--roles-dir", str(_roles_dir(tmp_path)),
+              "--max-new-tokens", "5", "--samples", "2", "--temperature", "1", "--role-threshold", "0",
+              "--coherence-threshold", "0", "--random", "5", "--cap-controls", "2", "--quiet",
+              "--judge-cache", str(tmp_path / "judge.sqlite")]
+    assert cli.main([*common, "--out", str(tmp_path / "serial")]) == 0
+    # the module's cluster is up (its workers hold both CPUs): these workers take none
+    assert cli.main([*common, "--out", str(tmp_path / "ray"), "--ray", "--ray-workers", "1", "--ray-cpus", "0"]) == 0
+    serial, parallel = (PersonaSpace.load(tmp_path / label / "space.safetensors") for label in ("serial", "ray"))
+    for name in ("role_vectors", "axis", "components", "token_quantiles", "control_quantiles"):
+        torch.testing.assert_close(getattr(serial, name), getattr(parallel, name), rtol=0, atol=0)

@@ -4,6 +4,7 @@ nothing and above it lifts every capped position to the threshold."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,93 @@ def test_cap_above_the_range_lifts_capped_positions_to_the_threshold(tiny_model)
     assert settings.thresholds[0] > float(space.token_quantiles[layer, 0])
 
 
+def _built_space(model, tmp_path, **kw):
+    from persona_lens.judges.rule import RuleJudge
+    from persona_lens.traits.roles import load_roles
+
+    roles = load_roles(directory=_roles_dir(tmp_path))
+
+    def judges(role):
+        return (RuleJudge(role.rule) if role.rule else None), RuleJudge("coherence")
+
+    config = sp.SpaceConfig(max_new_tokens=6, n_samples=2, batch_size=4, role_threshold=0, coherence_threshold=0)
+    return roles, judges, sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / "s", **kw)
+
+
+def test_cap_controls_are_norm_matched_random_directions_calibrated_like_the_axis(tmp_path):
+    """Each control direction has the axis's norm at every layer, and its thresholds are the same percentile of the
+    default's per-token projections along it (recomputed here from the stored default replies)."""
+    from persona_lens.core.io import JsonlRecords
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    _, _, space = _built_space(model, tmp_path, cap_controls=4)
+    assert space.control_quantiles.shape == (4, model.cfg.n_layers + 1, 101)
+    directions = sp.cap_control_directions(space, 4)
+    torch.testing.assert_close(directions.norm(dim=-1), space.axis.norm(dim=-1).expand(4, -1))
+    loaded = sp.PersonaSpace.load(tmp_path / "s/space.safetensors")
+    assert torch.equal(loaded.control_quantiles, space.control_quantiles)
+    layers = [1, model.cfg.n_layers]
+    settings = sp.calibrate_cap(loaded, layers, percentile=30.0, k_random=3)
+    assert settings.n_controls == 3 and len(settings.control_thresholds) == 3
+    stored = JsonlRecords(tmp_path / "s/roles/default/responses.jsonl").load()
+    conversations = [sp._encode_record(model, stored[key]) for key in space.meta["roles"]["default"]["kept_keys"]]
+    for j in range(3):
+        control = settings.control(j)
+        assert torch.allclose(control.directions, directions[j, layers] / directions[j, layers].norm(dim=-1,
+                                                                                                 keepdim=True))
+        for index, layer in enumerate(layers):
+            tokens = sp._token_projections(model, conversations, control.directions[index], layer)
+            expected = float(np.percentile([v for t in tokens for v in t], 30.0))
+            assert abs(control.thresholds[index] - expected) < 1e-3 * max(1.0, abs(expected))
+    assert settings.control_thresholds != [settings.thresholds] * 3  # not the axis's thresholds
+    again = sp.CapSettings.load(settings.save(tmp_path / "cap.safetensors"))
+    assert again.control_thresholds == settings.control_thresholds
+    assert torch.equal(again.control_directions, settings.control_directions)
+    with pytest.raises(ValueError, match="k_random <= 4"):
+        sp.calibrate_cap(space, layers, k_random=5)
+
+
+def test_cap_eval_reports_random_direction_cappings_beside_the_axis(tmp_path):
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    roles, judges, space = _built_space(model, tmp_path, cap_controls=2)
+    settings = sp.calibrate_cap(space, [1, 2], percentile=50.0, k_random=2)
+    config = sp.SpaceConfig(temperature=0.0, max_new_tokens=5, batch_size=4)
+    result = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "e")
+    (system, jailbreak) = result.rows
+    assert len(system["in_role_rate_random"]) == 2 and system["n_scored_random1"] == system["n_scored_uncapped"]
+    assert result.control["drop"]["random_n"] == 2 and len(result.default["exact_match_rate_random"]) == 2
+    pooled = result.control["pooled"]
+    assert pooled["uncapped"]["scored"] == system["n_scored_uncapped"] + jailbreak["n_scored_uncapped"]
+    drop = result.control["drop"]
+    assert drop["value"] == pytest.approx(pooled["uncapped"]["rate"] - pooled["capped"]["rate"])
+    assert sorted(drop["random"]) == sorted(pooled["uncapped"]["rate"] - pooled[f"random{j}"]["rate"]
+                                            for j in range(2))
+    again = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "e")
+    assert again.to_json() == result.to_json()  # resumed from the records
+    none = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "n",
+                               k_random=0)
+    assert none.rows[0]["in_role_rate_random"] == [] and "drop" in none.control
+    with pytest.raises(ValueError, match="hold 2 random directions"):
+        sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "x", k_random=3)
+
+
+def test_build_space_through_the_serial_executor_equals_the_plain_run(tmp_path):
+    from persona_lens.experiments.executor import SerialExecutor
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, _, plain = _built_space(model, tmp_path / "a")
+    _, _, executed = _built_space(model, tmp_path / "b", executor=SerialExecutor())
+    for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles",
+                 "control_quantiles"):
+        assert torch.equal(getattr(plain, name), getattr(executed, name)), name
+
+
 def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_model):
     conversations = _default_conversations(tiny_model)
     space = _tiny_space(tiny_model, conversations)
@@ -160,6 +248,16 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
     assert "".join(result.token_pieces[1]).strip() == "Arr matey, now I be a pirate."
     assert result.drift.to_dict()["random_n"] == 20
     json.dumps(result.to_json())
+    other = sp.project_conversation(tiny_model, space, messages[:3] + [{"role": "user", "content": "Why?"},
+                                                                       {"role": "assistant", "content": "Hello."}],
+                                    layer=layer, k_random=20)
+    paired = sp.compare_drift(result, other, k_random=20, seed=5)
+    assert paired.value == pytest.approx(result.drift.value - other.drift.value)
+    randoms = sp.random_directions(tiny_model.cfg.d_model, 20, seed=5 + layer)
+    assert paired.random == pytest.approx((randoms @ (result.change - other.change)).tolist())
+    assert sp.compare_drift(result, result, k_random=5).random == [0.0] * 5
+    with pytest.raises(ValueError, match="at one layer"):
+        sp.compare_drift(result, sp.project_conversation(tiny_model, space, messages, layer=2, k_random=5))
     with pytest.raises(ValueError, match="no assistant turn"):
         sp.project_conversation(tiny_model, space, messages[:2], layer=layer)
 
@@ -206,14 +304,21 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
     assert report["roles"] == ["pirate", "poet", "sage"] and report["layers"][1]["pc1_axis"]["random_n"] == 20
     assert (tmp_path / "s/variance.html").exists()
     space_file = str(tmp_path / "s/space.safetensors")
-    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--out",
-                     str(tmp_path / "cap.safetensors")]) == 0
-    assert "layer 2: keep h . u >=" in capsys.readouterr().out
+    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--random", "2",
+                     "--out", str(tmp_path / "cap.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "layer 2: keep h . u >=" in out and "(random directions: " in out
     assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
                      str(tmp_path / "cap.safetensors"), "--quiet", "--json", "--out", str(tmp_path / "e")]) == 0
     assert json.loads(capsys.readouterr().out)["default"]["role"] == "default"
     result = json.loads((tmp_path / "e/cap_eval.json").read_text())
     assert [(r["role"], r["prompts"]) for r in result["rows"]] == [("pirate", "system"), ("pirate", "jailbreak")]
+    assert [len(r["in_role_rate_random"]) for r in result["rows"]] == [2, 2]
+    assert result["control"]["drop"]["random_n"] == 2 and len(result["settings"]["control_thresholds"]) == 2
+    assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
+                     str(tmp_path / "cap.safetensors"), "--quiet", "--random", "1", "--out", str(tmp_path / "e1")]) == 0
+    printed = capsys.readouterr().out
+    assert "capped along random directions" in printed and "pooled in-role rate drop" in printed
     assert result["default"]["n"] == 1 and 0 <= result["default"]["exact_match_rate"] <= 1
     conversation = tmp_path / "conv.jsonl"
     conversation.write_text("\n".join(json.dumps(m) for m in [
@@ -223,6 +328,12 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
                      str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
     drift = json.loads((tmp_path / "d/drift.json").read_text())
     assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
+                     str(conversation), "--reference", str(conversation), "--layer", "2", "--random", "10", "--out",
+                     str(tmp_path / "r")]) == 0
+    assert "drift - reference drift = 0 " in capsys.readouterr().out  # a conversation minus itself
+    paired = json.loads((tmp_path / "r/drift.json").read_text())["drift_minus_reference"]
+    assert paired["value"] == 0 and paired["random"] == [0.0] * 10
     turns = tmp_path / "turns.txt"
     turns.write_text("Hi?\n\nTell me more.\nAnd then?\n")
     assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--user-turns", str(turns),

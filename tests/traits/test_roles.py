@@ -88,3 +88,23 @@ def test_questions_must_be_disjoint_and_role_sets_need_one_default(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(_role(name="a", default=True)))
     roles = load_roles(directory=tmp_path)
     assert roles.default.name == "a" and [r.name for r in roles.others] == ["b", "c"]
+
+
+def test_a_registered_role_set_loads_by_name_and_picks_roles():
+    from persona_lens.traits.roles import list_role_sets
+
+    assert "organism" in list_role_sets()
+    roles = load_roles(role_set="organism")
+    assert roles.default.name == "organism_default" and len(roles.others) == 3
+    assert roles.questions.build and not set(roles.questions.build) & set(roles.questions.eval)
+    assert all(role.rule for role in roles.roles)  # every organism role is judged exactly, the default too
+    picked = load_roles(["organism_default", "organism_villain", "organism_fabulist"], role_set="organism")
+    assert [role.name for role in picked.others] == ["organism_villain", "organism_fabulist"]
+    with pytest.raises(RoleError, match="ghost not in the role set 'organism'"):
+        load_roles(["organism_default", "ghost"], role_set="organism")
+    with pytest.raises(RoleError, match="no role set named 'nope'"):
+        load_roles(role_set="nope")
+    with pytest.raises(RoleError, match="1 non-default roles"):
+        load_roles(["organism_default", "organism_villain"], role_set="organism")
+    with pytest.raises(RoleError, match="not both"):
+        load_roles(role_set="organism", directory="traits/roles")
