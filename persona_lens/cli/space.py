@@ -23,13 +23,16 @@ from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.options import (
+    add_generation_options,
     add_judge_options,
     add_model_options,
     check_positive,
+    count_arg,
     default_run_dir,
     load_model_arg,
     load_vectors_arg,
     parse_layer_spec,
+    threshold_arg,
 )
 from persona_lens.cli.scale import add_scale_options, executor_from_args
 
@@ -77,17 +80,14 @@ class _Ruled:
 
 
 def _add_generation(parser: argparse.ArgumentParser, *, questions_help: str, temperature: float) -> None:
-    parser.add_argument("--questions", type=int, default=None, help=questions_help)
-    parser.add_argument("--prompts", type=int, default=None, help="use only the first N system prompts of each role")
-    parser.add_argument("--samples", type=int, default=1, help="replies per prompt and question (default 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit (default 64)")
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"sampling temperature (default {temperature:g})")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
-    parser.add_argument("--role-threshold", type=float, default=50.0,
+    parser.add_argument("--questions", type=count_arg("--questions"), default=None, metavar="N", help=questions_help)
+    parser.add_argument("--prompts", type=count_arg("--prompts"), default=None, metavar="N",
+                        help="use only the first N system prompts of each role")
+    add_generation_options(parser, samples=1, max_new_tokens=64, temperature=temperature, seed=0, batch_size=16,
+                           helps={"samples": "replies per prompt and question"})
+    parser.add_argument("--role-threshold", type=threshold_arg("--role-threshold"), default=50.0,
                         help="a reply is in role when its role score is >= this (default 50)")
-    parser.add_argument("--coherence-threshold", type=float, default=50.0,
+    parser.add_argument("--coherence-threshold", type=threshold_arg("--coherence-threshold"), default=50.0,
                         help="kept role replies need coherence >= this (default 50)")
 
 
@@ -179,9 +179,9 @@ def configure_parser(subparsers: Any) -> None:
                             "drift is subtracted, beside the same difference along random directions (a paired "
                             "control for a model that drifts with the turn count alone)")
     drift.add_argument("--layer", required=True, help="layer of the per-token projections and the drift control")
-    drift.add_argument("--max-new-tokens", type=int, default=64, help="reply length for --user-turns (default 64)")
-    drift.add_argument("--temperature", type=float, default=0.0, help="sampling for --user-turns (default greedy)")
-    drift.add_argument("--seed", type=int, default=0)
+    add_generation_options(drift, max_new_tokens=64, temperature=0.0, seed=0,
+                           helps={"max_new_tokens": "reply length for --user-turns",
+                                  "temperature": "sampling temperature for --user-turns, 0 = greedy"})
     drift.add_argument("--random", type=int, default=100, help="random directions for the control (default 100)")
     drift.add_argument("--out", type=Path, required=True, help="output folder")
     drift.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -72,6 +72,7 @@ from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, wr
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.vectors import unit_rows
 from persona_lens.experiments.evaluate import (
+    JUDGE_CHUNK,
     GenerationSettings,
     ReplyJob,
     evaluate_replies,
@@ -248,7 +249,7 @@ def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, 
         raise ValueError(f"role {role.name!r}: nothing to generate (no system prompt or no question)")
     records = evaluate_replies(model, jobs, config, role.rubric, judge, coherence_judge,  # type: ignore[arg-type]
                                store=JsonlRecords(unit / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=256, progress=progress, desc=f"role {role.name}", executor=executor)
+                               judge_chunk=JUDGE_CHUNK, progress=progress, desc=f"role {role.name}", executor=executor)
     judged = judge is not None
     kept, dropped = [], {}
     for job in jobs:
