@@ -52,3 +52,14 @@ def _no_leftover_hooks():
             for point in model.hook_dict.values():
                 point._forward_hooks.clear()
             pytest.fail(f"hooks left installed on {name}: {leftover}")
+
+
+@pytest.fixture
+def cli_env(server, monkeypatch, tmp_path):
+    """A CLI run against the module's ``server`` fixture (a fake Anthropic API on 127.0.0.1): key and base URL set,
+    ``$PERSONA_LENS_TRAITS`` and the working directory in ``tmp_path``."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    monkeypatch.setenv("PERSONA_LENS_TRAITS", str(tmp_path / "traits"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from persona_lens.cli.options import count_arg
-from persona_lens.cli.traits import add_new_arguments, run_generation
+from persona_lens.cli.traits import add_catalogue_commands, add_new_arguments, run_generation, validate_files
 
 __all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION"]
 
@@ -46,18 +45,7 @@ def configure_parser(subparsers: Any) -> None:
                      help="how many system-prompt variants to ask for (default: 5, as in the Assistant-axis paper)")
     new.set_defaults(func=run_new)
 
-    listing = commands.add_parser("list", help="list the roles found")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=run_list)
-
-    show = commands.add_parser("show", help="show one role")
-    show.add_argument("name", help="role name or path to a .json file")
-    show.add_argument("--json", action="store_true", help="print the role file's JSON")
-    show.set_defaults(func=run_show)
-
-    validate = commands.add_parser("validate", help="check role files (exit code 2 if any is invalid)")
-    validate.add_argument("paths", nargs="+", metavar="PATH", help="role files (or names)")
-    validate.set_defaults(func=run_validate)
+    add_catalogue_commands(commands, "role", run_list, run_show, run_validate)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -130,16 +118,4 @@ def run_validate(args: argparse.Namespace) -> int:
     """Check each file; print ``ok`` or its problems. Exit 2 if any is invalid."""
     from persona_lens.traits.roles import RoleError, load_role
 
-    bad = 0
-    for path in args.paths:
-        try:
-            role = load_role(path)
-        except RoleError as error:
-            bad += 1
-            print(str(error), file=sys.stderr)
-        else:
-            print(f"ok {path} ({role.name})")
-    if bad:
-        print(f"{bad} of {len(args.paths)} role file(s) invalid", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    return validate_files(args.paths, load_role, RoleError, "role")

@@ -30,7 +30,7 @@ from persona_lens.traits.schema import (  # noqa: E501
 )
 
 __all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION", "add_new_arguments",
-           "run_generation"]
+           "run_generation", "add_catalogue_commands", "validate_files"]
 
 DESCRIPTION = """\
   traits new NAME --description "..." [--model M] [--out DIR] [--force]
@@ -57,18 +57,42 @@ def configure_parser(subparsers: Any) -> None:
                      help="skip graded system prompts and many-shot examples (a smaller, cheaper file)")
     new.set_defaults(func=run_new)
 
-    listing = commands.add_parser("list", help="list the traits found")
+    add_catalogue_commands(commands, "trait", run_list, run_show, run_validate)
+
+
+def add_catalogue_commands(commands: Any, what: str, run_list: Callable[[argparse.Namespace], int],
+                           run_show: Callable[[argparse.Namespace], int],
+                           run_validate: Callable[[argparse.Namespace], int]) -> None:
+    """The ``list``, ``show NAME`` and ``validate PATH...`` subcommands of a kind of data file (traits, roles)."""
+    listing = commands.add_parser("list", help=f"list the {what}s found")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=run_list)
 
-    show = commands.add_parser("show", help="show one trait")
-    show.add_argument("name", help="trait name or path to a .json file")
-    show.add_argument("--json", action="store_true", help="print the trait file's JSON")
+    show = commands.add_parser("show", help=f"show one {what}")
+    show.add_argument("name", help=f"{what} name or path to a .json file")
+    show.add_argument("--json", action="store_true", help=f"print the {what} file's JSON")
     show.set_defaults(func=run_show)
 
-    validate = commands.add_parser("validate", help="check trait files (exit code 2 if any is invalid)")
-    validate.add_argument("paths", nargs="+", metavar="PATH", help="trait files (or names)")
+    validate = commands.add_parser("validate", help=f"check {what} files (exit code 2 if any is invalid)")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help=f"{what} files (or names)")
     validate.set_defaults(func=run_validate)
+
+
+def validate_files(paths: list[str], load: Callable[[str], Any], error: type[Exception], what: str) -> int:
+    """Load each path with ``load``; print ``ok PATH (name)`` or the problems. Exit 2 if any is invalid."""
+    bad = 0
+    for path in paths:
+        try:
+            item = load(path)
+        except error as problem:
+            bad += 1
+            print(str(problem), file=sys.stderr)
+        else:
+            print(f"ok {path} ({item.name})")
+    if bad:
+        print(f"{bad} of {len(paths)} {what} file(s) invalid", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -208,16 +232,4 @@ def _describe(trait: Trait) -> str:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Check each file; print ``ok`` or its problems. Exit 2 if any is invalid."""
-    bad = 0
-    for path in args.paths:
-        try:
-            trait = load_trait(path)
-        except TraitError as error:
-            bad += 1
-            print(str(error), file=sys.stderr)
-        else:
-            print(f"ok {path} ({trait.name})")
-    if bad:
-        print(f"{bad} of {len(args.paths)} trait file(s) invalid", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    return validate_files(args.paths, load_trait, TraitError, "trait")

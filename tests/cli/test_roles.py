@@ -37,15 +37,6 @@ def server():
         yield fake
 
 
-@pytest.fixture
-def cli_env(server, monkeypatch, tmp_path):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-    monkeypatch.setenv("PERSONA_LENS_TRAITS", str(tmp_path / "traits"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_roles_new_writes_a_valid_role_after_feeding_problems_back(cli_env, server, capsys):
     server.set_reply([_reply(_role_input(slot=False)), _reply(_role_input(n=3))])
     assert main(["roles", "new", "keeper", "--description", DESCRIPTION, "--prompts", "3"]) == 0

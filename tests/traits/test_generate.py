@@ -138,15 +138,6 @@ def test_model_extras_are_rejected_and_ours_win(server):
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-@pytest.fixture
-def cli_env(server, monkeypatch, tmp_path):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-    monkeypatch.setenv("PERSONA_LENS_TRAITS", str(tmp_path / "traits"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_cli_new_end_to_end_in_a_subprocess(server, tmp_path):
     server.set_reply([tool_reply(invalid_input()), tool_reply(valid_input())])
     env = {**os.environ, "ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": server.url,
