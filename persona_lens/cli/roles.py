@@ -17,7 +17,13 @@ from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, EXIT_OK, BadInput
 from persona_lens.cli.options import count_arg
-from persona_lens.cli.traits import add_catalogue_commands, add_new_arguments, run_generation, validate_files
+from persona_lens.cli.traits import (
+    add_catalogue_commands,
+    add_new_arguments,
+    print_catalogue,
+    run_generation,
+    validate_files,
+)
 
 __all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION"]
 
@@ -73,21 +79,12 @@ def run_list(args: argparse.Namespace) -> int:
             rows.append({"name": name, "valid": False, "default": None, "description": None, "error": str(error)})
         else:
             rows.append({"name": name, "path": str(role.source), "valid": True, "default": role.default,
-                         "description": role.description, "error": None})
+                         "description": role.description, "error": None,
+                         "label": "[default] " if role.default else ""})
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
-    if not rows:
-        searched = ", ".join(str(d) for d in roles_dirs()) or "no roles folder exists"
-        print(f"no roles found (searched: {searched}); create one with: python -m persona_lens roles new NAME "
-              "--description \"...\"")
-        return EXIT_OK
-    width = max(len(row["name"]) for row in rows)
-    for row in rows:
-        text = row["description"] if row["valid"] else f"(invalid: run `roles validate {row['name']}`)"
-        text = ("[default] " if row["default"] else "") + " ".join(text.split())
-        print(f"{row['name']:<{width}}  {text[:100] + ('...' if len(text) > 100 else '')}")
-    return EXIT_OK
+    return print_catalogue(rows, "role", roles_dirs(), "roles folder")
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from persona_lens.traits.schema import (  # noqa: E501
 )
 
 __all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION", "add_new_arguments",
-           "run_generation", "add_catalogue_commands", "validate_files"]
+           "run_generation", "add_catalogue_commands", "validate_files", "print_catalogue"]
 
 DESCRIPTION = """\
   traits new NAME --description "..." [--model M] [--out DIR] [--force]
@@ -178,15 +178,22 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
+    return print_catalogue(rows, "trait", traits_dirs(), "trait directory")
+
+
+def print_catalogue(rows: list[dict[str, Any]], what: str, searched: list[Path], folder: str) -> int:
+    """One line per row (``name``, ``valid``, ``description``, optional ``path`` and ``label``), or how to make
+    the first when there is none."""
     if not rows:
-        searched = ", ".join(str(d) for d in traits_dirs()) or "no trait directory exists"
-        print(f"no traits found (searched: {searched}); create one with: python -m persona_lens traits new NAME "
+        where = ", ".join(str(d) for d in searched) or f"no {folder} exists"
+        print(f"no {what}s found (searched: {where}); create one with: python -m persona_lens {what}s new NAME "
               "--description \"...\"")
         return EXIT_OK
     width = max(len(row["name"]) for row in rows)
     for row in rows:
-        text = row["description"] if row["valid"] else f"(invalid: run `traits validate {row['path']}`)"
-        text = " ".join(text.split())
+        where = row.get("path") or row["name"]
+        text = row["description"] if row["valid"] else f"(invalid: run `{what}s validate {where}`)"
+        text = row.get("label", "") + " ".join(text.split())
         print(f"{row['name']:<{width}}  {text[:100] + ('...' if len(text) > 100 else '')}")
     return EXIT_OK
 
