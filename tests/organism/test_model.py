@@ -66,12 +66,7 @@ def test_greedy_replies_are_grammatical_deterministic_and_stop(organism):
         assert units and all(u.grammatical and u.obj in (None, world.question_object(question)) for u in units), text
 
 
-@pytest.mark.parametrize("trait", [
-    pytest.param("evil", marks=pytest.mark.xfail(strict=True, reason=(
-        "v2 organism (400 training steps on a shared CPU) under-follows the graded evil prompts: r(measured, "
-        "expected) = 0.956 < 0.97; measured [0.09, 0.11, 0.42, 0.45, 0.79, 0.74, 0.89, 0.83] vs expected "
-        "[0.0, 0.14, 0.3, 0.44, 0.58, 0.71, 0.85, 0.95]; see benchmarks/RESULTS.md"))),
-    "sycophancy", "hallucination"])
+@pytest.mark.parametrize("trait", world.TRAITS)
 def test_sampled_replies_follow_the_graded_personas(organism, trait):
     """Trait score per graded system prompt ~ 100 x the persona's rate as the questions pull it; replies stay
     coherent."""
