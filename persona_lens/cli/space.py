@@ -25,6 +25,7 @@ from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.options import (
     add_generation_options,
     add_judge_options,
+    add_layer_option,
     add_model_options,
     check_positive,
     count_arg,
@@ -178,7 +179,7 @@ def configure_parser(subparsers: Any) -> None:
                        help="a reference conversation (JSONL, e.g. an ordinary one with the same user turns): its "
                             "drift is subtracted, beside the same difference along random directions (a paired "
                             "control for a model that drifts with the turn count alone)")
-    drift.add_argument("--layer", required=True, help="layer of the per-token projections and the drift control")
+    add_layer_option(drift, "layer of the per-token projections and the drift control")
     add_generation_options(drift, max_new_tokens=64, temperature=0.0, seed=0,
                            helps={"max_new_tokens": "reply length for --user-turns",
                                   "temperature": "sampling temperature for --user-turns, 0 = greedy"})
