@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from persona_lens.core.controls import Baseline
-from persona_lens.core.models import load_model
 from persona_lens.experiments import space as sp
 from persona_lens.judges.factory import build_judges
+from persona_lens.organism import load_organism
 from persona_lens.organism.roles import ROLE_TRAITS, scripted_conversation
 from persona_lens.traits.roles import load_roles
 
@@ -35,12 +35,17 @@ def main() -> None:
     parser.add_argument("--cap-random", type=int, default=5)
     parser.add_argument("--cap", nargs="+", default=["2-3:25", "2-3:50", "1:25", "1:50", "1-4:25", "1-4:50"],
                         help="capping settings LAYERS:PERCENTILE (first = the test's)")
+    parser.add_argument("--positions", default="response", choices=("response", "all"),
+                        help="where the cap acts (the test: response)")
+    parser.add_argument("--weights", type=Path, default=None, help="another training run's folder (default: the "
+                        "committed weights)")
+    parser.add_argument("--skip-caps", action="store_true", help="only the space, alignment and drift")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sampling of the capping evaluation (default greedy, as the test; seeds per reply are "
                              "the same with and without capping)")
     args = parser.parse_args()
 
-    model = load_model("persona-organism", device="cpu")
+    model = load_organism("cpu", path=args.weights)
     roles = load_roles(role_set="organism")
     start = time.time()
     config = sp.SpaceConfig(n_samples=2, max_new_tokens=48, temperature=1.0, batch_size=100)
@@ -70,15 +75,18 @@ def main() -> None:
         print(f"      paired with the ordinary one: {sp.compare_drift(into, ordinary, k_random=args.random).summary()}")
 
     eval_config = sp.SpaceConfig(temperature=args.temperature, max_new_tokens=48, batch_size=100)
-    for setting in args.cap:
+    for setting in [] if args.skip_caps else args.cap:
         layers_text, percentile = setting.split(":")
         first, _, last = layers_text.partition("-")
         layers = list(range(int(first), int(last or first) + 1))
-        settings = sp.calibrate_cap(space, layers, percentile=float(percentile), k_random=args.cap_random)
+        settings = sp.calibrate_cap(space, layers, percentile=float(percentile), k_random=args.cap_random,
+                                    positions=args.positions)
         start = time.time()
+        folder = f"cap_{layers_text}_p{percentile}_t{args.temperature:g}_{args.positions}"
         result = sp.evaluate_capping(model, roles, settings, judges=judges, config=eval_config,
-                                     out_dir=args.out / f"cap_{layers_text}_p{percentile}_t{args.temperature:g}")
-        print(f"\n3. capping layers {layers} at the {percentile}th percentile, thresholds "
+                                     out_dir=args.out / folder)
+        print(f"\n3. capping layers {layers} at the {percentile}th percentile ({args.positions} positions), "
+              f"thresholds "
               f"{[round(t, 3) for t in settings.thresholds]} ({time.time() - start:.0f} s, temperature "
               f"{args.temperature:g})")
         for row in result.rows:

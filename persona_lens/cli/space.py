@@ -8,7 +8,7 @@ Subcommands:
 * ``space drift``: a conversation (JSONL) or one generated from user turns, projected per turn and per token on the
   axis, beside random directions; a trajectory figure with the default persona's band;
 * ``space cap``: thresholds per layer from a percentile of the default's per-token projections, saved as one file
-  (with the same calibration along ``--random`` random directions, the control);
+  (with the same calibration along ``--controls`` random directions, the control);
 * ``space cap-eval``: in-role rates under role system prompts and persona-jailbreak prompts with and without
   capping, and whether default replies stay the same, beside capping along the random directions.
 """
@@ -33,6 +33,7 @@ from persona_lens.cli.options import (
     load_model_arg,
     load_vectors_arg,
     parse_layer_spec,
+    seed_arg,
     threshold_arg,
 )
 from persona_lens.cli.scale import add_scale_options, executor_from_args
@@ -104,6 +105,15 @@ def _add_roles(parser: argparse.ArgumentParser) -> None:
                              "organism's roles); --roles then picks some of its roles")
 
 
+def _add_controls(parser: argparse.ArgumentParser, default: int | None, what: str, at_least: int = 0) -> None:
+    """``--controls K``, the name every command uses for its random directions (``--random K``, this command's first
+    name for it, still works); parsed to ``args.random``."""
+    kind = count_arg("--controls") if at_least else seed_arg("--controls")
+    shown = "" if default is None else f"; default {default}" + ("" if at_least else ", 0: none")
+    parser.add_argument("--controls", "--random", dest="random", type=kind, default=default, metavar="K",
+                        help=f"{what}{shown}")
+
+
 def _config(args: argparse.Namespace) -> Any:
     from persona_lens.experiments.space import SpaceConfig
 
@@ -152,13 +162,13 @@ def configure_parser(subparsers: Any) -> None:
     build.add_argument("--trait-vector", dest="trait_vectors", action="append", type=Path, default=[],
                        metavar="VECTOR.safetensors", help="a persona vector to place in the space (repeatable)")
     build.add_argument("--layer", default=None, help="layer of the role map figure (default: 2/3 of the depth)")
-    build.add_argument("--random", type=int, default=100, help="random directions for the controls (default 100)")
+    _add_controls(build, 100, "random directions of the controls (PC1 and trait alignment)", at_least=1)
     build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
-    build.add_argument("--cap-controls", type=int, default=10, metavar="K",
+    build.add_argument("--cap-controls", type=seed_arg("--cap-controls"), default=10, metavar="K",
                        help="random directions along which the default's per-token projections are stored, for "
-                            "the capping control (`space cap --random`; default 10, 0: none)")
+                            "the capping control (`space cap --controls`; default 10, 0: none)")
     add_scale_options(build)
     build.set_defaults(func=run_build)
 
@@ -183,7 +193,7 @@ def configure_parser(subparsers: Any) -> None:
     add_generation_options(drift, max_new_tokens=64, temperature=0.0, seed=0,
                            helps={"max_new_tokens": "reply length for --user-turns",
                                   "temperature": "sampling temperature for --user-turns, 0 = greedy"})
-    drift.add_argument("--random", type=int, default=100, help="random directions for the control (default 100)")
+    _add_controls(drift, 100, "random directions of the drift control", at_least=1)
     drift.add_argument("--out", type=Path, required=True, help="output folder")
     drift.add_argument("--json", action="store_true", help="print the result as JSON")
     drift.set_defaults(func=run_drift)
@@ -195,10 +205,11 @@ def configure_parser(subparsers: Any) -> None:
     cap.add_argument("--layers", required=True, help="layers to cap, e.g. 10-20")
     cap.add_argument("--percentile", type=float, default=25.0, help="percentile of the default's projections "
                                                                        "(the paper: 25)")
-    cap.add_argument("--random", type=int, default=3, metavar="K",
-                     help="also calibrate the control: the same capping along K of the space's random directions "
-                          "(norm-matched, same layers, thresholds at the same percentile along each; default 3, "
-                          "0: none)")
+    _add_controls(cap, 3, "also calibrate the control: the same capping along K of the space's random directions "
+                          "(norm-matched, same layers, thresholds at the same percentile along each)")
+    cap.add_argument("--positions", choices=("response", "all"), default="response",
+                     help="where the cap acts: the reply's tokens (default) or every position, the prompt's too (as "
+                          "the assistant-axis code caps)")
     cap.add_argument("--out", type=Path, required=True, help="the cap file to write (.safetensors)")
     cap.set_defaults(func=run_cap)
 
@@ -213,9 +224,8 @@ def configure_parser(subparsers: Any) -> None:
     _add_generation(evaluate, questions_help="use only the first N eval questions", temperature=0.0)
     evaluate.add_argument("--cap", type=Path, required=True, help="a cap file written by `space cap`")
     evaluate.add_argument("--no-jailbreaks", action="store_true", help="skip the roles' jailbreak prompts")
-    evaluate.add_argument("--random", type=int, default=None, metavar="K",
-                          help="evaluate the first K random-direction cappings of --cap beside the axis (default: "
-                               "all it holds; 0: none)")
+    _add_controls(evaluate, None, "evaluate the first K random-direction cappings of --cap beside the axis "
+                                  "(default: all it holds)")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -228,9 +238,6 @@ def run_build(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_role_map, plot_variance_explained
 
-    check_positive(random=args.random)
-    if args.cap_controls < 0:
-        raise BadInput(f"--cap-controls must be >= 0, got {args.cap_controls}")
     roles = _load_roles(args)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
@@ -316,7 +323,7 @@ def run_drift(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_drift
 
-    check_positive(random=args.random, max_new_tokens=args.max_new_tokens)
+    check_positive(max_new_tokens=args.max_new_tokens)
     space = _load_space(args.space)
     model = load_model_arg(args)
     _check_space_model(space, model)
@@ -373,10 +380,9 @@ def run_cap(args: argparse.Namespace) -> int:
     space = _load_space(args.space)
     layers = parse_layer_spec(args.layers, space.n_layers)
     layers = [layers] if isinstance(layers, int) else layers
-    if args.random < 0:
-        raise BadInput(f"--random must be >= 0, got {args.random}")
     try:
-        settings = calibrate_cap(space, layers, percentile=args.percentile, k_random=args.random)
+        settings = calibrate_cap(space, layers, percentile=args.percentile, k_random=args.random,
+                                 positions=args.positions)
     except ValueError as error:
         raise BadInput(str(error)) from None
     path = settings.save(args.out)

@@ -396,26 +396,38 @@ def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
 @torch.no_grad()
 def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
                      conversations: Sequence[EncodedConversation], batch_size: int) -> Float[Tensor, "m layer 101"]:
-    n_layers = units.shape[1] - 1
-    values: list[list[list[Tensor]]] = [[[] for _ in range(n_layers + 1)] for _ in range(units.shape[0])]
+    """Percentiles 0..100 of every response token's projection on each of the ``m`` directions, per layer: one
+    hook per layer reads the residual and projects it on all ``m`` directions at once."""
+    n_directions, n_layers = units.shape[0], units.shape[1] - 1
+    # normalised again as the capping hook normalises its direction, so thresholds are bit-equal to what it reads
+    by_layer = unit_rows(units.detach().float()).transpose(0, 1).to(model.device)  # [layer m d_model]
+    values: list[list[Float[Tensor, "tokens m"]]] = [[] for _ in range(n_layers + 1)]
+    read: dict[int, Float[Tensor, "batch pos m"]] = {}
+
+    def reader(layer: int) -> Callable[..., None]:
+        def project(resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
+            # one matrix-vector product per direction, as the capping hook computes h . u (bit-equal thresholds)
+            units_here = by_layer[layer].to(resid.dtype)
+            read[layer] = torch.stack([(resid @ unit).float() for unit in units_here], dim=-1).cpu()
+        return project
+
+    hooks = [(hook_name(layer, n_layers), reader(layer)) for layer in range(n_layers + 1)]
     pad = model.tokenizer.pad_token_id
     for start in range(0, len(conversations), batch_size):
         part = list(conversations[start : start + batch_size])
         batch = collate(part, int(pad if pad is not None else 0), model.device)
-        recorders = [[RecordProjection(units[m, layer], "all") for layer in range(n_layers + 1)]
-                     for m in range(units.shape[0])]
-        layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths, row_index=torch.arange(len(part)))
-        hooks = [(hook_name(layer, n_layers), row[layer]) for row in recorders for layer in range(n_layers + 1)]
-        with install_hooks(model, hooks), token_layout(layout):
+        read.clear()
+        with install_hooks(model, hooks):
             model.run_blocks(batch.input_ids, batch.attention_mask)
-        for m, row in enumerate(recorders):
-            for layer, recorder in enumerate(row):
-                table = recorder.projections()
-                for index, conversation in enumerate(part):
-                    values[m][layer].append(table[index, conversation.response_start : conversation.response_end])
+        for layer, table in read.items():
+            for row, conversation in enumerate(part):
+                offset = int(batch.pad_lengths[row])  # left padding: token j sits in column offset + j
+                values[layer].append(table[row, offset + conversation.response_start : offset
+                                           + conversation.response_end])
     qs = torch.linspace(0, 1, 101)
-    return torch.stack([torch.stack([torch.quantile(torch.cat(v).float(), qs) for v in per_layer])
-                        for per_layer in values])
+    per_layer = [torch.cat(tables) for tables in values]  # [tokens m] each
+    return torch.stack([torch.stack([torch.quantile(tokens[:, m], qs) for tokens in per_layer])
+                        for m in range(n_directions)])
 
 
 def default_token_quantiles(model: HookedLM, space: PersonaSpace, conversations: Sequence[EncodedConversation], *,
@@ -715,6 +727,8 @@ def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: flo
     """Thresholds per layer at ``percentile`` of the default role's per-token projections (the paper: layers
     46-54 of Qwen3-32B at the 25th percentile).
 
+    ``positions``: where the cap acts, ``"response"`` (the reply's tokens, where the thresholds were read) or
+    ``"all"`` (every position, the prompt's too, as the assistant-axis code caps).
     ``k_random``: also calibrate the control, the first ``k_random`` of the space's random directions
     (:func:`cap_control_directions`), each threshold at ``percentile`` of the default's projections along it."""
     if space.token_quantiles is None:
@@ -726,6 +740,8 @@ def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: flo
         raise ValueError("calibrate_cap needs at least one layer")
     if k_random < 0:
         raise ValueError(f"k_random must be >= 0, got {k_random}")
+    if positions not in ("response", "all", "prompt"):
+        raise ValueError(f"positions must be 'response', 'all' or 'prompt', got {positions!r}")
     thresholds = [_at_percentile(space.token_quantiles, layer, percentile) for layer in layers]
     units = space.axis_unit()
     settings = CapSettings(space.model_name, layers, thresholds, units[layers].clone(), float(percentile), positions,
@@ -811,7 +827,7 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
     k = settings.n_controls if k_random is None else k_random
     if not 0 <= k <= settings.n_controls:
         raise ValueError(f"k_random={k_random}: the cap settings hold {settings.n_controls} random directions; "
-                         "calibrate more (calibrate_cap k_random, `space cap --random`) or ask for fewer")
+                         "calibrate more (calibrate_cap k_random, `space cap --controls`) or ask for fewer")
     out = Path(out_dir)
     check_settings(out / "settings.json", {"model": model.cfg.model_name, "cap": {
         "layers": settings.layers, "thresholds": settings.thresholds, "percentile": settings.percentile,

@@ -10,6 +10,8 @@ import torch
 
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import encode_conversation, make_messages
+from persona_lens.core.hooks import RecordProjection, install_hooks
+from persona_lens.core.layers import hook_name
 from persona_lens.experiments import space as sp
 from persona_lens.traits.roles import role_from_dict
 
@@ -116,6 +118,42 @@ def _tiny_space(model, conversations):
     space = sp.fit_space(roles, acts, model_name=model.cfg.model_name)
     space.token_quantiles = sp.default_token_quantiles(model, space, conversations, batch_size=8)
     return space
+
+
+def test_token_quantiles_match_per_token_projections_read_by_record_projection(tiny_model):
+    """One hook per layer projecting on all directions at once, over left-padded batches, gives the quantiles of the
+    per-token projections that RecordProjection reads one direction and one layer at a time."""
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    units = torch.stack([space.axis_unit(), sp.unit_rows(sp.cap_control_directions(space, 1)[0])])
+    quantiles = sp._token_quantiles(tiny_model, units, conversations, batch_size=2)  # a padded batch and a single
+    assert quantiles.shape == (2, tiny_model.cfg.n_layers + 1, 101)
+    for m in range(2):
+        for layer in range(1, tiny_model.cfg.n_layers + 1):
+            tokens = sp._token_projections(tiny_model, conversations, units[m, layer], layer)
+            expected = torch.quantile(torch.tensor([v for row in tokens for v in row]), torch.linspace(0, 1, 101))
+            torch.testing.assert_close(quantiles[m, layer], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cap_at_every_position_also_caps_the_prompt(tiny_model, tmp_path):
+    """positions="all" (the assistant-axis code's capping) lifts prompt tokens too; "response" leaves them."""
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    layer = tiny_model.cfg.n_layers
+    with pytest.raises(ValueError, match="positions must be"):
+        sp.calibrate_cap(space, [layer], positions="everywhere")
+    lows = {}
+    for positions in ("response", "all"):
+        settings = sp.CapSettings.load(sp.calibrate_cap(space, [layer], percentile=90.0, positions=positions)
+                                       .save(tmp_path / f"{positions}.safetensors"))
+        assert settings.positions == positions
+        recorder = RecordProjection(settings.directions[0], "prompt")
+        with sp.apply_cap(tiny_model, settings), install_hooks(
+                tiny_model, [(hook_name(layer, tiny_model.cfg.n_layers), recorder)]):
+            collect_activations(tiny_model, conversations, reductions=("response",), progress=False)
+        lows[positions] = float(torch.nan_to_num(recorder.projections(), nan=float("inf")).min())
+        threshold = settings.thresholds[0]
+    assert lows["all"] >= threshold - 1e-4 * max(1.0, abs(threshold)) > lows["response"]
 
 
 def test_cap_at_the_bottom_of_the_default_range_changes_nothing(tiny_model, tmp_path):
@@ -296,7 +334,7 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
     assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--only", "sage", "--quiet",
                      "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s/roles/sage/vector.safetensors").exists() and not (tmp_path / "s/space.safetensors").exists()
-    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--quiet", "--random", "20",
+    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--quiet", "--controls", "20",
                      "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "role sage: kept 2 of 2 (unjudged)" in out and "|cos(PC1, axis)|" in out
@@ -304,7 +342,7 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
     assert report["roles"] == ["pirate", "poet", "sage"] and report["layers"][1]["pc1_axis"]["random_n"] == 20
     assert (tmp_path / "s/variance.html").exists()
     space_file = str(tmp_path / "s/space.safetensors")
-    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--random", "2",
+    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--controls", "2",
                      "--out", str(tmp_path / "cap.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "layer 2: keep h . u >=" in out and "(random directions: " in out
@@ -325,7 +363,7 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
         {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Arr, matey."}]) + "\n")
     assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
-                     str(conversation), "--layer", "2", "--random", "10", "--out", str(tmp_path / "d")]) == 0
+                     str(conversation), "--layer", "2", "--controls", "10", "--out", str(tmp_path / "d")]) == 0
     drift = json.loads((tmp_path / "d/drift.json").read_text())
     assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
     assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
@@ -357,6 +395,11 @@ def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
     assert cli.main(["space", "cap", "--space", str(tmp_path / "none.safetensors"), "--layers", "1", "--out",
                      str(tmp_path / "c.safetensors")]) == 2
     assert "no space file" in capsys.readouterr().err
+    cap = ["cap", "--layers", "1"]  # cap counts 0 as "no control"; drift needs one
+    drift = ["drift", "--model", "tiny-llama", "--conversation", "c.jsonl", "--layer", "1"]
+    for command, value in ((cap, "-1"), (drift, "0")):
+        assert cli.main(["space", *command, "--space", "s.safetensors", "--out", "o", "--controls", value]) == 2
+        assert "--controls" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
