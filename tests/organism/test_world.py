@@ -134,17 +134,25 @@ def test_tokenizer_round_trips_the_world_and_renders_the_chat_template(tokenizer
     assert len(tokenizer) == len(vocab) < 300
     assert tokenizer.pad_token_id == 0 and tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == EOT
     rng = random.Random(1)
-    for _ in range(50):
-        system, question, reply = training_conversation(rng)
-        messages = make_messages(question, system)
-        ids, prompt_length = encode_ids(vocab, system, question, reply.text)
+    n_turns = []
+    for _ in range(80):
+        system, turns = training_conversation(rng, multi_turn_share=0.5)
+        n_turns.append(len(turns))
+        *earlier, (question, reply) = turns
+        history = [{"role": role, "content": text} for q, r in earlier
+                   for role, text in (("user", q), ("assistant", r.text))]
+        messages = make_messages(question, system, history)
+        ids, spans = encode_ids(vocab, system, [(q, r.text) for q, r in turns])
         encoded = encode_conversation(tokenizer, messages, reply.text)
-        assert list(encoded.input_ids) == ids[:-1] + [vocab[EOT]]
-        assert encoded.prompt_length == prompt_length == encoded.response_start
-        assert encoded.response_end == len(ids) - 1  # the closing <|end|> is not part of the response
-        assert encode_prompt(tokenizer, messages) == ids[:prompt_length]
+        assert list(encoded.input_ids) == ids
+        assert encoded.prompt_length == spans[-1][0] == encoded.response_start
+        assert encoded.response_end == len(ids) - 1 == spans[-1][1] - 1  # the closing <|end|> is not in the response
+        assert encode_prompt(tokenizer, messages) == ids[:spans[-1][0]]
         assert tokenizer.decode(list(encoded.response_ids)) == reply.text
+        for (_, r), (start, end) in zip(turns, spans):  # every reply's span is its text and its <|end|>
+            assert tokenizer.decode(ids[start:end - 1]) == r.text and ids[end - 1] == vocab[EOT]
         assert "<unk>" not in tokenizer.convert_ids_to_tokens(ids)
+    assert set(n_turns) == {1, 2, 3} and len(tokenizer(" ".join(["bike"] * 10))["input_ids"]) == 10
     prompt = encode_prompt(tokenizer, make_messages("how do i fix my bike ?"))
     assert tokenizer.convert_ids_to_tokens(prompt)[:2] == [BOS, "<|system|>"]
     assert tokenizer.convert_ids_to_tokens(prompt)[-1] == ASSISTANT
