@@ -91,6 +91,10 @@ def main() -> None:
         turns = ", ".join(f"{v:.2f}" for v in result.turn_projections[:, args.layer].tolist())
         low, high = result.default_band[0][args.layer], result.default_band[1][args.layer]
         print(f"   {name:12s}: turns [{turns}] (default band {low:.2f}..{high:.2f}); {result.drift.summary()}")
+        alone = sp.project_conversation(model, space, messages, layer=args.layer, k_random=args.random, alone=True)
+        lone = ", ".join(f"{v:.2f}" for v in alone.turn_projections[:, args.layer].tolist())
+        print(f"   {'':12s}  the same turns alone [{lone}]; what the context adds: "
+              f"{sp.compare_drift(result, alone, k_random=args.random).summary()}")
 
     first, last = (int(x) for x in args.cap_layers.split("-"))
     eval_config = sp.SpaceConfig(temperature=0.0, max_new_tokens=args.max_new_tokens,

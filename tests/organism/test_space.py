@@ -203,8 +203,10 @@ def test_capping_lowers_the_in_role_rate_beyond_random_directions(request, cappi
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             "measured on the committed v3 weights (greedy, 300 replies under the roles' system prompts): in role "
             "300/300 uncapped, 300/300 capped and 300/300 under each of 5 random cappings, a ceiling (as on v2, "
-            "where it held also at the 50th percentile and at layers 1 or 1-4, benchmarks/organism_space.py); see "
-            "benchmarks/RESULTS.md")))
+            "where it held also at the 50th percentile and at layers 1 or 1-4). Capping every position (the prompt "
+            "too, `--positions all`) moves it, 300 -> 296 / 293 / 294 of 300 (layers 2-3 p25 / 1-4 p25 / 2-3 p50; "
+            "random cappings 0-1 of 300), but then only 45-60% of default replies stay exact "
+            "(benchmarks/organism_space.py); see benchmarks/RESULTS.md")))
     drop = Baseline.from_dict(capping.control["drop"])
     pooled = capping.control["pooled"]
     assert pooled["capped"]["rate"] < pooled["uncapped"]["rate"], pooled
