@@ -264,12 +264,17 @@ def _train(config: TrainConfig, out_dir: str | Path | None, log_every: int, stop
         from transformers import LlamaForCausalLM
 
         folder = Path(stage1_from)
+        if not (folder / "training.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--stage1-from {folder}: needs model.safetensors and training.json, the folder a "
+                                    "run of python -m persona_lens.organism.train writes")
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
         loaded = json.loads((folder / "training.json").read_text())
         stage1_info = {key: loaded.get(key) for key in ("final_loss", "fingerprint", "loss_history", "train_seconds")}
         stage1_info["loaded_from"] = str(folder)
+    # the top-level keys of single-stage runs (the committed training.json) keep their meaning; stage 2 is added
     info: dict[str, Any] = {"config": asdict(config), "final_loss": stage1_info["final_loss"],
-                            "fingerprint": stage1_info["fingerprint"], "stage1": stage1_info}
+                            "fingerprint": stage1_info["fingerprint"], "loss_history": stage1_info["loss_history"],
+                            "train_seconds": stage1_info["train_seconds"], "stage1": stage1_info}
     if config.multi_turn_steps:
         optimizer = _optimizer(model, config, config.multi_turn_lr)
         warmup = max(1, config.warmup // 2)
@@ -279,6 +284,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, log_every: int, stop
                             optimizer=optimizer, scheduler=scheduler, log_every=log_every, quiet=False)
         info["stage2"] = {key: stage2[key] for key in ("final_loss", "last_steps", "loss_history", "train_seconds")}
         info["final_loss"] = stage2["final_loss"]
+        info["train_seconds"] = round((info["train_seconds"] or 0.0) + stage2["train_seconds"], 1)
     info.update({"n_parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
                  "machine": platform.machine()})
     if out_dir is not None:

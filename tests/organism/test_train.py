@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,3 +27,7 @@ def test_stage_two_on_saved_stage_one_weights_equals_one_run_from_scratch(tmp_pa
     assert resumed["fingerprint"] == whole["fingerprint"] == whole["stage1"]["fingerprint"]
     saved = json.loads((tmp_path / "resumed/training.json").read_text())
     assert saved["config"]["multi_turn_steps"] == 3 and saved["final_loss"] == resumed["stage2"]["final_loss"]
+    for name in ("n_parameters", "train_seconds", "loss_history", "fingerprint"):  # what test_model reads
+        assert saved[name] is not None, name
+    with pytest.raises(FileNotFoundError, match="needs model.safetensors and training.json"):
+        train(TrainConfig(**SMALL), out_dir=None, stage1_from=tmp_path / "nothing")
