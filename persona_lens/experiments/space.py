@@ -398,7 +398,7 @@ def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
 def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
                      conversations: Sequence[EncodedConversation], batch_size: int) -> Float[Tensor, "m layer 101"]:
     """Percentiles 0..100 of every response token's projection on each of the ``m`` directions, per layer: one
-    hook per layer reads the residual and projects it on all ``m`` directions at once."""
+    hook per layer reads the residual once and projects it on all ``m`` directions (not one hook per direction)."""
     n_directions, n_layers = units.shape[0], units.shape[1] - 1
     # normalised again as the capping hook normalises its direction, so thresholds are bit-equal to what it reads
     by_layer = unit_rows(units.detach().float()).transpose(0, 1).to(model.device)  # [layer m d_model]
