@@ -105,11 +105,11 @@ def _add_roles(parser: argparse.ArgumentParser) -> None:
                              "organism's roles); --roles then picks some of its roles")
 
 
-def _add_controls(parser: argparse.ArgumentParser, default: int | None, what: str, at_least: int = 0) -> None:
+def _add_controls(parser: argparse.ArgumentParser, default: int | None, what: str, positive: bool = False) -> None:
     """``--controls K``, the name every command uses for its random directions (``--random K``, this command's first
     name for it, still works); parsed to ``args.random``."""
-    kind = count_arg("--controls") if at_least else seed_arg("--controls")
-    shown = "" if default is None else f"; default {default}" + ("" if at_least else ", 0: none")
+    kind = count_arg("--controls") if positive else seed_arg("--controls")
+    shown = "" if default is None else f"; default {default}" + ("" if positive else ", 0: none")
     parser.add_argument("--controls", "--random", dest="random", type=kind, default=default, metavar="K",
                         help=f"{what}{shown}")
 
@@ -162,7 +162,7 @@ def configure_parser(subparsers: Any) -> None:
     build.add_argument("--trait-vector", dest="trait_vectors", action="append", type=Path, default=[],
                        metavar="VECTOR.safetensors", help="a persona vector to place in the space (repeatable)")
     build.add_argument("--layer", default=None, help="layer of the role map figure (default: 2/3 of the depth)")
-    _add_controls(build, 100, "random directions of the controls (PC1 and trait alignment)", at_least=1)
+    _add_controls(build, 100, "random directions of the controls (PC1 and trait alignment)", positive=True)
     build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
@@ -197,7 +197,7 @@ def configure_parser(subparsers: Any) -> None:
     add_generation_options(drift, max_new_tokens=64, temperature=0.0, seed=0,
                            helps={"max_new_tokens": "reply length for --user-turns",
                                   "temperature": "sampling temperature for --user-turns, 0 = greedy"})
-    _add_controls(drift, 100, "random directions of the drift control", at_least=1)
+    _add_controls(drift, 100, "random directions of the drift control", positive=True)
     drift.add_argument("--out", type=Path, required=True, help="output folder")
     drift.add_argument("--json", action="store_true", help="print the result as JSON")
     drift.set_defaults(func=run_drift)
