@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "Error",
     "HookedLM",
     "PersonaVector",
     "Trait",
@@ -34,6 +35,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Error": "persona_lens.core.errors",
     "HookedLM": "persona_lens.core.hooked_model",
     "PersonaVector": "persona_lens.core.vectors",
     "load_vector": "persona_lens.core.vectors",
@@ -53,6 +55,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from persona_lens.core.activations import collect_activations, contrast_vector
+    from persona_lens.core.errors import Error
     from persona_lens.core.generation import generate
     from persona_lens.core.hooked_model import HookedLM
     from persona_lens.core.hooks import ablate, cap, record, steer

@@ -28,6 +28,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from persona_lens.core.errors import Error
+
 __all__ = [
     "Message",
     "ROLES",
@@ -51,7 +53,7 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
-class TemplateBoundaryError(ValueError):
+class TemplateBoundaryError(Error, ValueError):
     """The chat template does not give an exact token boundary between prompt and response."""
 
 

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
 
@@ -79,11 +80,11 @@ _TENSOR_KEY = "vectors"
 AUTHORS_KEYS = {"response_avg_diff": "response", "prompt_avg_diff": "prompt", "prompt_last_diff": "last_prompt"}
 
 
-class VectorMismatchError(ValueError):
+class VectorMismatchError(Error, ValueError):
     """A persona vector used with a model (or another vector) whose shape or identity does not match."""
 
 
-class VectorFileError(ValueError):
+class VectorFileError(Error, ValueError):
     """A persona-vector file that cannot be read: wrong format, version, field or shape."""
 
 

@@ -57,6 +57,7 @@ from persona_lens.core.chat import (
     parse_chat_record,
 )
 from persona_lens.core.devices import offloaded_parameters
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
@@ -87,7 +88,7 @@ TRAINER_STATE = "trainer_state"
 # configuration
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(Error, ValueError):
     """Training met a NaN or infinite loss (or gradient) and stopped before stepping on it."""
 
 

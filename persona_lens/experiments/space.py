@@ -57,6 +57,7 @@ from persona_lens.core.chat import (
     parse_messages,
 )
 from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, Baseline, compare, random_directions, random_like
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import (
@@ -116,7 +117,7 @@ DEFAULT_CAP_CONTROLS = 10
 """Random directions whose default per-token percentiles a space stores (the capping control's candidates)."""
 
 
-class RoleNotPlayed(ValueError):
+class RoleNotPlayed(Error, ValueError):
     """No reply of a role passed the filters: the model does not play it under its prompts."""
 _FORMAT = "persona_lens.space"
 
