@@ -21,7 +21,7 @@ BUILTIN = {
     "WorkerLost": RuntimeError, "RoleNotPlayed": ValueError, "NonFiniteLossError": ValueError,
     "TemplateBoundaryError": ValueError, "BadValue": ValueError, "EngineError": RuntimeError,
     "EngineMismatch": ValueError, "UnreadablePositions": ValueError, "VectorMismatchError": ValueError,
-    "VectorFileError": ValueError, "FolderBusy": RuntimeError,
+    "VectorFileError": ValueError, "FolderBusy": RuntimeError, "ResultFileError": ValueError,
 }
 
 
