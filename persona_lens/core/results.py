@@ -19,30 +19,32 @@ from typing import Any
 from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 
-__all__ = ["ResultFileError", "read_json", "read_csv", "write_csv"]
+__all__ = ["ResultFileError", "read_text", "read_json", "read_csv", "write_csv"]
 
 
 class ResultFileError(Error, ValueError):
     """A file of a result folder is missing or unreadable: the message names the file and the fix."""
 
 
-def _read_text(path: Path, what: str) -> str:
+def read_text(path: str | os.PathLike[str], what: str = "this file") -> str:
+    """The UTF-8 text of ``path``; :class:`ResultFileError` (naming the file) if it is missing or not UTF-8."""
+    target = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return target.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ResultFileError(f"{path}: no such file; {what} is written by the command's run into its --out "
+        raise ResultFileError(f"{target}: no such file; {what} is written by the command's run into its --out "
                               "folder: give that folder, or rerun the command") from None
     except IsADirectoryError:
-        raise ResultFileError(f"{path} is a folder; give the result folder that holds it") from None
+        raise ResultFileError(f"{target} is a folder; give the result folder that holds it") from None
     except UnicodeDecodeError as error:
-        raise ResultFileError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); it is not a file "
+        raise ResultFileError(f"{target} is not UTF-8 text ({error.reason} at byte {error.start}); it is not a file "
                               "persona_lens wrote: rerun the command") from None
 
 
 def read_json(path: str | os.PathLike[str], what: str = "this file") -> Any:
     """The JSON content of ``path``; :class:`ResultFileError` (naming the file) if it is missing or malformed."""
     target = Path(path)
-    text = _read_text(target, what)
+    text = read_text(target, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -53,7 +55,7 @@ def read_json(path: str | os.PathLike[str], what: str = "this file") -> Any:
 def read_csv(path: str | os.PathLike[str], what: str = "this file") -> list[dict[str, str]]:
     """The rows of the CSV file ``path`` as dicts keyed by its header."""
     target = Path(path)
-    return list(csv.DictReader(io.StringIO(_read_text(target, what), newline="")))
+    return list(csv.DictReader(io.StringIO(read_text(target, what), newline="")))
 
 
 def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
