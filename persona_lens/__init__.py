@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from persona_lens.core.lazy import lazy_exports
-
-__version__ = "0.1.0"
+from persona_lens.core.version import __version__
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     # errors: ``except persona_lens.Error`` catches every error persona_lens raises on purpose
@@ -36,7 +35,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "persona_lens.core.vectors": ["PersonaVector", "load_vector", "save_vector"],
     "persona_lens.core.activations": ["collect_activations", "contrast_vector"],
     "persona_lens.core.hooks": ["ablate", "cap", "record", "steer"],
-    "persona_lens.core.scale": ["median_residual_norms"],
+    "persona_lens.core.norms": ["median_residual_norms"],
     # controls and statistics
     "persona_lens.core.controls": ["Baseline", "random_like", "random_directions"],
     "persona_lens.core.stats": ["auroc", "pearson", "spearman"],
@@ -76,7 +75,7 @@ if TYPE_CHECKING:
     from persona_lens.core.hooked_model import HookedLM
     from persona_lens.core.hooks import ablate, cap, record, steer
     from persona_lens.core.models import load_model
-    from persona_lens.core.scale import median_residual_norms
+    from persona_lens.core.norms import median_residual_norms
     from persona_lens.core.stats import auroc, pearson, spearman
     from persona_lens.core.vectors import PersonaVector, load_vector, save_vector
     from persona_lens.experiments.export import export_control_vector, read_control_vector

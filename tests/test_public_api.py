@@ -80,3 +80,26 @@ def test_every_exported_name_resolves_and_none_is_a_submodule(package):
 def test_an_unknown_name_raises_attribute_error_naming_it():
     with pytest.raises(AttributeError, match="no_such_name"):
         persona_lens.no_such_name  # noqa: B018
+
+
+def test_the_version_is_written_once_beside_pyproject():
+    import re
+
+    from persona_lens.core.version import __version__
+
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11+; the package runs on 3.10
+    assert persona_lens.__version__ == __version__ == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+
+
+def test_no_module_of_the_package_imports_the_root_package():
+    """The root re-exports from below; an import of ``persona_lens`` itself from inside would run back up."""
+    upward = []
+    for path in sorted((ROOT / "persona_lens").rglob("*.py")):
+        if path == ROOT / "persona_lens" / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) and any(alias.name == "persona_lens" for alias in node.names):
+                upward.append(str(path.relative_to(ROOT)))
+            elif isinstance(node, ast.ImportFrom) and node.module == "persona_lens" and node.level == 0:
+                upward.append(str(path.relative_to(ROOT)))
+    assert upward == []

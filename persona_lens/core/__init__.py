@@ -21,7 +21,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "persona_lens.core.registry": ["register"],
     "persona_lens.core.layers": ["hook_name", "layer_of_hook", "check_layer", "all_layers"],
     "persona_lens.core.chat": ["Message", "ChatRecord", "TemplateBoundaryError", "make_messages", "encode_prompt",
-                               "encode_conversation", "encode_generated", "read_chat_jsonl", "iter_chat_jsonl"],
+                               "encode_conversation", "encode_generated", "read_chat_jsonl", "iter_chat_jsonl",
+                               "token_pieces"],
     "persona_lens.core.generation": ["Generation", "generate"],
     "persona_lens.core.activations": ["Activations", "REDUCTIONS", "collect_activations", "contrast_vector"],
     "persona_lens.core.vectors": ["PersonaVector", "VectorMismatchError", "VectorFileError", "save_vector",
@@ -29,7 +30,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                                   "import_authors_pt", "export_authors_pt"],
     "persona_lens.core.hooks": ["steer", "ablate", "cap", "record", "install_hooks", "AddVector",
                                 "AblateDirection", "CapProjection", "RecordProjection"],
-    "persona_lens.core.scale": ["median_residual_norms", "raw_coefficient", "relative_coefficient"],
+    "persona_lens.core.norms": ["median_residual_norms", "raw_coefficient", "relative_coefficient"],
     "persona_lens.core.controls": ["Baseline", "random_directions", "random_like", "compare"],
     "persona_lens.core.stats": ["pearson", "spearman", "auroc", "fisher_ci", "mean_sem"],
     "persona_lens.core.validate": ["BadValue"],
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         iter_chat_jsonl,
         make_messages,
         read_chat_jsonl,
+        token_pieces,
     )
     from persona_lens.core.controls import Baseline, compare, random_directions, random_like
     from persona_lens.core.engine import EngineError, EngineMismatch, OpenAIEngine
@@ -69,8 +71,8 @@ if TYPE_CHECKING:
     from persona_lens.core.io import FolderBusy
     from persona_lens.core.layers import all_layers, check_layer, hook_name, layer_of_hook
     from persona_lens.core.models import SMOLLM2, cache_dir, load_model
+    from persona_lens.core.norms import median_residual_norms, raw_coefficient, relative_coefficient
     from persona_lens.core.registry import register
-    from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
     from persona_lens.core.stats import auroc, fisher_ci, mean_sem, pearson, spearman
     from persona_lens.core.tiny import ARCHITECTURES, build_tiny
     from persona_lens.core.validate import BadValue

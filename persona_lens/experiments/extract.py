@@ -34,7 +34,15 @@ from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, random_like
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.stats import auroc
-from persona_lens.core.vectors import PersonaVector, VectorLike, check_vector, save_vector, trait_names, vector_list
+from persona_lens.core.vectors import (
+    REDUCTIONS,
+    PersonaVector,
+    VectorLike,
+    check_vector,
+    save_vector,
+    trait_names,
+    vector_list,
+)
 from persona_lens.experiments.evaluate import (
     JUDGE_CHUNK,
     GenerationSettings,
@@ -49,8 +57,6 @@ from persona_lens.traits.schema import Trait, trait_to_dict
 
 __all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path",
            "cosine_matrix", "TraitCosines", "trait_cosines", "format_cosines"]
-
-POSITIONS = ("response", "prompt", "last_prompt")
 
 
 @dataclass
@@ -207,7 +213,7 @@ def extract(
                                    progress=progress, desc="extract: activations -")
     settings = {**asdict(config), "judge": judge.judge_id, "coherence_judge": coherence_judge.judge_id}
     vectors = {}
-    for positions in POSITIONS:
+    for positions in REDUCTIONS:
         vectors[positions] = PersonaVector.from_activations(
             trait.name, model.cfg.model_name, pos_acts.get(positions), neg_acts.get(positions), positions, settings)
         save_vector(vectors[positions], vector_path(out, positions))

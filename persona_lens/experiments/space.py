@@ -55,6 +55,7 @@ from persona_lens.core.chat import (
     encode_prompt,
     make_messages,
     parse_messages,
+    token_pieces,
 )
 from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, Baseline, compare, random_directions, random_like
 from persona_lens.core.errors import Error
@@ -80,7 +81,6 @@ from persona_lens.experiments.evaluate import (
     job_seed,
 )
 from persona_lens.experiments.executor import Executor
-from persona_lens.experiments.monitor import token_pieces
 from persona_lens.judges.base import Judge
 from persona_lens.traits.roles import Role, RoleSet, role_to_dict
 

@@ -35,8 +35,8 @@ from persona_lens.core.controls import Baseline, baselines_to_dict, compare, ran
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
+from persona_lens.core.norms import median_residual_norms, raw_coefficient, relative_coefficient
 from persona_lens.core.results import read_json, read_text
-from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
 from persona_lens.core.vectors import PersonaVector, trait_names
 from persona_lens.experiments.evaluate import (
     JUDGE_CHUNK,
