@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from persona_lens.core.chat import Message, TemplateBoundaryError, encode_conversation, encode_prompt
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import Generation
 
 __all__ = ["OpenAIEngine", "EngineError", "EngineMismatch"]
@@ -26,11 +27,11 @@ _PROBE: list[Message] = [{"role": "system", "content": "You are a careful assist
                          {"role": "user", "content": "Count the tokens of this question, please: 3, 17, 2049."}]
 
 
-class EngineError(RuntimeError):
+class EngineError(Error, RuntimeError):
     """The server could not be reached or answered something unusable."""
 
 
-class EngineMismatch(ValueError):
+class EngineMismatch(Error, ValueError):
     """The server serves another model (or tokenizer / chat template) than the one we read activations from."""
 
 

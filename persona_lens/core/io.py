@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.errors import Error
+
 __all__ = [
     "FolderLock",
     "FolderBusy",
@@ -294,7 +296,7 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> 
     write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(Error, RuntimeError):
     """Another live process holds the folder's lock."""
 
 

@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from persona_lens.core.errors import Error
+
 __all__ = ["Executor", "SerialExecutor", "RayExecutor", "WorkerLost", "EngineExecutor"]
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class EngineExecutor:
             yield index, on_engine(self.engine, model, unit)
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(Error, RuntimeError):
     """A unit's worker died more often than ``max_retries`` allows."""
 
 
