@@ -291,7 +291,8 @@ class ControlVerdict:
         lower = "" if self.higher_is_better else " (lower)"
         what = f"|random - {self.center:g}|" if self.two_sided else f"random{lower}"
         return (f"{self.value:.3g} (statistic {self.statistic:.3g}) vs {what} p{self.percentile:g} "
-                f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): {'beats' if self.passed else 'does not beat'}")
+                f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): "
+                f"{'beats' if self.passed else 'does not beat'}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "statistic": self.statistic, "threshold": self.threshold, "rank": self.rank,
