@@ -30,6 +30,7 @@ __all__ = [
     "Baseline",
     "random_directions",
     "random_like",
+    "random_in_span",
     "project_rows",
     "compare",
     "layer_controls",
@@ -79,6 +80,26 @@ def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
     norms = tensor.detach().float().cpu().norm(dim=-1)  # [layer]
     draws = random_directions(d_model, k * n_rows, seed=seed).reshape(k, n_rows, d_model)
     return draws * norms[None, :, None]
+
+
+def random_in_span(rows: Float[Tensor, "m d_model"], k: int, *, seed: int = 0,
+                   tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
+    """``k`` seeded unit directions drawn uniformly within the span of ``rows`` (e.g. the centred role vectors).
+
+    The control for "this direction of the span is special": a direction that must lie in the span anyway (a PCA
+    component of these rows) is compared with random directions of the same span, not of all ``d_model``.
+    Raises when the rows span nothing (all zero)."""
+    _check_k(k)
+    matrix = rows.detach().double().cpu()
+    if matrix.ndim != 2:
+        raise ValueError(f"random_in_span needs [m, d_model] rows, got shape {tuple(matrix.shape)}")
+    _, singular, vh = torch.linalg.svd(matrix, full_matrices=False)
+    rank = int((singular > tol * max(float(singular.max()) if singular.numel() else 0.0, 1e-30)).sum())
+    if rank == 0 or float(singular.max()) == 0.0:
+        raise ValueError("the rows span nothing (all zero): there is no span to draw directions in")
+    basis = vh[:rank].float()  # [rank, d_model], orthonormal
+    coefficients = random_directions(rank, k, seed=seed)  # uniform on the unit sphere of the span's coordinates
+    return coefficients @ basis
 
 
 def project_rows(activations: Float[Tensor, "n d_model"],

@@ -148,3 +148,18 @@ def test_beats_others_is_loud_without_others_and_never_passes_an_undefined_one()
     assert not beats_others(0.9, {"evil": math.nan, "sycophancy": 0.1}).passed
     assert not beats_others(math.nan, {"evil": 0.1}).passed
     assert "does not beat" in beats_others(0.1, {"evil": 0.5}).summary()
+
+
+def test_random_in_span_draws_unit_directions_inside_the_rows_span_only():
+    from persona_lens.core.controls import random_in_span
+
+    rows = torch.zeros(3, 10)
+    rows[0, 0], rows[1, 1], rows[2, 0], rows[2, 1] = 1.0, 2.0, 3.0, -1.0  # rank 2: the (0, 1) plane
+    draws = random_in_span(rows, 50, seed=1)
+    assert draws.shape == (50, 10) and torch.allclose(draws.norm(dim=-1), torch.ones(50), atol=1e-5)
+    assert float(draws[:, 2:].abs().max()) < 1e-6  # nothing outside the plane
+    assert torch.equal(draws, random_in_span(rows, 50, seed=1)) and not torch.equal(draws, random_in_span(rows, 50))
+    angles = torch.atan2(draws[:, 1], draws[:, 0])  # spread over the circle, not stuck on one axis
+    assert float(angles.max() - angles.min()) > 4.0
+    with pytest.raises(ValueError, match="span nothing"):
+        random_in_span(torch.zeros(2, 5), 3)
