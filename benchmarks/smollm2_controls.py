@@ -152,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traits", default=",".join(TRAITS))
     parser.add_argument("--layer", type=int, default=LAYER)
     parser.add_argument("--random", type=int, default=N_RANDOM)
-    parser.add_argument("--questions", type=int, default=10, help="evaluation questions for claim 2 (generation)")
+    parser.add_argument("--vector-questions", type=int, default=5, help="extraction questions for the vectors")
+    parser.add_argument("--questions", type=int, default=10, help="evaluation questions for both claims")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--no-generate", action="store_true", help="claim 1 only (no generation)")
@@ -162,15 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     start = time.perf_counter()
     model = pl.load_model("smollm2-135m-instruct", device="cpu")
-    vectors = prompt_contrast_vectors(model, traits, args.layer)
+    vectors = prompt_contrast_vectors(model, traits, args.layer, n_questions=args.vector_questions)
     names = list(vectors)
     cosines = {f"{a}-{b}": round(float(vectors[a] @ vectors[b] / vectors[a].norm() / vectors[b].norm()), 3)
                for i, a in enumerate(names) for b in names[i + 1:]}
-    print(f"SmolLM2-135M-Instruct, layer {args.layer}, d_model {model.cfg.d_model}; prompt-contrast vectors' "
-          f"cosines {cosines} ({time.perf_counter() - start:.0f} s)")
+    print(f"SmolLM2-135M-Instruct, layer {args.layer}, d_model {model.cfg.d_model}; prompt-contrast vectors "
+          f"({args.vector_questions} extraction questions x 5 pairs) cosines {cosines} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
     claims, details = [], {}
     for trait in traits:
-        claims.append(screen_prompts(model, vectors, trait, args.layer, k=args.random))
+        claims.append(screen_prompts(model, vectors, trait, args.layer, k=args.random, n_questions=args.questions))
     if not args.no_generate:
         for trait in traits:
             claim, details[trait] = track_expression(model, vectors, trait, args.layer, k=args.random,
