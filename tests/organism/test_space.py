@@ -314,9 +314,9 @@ def test_capping_lowers_the_in_role_rate_beyond_random_directions(request, cappi
             "(benchmarks/organism_space.py); see benchmarks/RESULTS.md")))
     drop = Baseline.from_dict(capping.control["drop"])
     pooled = capping.control["pooled"]
+    assert pooled["capped"]["rate"] < pooled["uncapped"]["rate"], pooled
     verdict = beats_controls(drop.value, drop.random, two_sided=False, percentile=PERCENTILE)
     print(f"  capping drop vs {len(drop.random)} random cappings: {verdict.summary()}")
-    assert pooled["capped"]["rate"] < pooled["uncapped"]["rate"], pooled
     assert verdict.passed, verdict.summary()
 
 
