@@ -143,10 +143,12 @@ KNOWN_FAILURES = {
                                  "200 random directions' p95 0.653 and sycophancy's 0.587; within-condition r 0.422 vs "
                                  "random p95 0.424 (rank 94.5; Fisher CI 0.286..0.542); layers 3-4 beat random (p95 "
                                  "0.760 / 0.743) and the other vectors (lead 0.248 / 0.253)",
-    ("claim3", "evil"): "r(shift, trait) 0.584 < 0.9; random p95 0.762 (pct 85); shifts -3.41 .. 3.25 do not follow "
-                        "the trait 0.0 .. 87.5",
-    ("claim3", "hallucination"): "r(shift, trait) 0.793 < 0.9; random p95 0.776 (pct 95); sycophancy vector 0.71 "
-                                 "(margin 0.083 < 0.1)",
+    ("claim3", "evil"): "r(shift, trait) 0.699 < 0.9 over 21 finetunes (7 datasets x 3 seeds; shifts -3.41 .. 3.69 "
+                        "as the trait goes 0.0 .. 90.0) and inside 200 random directions' p95 0.703 (rank 94.5); the "
+                        "other vectors are far behind (sycophancy 0.126, hallucination -0.188)",
+    ("claim3", "hallucination"): "r(shift, trait) 0.492 < 0.9 over 21 finetunes (7 datasets x 3 seeds; shifts -4.70 "
+                                 ".. 2.97, trait 0.0 .. 78.8), inside 200 random directions' p95 0.550 (rank 93), and "
+                                 "the evil vector tracks it as well by |r| (-0.446; lead 0.046 < 0.1)",
     ("claim4", "evil"): "preventative steering a=5 prevents 11% of the rise (87.5 -> 77.8; a=1: 1%); random vectors "
                         "at a=5: 0%, 3%; post-hoc a=-1: 88.8",
     ("claim4", "sycophancy"): "preventative steering a=5 prevents 70% of the rise (75.2 -> 26.2; a=1: 12%; random at "
