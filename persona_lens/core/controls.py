@@ -311,6 +311,8 @@ class ControlVerdict:
         """One line, e.g. ``0.81 (statistic 0.81) vs |random - 0| p95 0.42 (rank 100.0, n=200): beats``."""
         lower = "" if self.higher_is_better else " (lower)"
         what = f"|random - {self.center:g}|" if self.two_sided else f"random{lower}"
+        if self.center and not self.two_sided:
+            what += f" - {self.center:g}"
         return (f"{self.value:.3g} (statistic {self.statistic:.3g}) vs {what} p{self.percentile:g} "
                 f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): "
                 f"{'beats' if self.passed else 'does not beat'}")
