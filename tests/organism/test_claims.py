@@ -180,7 +180,7 @@ def _known_failure(request, claim: str, trait: str) -> None:
     reason = KNOWN_FAILURES.get((claim, trait))
     if reason is not None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"{claim}, {trait} fails on the v3 organism: "
-                                              f"{reason}; see benchmarks/RESULTS.md"))
+                                              f"{reason}; see benchmarks/results/organism-claims.md"))
 
 
 def _sample(model, conversations, n: int, seed: int):
