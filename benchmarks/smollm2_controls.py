@@ -64,7 +64,8 @@ class Claim:
 
     def row(self) -> str:
         others = ", ".join(f"{k} {v:.3f}" for k, v in self.others.others.items())
-        return (f"| {self.claim} | {self.trait} | {self.value:.3f} | {self.random.threshold:.3f} | "
+        threshold = self.random.threshold + self.random.center  # back in the value's units
+        return (f"| {self.claim} | {self.trait} | {self.value:.3f} | {threshold:.3f} | "
                 f"{self.random.rank:.1f} | {others} | {'beats' if self.passed else 'does not beat'} |")
 
     def to_dict(self) -> dict:
