@@ -5,7 +5,10 @@ Every analysis reports its persona vector's number beside its controls, measured
 * ``random_like(vector, k, seed)`` draws ``k`` seeded random vectors with the vector's per-layer norms (each layer an
   independent Gaussian direction), so a measurement that only needs "some direction of this size" is exposed;
 * :func:`compare` puts the vector's value beside the ``k`` random values (percentile, 5-95% band), the other traits'
-  values (cross-trait) and the sign-flipped vector's value, as one :class:`Baseline`.
+  values (cross-trait) and the sign-flipped vector's value, as one :class:`Baseline`;
+* :func:`beats_controls` and :func:`beats_others` are the one rule for "the vector beats its controls": beyond a
+  stated percentile of the random values, and ahead of every other trait's vector, by ``|value - center|`` where the
+  sign is not fixed beforehand (a negated vector tracks a quantity as well as the vector; it is never "far behind").
 
 Random projections cost one matmul on cached activations (:func:`project_rows`): no extra forward passes.
 """
@@ -27,11 +30,16 @@ __all__ = [
     "Baseline",
     "random_directions",
     "random_like",
+    "random_in_span",
     "project_rows",
     "compare",
     "layer_controls",
     "compare_measure",
     "baselines_to_dict",
+    "ControlVerdict",
+    "OthersVerdict",
+    "beats_controls",
+    "beats_others",
 ]
 
 DEFAULT_RANDOM_DIRECTIONS = 100
@@ -72,6 +80,26 @@ def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
     norms = tensor.detach().float().cpu().norm(dim=-1)  # [layer]
     draws = random_directions(d_model, k * n_rows, seed=seed).reshape(k, n_rows, d_model)
     return draws * norms[None, :, None]
+
+
+def random_in_span(rows: Float[Tensor, "m d_model"], k: int, *, seed: int = 0,
+                   tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
+    """``k`` seeded unit directions drawn uniformly within the span of ``rows`` (e.g. the centred role vectors).
+
+    The control for "this direction of the span is special": a direction that must lie in the span anyway (a PCA
+    component of these rows) is compared with random directions of the same span, not of all ``d_model``.
+    Raises when the rows span nothing (all zero)."""
+    _check_k(k)
+    matrix = rows.detach().double().cpu()
+    if matrix.ndim != 2:
+        raise ValueError(f"random_in_span needs [m, d_model] rows, got shape {tuple(matrix.shape)}")
+    _, singular, vh = torch.linalg.svd(matrix, full_matrices=False)
+    rank = int((singular > tol * max(float(singular.max()) if singular.numel() else 0.0, 1e-30)).sum())
+    if rank == 0 or float(singular.max()) == 0.0:
+        raise ValueError("the rows span nothing (all zero): there is no span to draw directions in")
+    basis = vh[:rank].float()  # [rank, d_model], orthonormal
+    coefficients = random_directions(rank, k, seed=seed)  # uniform on the unit sphere of the span's coordinates
+    return coefficients @ basis
 
 
 def project_rows(activations: Float[Tensor, "n d_model"],
@@ -246,3 +274,150 @@ def baselines_to_dict(baselines: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-ready nested baselines: every :class:`Baseline` (at any depth of dicts) as its :meth:`Baseline.to_dict`."""
     return {str(key): (value.to_dict() if isinstance(value, Baseline) else baselines_to_dict(value))
             for key, value in baselines.items()}
+
+
+# ------------------------------------------------------------------------------------------ the one rule
+def _statistic(values: np.ndarray, *, two_sided: bool, center: float, higher_is_better: bool) -> np.ndarray:
+    """What "further" means: ``|x - center|`` two-sided, else ``x - center`` (negated when lower is better)."""
+    shifted = values - center
+    if two_sided:
+        return np.abs(shifted)
+    return shifted if higher_is_better else -shifted
+
+
+@dataclass
+class ControlVerdict:
+    """A value against ``n`` control values (e.g. random directions of the same norm), at a stated percentile.
+
+    ``statistic`` is what is compared (``|value - center|`` two-sided, else the signed distance from ``center`` in
+    the "better" direction); ``threshold`` the controls' ``percentile``-th statistic; ``rank`` the share (0-100) of
+    controls whose statistic the value's exceeds (ties count half); ``passed`` is ``statistic > threshold``."""
+
+    value: float
+    statistic: float
+    threshold: float
+    rank: float
+    n: int
+    percentile: float
+    two_sided: bool
+    center: float = 0.0
+    higher_is_better: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return bool(math.isfinite(self.statistic) and self.statistic > self.threshold)
+
+    def summary(self) -> str:
+        """One line, e.g. ``0.81 (statistic 0.81) vs |random - 0| p95 0.42 (rank 100.0, n=200): beats``."""
+        lower = "" if self.higher_is_better else " (lower)"
+        what = f"|random - {self.center:g}|" if self.two_sided else f"random{lower}"
+        if self.center and not self.two_sided:
+            what += f" - {self.center:g}"
+        return (f"{self.value:.3g} (statistic {self.statistic:.3g}) vs {what} p{self.percentile:g} "
+                f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): "
+                f"{'beats' if self.passed else 'does not beat'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "statistic": self.statistic, "threshold": self.threshold, "rank": self.rank,
+                "n": self.n, "percentile": self.percentile, "two_sided": self.two_sided, "center": self.center,
+                "higher_is_better": self.higher_is_better, "passed": self.passed}
+
+
+def beats_controls(value: Any, controls: Sequence[Any], *, two_sided: bool, percentile: float = 95.0,
+                   center: float = 0.0, higher_is_better: bool = True) -> ControlVerdict:
+    """Whether ``value`` lies beyond the ``percentile``-th percentile of its ``controls`` (the one rule for claims).
+
+    ``two_sided=True`` where the sign is not fixed beforehand: ``|value - center|`` against ``|control - center|``
+    (``center``: what no effect gives, 0 for a correlation or a shift, 0.5 for an AUROC). ``two_sided=False``: the
+    signed distance from ``center``, in the direction ``higher_is_better`` says. Non-finite controls are dropped; a
+    non-finite value never passes. Raises when the controls cannot resolve the percentile (fewer than
+    ``100 / (100 - percentile)`` finite controls: the percentile would be their maximum or beyond)."""
+    percentile = float(percentile)
+    if not 0.0 < percentile < 100.0:
+        raise ValueError(f"percentile must lie strictly between 0 and 100, got {percentile!r}")
+    values = np.asarray([_finite(v) for v in controls], dtype=float)
+    values = values[np.isfinite(values)]
+    needed = math.ceil(100.0 / (100.0 - percentile) - 1e-9)
+    if values.size < needed:
+        raise ValueError(f"{values.size} finite control values cannot resolve percentile {percentile:g}: draw at "
+                         f"least {needed} control directions (e.g. random_like(vector, k={max(needed, 100)}))")
+    stats = _statistic(values, two_sided=two_sided, center=center, higher_is_better=higher_is_better)
+    value_f = _finite(value)
+    statistic = float(_statistic(np.asarray([value_f]), two_sided=two_sided, center=center,
+                                 higher_is_better=higher_is_better)[0])
+    if math.isfinite(statistic):
+        rank = float(100.0 * (np.sum(stats < statistic) + 0.5 * np.sum(stats == statistic)) / stats.size)
+    else:
+        rank = math.nan
+    return ControlVerdict(value=value_f, statistic=statistic, threshold=float(np.percentile(stats, percentile)),
+                          rank=rank, n=int(stats.size), percentile=percentile, two_sided=two_sided,
+                          center=float(center), higher_is_better=higher_is_better)
+
+
+@dataclass
+class OthersVerdict:
+    """A value against every other trait's vector: ``passed`` when its statistic leads every other's by ``margin``.
+
+    ``statistics`` maps each other trait to its compared statistic (``|value - center|`` when two-sided);
+    ``lead`` is the value's statistic minus the best other's (nan without others)."""
+
+    value: float
+    statistic: float
+    others: dict[str, float]
+    statistics: dict[str, float]
+    margin: float
+    two_sided: bool
+    center: float = 0.0
+
+    @property
+    def best_other(self) -> str | None:
+        finite = {k: v for k, v in self.statistics.items() if math.isfinite(v)}
+        return max(finite, key=finite.__getitem__) if finite else None
+
+    @property
+    def lead(self) -> float:
+        best = self.best_other
+        if best is None or not math.isfinite(self.statistic):
+            return math.nan
+        return float(self.statistic - self.statistics[best])
+
+    @property
+    def passed(self) -> bool:
+        if not self.others or not math.isfinite(self.statistic):
+            return False
+        if any(not math.isfinite(v) for v in self.statistics.values()):
+            return False  # an undefined other cannot be said to lose
+        return bool(self.lead > self.margin)
+
+    def summary(self) -> str:
+        others = ", ".join(f"{k} {v:.3g}" for k, v in self.others.items())
+        return (f"{self.value:.3g} vs other traits ({others}){' by |value|' if self.two_sided else ''}: lead "
+                f"{self.lead:.3g} over {self.best_other} (needs > {self.margin:g}): "
+                f"{'beats' if self.passed else 'does not beat'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "statistic": self.statistic, "others": dict(self.others),
+                "lead": self.lead, "best_other": self.best_other, "margin": self.margin,
+                "two_sided": self.two_sided, "center": self.center, "passed": self.passed}
+
+
+def beats_others(value: Any, others: Mapping[str, Any], *, two_sided: bool = True, margin: float = 0.0,
+                 center: float = 0.0, higher_is_better: bool = True) -> OthersVerdict:
+    """Whether ``value`` leads every other trait's vector's value by more than ``margin``.
+
+    ``two_sided=True`` (the default: another trait's vector has no sign fixed relative to this trait) compares
+    ``|value - center|`` with ``|other - center|``, so a negated vector that tracks the quantity as well as this one
+    is as close as it really is, never far behind. An undefined (nan) other, or no others at all, is not a pass."""
+    if not others:
+        raise ValueError("beats_others needs at least one other trait's value; with one trait there is no "
+                         "cross-trait control (extract a second trait's vector)")
+    value_f = _finite(value)
+    finite_others = {str(k): _finite(v) for k, v in others.items()}
+
+    def stat(x: float) -> float:
+        return float(_statistic(np.asarray([x]), two_sided=two_sided, center=center,
+                                higher_is_better=higher_is_better)[0])
+
+    return OthersVerdict(value=value_f, statistic=stat(value_f), others=finite_others,
+                         statistics={k: stat(v) for k, v in finite_others.items()}, margin=float(margin),
+                         two_sided=two_sided, center=float(center))
