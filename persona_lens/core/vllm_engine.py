@@ -288,7 +288,7 @@ class VLLMEngine:
         except Exception as error:
             raise EngineUnavailable(f"the vLLM engine failed mid-call ({type(error).__name__}: {error}); nothing "
                                     "of this call was kept. Restart the engine (a new VLLMEngine)") from error
-        fetched = pickle.loads(self.llm.collective_rpc("pl_fetch", args=(keys,))[0])
+        fetched = _merge_ranks([pickle.loads(b) for b in self.llm.collective_rpc("pl_fetch", args=(keys,))])
         if fetched["errors"]:
             first = next(iter(fetched["errors"].values()))
             raise EngineHookError(f"{len(fetched['errors'])} request(s) of this call hit a failing persona_lens hook "
@@ -420,6 +420,21 @@ class VLLMEngine:
             import gc
 
             gc.collect()
+
+
+def _merge_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """One answer from every worker: a pipeline stage reads only the layers it holds (ops of other layers are
+    absent there); tensor-parallel ranks read the same stream, so the first rank's read of an op is kept."""
+    results: dict[str, dict[int, Any]] = {}
+    errors: dict[str, str] = {}
+    for rank in per_rank:
+        for key, reads in rank["results"].items():
+            merged = results.setdefault(key, {})
+            for index, value in reads.items():
+                merged.setdefault(index, value)
+        for key, error in rank["errors"].items():
+            errors.setdefault(key, error)
+    return {"results": results, "errors": errors}
 
 
 @contextmanager
