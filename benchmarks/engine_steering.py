@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer or int(model.cfg.n_layers) // 2
-    print(f"model {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.dtype}) on "
+    print(f"model {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.dtype}) on "
           f"{args.device}; torch threads {torch.get_num_threads()}; layer {layer}; {args.tokens} new tokens")
     print(f"load average before: {os.getloadavg()}")
     start = time.perf_counter()

@@ -178,7 +178,7 @@ class VLLMEngine:
             raise EngineUnavailable("cannot tell which checkpoint vLLM should load for this model; pass "
                                     "VLLMEngine(model, source='HF name or folder')")
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the hooks read the V1 runner's batch
-        dtype = str(getattr(model.cfg, "dtype", torch.float32)).replace("torch.", "")
+        dtype = str(next(model.hf_model.parameters()).dtype).replace("torch.", "")  # vLLM runs the model's dtype
         kwargs = dict(model=source, dtype=dtype, enforce_eager=True, enable_prefix_caching=False,
                       worker_extension_cls=WORKER, max_num_seqs=self.max_num_seqs,
                       max_model_len=self.max_model_len, seed=0)

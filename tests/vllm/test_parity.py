@@ -183,3 +183,25 @@ def test_a_failing_hook_fails_the_call_and_the_engine_lives_on(engine, model):
     ours = pl.generate(model, [prompt], max_new_tokens=8)
     theirs = engine.generate(model, [prompt], max_new_tokens=8)
     assert ours.response_ids == theirs.response_ids
+
+
+def test_the_pipeline_generate_calls_run_steered_on_the_engine(engine, model):
+    """What ``sweep`` / ``extract --engine vllm`` do: generate_replies through an EngineExecutor, steered jobs
+    included, gives the records of the in-process run (greedy)."""
+    from persona_lens.core.scale import raw_coefficient
+    from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, Steering, generate_replies
+    from persona_lens.experiments.executor import EngineExecutor
+
+    v = _direction(model, seed=5)
+    raw = float(raw_coefficient(1.0, v.norm(), median_residual_norms(model)[LAYER]))
+    steering = Steering(v, LAYER, raw)
+    jobs = [ReplyJob(f"q{i}-{s}", make_messages(q), seed=i, fields={"question_text": q},
+                     steering=None if s == "base" else steering)
+            for s in ("base", "steered") for i, q in enumerate(QUESTIONS[:3])]
+    settings = GenerationSettings(max_new_tokens=TOKENS, temperature=0.0, batch_size=8)
+    ours = generate_replies(model, jobs, settings)
+    theirs = generate_replies(model, jobs, settings, executor=EngineExecutor(engine))
+    assert [ours[j.key]["response_ids"] for j in jobs[3:]] != [ours[j.key]["response_ids"] for j in jobs[:3]]
+    for job in jobs:
+        assert theirs[job.key]["response"] == ours[job.key]["response"], job.key
+        assert theirs[job.key]["response_ids"] == ours[job.key]["response_ids"], job.key
