@@ -47,7 +47,11 @@ def main() -> None:
     parser.add_argument("--min-replies", type=int, default=4)
     parser.add_argument("--reads", type=int, default=64)
     parser.add_argument("--tensor-parallel", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in-process (default torch's; vLLM's CPU worker uses one core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer or int(model.cfg.n_layers) // 2
     print(f"model {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.dtype}) on "

@@ -18,6 +18,11 @@ def engine():
     from persona_lens.core.vllm_engine import VLLMEngine
 
     if not _ENGINE:
+        import torch
+
+        # one thread in-process, as vLLM's CPU worker: on a shared 2-core machine two OpenMP threads spin-wait
+        # each other (measured: 4 replies x 32 tokens in 103 s at load average 20)
+        torch.set_num_threads(1)
         model = load_cached("smollm2-135m-instruct")
         _ENGINE.append(VLLMEngine(model, max_num_seqs=64, max_model_len=2048))
     yield _ENGINE[0]

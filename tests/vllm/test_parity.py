@@ -95,9 +95,10 @@ def test_ablation_and_capping_are_the_in_process_ones(engine, model):
         theirs = engine.generate(model, convs, max_new_tokens=TOKENS)
     _assert_same_replies(capped, theirs, "capped")
     # ablation of a direction the stream barely uses changes little; the parity is what is tested here
-    with pl.ablate(model, v, layer="all"):
+    every_layer = v[None].repeat(int(model.cfg.n_layers) + 1, 1)  # the same direction at every layer
+    with pl.ablate(model, every_layer, layer="all"):
         ablated = pl.generate(model, convs, max_new_tokens=TOKENS)
-    with engine.ablate(v, layer="all"):
+    with engine.ablate(every_layer, layer="all"):
         theirs = engine.generate(model, convs, max_new_tokens=TOKENS)
     _assert_same_replies(ablated, theirs, "ablated at every layer")
 
@@ -107,14 +108,21 @@ def test_records_are_the_in_process_records(engine, model):
     norms = median_residual_norms(model)
     with pl.steer(model, v, layer=LAYER - 3, coef=0.5, residual_norms=norms), \
             pl.record(model, v, layer=LAYER) as ours:
-        pl.generate(model, _conversations(), max_new_tokens=TOKENS)
+        out = pl.generate(model, _conversations(), max_new_tokens=TOKENS)
     with engine.steer(v, layer=LAYER - 3, coef=0.5, residual_norms=norms), \
             engine.record(v, layer=LAYER) as theirs:
         engine.generate(model, _conversations(), max_new_tokens=TOKENS)
     a, b = ours.projections(), theirs.projections()
-    assert a.shape == b.shape
-    assert torch.equal(a.isnan(), b.isnan())
-    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, equal_nan=True)
+    worst = 0.0
+    for row, (prompt, response) in enumerate(zip(out.prompt_ids, out.response_ids)):
+        # every token a forward read: the prompt and the reply but its last token (and a stop token, when the
+        # reply stopped: it was fed back). In-process rows that stopped early keep being fed pad tokens while the
+        # batch runs on (recorded there, not in vLLM, which ends the request): those positions are not compared.
+        n = len(prompt) + len(response) - (0 if out.stopped[row] else 1)
+        assert not a[row, :n].isnan().any() and not b[row, :n].isnan().any()
+        torch.testing.assert_close(b[row, :n], a[row, :n], rtol=1e-4, atol=1e-4)
+        worst = max(worst, float((b[row, :n] - a[row, :n]).abs().max()))
+    print(f"recorded projections: max |diff| {worst:.2e} (values up to {float(a.nan_to_num(0).abs().max()):.0f})")
 
 
 def test_captured_residuals_are_hidden_states_at_every_layer(engine, model):
@@ -132,14 +140,19 @@ def test_captured_residuals_are_hidden_states_at_every_layer(engine, model):
         with torch.no_grad():
             model.run_blocks(torch.tensor([prompt]))
     hf = model.hf_model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
-    worst = 0.0
+    def token_error(x, reference):
+        """Per token: |x - ref| / |ref| (float32 kernels summing in another order differ by ~1e-7 per op)."""
+        return float(((x - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
+
+    worst_ours = worst_hf = 0.0
     for lay in range(n_layers + 1):
         assert captured[lay].shape == (len(prompt), int(model.cfg.d_model))
-        torch.testing.assert_close(captured[lay], ours[lay], rtol=1e-4, atol=1e-4)
+        worst_ours = max(worst_ours, token_error(captured[lay], ours[lay]))
         if lay < n_layers:  # HF's last entry has the final norm applied; ours is the last block's output
-            torch.testing.assert_close(captured[lay], hf[lay][0].float(), rtol=1e-4, atol=1e-4)
-        worst = max(worst, float(((captured[lay] - ours[lay]).norm(dim=-1) / ours[lay].norm(dim=-1)).max()))
-    print(f"captured vs in-process residual: max relative error {worst:.2e} over {n_layers + 1} layers")
+            worst_hf = max(worst_hf, token_error(captured[lay], hf[lay][0].float()))
+    print(f"captured residual, max per-token relative error over {n_layers + 1} layers: vs our layer stream "
+          f"{worst_ours:.2e}, vs HF hidden_states {worst_hf:.2e}")
+    assert worst_ours < 1e-5 and worst_hf < 1e-5
 
 
 def test_activation_reads_are_collect_activations(engine, model):
