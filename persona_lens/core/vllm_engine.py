@@ -314,6 +314,7 @@ class VLLMEngine:
         ``ops[i]`` or ``steering[i]`` (an :class:`~persona_lens.experiments.evaluate.Steering`-like object with
         ``vector, layer, coef`` in raw units and ``positions``; None: unsteered)."""
         self.check_matches(model)
+        _refuse_local_hooks(model)
         max_new_tokens = validate.positive_int(max_new_tokens, "max_new_tokens")
         temperature = validate.temperature(temperature, "temperature")
         top_p = validate.probability(top_p, "top_p", allow_zero=False)
@@ -420,6 +421,16 @@ class VLLMEngine:
             import gc
 
             gc.collect()
+
+
+def _refuse_local_hooks(model: Any) -> None:
+    """Hooks installed on the in-process model do not run inside the engine: refuse rather than ignore them."""
+    points = getattr(model, "hook_dict", None) or {}
+    hooked = [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
+    if hooked:
+        raise ValueError(f"hooks are installed on the in-process model ({', '.join(hooked[:3])}), and they do not run "
+                         "inside the vLLM engine: install them on the engine instead (engine.steer / ablate / cap / "
+                         "record, or generate(ops=...)), or generate in-process")
 
 
 def _merge_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:

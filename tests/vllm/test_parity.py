@@ -218,3 +218,10 @@ def test_the_pipeline_generate_calls_run_steered_on_the_engine(engine, model):
     for job in jobs:
         assert theirs[job.key]["response"] == ours[job.key]["response"], job.key
         assert theirs[job.key]["response_ids"] == ours[job.key]["response_ids"], job.key
+
+
+def test_hooks_on_the_in_process_model_are_refused_not_ignored(engine, model):
+    v = _direction(model)
+    with pl.steer(model, v, layer=LAYER, coef=1.0, residual_norms=median_residual_norms(model)):
+        with pytest.raises(ValueError, match="do not run inside the vLLM engine"):
+            engine.generate(model, _conversations()[:1], max_new_tokens=4)
