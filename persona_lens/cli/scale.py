@@ -19,10 +19,11 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-gpus", type=float, default=0, metavar="G",
                         help="GPUs reserved per Ray worker (default 0; 1 on a GPU cluster)")
     parser.add_argument("--ray-cpus", type=float, default=1, metavar="C", help="CPUs per Ray worker (default 1)")
-    parser.add_argument("--engine", default=None, metavar="URL",
+    parser.add_argument("--engine", default=None, metavar="URL|vllm",
                         help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
                              "--model makes the unsteered replies; activations are still read here. Checked to serve "
-                             "the same tokenizer and chat template")
+                             "the same tokenizer and chat template. 'vllm': an in-process vLLM engine of --model "
+                             "makes the steered replies too (needs vllm: scripts/setup_vllm.sh)")
     parser.add_argument("--engine-model", default=None, metavar="NAME",
                         help="the served model name to ask for (default: the only one the server lists)")
     parser.add_argument("--engine-concurrency", type=int, default=8, metavar="N",
@@ -35,8 +36,11 @@ def executor_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "engine", None) is not None:
         if getattr(args, "ray", None) is not None:
             raise BadInput("choose --ray or --engine, not both")
-        from persona_lens.core.engine import OpenAIEngine
         from persona_lens.experiments.executor import EngineExecutor
+
+        if args.engine == "vllm":
+            return EngineExecutor(_vllm_engine(args))
+        from persona_lens.core.engine import OpenAIEngine
 
         return EngineExecutor(OpenAIEngine(args.engine, model=args.engine_model,
                                            concurrency=args.engine_concurrency))
@@ -53,3 +57,17 @@ def executor_from_args(args: argparse.Namespace) -> Any:
                                  address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                                  num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
     return args._executor
+
+
+def _vllm_engine(args: argparse.Namespace) -> Any:
+    """One in-process vLLM engine per command (it starts on the run's model at the first unit)."""
+    if getattr(args, "_vllm_engine", None) is None:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise BadInput("--engine vllm needs vLLM in this environment: run bash scripts/setup_vllm.sh and use "
+                           ".venv-vllm/bin/python (or give --engine the URL of a running server)") from None
+        from persona_lens.core.vllm_engine import VLLMEngine
+
+        args._vllm_engine = VLLMEngine()
+    return args._vllm_engine

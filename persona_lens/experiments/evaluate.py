@@ -168,8 +168,14 @@ def _generate_call(model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettin
 
 def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]
                  ) -> list[Record]:
-    """The same call on a serving engine when it needs no hooks (steered calls stay here)."""
+    """The same call on a serving engine: all of it on an engine that steers (vLLM with our hooks), else when it
+    needs no hooks (steered calls stay here)."""
     part, settings, with_tokens = unit
+    if getattr(engine, "steers", False):  # an engine with our hooks inside (persona_lens.core.vllm_engine)
+        out = engine.generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
+                              temperature=settings.temperature, top_p=settings.top_p,
+                              seeds=[job.seed for job in part], steering=[job.steering for job in part])
+        return _records(part, out, with_tokens)
     if part[0].steering is not None or not all(job.prompt and isinstance(job.prompt[0], dict) for job in part):
         return _generate_call(model, unit)
     out = engine.generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,

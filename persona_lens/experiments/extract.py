@@ -208,10 +208,15 @@ def extract(
         job_messages = make_messages(record["question_text"], system=record["system"])
         return encode_generated(encode_prompt(model.tokenizer, job_messages), record["response_ids"])
 
-    pos_acts = collect_activations(model, [encoded(p) for p, _ in kept], batch_size=config.batch_size,
-                                   progress=progress, desc="extract: activations +")
-    neg_acts = collect_activations(model, [encoded(n) for _, n in kept], batch_size=config.batch_size,
-                                   progress=progress, desc="extract: activations -")
+    engine = getattr(executor, "engine", None)
+
+    def read(conversations: list, desc: str) -> Any:
+        if getattr(engine, "steers", False):  # an engine with our hooks reads there too (core/vllm_engine.py)
+            return engine.collect_activations(conversations)  # type: ignore[union-attr]
+        return collect_activations(model, conversations, batch_size=config.batch_size, progress=progress, desc=desc)
+
+    pos_acts = read([encoded(p) for p, _ in kept], "extract: activations +")
+    neg_acts = read([encoded(n) for _, n in kept], "extract: activations -")
     settings = {**asdict(config), "judge": judge.judge_id, "coherence_judge": coherence_judge.judge_id}
     vectors = {}
     for positions in REDUCTIONS:
