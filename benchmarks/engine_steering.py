@@ -28,7 +28,7 @@ from persona_lens.core.controls import random_directions
 from persona_lens.core.generation import generate
 from persona_lens.core.hooks import steer
 from persona_lens.core.models import load_model
-from persona_lens.core.scale import median_residual_norms, raw_coefficient
+from persona_lens.core.norms import median_residual_norms, raw_coefficient
 from persona_lens.core.vllm_engine import VLLMEngine
 
 QUESTIONS = ["What should I do on a rainy day?", "How do I make a cup of tea?", "Why is the sky blue?",

@@ -41,8 +41,9 @@ from persona_lens.core import validate
 from persona_lens.core.activations import REDUCTIONS, Activations
 from persona_lens.core.chat import EncodedConversation, Message, encode_prompt
 from persona_lens.core.generation import Generation, stop_token_ids
-from persona_lens.core.hooks import Layers, Positions, VectorLike, Window, _check_positions, _per_layer
-from persona_lens.core.scale import raw_coefficient, reference_conversations
+from persona_lens.core.hooks import Layers, Positions, Window, _check_positions, _per_layer
+from persona_lens.core.norms import raw_coefficient, reference_conversations
+from persona_lens.core.vectors import VectorLike
 
 __all__ = ["VLLMEngine", "EngineHookError", "EngineUnavailable", "EngineHandle", "EngineRecording", "Op"]
 
@@ -396,7 +397,7 @@ class VLLMEngine:
 
     def median_residual_norms(self, conversations: Sequence[EncodedConversation] | None = None
                               ) -> Float[Tensor, " layer"]:
-        """:func:`persona_lens.core.scale.median_residual_norms` read on the engine (first token left out)."""
+        """:func:`persona_lens.core.norms.median_residual_norms` read on the engine (first token left out)."""
         if conversations is None:
             conversations = reference_conversations(self.model)
         prompts = [list(ids) for ids in dict.fromkeys(c.input_ids for c in conversations) if len(ids) >= 2]

@@ -16,7 +16,7 @@ from persona_lens.core.chat import encode_conversation, make_messages
 from persona_lens.core.controls import random_directions
 from persona_lens.core.hooks import Window, install_hooks
 from persona_lens.core.layers import hook_name
-from persona_lens.core.scale import median_residual_norms
+from persona_lens.core.norms import median_residual_norms
 from persona_lens.core.vllm_engine import EngineHookError, Op
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -201,7 +201,7 @@ def test_a_failing_hook_fails_the_call_and_the_engine_lives_on(engine, model):
 def test_the_pipeline_generate_calls_run_steered_on_the_engine(engine, model):
     """What ``sweep`` / ``extract --engine vllm`` do: generate_replies through an EngineExecutor, steered jobs
     included, gives the records of the in-process run (greedy)."""
-    from persona_lens.core.scale import raw_coefficient
+    from persona_lens.core.norms import raw_coefficient
     from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, Steering, generate_replies
     from persona_lens.experiments.executor import EngineExecutor
 
