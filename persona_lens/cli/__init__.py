@@ -104,9 +104,13 @@ def run_command(func, args: argparse.Namespace) -> int:
         print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as error:
+        from persona_lens.core.engine import EngineError, EngineMismatch
+        from persona_lens.core.io import UnsafeOutput
         from persona_lens.judges.base import JudgeAuthError
 
-        if isinstance(error, JudgeAuthError):  # a wrong or unauthorised API key: the user's to fix, stop at once
+        # a wrong API key, an output path we must not write, an engine that failed or lied (after its retries):
+        # the user's to fix, one sentence, stop at once
+        if isinstance(error, (JudgeAuthError, UnsafeOutput, EngineError, EngineMismatch)):
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise

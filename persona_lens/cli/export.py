@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
-from persona_lens.cli.options import check_out_file, number_arg
+from persona_lens.cli.options import check_out_file, number_arg, out_path
 
 __all__ = ["configure_parser", "run", "parse_layers"]
 
@@ -52,7 +52,7 @@ def configure_parser(subparsers: Any) -> None:
     )
     parser.add_argument("vector", type=Path, metavar="VECTOR.safetensors", help="a file written by save_vector")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="output file")
+    parser.add_argument("--out", required=True, type=out_path, metavar="PATH", help="output file")
     parser.add_argument(
         "--layers", metavar="SPEC", help="gguf only: layers to export, e.g. 10-20 or 4,8,12 (default: 2..n_layers)"
     )

@@ -32,6 +32,7 @@ from persona_lens.cli.options import (
     default_run_dir,
     load_model_arg,
     load_vectors_arg,
+    out_path,
     parse_layer_spec,
     seed_arg,
     threshold_arg,
@@ -163,7 +164,7 @@ def configure_parser(subparsers: Any) -> None:
                        metavar="VECTOR.safetensors", help="a persona vector to place in the space (repeatable)")
     build.add_argument("--layer", default=None, help="layer of the role map figure (default: 2/3 of the depth)")
     _add_controls(build, 100, "random directions of the controls (PC1 and trait alignment)", positive=True)
-    build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
+    build.add_argument("--out", type=out_path, default=None, help="output folder (default: runs/<model>/space)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
     build.add_argument("--cap-controls", type=seed_arg("--cap-controls"), default=10, metavar="K",
@@ -198,7 +199,7 @@ def configure_parser(subparsers: Any) -> None:
                            helps={"max_new_tokens": "reply length for --user-turns",
                                   "temperature": "sampling temperature for --user-turns, 0 = greedy"})
     _add_controls(drift, 100, "random directions of the drift control", positive=True)
-    drift.add_argument("--out", type=Path, required=True, help="output folder")
+    drift.add_argument("--out", type=out_path, required=True, help="output folder")
     drift.add_argument("--json", action="store_true", help="print the result as JSON")
     drift.set_defaults(func=run_drift)
 
@@ -214,7 +215,7 @@ def configure_parser(subparsers: Any) -> None:
     cap.add_argument("--positions", choices=("response", "all"), default="response",
                      help="where the cap acts: the reply's tokens (default) or every position, the prompt's too (as "
                           "the assistant-axis code caps)")
-    cap.add_argument("--out", type=Path, required=True, help="the cap file to write (.safetensors)")
+    cap.add_argument("--out", type=out_path, required=True, help="the cap file to write (.safetensors)")
     cap.set_defaults(func=run_cap)
 
     evaluate = commands.add_parser("cap-eval", help="in-role rates with and without capping; default replies",
@@ -230,7 +231,7 @@ def configure_parser(subparsers: Any) -> None:
     evaluate.add_argument("--no-jailbreaks", action="store_true", help="skip the roles' jailbreak prompts")
     _add_controls(evaluate, None, "evaluate the first K random-direction cappings of --cap beside the axis "
                                   "(default: all it holds)")
-    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--out", type=out_path, required=True, help="output folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=run_cap_eval)
@@ -300,12 +301,20 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_text_arg(path: Path, option: str) -> str:
+    """The text of a file an option names, through the one reader (:func:`persona_lens.core.io.read_text`)."""
+    from persona_lens.core.io import UnreadableFile, read_text
+
+    try:
+        return read_text(path, option)
+    except UnreadableFile as error:
+        raise BadInput(str(error)) from None
+
+
 def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[str, str]]:
     from persona_lens.core.chat import parse_messages
 
-    if not path.is_file():
-        raise BadInput(f"{option}: no file at {path}")
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+    lines = [(n, line) for n, line in enumerate(_read_text_arg(path, option).splitlines(), start=1)
              if line.strip()]
     if not lines:
         raise BadInput(f"{path} is empty; write one message a line")
@@ -315,6 +324,9 @@ def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[
             "messages": [json.loads(line) for _, line in lines]}
     except json.JSONDecodeError as error:
         raise BadInput(f"{path}: invalid JSON ({error.msg}); write one JSON object a line") from None
+    except RecursionError:
+        raise BadInput(f"{path}: JSON nested too deeply to read (thousands of brackets); this is no conversation: "
+                       "write one message a line") from None
     messages = parse_messages(data)
     if isinstance(messages, str):
         raise BadInput(f"{path}: {messages}")
@@ -337,9 +349,8 @@ def run_drift(args: argparse.Namespace) -> int:
     if args.conversation is not None:
         messages = _read_conversation(args.conversation)
     else:
-        if not args.user_turns.is_file():
-            raise BadInput(f"--user-turns: no file at {args.user_turns}")
-        turns = [line.strip() for line in args.user_turns.read_text(encoding="utf-8").splitlines() if line.strip()]
+        turns = [line.strip() for line in _read_text_arg(args.user_turns, "--user-turns").splitlines()
+                 if line.strip()]
         if not turns:
             raise BadInput(f"{args.user_turns} holds no user turn")
         messages = simulate_conversation(model, turns, system=args.system, max_new_tokens=args.max_new_tokens,
@@ -434,8 +445,8 @@ def run_cap_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return EXIT_OK
-    def fmt(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
+    from persona_lens.core.formatting import format_value as fmt
+
 
     print("role | prompts | in-role rate uncapped -> capped | capped along random directions")
     for row in result.rows:
