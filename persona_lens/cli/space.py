@@ -27,6 +27,8 @@ from persona_lens.cli.options import (
     add_judge_options,
     add_layer_option,
     add_model_options,
+    check_out_dir,
+    check_out_file,
     check_positive,
     count_arg,
     default_run_dir,
@@ -340,12 +342,9 @@ def run_drift(args: argparse.Namespace) -> int:
     from persona_lens.viz.space import plot_drift
 
     check_positive(max_new_tokens=args.max_new_tokens)
-    space = _load_space(args.space)
-    model = load_model_arg(args)
-    _check_space_model(space, model)
-    layer = parse_layer_spec(args.layer, space.n_layers)
-    if not isinstance(layer, int):
-        raise BadInput("--layer takes one layer here")
+    check_out_dir(args.out)
+    # the files first (through the one reader), then the space and the model: a bad file costs no model load
+    messages = turns = None
     if args.conversation is not None:
         messages = _read_conversation(args.conversation)
     else:
@@ -353,14 +352,22 @@ def run_drift(args: argparse.Namespace) -> int:
                  if line.strip()]
         if not turns:
             raise BadInput(f"{args.user_turns} holds no user turn")
+    reference_messages = None if args.reference is None else _read_conversation(args.reference, "--reference")
+    space = _load_space(args.space)
+    model = load_model_arg(args)
+    _check_space_model(space, model)
+    layer = parse_layer_spec(args.layer, space.n_layers)
+    if not isinstance(layer, int):
+        raise BadInput("--layer takes one layer here")
+    if turns is not None:
         messages = simulate_conversation(model, turns, system=args.system, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, seed=args.seed)
     try:
         result = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed)
         paired = None
         if args.reference is not None:
-            reference = project_conversation(model, space, _read_conversation(args.reference, "--reference"),
-                                             layer=layer, k_random=args.random, seed=args.seed)
+            reference = project_conversation(model, space, reference_messages, layer=layer, k_random=args.random,
+                                             seed=args.seed)
             paired = compare_drift(result, reference, k_random=args.random, seed=args.seed)
         context = None
         if args.alone:
@@ -407,6 +414,7 @@ def run_drift(args: argparse.Namespace) -> int:
 def run_cap(args: argparse.Namespace) -> int:
     from persona_lens.experiments.space import calibrate_cap
 
+    check_out_file(args.out)
     space = _load_space(args.space)
     layers = parse_layer_spec(args.layers, space.n_layers)
     layers = [layers] if isinstance(layers, int) else layers

@@ -115,8 +115,10 @@ def encode_generated(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> 
 
 def _describe_space(text: str) -> str:
     """``"2 spaces"``, ``"a blank line"``: what leading whitespace holds, in words."""
-    if "\n" in text:
-        return "a blank line" if text.count("\n") == 1 else f"{text.count(chr(10))} line breaks"
+    breaks = text.count("\n")
+    if breaks:
+        return ("a line break" if breaks == 1 else "a blank line" if breaks == 2 else
+                f"{breaks - 1} blank lines")
     if set(text) == {" "}:
         return f"{len(text)} space{'s' if len(text) != 1 else ''}"
     return f"{len(text)} whitespace characters"

@@ -139,9 +139,6 @@ class RayExecutor:
             except ImportError as error:  # ray://HOST:PORT needs ray[client]
                 raise ImportError(f"--ray {self.address} needs Ray's client: pip install 'persona_lens[scale]' (or "
                                   f"pip install 'ray[client]') ({error})") from error
-            resources = ray.cluster_resources()
-            self._check_resources(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)),
-                                  f"the cluster at {self.address or 'this machine'}")
         return ray
 
     def _check_resources(self, gpus: int, cpus: int, where: str) -> None:
@@ -158,8 +155,13 @@ class RayExecutor:
         return cls.remote(self.name, self.load_kwargs)
 
     def start(self) -> list[Any]:
-        """Start the actors (each loads the model) and check they serve the same model as each other."""
+        """Start the actors (each loads the model) and check they serve the same model as each other; a cluster
+        that lacks the GPUs or CPUs one worker asks for is a ValueError first (Ray would wait forever)."""
         ray = self._ray()
+        if not self.actors:
+            resources = ray.cluster_resources()
+            self._check_resources(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)),
+                                  f"the cluster at {self.address or 'this machine'}")
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor())
         names = set(ray.get([actor.model_name.remote() for actor in self.actors]))
