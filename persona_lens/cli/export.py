@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         if given:
             raise BadInput(f"{', '.join(given)} only apply to --format gguf; {args.format} keeps the whole vector")
+    check_out_file(args.out)  # first: an empty, over-long or special --out is refused before anything looks at it
     if args.out.resolve() == args.vector.resolve():
         raise BadInput(f"--out {args.out} is the input file; choose another path")
     if args.out.is_dir():

@@ -24,7 +24,7 @@ from persona_lens.cli.options import (
     out_path,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
            "calibration_path", "extract_dir"]
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.extract import vector_path
 
     check_controls(args)
+    check_scale_args(args)
     trait = load_trait_arg(args.trait)
     check_judge_arg(args, trait)
     config = extract_config_from_args(args)

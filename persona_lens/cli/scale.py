@@ -8,7 +8,7 @@ from typing import Any
 from persona_lens.cli import BadInput
 from persona_lens.cli.options import count_arg, number_arg
 
-__all__ = ["add_scale_options", "executor_from_args"]
+__all__ = ["add_scale_options", "check_scale_args", "executor_from_args"]
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,24 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
                              "an alias); the prompt token counts are still checked")
 
 
+def check_scale_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot run before any model is loaded or Ray started: ``--ray`` with ``--engine``, and a local
+    cluster asked for more GPUs or CPUs per worker than this machine has (Ray would wait forever, saying nothing)."""
+    if getattr(args, "engine", None) is not None and getattr(args, "ray", None) is not None:
+        raise BadInput("choose --ray or --engine, not both")
+    if getattr(args, "ray", None) != "local":
+        return
+    from persona_lens.experiments.executor import local_resources
+
+    gpus, cpus = local_resources()
+    for flag, asked, has, what in (("--ray-gpus", args.ray_gpus, gpus, "GPU"), ("--ray-cpus", args.ray_cpus, cpus,
+                                                                                "CPU")):
+        if asked > has:
+            raise BadInput(f"{flag} {asked:g}: each Ray worker asks for {asked:g} {what}s, but the local cluster "
+                           f"would have {gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most "
+                           f"{has} (--ray-gpus 0 without a GPU)")
+
+
 def executor_from_args(args: argparse.Namespace) -> Any:
     """None (this process), an EngineExecutor for ``--engine``, or a RayExecutor loading ``--model`` with
     ``--device/--dtype`` for ``--ray``."""
@@ -56,18 +74,8 @@ def executor_from_args(args: argparse.Namespace) -> Any:
         return None
     if getattr(args, "_executor", None) is not None:  # one set of workers per command (they hold the cluster's CPUs)
         return args._executor
-    if args.ray_workers < 1:
-        raise BadInput(f"--ray-workers must be at least 1, got {args.ray_workers}")
-    from persona_lens.experiments.executor import RayExecutor, local_resources
-
-    if args.ray == "local":  # refused here, before any model is loaded or Ray started
-        gpus, cpus = local_resources()
-        for flag, asked, has, what in (("--ray-gpus", args.ray_gpus, gpus, "GPU"), ("--ray-cpus", args.ray_cpus, cpus,
-                                                                                    "CPU")):
-            if asked > has:
-                raise BadInput(f"{flag} {asked:g}: each Ray worker asks for {asked:g} {what}s, but the local cluster "
-                               f"would have {gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most "
-                               f"{has} (--ray-gpus 0 without a GPU)")
+    check_scale_args(args)
+    from persona_lens.experiments.executor import RayExecutor
 
     args._executor = RayExecutor(args.model, load_kwargs={"device": getattr(args, "device", None),
                                                           "dtype": getattr(args, "dtype", None)},

@@ -23,7 +23,7 @@ from persona_lens.cli.options import (
     out_path,
     slug,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run"]
 
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import histogram_figure
 
+    check_scale_args(args)
     for path in args.data:
         if not path.is_file():
             raise BadInput(f"no dataset at {path}")

@@ -39,7 +39,7 @@ from persona_lens.cli.options import (
     seed_arg,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run_build", "run_drift", "run_cap", "run_cap_eval", "role_judges"]
 
@@ -245,6 +245,7 @@ def run_build(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_role_map, plot_variance_explained
 
+    check_scale_args(args)
     roles = _load_roles(args)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
