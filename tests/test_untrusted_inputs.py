@@ -331,6 +331,7 @@ def test_a_ray_cluster_asked_for_what_it_lacks_says_so_at_once(tmp_path):
 def test_ray_client_is_installed_by_the_scale_extra():
     """`--ray ray://HOST:PORT` is documented; it needs ray[client] (grpcio), which the setup now installs."""
     import importlib.util
+
     import tomllib
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -97,9 +97,9 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
                                f"{NAME_MAX} bytes, more than a file system allows; choose a shorter name")
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file above it: making the folder will say so)
         return target
-    except OSError as error:  # ENOTDIR (a file above it), EACCES, ELOOP, ...
+    except OSError as error:  # EACCES, ELOOP, ...
         raise UnsafeOutput(f"cannot check the output path {target}: {error.strerror}; choose another path") from None
     if stat.S_ISREG(mode) and not folder:
         return target
