@@ -284,7 +284,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     write_text_atomic(out, html_page)
     numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
                "traces": [t.to_json() for t in traces], "html": str(out)}
-    out.with_suffix(".json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=2, ensure_ascii=False))
     if args.json:
         print(json.dumps(numbers, indent=2, ensure_ascii=False))
     else:

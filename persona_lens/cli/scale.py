@@ -33,9 +33,9 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
                         help="requests in flight at once (default 8)")
     parser.add_argument("--engine-timeout", type=number_arg("--engine-timeout", above=0), default=None,
                         metavar="SECONDS",
-                        help="seconds one request may take before the run stops with an error naming the server "
-                             "(default: 60 + 0.5 per requested token); 429, 5xx and dropped connections are retried "
-                             "3 times with backoff first")
+                        help="seconds without any answer from the engine before the run stops with an error "
+                             "naming the server (default: 60 + 0.5 per requested token); 429, 5xx and dropped "
+                             "connections are retried 3 times with backoff first")
     parser.add_argument("--engine-any-name", action="store_true",
                         help="accept replies that name another model than the one asked for (a server that reports "
                              "an alias); the prompt token counts are still checked")

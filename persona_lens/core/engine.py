@@ -19,7 +19,9 @@ A server is trusted with nothing it cannot show (README "Reliability", ``tests/c
   answer within ``timeout`` seconds (default: 60 s plus 0.5 s per requested token) ends in one sentence naming the
   server;
 * requests run on daemon threads while this thread waits in short steps, printing progress when an answer is slow
-  (every ``progress_every`` seconds): Ctrl-C ends the command at once, even during a request that hangs.
+  (every ``progress_every`` seconds): Ctrl-C ends the command at once, even during a request that hangs. The timeout
+  counts from the last answer (a server that serves requests one at a time keeps the later ones queued, and they
+  are not cut short while answers keep coming); one request's connection gives up after ``timeout * concurrency``.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class OpenAIEngine:
     """A client of ``url`` (``http://host:port``, with or without ``/v1``).
 
     ``model``: the served model name to ask for; default the only one the server lists (an error if it lists
-    several). ``timeout``: seconds one request may take (default :func:`request_timeout` of its ``max_tokens``).
+    several). ``timeout``: seconds without any answer before giving up (default :func:`request_timeout` of the
+    requests' ``max_tokens``).
     ``retries`` / ``backoff``: tries after a transient fault, waiting ``backoff * 2**k`` seconds.
     ``allow_other_name``: accept replies that name another model than the one asked for (a server reporting an
     alias). ``progress_every``: seconds between "still waiting" lines on stderr (None: silent).
@@ -159,7 +162,7 @@ class OpenAIEngine:
                  ) -> dict[str, Any]:
         """One request with its retries: a transient fault is tried again ``retries`` times with backoff."""
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        timeout = self._timeout(max_tokens)
+        timeout = self._timeout(max_tokens) * self.concurrency  # queued behind the others on a one-at-a-time server
         for attempt in range(self.retries + 1):
             try:
                 return self._once(path, data, timeout)
@@ -171,9 +174,10 @@ class OpenAIEngine:
                 time.sleep(fault.wait if fault.wait is not None else self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _run(self, calls: Sequence[Callable[[], T]], what: str) -> list[T]:
+    def _run(self, calls: Sequence[Callable[[], T]], what: str, max_tokens: int | None = None) -> list[T]:
         """Run ``calls`` on ``concurrency`` daemon threads; this thread waits in short steps (Ctrl-C ends it at
-        once), says every ``progress_every`` seconds what it waits for, and raises the first failure."""
+        once), says every ``progress_every`` seconds what it waits for, raises the first failure, and gives up when
+        no answer came for the timeout of a ``max_tokens`` request."""
         results: list[Any] = [None] * len(calls)
         errors: list[BaseException] = []
         done = threading.Semaphore(0)
@@ -195,14 +199,20 @@ class OpenAIEngine:
 
         for _ in range(min(self.concurrency, len(calls))):
             threading.Thread(target=worker, daemon=True, name="persona_lens-engine").start()
-        start = last_word = time.monotonic()
+        start = last_word = last_answer = time.monotonic()
+        limit = self._timeout(max_tokens)
         finished = 0
         while finished < len(calls):
             if done.acquire(timeout=0.1):
                 finished += 1
+                last_answer = time.monotonic()
             if errors:
                 raise errors[0]
             now = time.monotonic()
+            if finished < len(calls) and now - last_answer > limit:
+                raise EngineError(f"the engine at {self.base} gave no complete answer within {limit:g} s ({finished} "
+                                  f"of {len(calls)} {what} answered); the server is stuck or overloaded: check it, "
+                                  "or allow more time with --engine-timeout SECONDS")
             if self.progress_every is not None and now - last_word >= self.progress_every:
                 last_word = now
                 print(f"waiting for the engine at {self.base}: {finished} of {len(calls)} {what} answered after "
@@ -275,7 +285,7 @@ class OpenAIEngine:
              seed: int | None = None) -> dict[str, Any]:
         """One chat completion, checked: ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
         return self._run([lambda: self._chat_request(messages, max_tokens=max_tokens, temperature=temperature,
-                                                     top_p=top_p, seed=seed)], "reply")[0]
+                                                     top_p=top_p, seed=seed)], "reply", max_tokens)[0]
 
     def check_matches(self, model: Any) -> None:
         """Raise :class:`EngineMismatch` unless the server tokenizes our probe conversation as ``model`` does.
@@ -315,7 +325,7 @@ class OpenAIEngine:
         calls = [lambda c=c, s=s: self._chat_request(c, max_tokens=max_new_tokens, temperature=temperature,
                                                       top_p=top_p, seed=s)
                  for c, s in zip(conversations, seeds)]
-        answers = self._run(calls, "replies")
+        answers = self._run(calls, "replies", max_new_tokens)
         prompts = [encode_prompt(model.tokenizer, c) for c in conversations]
         where = f"the engine at {self.base} (/chat/completions)"
         for answer, prompt in zip(answers, prompts):
