@@ -4,8 +4,9 @@ model name, malformed body).
 
 It tokenizes each request's messages with the model's own tokenizer (so the probe's prompt token count is the real
 one) and answers ``reply`` as text. ``faults`` is a list consumed one per chat request (after ``healthy_first``
-healthy chat requests): ``"hang"``, ``"drop"``, ``"500"``, ``"429"``, ``"null"``, ``"empty"``, ``"overlong"``,
-``"other-name"``, ``"malformed"``, ``"bad-count"``; ``always`` repeats one fault for every later request.
+healthy chat requests): ``"hang"``, ``"drop"``, ``"500"``, ``"429"``, ``"null"``, ``"empty"``, ``"empty-stop"``
+(a real empty reply: stop after one token), ``"overlong"``, ``"other-name"``, ``"malformed"``, ``"bad-count"``;
+``always`` repeats one fault for every later request.
 ``counts["chat"]`` counts chat requests (probe included).
 """
 
@@ -81,6 +82,8 @@ class FakeEngine:
                     text = None
                 elif fault == "empty":
                     text = ""
+                elif fault == "empty-stop":  # the model's first token ended its turn: a real, empty reply
+                    text, completion = "", 1
                 elif fault == "overlong":
                     text, completion = "Arr " * 2000, 2000
                 elif fault == "other-name":
@@ -89,7 +92,7 @@ class FakeEngine:
                     prompt_tokens += 3
                 self._send(200, json.dumps({
                     "id": "x", "object": "chat.completion", "model": name,
-                    "choices": [{"index": 0, "finish_reason": "length",
+                    "choices": [{"index": 0, "finish_reason": "stop" if fault == "empty-stop" else "length",
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion}}).encode())
 

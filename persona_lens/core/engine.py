@@ -10,7 +10,8 @@ recorded (:meth:`OpenAIEngine.settings`, kept in a run's ``settings.json``). Onl
 
 A server is trusted with nothing it cannot show (README "Reliability", ``tests/core/test_engine_faults.py``):
 
-* every reply is checked before it is kept: a ``null`` or empty content, more tokens than ``max_tokens`` (as the
+* every reply is checked before it is kept: a ``null`` content, an empty one (unless the server says the model
+  stopped at its first token: ``finish_reason "stop"`` after at most one token), more tokens than ``max_tokens`` (as the
   server counts them and as our tokenizer re-counts the text), a prompt token count other than ours, or another
   model's name than the one asked for (unless ``allow_other_name``) is an :class:`EngineError` /
   :class:`EngineMismatch`, and the whole generate call keeps nothing;
@@ -258,16 +259,17 @@ class OpenAIEngine:
         except (KeyError, IndexError, TypeError):
             raise EngineError(f"{where} answered no reply ({str(answer)[:200]}); --engine must be an "
                               "OpenAI-compatible server") from None
-        if not isinstance(text, str) or not text:
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        if not isinstance(text, str) or (not text and not _ended_at_once(choice, usage)):
             raise EngineError(f"{where} answered an empty reply (content {text!r}, finish_reason "
-                              f"{choice.get('finish_reason')!r}); nothing of this call is kept. The server failed to "
-                              "generate: check its log (a reply cannot be empty)")
+                              f"{choice.get('finish_reason')!r}, completion_tokens {usage.get('completion_tokens')!r});"
+                              " nothing of this call is kept. The server failed to generate: check its log (an empty "
+                              "reply is kept only when the server says it stopped at the first token)")
         name = answer.get("model")
         if isinstance(name, str) and name != self.model and not self.allow_other_name:
             raise EngineMismatch(f"{where} answered as model {name!r}, but {self.model!r} was asked for: another "
                                  "model answered. Serve the model asked for, or pass --engine-any-name if the server "
                                  "reports an alias")
-        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
         counts = {}
         for field in ("prompt_tokens", "completion_tokens"):
             value = usage.get(field)
@@ -343,6 +345,14 @@ class OpenAIEngine:
                                   "max_tokens or serves another tokenizer")
         return Generation([a["text"] for a in answers], prompts, response_ids,
                           [_stopped(a, ids) for a, ids in zip(answers, response_ids)])
+
+
+def _ended_at_once(choice: dict[str, Any], usage: dict[str, Any]) -> bool:
+    """Whether an empty reply is the model's own (its first token ended the turn): the server says it stopped
+    (``finish_reason == "stop"``) after at most one completion token. Anything else empty is a server failure."""
+    count = usage.get("completion_tokens")
+    return (choice.get("finish_reason") == "stop" and isinstance(count, int) and not isinstance(count, bool)
+            and 0 <= count <= 1)
 
 
 def _stopped(answer: dict[str, Any], response_ids: Sequence[int]) -> bool:

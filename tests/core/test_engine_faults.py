@@ -83,6 +83,15 @@ def test_replies_we_cannot_trust_are_one_sentence_and_nothing_is_kept(tmp_path, 
     assert not (tmp_path / "r.jsonl").exists() or JsonlRecords(tmp_path / "r.jsonl").load() == {}
 
 
+def test_an_empty_reply_the_server_says_the_model_ended_at_once_is_kept(tmp_path):
+    """An end-of-turn as the first token is the model's own empty reply (in-process generate keeps it too): kept as
+    a stopped reply with no tokens; any other empty content is an error (above)."""
+    with FakeEngine(load_cached("tiny-llama").tokenizer, faults=["empty-stop"]) as server:
+        records = run(server.url, tmp_path / "r.jsonl")
+    assert records["q0"]["response"] == "" and records["q0"]["response_ids"] == [] and records["q0"]["stopped"]
+    assert records["q1"]["response"] == server.reply
+
+
 def test_another_name_is_accepted_when_asked_and_the_served_name_is_recorded(tmp_path):
     with FakeEngine(load_cached("tiny-llama").tokenizer, faults=["other-name"]) as server:
         records = run(server.url, tmp_path / "r.jsonl", allow_other_name=True)
