@@ -28,6 +28,8 @@ def _heavy_modules_after(code: str) -> list[str]:
 
 @pytest.mark.parametrize("code", [
     "import persona_lens",
+    "import persona_lens.core, persona_lens.judges, persona_lens.traits, persona_lens.experiments, persona_lens.viz",
+    "from persona_lens import Error; import persona_lens.cli",  # the CLI catches persona_lens.Error
     "import persona_lens.cli; persona_lens.cli.build_parser()",
     "import persona_lens.cli.sweep; persona_lens.cli.sweep.build_parser()",
 ])

@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+from persona_lens.core.errors import Error
+
 __all__ = ["main", "build_parser", "run_command", "parse_args", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "BadInput"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -31,7 +33,7 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-class BadInput(Exception):
+class BadInput(Error):
     """Raised by a command for input the user can fix; printed without a traceback, exit code 2."""
 
 
@@ -43,13 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # a command whose module does not exist yet
-            raise
-        module.configure_parser(subparsers)
+        importlib.import_module(module_name).configure_parser(subparsers)
     return parser
 
 

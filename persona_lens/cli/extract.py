@@ -142,20 +142,19 @@ def run(args: argparse.Namespace) -> int:
 def write_cosines(vector: Any, against: list[Any], out_dir: Path, *, controls: int, control_seed: int
                   ) -> dict[str, Any]:
     """The cosine matrix of ``vector`` and the ``against`` vectors per layer: cosines.json, cosines.md, figure."""
-    from persona_lens.core.io import write_json_atomic, write_text_atomic
     from persona_lens.experiments.extract import format_cosines, trait_cosines
-    from persona_lens.viz.controls import cosine_figure
-    from persona_lens.viz.figures import write_figure
 
     try:
         cosines = trait_cosines([vector, *against], controls=controls, control_seed=control_seed)
     except ValueError as error:
         raise BadInput(f"--against: {error}") from None
-    data = cosines.to_json()
-    table = format_cosines(cosines)
-    write_json_atomic(out_dir / "cosines.json", data)
-    write_text_atomic(out_dir / "cosines.md", table)
-    files = [str(p) for p in write_figure(cosine_figure(cosines, title=f"Cosine of {vector.trait!r} with the other "
-                                                                       "traits' vectors per layer"),
-                                          out_dir / "cosines.html")]
-    return {**data, "table": table, "files": [str(out_dir / "cosines.json"), str(out_dir / "cosines.md"), *files]}
+    files = [*cosines.save(out_dir), *draw_cosines(cosines, out_dir)]
+    return {**cosines.to_json(), "table": format_cosines(cosines), "files": [str(path) for path in files]}
+
+
+def draw_cosines(cosines: Any, out_dir: Path) -> list[Path]:
+    """Write the cosine figure of ``cosines`` (fresh, or ``TraitCosines.load``-ed from ``out_dir``) into ``out_dir``."""
+    from persona_lens.viz.controls import cosines_figures
+    from persona_lens.viz.figures import write_figure
+
+    return [path for name, figure in cosines_figures(cosines).items() for path in write_figure(figure, out_dir / name)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -110,15 +109,9 @@ def _labels(names: list[str]) -> list[str]:
     return labels
 
 
-def run(args: argparse.Namespace) -> int:
+def _prompts(args: argparse.Namespace, trait: Any) -> list[Any]:
     from persona_lens.core.chat import make_messages
-    from persona_lens.core.io import atomic_output, write_json_atomic
-    from persona_lens.experiments.shift import shift_study
-    from persona_lens.viz.controls import baseline_figure
-    from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.projections import shift_figure
 
-    trait = load_trait_arg(args.trait) if args.trait else None
     if args.prompts is not None:
         prompts = read_prompts(args.prompts)
     elif trait is not None:
@@ -133,14 +126,17 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--score needs --trait (its eval questions and rubric)")
     if args.score_base and not args.score:
         raise BadInput("--score-base needs --score")
-    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    lock_out(args.out)
-    check_controls(args)
+    return prompts
+
+
+def _study(args: argparse.Namespace, trait: Any, prompts: list[Any]) -> Any:
+    """Load the base model, the vectors and the judges, and run the study (the finetunes one at a time)."""
+    from persona_lens.experiments.shift import shift_study
+
     labels = _labels(args.finetuned)
     by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
                **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
     given = _given_scores(args.given_score, by_name)
-
     paths = default_vector_paths(args, trait.name if trait is not None else None)
     if args.score:
         check_judge_arg(args, trait)
@@ -170,56 +166,59 @@ def run(args: argparse.Namespace) -> int:
                                 "coherence_judge": coherence_judge} if args.score else {}))
     except ValueError as error:
         raise BadInput(str(error)) from None
+    study.trait = trait.name if trait is not None else None
+    return study
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = study.to_json(with_texts=True)
-    data.update(base=base.cfg.model_name, n_prompts=len(prompts), trait=trait.name if trait else None)
-    write_json_atomic(args.out / "shift.json", data)
+
+def draw(study: Any, out: Path) -> list[Path]:
+    """Write every figure of ``study`` (fresh, or :meth:`ShiftStudy.load`-ed from ``out``) into ``out``."""
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import shift_figures
+
+    return [path for (name, kind), figure in shift_figures(study).items()
+            for path in write_figure(figure, out / f"shift_{slug(name)}{kind}.html")]
+
+
+def summarise(study: Any, files: list[Path]) -> dict[str, Any]:
+    """The summary printed (``--json``) for a study, fresh or loaded."""
     scores = study.scores()
-    with atomic_output(args.out / "shift.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", *(f"shift_{t}" for t in study.traits), "trait_score"])
-        for result, score in zip(study.results, scores):
-            writer.writerow([result.label, *(f"{result.shift[t]:.6g}" for t in study.traits),
-                             "" if score is None else f"{score:.6g}"])
-    figures = []
-    if any(s is not None for s in scores):
-        for name in study.traits:
-            corr = study.correlation(name)
-            point_labels, shifts, ys = [r.label for r in study.results], study.shifts(name), list(scores)
-            if study.base_evaluation is not None:
-                point_labels, shifts, ys = [*point_labels, "base"], [*shifts, 0.0], \
-                    [*ys, study.base_evaluation.mean_score]
-            figure = shift_figure(point_labels, shifts, ys, trait=name,
-                                  score_name=f"{trait.name if trait else 'trait'} score",
-                                  r=corr["pearson_r"] if corr["pearson_r"] is not None else math.nan,
-                                  baseline=study.baseline(name))
-            figures += [str(p) for p in write_figure(figure, args.out / f"shift_{slug(name)}.html")]
-            controls = baseline_figure({"r(shift, score)": study.baseline(name),
-                                        **{f"shift of {r.label}": r.baselines[name] for r in study.results}},
-                                       title=f"Shift along {name} at layer {layer}, beside its controls", vector=name)
-            figures += [str(p) for p in write_figure(controls, args.out / f"shift_{slug(name)}.controls.html")]
-    summary = {"base": base.cfg.model_name, "layer": layer, "traits": study.traits,
-               "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
-               "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
-               "correlations": data["correlations"], "baselines": data["baselines"],
-               "model_baselines": {r.label: {t: b.to_dict() for t, b in r.baselines.items()} for r in study.results},
-               "files": [str(args.out / "shift.json"),
-                                                               str(args.out / "shift.csv"), *figures]}
+    data = study.to_json()
+    return {"base": study.base_model, "layer": study.layer, "traits": study.traits,
+            "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
+            "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
+            "correlations": data["correlations"], "baselines": data["baselines"],
+            "model_baselines": {r.label: {t: b.to_dict() for t, b in r.baselines.items()} for r in study.results},
+            "files": [str(path) for path in files]}
+
+
+def _print(summary: dict[str, Any], n_prompts: int) -> None:
+    traits = summary["traits"]
+    print(f"shift at layer {summary['layer']} relative to {summary['base']} over {n_prompts} prompts:")
+    print("\t".join(["model", *traits, "score"]))
+    for row in summary["models"]:
+        print("\t".join([row["label"], *(f"{row['shift'][t]:+.4f}" for t in traits),
+                         "n/a" if row["score"] is None else f"{row['score']:.1f}"]))
+    for row in summary["models"]:
+        for name in traits:
+            print(f"  {row['label']} along {name}: {baseline_line(summary['model_baselines'][row['label']][name])}")
+    for name, corr in summary["correlations"].items():
+        if corr["pearson_r"] is not None:
+            print(f"r(shift along {name}, score) = {corr['pearson_r']:.3f} over {corr['n_models']} models")
+            print(f"  {baseline_line(summary['baselines'][name]['pearson_r'])}")
+    print("wrote " + ", ".join(summary["files"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    trait = load_trait_arg(args.trait) if args.trait else None
+    prompts = _prompts(args, trait)
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    lock_out(args.out)
+    check_controls(args)
+    study = _study(args, trait, prompts)
+    files = [*study.save(args.out), *draw(study, args.out)]
+    summary = summarise(study, files)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"shift at layer {layer} relative to {base.cfg.model_name} over {len(prompts)} prompts:")
-        print("\t".join(["model", *study.traits, "score"]))
-        for row in summary["models"]:
-            print("\t".join([row["label"], *(f"{row['shift'][t]:+.4f}" for t in study.traits),
-                             "n/a" if row["score"] is None else f"{row['score']:.1f}"]))
-        for row in summary["models"]:
-            for name in study.traits:
-                print(f"  {row['label']} along {name}: {baseline_line(summary['model_baselines'][row['label']][name])}")
-        for name, corr in summary["correlations"].items():
-            if corr["pearson_r"] is not None:
-                print(f"r(shift along {name}, score) = {corr['pearson_r']:.3f} over {corr['n_models']} models")
-                print(f"  {baseline_line(summary['baselines'][name]['pearson_r'])}")
-        print("wrote " + ", ".join(summary["files"]))
+        _print(summary, study.n_prompts)
     return EXIT_OK

@@ -160,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
                                     progress=not args.quiet, executor=executor_from_args(args))
     except ValueError as error:
         raise BadInput(str(error)) from error
-    write_sweep_figure(result)
     controls = run_sweep_controls(args, model, vector, trait, result, judge, coherence)
+    draw(result, controls)
     if args.json:
         print(json.dumps({"chosen": None if result.chosen is None else vars(result.chosen), "reason": result.reason,
                           "baseline": vars(result.baseline), "paths": {k: str(v) for k, v in result.paths.items()},
@@ -191,44 +191,40 @@ def run(args: argparse.Namespace) -> int:
 
 def run_sweep_controls(args: argparse.Namespace, model: Any, vector: Any, trait: Any, result: Any, judge: Any,
                        coherence: Any) -> Any:
-    """Steer the chosen cell with --controls random vectors, the flipped vector and the --against vectors; write
-    controls.json and its figure beside the sweep (None when there is no chosen cell or no control asked)."""
+    """Steer the chosen cell with --controls random vectors, the flipped vector and the --against vectors; writes
+    controls.json beside the sweep (None when there is no chosen cell or no control asked)."""
     from persona_lens.experiments.steering_sweep import run_steering_controls
-    from persona_lens.viz.controls import baseline_figure
-    from persona_lens.viz.figures import write_figure
 
     if result.chosen is None or not (args.controls or args.against):
         return None
     against = load_vectors_arg(args.against, model, allow_other_model=args.allow_other_model)
     try:
-        controls = run_steering_controls(model, vector, trait, result.chosen, judge=judge, coherence_judge=coherence,
-                                         config=result.config, out_dir=result.out_dir, controls=args.controls,
-                                         control_seed=args.control_seed, against=against, progress=not args.quiet)
+        return run_steering_controls(model, vector, trait, result.chosen, judge=judge, coherence_judge=coherence,
+                                     config=result.config, out_dir=result.out_dir, controls=args.controls,
+                                     control_seed=args.control_seed, against=against, progress=not args.quiet)
     except ValueError as error:
         raise BadInput(str(error)) from error
-    figure = baseline_figure(controls.baselines, vector=trait.name,
-                             title=f"Steering at layer {controls.layer}, coefficient {controls.coef_relative:g} "
-                                   "relative: the vector beside random vectors of its norm")
-    for path in write_figure(figure, result.out_dir / "controls.html"):
-        controls.paths[path.suffix.lstrip(".")] = path
-    return controls
+
+
+def draw(result: Any, controls: Any = None) -> list[Path]:
+    """Write every figure of a sweep (fresh, or loaded with ``SteeringSweepResult.load``) into its folder:
+    ``sweep.html`` (and ``sweep.png`` where a browser can render it), and ``controls.html`` with ``controls``;
+    adds them to ``result.paths`` (``html``, ``png``) and ``controls.paths``."""
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.steering import sweep_figures
+
+    written = []
+    for name, figure in sweep_figures(result, controls).items():
+        paths = write_figure(figure, result.out_dir / name)
+        owner = result.paths if name == "sweep.html" else controls.paths
+        owner.update({path.suffix.lstrip("."): path for path in paths})
+        written += paths
+    return written
 
 
 def write_sweep_figure(result: Any) -> list[Path]:
-    """Draw the steering curves of a :class:`~persona_lens.experiments.steering_sweep.SteeringSweepResult` into
-    ``sweep.html`` (and ``sweep.png`` where a browser can render it) beside its table; adds them to ``result.paths``."""
-    from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.steering import plot_steering_curves
-
-    config = result.config
-    figure = plot_steering_curves(result.cells, result.baseline, chosen=result.chosen,
-                                  title=f"Steering {result.model_name} with the {result.trait!r} vector "
-                                        f"({config.positions} positions)",
-                                  x=config.coefficient_mode, coherence_threshold=config.coherence_threshold)
-    written = write_figure(figure, result.out_dir / "sweep.html")
-    for path in written:
-        result.paths[path.suffix.lstrip(".")] = path
-    return written
+    """Draw the steering curves of a sweep result into ``sweep.html`` beside its table (see :func:`draw`)."""
+    return draw(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,11 @@ from persona_lens.core.chat import EncodedConversation, Message, TokenBatch, col
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, install_hooks, token_layout
 from persona_lens.core.layers import hook_name
-from persona_lens.core.scale import median_residual_norms, model_device
-from persona_lens.core.vectors import PersonaVector
+from persona_lens.core.norms import median_residual_norms, model_device
+from persona_lens.core.vectors import REDUCTIONS, PersonaVector
 
 __all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms", "ContrastItem",
            "encode_contrast_item", "contrast_vector"]
-
-REDUCTIONS = ("response", "prompt", "last_prompt")
 
 
 @dataclass

@@ -28,6 +28,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from persona_lens.core.errors import Error
+
 __all__ = [
     "Message",
     "ROLES",
@@ -45,13 +47,14 @@ __all__ = [
     "encode_conversation",
     "encode_generated",
     "collate",
+    "token_pieces",
 ]
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
-class TemplateBoundaryError(ValueError):
+class TemplateBoundaryError(Error, ValueError):
     """The chat template does not give an exact token boundary between prompt and response."""
 
 
@@ -338,3 +341,22 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> tuple[list[ChatRecord], lis
     for record in iter_chat_jsonl(path):
         (good if isinstance(record, ChatRecord) else bad).append(record)  # type: ignore[arg-type]
     return good, bad
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int], context: int = 8) -> list[str]:
+    """The text each token adds, so that ``"".join(pieces)`` reads as the decoded text.
+
+    Piece ``i`` is ``decode(ids[s:i+1]) - decode(ids[s:i])`` with ``s = i - context``: tokens whose bytes complete a
+    character only together (byte-level BPE) give the character to the token that completes it.
+    """
+    pieces = []
+    for i in range(len(ids)):
+        start = max(0, i - context)
+        before = tokenizer.decode(list(ids[start:i]), skip_special_tokens=False) if i > start else ""
+        upto = tokenizer.decode(list(ids[start : i + 1]), skip_special_tokens=False)
+        while before.endswith("\ufffd"):
+            before = before[:-1]
+        while upto.endswith("\ufffd") and i + 1 < len(ids):
+            upto = upto[:-1]
+        pieces.append(upto[len(before):] if upto.startswith(before) else upto)
+    return pieces

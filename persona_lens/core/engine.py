@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from persona_lens.core.chat import Message, TemplateBoundaryError, encode_conversation, encode_prompt
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import Generation
 
 __all__ = ["OpenAIEngine", "EngineError", "EngineMismatch", "request_timeout"]
@@ -52,11 +53,11 @@ _TRANSIENT_HTTP = {429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER = 30.0
 
 
-class EngineError(RuntimeError):
+class EngineError(Error, RuntimeError):
     """The server could not be reached or answered something unusable (after the retries a transient fault gets)."""
 
 
-class EngineMismatch(ValueError):
+class EngineMismatch(Error, ValueError):
     """The server serves another model (or tokenizer / chat template) than the one we read activations from."""
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -51,15 +51,11 @@ from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.protocols import TransformerLensModel
 from persona_lens.core.runners import EXPLICIT_LAYOUT, UnreadablePositions, attach_reader, detach_reader, read_forward
 from persona_lens.core.validate import check_all_finite, finite, finite_values, layer_index
-from persona_lens.core.vectors import check_vector, unit_rows
-
-if TYPE_CHECKING:
-    from persona_lens.core.vectors import PersonaVector
+from persona_lens.core.vectors import VectorLike, check_vector, unit_rows
 
 __all__ = [
     "Layers",
     "Positions",
-    "VectorLike",
     "Window",
     "TokenLayout",
     "token_layout",
@@ -95,8 +91,6 @@ class Window:
 
 Positions = Union[Literal["all", "prompt", "response"], Window]  # noqa: UP007 (a runtime alias)
 
-VectorLike = Union["PersonaVector", Float[Tensor, "layer d_model"], Float[Tensor, " d_model"]]  # noqa: UP007
-"""What the installers apply: a persona vector, its raw ``[n_layers + 1, d_model]`` rows, or one direction."""
 
 
 @dataclass
@@ -580,10 +574,10 @@ def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coe
 
     ``coef`` is *relative*, in the units the CLI and the steering sweep report: the added vector has norm
     ``coef * median|h_l|``, the residual stream's median token norm at that layer, i.e. the raw coefficient is
-    ``coef * median|h_l| / |v_l|`` (:func:`persona_lens.core.scale.raw_coefficient`). ``median|h_l|`` comes from
-    ``residual_norms`` (``[n_layers + 1]``, e.g. :func:`persona_lens.core.scale.median_residual_norms` on your
+    ``coef * median|h_l| / |v_l|`` (:func:`persona_lens.core.norms.raw_coefficient`). ``median|h_l|`` comes from
+    ``residual_norms`` (``[n_layers + 1]``, e.g. :func:`persona_lens.core.norms.median_residual_norms` on your
     prompts, or a sweep's ``sweep.json`` ``median_residual_norm``), else it is measured now on the neutral
-    :data:`~persona_lens.core.scale.REFERENCE_QUESTIONS`. ``raw=True``: ``coef`` is the paper's raw ``a`` in
+    :data:`~persona_lens.core.norms.REFERENCE_QUESTIONS`. ``raw=True``: ``coef`` is the paper's raw ``a`` in
     ``h_l + a v_l``. ``coef`` may hold one value per conversation (a coefficient sweep in one batch).
 
     ``positions`` defaults to ``"response"`` (the last prompt token and every generated token, as in the paper).
@@ -597,7 +591,7 @@ def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coe
     if incremental:
         raise ValueError("incremental steering adds v_l - v_{l-1} at every layer, which has no single relative size; "
                          "pass the coefficient in raw units (raw=True)")
-    from persona_lens.core.scale import median_residual_norms, raw_coefficient
+    from persona_lens.core.norms import median_residual_norms, raw_coefficient
 
     norms = median_residual_norms(model) if residual_norms is None else torch.as_tensor(residual_norms).float()
     n_layers = int(model.cfg.n_layers)

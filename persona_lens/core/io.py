@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.errors import Error
+
 __all__ = [
     "FolderLock",
     "FolderBusy",
@@ -60,7 +62,7 @@ PATH_MAX = 4096
 NAME_MAX = 255
 
 
-class UnsafeOutput(ValueError):
+class UnsafeOutput(Error, ValueError):
     """An output path we must not write: empty, too long, or something other than a regular file or a folder is
     there (a device, a FIFO, a socket, a symbolic link). The message names the path and the fix."""
 
@@ -113,7 +115,7 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
                        "path")
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(Error, ValueError):
     """A file a command was pointed at that cannot be read as text; the message names the file (and line), the fix."""
 
 
@@ -430,7 +432,7 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> 
     write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(Error, RuntimeError):
     """Another live process holds the folder's lock."""
 
 

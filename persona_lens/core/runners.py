@@ -37,11 +37,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from persona_lens.core.errors import Error
+
 __all__ = ["RunnerReader", "ReadForward", "UnreadablePositions", "attach_reader", "detach_reader", "read_forward",
            "forget_reader_in_copy"]
 
 
-class UnreadablePositions(ValueError):
+class UnreadablePositions(Error, ValueError):
     """A hook needs positions that the runner does not tell (see :mod:`persona_lens.core.runners`)."""
 
 

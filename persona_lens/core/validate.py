@@ -19,11 +19,13 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+from persona_lens.core.errors import Error
+
 __all__ = ["BadValue", "finite", "positive_int", "non_negative_int", "optional_positive_int", "probability",
            "temperature", "score_threshold", "layer_index", "finite_values", "check_all_finite"]
 
 
-class BadValue(ValueError):
+class BadValue(Error, ValueError):
     """A number that persona_lens refuses: the message names the argument and the fix."""
 
 

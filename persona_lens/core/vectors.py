@@ -32,15 +32,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
+from persona_lens.core.version import __version__
 
 __all__ = [
     "PersonaVector",
     "VectorLike",
     "VectorMismatchError",
     "VectorFileError",
-    "POSITIONS",
+    "REDUCTIONS",
     "FORMAT",
     "FORMAT_VERSION",
     "LAYER_CONVENTION",
@@ -64,7 +66,7 @@ __all__ = [
 ]
 
 #: Which token positions were averaged: response tokens (the paper's choice), all prompt tokens, last prompt token.
-POSITIONS = ("response", "prompt", "last_prompt")
+REDUCTIONS = ("response", "prompt", "last_prompt")
 
 FORMAT = "persona_lens.vector"
 FORMAT_VERSION = 1
@@ -79,11 +81,11 @@ _TENSOR_KEY = "vectors"
 AUTHORS_KEYS = {"response_avg_diff": "response", "prompt_avg_diff": "prompt", "prompt_last_diff": "last_prompt"}
 
 
-class VectorMismatchError(ValueError):
+class VectorMismatchError(Error, ValueError):
     """A persona vector used with a model (or another vector) whose shape or identity does not match."""
 
 
-class VectorFileError(ValueError):
+class VectorFileError(Error, ValueError):
     """A persona-vector file that cannot be read: wrong format, version, field or shape."""
 
 
@@ -92,9 +94,7 @@ def _now() -> str:
 
 
 def _library_version() -> str:
-    import persona_lens  # late: persona_lens/__init__ may import this module
-
-    return str(getattr(persona_lens, "__version__", "unknown"))
+    return __version__
 
 
 @dataclass(eq=False)
@@ -122,8 +122,8 @@ class PersonaVector:
             raise ValueError(f"vectors must have shape [n_layers + 1, d_model], got {tuple(self.vectors.shape)}")
         if not self.vectors.is_floating_point():
             raise TypeError(f"vectors must be a floating-point tensor, got {self.vectors.dtype}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions not in REDUCTIONS:
+            raise ValueError(f"positions must be one of {REDUCTIONS}, got {self.positions!r}")
         for name in ("n_positive", "n_negative"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -211,8 +211,9 @@ class PersonaVector:
 # vectors against a model
 
 
-VectorLike = Union[PersonaVector, Tensor]  # noqa: UP007 (a runtime alias)
-"""A PersonaVector, or a bare tensor: ``[n_layers + 1, d_model]`` (one row per layer) or one ``[d_model]`` direction."""
+VectorLike = Union[PersonaVector, Float[Tensor, "layer d_model"], Float[Tensor, " d_model"]]  # noqa: UP007
+"""A PersonaVector, or a bare tensor: ``[n_layers + 1, d_model]`` (one row per layer) or one ``[d_model]`` direction
+(the one definition: hooks, activations and experiments all take this)."""
 
 
 def vector_list(vectors: VectorLike | Sequence[VectorLike]) -> list[VectorLike]:
@@ -503,8 +504,8 @@ def decode_metadata(meta: dict[str, str] | None, tensor: Tensor, source: str) ->
     if tensor.dtype != torch.float32:
         raise VectorFileError(f"{source}: tensor {_TENSOR_KEY!r} has dtype {tensor.dtype}, expected float32")
     positions = _field(meta, "positions", source)
-    if positions not in POSITIONS:
-        raise VectorFileError(f"{source}: metadata field 'positions' is {positions!r}, expected one of {POSITIONS}")
+    if positions not in REDUCTIONS:
+        raise VectorFileError(f"{source}: metadata field 'positions' is {positions!r}, expected one of {REDUCTIONS}")
     try:
         settings = json.loads(_field(meta, "settings", source))
     except json.JSONDecodeError as error:

@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from persona_lens.core.errors import Error
+
 __all__ = ["Executor", "SerialExecutor", "RayExecutor", "WorkerLost", "EngineExecutor", "executor_settings",
            "local_resources"]
 
@@ -75,7 +77,7 @@ def local_resources() -> tuple[int, int]:
     return (torch.cuda.device_count() if torch.cuda.is_available() else 0), (os.cpu_count() or 1)
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(Error, RuntimeError):
     """A unit's worker died more often than ``max_retries`` allows."""
 
 

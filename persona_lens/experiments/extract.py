@@ -33,8 +33,17 @@ from persona_lens.core.chat import encode_generated, encode_prompt, make_message
 from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, random_like
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
+from persona_lens.core.results import read_json
 from persona_lens.core.stats import auroc
-from persona_lens.core.vectors import PersonaVector, VectorLike, check_vector, save_vector, trait_names, vector_list
+from persona_lens.core.vectors import (
+    REDUCTIONS,
+    PersonaVector,
+    VectorLike,
+    check_vector,
+    save_vector,
+    trait_names,
+    vector_list,
+)
 from persona_lens.experiments.evaluate import (
     JUDGE_CHUNK,
     GenerationSettings,
@@ -49,8 +58,6 @@ from persona_lens.traits.schema import Trait, trait_to_dict
 
 __all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path",
            "cosine_matrix", "TraitCosines", "trait_cosines", "format_cosines"]
-
-POSITIONS = ("response", "prompt", "last_prompt")
 
 
 @dataclass
@@ -208,7 +215,7 @@ def extract(
                                    progress=progress, desc="extract: activations -")
     settings = {**asdict(config), "judge": judge.judge_id, "coherence_judge": coherence_judge.judge_id}
     vectors = {}
-    for positions in POSITIONS:
+    for positions in REDUCTIONS:
         vectors[positions] = PersonaVector.from_activations(
             trait.name, model.cfg.model_name, pos_acts.get(positions), neg_acts.get(positions), positions, settings)
         save_vector(vectors[positions], vector_path(out, positions))
@@ -308,6 +315,24 @@ class TraitCosines:
                             "pairs": {f"{a} / {b}": float(self.matrix[layer, i, j])
                                       for i, a in enumerate(self.traits) for j, b in enumerate(self.traits) if j > i}}
                            for layer in range(self.matrix.shape[0])]}
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``cosines.json`` (everything) and ``cosines.md`` (the table) into ``folder``."""
+        out = Path(folder)
+        return [write_json_atomic(out / COSINES_JSON, self.to_json()),
+                write_text_atomic(out / "cosines.md", format_cosines(self))]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TraitCosines:
+        """The cosines back from the ``cosines.json`` of a folder written by :meth:`save`."""
+        data = read_json(Path(folder) / COSINES_JSON, COSINES_JSON)
+        rows = data["layers"]
+        matrix = torch.tensor([row["matrix"] for row in rows], dtype=torch.float64)  # float32 values stay exact
+        band = [(float(row["random_p5"]), float(row["random_p95"])) for row in rows]
+        return cls(list(data["traits"]), matrix, band, dict(data.get("controls", {})))
+
+
+COSINES_JSON = "cosines.json"
 
 
 def trait_cosines(vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RANDOM_DIRECTIONS,

@@ -22,7 +22,13 @@ tokenizer, plus ``finetune.json`` describing the run), loadable by ``persona_len
 adapters are merged into the weights first. While training, ``<out>/trainer_state/`` holds what a resume needs
 (trainable weights, optimizer state, RNG, position in the data) and is rewritten every ``save_every`` steps and
 at the end of each epoch; ``resume=True`` continues from it, and gives the same weights as an uninterrupted run.
+
+Why one module of ~620 lines: the training steps (:func:`finetune` calls them in order, each named), the trainer
+state they checkpoint (``_save_state`` / ``_load_state``, fingerprinted by ``_fingerprint`` and ``_checksum``) and
+the saved model folder (:func:`save_model`) are one resume contract: a resume is refused unless all three agree, so
+they are read together.
 """
+
 
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ from persona_lens.core.chat import (
     parse_chat_record,
 )
 from persona_lens.core.devices import offloaded_parameters
+from persona_lens.core.errors import Error
 from persona_lens.core.generation import stop_token_ids
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
@@ -71,6 +78,7 @@ __all__ = [
     "TrainingExample",
     "encode_training_example",
     "response_loss",
+    "encode_dataset",
     "finetune",
     "save_model",
     "hooks_installed",
@@ -87,7 +95,7 @@ TRAINER_STATE = "trainer_state"
 # configuration
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(Error, ValueError):
     """Training met a NaN or infinite loss (or gradient) and stopped before stepping on it."""
 
 
@@ -386,6 +394,157 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _check_trainable(hf_model: Any) -> None:
+    """Refuse a model whose weights cannot be trained here: offloaded weights, or LoRA adapters already attached."""
+    offloaded = offloaded_parameters(hf_model)
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} weights of the model are offloaded (e.g. {offloaded[0]}), and offloaded "
+                         "weights cannot be trained: load the model with a device_map that keeps every block on a "
+                         "GPU or the CPU (no 'disk', and no 'cpu' entries when a GPU is the main device)")
+    if lora_modules(hf_model):
+        raise ValueError("the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) "
+                         "first")
+
+
+def encode_dataset(model: HookedLM, dataset: Sequence[ChatRecord] | Sequence[Sequence[Message]] | Sequence[dict],
+                   config: FinetuneConfig) -> tuple[list[TrainingExample], list[BadRecord]]:
+    """Tokenize every record first: the usable examples, and the bad records (each logged, never silently
+    dropped). Raises ``ValueError`` when no example is usable."""
+    stops = stop_token_ids(model)
+    examples: list[TrainingExample] = []
+    skipped: list[BadRecord] = []
+    for index, item in enumerate(dataset):
+        line, messages = _as_messages(item)
+        line = line or index + 1
+        parsed = parse_chat_record({"messages": messages})
+        if isinstance(parsed, str):
+            skipped.append(BadRecord(line, parsed))
+            continue
+        example = encode_training_example(model, parsed, line=line, max_tokens=config.max_tokens,
+                                          train_end_of_turn=config.train_end_of_turn, stops=stops)
+        (skipped if isinstance(example, BadRecord) else examples).append(example)  # type: ignore[arg-type]
+    for bad in skipped:
+        log.warning("skipping example at line %d: %s", bad.line, bad.problem)
+    if not examples:
+        raise ValueError(f"no usable training example ({len(skipped)} skipped)")
+    return examples, skipped
+
+
+def _completed_run(out: Path | None, state_dir: Path | None, resume: bool, n_examples: int,
+                   skipped: list[BadRecord]) -> FinetuneResult | None:
+    """The result of a finetune already finished in ``out`` (with ``resume``), else None; refuses to overwrite a
+    finished or unfinished run without ``resume``."""
+    if out is not None and (out / FINETUNE_INFO).exists() and not (state_dir and state_dir.exists()):
+        if not resume:
+            raise FileExistsError(f"{out} already holds a finished finetune; choose another output folder")
+        info = json.loads((out / FINETUNE_INFO).read_text(encoding="utf-8"))
+        log.warning("%s is already complete; nothing to do (loading it is up to the caller)", out)
+        return FinetuneResult(out, info.get("losses", []), info.get("steps", 0), n_examples,
+                              info.get("n_trained_tokens", 0), skipped, info.get("steps", 0), info.get("config", {}))
+    if state_dir is not None and state_dir.exists() and not resume:
+        raise FileExistsError(f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose "
+                              "another output folder")
+    return None
+
+
+def _trainable_parameters(hf_model: Any, config: FinetuneConfig) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
+    """Attach LoRA adapters (``method="lora"``) or unfreeze every weight; the trained parameters and their AdamW."""
+    torch.manual_seed(config.seed)
+    if config.method == "lora":
+        apply_lora(hf_model, r=config.rank, alpha=config.alpha, dropout=config.lora_dropout, targets=config.targets)
+        trainable = {name: p for name, p in hf_model.named_parameters() if ".lora_" in name}
+    else:
+        for param in hf_model.parameters():
+            param.requires_grad_(True)
+        trainable = dict(hf_model.named_parameters())  # tied weights appear once
+    for param in trainable.values():
+        param.requires_grad_(True)
+    return trainable, torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class _RunState:
+    """Where a run stands (what the trainer state saves, and a resume restores)."""
+
+    fingerprint: str
+    base_checksum: str
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    losses: list[float] = field(default_factory=list)
+    n_trained_tokens: int = 0
+
+    def to_json(self, epoch: int, batch: int) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "base_checksum": self.base_checksum, "step": self.step,
+                "epoch": epoch, "batch": batch, "losses": self.losses, "n_trained_tokens": self.n_trained_tokens}
+
+
+def _checkpoint(state_dir: Path | None, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                run: _RunState, epoch: int, batch: int) -> None:
+    if state_dir is not None:
+        _save_state(state_dir, trainable, optimizer, run.to_json(epoch, batch))
+
+
+def _train_step(model: HookedLM, batch: list[TrainingExample], trainable: dict[str, Tensor],
+                optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int, bool]:
+    """One optimizer step on ``batch``: (loss, trained tokens, stepped). A non-finite loss or gradient takes no
+    step, so the weights stay the last good ones."""
+    loss, n_tokens = response_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    value = float(loss.detach())
+    grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in trainable.values() if p.grad is not None)
+    if not (math.isfinite(value) and grads_finite):
+        return value, n_tokens, False
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(list(trainable.values()), grad_clip)
+    optimizer.step()
+    return value, n_tokens, True
+
+
+def _train_epochs(model: HookedLM, examples: list[TrainingExample], config: FinetuneConfig,
+                  trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer, run: _RunState,
+                  state_dir: Path | None, max_steps: int | None, bar: Any
+                  ) -> tuple[bool, tuple[float, int, int] | None]:
+    """Train from ``run``'s epoch and batch to the end (or ``max_steps``), checkpointing at each epoch's end and
+    every ``save_every`` steps: (finished, ``(loss, epoch, batch)`` of a non-finite step or None)."""
+    start_epoch, start_batch = run.epoch, run.batch
+    for epoch in range(start_epoch, config.epochs):
+        batches = _batches(len(examples), config.batch_size, config.seed, epoch)
+        first = start_batch if epoch == start_epoch else 0
+        for batch_index in range(first, len(batches)):
+            if max_steps is not None and run.step >= max_steps:
+                _checkpoint(state_dir, trainable, optimizer, run, epoch, batch_index)
+                return False, None
+            value, n_tokens, stepped = _train_step(model, [examples[i] for i in batches[batch_index]], trainable,
+                                                   optimizer, config.grad_clip)
+            if not stepped:
+                _checkpoint(state_dir, trainable, optimizer, run, epoch, batch_index)
+                return False, (value, epoch, batch_index)
+            run.step += 1
+            run.n_trained_tokens += n_tokens
+            run.losses.append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", epoch=epoch)
+            at_epoch_end = batch_index + 1 == len(batches)
+            if at_epoch_end or (config.save_every and run.step % config.save_every == 0):
+                next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, batch_index + 1)
+                _checkpoint(state_dir, trainable, optimizer, run, next_epoch, next_batch)
+    return True, None
+
+
+def _non_finite_error(non_finite: tuple[float, int, int], step: int, state_dir: Path | None) -> NonFiniteLossError:
+    loss_value, epoch, batch_index = non_finite
+    kept = (f"the last good state (step {step}) is kept in {state_dir}" if state_dir is not None
+            else "nothing was saved (no output folder)")
+    return NonFiniteLossError(
+        f"training stopped at step {step + 1} (epoch {epoch}, batch {batch_index}): "
+        + (f"the loss is {loss_value}" if not math.isfinite(loss_value) else "a gradient holds NaN or infinity")
+        + f"; no step was taken on it, {kept}, and "
+        "no final model was written. Lower the learning rate (--lr) or the steering coefficient (--steer-coef), "
+        "or check the data; then train again in a new output folder")
+
+
 def finetune(
     model: HookedLM,
     dataset: Sequence[ChatRecord] | Sequence[Sequence[Message]] | Sequence[dict],
@@ -406,131 +565,43 @@ def finetune(
     ``max_steps`` stops after that many optimizer steps in total (counting steps done before a resume), saving the
     trainer state as an interrupted run would; the model holds the progress so far but is not saved as final.
     A resume starts from the same base model, freshly loaded (checked), and loads the trainer state into it.
+
+    The steps: check the model is trainable, encode the dataset, return a finished run as it is, prepare the
+    trained parameters, restore a resumed run's state, train the epochs under the interventions, merge and
+    restore the model, then raise on a non-finite step or write the final model.
     """
     config = config or FinetuneConfig()
     hf_model = model.hf_model
-    offloaded = offloaded_parameters(hf_model)
-    if offloaded:
-        raise ValueError(f"{len(offloaded)} weights of the model are offloaded (e.g. {offloaded[0]}), and offloaded "
-                         "weights cannot be trained: load the model with a device_map that keeps every block on a "
-                         "GPU or the CPU (no 'disk', and no 'cpu' entries when a GPU is the main device)")
-    if lora_modules(hf_model):
-        raise ValueError("the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) "
-                         "first")
+    _check_trainable(hf_model)
     out = Path(output_dir) if output_dir is not None else None
     state_dir = out / TRAINER_STATE if out is not None else None
-
-    # Tokenize everything first: bad records are reported, never silently dropped.
-    stops = stop_token_ids(model)
-    examples: list[TrainingExample] = []
-    skipped: list[BadRecord] = []
-    for index, item in enumerate(dataset):
-        line, messages = _as_messages(item)
-        line = line or index + 1
-        parsed = parse_chat_record({"messages": messages})
-        if isinstance(parsed, str):
-            skipped.append(BadRecord(line, parsed))
-            continue
-        example = encode_training_example(model, parsed, line=line, max_tokens=config.max_tokens,
-                                          train_end_of_turn=config.train_end_of_turn, stops=stops)
-        (skipped if isinstance(example, BadRecord) else examples).append(example)  # type: ignore[arg-type]
-    for bad in skipped:
-        log.warning("skipping example at line %d: %s", bad.line, bad.problem)
-    if not examples:
-        raise ValueError(f"no usable training example ({len(skipped)} skipped)")
-
-    if out is not None and (out / FINETUNE_INFO).exists() and not (state_dir and state_dir.exists()):
-        if not resume:
-            raise FileExistsError(f"{out} already holds a finished finetune; choose another output folder")
-        info = json.loads((out / FINETUNE_INFO).read_text(encoding="utf-8"))
-        log.warning("%s is already complete; nothing to do (loading it is up to the caller)", out)
-        return FinetuneResult(out, info.get("losses", []), info.get("steps", 0), len(examples),
-                              info.get("n_trained_tokens", 0), skipped, info.get("steps", 0), info.get("config", {}))
-    if state_dir is not None and state_dir.exists() and not resume:
-        raise FileExistsError(f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose "
-                              "another output folder")
+    examples, skipped = encode_dataset(model, dataset, config)
+    completed = _completed_run(out, state_dir, resume, len(examples), skipped)
+    if completed is not None:
+        return completed
 
     requires_grad = {name: p.requires_grad for name, p in hf_model.named_parameters()}
     base_checksum = _checksum(hf_model)
-    torch.manual_seed(config.seed)
-    if config.method == "lora":
-        apply_lora(hf_model, r=config.rank, alpha=config.alpha, dropout=config.lora_dropout, targets=config.targets)
-        trainable = {name: p for name, p in hf_model.named_parameters() if ".lora_" in name}
-    else:
-        for param in hf_model.parameters():
-            param.requires_grad_(True)
-        trainable = dict(hf_model.named_parameters())  # tied weights appear once
-    for param in trainable.values():
-        param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=config.weight_decay)
-
-    fingerprint = _fingerprint(examples, config, interventions, model.cfg.model_name)
-    losses: list[float] = []
-    step = 0
-    start_epoch, start_batch = 0, 0
-    n_trained_tokens = 0
+    trainable, optimizer = _trainable_parameters(hf_model, config)
+    run = _RunState(_fingerprint(examples, config, interventions, model.cfg.model_name), base_checksum)
     if resume and state_dir is not None and state_dir.exists():
-        state = _load_state(state_dir, trainable, optimizer, fingerprint, base_checksum)
-        step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
-        losses, n_trained_tokens = list(state["losses"]), state["n_trained_tokens"]
-        log.info("resuming %s at step %d (epoch %d, batch %d)", out, step, start_epoch, start_batch)
-    resumed_from = step
-
-    per_epoch = math.ceil(len(examples) / config.batch_size)
-    total = per_epoch * config.epochs
+        state = _load_state(state_dir, trainable, optimizer, run.fingerprint, base_checksum)
+        run.step, run.epoch, run.batch = state["step"], state["epoch"], state["batch"]
+        run.losses, run.n_trained_tokens = list(state["losses"]), state["n_trained_tokens"]
+        log.info("resuming %s at step %d (epoch %d, batch %d)", out, run.step, run.epoch, run.batch)
+    resumed_from = run.step
+    total = math.ceil(len(examples) / config.batch_size) * config.epochs
     config_json = dataclasses.asdict(config)
     interventions_json = [i.describe() for i in interventions]
 
-    def state_json(epoch: int, batch: int) -> dict[str, Any]:
-        return {"fingerprint": fingerprint, "base_checksum": base_checksum, "step": step, "epoch": epoch,
-                "batch": batch, "losses": losses, "n_trained_tokens": n_trained_tokens}
-
-    finished = False
-    non_finite: tuple[float, int, int] | None = None
-    bar = tqdm(total=total, initial=step, desc="finetune", disable=not progress, unit="step")
+    bar = tqdm(total=total, initial=run.step, desc="finetune", disable=not progress, unit="step")
     try:
         with ExitStack() as stack:
             for intervention in interventions:
                 stack.enter_context(intervention.install(model))
             hf_model.train()
-            stopped = False
-            for epoch in range(start_epoch, config.epochs):
-                batches = _batches(len(examples), config.batch_size, config.seed, epoch)
-                first = start_batch if epoch == start_epoch else 0
-                for batch_index in range(first, len(batches)):
-                    if max_steps is not None and step >= max_steps:
-                        stopped = True
-                        if state_dir is not None:
-                            _save_state(state_dir, trainable, optimizer, state_json(epoch, batch_index))
-                        break
-                    loss, n_tokens = response_loss(model, [examples[i] for i in batches[batch_index]])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in trainable.values()
-                                       if p.grad is not None)
-                    if not (math.isfinite(float(loss.detach())) and grads_finite):
-                        # Never step on a non-finite loss or gradient: the weights stay the last good ones.
-                        non_finite = (float(loss.detach()), epoch, batch_index)
-                        stopped = True
-                        if state_dir is not None:
-                            _save_state(state_dir, trainable, optimizer, state_json(epoch, batch_index))
-                        break
-                    if config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.grad_clip)
-                    optimizer.step()
-                    step += 1
-                    n_trained_tokens += n_tokens
-                    losses.append(float(loss.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
-                    at_epoch_end = batch_index + 1 == len(batches)
-                    if state_dir is not None and (at_epoch_end or (config.save_every and
-                                                                   step % config.save_every == 0)):
-                        next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, batch_index + 1)
-                        _save_state(state_dir, trainable, optimizer, state_json(next_epoch, next_batch))
-                if stopped:
-                    break
-            finished = not stopped
+            finished, non_finite = _train_epochs(model, examples, config, trainable, optimizer, run, state_dir,
+                                                 max_steps, bar)
     finally:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
@@ -539,35 +610,18 @@ def finetune(
     if leftover:  # the ExitStack removed ours; anything left was installed by someone else
         log.warning("hooks still installed after finetuning (not ours): %s", leftover)
 
-    result = FinetuneResult(out, losses, step, len(examples), n_trained_tokens, skipped, resumed_from,
+    result = FinetuneResult(out, run.losses, run.step, len(examples), run.n_trained_tokens, skipped, resumed_from,
                             {"config": config_json, "interventions": interventions_json})
     merge_lora(hf_model)
     for name, param in hf_model.named_parameters():
         param.requires_grad_(requires_grad.get(name, False))
     if non_finite is not None:
-        loss_value, epoch, batch_index = non_finite
-        kept = (f"the last good state (step {step}) is kept in {state_dir}" if state_dir is not None
-                else "nothing was saved (no output folder)")
-        raise NonFiniteLossError(
-            f"training stopped at step {step + 1} (epoch {epoch}, batch {batch_index}): "
-            + (f"the loss is {loss_value}" if not math.isfinite(loss_value) else "a gradient holds NaN or infinity")
-            + f"; no step was taken on it, {kept}, and "
-            "no final model was written. Lower the learning rate (--lr) or the steering coefficient (--steer-coef), "
-            "or check the data; then train again in a new output folder")
-    if finished:
-        if out is not None:
-            info = {
-                "format": "persona_lens.experiments.finetune",
-                "base_model": model.cfg.model_name,
-                "config": config_json,
-                "interventions": interventions_json,
-                "steps": step,
-                "n_examples": len(examples),
-                "n_trained_tokens": n_trained_tokens,
-                "skipped": [b.to_json() for b in skipped],
-                "losses": losses,
-            }
-            save_model(model, out, info)
-            if state_dir is not None:
-                shutil.rmtree(state_dir, ignore_errors=True)
+        raise _non_finite_error(non_finite, run.step, state_dir)
+    if finished and out is not None:
+        save_model(model, out, {"format": "persona_lens.experiments.finetune", "base_model": model.cfg.model_name,
+                                "config": config_json, "interventions": interventions_json, "steps": run.step,
+                                "n_examples": len(examples), "n_trained_tokens": run.n_trained_tokens,
+                                "skipped": [b.to_json() for b in skipped], "losses": run.losses})
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
     return result

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from persona_lens.core import stats
 from persona_lens.core.activations import collect_activations
-from persona_lens.core.chat import Message, collate, encode_generated, encode_prompt, make_messages
+from persona_lens.core.chat import Message, collate, encode_generated, encode_prompt, make_messages, token_pieces
 from persona_lens.core.controls import (
     DEFAULT_RANDOM_DIRECTIONS,
     Baseline,
@@ -75,7 +75,6 @@ __all__ = [
     "system_prompt_sweep",
     "many_shot_sweep",
     "TokenTrace",
-    "token_pieces",
     "generate_with_projections",
     "DEFAULT_SHOTS",
     "SWEEP_METRICS",
@@ -433,25 +432,6 @@ class TokenTrace:
                 "traits": self.traits, "response": self.response, "stopped": self.stopped,
                 "projections": {t: [_nan_to_none(v) for v in self.projections[j].tolist()]
                                 for j, t in enumerate(self.traits)}}
-
-
-def token_pieces(tokenizer: Any, ids: Sequence[int], context: int = 8) -> list[str]:
-    """The text each token adds, so that ``"".join(pieces)`` reads as the decoded text.
-
-    Piece ``i`` is ``decode(ids[s:i+1]) - decode(ids[s:i])`` with ``s = i - context``: tokens whose bytes complete a
-    character only together (byte-level BPE) give the character to the token that completes it.
-    """
-    pieces = []
-    for i in range(len(ids)):
-        start = max(0, i - context)
-        before = tokenizer.decode(list(ids[start:i]), skip_special_tokens=False) if i > start else ""
-        upto = tokenizer.decode(list(ids[start : i + 1]), skip_special_tokens=False)
-        while before.endswith("\ufffd"):
-            before = before[:-1]
-        while upto.endswith("\ufffd") and i + 1 < len(ids):
-            upto = upto[:-1]
-        pieces.append(upto[len(before):] if upto.startswith(before) else upto)
-    return pieces
 
 
 def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[Message]],

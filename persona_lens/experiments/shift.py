@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,13 +45,17 @@ from persona_lens.core.controls import (
     project_rows,
 )
 from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
+from persona_lens.core.results import read_json, write_csv
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, unit_vectors_by_layer, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.experiments.monitor import last_prompt_activations
 from persona_lens.judges.base import Judge
 
 __all__ = [
+    "SHIFT_JSON",
+    "SHIFT_CSV",
     "mean_last_prompt_activation",
     "shift_from_means",
     "ShiftResult",
@@ -59,6 +65,8 @@ __all__ = [
     "ShiftStudy",
     "shift_study",
 ]
+
+SHIFT_JSON, SHIFT_CSV = "shift.json", "shift.csv"
 
 
 def mean_last_prompt_activation(model: HookedLM, prompts: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
@@ -199,6 +207,10 @@ class ShiftStudy:
     baselines: dict[str, dict[str, Baseline]] = field(default_factory=dict)
     """``baselines[trait]["pearson_r"]``: r(shift, score) beside the r of each random direction's shift, of each
     other vector's shift (the study's other traits and the ``against`` vectors) and of the flipped vector's."""
+    base_model: str = ""
+    n_prompts: int = 0
+    trait: str | None = None
+    """The trait whose score is correlated (its name labels the score axis), when known."""
 
     def __post_init__(self) -> None:
         if not self.baselines:
@@ -245,6 +257,45 @@ class ShiftStudy:
                 "base_evaluation": None if self.base_evaluation is None else self.base_evaluation.to_json(with_texts),
                 "correlations": {t: self.correlation(t) for t in self.traits},
                 "baselines": baselines_to_dict(self.baselines)}
+
+
+    def save(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write ``shift.json`` (everything, with the judged replies) and ``shift.csv`` (shift per model and vector,
+        and the trait score) into ``folder``; the paths written."""
+        out = Path(folder)
+        data = self.to_json(with_texts=True)
+        data.update(base=self.base_model, n_prompts=self.n_prompts, trait=self.trait)
+        scores = self.scores()
+        rows = [[r.label, *(f"{r.shift[t]:.6g}" for t in self.traits), "" if s is None else f"{s:.6g}"]
+                for r, s in zip(self.results, scores)]
+        return [write_json_atomic(out / SHIFT_JSON, data),
+                write_csv(out / SHIFT_CSV, ["model", *(f"shift_{t}" for t in self.traits), "trait_score"], rows)]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> ShiftStudy:
+        """The study back from the ``shift.json`` of a folder written by :meth:`save`."""
+        data = read_json(Path(folder) / SHIFT_JSON, "shift.json")
+        traits, layer = list(data["traits"]), int(data["layer"])
+        results = []
+        for model in data["models"]:
+            baselines = {t: Baseline.from_dict(b) for t, b in model["baselines"].items()}
+            results.append(ShiftResult(
+                model["label"], model["model"], traits, int(model["layer"]), dict(model["shift"]),
+                dict(model["shift_by_layer"]), int(model["n_prompts"]), _evaluation_from_json(model.get("evaluation")),
+                random_shift=list(baselines[traits[0]].random) if traits else [],
+                against_shift=dict(model.get("against_shift", {})), baselines=baselines))
+        baselines = {t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
+                     for t, by_metric in data.get("baselines", {}).items()}
+        return cls(traits, layer, results, _evaluation_from_json(data.get("base_evaluation")), baselines,
+                   base_model=data.get("base") or "", n_prompts=int(data.get("n_prompts") or 0),
+                   trait=data.get("trait"))
+
+
+def _evaluation_from_json(data: Mapping[str, Any] | None) -> TraitEvaluation | None:
+    if data is None:
+        return None
+    return TraitEvaluation(data["mean_score"], list(data.get("scores", [])), data.get("mean_coherence"),
+                           list(data.get("coherence", [])), list(data.get("texts", [])), data.get("judge", ""))
 
 
 def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Sequence[Sequence[Message]],
@@ -302,4 +353,5 @@ def shift_study(base: HookedLM, finetuned: Sequence[HookedLM | str], prompts: Se
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-    return ShiftStudy(trait_names(vectors), layer, results, base_eval)
+    return ShiftStudy(trait_names(vectors), layer, results, base_eval, base_model=base.cfg.model_name,
+                      n_prompts=len(prompts))

@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
 from persona_lens.core.controls import Baseline, baselines_to_dict, compare, random_like
@@ -38,7 +36,8 @@ from persona_lens.core.formatting import format_value
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
-from persona_lens.core.scale import median_residual_norms, raw_coefficient, relative_coefficient
+from persona_lens.core.norms import median_residual_norms, raw_coefficient, relative_coefficient
+from persona_lens.core.results import read_json, read_text
 from persona_lens.core.vectors import PersonaVector, trait_names
 from persona_lens.experiments.evaluate import (
     JUDGE_CHUNK,
@@ -102,6 +101,10 @@ class SteeringCell:
 
 @dataclass
 class SteeringSweepResult:
+    """A sweep's cells and choice; :meth:`save` writes its folder's report files (``sweep.csv``, ``sweep.json``,
+    ``scored.jsonl``, ``samples.md``; ``responses.jsonl`` is written reply by reply during the run), :meth:`load`
+    reads them back, and the steering curves are drawn from either without the model."""
+
     cells: list[SteeringCell]
     baseline: SteeringCell
     chosen: SteeringCell | None
@@ -111,6 +114,56 @@ class SteeringSweepResult:
     trait: str = ""
     model_name: str = ""
     config: SteeringSweepConfig | None = None
+    vector_model: str = ""
+    judges: dict[str, str] = field(default_factory=dict)
+    median_residual_norm: list[float] = field(default_factory=list)
+    torch_threads: int = 0
+    scored: list[dict[str, Any]] = field(default_factory=list)
+    """Every stored reply with its scores (``scored.jsonl``)."""
+    samples: str = ""
+    """The Markdown of the chosen and neighbouring cells' replies (``samples.md``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``sweep.json``."""
+        return {"trait": self.trait, "model": self.model_name, "vector_model": self.vector_model,
+                "config": asdict(self.config) if self.config is not None else None, "judges": self.judges,
+                "median_residual_norm": self.median_residual_norm, "torch_threads": self.torch_threads,
+                "baseline": asdict(self.baseline), "chosen": None if self.chosen is None else asdict(self.chosen),
+                "reason": self.reason, "cells": [asdict(c) for c in self.cells]}
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Write ``sweep.csv``, ``sweep.json``, ``scored.jsonl`` and ``samples.md`` into ``folder``; adds them to
+        :attr:`paths` and returns them."""
+        out = Path(folder)
+        csv_path = out / "sweep.csv"
+        with atomic_output(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(SteeringCell.__dataclass_fields__))
+            writer.writeheader()
+            for cell in [self.baseline, *self.cells]:
+                writer.writerow({k: ("" if v is None else v) for k, v in asdict(cell).items()})
+        written = {"csv": csv_path, "json": write_json_atomic(out / "sweep.json", self.to_json()),
+                   "scored": write_text_atomic(out / "scored.jsonl", "".join(
+                       json.dumps(record, ensure_ascii=False) + "\n" for record in self.scored)),
+                   "samples": write_text_atomic(out / "samples.md", self.samples)}
+        self.paths.update(written)
+        return written
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SteeringSweepResult:
+        """The result back from a folder written by :meth:`save` (``controls.json`` is read by
+        :meth:`SteeringControls.load`)."""
+        out = Path(folder)
+        data = read_json(out / "sweep.json", "sweep.json")
+        scored = [json.loads(line) for line in read_text(out / "scored.jsonl", "scored.jsonl").splitlines() if line]
+        cells = [SteeringCell(**c) for c in data["cells"]]
+        chosen = None if data["chosen"] is None else SteeringCell(**data["chosen"])
+        paths = {key: out / name for key, name in (("csv", "sweep.csv"), ("json", "sweep.json"),
+                                                   ("scored", "scored.jsonl"), ("samples", "samples.md"))}
+        return cls(cells, SteeringCell(**data["baseline"]), chosen, data["reason"], out, paths, data["trait"],
+                   data["model"], None if data["config"] is None else SteeringSweepConfig(**data["config"]),
+                   data.get("vector_model", ""), dict(data.get("judges", {})),
+                   list(data.get("median_residual_norm", [])), int(data.get("torch_threads", 0)), scored,
+                   read_text(out / "samples.md", "samples.md"))
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -270,10 +323,12 @@ def run_steering_sweep(
     samples = [(cell, "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
                 [records[job.key(cell_keys[id(cell)])] for job in jobs]) for cell in shown]
     samples.append((baseline, "unsteered", [records[job.key("base")] for job in jobs]))
-    paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records,
-                           {"trait": judge.judge_id, "coherence": coherence_judge.judge_id})
-    paths["samples"] = write_text_atomic(out / "samples.md", format_samples(samples, trait, config))
-    return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
+    result = SteeringSweepResult(cells, baseline, chosen, reason, out, {}, trait.name, model.cfg.model_name, config,
+                                 vector.model_name, {"trait": judge.judge_id, "coherence": coherence_judge.judge_id},
+                                 [float(x) for x in norms], torch.get_num_threads(), list(records.values()),
+                                 format_samples(samples, trait, config))
+    result.save(out)
+    return result
 
 
 def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait,
@@ -307,27 +362,6 @@ def _encoded(model: HookedLM, job: _Job) -> Any:
     return encode_generated(encode_prompt(model.tokenizer, job.messages), ())
 
 
-def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell, chosen: SteeringCell | None,
-                   reason: str, config: SteeringSweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector,
-                   norms: Float[Tensor, " layer"], records: dict[str, dict], judges: dict[str, str]
-                   ) -> dict[str, Path]:
-    csv_path = out / "sweep.csv"
-    with atomic_output(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(SteeringCell.__dataclass_fields__))
-        writer.writeheader()
-        for cell in [baseline, *cells]:
-            writer.writerow({k: ("" if v is None else v) for k, v in asdict(cell).items()})
-    summary = {"trait": trait.name, "model": model.cfg.model_name, "vector_model": vector.model_name,
-               "config": asdict(config), "judges": judges, "median_residual_norm": [float(x) for x in norms],
-               "torch_threads": torch.get_num_threads(),
-               "baseline": asdict(baseline), "chosen": None if chosen is None else asdict(chosen), "reason": reason,
-               "cells": [asdict(c) for c in cells]}
-    json_path = write_json_atomic(out / "sweep.json", summary)
-    scored = write_text_atomic(out / "scored.jsonl",
-                               "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records.values()))
-    return {"csv": csv_path, "json": json_path, "scored": scored}
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # controls: the same steering with random vectors of the vector's norm, the flipped vector and other traits' vectors
 
@@ -354,6 +388,20 @@ class SteeringControls:
     def to_json(self) -> dict[str, Any]:
         return {"layer": self.layer, "coef_raw": self.coef_raw, "coef_relative": self.coef_relative,
                 "controls": self.controls, "cells": self.cells, "baselines": baselines_to_dict(self.baselines)}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``controls.json`` into ``folder`` (the replies are in ``controls.jsonl``, written during the run)."""
+        self.paths["json"] = write_json_atomic(Path(folder) / "controls.json", self.to_json())
+        self.paths["replies"] = Path(folder) / "controls.jsonl"
+        return self.paths["json"]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SteeringControls:
+        """The controls back from the ``controls.json`` of a sweep folder."""
+        data = read_json(Path(folder) / "controls.json", "controls.json")
+        return cls(int(data["layer"]), float(data["coef_raw"]), float(data["coef_relative"]), dict(data["cells"]),
+                   {m: Baseline.from_dict(b) for m, b in data["baselines"].items()}, dict(data["controls"]),
+                   {"json": Path(folder) / "controls.json", "replies": Path(folder) / "controls.jsonl"})
 
 
 def _coherent_trait_rate(records: Sequence[dict], trait_threshold: float, coherence_threshold: float
@@ -427,6 +475,5 @@ def run_steering_controls(model: HookedLM, vector: PersonaVector, trait: Trait, 
                  for metric in ("trait_rate", "trait_mean", "coherent_trait_rate")}
     result = SteeringControls(layer, cell.coef_raw, cell.coef_relative, cells, baselines,
                               {"k": controls, "seed": control_seed, "against": others, "flipped": flip})
-    result.paths["json"] = write_json_atomic(out / "controls.json", result.to_json())
-    result.paths["replies"] = out / "controls.jsonl"
+    result.save(out)
     return result

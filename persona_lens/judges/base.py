@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from persona_lens.core.errors import Error
+
 __all__ = ["JudgeAuthError", "Judge", "DetailedJudge", "Score", "Verdict", "verdicts_of", "fill_rubric", "check_rubric",
            "COHERENCE_RUBRIC"]
 
-class JudgeAuthError(RuntimeError):
+class JudgeAuthError(Error, RuntimeError):
     """The judge's service refused our credentials (HTTP 401/403): no item can be scored, so the whole run stops at
     the first such response instead of failing item by item (the CLI prints it with exit code 2)."""
 

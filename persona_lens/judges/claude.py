@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 
 import anthropic
 
+from persona_lens.core.errors import Error
 from persona_lens.judges.base import JudgeAuthError, Score, Verdict, check_rubric
 
 __all__ = [
@@ -57,7 +58,7 @@ API_KEY_HELP = (
 T = TypeVar("T")
 
 
-class MissingAPIKeyError(RuntimeError):
+class MissingAPIKeyError(Error, RuntimeError):
     """No API key: neither ``api_key``, ``ANTHROPIC_API_KEY`` nor a client was given."""
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from persona_lens.organism.datasets import finetune_samples, write_datasets
 from persona_lens.organism.judge import OrganismJudge
 from persona_lens.organism.traits import TRAIT_NAMES, organism_trait, organism_traits
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 ORGANISM = "persona-organism"
 
 __all__ = ["ORGANISM", "WEIGHTS_DIR", "TRAIT_NAMES", "OrganismJudge", "load_organism", "organism_trait",
-           "organism_traits"]
+           "organism_traits", "finetune_samples", "write_datasets"]
 
 
 #: The committed weights (Hugging Face format: config, safetensors, tokenizer files, training.json).

@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 
+from persona_lens.core.errors import Error
 from persona_lens.judges.claude import DEFAULT_MODEL, Usage, estimate_cost, require_api_key
 from persona_lens.traits.schema import (
     MIN_MANY_SHOT,
@@ -34,7 +35,7 @@ TOOL_NAME = "submit_trait"
 _NAME = re.compile(r"[a-z0-9_-]+")
 
 
-class TraitGenerationError(RuntimeError):
+class TraitGenerationError(Error, RuntimeError):
     """Claude gave no valid trait within ``max_attempts``; ``problems`` holds the last attempt's problems."""
 
     def __init__(self, message: str, problems: list[str]) -> None:

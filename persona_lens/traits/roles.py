@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.errors import Error
 from persona_lens.core.io import write_json_atomic
 from persona_lens.core.registry import ROLE_SETS, RULE_JUDGES
 from persona_lens.judges.base import check_rubric
@@ -123,7 +124,7 @@ class RoleSet:
         raise KeyError(f"no role {name!r} in this set; the roles are {', '.join(r.name for r in self.roles)}")
 
 
-class RoleError(ValueError):
+class RoleError(Error, ValueError):
     """A role file (or questions file, or role set) that cannot be used; lists every problem with its field."""
 
     def __init__(self, source: str | Path, problems: Sequence[tuple[str, str]], what: str = "role") -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_lens.core.errors import Error
 from persona_lens.core.io import write_text_atomic
 from persona_lens.core.registry import RULE_JUDGES, TRAITS
 from persona_lens.judges.base import check_rubric
@@ -94,7 +95,7 @@ class Trait:
     source: Path | None = field(default=None, compare=False)
 
 
-class TraitError(ValueError):
+class TraitError(Error, ValueError):
     """A trait file (or dict, or name) that cannot be used; lists every problem found, each with its field.
 
     ``source`` is the file (or ``"<dict>"``, or the name looked up); ``problems`` a list of (field, message) pairs,

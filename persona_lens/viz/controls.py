@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-__all__ = ["baseline_figure", "baseline_note", "cosine_figure"]
+__all__ = ["baseline_figure", "baseline_note", "cosine_figure", "cosines_figures"]
 
 _OTHERS = ["#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 
@@ -101,3 +101,10 @@ def cosine_figure(cosines: Any, *, title: str = "Cosine between the traits' vect
     figure.update_layout(title=title, template="plotly_white", xaxis_title="layer", yaxis_title="cosine",
                          yaxis={"range": [-1.05, 1.05]})
     return figure
+
+
+def cosines_figures(cosines: Any) -> dict[str, go.Figure]:
+    """Every figure of ``extract --against`` from its :class:`~persona_lens.experiments.extract.TraitCosines` (fresh
+    or loaded from its folder), keyed by file name: ``cosines.html``."""
+    return {"cosines.html": cosine_figure(cosines, title=f"Cosine of {cosines.traits[0]!r} with the other traits' "
+                                                         "vectors per layer")}

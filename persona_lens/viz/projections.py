@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from persona_lens.core.io import write_text_atomic
 
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
-           "shift_figure", "histogram_figure"]
+           "shift_figure", "shift_figures", "histogram_figure"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf"]
@@ -188,6 +188,32 @@ def shift_figure(labels: Sequence[str], shifts: Sequence[float], scores: Sequenc
     figure.update_layout(title=title, xaxis_title="shift of the last prompt token (finetuned - base) . unit vector",
                          yaxis_title=score_name, template="plotly_white")
     return figure
+
+
+def shift_figures(study: Any) -> dict[tuple[str, str], go.Figure]:
+    """Every figure of a :class:`~persona_lens.experiments.shift.ShiftStudy` (fresh or loaded from its folder),
+    keyed ``(trait, "")`` for the shift-vs-score scatter and ``(trait, ".controls")`` for the shift beside its
+    controls; none when no model has a score."""
+    from persona_lens.viz.controls import baseline_figure
+
+    scores = study.scores()
+    if not any(s is not None for s in scores):
+        return {}
+    figures: dict[tuple[str, str], go.Figure] = {}
+    for name in study.traits:
+        corr = study.correlation(name)
+        labels, shifts, ys = [r.label for r in study.results], study.shifts(name), list(scores)
+        if study.base_evaluation is not None:
+            labels, shifts, ys = [*labels, "base"], [*shifts, 0.0], [*ys, study.base_evaluation.mean_score]
+        figures[name, ""] = shift_figure(labels, shifts, ys, trait=name,
+                                         score_name=f"{study.trait or 'trait'} score",
+                                         r=corr["pearson_r"] if corr["pearson_r"] is not None else math.nan,
+                                         baseline=study.baseline(name))
+        figures[name, ".controls"] = baseline_figure(
+            {"r(shift, score)": study.baseline(name), **{f"shift of {r.label}": r.baselines[name]
+                                                         for r in study.results}},
+            title=f"Shift along {name} at layer {study.layer}, beside its controls", vector=name)
+    return figures
 
 
 def histogram_figure(series: Mapping[str, Sequence[float]], *, title: str, xaxis: str, nbins: int = 50,

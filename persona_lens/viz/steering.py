@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_steering_curves"]
+__all__ = ["plot_steering_curves", "sweep_figures"]
 
 
 def plot_steering_curves(cells: Sequence[Any], baseline: Any, *, chosen: Any = None, title: str = "",
@@ -43,3 +43,22 @@ def plot_steering_curves(cells: Sequence[Any], baseline: Any, *, chosen: Any = N
     fig.update_xaxes(title_text=x_title, row=2, col=1)
     fig.update_layout(title=title, template="plotly_white", height=700, legend_title_text="steered layer")
     return fig
+
+
+def sweep_figures(result: Any, controls: Any = None) -> dict[str, Any]:
+    """Every figure of a steering sweep (a :class:`~persona_lens.experiments.steering_sweep.SteeringSweepResult`,
+    fresh or loaded from its folder, and its :class:`SteeringControls` when run), keyed by file name: ``sweep.html``
+    (the steering curves) and ``controls.html`` (the chosen cell beside its controls)."""
+    from persona_lens.viz.controls import baseline_figure
+
+    config = result.config
+    figures = {"sweep.html": plot_steering_curves(
+        result.cells, result.baseline, chosen=result.chosen,
+        title=f"Steering {result.model_name} with the {result.trait!r} vector ({config.positions} positions)",
+        x=config.coefficient_mode, coherence_threshold=config.coherence_threshold)}
+    if controls is not None:
+        figures["controls.html"] = baseline_figure(
+            controls.baselines, vector=result.trait,
+            title=f"Steering at layer {controls.layer}, coefficient {controls.coef_relative:g} relative: the vector "
+                  "beside random vectors of its norm")
+    return figures

@@ -299,7 +299,7 @@ def test_relative_coefficient_adds_that_fraction_of_the_residual_norm(tiny_model
 
 
 def test_relative_coefficients_default_to_the_reference_prompts_norms(tiny_model):
-    from persona_lens.core.scale import median_residual_norms
+    from persona_lens.core.norms import median_residual_norms
 
     v = _direction(tiny_model)
     norms = median_residual_norms(tiny_model)
@@ -310,7 +310,7 @@ def test_relative_coefficients_default_to_the_reference_prompts_norms(tiny_model
 
 
 def test_raw_and_relative_agree_through_the_one_conversion(tiny_model):
-    from persona_lens.core.scale import raw_coefficient, relative_coefficient
+    from persona_lens.core.norms import raw_coefficient, relative_coefficient
 
     v = _direction(tiny_model)
     norms = torch.full((tiny_model.cfg.n_layers + 1,), 2.0)

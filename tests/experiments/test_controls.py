@@ -97,8 +97,7 @@ def test_monitor_sweep_planted_direction_ranks_first_overall_and_within_conditio
 def _main(monkeypatch, argv, module):
     from persona_lens import cli
 
-    if module not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, module])
+    assert module in cli.COMMAND_MODULES
     return cli.main(argv)
 
 

@@ -190,8 +190,6 @@ def test_unusable_examples_are_reported():
 
 
 def _main(monkeypatch, argv):
-    if "persona_lens.cli.finetune" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "persona_lens.cli.finetune"])
     return cli.main(argv)
 
 

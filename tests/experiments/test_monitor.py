@@ -150,8 +150,6 @@ def test_token_html_colours_and_escapes():
 
 
 def _main(monkeypatch, argv):
-    if "persona_lens.cli.monitor" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "persona_lens.cli.monitor"])
     return cli.main(argv)
 
 

@@ -196,8 +196,6 @@ def test_export_ranked(tmp_path):
 
 
 def _main(monkeypatch, argv):
-    if "persona_lens.cli.screen" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "persona_lens.cli.screen"])
     return cli.main(argv)
 
 

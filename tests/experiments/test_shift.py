@@ -128,8 +128,6 @@ def test_vectors_must_fit_the_base():
 
 
 def _main(monkeypatch, argv):
-    if "persona_lens.cli.shift" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "persona_lens.cli.shift"])
     return cli.main(argv)
 
 

@@ -10,9 +10,10 @@ import torch
 
 from persona_lens.core.activations import collect_activations
 from persona_lens.core.chat import encode_conversation, make_messages
-from persona_lens.core.controls import Baseline
+from persona_lens.core.controls import Baseline, random_directions
 from persona_lens.core.hooks import RecordProjection, install_hooks
 from persona_lens.core.layers import hook_name
+from persona_lens.core.vectors import unit_rows
 from persona_lens.experiments import space as sp
 from persona_lens.traits.roles import role_from_dict
 
@@ -126,7 +127,7 @@ def test_token_quantiles_match_per_token_projections_read_by_record_projection(t
     per-token projections that RecordProjection reads one direction and one layer at a time."""
     conversations = _default_conversations(tiny_model)
     space = _tiny_space(tiny_model, conversations)
-    units = torch.stack([space.axis_unit(), sp.unit_rows(sp.cap_control_directions(space, 1)[0])])
+    units = torch.stack([space.axis_unit(), unit_rows(sp.cap_control_directions(space, 1)[0])])
     quantiles = sp._token_quantiles(tiny_model, units, conversations, batch_size=2)  # a padded batch and a single
     assert quantiles.shape == (2, tiny_model.cfg.n_layers + 1, 101)
     for m in range(2):
@@ -292,7 +293,7 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
                                     layer=layer, k_random=20)
     paired = sp.compare_drift(result, other, k_random=20, seed=5)
     assert paired.value == pytest.approx(result.drift.value - other.drift.value)
-    randoms = sp.random_directions(tiny_model.cfg.d_model, 20, seed=5 + layer)
+    randoms = random_directions(tiny_model.cfg.d_model, 20, seed=5 + layer)
     assert paired.random == pytest.approx((randoms @ (result.change - other.change)).tolist())
     assert sp.compare_drift(result, result, k_random=5).random == [0.0] * 5
     with pytest.raises(ValueError, match="at one layer"):

@@ -5,7 +5,7 @@ import torch
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.layers import hook_name
-from persona_lens.core.scale import (
+from persona_lens.core.norms import (
     REFERENCE_QUESTIONS,
     median_residual_norms,
     raw_coefficient,
