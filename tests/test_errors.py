@@ -22,6 +22,7 @@ BUILTIN = {
     "TemplateBoundaryError": ValueError, "BadValue": ValueError, "EngineError": RuntimeError,
     "EngineMismatch": ValueError, "UnreadablePositions": ValueError, "VectorMismatchError": ValueError,
     "VectorFileError": ValueError, "FolderBusy": RuntimeError, "ResultFileError": ValueError,
+    "UnsafeOutput": ValueError, "UnreadableFile": ValueError,
 }
 
 
