@@ -23,6 +23,7 @@ BUILTIN = {
     "EngineMismatch": ValueError, "UnreadablePositions": ValueError, "VectorMismatchError": ValueError,
     "VectorFileError": ValueError, "FolderBusy": RuntimeError, "ResultFileError": ValueError,
     "EngineHookError": RuntimeError, "EngineUnavailable": RuntimeError,
+    "UnsafeOutput": ValueError, "UnreadableFile": ValueError,
 }
 
 

@@ -99,10 +99,26 @@ def run_command(func, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything written so far is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as error:
+        import errno
+
+        fixes = {errno.ENAMETOOLONG: "choose a shorter path (at most 255 bytes a name, 4,095 in all)",
+                 errno.ELOOP: "remove the loop of symbolic links or choose another path",
+                 errno.ENOTDIR: "a part of it is a file, not a folder; choose another path"}
+        if error.errno not in fixes:  # a path given by the user that no file system can use: theirs to fix
+            raise
+        name = str(error.filename or "a path")
+        print(f"error: {name[:80]}{'...' if len(name) > 80 else ''}: {error.strerror}; {fixes[error.errno]}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as error:
+        from persona_lens.core.engine import EngineError, EngineMismatch
+        from persona_lens.core.io import UnsafeOutput
         from persona_lens.judges.base import JudgeAuthError
 
-        if isinstance(error, JudgeAuthError):  # a wrong or unauthorised API key: the user's to fix, stop at once
+        # a wrong API key, an output path we must not write, an engine that failed or lied (after its retries):
+        # the user's to fix, one sentence, stop at once
+        if isinstance(error, (JudgeAuthError, UnsafeOutput, EngineError, EngineMismatch)):
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise

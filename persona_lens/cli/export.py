@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_FAILURE, EXIT_OK, BadInput
-from persona_lens.cli.options import check_out_file, number_arg
+from persona_lens.cli.options import check_out_file, number_arg, out_path
 
 __all__ = ["configure_parser", "run", "parse_layers"]
 
@@ -52,7 +52,7 @@ def configure_parser(subparsers: Any) -> None:
     )
     parser.add_argument("vector", type=Path, metavar="VECTOR.safetensors", help="a file written by save_vector")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--out", required=True, type=Path, metavar="PATH", help="output file")
+    parser.add_argument("--out", required=True, type=out_path, metavar="PATH", help="output file")
     parser.add_argument(
         "--layers", metavar="SPEC", help="gguf only: layers to export, e.g. 10-20 or 4,8,12 (default: 2..n_layers)"
     )
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         if given:
             raise BadInput(f"{', '.join(given)} only apply to --format gguf; {args.format} keeps the whole vector")
+    check_out_file(args.out)  # first: an empty, over-long or special --out is refused before anything looks at it
     if args.out.resolve() == args.vector.resolve():
         raise BadInput(f"--out {args.out} is the input file; choose another path")
     if args.out.is_dir():

@@ -21,9 +21,10 @@ from persona_lens.cli.options import (
     load_trait_arg,
     load_vectors_arg,
     lock_out,
+    out_path,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run", "add_extract_options", "extract_config_from_args", "run_extraction",
            "calibration_path", "extract_dir"]
@@ -96,7 +97,7 @@ def configure_parser(subparsers: Any) -> None:
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser)
     add_generation_options(parser, seed=0, batch_size=32)
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=out_path, default=None,
                         help="output folder (default: runs/<model>/<trait>/extract-t<max tokens>-T<temperature>-"
                              "p<top-p>-s<seed>, one per setting)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.extract import vector_path
 
     check_controls(args)
+    check_scale_args(args)
     trait = load_trait_arg(args.trait)
     check_judge_arg(args, trait)
     config = extract_config_from_args(args)

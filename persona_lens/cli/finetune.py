@@ -18,6 +18,7 @@ from persona_lens.cli.options import (
     load_vectors_arg,
     lock_out,
     number_arg,
+    out_path,
     parse_layer_spec,
     probability_arg,
     seed_arg,
@@ -41,7 +42,7 @@ def configure_parser(subparsers: Any) -> None:
     add_model_options(parser)
     parser.add_argument("--data", type=Path, required=True, metavar="DATA.jsonl",
                         help="training conversations, one {\"messages\": [...]} object a line")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+    parser.add_argument("--out", type=out_path, required=True, metavar="DIR",
                         help="output folder: the finetuned model (HF format) + finetune.json; trainer_state/ while "
                              "training")
     parser.add_argument("--method", choices=["lora", "full"], default="lora",

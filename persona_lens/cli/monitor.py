@@ -36,6 +36,7 @@ from persona_lens.cli.options import (
     load_trait_arg,
     load_vectors_arg,
     lock_out,
+    out_path,
     parse_int_list,
     read_prompts,
     slug,
@@ -129,7 +130,7 @@ def configure_parser(subparsers: Any) -> None:
                        help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
     add_generation_options(sweep, samples=1, max_new_tokens=128, temperature=1.0, top_p=1.0, seed=0, batch_size=8,
                            helps={"batch_size": "prompts generated together"})
-    sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
+    sweep.add_argument("--out", type=out_path, default=None, metavar="DIR",
                        help="output folder (default: runs/<model>/<trait>/monitor)")
     add_control_arguments(sweep, default=100)
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -146,7 +147,7 @@ def configure_parser(subparsers: Any) -> None:
     _add_prompt_arguments(tokens)
     add_generation_options(tokens, max_new_tokens=64, temperature=0.0, seed=0)
     tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
-    tokens.add_argument("--out", type=Path, required=True, metavar="FILE.html",
+    tokens.add_argument("--out", type=out_path, required=True, metavar="FILE.html",
                         help="HTML page to write (one section per vector; a .json with the numbers beside it)")
     tokens.add_argument("--json", action="store_true", help="print the projections as JSON")
     tokens.set_defaults(func=run_tokens)
@@ -283,7 +284,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     write_text_atomic(out, html_page)
     numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
                "traces": [t.to_json() for t in traces], "html": str(out)}
-    out.with_suffix(".json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=2, ensure_ascii=False))
     if args.json:
         print(json.dumps(numbers, indent=2, ensure_ascii=False))
     else:

@@ -15,7 +15,7 @@ __all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg"
            "add_model_options", "add_judge_options", "add_generation_options", "add_layer_option",
            "add_vector_arguments", "add_allow_other_model", "load_model_arg", "load_named_model",
            "load_trait_arg", "load_vectors_arg", "parse_int_list", "parse_float_list", "parse_layer_spec", "slug",
-           "default_run_dir", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
+           "default_run_dir", "out_path", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
            "default_vector_paths", "extracted_vectors", "judges_from_args", "check_judge_arg", "read_prompts"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -410,14 +410,19 @@ def read_prompts(path: Path) -> list[list[dict[str, str]]]:
     return prompts
 
 
-_NAME_MAX = 255
+def _check_names(path: Path, flag: str, *, folder: bool) -> None:
+    """The one check of :func:`persona_lens.core.io.check_output_path` (empty, over-long, a device, FIFO, socket or
+    symbolic link at the path), as exit 2 naming ``flag``."""
+    from persona_lens.core.io import UnsafeOutput, check_output_path
 
-
-def _check_names(path: Path, flag: str) -> None:
-    for part in path.parts:
-        if len(os.fsencode(part)) > _NAME_MAX:
-            raise BadInput(f"{flag} {str(path)[:80]}...: the name {part[:40]!r}... is longer than {_NAME_MAX} bytes, "
-                           "more than a file system allows; choose a shorter name")
+    if not str(path).strip():
+        raise BadInput(f"{flag} is empty; give a folder or file name (for the current folder, '.')")
+    try:
+        check_output_path(path, folder=folder)
+    except UnsafeOutput as error:
+        if "where a" in str(error):  # a file where a folder goes, or the reverse: the callers' own sentences
+            return
+        raise BadInput(f"{flag}: {error}") from None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -427,9 +432,19 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def out_path(text: str) -> Path:
+    """The ``type`` of every ``--out``: a path, never empty (``Path("")`` would be the current folder, and a run's
+    files would land in it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the output path is empty; give a folder or file name (for the current "
+                                         "folder, '.')")
+    return Path(text)
+
+
 def check_out_dir(path: Path, flag: str = "--out") -> Path:
-    """Refuse an output folder that is a file, lies under a file, or cannot be written, before any work is done."""
-    _check_names(path, flag)
+    """Refuse an output folder that is a file, lies under a file, cannot be written, is empty, too long, or a link,
+    device or FIFO, before any work is done."""
+    _check_names(path, flag, folder=True)
     if path.exists() and not path.is_dir():
         raise BadInput(f"{flag} {path} is a file, not a folder; choose a folder path")
     existing = _nearest_existing(path)
@@ -441,8 +456,9 @@ def check_out_dir(path: Path, flag: str = "--out") -> Path:
 
 
 def check_out_file(path: Path, flag: str = "--out") -> Path:
-    """Refuse an output file path that is a folder or whose folder cannot be made or written."""
-    _check_names(path, flag)
+    """Refuse an output file path that is a folder, a link, device or FIFO, or whose folder cannot be made or
+    written."""
+    _check_names(path, flag, folder=False)
     if path.is_dir():
         raise BadInput(f"{flag} {path} is a folder; give a file path")
     check_out_dir(path.parent if str(path.parent) else Path("."), flag=f"{flag} {path}: the folder")

@@ -35,7 +35,8 @@ DESCRIPTION = """\
   roles show NAME [--json]
       one role, by name or path
   roles validate PATH...
-      check role files; exit code 2 if any is invalid"""
+      check role files (a folder: its .json files; _questions.json as the shared questions); exit code 2 if any is
+      invalid"""
 
 
 def configure_parser(subparsers: Any) -> None:
@@ -113,6 +114,25 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Check each file; print ``ok`` or its problems. Exit 2 if any is invalid."""
-    from persona_lens.traits.roles import RoleError, load_role
+    from types import SimpleNamespace
 
-    return validate_files(args.paths, load_role, RoleError, "role")
+    from persona_lens.traits.roles import QUESTIONS_FILE, RoleError, load_role, load_role_questions
+
+    def load(path: str) -> Any:
+        """A role file, or the shared questions file (``_questions.json``, checked as what it is)."""
+        if Path(path).name == QUESTIONS_FILE:
+            questions = load_role_questions(path)
+            return SimpleNamespace(name=f"shared questions: {len(questions.build)} build, {len(questions.eval)} eval")
+        return load_role(path)
+
+    paths: list[str] = []
+    for path in args.paths:  # a folder stands for its .json files (the questions file included)
+        folder = Path(path)
+        if folder.is_dir():
+            found = sorted(str(p) for p in folder.glob("*.json"))
+            if not found:
+                raise BadInput(f"{folder} is a folder without .json files; give role files or a roles folder")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return validate_files(paths, load, RoleError, "role")

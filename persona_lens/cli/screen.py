@@ -20,9 +20,10 @@ from persona_lens.cli.options import (
     load_model_layer_vectors,
     load_vectors_arg,
     lock_out,
+    out_path,
     slug,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run"]
 
@@ -49,7 +50,7 @@ def configure_parser(subparsers: Any) -> None:
     add_model_options(parser)
     add_vector_arguments(parser, trait_option=True)
     add_layer_option(parser)
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=out_path, required=True, metavar="DIR", help="output folder")
     add_generation_options(parser, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=0, batch_size=8,
                            helps={"max_new_tokens": "base response length limit",
                                   "temperature": "base response sampling temperature (0: greedy, independent of "
@@ -91,7 +92,9 @@ def _names(paths: list[Path]) -> list[str]:
 
 
 def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.4f}"
+    from persona_lens.core.formatting import format_value
+
+    return format_value(value, "+.4f")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import histogram_figure
 
+    check_scale_args(args)
     for path in args.data:
         if not path.is_file():
             raise BadInput(f"no dataset at {path}")

@@ -27,6 +27,7 @@ from persona_lens.cli.options import (
     load_trait_arg,
     load_vectors_arg,
     lock_out,
+    out_path,
     read_prompts,
     slug,
 )
@@ -68,7 +69,7 @@ def configure_parser(subparsers: Any) -> None:
                            helps={"samples": "replies per question when scoring",
                                   "max_new_tokens": "reply length when scoring",
                                   "batch_size": "prompts per forward / generation batch"})
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+    parser.add_argument("--out", type=out_path, required=True, metavar="DIR",
                         help="output folder: shift.json, shift.csv and one scatter per vector")
     add_control_arguments(parser, default=100)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

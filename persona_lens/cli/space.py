@@ -27,16 +27,19 @@ from persona_lens.cli.options import (
     add_judge_options,
     add_layer_option,
     add_model_options,
+    check_out_dir,
+    check_out_file,
     check_positive,
     count_arg,
     default_run_dir,
     load_model_arg,
     load_vectors_arg,
+    out_path,
     parse_layer_spec,
     seed_arg,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run_build", "run_drift", "run_cap", "run_cap_eval", "role_judges"]
 
@@ -163,7 +166,7 @@ def configure_parser(subparsers: Any) -> None:
                        metavar="VECTOR.safetensors", help="a persona vector to place in the space (repeatable)")
     build.add_argument("--layer", default=None, help="layer of the role map figure (default: 2/3 of the depth)")
     _add_controls(build, 100, "random directions of the controls (PC1 and trait alignment)", positive=True)
-    build.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<model>/space)")
+    build.add_argument("--out", type=out_path, default=None, help="output folder (default: runs/<model>/space)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
     build.add_argument("--cap-controls", type=seed_arg("--cap-controls"), default=10, metavar="K",
@@ -198,7 +201,7 @@ def configure_parser(subparsers: Any) -> None:
                            helps={"max_new_tokens": "reply length for --user-turns",
                                   "temperature": "sampling temperature for --user-turns, 0 = greedy"})
     _add_controls(drift, 100, "random directions of the drift control", positive=True)
-    drift.add_argument("--out", type=Path, required=True, help="output folder")
+    drift.add_argument("--out", type=out_path, required=True, help="output folder")
     drift.add_argument("--json", action="store_true", help="print the result as JSON")
     drift.set_defaults(func=run_drift)
 
@@ -214,7 +217,7 @@ def configure_parser(subparsers: Any) -> None:
     cap.add_argument("--positions", choices=("response", "all"), default="response",
                      help="where the cap acts: the reply's tokens (default) or every position, the prompt's too (as "
                           "the assistant-axis code caps)")
-    cap.add_argument("--out", type=Path, required=True, help="the cap file to write (.safetensors)")
+    cap.add_argument("--out", type=out_path, required=True, help="the cap file to write (.safetensors)")
     cap.set_defaults(func=run_cap)
 
     evaluate = commands.add_parser("cap-eval", help="in-role rates with and without capping; default replies",
@@ -230,7 +233,7 @@ def configure_parser(subparsers: Any) -> None:
     evaluate.add_argument("--no-jailbreaks", action="store_true", help="skip the roles' jailbreak prompts")
     _add_controls(evaluate, None, "evaluate the first K random-direction cappings of --cap beside the axis "
                                   "(default: all it holds)")
-    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--out", type=out_path, required=True, help="output folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=run_cap_eval)
@@ -242,6 +245,7 @@ def run_build(args: argparse.Namespace) -> int:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.space import plot_role_map, plot_variance_explained
 
+    check_scale_args(args)
     roles = _load_roles(args)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
@@ -300,12 +304,20 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_text_arg(path: Path, option: str) -> str:
+    """The text of a file an option names, through the one reader (:func:`persona_lens.core.io.read_text`)."""
+    from persona_lens.core.io import UnreadableFile, read_text
+
+    try:
+        return read_text(path, option)
+    except UnreadableFile as error:
+        raise BadInput(str(error)) from None
+
+
 def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[str, str]]:
     from persona_lens.core.chat import parse_messages
 
-    if not path.is_file():
-        raise BadInput(f"{option}: no file at {path}")
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+    lines = [(n, line) for n, line in enumerate(_read_text_arg(path, option).splitlines(), start=1)
              if line.strip()]
     if not lines:
         raise BadInput(f"{path} is empty; write one message a line")
@@ -315,6 +327,9 @@ def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[
             "messages": [json.loads(line) for _, line in lines]}
     except json.JSONDecodeError as error:
         raise BadInput(f"{path}: invalid JSON ({error.msg}); write one JSON object a line") from None
+    except RecursionError:
+        raise BadInput(f"{path}: JSON nested too deeply to read (thousands of brackets); this is no conversation: "
+                       "write one message a line") from None
     messages = parse_messages(data)
     if isinstance(messages, str):
         raise BadInput(f"{path}: {messages}")
@@ -328,28 +343,32 @@ def run_drift(args: argparse.Namespace) -> int:
     from persona_lens.viz.space import plot_drift
 
     check_positive(max_new_tokens=args.max_new_tokens)
+    check_out_dir(args.out)
+    # the files first (through the one reader), then the space and the model: a bad file costs no model load
+    messages = turns = None
+    if args.conversation is not None:
+        messages = _read_conversation(args.conversation)
+    else:
+        turns = [line.strip() for line in _read_text_arg(args.user_turns, "--user-turns").splitlines()
+                 if line.strip()]
+        if not turns:
+            raise BadInput(f"{args.user_turns} holds no user turn")
+    reference_messages = None if args.reference is None else _read_conversation(args.reference, "--reference")
     space = _load_space(args.space)
     model = load_model_arg(args)
     _check_space_model(space, model)
     layer = parse_layer_spec(args.layer, space.n_layers)
     if not isinstance(layer, int):
         raise BadInput("--layer takes one layer here")
-    if args.conversation is not None:
-        messages = _read_conversation(args.conversation)
-    else:
-        if not args.user_turns.is_file():
-            raise BadInput(f"--user-turns: no file at {args.user_turns}")
-        turns = [line.strip() for line in args.user_turns.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not turns:
-            raise BadInput(f"{args.user_turns} holds no user turn")
+    if turns is not None:
         messages = simulate_conversation(model, turns, system=args.system, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, seed=args.seed)
     try:
         result = project_conversation(model, space, messages, layer=layer, k_random=args.random, seed=args.seed)
         paired = None
         if args.reference is not None:
-            reference = project_conversation(model, space, _read_conversation(args.reference, "--reference"),
-                                             layer=layer, k_random=args.random, seed=args.seed)
+            reference = project_conversation(model, space, reference_messages, layer=layer, k_random=args.random,
+                                             seed=args.seed)
             paired = compare_drift(result, reference, k_random=args.random, seed=args.seed)
         context = None
         if args.alone:
@@ -396,6 +415,7 @@ def run_drift(args: argparse.Namespace) -> int:
 def run_cap(args: argparse.Namespace) -> int:
     from persona_lens.experiments.space import calibrate_cap
 
+    check_out_file(args.out)
     space = _load_space(args.space)
     layers = parse_layer_spec(args.layers, space.n_layers)
     layers = [layers] if isinstance(layers, int) else layers
@@ -434,8 +454,8 @@ def run_cap_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return EXIT_OK
-    def fmt(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
+    from persona_lens.core.formatting import format_value as fmt
+
 
     print("role | prompts | in-role rate uncapped -> capped | capped along random directions")
     for row in result.rows:

@@ -36,11 +36,12 @@ from persona_lens.cli.options import (
     load_trait_arg,
     load_vectors_arg,
     lock_out,
+    out_path,
     parse_float_list,
     parse_int_list,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, executor_from_args
+from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
 
@@ -78,7 +79,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "replies that are both trait-expressing (--trait-threshold) and coherent (default 75)")
     add_judge_options(parser, coherence="auto")
     add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>/<trait>)")
+    parser.add_argument("--out", type=out_path, default=None, help="run folder (default: runs/<model>/<trait>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_control_arguments(parser, default=3, cost="one more cell of generation at the chosen cell (the vector "
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     check_controls(args)
+    check_scale_args(args)
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
     check_judge_arg(args, trait)
@@ -166,8 +168,12 @@ def run(args: argparse.Namespace) -> int:
                           "controls": None if controls is None else controls.to_json(),
                           "seconds": round(time.time() - started, 1)}, indent=2))
         return 0
-    print(f"baseline (unsteered): trait {result.baseline.trait_mean:.1f}, rate {result.baseline.trait_rate:.2f}, "
-          f"coherence {result.baseline.coherence_mean:.1f}, both {result.baseline.both_rate:.2f}")
+    from persona_lens.core.formatting import format_value as fv
+
+    base = result.baseline
+    print(f"baseline (unsteered): trait {fv(base.trait_mean, '.1f')}, rate {fv(base.trait_rate)}, "
+          f"coherence {fv(base.coherence_mean, '.1f')}, both {fv(base.both_rate)}"
+          + (f" ({base.n_unscored} of {base.n} replies unscored)" if base.n_unscored else ""))
     print(("chosen: " if result.chosen else "no choice: ") + result.reason)
     print(f"figure: {result.paths.get('html')}" + (f" and {result.paths['png']}" if "png" in result.paths else ""))
     print(f"table:  {result.paths['csv']}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BadInput
-from persona_lens.cli.options import check_out_file, count_arg
+from persona_lens.cli.options import check_out_file, count_arg, out_path
 from persona_lens.traits.schema import (  # noqa: E501
     Trait,
     TraitError,
@@ -106,7 +106,7 @@ def add_new_arguments(new: argparse.ArgumentParser, what: str, example: str, def
     new.add_argument("name", help=f"{what} name: lowercase letters, digits, '_' and '-' (e.g. {example})")
     new.add_argument("--description", required=True, help=f"one paragraph saying what the {what} is")
     new.add_argument("--model", default=None, help=f"Claude model (default: {_DEFAULT_MODEL})")
-    new.add_argument("--out", type=Path, default=default_out, metavar="DIR",
+    new.add_argument("--out", type=out_path, default=default_out, metavar="DIR",
                      help=f"directory to write NAME.json into (default: ./{default_out})")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
     new.add_argument("--max-attempts", type=count_arg("--max-attempts"), default=3, metavar="N",

@@ -116,6 +116,17 @@ def encode_generated(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> 
     return EncodedConversation(ids, len(prompt_ids), len(prompt_ids), len(ids))
 
 
+def _describe_space(text: str) -> str:
+    """``"2 spaces"``, ``"a blank line"``: what leading whitespace holds, in words."""
+    breaks = text.count("\n")
+    if breaks:
+        return ("a line break" if breaks == 1 else "a blank line" if breaks == 2 else
+                f"{breaks - 1} blank lines")
+    if set(text) == {" "}:
+        return f"{len(text)} space{'s' if len(text) != 1 else ''}"
+    return f"{len(text)} whitespace characters"
+
+
 def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: str) -> EncodedConversation:
     """Tokens of ``messages`` followed by an assistant turn ``response`` (text), with an exact boundary."""
     prompt_text = _render(tokenizer, messages, add_generation_prompt=True)
@@ -128,6 +139,12 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
     offsets = list(encoded["offset_mapping"])
     if len(full_ids) > 1 and full_ids[:2] == [tokenizer.bos_token_id] * 2:
         full_ids, offsets = full_ids[1:], offsets[1:]
+    lead = response[:len(response) - len(response.lstrip())]
+    if full_ids[: len(prompt_ids)] != prompt_ids and lead:
+        raise TemplateBoundaryError(
+            f"the reply starts with {lead!r} ({_describe_space(lead)}), which {name}'s tokenizer merges with the end "
+            f"of the prompt, so the reply's first token cannot be told apart from the prompt's last: remove the "
+            f"leading whitespace from the reply ({response[:40]!r})")
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise TemplateBoundaryError(
             f"the chat template of {name} renders the prompt differently alone and inside the full conversation: "
@@ -153,9 +170,11 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
     start, end = inside[0], inside[-1] + 1
     if offsets[start][0] != char_start or offsets[end - 1][1] > char_end and end < len(full_ids):
         straddle = offsets[start][0] != char_start
+        found = (f"; the reply starts with {lead!r} ({_describe_space(lead)}), which the tokenizer merges with what "
+                 "comes before it: remove the leading whitespace from the reply" if straddle and lead else "")
         raise TemplateBoundaryError(
             f"{name}: a token straddles the {'start' if straddle else 'end'} of the response, so the response "
-            "does not begin/end on a token boundary under this chat template"
+            f"does not begin/end on a token boundary under this chat template{found}"
         )
     return EncodedConversation(tuple(full_ids), len(prompt_ids), start, end)
 

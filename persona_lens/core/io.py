@@ -8,6 +8,11 @@ jobs write as they go, so an interrupted run resumes).
 * :class:`SqliteStore`: rows under a key in a SQLite table that processes and threads share (caches).
 * :func:`check_settings`: a run folder remembers the settings its results were made with.
 * :class:`FolderLock`: one run at a time in a folder; the lock dies with its process (no stale lock to clear).
+* :func:`read_text`: the one reader of the text files a command is pointed at (UTF-8, named by line when it is
+  not; a folder or a missing file named), :class:`UnreadableFile`.
+* :func:`check_output_path`: the one check every writer makes first: what sits at an output path must be a regular
+  file or a folder (never a device, FIFO, socket or symbolic link, which a rename would replace or a write would
+  follow); :class:`UnsafeOutput` names the path and the fix.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,9 +37,13 @@ __all__ = [
     "FolderBusy",
     "JsonlRecords",
     "SqliteStore",
+    "UnsafeOutput",
     "atomic_directory",
+    "check_output_path",
     "atomic_output",
     "check_settings",
+    "read_text",
+    "UnreadableFile",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -47,6 +57,112 @@ def _umask() -> int:
     return mask
 
 
+#: The longest path the kernel takes (Linux ``PATH_MAX``, terminating NUL included) and the longest name in a folder.
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+class UnsafeOutput(Error, ValueError):
+    """An output path we must not write: empty, too long, or something other than a regular file or a folder is
+    there (a device, a FIFO, a socket, a symbolic link). The message names the path and the fix."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
+    """``path`` as a Path if a writer may create or replace it; else :class:`UnsafeOutput` naming the path and the fix.
+
+    Refused: an empty path (it would write into the current folder), a path longer than :data:`PATH_MAX` bytes or
+    with a name longer than :data:`NAME_MAX`, and anything at ``path`` that is not a regular file (``folder``: a
+    folder): a device node, FIFO or socket (an atomic rename would replace ``/dev/null`` itself; a write to a FIFO
+    blocks), and a symbolic link (a write would follow it out of the run folder), whatever it points to. The
+    folders above ``path`` may be links (a home folder often is); what is at ``path`` itself may not.
+    """
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise UnsafeOutput("the output path is empty; give a file or folder name (for the current folder, '.')")
+    target = Path(text)
+    encoded = os.fsencode(os.path.abspath(target))
+    if len(encoded) >= PATH_MAX:
+        raise UnsafeOutput(f"the output path {str(target)[:60]}... is {len(encoded)} bytes long, more than the "
+                           f"{PATH_MAX - 1} a path may have; choose a shorter path")
+    for part in target.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UnsafeOutput(f"the output path {str(target)[:60]}... has a name ({part[:40]!r}...) longer than "
+                               f"{NAME_MAX} bytes, more than a file system allows; choose a shorter name")
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file above it: making the folder will say so)
+        return target
+    except OSError as error:  # EACCES, ELOOP, ...
+        raise UnsafeOutput(f"cannot check the output path {target}: {error.strerror}; choose another path") from None
+    if stat.S_ISREG(mode) and not folder:
+        return target
+    if stat.S_ISDIR(mode) and folder:
+        return target
+    if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and folder):
+        want, found = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise UnsafeOutput(f"{target} is {found}, where {want} is written; choose another path")
+    raise UnsafeOutput(f"{target} is {_kind(mode)}, not a {'folder' if folder else 'regular file'}; persona_lens "
+                       "never writes through or over one (it would replace or follow it): remove it or choose another "
+                       "path")
+
+
+class UnreadableFile(Error, ValueError):
+    """A file a command was pointed at that cannot be read as text; the message names the file (and line), the fix."""
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """The UTF-8 text of ``path``, or :class:`UnreadableFile` naming it: missing, a folder (or other non-file), or
+    not UTF-8 (named by line and byte, as the JSONL readers do)."""
+    source = Path(path)
+    if not source.exists():
+        raise UnreadableFile(f"{what}: no file at {source}; check the path")
+    if not source.is_file():
+        raise UnreadableFile(f"{what}: {source} is {'a folder' if source.is_dir() else 'not a regular file'}; give "
+                             "the path of a file")
+    data = source.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1)
+        raise UnreadableFile(f"{what}: {source}:{line}: not UTF-8 text (byte {column} of the line); save the file "
+                             "as UTF-8") from None
+
+
+def _open_no_follow(path: Path, flags: int) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)`` after :func:`check_output_path`: a symbolic link at ``path`` (also one
+    put there between the check and the open) is refused, never followed."""
+    check_output_path(path)
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666 & ~_umask())
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeOutput(f"{path} is a symbolic link; persona_lens never writes through one: remove it") from None
+        raise
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the permissions ``open()`` would (``0666 & ~umask``) and every folder those of
+    ``mkdir`` (``0777 & ~umask``): libraries that write 0600 (safetensors' ``save_file``) are made to agree."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask, follow_symlinks=False)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                os.chmod(file, 0o666 & ~mask | (os.stat(file).st_mode & 0o111 & ~mask))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it vanishes.
@@ -54,7 +170,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     The file gets the permissions a plain ``open(path, "w")`` would give (``0666 & ~umask``), not the private
     ``0600`` of a temporary file, so a server running as another user (llama-server, say) can read it.
     """
-    target = Path(path)
+    target = check_output_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -62,6 +178,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
+        check_output_path(target)  # again: something may have been put there while we wrote
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -91,15 +208,18 @@ def atomic_directory(path: str | os.PathLike[str], *, merge: bool = False) -> It
     the scratch folder instead replace their namesakes in ``path`` one by one (each atomically), and the other items
     of ``path`` stay.
     """
-    target = Path(path)
+    target = check_output_path(path, folder=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     old = target.with_name(f".{target.name}.old")
     try:
         yield scratch
+        _follow_umask(scratch)
+        check_output_path(target, folder=True)
         if merge:
             target.mkdir(exist_ok=True)
             for item in scratch.iterdir():
+                check_output_path(target / item.name, folder=item.is_dir())
                 os.replace(item, target / item.name)
         else:
             os.chmod(scratch, 0o777 & ~_umask())
@@ -139,8 +259,9 @@ class JsonlRecords:
 
     def _lines(self) -> Iterator[tuple[dict[str, Any] | None, int, int]]:
         """``(record, start, end)`` byte range of each complete line before the torn tail (None: a blank line)."""
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return
+        check_output_path(self.path)  # a link or FIFO where our records belong: refused, never followed
         with self.path.open("rb") as handle:
             start = 0
             torn_at: tuple[int, int] | None = None  # (line number, byte) where an unreadable line began
@@ -163,17 +284,30 @@ class JsonlRecords:
             if record is not None:
                 yield record, start
 
-    def load(self, key: str = "key") -> dict[str, dict[str, Any]]:
+    def load(self, key: str = "key", *, check: Callable[[dict[str, Any]], str | None] | None = None
+             ) -> dict[str, dict[str, Any]]:
         """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
-        field (or with one that is not a string or number) is a damaged file: a ValueError names its byte."""
+        field (or with one that is not a string or number) is a damaged file: a ValueError names its byte.
+        ``check(record)`` returns what is wrong with a record (a field of the wrong type or range, say) or None; a
+        problem is a ValueError naming the file, the line and the problem (a record edited by hand)."""
         records: dict[str, dict[str, Any]] = {}
         for record, start in self.rows():
             value = record.get(key)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError(f"{self.path}: the record at byte {start} has no {key!r} field (a string): the file "
                                  "is damaged or was not written by persona_lens; repair or delete it")
+            problem = None if check is None else check(record)
+            if problem is not None:
+                line = self._line_at(start)
+                raise ValueError(f"{self.path}:{line}: {problem}; the record was not written so by persona_lens "
+                                 "(edited by hand?): repair or delete that line to have it made again")
             records[value] = record
         return records
+
+    def _line_at(self, offset: int) -> int:
+        """The line number (from 1) of the line starting at byte ``offset``."""
+        with self.path.open("rb") as handle:
+            return handle.read(offset).count(b"\n") + 1
 
     def drop_torn_tail(self) -> int:
         """Cut the torn tail off the file (see the class); returns how many bytes were dropped."""
@@ -186,7 +320,7 @@ class JsonlRecords:
         if dropped:
             log.warning("%s: dropping a torn tail of %d bytes after byte %d (a write cut short by an interruption)",
                         self.path, dropped, valid)
-            with self.path.open("rb+") as handle:
+            with os.fdopen(_open_no_follow(self.path, os.O_RDWR), "rb+") as handle:
                 handle.truncate(valid)
                 os.fsync(handle.fileno())
         return dropped
@@ -197,10 +331,11 @@ class JsonlRecords:
         if not data:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(self.path)
         if not self.path.exists() or self.path.stat().st_size != self._clean_size:
             self.drop_torn_tail()
         self._clean_size = None  # until this append is complete
-        with self.path.open("ab") as handle:
+        with os.fdopen(_open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -223,6 +358,7 @@ class SqliteStore:
         self.keys = list(keys)
         self.values = list(values)
         self.timeout = timeout
+        check_output_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         columns = ", ".join(f"{name} {decl}" for name, decl in {**keys, **values}.items())
         with contextlib.closing(self._connect()) as db, db:
@@ -273,7 +409,7 @@ _UNRECORDED = object()
 
 def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> None:
     """Record ``settings`` in ``path`` on first use; later, refuse to mix results made under other settings."""
-    path = Path(path)
+    path = check_output_path(path)
     if path.exists():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
@@ -319,8 +455,9 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         import fcntl
 
+        check_output_path(self.folder, folder=True)
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = _open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

@@ -615,6 +615,9 @@ def import_authors_pt(
         shape = tuple(obj.shape) if isinstance(obj, Tensor) else type(obj).__name__
         raise VectorFileError(f"{source}: expected a floating-point [n_layers + 1, d_model] tensor, got {shape}")
     _refuse_non_finite(obj, str(source))
+    if obj.dtype != torch.float32 and bool((obj.detach().double().abs() > torch.finfo(torch.float32).max).any()):
+        raise VectorFileError(f"{source}: the {obj.dtype} tensor holds values beyond what float32 holds "
+                              f"({torch.finfo(torch.float32).max:.4g}), which would become infinite; rescale it")
     settings = {"source": "authors_pt", "source_file": source.name}
     if used_key is not None:
         settings["source_key"] = used_key

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +41,7 @@ __all__ = [
     "Steering",
     "ReplyJob",
     "generate_replies",
+    "record_problem",
     "judge_replies",
     "evaluate_replies",
     "as_score",
@@ -196,6 +198,37 @@ def _records(part: Sequence[ReplyJob], out: Any, with_tokens: bool) -> list[Reco
     return new
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problem(record: Mapping[str, Any], vocab: int | None = None) -> str | None:
+    """What is wrong with a reply record read back from a run's records (a field of the wrong type or out of range:
+    a file edited by hand), or None. ``vocab``: token ids must be below it. Checked on every read, as the settings
+    are, so a float token id or a string score never reaches a vector or a mean."""
+    for field in ("response", "question_text"):
+        if field in record and not isinstance(record[field], str):
+            return f"field {field!r} must be a string, got {type(record[field]).__name__} {record[field]!r:.40}"
+    ids = record.get("response_ids")
+    if "response_ids" in record:
+        if not isinstance(ids, list):
+            return f"field 'response_ids' must be a list of token ids, got {type(ids).__name__}"
+        for position, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, int):
+                return (f"field 'response_ids' holds {type(token).__name__} {token!r} at position {position}, where "
+                        "token ids are integers")
+            if token < 0 or (vocab is not None and token >= vocab):
+                return (f"field 'response_ids' holds token id {token} at position {position}, outside the "
+                        f"vocabulary (0 to {vocab - 1 if vocab else 'its size'})")
+    if "stopped" in record and not isinstance(record["stopped"], bool):
+        return f"field 'stopped' must be true or false, got {record['stopped']!r:.40}"
+    for field in ("trait_score", "coherence"):
+        value = record.get(field)
+        if value is not None and not (_is_number(value) and 0 <= value <= 100):
+            return f"field {field!r} must be a score from 0 to 100 or null, got {value!r:.40}"
+    return None
+
+
 def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, *,
                      store: JsonlRecords | None = None, chunk: int | None = None, with_tokens: bool = True,
                      progress: bool = False, desc: str = "generate", executor: Executor | None = None
@@ -211,7 +244,8 @@ def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: Genera
     :class:`~persona_lens.experiments.executor.RayExecutor` spreads the calls over workers). Every call carries its
     jobs' seeds, so the records are the same wherever it ran; they are appended as calls finish.
     """
-    records = store.load() if store is not None else {}
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    records = store.load(check=lambda record: record_problem(record, vocab)) if store is not None else {}
     missing = list({job.key: job for job in jobs if job.key not in records}.values())
     if store is not None and len(missing) < len(jobs):
         log.info("resuming: %d of %d replies already generated", len(jobs) - len(missing), len(jobs))

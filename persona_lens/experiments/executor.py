@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 from persona_lens.core.errors import Error
 
-__all__ = ["Executor", "SerialExecutor", "RayExecutor", "WorkerLost", "EngineExecutor"]
+__all__ = ["Executor", "SerialExecutor", "RayExecutor", "WorkerLost", "EngineExecutor", "executor_settings",
+           "local_resources"]
 
 log = logging.getLogger(__name__)
 U = TypeVar("U")
@@ -58,6 +59,22 @@ class EngineExecutor:
         self.engine.check_matches(model)
         for index, unit in enumerate(units):
             yield index, on_engine(self.engine, model, unit)
+
+
+def executor_settings(executor: Any) -> dict[str, Any]:
+    """What a run records in its ``settings.json`` about where its replies came from: the served model name of an
+    engine (a resume whose engine serves another name is refused), nothing for this process or Ray."""
+    engine = getattr(executor, "engine", None)
+    return engine.settings() if engine is not None and hasattr(engine, "settings") else {}
+
+
+def local_resources() -> tuple[int, int]:
+    """``(GPUs, CPUs)`` a local Ray cluster started here would have."""
+    import os
+
+    import torch
+
+    return (torch.cuda.device_count() if torch.cuda.is_available() else 0), (os.cpu_count() or 1)
 
 
 class WorkerLost(Error, RuntimeError):
@@ -117,8 +134,22 @@ class RayExecutor:
             raise ImportError("the Ray executor needs ray: pip install 'persona_lens[scale]' (or pip install ray)"
                               ) from error
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
+            if self.address is None:
+                self._check_resources(*local_resources(), "the local cluster")
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
+            except ImportError as error:  # ray://HOST:PORT needs ray[client]
+                raise ImportError(f"--ray {self.address} needs Ray's client: pip install 'persona_lens[scale]' (or "
+                                  f"pip install 'ray[client]') ({error})") from error
         return ray
+
+    def _check_resources(self, gpus: int, cpus: int, where: str) -> None:
+        """A ValueError before any actor is asked for what ``where`` lacks (Ray would wait for it forever)."""
+        for name, asked, has, what in (("num_gpus (--ray-gpus)", self.num_gpus, gpus, "GPU"),
+                                       ("num_cpus (--ray-cpus)", self.num_cpus, cpus, "CPU")):
+            if asked > has:
+                raise ValueError(f"{name} {asked:g}: each Ray worker asks for {asked:g} {what}s, but {where} has "
+                                 f"{gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most {has}")
 
     def _new_actor(self) -> Any:
         ray = self._ray()
@@ -126,8 +157,13 @@ class RayExecutor:
         return cls.remote(self.name, self.load_kwargs)
 
     def start(self) -> list[Any]:
-        """Start the actors (each loads the model) and check they serve the same model as each other."""
+        """Start the actors (each loads the model) and check they serve the same model as each other; a cluster
+        that lacks the GPUs or CPUs one worker asks for is a ValueError first (Ray would wait forever)."""
         ray = self._ray()
+        if not self.actors:
+            resources = ray.cluster_resources()
+            self._check_resources(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)),
+                                  f"the cluster at {self.address or 'this machine'}")
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor())
         names = set(ray.get([actor.model_name.remote() for actor in self.actors]))

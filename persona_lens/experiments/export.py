@@ -119,6 +119,9 @@ def _select_layers(vec: PersonaVector, layers: Iterable[int] | None) -> list[int
     return chosen
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def export_control_vector(
     vec: PersonaVector,
     path: str | os.PathLike[str],
@@ -138,6 +141,9 @@ def export_control_vector(
     coefficient = float(coefficient)
     if not math.isfinite(coefficient):
         raise ValueError(f"coefficient must be finite, got {coefficient}")
+    if abs(coefficient) > _FLOAT32_MAX:
+        raise ValueError(f"coefficient {coefficient:g} does not fit a float32 (at most {_FLOAT32_MAX:.4g} in size), "
+                         "which GGUF stores; give a smaller --coefficient")
     chosen = _select_layers(vec, layers)
     source = vec.vectors.detach().to(device="cpu", dtype=torch.float32)
     if normalize:
@@ -145,6 +151,12 @@ def export_control_vector(
     if not torch.isfinite(source[chosen]).all():
         raise ValueError(f"persona vector {vec.trait!r} holds NaN or infinite values at the selected layers")
     mapping = {layer: map_layer_to_direction(layer, vec.n_layers) for layer in chosen}
+    scaled = {layer: (coefficient * source[layer].double()) for layer in chosen}
+    biggest = max(float(values.abs().max()) for values in scaled.values())
+    if biggest > _FLOAT32_MAX:
+        raise ValueError(f"coefficient {coefficient:g} times the vector reaches {biggest:.3g}, more than a float32 "
+                         f"holds ({_FLOAT32_MAX:.4g}): the file would hold infinities; give a smaller --coefficient "
+                         "(or --normalize)")
     with atomic_output(path) as tmp:
         writer = gguf.GGUFWriter(tmp, CONTROL_VECTOR_ARCH)
         writer.add_string(f"{CONTROL_VECTOR_ARCH}.model_hint", model_hint or vec.model_name)
@@ -157,7 +169,7 @@ def export_control_vector(
         writer.add_bool("persona_lens.normalize", bool(normalize))
         writer.add_string("persona_lens.layer_mapping", "direction.N = persona_lens layer N + 1")
         for layer, direction in mapping.items():
-            values = (coefficient * source[layer]).numpy().astype(np.float32, copy=True)
+            values = scaled[layer].numpy().astype(np.float32, copy=True)
             writer.add_tensor(f"{_DIRECTION_PREFIX}{direction}", values)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -258,4 +270,7 @@ def import_npz(path: str | os.PathLike[str]) -> PersonaVector:
     vectors = arrays["vectors"]
     if vectors.dtype != np.float32:
         raise VectorFileError(f"{source}: array 'vectors' has dtype {vectors.dtype}, expected float32")
+    if not np.isfinite(vectors).all():
+        raise VectorFileError(f"{source}: array 'vectors' holds NaN or infinite values, which cannot steer or project "
+                              "anything: export it again from a clean source")
     return decode_metadata(meta, torch.from_numpy(np.ascontiguousarray(vectors)), source)

@@ -52,7 +52,7 @@ from persona_lens.experiments.evaluate import (
     job_seed,
     summarise_scores,
 )
-from persona_lens.experiments.executor import Executor
+from persona_lens.experiments.executor import Executor, executor_settings
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
@@ -177,7 +177,8 @@ def extract(
     coherence_judge = judge if coherence_judge is None else coherence_judge
     out = Path(out_dir)
     check_settings(out / "settings.json", {
-        "model": model.cfg.model_name, "trait": trait_to_dict(trait), **config.generation_settings()},
+        "model": model.cfg.model_name, "trait": trait_to_dict(trait), **config.generation_settings(),
+        **executor_settings(executor)},
         what="replies")
     jobs = plan_jobs(trait, config)
     if not jobs:

@@ -88,7 +88,7 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, SqliteStore, atomic_output, check_settings
 from persona_lens.core.layers import check_layer
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_digest, vector_list
-from persona_lens.experiments.executor import Executor
+from persona_lens.experiments.executor import Executor, executor_settings
 
 __all__ = [
     "ScreenConfig",
@@ -408,6 +408,7 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     }
     if config.controls:  # recorded only when used, so results screened before controls existed still resume
         settings["controls"] = {"k": config.controls, "seed": config.control_seed}
+    settings.update(executor_settings(executor))  # the served model name, when an engine makes the base replies
     check_settings(_settings_path(output), settings, what="screening results")
     cache = BaseResponseCache(cache_path or output.with_name(output.name + ".base_responses.sqlite"))
     store = JsonlRecords(output)

@@ -32,6 +32,7 @@ import torch
 
 from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
 from persona_lens.core.controls import Baseline, baselines_to_dict, compare, random_like
+from persona_lens.core.formatting import format_value
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
@@ -49,7 +50,7 @@ from persona_lens.experiments.evaluate import (
     judge_replies,
     summarise_scores,
 )
-from persona_lens.experiments.executor import Executor
+from persona_lens.experiments.executor import Executor, executor_settings
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
@@ -279,7 +280,8 @@ def run_steering_sweep(
     out = Path(out_dir)
     check_settings(out / "settings.json", {"model": model.cfg.model_name, "trait": trait_to_dict(trait),
                                            "vector_norms": [round(float(x), 5) for x in vector.norms()],
-                                           **config.generation_settings()}, what="sweep replies")
+                                           **config.generation_settings(), **executor_settings(executor)},
+                   what="sweep replies")
     jobs = _plan(trait, config)
     if not jobs:
         raise ValueError(f"trait {trait.name!r} has no evaluation questions")
@@ -353,7 +355,7 @@ def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], 
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return format_value(value, f".{digits}f")
 
 
 def _encoded(model: HookedLM, job: _Job) -> Any:

@@ -253,18 +253,20 @@ def questions_from_dict(data: Any, source: str | Path = "<dict>") -> RoleQuestio
 
 
 def _read_json(path: Path, what: str) -> Any:
+    from persona_lens.core.io import UnreadableFile, read_text
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RoleError(path, [("<file>", "file not found; check the path")], what) from None
-    except UnicodeDecodeError as error:
-        raise RoleError(path, [("<file>", f"is not UTF-8 text ({error.reason} at byte {error.start}); save it as "
-                                          "UTF-8")], what) from None
+        text = read_text(path, what)
+    except UnreadableFile as error:
+        raise RoleError(path, [("<file>", str(error))], what) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise RoleError(path, [("<json>", f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
                                           "fix the syntax there")], what) from None
+    except RecursionError:
+        raise RoleError(path, [("<json>", f"nested too deeply to read (thousands of brackets); this is no {what} "
+                                          "file")], what) from None
 
 
 def roles_dirs() -> list[Path]:

@@ -18,7 +18,7 @@ MODEL = {"model": "smollm2-135m-instruct", "device": None, "dtype": None}
 JUDGE = {"judge": "auto", "claude_model": None, "judge_cache": Path("runs/judge_cache.sqlite")}
 CONTROLS = {"controls": 100, "control_seed": 0, "against": []}
 SCALE = {"ray": None, "ray_workers": 2, "ray_gpus": 0, "ray_cpus": 1, "engine": None, "engine_model": None,
-         "engine_concurrency": 8}
+         "engine_concurrency": 8, "engine_timeout": None, "engine_any_name": False}
 VECTOR = {"vectors": None, "allow_other_model": False}
 PROMPTS = {"question": None, "system": None, "prompts": None}
 
