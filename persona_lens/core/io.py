@@ -161,10 +161,10 @@ class JsonlRecords:
             if record is not None:
                 yield record, start
 
-    def load(self, key: str = "key") -> dict[str, dict[str, Any]]:
+    def load(self, key: str = "key") -> dict[Any, dict[str, Any]]:
         """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
         field (or with one that is not a string or number) is a damaged file: a ValueError names its byte."""
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[Any, dict[str, Any]] = {}  # keyed by the field's value: a string or a number
         for record, start in self.rows():
             value = record.get(key)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -232,14 +232,14 @@ class SqliteStore:
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         return db
 
-    def _key(self, key: Any) -> tuple:
+    def _key(self, key: Any) -> tuple[Any, ...]:
         return key if isinstance(key, tuple) else (key,)
 
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple]:
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple[Any, ...]]:
         """The stored values of those ``keys`` that are present, by key (as given)."""
         query = (f"SELECT {', '.join(self.values)} FROM {self.table} WHERE "
                  + " AND ".join(f"{name} = ?" for name in self.keys))
-        found: dict[Any, tuple] = {}
+        found: dict[Any, tuple[Any, ...]] = {}
         unique = list(dict.fromkeys(keys))
         if not unique:
             return found
