@@ -3,9 +3,10 @@
     .venv/bin/python scripts/render_notebooks.py [NAME ...]      # default: every notebook in notebooks/
 
 The site (mkdocs.yml, mkdocs-jupyter) renders ``docs/notebooks/*.ipynb`` without executing them, so the docs build
-never loads SmolLM2; these copies carry the outputs. A notebook not rendered yet is a symbolic link to its source
-(the site then shows its code without outputs). ``tests/test_docs.py`` checks that every copy's code cells equal its
-source's, so a copy is re-rendered whenever a notebook changes. Needs the ``dev`` extra (nbconvert, ipykernel).
+never loads SmolLM2; these copies carry the outputs (stderr, i.e. progress bars and warnings, is dropped). A
+notebook not rendered yet is a symbolic link to its source (the site then shows its code without outputs).
+``tests/test_docs.py`` checks that every copy's code cells equal its source's, so a copy is re-rendered whenever a
+notebook changes. Needs the ``dev`` extra (nbconvert, ipykernel).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "notebooks", ROOT / "docs" / "notebooks"
+
+
+def drop_stderr(notebook: dict) -> dict:
+    """The notebook without its stderr outputs (progress bars, library warnings): the site shows results."""
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("name") != "stderr"]
+    return notebook
 
 
 def render(name: str, timeout: int) -> float:
@@ -32,7 +41,7 @@ def render(name: str, timeout: int) -> float:
     target = TARGET / f"{name}.ipynb"
     if target.is_symlink():
         target.unlink()
-    nbformat.write(notebook, target)
+    nbformat.write(drop_stderr(notebook), target)
     return time.perf_counter() - started
 
 
