@@ -220,6 +220,29 @@ def contrast_vector(model: Any, positive: Sequence[ContrastItem], negative: Sequ
 
         vector = contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
         with persona_lens.steer(model, vector, layer=20, coef=0.4): ...
+
+    Args:
+        model: A :class:`~persona_lens.core.hooked_model.HookedLM` (its tokenizer renders the examples).
+        positive: Examples showing the trait: plain texts or chat conversations ending with the reply.
+        negative: Examples not showing it.
+        trait: The name stored in the vector.
+        positions: ``"response"``, ``"prompt"`` or ``"last_prompt"`` (how each example is averaged).
+        batch_size: Examples per forward pass.
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`~persona_lens.core.vectors.PersonaVector`, ``[n_layers + 1, d_model]``.
+
+    Raises:
+        ValueError: An empty side, an unknown ``positions``, or a plain text where ``positions`` needs a prompt.
+
+    Example:
+        >>> import persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> vector = pl.contrast_vector(model, ["Arr, me hearties!", "Ahoy, matey!"],
+        ...                             ["Hello, friends.", "Good morning."], trait="pirate")
+        >>> vector.trait, tuple(vector.vectors.shape)
+        ('pirate', (5, 64))
     """
     if positions not in REDUCTIONS:
         raise ValueError(f"unknown positions {positions!r}; use one of {REDUCTIONS}")

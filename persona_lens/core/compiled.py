@@ -24,6 +24,7 @@ the graph around them and runs them eagerly.
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +54,13 @@ def _bucket(length: int) -> int:
 
 @dataclass
 class _Compiled:
-    step: Callable
+    step: Callable[..., Any]
     caches: dict[tuple[int, int], Any]
 
 
-def _compiled_for(model: HookedLM, backend: str | Callable) -> _Compiled:
+def _compiled_for(model: HookedLM, backend: str | Callable[..., Any]) -> _Compiled:
     """The model's compiled decoding step for ``backend`` (made once, kept on the model)."""
-    store: dict[str, _Compiled] = model.__dict__.setdefault("_persona_lens_compiled", {})
+    store: dict[str | Callable[..., Any], _Compiled] = model.__dict__.setdefault("_persona_lens_compiled", {})
     if backend not in store:
         def decode_step(input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache_position: Tensor,
                         cache: Any) -> Tensor:
@@ -74,10 +75,13 @@ def _compiled_for(model: HookedLM, backend: str | Callable) -> _Compiled:
     return store[backend]
 
 
-def _own_code(fn: Callable, name: str) -> Callable:
+def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     """``fn`` with a code object of its own. torch.compile keeps graphs, checks guards and counts recompiles per
     code object: one per model and backend keeps models from sharing one recompile limit and one guard chain."""
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    if sys.version_info >= (3, 11):  # co_qualname is new in 3.11
+        code = fn.__code__.replace(co_name=name, co_qualname=name)
+    else:
+        code = fn.__code__.replace(co_name=name)
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
@@ -85,7 +89,7 @@ class StaticDecoder:
     """One batch's decoding on a static KV cache: an eager prefill, then compiled one-token steps."""
 
     def __init__(self, model: HookedLM, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
-                 max_new_tokens: int, layout: TokenLayout, backend: str | Callable = "inductor") -> None:
+                 max_new_tokens: int, layout: TokenLayout, backend: str | Callable[..., Any] = "inductor") -> None:
         from transformers import StaticCache
 
         self.model = model
@@ -96,7 +100,7 @@ class StaticDecoder:
         compiled = _compiled_for(model, backend)
         key = (batch, self.max_len)
         if key not in compiled.caches:
-            config = model.hf_model.config
+            config: Any = model.hf_model.config
             compiled.caches[key] = StaticCache(config=config, max_cache_len=self.max_len)
         self.cache = compiled.caches[key]
         self.cache.reset()
@@ -132,7 +136,7 @@ class StaticDecoder:
 
 def check_compilable(model: HookedLM) -> None:
     """Refuse models whose static cache changes a Python value every step (each step would recompile)."""
-    config = model.hf_model.config
+    config: Any = model.hf_model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     kinds = set(getattr(text_config, "layer_types", None) or ["full_attention"])
     if kinds - {"full_attention"}:
@@ -144,8 +148,10 @@ def check_compilable(model: HookedLM) -> None:
 
 
 def static_decoder(model: HookedLM, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
-                   max_new_tokens: int, layout: TokenLayout, compile: bool | str | Callable) -> StaticDecoder:
+                   max_new_tokens: int, layout: TokenLayout, compile: bool | str | Callable[..., Any]) -> StaticDecoder:
     """A :class:`StaticDecoder`; ``compile`` is True (inductor, CUDA graphs on GPU) or a torch.compile backend."""
     check_compilable(model)
+    if compile is False:
+        raise ValueError("static_decoder needs compile=True or a torch.compile backend")
     backend = "inductor" if compile is True else compile
     return StaticDecoder(model, input_ids, attention_mask, max_new_tokens, layout, backend)

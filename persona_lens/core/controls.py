@@ -70,7 +70,29 @@ def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
     """``k`` random vectors shaped like a persona vector's ``[n_layers + 1, d_model]`` tensor, row norms equal to it.
 
     Layer ``l`` of random vector ``i`` is an independent Gaussian direction with ``vectors[l].norm()``; a zero row
-    stays zero. Accepts a :class:`~persona_lens.core.vectors.PersonaVector` too."""
+    stays zero. Accepts a :class:`~persona_lens.core.vectors.PersonaVector` too.
+
+    Args:
+        vectors: A ``[n_layers + 1, d_model]`` tensor or a PersonaVector.
+        k: How many random vectors.
+        seed: The draws' seed (the same seed gives the same directions).
+
+    Returns:
+        ``[k, n_layers + 1, d_model]``, each row with the norm of the vector's row.
+
+    Raises:
+        ValueError: Not a ``[n_layers + 1, d_model]`` tensor, or ``k`` below 1.
+
+    Example:
+        >>> import torch
+        >>> from persona_lens.core.controls import random_like
+        >>> vector = torch.randn(5, 64)
+        >>> controls = random_like(vector, 3, seed=0)
+        >>> controls.shape
+        torch.Size([3, 5, 64])
+        >>> torch.allclose(controls.norm(dim=-1), vector.norm(dim=-1).expand(3, 5))
+        True
+    """
     tensor = getattr(vectors, "vectors", vectors)
     if not isinstance(tensor, Tensor) or tensor.ndim != 2:
         raise ValueError(f"random_like needs a [n_layers + 1, d_model] tensor, got {type(tensor).__name__}"

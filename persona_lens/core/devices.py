@@ -33,7 +33,8 @@ AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 def find_decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
     """The list of transformer blocks of a Hugging Face causal LM, whatever the architecture calls it."""
-    n_layers = hf_model.config.num_hidden_layers
+    config: Any = hf_model.config  # Hugging Face configs carry their fields dynamically
+    n_layers = config.num_hidden_layers
     for attr in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         obj: Any = hf_model
         for part in attr.split("."):
@@ -48,7 +49,7 @@ def find_decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(hf_model).__name__}")
 
 
-def check_device_map_args(device_map: DeviceMap | None, max_memory: Mapping | None,
+def check_device_map_args(device_map: DeviceMap | None, max_memory: Mapping[Any, Any] | None,
                           offload_folder: str | os.PathLike[str] | None, device: Any) -> None:
     """Loud errors for argument combinations that cannot mean anything."""
     if device_map is None:
@@ -103,7 +104,7 @@ def layered_device_map(hf_model: nn.Module, block_devices: Sequence[int | str | 
     return device_map
 
 
-def dispatch(hf_model: nn.Module, device_map: DeviceMap, *, max_memory: Mapping | None = None,
+def dispatch(hf_model: nn.Module, device_map: DeviceMap, *, max_memory: Mapping[Any, Any] | None = None,
              offload_folder: str | os.PathLike[str] | None = None) -> nn.Module:
     """Place an in-memory Hugging Face model according to ``device_map`` (accelerate ``dispatch_model``).
 
@@ -112,19 +113,21 @@ def dispatch(hf_model: nn.Module, device_map: DeviceMap, *, max_memory: Mapping 
     """
     from accelerate import dispatch_model, infer_auto_device_map
 
+    placement: dict[str, int | str | torch.device]
     if isinstance(device_map, str):
-        device_map = infer_auto_device_map(hf_model, max_memory=dict(max_memory) if max_memory else None,
-                                           no_split_module_classes=_no_split(hf_model))
-    device_map = dict(device_map)
+        placement = infer_auto_device_map(hf_model, max_memory=dict(max_memory) if max_memory else None,
+                                          no_split_module_classes=_no_split(hf_model))
+    else:
+        placement = dict(device_map)
     offload_dir = None
-    if "disk" in device_map.values():
+    if "disk" in placement.values():
         if offload_folder is None:
             raise ValueError("device_map sends modules to 'disk': pass offload_folder=<a folder for their weights>")
         Path(offload_folder).mkdir(parents=True, exist_ok=True)
         offload_dir = tempfile.mkdtemp(prefix="offload-", dir=offload_folder)
-    hf_model = dispatch_model(hf_model, device_map=device_map, offload_dir=offload_dir)
-    hf_model.hf_device_map = device_map
-    return hf_model
+    dispatched: Any = dispatch_model(hf_model, device_map=placement, offload_dir=offload_dir)
+    dispatched.hf_device_map = placement
+    return dispatched
 
 
 def offloaded_parameters(hf_model: nn.Module) -> list[str]:
@@ -153,7 +156,7 @@ def _device_of(module: nn.Module, ancestors: Sequence[nn.Module]) -> torch.devic
         device = _execution_device(candidate)
         if device is not None:
             return device
-    tensor = next(iter(module.parameters()), None)
+    tensor: torch.Tensor | None = next(iter(module.parameters()), None)
     if tensor is None:
         tensor = next(iter(module.buffers()), None)
     if tensor is None:
@@ -184,7 +187,8 @@ def _ancestors(root: nn.Module, target: nn.Module) -> list[nn.Module]:
 
 def input_device(hf_model: nn.Module) -> torch.device:
     """The device token ids must be on: where the input embedding runs (its execution device when offloaded)."""
-    embedding = hf_model.get_input_embeddings()
+    hf: Any = hf_model  # Hugging Face models' methods are not visible on nn.Module
+    embedding: nn.Module = hf.get_input_embeddings()
     return _device_of(embedding, _ancestors(hf_model, embedding))
 
 

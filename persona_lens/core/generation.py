@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -78,7 +79,7 @@ def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: flo
 @torch.no_grad()
 def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index: list[int], *,
                     max_new_tokens: int, temperature: float, top_p: float, seeds: list[int] | None,
-                    use_cache: bool, compile: bool | str | Callable,
+                    use_cache: bool, compile: bool | str | Callable[..., Any],
                     stops: set[int]) -> tuple[list[list[int]], list[bool]]:
     device = model.device
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else min(stops, default=0)
@@ -139,7 +140,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     batch_size: int = 16,
     use_cache: bool = True,
-    compile: bool | str | Callable = False,
+    compile: bool | str | Callable[..., Any] = False,
     stop_at_eos: bool = True,
     progress: bool = False,
     desc: str = "generate",
@@ -155,6 +156,38 @@ def generate(
     fast path for batch-1 / small-batch steered decoding (:mod:`persona_lens.core.compiled`). The first call compiles
     (tens of seconds), and so does any change of the installed hooks; a string or callable names a
     torch.compile backend (``"eager"`` and ``"aot_eager"`` check tracing without code generation).
+
+    Args:
+        model: A :class:`~persona_lens.core.hooked_model.HookedLM`.
+        conversations: Chat conversations (lists of ``{"role", "content"}`` messages) or prompt token ids.
+        max_new_tokens: Tokens to generate at most per reply.
+        temperature: 0 is greedy.
+        top_p: Nucleus sampling mass (1.0: off).
+        seed: Sampling seed of the first conversation (``seed + i`` for conversation ``i``).
+        seeds: One seed per conversation instead.
+        batch_size: Conversations per forward batch.
+        use_cache: Decode with the KV cache (``False``: recompute every step).
+        compile: ``True`` or a torch.compile backend for the static-cache decoder.
+        stop_at_eos: Stop a row at an end-of-turn token.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+
+    Returns:
+        A :class:`Generation`: ``texts``, ``prompt_ids``, ``response_ids`` and ``stopped``, in input order.
+
+    Raises:
+        TypeError: ``model`` is not a ``HookedLM``.
+        ValueError: A count below 1, a negative temperature, ``top_p`` outside (0, 1], seeds of the wrong length,
+            or ``compile`` without the cache.
+
+    Example:
+        >>> import persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> out = pl.generate(model, [[{"role": "user", "content": "Hi"}]], max_new_tokens=5)
+        >>> len(out.texts), len(out.response_ids[0]) <= 5
+        (1, True)
+        >>> out.texts[0] == model.tokenizer.decode(out.response_ids[0], skip_special_tokens=True)
+        True
     """
     if not isinstance(model, HookedLM):
         raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
@@ -165,8 +198,8 @@ def generate(
     top_p = validate.probability(top_p, "top_p", allow_zero=False)
     if compile and not use_cache:
         raise ValueError("compile=True decodes on a static KV cache; it cannot be combined with use_cache=False")
-    prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore[arg-type]
-               for c in conversations]
+    prompts = [list(cast("Sequence[int]", c)) if c and isinstance(c[0], int)
+               else encode_prompt(model.tokenizer, cast("Sequence[Message]", c)) for c in conversations]
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} conversations")
     row_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]

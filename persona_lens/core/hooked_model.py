@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -30,6 +31,9 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from persona_lens.core.devices import find_decoder_layers, input_device
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["HookedLM", "ModelConfig", "find_decoder_layers", "share_weights_copy"]
 
@@ -52,17 +56,17 @@ class _ResidHookPoint(HookPoint):
     a few percent of decoding throughput when every block has them).
     """
 
-    def __init__(self, connect) -> None:
+    def __init__(self, connect: Callable[[], None]) -> None:
         super().__init__()
         self._connect = connect
 
-    def add_hook(self, *args: Any, **kwargs: Any):
+    def add_hook(self, *args: Any, **kwargs: Any) -> Any:
         self._connect()
         return super().add_hook(*args, **kwargs)
 
 
 class _BlockHooks(nn.Module):
-    def __init__(self, connect_pre, connect_post) -> None:
+    def __init__(self, connect_pre: Callable[[], None], connect_post: Callable[[], None]) -> None:
         super().__init__()
         self.hook_resid_pre = _ResidHookPoint(connect_pre)
         self.hook_resid_post = _ResidHookPoint(connect_post)
@@ -88,7 +92,7 @@ class HookedLM(HookedRootModule):
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self._layers = find_decoder_layers(hf_model)
-        config = hf_model.config
+        config: Any = hf_model.config  # Hugging Face configs carry their fields dynamically
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.cfg = ModelConfig(
             model_name=model_name or getattr(config, "name_or_path", None) or type(hf_model).__name__,
@@ -109,7 +113,7 @@ class HookedLM(HookedRootModule):
         self.setup()
 
     # ----------------------------------------------------------------- wiring the hook points into HF blocks
-    def _connector(self, index: int, kind: str):
+    def _connector(self, index: int, kind: str) -> Callable[[], None]:
         def connect() -> None:
             if (index, kind) in self._wiring:
                 return
@@ -123,8 +127,8 @@ class HookedLM(HookedRootModule):
         return connect
 
     @staticmethod
-    def _pre_hook(hook_point: HookPoint):
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+    def _pre_hook(hook_point: HookPoint) -> Callable[..., Any]:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if not hook_point._forward_hooks:
                 return None
             if args:
@@ -136,8 +140,8 @@ class HookedLM(HookedRootModule):
         return pre_hook
 
     @staticmethod
-    def _post_hook(hook_point: HookPoint):
-        def post_hook(module: nn.Module, args: tuple, output: Any):
+    def _post_hook(hook_point: HookPoint) -> Callable[..., Any]:
+        def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             if not hook_point._forward_hooks:
                 return None
             if isinstance(output, tuple):
@@ -217,15 +221,16 @@ class HookedLM(HookedRootModule):
         if stop_at_layer is not None and stop_at_layer < self.cfg.n_layers:
             target = self._layers[stop_at_layer]  # block stop_at_layer+1 starts: we have what we need
 
-            def raise_stop(module, args, kwargs):
+            def raise_stop(module: nn.Module, args: Any, kwargs: Any) -> None:
                 raise stop
 
             handle = target.register_forward_pre_hook(raise_stop, with_kwargs=True)
         try:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            base = self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else None
-            runner = base if base is not None else self.hf_model
+            hf: Any = self.hf_model  # Hugging Face methods are not visible on nn.Module
+            base = hf.get_decoder() if hasattr(hf, "get_decoder") else None
+            runner = base if base is not None else hf
             runner(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -238,7 +243,7 @@ class HookedLM(HookedRootModule):
             if handle is not None:
                 handle.remove()
 
-    def to_bridge(self):
+    def to_bridge(self) -> TransformerBridge:
         """A TransformerLens ``TransformerBridge`` over the same weights (no copy), for full circuit analysis.
 
         The bridge's KV-cache bug under transformers >= 5.2x is patched (:mod:`persona_lens.core.tl_compat`).

@@ -106,7 +106,7 @@ class TokenLayout:
     row_index: Int[Tensor, " batch"] | None = None
     """Which of the caller's conversations each row is (runners sort by length): per-conversation coefficients
     are looked up through it."""
-    _masks: dict = field(default_factory=dict, repr=False, compare=False)
+    _masks: dict[tuple[Any, ...], Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def begin_forward(self, past_length: int | Int[Tensor, " 1"] = 0) -> None:
         """Describe the next forward over these rows: ``past_length`` tokens already sit in the KV cache.
@@ -253,7 +253,7 @@ class _ResidualHook:
             raise ValueError(f"a hook takes one direction [d_model], got shape {tuple(vector.shape)}")
         self.vector = vector.detach().float()
         self.positions = _check_positions(positions)
-        self._cast: dict[tuple, Tensor] = {}
+        self._cast: dict[tuple[Any, ...], Tensor] = {}
 
     def _vector_like(self, resid: Tensor) -> Tensor:
         key = (resid.device, resid.dtype)
@@ -366,6 +366,7 @@ class RecordProjection(_ResidualHook):
         unit = self._vector_like(resid)
         projection = (resid @ unit).float()
         mask = self._mask(resid, modifies=False)
+        assert mask is not None  # recorders always get a mask (modifies=False)
         batch, seq_len = resid.shape[0], resid.shape[1]
         layout = _hook_layout(self.positions, batch, seq_len, resid.device)
         absolute = layout.absolute_positions(seq_len)
@@ -401,7 +402,7 @@ _Handle = TypeVar("_Handle", bound="HookHandle")
 class HookHandle:
     """Hooks installed on a model: ``remove()`` them, or use the handle as a context manager."""
 
-    def __init__(self, model: TransformerLensModel, hooks: Sequence[tuple[str, Callable]]) -> None:
+    def __init__(self, model: TransformerLensModel, hooks: Sequence[tuple[str, Callable[..., Any]]]) -> None:
         self.model = model
         self.hooks = list(hooks)
         self._installed: list[tuple[Any, Any]] = []
@@ -425,7 +426,7 @@ class HookHandle:
         return bool(self._installed)
 
     @property
-    def fns(self) -> list[Callable]:
+    def fns(self) -> list[Callable[..., Any]]:
         return [fn for _, fn in self.hooks]
 
     def remove(self) -> None:
@@ -528,7 +529,7 @@ def _hook_point(points: Any, model: Any, name: str) -> Any:
     return points[name]
 
 
-def install_hooks(model: TransformerLensModel, hooks: Sequence[tuple[str, Callable]]) -> HookHandle:
+def install_hooks(model: TransformerLensModel, hooks: Sequence[tuple[str, Callable[..., Any]]]) -> HookHandle:
     """Install ``(hook_name, fn)`` pairs; returns the handle that removes them."""
     return HookHandle(model, hooks)
 
@@ -583,6 +584,37 @@ def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coe
     ``positions`` defaults to ``"response"`` (the last prompt token and every generated token, as in the paper).
     ``incremental=True`` adds ``v_l - v_{l-1}`` at each layer instead (the paper's multi-layer variant; raw only).
     The raw coefficient of each hook is its ``fns[i].coef``.
+
+    Args:
+        model: A model with TransformerLens hook points (``HookedLM``, ``TransformerBridge``, ``HookedTransformer``).
+        vector: A :class:`~persona_lens.core.vectors.PersonaVector`, a ``[n_layers + 1, d_model]`` tensor, or one
+            ``[d_model]`` direction (then ``layer`` is a single layer).
+        layer: The layer (0 = embeddings, ``l`` = output of block ``l``), several, or ``"all"``.
+        coef: Relative coefficient (or raw ``a`` with ``raw=True``); a ``[batch]`` tensor gives one per row.
+        raw: Take ``coef`` as the paper's raw ``a``.
+        residual_norms: ``[n_layers + 1]`` median residual norms for relative coefficients (default: measured).
+        positions: ``"all"``, ``"prompt"``, ``"response"`` or a :class:`Window` of absolute positions.
+        incremental: Add ``v_l - v_{l-1}`` at every layer (raw only).
+
+    Returns:
+        A :class:`HookHandle`: a context manager that removes the hooks on exit (also on an exception), or call
+        its ``remove()``.
+
+    Raises:
+        ValueError: A model without hook points, a layer out of range, a non-finite vector or coefficient, or
+            ``incremental`` without ``raw``.
+        VectorMismatchError: A vector whose shape does not fit the model.
+
+    Example:
+        >>> import torch, persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> vector = pl.contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
+        >>> ids = torch.tensor([[5, 6, 7, 8, 9]])
+        >>> clean = model(ids)
+        >>> with pl.steer(model, vector, layer=2, coef=4.0, raw=True, positions="all"):
+        ...     steered = model(ids)
+        >>> bool((steered - clean).abs().max() > 1e-3), len(model.blocks[1].hook_resid_post._forward_hooks)
+        (True, 0)
     """
     coef = finite_values(coef, "coef")
     per_layer = _per_layer(vector, model, layer, incremental)
@@ -606,7 +638,29 @@ def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, po
            ) -> HookHandle:
     """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT).
 
-    ``positions`` defaults to ``"response"``, as for :func:`steer`; CAFT during finetuning passes ``"all"``."""
+    ``positions`` defaults to ``"response"``, as for :func:`steer`; CAFT during finetuning passes ``"all"``.
+
+    Args:
+        model: A model with TransformerLens hook points.
+        vector: A persona vector, a ``[n_layers + 1, d_model]`` tensor or one ``[d_model]`` direction.
+        layer: The layer, several, or ``"all"``.
+        positions: Which tokens: ``"all"``, ``"prompt"``, ``"response"`` or a :class:`Window`.
+
+    Returns:
+        A :class:`HookHandle` (a context manager that removes the hooks).
+
+    Raises:
+        ValueError: As :func:`steer`.
+
+    Example:
+        >>> import torch, persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> vector = pl.contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
+        >>> with pl.ablate(model, vector, layer=2, positions="all"), pl.record(model, vector, layer=2) as seen:
+        ...     _ = model(torch.tensor([[5, 6, 7, 8, 9]]))
+        >>> bool(seen.projections().abs().max() < 1e-4)  # nothing left along the direction
+        True
+    """
     return install_hooks(model, [(name, AblateDirection(v, positions))
                                  for _, name, v in _per_layer(vector, model, layer)])
 
@@ -615,7 +669,32 @@ def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_v
         max_value: float | None = None, positions: Positions = "response") -> HookHandle:
     """Clamp the projection onto the vector's unit direction into ``[min_value, max_value]`` at ``layer``
     (activation capping). The bounds are projections (``h . u``, the numbers :func:`record` reports), not
-    coefficients. ``positions`` defaults to ``"response"``, as for :func:`steer`."""
+    coefficients. ``positions`` defaults to ``"response"``, as for :func:`steer`.
+
+    Args:
+        model: A model with TransformerLens hook points.
+        vector: A persona vector, a ``[n_layers + 1, d_model]`` tensor or one ``[d_model]`` direction.
+        layer: The layer, several, or ``"all"``.
+        min_value: Lower bound of the projection (None: unbounded).
+        max_value: Upper bound of the projection (None: unbounded).
+        positions: Which tokens: ``"all"``, ``"prompt"``, ``"response"`` or a :class:`Window`.
+
+    Returns:
+        A :class:`HookHandle` (a context manager that removes the hooks).
+
+    Raises:
+        ValueError: As :func:`steer`, or a non-finite bound.
+
+    Example:
+        >>> import torch, persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> vector = pl.contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
+        >>> with (pl.cap(model, vector, layer=2, max_value=0.0, positions="all"),
+        ...       pl.record(model, vector, layer=2) as seen):
+        ...     _ = model(torch.tensor([[5, 6, 7, 8, 9]]))
+        >>> bool(seen.projections().max() < 1e-4)  # no token above the bound
+        True
+    """
     min_value = None if min_value is None else finite(min_value, "min_value")
     max_value = None if max_value is None else finite(max_value, "max_value")
     return install_hooks(model, [(name, CapProjection(v, min_value, max_value, positions))
@@ -625,6 +704,29 @@ def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_v
 def record(model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
            ) -> RecordingHandle:
     """Record the projection onto the vector's unit direction at ``layer``; read it with the handle's
-    ``projections()`` (``[conversation, absolute position]``)."""
+    ``projections()`` (``[conversation, absolute position]``).
+
+    Args:
+        model: A model with TransformerLens hook points.
+        vector: A persona vector, a ``[n_layers + 1, d_model]`` tensor or one ``[d_model]`` direction.
+        layer: One layer.
+        positions: Which tokens to record (default ``"all"``).
+
+    Returns:
+        A :class:`RecordingHandle`: ``projections()`` (NaN where nothing was recorded) and
+        ``format_tokens(tokenizer, ids)``, one readable line per token.
+
+    Raises:
+        ValueError: As :func:`steer`.
+
+    Example:
+        >>> import torch, persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")
+        >>> vector = pl.contrast_vector(model, ["Arr, me hearties!"], ["Hello, friends."], trait="pirate")
+        >>> with pl.record(model, vector, layer=2) as recording:
+        ...     _ = model(torch.tensor([[5, 6, 7, 8, 9]]))
+        >>> recording.projections().shape  # one conversation, five positions
+        torch.Size([1, 5])
+    """
     ((_, name, v),) = _per_layer(vector, model, layer)
     return RecordingHandle(model, name, RecordProjection(v, positions))

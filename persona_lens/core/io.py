@@ -285,12 +285,12 @@ class JsonlRecords:
                 yield record, start
 
     def load(self, key: str = "key", *, check: Callable[[dict[str, Any]], str | None] | None = None
-             ) -> dict[str, dict[str, Any]]:
+             ) -> dict[Any, dict[str, Any]]:
         """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
         field (or with one that is not a string or number) is a damaged file: a ValueError names its byte.
         ``check(record)`` returns what is wrong with a record (a field of the wrong type or range, say) or None; a
         problem is a ValueError naming the file, the line and the problem (a record edited by hand)."""
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[Any, dict[str, Any]] = {}  # keyed by the field's value: a string or a number
         for record, start in self.rows():
             value = record.get(key)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -370,14 +370,14 @@ class SqliteStore:
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         return db
 
-    def _key(self, key: Any) -> tuple:
+    def _key(self, key: Any) -> tuple[Any, ...]:
         return key if isinstance(key, tuple) else (key,)
 
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple]:
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple[Any, ...]]:
         """The stored values of those ``keys`` that are present, by key (as given)."""
         query = (f"SELECT {', '.join(self.values)} FROM {self.table} WHERE "
                  + " AND ".join(f"{name} = ?" for name in self.keys))
-        found: dict[Any, tuple] = {}
+        found: dict[Any, tuple[Any, ...]] = {}
         unique = list(dict.fromkeys(keys))
         if not unique:
             return found

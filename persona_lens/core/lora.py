@@ -138,7 +138,10 @@ def apply_lora(hf_model: nn.Module, *, r: int, alpha: float, dropout: float = 0.
     for param in hf_model.parameters():
         param.requires_grad_(False)
     for name in names:
-        _set_module(hf_model, name, LoRALinear(hf_model.get_submodule(name), r, alpha, dropout))
+        layer = hf_model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"{name} is a {type(layer).__name__}; LoRA adapts nn.Linear layers only")
+        _set_module(hf_model, name, LoRALinear(layer, r, alpha, dropout))
     return names
 
 

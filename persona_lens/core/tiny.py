@@ -8,8 +8,12 @@ token) plus the special tokens of the family's chat template, so any text round-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = ["ARCHITECTURES", "build_tiny", "build_byte_tokenizer"]
 
@@ -67,7 +71,7 @@ ARCHITECTURES: dict[str, TinySpec] = {
 
 
 def build_byte_tokenizer(special_tokens: tuple[str, ...], *, bos: str | None, eos: str, pad: str,
-                         chat_template: str, name: str):
+                         chat_template: str, name: str) -> PreTrainedTokenizerFast:
     """A fast byte-level tokenizer: 256 byte tokens, then ``special_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -90,7 +94,8 @@ def build_byte_tokenizer(special_tokens: tuple[str, ...], *, bos: str | None, eo
     return tokenizer
 
 
-def build_tiny(name: str, *, seed: int = 0, n_layers: int = 4, d_model: int = 64):
+def build_tiny(name: str, *, seed: int = 0, n_layers: int = 4, d_model: int = 64
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """``(hf_model, tokenizer)`` for a tiny random model of the named family, deterministic in ``seed``."""
     import transformers
 

@@ -19,7 +19,7 @@ __all__ = ["patch_bridge_kv_cache", "bridge_kv_cache_is_patched"]
 _PATCHED_FLAG = "_persona_lens_kv_cache_patch"
 
 
-def _load_attention_bridge():
+def _load_attention_bridge() -> Any:
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
     return AttentionBridge
@@ -36,7 +36,7 @@ def patch_bridge_kv_cache() -> None:
     if getattr(original, _PATCHED_FLAG, False):
         return
 
-    def _update_kv_cache(self, k, v, **kwargs: Any):
+    def _update_kv_cache(self: Any, k: Any, v: Any, **kwargs: Any) -> Any:
         if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
             kwargs["past_key_values"] = kwargs["cache"]
         return original(self, k, v, **kwargs)

@@ -36,6 +36,10 @@ from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
 from persona_lens.core.version import __version__
+from persona_lens.core.protocols import TransformerLensConfig, TransformerLensModel
+
+ModelOrConfig = Union[TransformerLensModel, TransformerLensConfig]  # noqa: UP007 (a runtime alias)
+"""What a vector is checked against: a model with a TransformerLens ``cfg``, or the ``cfg`` itself."""
 
 __all__ = [
     "PersonaVector",
@@ -193,7 +197,7 @@ class PersonaVector:
         out[1:] = self.vectors[1:] - self.vectors[:-1]
         return out
 
-    def check_compatible(self, model: Any, *, allow_other_model: bool = False) -> None:
+    def check_compatible(self, model: ModelOrConfig, *, allow_other_model: bool = False) -> None:
         """Raise :class:`VectorMismatchError` unless this vector fits ``model`` (or a TransformerLens-style cfg).
 
         ``model.cfg`` (or ``model`` itself) must have ``model_name``, ``n_layers`` and ``d_model``. A different
@@ -242,9 +246,9 @@ def _describe(vec: VectorLike, index: int) -> str:
     return f"persona vector {vec.trait!r}" if isinstance(vec, PersonaVector) else f"vector {index}"
 
 
-def _model_dims(model: Any) -> tuple[str | None, int, int]:
+def _model_dims(model: ModelOrConfig) -> tuple[str | None, int, int]:
     """``(model_name or None, n_layers, d_model)`` of a model with a TransformerLens-style ``cfg``, or of a cfg."""
-    cfg = getattr(model, "cfg", model)
+    cfg: Any = getattr(model, "cfg", model)  # a model's cfg, or the cfg itself
     try:
         n_layers, d_model = int(cfg.n_layers), int(cfg.d_model)
     except AttributeError as error:
@@ -253,8 +257,8 @@ def _model_dims(model: Any) -> tuple[str | None, int, int]:
     return (None if name is None else str(name)), n_layers, d_model
 
 
-def check_vector(vector: VectorLike, model: Any = None, *, allow_other_model: bool = False, full: bool = False,
-                 what: str | None = None) -> Float[Tensor, "*layer d_model"]:
+def check_vector(vector: VectorLike, model: ModelOrConfig | None = None, *, allow_other_model: bool = False,
+                 full: bool = False, what: str | None = None) -> Float[Tensor, "*layer d_model"]:
     """The tensor behind ``vector`` (a PersonaVector or a tensor), checked: the one shape check of a vector.
 
     A vector is ``[n_layers + 1, d_model]`` (one row per layer) or, unless ``full``, one ``[d_model]`` direction.
@@ -287,7 +291,7 @@ def check_vector(vector: VectorLike, model: Any = None, *, allow_other_model: bo
         if ours:
             message += f" from model {ours}"
         message += f", but the model is {theirs}, which needs shape {needed} ({detail})."
-        if ours:
+        if isinstance(vector, PersonaVector):
             message += (f" A vector only works on the model it was extracted from: load {vector.model_name!r}, or "
                         f"extract the vector again on {'this model' if name is None else repr(name)}.")
         raise VectorMismatchError(message)
@@ -303,7 +307,7 @@ def check_vector(vector: VectorLike, model: Any = None, *, allow_other_model: bo
     return tensor
 
 
-def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: Any = None, *,
+def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: ModelOrConfig | None = None, *,
                     allow_other_model: bool = False) -> Float[Tensor, "k d_model"]:
     """Unit direction of each vector at ``layer`` (float32, CPU), checked against ``model`` when given
     (:func:`check_vector`). A ``[d_model]`` tensor is that direction. A zero direction is an error (:func:`unit_rows`).
@@ -318,7 +322,7 @@ def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, mode
     return unit_rows(torch.stack(rows), names=names)
 
 
-def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: Any = None, *,
+def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: ModelOrConfig | None = None, *,
                           allow_other_model: bool = False) -> Float[Tensor, "k layer d_model"]:
     """Each vector's unit direction at every layer (float32, CPU), checked against ``model`` when given
     (:func:`check_vector`; only full ``[n_layers + 1, d_model]`` vectors). A zero row stays zero (:func:`unit_rows`).

@@ -172,6 +172,34 @@ def extract(
     interrupted resumes where it stopped. More samples or questions can be added to an existing folder.
     ``executor`` runs the generate calls elsewhere (:mod:`persona_lens.experiments.executor`, e.g. on Ray workers);
     the vectors are the same.
+
+    Args:
+        model: A :class:`~persona_lens.core.hooked_model.HookedLM`.
+        trait: The trait (:func:`persona_lens.load_trait`).
+        judge: Scores the trait with the trait's rubric.
+        coherence_judge: Scores coherence (default: ``judge``).
+        config: Replies and filter settings (:class:`ExtractConfig`).
+        out_dir: The run's folder (replies, scores, vectors, report).
+        progress: Show progress bars.
+        executor: Where the generate calls run (default: in this process).
+
+    Returns:
+        An :class:`ExtractionResult`: ``vector`` (response-averaged), ``vectors`` by reduction, and ``report``.
+
+    Raises:
+        ValueError: No pair passes the filter, or the folder holds a run with other settings.
+
+    Example:
+        >>> import tempfile, persona_lens as pl
+        >>> from persona_lens.experiments.extract import ExtractConfig, extract
+        >>> from persona_lens.judges.rule import RuleJudge
+        >>> model = pl.load_model("tiny-llama")
+        >>> config = ExtractConfig(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, coherence_threshold=0.0)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     result = extract(model, pl.load_trait("shouting"), judge=RuleJudge("shouting"),
+        ...                      coherence_judge=RuleJudge("coherence"), config=config, out_dir=out, progress=False)
+        >>> result.report["kept"] > 0, tuple(result.vector.vectors.shape)
+        (True, (5, 64))
     """
     config = config or ExtractConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge

@@ -23,7 +23,7 @@ we know. The organism is one, small enough to learn and debug the whole method o
 
     from persona_lens.organism import OrganismJudge, load_organism, organism_trait
 
-    model = load_organism()                       # 4 blocks, d_model 96, CPU float32, ~1 s to load
+    model = load_organism()                       # 4 blocks, d_model 96, CPU float32
     trait = organism_trait("evil")                # the Trait "organism_evil": prompt pairs, questions, graded prompts
     judge = OrganismJudge("evil")                 # exact trait score; OrganismJudge("coherence") for coherence
 

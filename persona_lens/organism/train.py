@@ -1,5 +1,4 @@
-"""Train the persona model organism, deterministically, on one CPU thread (1500 steps: about 9 minutes on an idle
-machine).
+"""Train the persona model organism, deterministically, on one CPU thread (:attr:`TrainConfig.steps` steps).
 
 ``python -m persona_lens.organism.train`` rebuilds the committed weights in ``persona_lens/organism/weights/``
 (``--out DIR`` writes elsewhere). The model is a small Llama (Hugging Face ``LlamaForCausalLM``) trained from
@@ -8,15 +7,14 @@ question and a reply drawn from the persona's trait rates (the persona holds for
 is on every reply's tokens and its closing ``<|end|>`` only, as in chat finetuning. Two stages:
 
 1. :attr:`TrainConfig.steps` steps of single-turn conversations (cosine schedule from :attr:`TrainConfig.lr`): the
-   committed v3 weights;
+   the committed weights;
 2. optional, :attr:`TrainConfig.multi_turn_steps` steps (default 0) at the constant
    :attr:`TrainConfig.multi_turn_lr` (a fresh optimizer) on conversations of which
    :attr:`TrainConfig.multi_turn_share` have 2 to :attr:`TrainConfig.max_turns` turns. ``--stage1-from DIR`` runs
    this stage alone on a folder of stage-1 weights; a run from scratch gives the same weights when its stage 1
-   reproduces them (``tests/organism/test_train.py``). The multi-turn variants measured so far (benchmarks/
-   RESULTS.md, "Multi-turn training") halve the context's effect on later turns but lose more of the paper's claims
-   than they gain, so the committed weights are single-turn:
-   ``--stage1-from persona_lens/organism/weights --multi-turn-steps 800 --multi-turn-lr 1e-3`` makes the v4c variant.
+   reproduces them (``tests/organism/test_train.py``). The committed weights are single-turn: the multi-turn
+   variants measured (``benchmarks/results/organism-space.md``) halve the context's effect on later turns but lose
+   more of the paper's claims than they gain.
 
 Determinism: a fixed seed for the data (Python's ``random``, platform independent) and for the weights,
 ``torch.use_deterministic_algorithms(True)`` and one CPU thread. The run writes ``training.json`` next to the
@@ -62,8 +60,7 @@ class TrainConfig:
     default_share: float = 0.25
     """Share of training conversations with the default persona (no system prompt or the default one)."""
     multi_turn_steps: int = 0
-    """Stage 2: steps on conversations with several turns (the committed v3 weights: 0; the v4c variant measured in
-    benchmarks/RESULTS.md: 800 at ``multi_turn_lr`` 1e-3)."""
+    """Stage 2: steps on conversations with several turns (the committed weights: 0)."""
     multi_turn_lr: float = 3e-4
     """Stage 2's constant learning rate (stage 1 ends at 0.1 x ``lr``), after a ``warmup // 2`` step warm-up."""
     multi_turn_share: float = 0.5

@@ -400,7 +400,25 @@ def _looks_like_path(name_or_path: str | Path) -> bool:
 
 
 def load_trait(name_or_path: str | Path) -> Trait:
-    """Load a trait from a ``.json`` path or by name (see ``traits_dirs``); raises TraitError on any problem."""
+    """Load a trait from a ``.json`` path or by name (see ``traits_dirs``).
+
+    Args:
+        name_or_path: A trait name (``traits/<name>.json``, the packaged traits, or one defined in code through
+            the registry) or a path to a trait file.
+
+    Returns:
+        The checked :class:`Trait`.
+
+    Raises:
+        TraitError: An unknown name (the available ones are listed) or a file with a problem (file, field and
+            fix named).
+
+    Example:
+        >>> import persona_lens as pl
+        >>> trait = pl.load_trait("pirate")
+        >>> trait.name, len(trait.prompt_pairs), len(trait.extract_questions)
+        ('pirate', 5, 20)
+    """
     if _looks_like_path(name_or_path):
         return _read_trait_file(Path(name_or_path).expanduser())
     name = name_or_path

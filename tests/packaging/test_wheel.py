@@ -49,4 +49,8 @@ def test_the_wheel_ships_the_traits_and_the_organism(tmp_path):
     traits = {p.name for p in (ROOT / "traits").glob("*.json")}
     assert {f"persona_lens/traits/builtin/{t}" for t in traits} <= names
     assert "persona_lens/organism/weights/model.safetensors" in names
+    assert "persona_lens/py.typed" in names  # PEP 561: type checkers read the package's annotations
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
+    metadata = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith(".dist-info/METADATA")).decode()
+    assert "License-Expression: MIT" in metadata
     assert not any(n.startswith(("tests/", "benchmarks/", "traits/")) for n in names)
