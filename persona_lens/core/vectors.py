@@ -35,8 +35,8 @@ from torch import Tensor
 from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 from persona_lens.core.layers import check_layer
-from persona_lens.core.version import __version__
 from persona_lens.core.protocols import TransformerLensConfig, TransformerLensModel
+from persona_lens.core.version import __version__
 
 ModelOrConfig = Union[TransformerLensModel, TransformerLensConfig]  # noqa: UP007 (a runtime alias)
 """What a vector is checked against: a model with a TransformerLens ``cfg``, or the ``cfg`` itself."""
