@@ -260,7 +260,8 @@ class OpenAIEngine:
         except (KeyError, IndexError, TypeError):
             raise EngineError(f"{where} answered no reply ({str(answer)[:200]}); --engine must be an "
                               "OpenAI-compatible server") from None
-        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        raw_usage = answer.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         if not isinstance(text, str) or (not text and not _ended_at_once(choice, usage)):
             raise EngineError(f"{where} answered an empty reply (content {text!r}, finish_reason "
                               f"{choice.get('finish_reason')!r}, completion_tokens {usage.get('completion_tokens')!r});"

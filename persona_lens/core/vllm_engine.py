@@ -320,7 +320,7 @@ class VLLMEngine:
         max_new_tokens = validate.positive_int(max_new_tokens, "max_new_tokens")
         temperature = validate.temperature(temperature, "temperature")
         top_p = validate.probability(top_p, "top_p", allow_zero=False)
-        prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)  # type: ignore
+        prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)
                    for c in conversations]
         own: list[list[Op]] = [list(o) for o in ops] if ops is not None else [[] for _ in prompts]
         if len(own) != len(prompts):

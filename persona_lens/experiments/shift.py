@@ -284,9 +284,9 @@ class ShiftStudy:
                 dict(model["shift_by_layer"]), int(model["n_prompts"]), _evaluation_from_json(model.get("evaluation")),
                 random_shift=list(baselines[traits[0]].random) if traits else [],
                 against_shift=dict(model.get("against_shift", {})), baselines=baselines))
-        baselines = {t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
-                     for t, by_metric in data.get("baselines", {}).items()}
-        return cls(traits, layer, results, _evaluation_from_json(data.get("base_evaluation")), baselines,
+        study_baselines = {t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
+                           for t, by_metric in data.get("baselines", {}).items()}
+        return cls(traits, layer, results, _evaluation_from_json(data.get("base_evaluation")), study_baselines,
                    base_model=data.get("base") or "", n_prompts=int(data.get("n_prompts") or 0),
                    trait=data.get("trait"))
 
