@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 from persona_lens.core.io import write_text_atomic
 
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
+           "monitor_sweep_figures", "token_projection_page",
            "shift_figure", "shift_figures", "histogram_figure"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -214,6 +215,31 @@ def shift_figures(study: Any) -> dict[tuple[str, str], go.Figure]:
                                                          for r in study.results}},
             title=f"Shift along {name} at layer {study.layer}, beside its controls", vector=name)
     return figures
+
+
+def monitor_sweep_figures(result: Any) -> dict[tuple[str, str], go.Figure]:
+    """Every figure of a :class:`~persona_lens.experiments.monitor.ProjectionSweepResult` (fresh or loaded from its
+    folder), keyed ``(trait, "")`` for projection vs score and ``(trait, ".controls")`` for the correlations beside
+    their controls."""
+    from persona_lens.viz.controls import baseline_figure
+
+    figures: dict[tuple[str, str], go.Figure] = {}
+    for name in result.traits:
+        figures[name, ""] = sweep_figure(result, name)
+        figures[name, ".controls"] = baseline_figure(
+            {f"r {metric.replace('_', ' ')}": b for metric, b in result.baselines[name].items()},
+            title=f"{result.kind} sweep at layer {result.layer}: r of {name} with the score, beside its controls",
+            vector=name)
+    return figures
+
+
+def token_projection_page(result: Any, *, show_prompt: bool = True) -> str:
+    """One HTML page for a :class:`~persona_lens.experiments.monitor.TokenProjections` (fresh or loaded): the
+    coloured tokens of every trace, one section per vector."""
+    pages = [token_projection_html(result.traces, trait=name, title=f"Projection on {name} at layer {result.layer}",
+                                   show_prompt=show_prompt) for name in result.traits]
+    body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
+    return pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
 
 
 def histogram_figure(series: Mapping[str, Sequence[float]], *, title: str, xaxis: str, nbins: int = 50,
