@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from persona_lens.core.io import write_text_atomic
 
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
-           "monitor_sweep_figures", "token_projection_page",
+           "monitor_sweep_figures", "token_projection_page", "screen_figures",
            "shift_figure", "shift_figures", "histogram_figure"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -240,6 +240,36 @@ def token_projection_page(result: Any, *, show_prompt: bool = True) -> str:
                                    show_prompt=show_prompt) for name in result.traits]
     body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
     return pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
+
+
+def screen_figures(result: Any, folder: str | os.PathLike[str], *, bins: int = 50) -> dict[str, go.Figure]:
+    """Every figure of a :class:`~persona_lens.experiments.screen_result.ScreenResult` (fresh or loaded), drawn from
+    the scores files in its ``folder``, keyed by file name: per dataset and trait the histogram of dp and
+    dp_last_prompt; with several datasets, per trait and score the datasets overlaid and their comparison beside its
+    controls."""
+    from persona_lens.core.controls import Baseline
+    from persona_lens.viz.controls import baseline_figure
+
+    out = Path(folder)
+    figures: dict[str, go.Figure] = {}
+    for name, summary in result.datasets.items():
+        for trait in summary["traits"]:
+            series = {f"{name} {key}": result.scores(out, name, trait, key)
+                      for key in ("dp", "dp_last_prompt")}
+            figures[result.histogram_file(name, trait)] = histogram_figure(
+                series, nbins=bins, title=f"{name}: projection difference on {trait} at layer {result.layer}",
+                xaxis="projection difference")
+    for trait, comparison in result.comparison.items():
+        for key in ("dp", "dp_last_prompt"):
+            values = {n: result.scores(out, n, trait, key) for n in result.names}
+            figures[result.comparison_file(trait, key)] = histogram_figure(
+                values, nbins=bins, xaxis=f"{key} on {trait}",
+                title=f"{key} on {trait} at layer {result.layer}: datasets compared")
+            figures[result.comparison_file(trait, key, controls=True)] = baseline_figure(
+                {f"{metric} {n}": Baseline.from_dict(b) for n, by_metric in comparison[f"baselines_{key}"].items()
+                 for metric, b in by_metric.items()},
+                title=f"{key} on {trait}: datasets vs {comparison['reference']}, beside the controls", vector=trait)
+    return figures
 
 
 def histogram_figure(series: Mapping[str, Sequence[float]], *, title: str, xaxis: str, nbins: int = 50,
