@@ -37,7 +37,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "persona_lens.experiments.finetune": ["FinetuneConfig", "FinetuneResult", "TrainingIntervention",
                                           "NonFiniteLossError", "save_model"],
     "persona_lens.experiments.export": ["export_control_vector", "read_control_vector", "export_npz",
-                                        "import_npz"],
+                                        "import_npz", "VectorExport", "export_vector"],
     "persona_lens.experiments.space": ["SpaceConfig", "RoleNotPlayed", "RoleVector", "PersonaSpace", "CapSettings",
                                        "DriftResult", "CapEvalResult", "build_space", "axis_alignment",
                                        "project_conversation", "simulate_conversation", "compare_drift",
@@ -54,7 +54,14 @@ if TYPE_CHECKING:
         judge_replies,
     )
     from persona_lens.experiments.executor import EngineExecutor, Executor, RayExecutor, SerialExecutor, WorkerLost
-    from persona_lens.experiments.export import export_control_vector, export_npz, import_npz, read_control_vector
+    from persona_lens.experiments.export import (
+        VectorExport,
+        export_control_vector,
+        export_npz,
+        export_vector,
+        import_npz,
+        read_control_vector,
+    )
     from persona_lens.experiments.extract import (
         ExtractConfig,
         ExtractionResult,
