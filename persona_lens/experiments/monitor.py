@@ -26,6 +26,11 @@
   the ``against`` vectors: cross-trait) and the sign-flipped vector's r.
 * :func:`generate_with_projections`: per-token projections while generating (a record hook on the residual stream),
   for the coloured-text view of :mod:`persona_lens.viz.projections`.
+
+Each result owns its file: :meth:`ProjectionSweepResult.save`/``load`` (``{kind}_sweep.json``) and
+:meth:`TokenProjections.save`/``load`` (the ``.json`` beside the page). Why one module over 500 lines: a sweep's
+prompts, rows and result are one file format (``load`` must rebuild every field ``to_json`` writes), kept beside
+each other; the per-token traces (about 120 lines) are the next cut if it grows.
 """
 
 from __future__ import annotations
