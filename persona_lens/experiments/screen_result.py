@@ -23,7 +23,7 @@ from jaxtyping import Float
 
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import write_json_atomic
-from persona_lens.core.results import read_json, slug
+from persona_lens.core.results import ResultFileError, read_json, slug
 from persona_lens.core.stats import auroc
 from persona_lens.core.vectors import VectorLike
 from persona_lens.experiments.screen import ScreenConfig, compare_datasets, export_ranked, load_scores, screen_dataset
@@ -107,6 +107,10 @@ class ScreenResult:
         out = Path(folder)
         written = []
         for name, summary in self.datasets.items():
+            if summary["traits"] and not Path(summary.get("data") or "").is_file():
+                raise ResultFileError(f"the ranked samples of {name!r} are re-exported from its dataset, and "
+                                      f"{summary.get('data') or 'a report written before it was recorded'} is not a "
+                                      "file: rerun the screen from the folder it was run in")
             for trait in summary["traits"]:
                 written += [export_ranked(out / self.scores_file(name), summary["data"], out / file, trait,
                                           key=self.rank_by, top=self.top) for file in self.ranked_files(name, trait)]

@@ -59,9 +59,14 @@ def test_the_loaded_result_redraws_every_figure_without_a_model(screened, monkey
     assert figure_json(screen_figures(ScreenResult.load(out), out, bins=10)) == figure_json(fresh)
 
 
-def test_a_folder_without_the_report_names_the_file_and_the_fix(tmp_path):
+def test_a_folder_without_the_report_names_the_file_and_the_fix(screened, tmp_path):
     with pytest.raises(ResultFileError, match=r"screen_report\.json: no such file.*rerun the command"):
         ScreenResult.load(tmp_path)
+    _, result = screened
+    moved = ScreenResult(result.model, result.layer, {n: {**s, "data": str(tmp_path / "gone.jsonl")}
+                                                      for n, s in result.datasets.items()}, result.comparison)
+    with pytest.raises(ResultFileError, match=r"gone\.jsonl is not a file: rerun the screen"):
+        moved.save(tmp_path)
 
 
 def _no_model(*args, **kwargs):
