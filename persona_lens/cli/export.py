@@ -14,7 +14,7 @@ from persona_lens.cli.options import check_out_file, number_arg, out_path
 
 __all__ = ["configure_parser", "run", "parse_layers"]
 
-FORMATS = ("gguf", "npz", "pt")
+FORMATS = ("gguf", "npz", "pt")  # experiments.export.EXPORT_FORMATS (not imported: the parser loads no torch)
 
 
 def parse_layers(spec: str) -> list[int]:
@@ -70,8 +70,8 @@ def configure_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona_lens.core.vectors import VectorFileError, export_authors_pt, load_vector
-    from persona_lens.experiments.export import export_control_vector, export_npz
+    from persona_lens.core.vectors import VectorFileError, load_vector
+    from persona_lens.experiments.export import export_vector
 
     if args.format != "gguf":
         given = [
@@ -99,46 +99,17 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, VectorFileError) as error:
         raise BadInput(str(error)) from None
 
-    summary: dict[str, Any] = {
-        "input": str(args.vector),
-        "output": str(args.out),
-        "format": args.format,
-        "trait": vec.trait,
-        "model_name": vec.model_name,
-        "positions": vec.positions,
-        "n_layers": vec.n_layers,
-        "d_model": vec.d_model,
-    }
     try:
-        if args.format == "gguf":
-            layers = parse_layers(args.layers) if args.layers is not None else None
-            coefficient = 1.0 if args.coefficient is None else args.coefficient
-            try:
-                mapping = export_control_vector(
-                    vec,
-                    args.out,
-                    layers=layers,
-                    coefficient=coefficient,
-                    normalize=args.normalize,
-                    model_hint=args.model_hint,
-                )
-            except ValueError as error:
-                raise BadInput(str(error)) from None
-            summary.update(
-                layers=list(mapping),
-                tensors={str(layer): f"direction.{direction}" for layer, direction in mapping.items()},
-                coefficient=coefficient,
-                normalize=args.normalize,
-                model_hint=args.model_hint or vec.model_name,
-            )
-        elif args.format == "npz":
-            export_npz(vec, args.out)
-        else:
-            export_authors_pt(vec, args.out)
+        result = export_vector(vec, args.out, args.format, input=str(args.vector),
+                               layers=parse_layers(args.layers) if args.layers is not None else None,
+                               coefficient=1.0 if args.coefficient is None else args.coefficient,
+                               normalize=args.normalize, model_hint=args.model_hint)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
     except OSError as error:
         print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
+    summary = result.to_json()
     if args.json:
         print(json.dumps(summary, indent=2))
     elif args.format == "gguf":

@@ -119,9 +119,31 @@ def _interventions(args: argparse.Namespace, model: Any) -> list[Any]:
     return out
 
 
+def _print(summary: dict[str, Any], result: Any, args: argparse.Namespace, model_name: str) -> None:
+    first, last = summary["first_loss"], summary["last_loss"]
+    losses = f"loss {first:.4f} -> {last:.4f}" if first is not None else "no step"
+    state = "saved" if summary["complete"] else "stopped early; resume with --resume"
+    print(f"{args.method} finetune of {model_name!r}: {result.steps} steps, {result.n_examples} "
+          f"conversations, {result.n_trained_tokens} trained tokens, {losses}; {len(result.skipped)} skipped.")
+    print(f"{state}: {args.out}  (load it with --model {args.out})")
+    for run_info in summary["controls"]:
+        print(f"control run with random vectors of the same norms: {run_info['output_dir']} "
+              f"({run_info['steps']} steps, last loss {run_info['last_loss']:.4f})")
+    if summary["controls"]:
+        folders = " ".join([str(args.out), *(c["output_dir"] for c in summary["controls"])])
+        print(f"compare the trait after finetuning: python -m persona_lens shift --finetuned {folders} ...")
+
+
 def run(args: argparse.Namespace) -> int:
     from persona_lens.core.chat import read_chat_jsonl
-    from persona_lens.experiments.finetune import FinetuneConfig, NonFiniteLossError, control_interventions, finetune
+    from persona_lens.experiments.finetune import (
+        FINETUNE_INFO,
+        TRAINER_STATE,
+        FinetuneConfig,
+        NonFiniteLossError,
+        control_interventions,
+        finetune,
+    )
 
     check_controls(args)
     if not args.data.is_file():
@@ -158,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(str(error)) from None
     summary = result.to_json()
     summary["bad_lines"] = [b.to_json() for b in bad]
-    summary["complete"] = (args.out / "finetune.json").exists() and not (args.out / "trainer_state").exists()
+    summary["complete"] = (args.out / FINETUNE_INFO).exists() and not (args.out / TRAINER_STATE).exists()
     summary["controls"] = []
     for index, control in enumerate(control_interventions(interventions, args.controls, seed=args.control_seed)):
         folder = args.out.parent / f"{args.out.name}-random{index}"
@@ -173,16 +195,5 @@ def run(args: argparse.Namespace) -> int:
         summary.pop("losses")
         print(json.dumps(summary, indent=2))
     else:
-        first, last = summary["first_loss"], summary["last_loss"]
-        losses = f"loss {first:.4f} -> {last:.4f}" if first is not None else "no step"
-        state = "saved" if summary["complete"] else "stopped early; resume with --resume"
-        print(f"{args.method} finetune of {model.cfg.model_name!r}: {result.steps} steps, {result.n_examples} "
-              f"conversations, {result.n_trained_tokens} trained tokens, {losses}; {len(result.skipped)} skipped.")
-        print(f"{state}: {args.out}  (load it with --model {args.out})")
-        for run_info in summary["controls"]:
-            print(f"control run with random vectors of the same norms: {run_info['output_dir']} "
-                  f"({run_info['steps']} steps, last loss {run_info['last_loss']:.4f})")
-        if summary["controls"]:
-            folders = " ".join([str(args.out), *(c["output_dir"] for c in summary["controls"])])
-            print(f"compare the trait after finetuning: python -m persona_lens shift --finetuned {folders} ...")
+        _print(summary, result, args, model.cfg.model_name)
     return EXIT_OK

@@ -184,23 +184,9 @@ def run_project(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    from persona_lens.core.controls import baselines_to_dict
-    from persona_lens.experiments.monitor import (
-        many_shot_prompts,
-        run_projection_sweep,
-        system_prompt_prompts,
-        trait_names,
-    )
-    from persona_lens.viz.controls import baseline_figure
-    from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.projections import sweep_figure
+def _sweep_plans(args: argparse.Namespace, trait: Any) -> dict[str, Any]:
+    from persona_lens.experiments.monitor import many_shot_prompts, system_prompt_prompts
 
-    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    check_controls(args)
-    if args.questions is not None:
-        check_positive(questions=args.questions)
-    trait = load_trait_arg(args.trait)
     kinds = ["system", "many_shot"] if args.kind == "both" else [args.kind.replace("-", "_")]
     plans = {}
     try:
@@ -211,9 +197,55 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ValueError as error:
         hint = "; run --kind system alone" if args.kind == "both" and "many_shot" in str(error) else ""
         raise BadInput(f"{error}{hint}") from None
-    paths = default_vector_paths(args, trait.name)
+    return plans
+
+
+def draw_sweep(result: Any, out: Path) -> list[Path]:
+    """Write every figure of a monitoring sweep (fresh, or ``ProjectionSweepResult.load``-ed from ``out``)."""
+    from persona_lens.viz.figures import write_figure
+    from persona_lens.viz.projections import monitor_sweep_figures
+
+    return [path for (name, kind), figure in monitor_sweep_figures(result).items()
+            for path in write_figure(figure, out / f"{result.kind}_sweep_{slug(name)}{kind}.html")]
+
+
+def summarise_sweep(result: Any, data: list[Path], figures: list[Path]) -> dict[str, Any]:
+    """The summary printed (``--json``) for one sweep, fresh or loaded."""
+    from persona_lens.core.controls import baselines_to_dict
+
+    return {"conditions": result.summary(), "correlations": {t: result.correlations(t) for t in result.traits},
+            "baselines": baselines_to_dict(result.baselines),
+            "controls": {**result.controls, "against": list(result.against)},
+            "data": ", ".join(str(p) for p in data), "figures": [str(p) for p in figures]}
+
+
+def _print_sweeps(report: dict[str, Any]) -> None:
+    for kind, sweep in report["sweeps"].items():
+        print(f"{kind} sweep of {report['trait']!r} at layer {report['layer']} (judge {report['judge']}):")
+        names = report["traits"]
+        print("  " + "\t".join(["condition", "score", "coherence", *(f"proj:{n}" for n in names)]))
+        for row in sweep["conditions"]:
+            print("  " + "\t".join([row["condition"], _fmt(row["mean_score"]), _fmt(row["mean_coherence"]),
+                                    *(_fmt(row["mean_projection"][n]) for n in names)]))
+        for name, corr in sweep["correlations"].items():
+            print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
+                  f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
+            for metric, baseline in sweep["baselines"][name].items():
+                print(f"    {metric}: {baseline_line(baseline)}")
+        print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.monitor import run_projection_sweep, trait_names
+
+    check_positive(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    check_controls(args)
+    if args.questions is not None:
+        check_positive(questions=args.questions)
+    trait = load_trait_arg(args.trait)
+    plans = _sweep_plans(args, trait)
     check_judge_arg(args, trait)
-    model, layer, vectors = load_model_layer_vectors(args, paths)
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, trait.name))
     against = load_vectors_arg(args.against, model, args.allow_other_model)
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
@@ -227,45 +259,18 @@ def run_sweep(args: argparse.Namespace) -> int:
                                       coherence_judge=None if args.no_coherence else coherence_judge,
                                       allow_other_model=args.allow_other_model, controls=args.controls,
                                       control_seed=args.control_seed, against=against, progress=not args.json)
-        data_path = result.save(out / f"{kind}_sweep.json")
-        figures = []
-        for name in result.traits:
-            figures += [str(p) for p in write_figure(sweep_figure(result, name),
-                                                     out / f"{kind}_sweep_{slug(name)}.html")]
-            controls_figure = baseline_figure(
-                {f"r {metric.replace('_', ' ')}": b for metric, b in result.baselines[name].items()},
-                title=f"{kind} sweep at layer {layer}: r of {name} with the score, beside its controls",
-                vector=name)
-            figures += [str(p) for p in write_figure(controls_figure,
-                                                     out / f"{kind}_sweep_{slug(name)}.controls.html")]
-        report["sweeps"][kind] = {"conditions": result.summary(),
-                                  "correlations": {t: result.correlations(t) for t in result.traits},
-                                  "baselines": baselines_to_dict(result.baselines),
-                                  "controls": {**result.controls, "against": list(result.against)},
-                                  "data": str(data_path), "figures": figures}
+        report["sweeps"][kind] = summarise_sweep(result, result.save(out), draw_sweep(result, out))
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        for kind, sweep in report["sweeps"].items():
-            print(f"{kind} sweep of {trait.name!r} at layer {layer} (judge {judge.judge_id}):")
-            names = report["traits"]
-            print("  " + "\t".join(["condition", "score", "coherence", *(f"proj:{n}" for n in names)]))
-            for row in sweep["conditions"]:
-                print("  " + "\t".join([row["condition"], _fmt(row["mean_score"]), _fmt(row["mean_coherence"]),
-                                        *(_fmt(row["mean_projection"][n]) for n in names)]))
-            for name, corr in sweep["correlations"].items():
-                print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
-                      f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
-                for metric, baseline in sweep["baselines"][name].items():
-                    print(f"    {metric}: {baseline_line(baseline)}")
-            print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
+        _print_sweeps(report)
     return EXIT_OK
 
 
 def run_tokens(args: argparse.Namespace) -> int:
     from persona_lens.core.io import write_text_atomic
-    from persona_lens.experiments.monitor import generate_with_projections, trait_names
-    from persona_lens.viz.projections import token_projection_html
+    from persona_lens.experiments.monitor import TokenProjections, generate_with_projections, trait_names
+    from persona_lens.viz.projections import token_projection_page
 
     check_positive(max_new_tokens=args.max_new_tokens)
     check_out_file(args.out)
@@ -274,23 +279,17 @@ def run_tokens(args: argparse.Namespace) -> int:
     traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
                                        temperature=args.temperature, seed=args.seed,
                                        allow_other_model=args.allow_other_model)
-    names = trait_names(vectors)
-    pages = [token_projection_html(traces, trait=name, title=f"Projection on {name} at layer {layer}",
-                                   show_prompt=not args.hide_prompt) for name in names]
-    # One page: the sections of each trait one after the other.
-    body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
-    html_page = pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
     out = args.out if args.out.suffix == ".html" else args.out.with_suffix(".html")
-    write_text_atomic(out, html_page)
-    numbers = {"model": model.cfg.model_name, "layer": layer, "traits": names,
-               "traces": [t.to_json() for t in traces], "html": str(out)}
-    write_text_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=2, ensure_ascii=False))
+    result = TokenProjections(model.cfg.model_name, layer, trait_names(vectors), traces, out)
+    result.save()
+    write_text_atomic(out, token_projection_page(result, show_prompt=not args.hide_prompt))
+    numbers = result.to_json()
     if args.json:
         print(json.dumps(numbers, indent=2, ensure_ascii=False))
     else:
         for trace in traces:
             last = trace.projections[:, trace.prompt_length - 1].tolist()
             print(f"{trace.response[:70]!r}: last prompt token " + ", ".join(
-                f"{n} {v:.3f}" for n, v in zip(names, last)))
+                f"{n} {v:.3f}" for n, v in zip(result.traits, last)))
         print(f"wrote {out}")
     return EXIT_OK

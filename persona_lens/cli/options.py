@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_lens.cli import BadInput
+from persona_lens.core.results import slug
 
 __all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg", "probability_arg", "threshold_arg",
            "add_model_options", "add_judge_options", "add_generation_options", "add_layer_option",
@@ -211,10 +212,6 @@ def parse_float_list(text: str) -> list[float]:
         return [finite(value, f"number {value!r} in {text!r}") for value in values]
     except BadValue as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "model"
 
 
 def default_run_dir(model: str, trait: str) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -97,91 +96,16 @@ def _fmt(value: Any) -> str:
     return format_value(value, "+.4f")
 
 
-def run(args: argparse.Namespace) -> int:
-    from persona_lens.core.io import write_json_atomic
-    from persona_lens.core.stats import auroc
-    from persona_lens.experiments.screen import (
-        ScreenConfig,
-        compare_datasets,
-        export_ranked,
-        load_scores,
-        screen_dataset,
-    )
-    from persona_lens.viz.controls import baseline_figure
+def draw(result: Any, out: Path, bins: int = 50) -> list[Path]:
+    """Write every figure of a screen (fresh, or ``ScreenResult.load``-ed from ``out``) into ``out``."""
     from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.projections import histogram_figure
+    from persona_lens.viz.projections import screen_figures
 
-    check_scale_args(args)
-    for path in args.data:
-        if not path.is_file():
-            raise BadInput(f"no dataset at {path}")
-    lock_out(args.out)
-    if args.top is not None and args.top < 1:
-        raise BadInput("--top must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise BadInput("--limit must be >= 1")
-    check_controls(args)
-    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
-    vectors += load_vectors_arg(args.against, model, args.allow_other_model)  # screened too: cross-trait controls
-    try:
-        config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                              chunk_size=args.chunk_size, max_tokens=args.max_tokens, controls=args.controls,
-                              control_seed=args.control_seed)
-    except ValueError as error:
-        raise BadInput(str(error)) from None
-    args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.cache or args.out / "base_responses.sqlite"
-    names = _names(list(args.data))
-    report: dict[str, Any] = {"model": model.cfg.model_name, "layer": layer, "datasets": {}, "comparison": {}}
-    traits: list[str] = []
-    executor = executor_from_args(args)
-    for name, path in zip(names, args.data):
-        scores_path = args.out / f"{name}.scores.jsonl"
-        try:
-            summary = screen_dataset(model, path, vectors, scores_path, config, cache_path=cache, limit=args.limit,
-                                     allow_other_model=args.allow_other_model,
-                                     progress=not (args.quiet or args.json), executor=executor)
-        except ValueError as error:  # settings of an earlier run differ
-            raise BadInput(str(error)) from None
-        traits = summary["traits"] or traits
-        files = [str(scores_path)]
-        for trait in summary["traits"]:
-            for suffix in (".jsonl", ".csv"):
-                files.append(str(export_ranked(scores_path, path, args.out / f"{name}.ranked.{slug(trait)}{suffix}",
-                                               trait, key=args.rank_by, top=args.top)))
-            series = {f"{name} {key}": load_scores(scores_path, trait, key)[1] for key in ("dp", "dp_last_prompt")}
-            figure = histogram_figure(series, nbins=args.bins, title=f"{name}: projection difference on {trait} at "
-                                      f"layer {layer}", xaxis="projection difference")
-            files += [str(p) for p in write_figure(figure, args.out / f"{name}.hist.{slug(trait)}.html")]
-        summary["files"] = files
-        report["datasets"][name] = summary
-    if len(names) > 1:
-        for trait in traits:
-            comparison: dict[str, Any] = {"reference": names[0]}
-            for key in ("dp", "dp_last_prompt"):
-                values = {n: load_scores(args.out / f"{n}.scores.jsonl", trait, key)[1] for n in names}
-                figure = histogram_figure(values, nbins=args.bins, xaxis=f"{key} on {trait}",
-                                          title=f"{key} on {trait} at layer {layer}: datasets compared")
-                comparison[f"{key}_figure"] = [str(p) for p in write_figure(
-                    figure, args.out / f"comparison.{slug(trait)}.{key}.html")]
-                reference = values[names[0]]
-                comparison[f"auroc_{key}"] = {
-                    n: _none_if_nan(auroc([*values[n], *reference], [1] * len(values[n]) + [0] * len(reference)))
-                    for n in names[1:]}
-                compared = compare_datasets({n: args.out / f"{n}.scores.jsonl" for n in names}, trait, key)
-                comparison[f"baselines_{key}"] = {n: c.to_json()["baselines"] for n, c in compared.items()}
-                figure = baseline_figure({f"{metric} {n}": b for n, c in compared.items()
-                                          for metric, b in c.baselines.items()},
-                                         title=f"{key} on {trait}: datasets vs {names[0]}, beside the controls",
-                                         vector=trait)
-                comparison[f"{key}_figure"] += [str(p) for p in write_figure(
-                    figure, args.out / f"comparison.{slug(trait)}.{key}.controls.html")]
-            report["comparison"][trait] = comparison
-    write_json_atomic(args.out / "screen_report.json", report)
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-        return EXIT_OK
+    return [path for name, figure in screen_figures(result, out, bins=bins).items()
+            for path in write_figure(figure, out / name)]
+
+
+def _print(report: dict[str, Any], out: Path) -> None:
     for name, summary in report["datasets"].items():
         print(f"{name}: {summary['n_ok']} screened, {summary['n_bad']} bad records, "
               f"{summary['base_responses_generated']} base responses generated, "
@@ -202,9 +126,41 @@ def run(args: argparse.Namespace) -> int:
                       f"{'n/a' if value is None else f'{value:.3f}'}")
                 for record in comparison[f"baselines_{key}"][name].values():
                     print(f"    {baseline_line(record)}")
-    print(f"wrote {args.out / 'screen_report.json'} and the files listed there")
+    print(f"wrote {out / 'screen_report.json'} and the files listed there")
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.screen import ScreenConfig
+    from persona_lens.experiments.screen_result import screen_datasets
+
+    check_scale_args(args)
+    for path in args.data:
+        if not path.is_file():
+            raise BadInput(f"no dataset at {path}")
+    lock_out(args.out)
+    if args.top is not None and args.top < 1:
+        raise BadInput("--top must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise BadInput("--limit must be >= 1")
+    check_controls(args)
+    model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
+    vectors += load_vectors_arg(args.against, model, args.allow_other_model)  # screened too: cross-trait controls
+    try:
+        config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, max_tokens=args.max_tokens, controls=args.controls,
+                              control_seed=args.control_seed)
+        result = screen_datasets(model, dict(zip(_names(list(args.data)), args.data)), vectors, args.out, config,
+                                 cache_path=args.cache or args.out / "base_responses.sqlite", limit=args.limit,
+                                 rank_by=args.rank_by, top=args.top, allow_other_model=args.allow_other_model,
+                                 progress=not (args.quiet or args.json), executor=executor_from_args(args))
+    except ValueError as error:  # bad settings, or settings of an earlier run differ
+        raise BadInput(str(error)) from None
+    draw(result, args.out, args.bins)
+    result.save(args.out)
+    report = result.to_json(args.out)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        _print(report, args.out)
     return EXIT_OK
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if math.isnan(value) else value

@@ -240,10 +240,16 @@ def configure_parser(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from persona_lens.experiments.space import axis_alignment, build_space
+def draw_build(report: Any, out: Path) -> list[Path]:
+    """Write the figures of ``space build`` (from a fresh or ``SpaceReport.load``-ed report) into ``out``."""
     from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.space import plot_role_map, plot_variance_explained
+    from persona_lens.viz.space import space_figures
+
+    return [path for name, figure in space_figures(report).items() for path in write_figure(figure, out / name)]
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.space import build_space, space_report
 
     check_scale_args(args)
     roles = _load_roles(args)
@@ -263,31 +269,14 @@ def run_build(args: argparse.Namespace) -> int:
     if space is None:
         print(f"built the units of {', '.join(only or [])} under {out / 'roles'}; run without --only to assemble")
         return EXIT_OK
-    report = axis_alignment(space, traits={v.trait: v.vectors for v in traits}, k_random=args.random,
-                            seed=args.seed)
-    report["roles_built"] = space.meta.get("roles", {})
-    report["roles_skipped"] = space.meta.get("skipped", {})
-    from persona_lens.core.io import write_json_atomic
-
-    write_json_atomic(out / "alignment.json", report)
-    layer = parse_layer_spec(args.layer, space.n_layers) if args.layer else max(1, (2 * space.n_layers) // 3)
-    if not isinstance(layer, int):
+    layer = parse_layer_spec(args.layer, space.n_layers) if args.layer else None
+    if args.layer and not isinstance(layer, int):
         raise BadInput("--layer takes one layer here")
-    row = report["layers"][layer]
-    names = [*space.roles, space.default_role]
-    scores = [row["roles"][n] for n in names]
-    pc2 = space.scores(space.role_vectors)[:, layer, 1].tolist() if space.components.shape[1] > 1 else [0.0] * len(
-        space.roles)
-    default_pc2 = float(space.scores(space.default_mean)[layer, 1]) if space.components.shape[1] > 1 else 0.0
-    trait_xy = {name: (float(v.vectors[layer] @ space.components[layer, 0]),
-                       float(v.vectors[layer] @ space.components[layer, 1]) if space.components.shape[1] > 1 else 0.0)
-                for name, v in ((v.trait, v) for v in traits)}
-    written = write_figure(plot_variance_explained(space.explained.tolist(), title=f"{space.model_name}: variance "
-                                                   "of the role vectors explained"), out / "variance.html")
-    written += write_figure(plot_role_map(names, [s["pc1"] for s in scores], [*pc2, default_pc2],
-                                          [s["projection"] for s in scores], default=space.default_role,
-                                          traits=trait_xy, title=f"{space.model_name}, layer {layer}"),
-                            out / f"roles_layer{layer}.html")
+    result = space_report(space, {v.trait: v.vectors for v in traits}, layer=layer, k_random=args.random,
+                          seed=args.seed)
+    result.save(out)
+    written = draw_build(result, out)
+    report = result.alignment
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -336,11 +325,16 @@ def _read_conversation(path: Path, option: str = "--conversation") -> list[dict[
     return messages
 
 
-def run_drift(args: argparse.Namespace) -> int:
-    from persona_lens.core.io import write_json_atomic
-    from persona_lens.experiments.space import compare_drift, project_conversation, simulate_conversation
+def draw_drift(report: Any, out: Path) -> list[Path]:
+    """Write the figure of ``space drift`` (from a fresh or ``DriftReport.load``-ed report) into ``out``."""
     from persona_lens.viz.figures import write_figure
-    from persona_lens.viz.space import plot_drift
+    from persona_lens.viz.space import drift_figures
+
+    return [path for name, figure in drift_figures(report).items() for path in write_figure(figure, out / name)]
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    from persona_lens.experiments.space import compare_drift, drift_report, project_conversation, simulate_conversation
 
     check_positive(max_new_tokens=args.max_new_tokens)
     check_out_dir(args.out)
@@ -377,22 +371,10 @@ def run_drift(args: argparse.Namespace) -> int:
             context = compare_drift(result, alone, k_random=args.random, seed=args.seed)
     except ValueError as error:
         raise BadInput(str(error)) from None
-    data = result.to_json()
-    if paired is not None:
-        data["reference_drift"] = reference.drift.to_dict()
-        data["drift_minus_reference"] = paired.to_dict()
-        data["drift_minus_reference_summary"] = paired.summary()
-    if context is not None:
-        data["turns_alone_at_layer"] = alone.turn_projections[:, layer].tolist()
-        data["alone_drift"] = alone.drift.to_dict()
-        data["drift_minus_alone"] = context.to_dict()
-        data["drift_minus_alone_summary"] = context.summary()
-    write_json_atomic(args.out / "drift.json", data)
-    replies = [m["content"][:80] for m in result.messages if m["role"] == "assistant"]
-    written = write_figure(plot_drift(data["turn_projections_at_layer"], (result.default_band[0][layer],
-                                                                           result.default_band[1][layer]),
-                                      tokens=result.token_projections, labels=replies,
-                                      title=f"{space.model_name}, layer {layer}"), args.out / "drift.html")
+    report = drift_report(result, space.model_name, reference=reference if paired is not None else None,
+                          paired=paired, alone=alone if context is not None else None, context=context)
+    written = [*report.save(args.out), *draw_drift(report, args.out)]
+    data, replies = report.data, report.replies
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
@@ -408,7 +390,7 @@ def run_drift(args: argparse.Namespace) -> int:
         print(f"reference {reference.drift.summary()}\n{paired.summary()}")
     if context is not None:
         print(f"the same turns alone: {alone.drift.summary()}\nwhat the context adds: {context.summary()}")
-    print(f"written: {args.out / 'drift.json'}, " + ", ".join(str(p) for p in written))
+    print("written: " + ", ".join(str(p) for p in written))
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from persona_lens.core.errors import Error
 from persona_lens.core.io import atomic_output
 
-__all__ = ["ResultFileError", "read_text", "read_json", "read_csv", "write_csv"]
+__all__ = ["ResultFileError", "read_text", "read_json", "read_csv", "write_csv", "slug"]
 
 
 class ResultFileError(Error, ValueError):
@@ -65,3 +66,8 @@ def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterabl
         writer.writerow(header)
         writer.writerows(rows)
     return Path(path)
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part of a result folder: runs of anything but ``A-Za-z0-9._-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "model"

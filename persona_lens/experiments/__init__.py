@@ -26,16 +26,18 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "persona_lens.experiments.steering_sweep": ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult",
                                                 "run_steering_sweep", "choose_layer", "default_layers",
                                                 "SteeringControls", "run_steering_controls"],
-    "persona_lens.experiments.monitor": ["ProjectionSweepResult", "TokenTrace", "generate_with_projections",
+    "persona_lens.experiments.monitor": ["ProjectionSweepResult", "TokenTrace", "TokenProjections",
+                                         "generate_with_projections",
                                          "system_prompt_sweep", "many_shot_sweep", "project_last_prompt"],
     "persona_lens.experiments.shift": ["ShiftResult", "ShiftStudy", "TraitEvaluation", "compute_shift",
                                        "evaluate_trait", "shift_study"],
     "persona_lens.experiments.screen": ["ScreenConfig", "DatasetComparison", "screen_dataset", "compare_datasets",
                                         "export_ranked", "load_scores"],
+    "persona_lens.experiments.screen_result": ["ScreenResult", "screen_datasets"],
     "persona_lens.experiments.finetune": ["FinetuneConfig", "FinetuneResult", "TrainingIntervention",
                                           "NonFiniteLossError", "save_model"],
     "persona_lens.experiments.export": ["export_control_vector", "read_control_vector", "export_npz",
-                                        "import_npz"],
+                                        "import_npz", "VectorExport", "export_vector"],
     "persona_lens.experiments.space": ["SpaceConfig", "RoleNotPlayed", "RoleVector", "PersonaSpace", "CapSettings",
                                        "DriftResult", "CapEvalResult", "build_space", "axis_alignment",
                                        "project_conversation", "simulate_conversation", "compare_drift",
@@ -52,7 +54,14 @@ if TYPE_CHECKING:
         judge_replies,
     )
     from persona_lens.experiments.executor import EngineExecutor, Executor, RayExecutor, SerialExecutor, WorkerLost
-    from persona_lens.experiments.export import export_control_vector, export_npz, import_npz, read_control_vector
+    from persona_lens.experiments.export import (
+        VectorExport,
+        export_control_vector,
+        export_npz,
+        export_vector,
+        import_npz,
+        read_control_vector,
+    )
     from persona_lens.experiments.extract import (
         ExtractConfig,
         ExtractionResult,
@@ -70,6 +79,7 @@ if TYPE_CHECKING:
     )
     from persona_lens.experiments.monitor import (
         ProjectionSweepResult,
+        TokenProjections,
         TokenTrace,
         generate_with_projections,
         many_shot_sweep,
@@ -84,6 +94,7 @@ if TYPE_CHECKING:
         load_scores,
         screen_dataset,
     )
+    from persona_lens.experiments.screen_result import ScreenResult, screen_datasets
     from persona_lens.experiments.shift import (
         ShiftResult,
         ShiftStudy,

@@ -45,6 +45,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +74,12 @@ __all__ = [
     "read_control_vector_metadata",
     "export_npz",
     "import_npz",
+    "VectorExport",
+    "export_vector",
+    "EXPORT_FORMATS",
 ]
+
+EXPORT_FORMATS = ("gguf", "npz", "pt")
 
 CONTROL_VECTOR_ARCH = "controlvector"
 #: Our smallest layer llama.cpp can steer (it is ``direction.1``); see the module docstring.
@@ -165,6 +171,7 @@ def export_control_vector(
         writer.add_string("persona_lens.trait", vec.trait)
         writer.add_string("persona_lens.model_name", vec.model_name)
         writer.add_string("persona_lens.positions", vec.positions)
+        writer.add_int32("persona_lens.n_layers", vec.n_layers)
         writer.add_float32("persona_lens.coefficient", coefficient)
         writer.add_bool("persona_lens.normalize", bool(normalize))
         writer.add_string("persona_lens.layer_mapping", "direction.N = persona_lens layer N + 1")
@@ -274,3 +281,94 @@ def import_npz(path: str | os.PathLike[str]) -> PersonaVector:
         raise VectorFileError(f"{source}: array 'vectors' holds NaN or infinite values, which cannot steer or project "
                               "anything: export it again from a clean source")
     return decode_metadata(meta, torch.from_numpy(np.ascontiguousarray(vectors)), source)
+
+
+@dataclass
+class VectorExport:
+    """What ``export`` wrote: the file (``output``, in ``format``) and the vector it holds. The gguf fields
+    (``layers``, ``coefficient``, ``normalize``, ``model_hint``) are None for the other formats. The exported file is
+    the result's only file: :func:`export_vector` writes it and :meth:`load` reads this summary back from it (what
+    the file does not hold comes back None: ``input`` always; for ``pt``, which holds the bare tensor, the trait,
+    model and positions; for a gguf written before ``persona_lens.n_layers`` was recorded, ``n_layers``)."""
+
+    output: str
+    format: str
+    trait: str | None
+    model_name: str | None
+    positions: str | None
+    n_layers: int | None
+    d_model: int
+    input: str | None = None
+    layers: list[int] | None = None
+    coefficient: float | None = None
+    normalize: bool | None = None
+    model_hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary ``export --json`` prints."""
+        data: dict[str, Any] = {"input": self.input, "output": self.output, "format": self.format, "trait": self.trait,
+                                "model_name": self.model_name, "positions": self.positions,
+                                "n_layers": self.n_layers, "d_model": self.d_model}
+        if self.format == "gguf":
+            data.update(layers=self.layers, tensors={str(layer): f"{_DIRECTION_PREFIX}{layer - 1}"
+                                                     for layer in self.layers or []},
+                        coefficient=self.coefficient, normalize=self.normalize, model_hint=self.model_hint)
+        return data
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], format: str | None = None) -> VectorExport:
+        """The summary back from an exported file (``format``: from the suffix ``.gguf``/``.npz``/``.pt`` when
+        None)."""
+        target = Path(path)
+        kind = format or target.suffix.lstrip(".")
+        if kind not in EXPORT_FORMATS:
+            raise ValueError(f"{target}: cannot tell the export format from the suffix {target.suffix!r}; pass "
+                             f"format= one of {EXPORT_FORMATS}")
+        if kind == "npz":
+            vec = import_npz(target)
+            return cls(str(target), kind, vec.trait, vec.model_name, vec.positions, vec.n_layers, vec.d_model)
+        if kind == "pt":
+            if not target.is_file():
+                raise FileNotFoundError(f"no .pt file at {target}")
+            try:
+                tensor = torch.load(target, map_location="cpu", weights_only=True)
+            except Exception as error:  # pickle errors, zip errors, ...
+                raise VectorFileError(f"{target}: not a readable tensor file ({error})") from None
+            if not isinstance(tensor, Tensor) or tensor.ndim != 2:
+                raise VectorFileError(f"{target}: expected one [n_layers + 1, d_model] tensor")
+            return cls(str(target), kind, None, None, None, tensor.shape[0] - 1, tensor.shape[1])
+        directions = read_control_vector(target)
+        meta = read_control_vector_metadata(target)
+        coefficient = meta.get("persona_lens.coefficient")
+        n_layers = meta.get("persona_lens.n_layers")
+        return cls(str(target), kind, meta.get("persona_lens.trait"), meta.get("persona_lens.model_name"),
+                   meta.get("persona_lens.positions"), None if n_layers is None else int(n_layers),
+                   int(next(iter(directions.values())).numel()) if directions else 0, layers=list(directions),
+                   coefficient=None if coefficient is None else float(str(np.float32(coefficient))),
+                   normalize=meta.get("persona_lens.normalize"),
+                   model_hint=meta.get(f"{CONTROL_VECTOR_ARCH}.model_hint"))
+
+
+def export_vector(vec: PersonaVector, path: str | os.PathLike[str], format: str, *, input: str | None = None,
+                  layers: Iterable[int] | None = None, coefficient: float = 1.0, normalize: bool = False,
+                  model_hint: str | None = None) -> VectorExport:
+    """Write ``vec`` to ``path`` in ``format`` (``gguf``: :func:`export_control_vector` with the options;
+    ``npz``: :func:`export_npz`; ``pt``: the authors' layout) and say what was written. The gguf stores
+    ``coefficient`` as float32; :meth:`VectorExport.load` reads back its shortest decimal (``0.1`` for ``0.1``)."""
+    from persona_lens.core.vectors import export_authors_pt
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
+    result = VectorExport(str(path), format, vec.trait, vec.model_name, vec.positions, vec.n_layers, vec.d_model,
+                          input=input)
+    if format == "gguf":
+        mapping = export_control_vector(vec, path, layers=layers, coefficient=coefficient, normalize=normalize,
+                                        model_hint=model_hint)
+        result.layers, result.normalize = list(mapping), bool(normalize)
+        result.coefficient = float(coefficient)
+        result.model_hint = model_hint or vec.model_name
+    elif format == "npz":
+        export_npz(vec, path)
+    else:
+        export_authors_pt(vec, path)
+    return result

@@ -33,7 +33,7 @@ from persona_lens.core.chat import encode_generated, encode_prompt, make_message
 from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, random_like
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic, write_text_atomic
-from persona_lens.core.results import read_json
+from persona_lens.core.results import ResultFileError, read_json, read_text
 from persona_lens.core.stats import auroc
 from persona_lens.core.vectors import (
     REDUCTIONS,
@@ -108,6 +108,11 @@ class ExtractionJob:
 
 @dataclass
 class ExtractionResult:
+    """What :func:`extract` made: one vector per reduction, the report, and the judged replies (``records``, by job
+    key in job order). The replies are the run's resumable records (``responses.jsonl``, appended by the run as it
+    goes); :meth:`save` writes the rest of the folder (``vector_<reduction>.safetensors``, ``scores.jsonl``,
+    ``report.json``, ``report.md``) and :meth:`load` reads it all back."""
+
     vectors: dict[str, PersonaVector]
     report: dict[str, Any]
     out_dir: Path
@@ -117,6 +122,38 @@ class ExtractionResult:
     def vector(self) -> PersonaVector:
         """The response-averaged vector (the paper's persona vector)."""
         return self.vectors["response"]
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write the vectors, ``scores.jsonl`` (one line per judged reply, in job order), ``report.json`` and
+        ``report.md`` into ``folder``; the paths written."""
+        out = Path(folder)
+        written = [save_vector(vector, vector_path(out, positions)) for positions, vector in self.vectors.items()]
+        written.append(_write_scores(out / SCORES_FILE, list(self.records.values())))
+        return [*written, write_json_atomic(out / REPORT_JSON, self.report),
+                write_text_atomic(out / "report.md", format_report(self.report))]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ExtractionResult:
+        """The result back from a folder written by :func:`extract`: the vectors, the report, and the judged
+        replies of ``responses.jsonl`` with their scores from ``scores.jsonl``, in its order (judge fields that
+        ``scores.jsonl`` does not keep are not restored)."""
+        from persona_lens.core.vectors import VectorFileError, load_vector
+
+        out = Path(folder)
+        report = read_json(out / REPORT_JSON, "report.json (written when an extraction finishes)")
+        vectors = {}
+        for positions in REDUCTIONS:
+            try:
+                vectors[positions] = load_vector(vector_path(out, positions))
+            except (FileNotFoundError, VectorFileError) as error:
+                raise ResultFileError(f"{error}; rerun the extraction to write it") from None
+        scores = [json.loads(line) for line in read_text(out / SCORES_FILE, SCORES_FILE).splitlines() if line]
+        replies = JsonlRecords(out / "responses.jsonl").load() if (out / "responses.jsonl").exists() else {}
+        missing = [row["key"] for row in scores if row["key"] not in replies]
+        if missing:
+            raise ResultFileError(f"{out / 'responses.jsonl'} lacks {len(missing)} of the {len(scores)} judged "
+                                  f"replies of scores.jsonl (first: {missing[0]!r}); rerun the extraction")
+        return cls(vectors, report, out, {row["key"]: {**replies[row["key"]], **row} for row in scores})
 
 
 def plan_jobs(trait: Trait, config: ExtractConfig) -> list[ExtractionJob]:
@@ -214,7 +251,7 @@ def extract(
     records = evaluate_replies(model, [job.reply_job(config.seed) for job in jobs], config, trait.rubric, judge,
                                coherence_judge, store=JsonlRecords(out / "responses.jsonl"), chunk=config.batch_size,
                                judge_chunk=JUDGE_CHUNK, progress=progress, desc="extract", executor=executor)
-    _write_scores(out / "scores.jsonl", [records[job.key] for job in jobs])
+    _write_scores(out / SCORES_FILE, [records[job.key] for job in jobs])
 
     by_pair: dict[str, dict[str, dict]] = {}
     for job in jobs:
@@ -251,19 +288,18 @@ def extract(
     for positions in REDUCTIONS:
         vectors[positions] = PersonaVector.from_activations(
             trait.name, model.cfg.model_name, pos_acts.get(positions), neg_acts.get(positions), positions, settings)
-        save_vector(vectors[positions], vector_path(out, positions))
 
     report = _report(trait, model, config, settings, jobs, records, kept, dropped, vectors["response"],
                      pos_acts.get("response"), neg_acts.get("response"))
-    write_json_atomic(out / "report.json", report)
-    write_text_atomic(out / "report.md", format_report(report))
-    return ExtractionResult(vectors, report, out, records)
+    result = ExtractionResult(vectors, report, out, {job.key: records[job.key] for job in jobs})
+    result.save(out)
+    return result
 
 
-def _write_scores(path: Path, records: Sequence[dict]) -> None:
+def _write_scores(path: Path, records: Sequence[dict]) -> Path:
     fields = ("key", "polarity", "pair", "question", "sample", "trait_score", "coherence", "response")
-    write_text_atomic(path, "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n"
-                                    for r in records))
+    return write_text_atomic(path, "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n"
+                                           for r in records))
 
 
 def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict, jobs: Sequence[ExtractionJob],
@@ -366,6 +402,8 @@ class TraitCosines:
 
 
 COSINES_JSON = "cosines.json"
+SCORES_FILE = "scores.jsonl"
+REPORT_JSON = "report.json"
 
 
 def trait_cosines(vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RANDOM_DIRECTIONS,

@@ -69,6 +69,7 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import ablate, steer
 from persona_lens.core.io import atomic_directory, write_json_atomic
 from persona_lens.core.lora import apply_lora, lora_modules, merge_lora
+from persona_lens.core.results import read_json
 
 __all__ = [
     "NonFiniteLossError",
@@ -217,6 +218,10 @@ class TrainingExample:
 
 @dataclass
 class FinetuneResult:
+    """What a finetune did. Its report file is ``finetune.json`` in the saved model's folder (written with the
+    weights, in one atomic move, by :func:`finetune`; :meth:`to_info` is its content) and :meth:`load` reads it
+    back; the weights themselves are the Hugging Face folder's own files."""
+
     output_dir: Path | None
     losses: list[float]
     steps: int
@@ -225,6 +230,8 @@ class FinetuneResult:
     skipped: list[BadRecord] = field(default_factory=list)
     resumed_from_step: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    """``{"config": FinetuneConfig as a dict, "interventions": [each intervention described]}``."""
+    base_model: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -239,6 +246,29 @@ class FinetuneResult:
             "resumed_from_step": self.resumed_from_step,
             "config": self.config,
         }
+
+    def to_info(self) -> dict[str, Any]:
+        """The content of ``finetune.json``."""
+        return {"format": "persona_lens.experiments.finetune", "base_model": self.base_model,
+                "config": self.config.get("config", {}), "interventions": self.config.get("interventions", []),
+                "steps": self.steps, "n_examples": self.n_examples, "n_trained_tokens": self.n_trained_tokens,
+                "skipped": [b.to_json() for b in self.skipped], "losses": self.losses}
+
+    def save(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write ``finetune.json`` alone into ``folder`` (:func:`finetune` writes it with the weights instead)."""
+        return [write_json_atomic(Path(folder) / FINETUNE_INFO, self.to_info(), default=str)]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> FinetuneResult:
+        """The result back from the ``finetune.json`` of a finished finetune's folder (``resumed_from_step`` is its
+        step count: loading trains nothing)."""
+        info = read_json(Path(folder) / FINETUNE_INFO, "finetune.json (written when a finetune finishes)")
+        steps = int(info.get("steps", 0))
+        return cls(Path(folder), list(info.get("losses", [])), steps, int(info.get("n_examples", 0)),
+                   int(info.get("n_trained_tokens", 0)),
+                   [BadRecord(int(b["line"]), b["problem"]) for b in info.get("skipped", [])], steps,
+                   {"config": info.get("config", {}), "interventions": info.get("interventions", [])},
+                   info.get("base_model", ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -437,10 +467,8 @@ def _completed_run(out: Path | None, state_dir: Path | None, resume: bool, n_exa
     if out is not None and (out / FINETUNE_INFO).exists() and not (state_dir and state_dir.exists()):
         if not resume:
             raise FileExistsError(f"{out} already holds a finished finetune; choose another output folder")
-        info = json.loads((out / FINETUNE_INFO).read_text(encoding="utf-8"))
         log.warning("%s is already complete; nothing to do (loading it is up to the caller)", out)
-        return FinetuneResult(out, info.get("losses", []), info.get("steps", 0), n_examples,
-                              info.get("n_trained_tokens", 0), skipped, info.get("steps", 0), info.get("config", {}))
+        return dataclasses.replace(FinetuneResult.load(out), n_examples=n_examples, skipped=skipped)
     if state_dir is not None and state_dir.exists() and not resume:
         raise FileExistsError(f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose "
                               "another output folder")
@@ -611,17 +639,14 @@ def finetune(
         log.warning("hooks still installed after finetuning (not ours): %s", leftover)
 
     result = FinetuneResult(out, run.losses, run.step, len(examples), run.n_trained_tokens, skipped, resumed_from,
-                            {"config": config_json, "interventions": interventions_json})
+                            {"config": config_json, "interventions": interventions_json}, model.cfg.model_name)
     merge_lora(hf_model)
     for name, param in hf_model.named_parameters():
         param.requires_grad_(requires_grad.get(name, False))
     if non_finite is not None:
         raise _non_finite_error(non_finite, run.step, state_dir)
     if finished and out is not None:
-        save_model(model, out, {"format": "persona_lens.experiments.finetune", "base_model": model.cfg.model_name,
-                                "config": config_json, "interventions": interventions_json, "steps": run.step,
-                                "n_examples": len(examples), "n_trained_tokens": run.n_trained_tokens,
-                                "skipped": [b.to_json() for b in skipped], "losses": run.losses})
+        save_model(model, out, result.to_info())
         if state_dir is not None:
             shutil.rmtree(state_dir, ignore_errors=True)
     return result

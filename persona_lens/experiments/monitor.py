@@ -26,6 +26,11 @@
   the ``against`` vectors: cross-trait) and the sign-flipped vector's r.
 * :func:`generate_with_projections`: per-token projections while generating (a record hook on the residual stream),
   for the coloured-text view of :mod:`persona_lens.viz.projections`.
+
+Each result owns its file: :meth:`ProjectionSweepResult.save`/``load`` (``{kind}_sweep.json``) and
+:meth:`TokenProjections.save`/``load`` (the ``.json`` beside the page). Why one module over 500 lines: a sweep's
+prompts, rows and result are one file format (``load`` must rebuild every field ``to_json`` writes), kept beside
+each other; the per-token traces (about 120 lines) are the next cut if it grows.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import TokenLayout, record, token_layout
 from persona_lens.core.io import write_json_atomic
 from persona_lens.core.layers import check_layer
+from persona_lens.core.results import read_json
 from persona_lens.core.vectors import VectorLike, trait_names, unit_directions, vector_list
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, as_score, average, evaluate_replies
 from persona_lens.judges.base import Judge
@@ -75,7 +81,9 @@ __all__ = [
     "system_prompt_sweep",
     "many_shot_sweep",
     "TokenTrace",
+    "TokenProjections",
     "generate_with_projections",
+    "sweep_file",
     "DEFAULT_SHOTS",
     "SWEEP_METRICS",
 ]
@@ -135,6 +143,11 @@ class ProjectionPrompt:
     level: float
     question: str
     messages: tuple[Message, ...]
+    n_messages: int | None = field(default=None, compare=False)
+    """The message count when ``messages`` is unknown (a sweep file written before messages were saved)."""
+
+    def message_count(self) -> int:
+        return len(self.messages) if self.n_messages is None else self.n_messages
 
 
 def _questions(trait: Any, questions: Sequence[str] | None, n_questions: int | None) -> list[str]:
@@ -324,15 +337,47 @@ class ProjectionSweepResult:
             "controls": {**self.controls, "against": list(self.against)},
             "baselines": baselines_to_dict(self.baselines),
             "prompts": [{"condition": p.condition, "level": p.level, "question": p.question,
-                         "n_messages": len(p.messages),
+                         "n_messages": p.message_count(),
+                         **({} if p.n_messages is not None else {"messages": [dict(m) for m in p.messages]}),
                          "projection": dict(zip(self.traits, self.projections[i].tolist())),
                          "mean_score": s}
                         for i, (p, s) in enumerate(zip(self.prompts, self.prompt_scores()))],
             "rows": [row.__dict__ for row in self.rows],
+            "against_projections": self.against,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return write_json_atomic(path, self.to_json())
+    def save(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write ``{kind}_sweep.json`` (settings, summary, correlations, controls, every prompt with its messages and
+        every judged reply) into ``folder``; the paths written."""
+        return [write_json_atomic(Path(folder) / sweep_file(self.kind), self.to_json())]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], kind: str) -> ProjectionSweepResult:
+        """The sweep back from the ``{kind}_sweep.json`` of a folder written by :meth:`save`. Files written before
+        the prompts' messages were saved load with each prompt's message count only (``messages`` empty), and
+        before the cross-trait projections were saved with the saved baselines only."""
+        name = sweep_file(kind)
+        data = read_json(Path(folder) / name, name)
+        traits = list(data["traits"])
+        prompts = [ProjectionPrompt(p["condition"], float(p["level"]), p["question"],
+                                    tuple(dict(m) for m in p.get("messages", ())),
+                                    None if "messages" in p else int(p["n_messages"]))
+                   for p in data["prompts"]]
+        projections = torch.tensor([[p["projection"][t] for t in traits] for p in data["prompts"]],
+                                   dtype=torch.float32).reshape(len(prompts), len(traits))
+        controls = {k: v for k, v in data.get("controls", {}).items() if k != "against"}
+        against = {str(k): list(v) for k, v in data.get("against_projections", {}).items()}
+        against.update({str(k): [] for k in data.get("controls", {}).get("against", []) if k not in against})
+        baselines = {t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
+                     for t, by_metric in data.get("baselines", {}).items()}
+        return cls(data["kind"], traits, int(data["layer"]), data["judge"], prompts, projections,
+                   [ProjectionSweepRow(**row) for row in data["rows"]], dict(data.get("settings", {})),
+                   against=against, controls=controls, baselines=baselines)
+
+
+def sweep_file(kind: str) -> str:
+    """The file name of a ``kind`` sweep in its folder: ``{kind}_sweep.json``."""
+    return f"{kind}_sweep.json"
 
 
 def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
@@ -432,6 +477,47 @@ class TokenTrace:
                 "traits": self.traits, "response": self.response, "stopped": self.stopped,
                 "projections": {t: [_nan_to_none(v) for v in self.projections[j].tolist()]
                                 for j, t in enumerate(self.traits)}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TokenTrace:
+        """The trace back from :meth:`to_json` (a missing projection, saved as null, comes back as NaN)."""
+        traits = list(data["traits"])
+        rows = [[math.nan if v is None else float(v) for v in data["projections"][t]] for t in traits]
+        return cls(list(data["token_ids"]), list(data["pieces"]), int(data["prompt_length"]),
+                   torch.tensor(rows, dtype=torch.float32).reshape(len(traits), len(data["token_ids"])), traits,
+                   data["response"], bool(data["stopped"]))
+
+
+@dataclass
+class TokenProjections:
+    """``monitor tokens``: the traces of every prompt on every vector at one layer, and the page they are drawn on.
+
+    Saved as the JSON file beside the page (``page.json`` for ``page.html``); the page itself is a figure, drawn by
+    :func:`persona_lens.viz.projections.token_projection_page` from a fresh or loaded result.
+    """
+
+    model: str
+    layer: int
+    traits: list[str]
+    traces: list[TokenTrace]
+    page: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "layer": self.layer, "traits": self.traits,
+                "traces": [t.to_json() for t in self.traces], "html": str(self.page)}
+
+    def save(self) -> list[Path]:
+        """Write the numbers to the ``.json`` beside :attr:`page`; the paths written."""
+        return [write_json_atomic(self.page.with_suffix(".json"), self.to_json())]
+
+    @classmethod
+    def load(cls, page: str | os.PathLike[str]) -> TokenProjections:
+        """The result back from the ``.json`` beside ``page`` (the ``.html`` or the ``.json`` itself)."""
+        path = Path(page).with_suffix(".json")
+        data = read_json(path, f"{path.name} (the numbers beside the page)")
+        return cls(data["model"], int(data["layer"]), list(data["traits"]),
+                   [TokenTrace.from_json(t) for t in data["traces"]],
+                   Path(data.get("html") or path.with_suffix(".html")))
 
 
 def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[Message]],

@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 from persona_lens.core.io import write_text_atomic
 
 __all__ = ["projection_colour", "token_projection_html", "write_token_projection_html", "sweep_figure",
+           "monitor_sweep_figures", "token_projection_page", "screen_figures",
            "shift_figure", "shift_figures", "histogram_figure"]
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -213,6 +214,61 @@ def shift_figures(study: Any) -> dict[tuple[str, str], go.Figure]:
             {"r(shift, score)": study.baseline(name), **{f"shift of {r.label}": r.baselines[name]
                                                          for r in study.results}},
             title=f"Shift along {name} at layer {study.layer}, beside its controls", vector=name)
+    return figures
+
+
+def monitor_sweep_figures(result: Any) -> dict[tuple[str, str], go.Figure]:
+    """Every figure of a :class:`~persona_lens.experiments.monitor.ProjectionSweepResult` (fresh or loaded from its
+    folder), keyed ``(trait, "")`` for projection vs score and ``(trait, ".controls")`` for the correlations beside
+    their controls."""
+    from persona_lens.viz.controls import baseline_figure
+
+    figures: dict[tuple[str, str], go.Figure] = {}
+    for name in result.traits:
+        figures[name, ""] = sweep_figure(result, name)
+        figures[name, ".controls"] = baseline_figure(
+            {f"r {metric.replace('_', ' ')}": b for metric, b in result.baselines[name].items()},
+            title=f"{result.kind} sweep at layer {result.layer}: r of {name} with the score, beside its controls",
+            vector=name)
+    return figures
+
+
+def token_projection_page(result: Any, *, show_prompt: bool = True) -> str:
+    """One HTML page for a :class:`~persona_lens.experiments.monitor.TokenProjections` (fresh or loaded): the
+    coloured tokens of every trace, one section per vector."""
+    pages = [token_projection_html(result.traces, trait=name, title=f"Projection on {name} at layer {result.layer}",
+                                   show_prompt=show_prompt) for name in result.traits]
+    body = "".join(page.split("<body>", 1)[1].rsplit("</body>", 1)[0] for page in pages)
+    return pages[0].split("<body>", 1)[0] + "<body>" + body + "</body></html>\n"
+
+
+def screen_figures(result: Any, folder: str | os.PathLike[str], *, bins: int = 50) -> dict[str, go.Figure]:
+    """Every figure of a :class:`~persona_lens.experiments.screen_result.ScreenResult` (fresh or loaded), drawn from
+    the scores files in its ``folder``, keyed by file name: per dataset and trait the histogram of dp and
+    dp_last_prompt; with several datasets, per trait and score the datasets overlaid and their comparison beside its
+    controls."""
+    from persona_lens.core.controls import Baseline
+    from persona_lens.viz.controls import baseline_figure
+
+    out = Path(folder)
+    figures: dict[str, go.Figure] = {}
+    for name, summary in result.datasets.items():
+        for trait in summary["traits"]:
+            series = {f"{name} {key}": result.scores(out, name, trait, key)
+                      for key in ("dp", "dp_last_prompt")}
+            figures[result.histogram_file(name, trait)] = histogram_figure(
+                series, nbins=bins, title=f"{name}: projection difference on {trait} at layer {result.layer}",
+                xaxis="projection difference")
+    for trait, comparison in result.comparison.items():
+        for key in ("dp", "dp_last_prompt"):
+            values = {n: result.scores(out, n, trait, key) for n in result.names}
+            figures[result.comparison_file(trait, key)] = histogram_figure(
+                values, nbins=bins, xaxis=f"{key} on {trait}",
+                title=f"{key} on {trait} at layer {result.layer}: datasets compared")
+            figures[result.comparison_file(trait, key, controls=True)] = baseline_figure(
+                {f"{metric} {n}": Baseline.from_dict(b) for n, by_metric in comparison[f"baselines_{key}"].items()
+                 for metric, b in by_metric.items()},
+                title=f"{key} on {trait}: datasets vs {comparison['reference']}, beside the controls", vector=trait)
     return figures
 
 

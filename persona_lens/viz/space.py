@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["plot_variance_explained", "plot_role_map", "plot_drift"]
+__all__ = ["plot_variance_explained", "plot_role_map", "plot_drift", "space_figures", "drift_figures"]
 
 
 def plot_variance_explained(explained: Sequence[Sequence[float]], *, n_components: int = 3, title: str = "") -> Any:
@@ -52,6 +52,34 @@ def plot_role_map(names: Sequence[str], pc1: Sequence[float], pc2: Sequence[floa
     fig.update_layout(title=title or "roles on PC1 / PC2", template="plotly_white", xaxis_title="PC1",
                       yaxis_title="PC2")
     return fig
+
+
+def space_figures(report: Any) -> dict[str, Any]:
+    """Every figure of ``space build`` from its :class:`~persona_lens.experiments.space.SpaceReport` (fresh or
+    loaded), keyed by file name: ``variance.html`` and ``roles_layer<layer>.html``."""
+    data, where = report.alignment, report.role_map
+    layer = where["layer"]
+    rows = data["layers"][layer]["roles"]
+    names = where["names"]
+    return {
+        "variance.html": plot_variance_explained([row["explained"] for row in data["layers"]],
+                                                 title=f"{data['model']}: variance of the role vectors explained"),
+        f"roles_layer{layer}.html": plot_role_map(names, [rows[n]["pc1"] for n in names], where["pc2"],
+                                                  [rows[n]["projection"] for n in names],
+                                                  default=data["default_role"],
+                                                  traits={k: (x, y) for k, (x, y) in where["traits"].items()},
+                                                  title=f"{data['model']}, layer {layer}"),
+    }
+
+
+def drift_figures(report: Any) -> dict[str, Any]:
+    """The figure of ``space drift`` from its :class:`~persona_lens.experiments.space.DriftReport` (fresh or
+    loaded), keyed by file name: ``drift.html``."""
+    data = report.data
+    layer, band = data["layer"], data["default_band"]
+    title = f"{data['model']}, layer {layer}" if data.get("model") else f"layer {layer}"
+    return {"drift.html": plot_drift(data["turn_projections_at_layer"], (band["p5"][layer], band["p95"][layer]),
+                                     tokens=data["token_projections"], labels=report.replies, title=title)}
 
 
 def plot_drift(turns: Sequence[float], band: tuple[float, float], *, tokens: Sequence[Sequence[float]] = (),

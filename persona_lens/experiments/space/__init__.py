@@ -59,6 +59,7 @@ from persona_lens.experiments.space.fit import (
     default_token_quantiles,
     fit_space,
 )
+from persona_lens.experiments.space.report import DriftReport, SpaceReport, drift_report, space_report
 from persona_lens.experiments.space.roles import (
     JudgePair,
     RoleNotPlayed,
@@ -96,4 +97,8 @@ __all__ = [
     "calibrate_cap",
     "apply_cap",
     "evaluate_capping",
+    "SpaceReport",
+    "space_report",
+    "DriftReport",
+    "drift_report",
 ]

@@ -23,6 +23,7 @@ from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import CapProjection, HookHandle, Positions, install_hooks
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic
 from persona_lens.core.layers import check_layer, hook_name
+from persona_lens.core.results import read_json
 from persona_lens.core.vectors import unit_rows
 from persona_lens.experiments.evaluate import ReplyJob, evaluate_replies, job_seed
 from persona_lens.experiments.space.fit import PersonaSpace, cap_control_directions
@@ -156,6 +157,19 @@ class CapEvalResult:
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "default": self.default, "settings": self.settings, "control": self.control}
 
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``cap_eval.json`` into ``folder``; the paths written."""
+        return [write_json_atomic(Path(folder) / CAP_EVAL_JSON, self.to_json())]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> CapEvalResult:
+        """The result back from the ``cap_eval.json`` of a folder written by :meth:`save`."""
+        data = read_json(Path(folder) / CAP_EVAL_JSON, CAP_EVAL_JSON)
+        return cls(list(data["rows"]), dict(data["default"]), dict(data["settings"]), dict(data.get("control", {})))
+
+
+CAP_EVAL_JSON = "cap_eval.json"
+
 
 def _rate(records: Sequence[Mapping[str, Any]], threshold: float) -> tuple[float | None, int]:
     scores = [r["trait_score"] for r in records if r["trait_score"] is not None]
@@ -270,5 +284,5 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
     control["default_exact_match"] = compare("default replies exactly unchanged", default_row["exact_match_rate"],
                                              random_exact).to_dict()
     result = CapEvalResult(rows, default_row, {**settings.describe(), "config": asdict(config)}, control)
-    write_json_atomic(out / "cap_eval.json", result.to_json())
+    result.save(out)
     return result
