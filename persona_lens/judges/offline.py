@@ -1,0 +1,185 @@
+"""Offline judge features: what cheap, honest measurements say about a (question, reply) pair, and a small logistic
+regression over them fit to a reader's labels.
+
+Features (:data:`FEATURES`), per reply:
+
+* the rule coherence score and its five factors (:func:`persona_lens.judges.rule.coherence_factors`: length,
+  letters, distinct trigrams, loops, known words), and the share of known words itself (an English word list,
+  ``english-words``, plus French and pirate lexicons);
+* the unsteered model's likelihood of the reply given the question: mean per-token NLL (nats) in the best of the
+  judge's contexts (None = the template's default, and the trait's own system prompt, so a style the model produces
+  when told to is not taken for nonsense), the 90th percentile of the per-token NLLs and the share of tokens above
+  :data:`SURPRISE_NATS` (word salad is made of surprising tokens; a fluent reply has few), all response tokens;
+* relevance: the gain ``NLL(reply | unrelated question) - NLL(reply | question)`` in the same context (as in
+  :mod:`persona_lens.judges.likelihood`);
+* the number of words (log).
+
+No calibration is generated: every feature is a forward pass of the unsteered model over the reply, or a rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_lens.core.chat import encode_prompt, make_messages
+from persona_lens.core.hooked_model import HookedLM
+from persona_lens.judges.likelihood import check_unhooked, unrelated_question
+from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
+
+__all__ = ["FEATURES", "SURPRISE_NATS", "TokenNLLs", "token_nlls", "reply_features", "LogisticModel",
+           "fit_logistic"]
+
+#: A token whose NLL under the unsteered model is above this many nats counts as surprising.
+SURPRISE_NATS = 8.0
+_MAX_REPLY_TOKENS = 256
+RULE_FEATURES = ("rule_coherence", "length", "letters", "trigrams", "loops", "words", "known_word_share",
+                 "log_words")
+MODEL_FEATURES = ("nll_mean", "nll_p90", "surprise_share", "relevance_gain")
+FEATURES = RULE_FEATURES + MODEL_FEATURES
+
+
+@dataclass(frozen=True)
+class TokenNLLs:
+    """Per-token NLLs (nats) of one reply's tokens given its prompt."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+
+@torch.no_grad()
+def token_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+               batch_size: int = 16) -> list[TokenNLLs]:
+    """Per-token NLL of each ``(prompt_ids, response_ids)`` row's response given its prompt: one forward of prompt
+    and response, rows batched by equal total length (no padding, so a row's values do not depend on its batch)."""
+    check_unhooked(model)
+    out: list[TokenNLLs | None] = [None] * len(rows)
+    by_length: dict[int, list[int]] = {}
+    for index, (prompt, response) in enumerate(rows):
+        if not response or not prompt:
+            raise ValueError(f"row {index}: empty prompt or response")
+        by_length.setdefault(len(prompt) + len(response), []).append(index)
+    for length in sorted(by_length):
+        members = by_length[length]
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            ids = torch.tensor([[*rows[i][0], *rows[i][1]] for i in chunk], dtype=torch.long, device=model.device)
+            keep = max(len(rows[i][1]) for i in chunk) + 1
+            logp: Float[Tensor, "batch pos vocab"] = model(ids, logits_to_keep=keep)[:, :-1].float().log_softmax(-1)
+            for row, i in enumerate(chunk):
+                n = len(rows[i][1])
+                targets = torch.tensor(rows[i][1], dtype=torch.long, device=model.device)
+                picked = logp[row, keep - 1 - n :].gather(-1, targets[:, None])[:, 0]
+                out[i] = TokenNLLs(tuple(float(-x) for x in picked))
+    return [x for x in out if x is not None]
+
+
+def _reply_ids(model: HookedLM, reply: str) -> list[int]:
+    return list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])[:_MAX_REPLY_TOKENS]
+
+
+def reply_features(model: HookedLM | None, items: Sequence[tuple[str, str]],
+                   contexts: Sequence[Sequence[str | None]] | Sequence[str | None] = (None,), *,
+                   batch_size: int = 16) -> Float[np.ndarray, "n feature"]:
+    """:data:`FEATURES` of each (question, reply), one row each (columns in that order). ``contexts``: the system
+    prompts the reply is read under (one tuple for all items, or one tuple per item); the lowest mean NLL counts.
+    With ``model=None`` only :data:`RULE_FEATURES` are computed. An empty reply gets the worst value of every
+    model feature (it has no tokens)."""
+    n = len(items)
+    rule = np.zeros((n, len(RULE_FEATURES)))
+    for i, (question, reply) in enumerate(items):
+        factors = coherence_factors(reply)
+        words = len(reply.split())
+        rule[i] = [score_coherence(question, reply) / 100.0, *factors.values(), known_word_share(reply),
+                   math.log1p(words)]
+    if model is None:
+        return rule
+    per_item = (list(contexts) if n and contexts and isinstance(contexts[0], (list, tuple))
+                else [tuple(contexts)] * n)  # type: ignore[list-item]
+    if len(per_item) != n:
+        raise ValueError(f"{len(per_item)} context tuples for {n} items")
+    replies = [_reply_ids(model, reply) for _, reply in items]
+    scored = [i for i in range(n) if replies[i]]
+    best: dict[int, tuple[TokenNLLs, str | None]] = {}
+    width = max((len(per_item[i]) for i in scored), default=0)
+    for c in range(width):
+        members = [i for i in scored if c < len(per_item[i])]
+        rows = [(encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
+                for i in members]
+        for i, value in zip(members, token_nlls(model, rows, batch_size=batch_size)):
+            if i not in best or value.mean < best[i][0].mean:
+                best[i] = (value, per_item[i][c])
+    unrelated = token_nlls(model, [(encode_prompt(model.tokenizer, make_messages(unrelated_question(items[i][0]),
+                                                                                 system=best[i][1])), replies[i])
+                                   for i in scored], batch_size=batch_size)
+    features = np.zeros((n, len(MODEL_FEATURES)))
+    features[:] = [20.0, 20.0, 1.0, -5.0]  # no tokens: the worst of each
+    for i, far in zip(scored, unrelated):
+        values = np.asarray(best[i][0].values)
+        features[i] = [values.mean(), np.percentile(values, 90), float(np.mean(values > SURPRISE_NATS)),
+                       far.mean - values.mean()]
+    return np.concatenate([rule, features], axis=1)
+
+
+@dataclass(frozen=True)
+class LogisticModel:
+    """``P(yes) = sigmoid(bias + sum_k weight_k * (x_k - mean_k) / scale_k)`` over named features."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    l2: float
+
+    def probability(self, x: Float[np.ndarray, "n feature"]) -> Float[np.ndarray, " n"]:
+        z = (np.asarray(x, dtype=float) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
+                "weights": list(self.weights), "bias": self.bias, "l2": self.l2}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LogisticModel:
+        return cls(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]), tuple(data["weights"]),
+                   float(data["bias"]), float(data["l2"]))
+
+
+def fit_logistic(x: Float[np.ndarray, "n feature"], y: Sequence[int], features: Sequence[str], *,
+                 l2: float = 1.0, balanced: bool = True, iterations: int = 50) -> LogisticModel:
+    """L2-regularised logistic regression by Newton's method on standardised features (the bias unpenalised);
+    ``balanced`` weighs each class by half over its count, so a rare class counts as much as a common one."""
+    x = np.asarray(x, dtype=float)
+    t = np.asarray(y, dtype=float)
+    if x.ndim != 2 or x.shape[0] != t.shape[0] or x.shape[1] != len(features):
+        raise ValueError(f"features {x.shape} do not match {t.shape[0]} labels and {len(features)} names")
+    if not (t == 1).any() or not (t == 0).any():
+        raise ValueError("fitting needs both classes among the labels")
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale == 0] = 1.0
+    z = np.concatenate([(x - mean) / scale, np.ones((x.shape[0], 1))], axis=1)
+    sample = (np.where(t == 1, 0.5 / t.sum(), 0.5 / (1 - t).sum()) * len(t)) if balanced else np.ones_like(t)
+    w = np.zeros(z.shape[1])
+    penalty = np.full(z.shape[1], l2)
+    penalty[-1] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(z @ w)))
+        gradient = z.T @ (sample * (p - t)) + penalty * w
+        hessian = (z * (sample * p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(z.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return LogisticModel(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
+                         tuple(float(v) for v in w[:-1]), float(w[-1]), float(l2))
