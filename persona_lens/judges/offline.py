@@ -19,9 +19,12 @@ No calibration is generated: every feature is a forward pass of the unsteered mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,11 +33,13 @@ from torch import Tensor
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.hooked_model import HookedLM
+from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rubric
 from persona_lens.judges.likelihood import check_unhooked, unrelated_question
 from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
 
-__all__ = ["FEATURES", "SURPRISE_NATS", "TokenNLLs", "token_nlls", "reply_features", "LogisticModel",
-           "fit_logistic"]
+__all__ = ["FEATURES", "RULE_FEATURES", "MODEL_FEATURES", "SURPRISE_NATS", "TokenNLLs", "token_nlls",
+           "reply_features", "LogisticModel", "fit_logistic", "JUDGE_VERSION", "WEIGHTS_FILE", "load_weights",
+           "OfflineCoherenceJudge"]
 
 #: A token whose NLL under the unsteered model is above this many nats counts as surprising.
 SURPRISE_NATS = 8.0
@@ -183,3 +188,71 @@ def fit_logistic(x: Float[np.ndarray, "n feature"], y: Sequence[int], features: 
             break
     return LogisticModel(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
                          tuple(float(v) for v in w[:-1]), float(w[-1]), float(l2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the judge
+
+#: Bumped whenever the features or the shipped weights change (caches key on the judge id).
+JUDGE_VERSION = 1
+WEIGHTS_FILE = Path(__file__).with_name("offline_weights.json")
+
+
+def load_weights(path: str | Path = WEIGHTS_FILE) -> dict[str, dict[str, LogisticModel]]:
+    """``model name -> {"coherence": LogisticModel, ...}`` from the weights file (the key ``"*"`` holds the
+    model-free fit on :data:`RULE_FEATURES`, used for models without their own)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {name: {target: LogisticModel.from_dict(fit) for target, fit in fits.items() if target != "source"}
+            for name, fits in data["models"].items()}
+
+
+class OfflineCoherenceJudge:
+    """Coherence-and-on-topic as ``100 * P(a reader says coherent)`` from a logistic regression over
+    :data:`FEATURES`, fit to a reader's labels of SmolLM2-135M-Instruct replies (``benchmarks/labels/``, dev split)
+    and shipped in :data:`WEIGHTS_FILE`.
+
+    The likelihood features are the judged model's own (unsteered) likelihoods, so they are only meaningful for the
+    model the weights were fit on: for any other model (or ``model=None``) the judge uses the model-free fit over
+    :data:`RULE_FEATURES`, and says so in ``judge_id`` (``...:rules``) and :attr:`uses_model`. ``contexts``: the
+    system prompts a reply is read under (None = the template's default; add the trait's own prompt so its style
+    counts as fluent). Scores with the unsteered model: raises if hooks are installed.
+    """
+
+    def __init__(self, model: HookedLM | None, contexts: Sequence[str | None] = (None,), *,
+                 weights: str | Path = WEIGHTS_FILE, batch_size: int = 16) -> None:
+        fits = load_weights(weights)
+        name = getattr(getattr(model, "cfg", None), "model_name", None)
+        self.uses_model = model is not None and name in fits and "coherence" in fits[name]
+        self.model = model if self.uses_model else None
+        if not self.uses_model and "coherence" not in fits.get("*", {}):
+            raise ValueError(f"{weights} has no coherence fit for {name} nor a model-free one ('*')")
+        self.fit = fits[name]["coherence"] if self.uses_model else fits["*"]["coherence"]
+        self.model_name = name if self.uses_model else None
+        self.contexts = tuple(contexts) or (None,)
+        self.batch_size = batch_size
+
+    @property
+    def judge_id(self) -> str:
+        fingerprint = hashlib.sha256(json.dumps([self.fit.to_dict(), list(self.contexts)]).encode()).hexdigest()[:12]
+        source = self.model_name if self.uses_model else "rules"
+        return f"offline-coherence@v{JUDGE_VERSION}:{source}?fit={fingerprint}"
+
+    def __repr__(self) -> str:
+        return f"OfflineCoherenceJudge({self.model_name or 'rules'!r})"
+
+    def features(self, items: Sequence[tuple[str, str]]) -> Float[np.ndarray, "n feature"]:
+        x = reply_features(self.model, items, self.contexts, batch_size=self.batch_size)
+        return x[:, [FEATURES.index(f) for f in self.fit.features]]
+
+    def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
+        check_rubric(rubric)
+        if rubric != COHERENCE_RUBRIC:
+            raise ValueError("the offline coherence judge measures coherence only; pass it as the coherence judge "
+                             "(it is given the coherence rubric), not as a trait judge")
+        if not items:
+            return []
+        return [float(100.0 * p) for p in self.fit.probability(self.features(items))]
+
+    def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """Every item gets a number, so every verdict is final."""
+        return [Verdict(score, "", True) for score in self.score(rubric, items)]

@@ -173,3 +173,46 @@ def test_model_features_on_a_tiny_model(tiny_model):
     alone = reply_features(tiny_model, items[:1], (None, "You are a pirate."))
     assert alone[0] == pytest.approx(x[0], abs=1e-4)
     assert nll[-1] == 20.0  # the empty reply: the worst value
+
+
+def test_cli_judges_evaluate_rule_and_scores_and_readers(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    other = dict(LABELS, b=(0, 0))
+    write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})
+    out = tmp_path / "report.json"
+    saved = tmp_path / "scores.jsonl"
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "50",
+                 "--out", str(out), "--save-scores", str(saved)]) == 0
+    reports = json.loads(out.read_text())
+    assert [r["target"] for r in reports] == ["coherent", "trait"]
+    assert reports[0]["pooled"]["n"] == 5 and reports[0]["disagreed"] == 1
+    assert "| pooled |" in capsys.readouterr().out
+    coherent = tmp_path / "coherent.jsonl"
+    coherent.write_text("".join(line + "\n" for line in saved.read_text().splitlines()
+                                if json.loads(line)["target"] == "coherent"))
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(coherent), "--target", "coherent",
+                 "--bootstrap", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"] == reports[0]["pooled"] | {"intervals": {}}
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--readers", "--split", "all", "--bootstrap", "0",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"]["accuracy"] == pytest.approx(6 / 7)
+
+
+def test_cli_judges_evaluate_bad_input_exits_2(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    assert main(["judges", "evaluate", "--set", str(tmp_path)]) == 2
+    assert "no replies.jsonl" in capsys.readouterr().err
+    write_set(tmp_path, ROWS, {})
+    assert main(["judges", "evaluate", "--set", str(tmp_path)]) == 2
+    assert "no reading_" in capsys.readouterr().err
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--readers"]) == 2
+    assert "two readings" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "score": "high"}\n')
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(bad), "--target", "coherent"]) == 2
+    assert "must be a number" in capsys.readouterr().err
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(bad)]) == 2
+    assert "--target" in capsys.readouterr().err
