@@ -53,14 +53,16 @@ LAYERS = (8, 16, 24)
 COEFS = (0.25, 0.5, 1.0, 2.0)
 RANDOM_COEFS = (0.5, 2.0)
 DEFAULT_COEFS = (0.25, 0.5, 1.0, 2.0)
-N_UNSTEERED, N_PROMPTED, N_STEERED, N_RANDOM, N_DEFAULT = 15, 20, 6, 4, 3
+N_UNSTEERED, N_PROMPTED, N_STEERED, N_RANDOM, N_DEFAULT = 15, 20, 6, 4, 5
 
 
 def generate_rows(model, rows, norms, directions, args, sampling, *, desc, offset=0) -> list[str]:
     """Replies to ``rows`` in one generate call: one steering hook per (direction, layer) in use, each with a
-    per-conversation coefficient that is zero on the rows it does not steer (seeds: row index + offset)."""
+    per-conversation coefficient that is zero on the rows it does not steer (seeds: the rows' indices in the whole
+    set, ``offset + i`` or ``offset[i]``)."""
     convs = [make_messages(r[5], system=r[6]) for r in rows]
-    seeds = [args.seed * 1_000_003 + offset + i for i in range(len(rows))]
+    index = list(offset) if isinstance(offset, list) else [offset + i for i in range(len(rows))]
+    seeds = [args.seed * 1_000_003 + i for i in index]
     with contextlib.ExitStack() as stack:
         for key in sorted({(r[4], r[2]) for r in rows if r[4] is not None}):
             coefs = torch.tensor([float(r[3]) if (r[4], r[2]) == key else 0.0 for r in rows])
@@ -77,7 +79,15 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=40, help="max new tokens per reply (default 40)")
     parser.add_argument("--batch", type=int, default=160)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--assemble", action="store_true", help="write the set from the finished shards")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared CPU two threads cost 10x the CPU time)")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="generate only the steered rows with index %% N == K in this process (run N processes, "
+                             "one of them with --assemble; shards > 0 wait for shard 0's unsteered replies)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shard, shards = (int(x) for x in args.shard.split("/"))
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     model = pl.load_model(args.model)
@@ -102,6 +112,8 @@ def main() -> int:
                    for k in range(N_PROMPTED // len(questions)) for i, q in enumerate(questions)]
     phase1 += [("none", "unsteered", None, None, None, q, None) for q in questions]
     cache = args.out / f".phase1-seed{args.seed}.json"  # a rerun after a failure in phase 2 starts there
+    while shard > 0 and not cache.exists():
+        time.sleep(10)
     if cache.exists() and json.loads(cache.read_text())["rows"] == [list(r) for r in phase1]:
         texts1 = json.loads(cache.read_text())["texts"]
     else:
@@ -130,8 +142,30 @@ def main() -> int:
     for layer in LAYERS:
         phase2 += [("none", "random", layer, coef, "random:none", questions[(c * 3 + layer + r) % len(questions)],
                     None) for c, coef in enumerate(DEFAULT_COEFS) for r in range(N_DEFAULT)]
-    texts2 = generate_rows(model, phase2, norms, directions, args, sampling, desc="steered replies",
-                           offset=len(phase1))
+    texts2 = [""] * len(phase2)
+    for k in range(shards):
+        part = args.out / f".phase2-seed{args.seed}-{k}-of-{shards}.json"
+        mine = [i for i in range(len(phase2)) if i % shards == k]
+        key = [list(phase2[i]) for i in mine]
+        if k == shard and not (part.exists() and json.loads(part.read_text())["rows"] == key):
+            done = generate_rows(model, [phase2[i] for i in mine], norms, directions, args, sampling,
+                                 desc=f"steered replies (shard {k}/{shards})",
+                                 offset=[len(phase1) + i for i in mine])
+            write_json_atomic(part, {"rows": key, "texts": done})
+        elif k != shard:
+            if not args.assemble:
+                continue
+            while not part.exists():  # another process generates this shard
+                time.sleep(10)
+        saved = json.loads(part.read_text())
+        if saved["rows"] != key:
+            print(f"{part} holds other rows (an older plan): delete it and rerun its shard", file=sys.stderr)
+            return 2
+        for i, text in zip(mine, saved["texts"]):
+            texts2[i] = text
+    if shards > 1 and not args.assemble:
+        print(f"shard {shard}/{shards} done; the process with --assemble writes the set")
+        return 0
     rows = []
     for index, (row, text) in enumerate(zip([*phase1, *phase2], [*texts1, *texts2])):
         trait, condition, layer, coef, direction, question, system = row
@@ -158,7 +192,8 @@ def main() -> int:
         "median_residual_norm": [float(x) for x in norms],
         "counts": {"unsteered": N_UNSTEERED, "prompted": N_PROMPTED, "steered": N_STEERED, "random": N_RANDOM,
                    "default_random": N_DEFAULT}, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(), "shards": args.shard,
+        "seconds": round(time.perf_counter() - started, 1),
         "n_replies": len(rows)})
     print(f"{len(rows)} replies in {time.perf_counter() - started:.0f} s -> {args.out}")
     return 0

@@ -110,6 +110,9 @@ class SteeringSweepResult:
     trait: str = ""
     model_name: str = ""
     config: SteeringSweepConfig | None = None
+    prompted: SteeringCell | None = None
+    """The anchor: the same questions answered unsteered under the trait's positive system prompts (what the model
+    does when it is told to); None when the sweep's replies are already system-prompted or the trait has none."""
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -243,6 +246,8 @@ def run_steering_sweep(
     # The baseline, then every coefficient of a layer in one generate call (one steering, a coefficient per row).
     steered = [(layer, coef, raw_of(layer, coef)) for layer in layers for coef in config.coefficients]
     reply_jobs = [job.reply_job("base", 0.0, None, config.seed) for job in jobs]
+    anchors = _prompted_jobs(trait, config, jobs)
+    reply_jobs += [job.reply_job("prompted", 0.0, None, config.seed) for job in anchors]
     for layer, coef, raw in steered:
         steering = Steering(vector, layer, raw, config.positions)
         cell = _cell_key(layer, config.coefficient_mode, coef)
@@ -258,6 +263,12 @@ def run_steering_sweep(
         return SteeringCell(layer, coef_raw, coef_relative, **asdict(summary))
 
     baseline = summarise(None, 0.0, 0.0, "base")
+    prompted = None
+    if anchors:
+        summary = summarise_scores([records[job.key("prompted")] for job in anchors],
+                                   trait_threshold=config.trait_threshold,
+                                   coherence_threshold=config.coherence_threshold)
+        prompted = SteeringCell(None, 0.0, 0.0, **asdict(summary))
     cells = [summarise(layer, raw, coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
                        _cell_key(layer, config.coefficient_mode, coef)) for layer, coef, raw in steered]
     chosen, reason = choose_layer(cells, baseline, config.coherence_threshold, config.trait_threshold)
@@ -267,11 +278,25 @@ def run_steering_sweep(
     shown = [] if centre is None else neighbour_cells(cells, centre)
     samples = [(cell, "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
                 [records[job.key(cell_keys[id(cell)])] for job in jobs]) for cell in shown]
+    if prompted is not None:
+        samples.append((prompted, "system-prompted, unsteered: the anchor",
+                        [records[job.key("prompted")] for job in anchors]))
     samples.append((baseline, "unsteered", [records[job.key("base")] for job in jobs]))
     paths = _write_outputs(out, cells, baseline, chosen, reason, config, trait, model, vector, norms, records,
-                           {"trait": judge.judge_id, "coherence": coherence_judge.judge_id})
+                           {"trait": judge.judge_id, "coherence": coherence_judge.judge_id}, prompted)
     paths["samples"] = write_text_atomic(out / "samples.md", format_samples(samples, trait, config))
-    return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config)
+    return SteeringSweepResult(cells, baseline, chosen, reason, out, paths, trait.name, model.cfg.model_name, config,
+                               prompted)
+
+
+def _prompted_jobs(trait: Trait, config: SteeringSweepConfig, jobs: Sequence[_Job]) -> list[_Job]:
+    """The sweep's questions and samples under the trait's positive system prompts (cycled as for
+    ``condition="positive"``): the anchor cell. None when the sweep is already prompted or there is no prompt."""
+    if config.condition != "none" or not trait.prompt_pairs:
+        return []
+    prompts = [p.positive for p in trait.prompt_pairs]
+    return [_Job(j.question, j.sample, prompts[(j.question + j.sample) % len(prompts)], j.question_text)
+            for j in jobs]
 
 
 def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait,
@@ -282,7 +307,8 @@ def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], 
              f"A reply counts as **both** when its trait score is >= {config.trait_threshold:g} and its coherence "
              f">= {config.coherence_threshold:g}.", ""]
     for cell, role, records in samples:
-        where = "unsteered" if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
+        unsteered = "system-prompted" if role.startswith("system") else "unsteered"
+        where = unsteered if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
                                                        f"relative ({cell.coef_raw:.3g} raw)")
         both = "n/a" if cell.both_rate is None else f"{cell.both_rate:.2f}"
         lines += [f"## {where} ({role})", "",
@@ -307,8 +333,8 @@ def _encoded(model: HookedLM, job: _Job) -> Any:
 
 def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell, chosen: SteeringCell | None,
                    reason: str, config: SteeringSweepConfig, trait: Trait, model: HookedLM, vector: PersonaVector,
-                   norms: Float[Tensor, " layer"], records: dict[str, dict], judges: dict[str, str]
-                   ) -> dict[str, Path]:
+                   norms: Float[Tensor, " layer"], records: dict[str, dict], judges: dict[str, str],
+                   prompted: SteeringCell | None = None) -> dict[str, Path]:
     csv_path = out / "sweep.csv"
     with atomic_output(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(SteeringCell.__dataclass_fields__))
@@ -318,7 +344,8 @@ def _write_outputs(out: Path, cells: list[SteeringCell], baseline: SteeringCell,
     summary = {"trait": trait.name, "model": model.cfg.model_name, "vector_model": vector.model_name,
                "config": asdict(config), "judges": judges, "median_residual_norm": [float(x) for x in norms],
                "torch_threads": torch.get_num_threads(),
-               "baseline": asdict(baseline), "chosen": None if chosen is None else asdict(chosen), "reason": reason,
+               "baseline": asdict(baseline), "prompted": None if prompted is None else asdict(prompted),
+               "chosen": None if chosen is None else asdict(chosen), "reason": reason,
                "cells": [asdict(c) for c in cells]}
     json_path = write_json_atomic(out / "sweep.json", summary)
     scored = write_text_atomic(out / "scored.jsonl",

@@ -1,0 +1,205 @@
+"""Every judge against the readers on the labeled reply set (benchmarks/labels/): the agreement table, and the fit of
+the offline coherence judge (chosen on dev, reported once on test).
+
+    .venv/bin/python benchmarks/judges_agreement.py features     # the offline features of every reply (cached)
+    .venv/bin/python benchmarks/judges_agreement.py fit          # choose and fit on dev; write the judge's weights
+    .venv/bin/python benchmarks/judges_agreement.py scores --judge likelihood|local   # a slow judge's scores (cached)
+    .venv/bin/python benchmarks/judges_agreement.py table        # every judge, dev and test, as Markdown
+
+Reference labels: the rows on which both readings agree (the rows they disagree on are counted and left out).
+Model selection on dev only: for each candidate feature set and L2 strength, 5-fold cross-validated balanced accuracy
+on dev; the best is refit on all of dev and written to persona_lens/judges/offline_weights.json, then evaluated on
+test once by ``table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from persona_lens.judges.evaluate import balanced_accuracy, evaluate_scores, format_report, load_labeled_set
+from persona_lens.judges.offline import FEATURES, RULE_FEATURES, WEIGHTS_FILE, fit_logistic, reply_features
+
+HERE = Path(__file__).parent / "labels"
+FEATURES_FILE = HERE / "features.json"
+MODEL = "smollm2-135m-instruct"
+CANDIDATES = {
+    "rules": RULE_FEATURES,
+    "rules+nll": (*RULE_FEATURES, "nll_mean", "nll_p90", "surprise_share"),
+    "all": FEATURES,
+}
+L2 = (0.01, 0.1, 1.0, 10.0)
+
+
+def labeled_set():
+    readings = sorted(HERE.glob("reading_*.jsonl"))
+    return load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl", readings)
+
+
+def contexts_of(trait_name: str) -> tuple:
+    from persona_lens import load_trait
+
+    if trait_name == "none":
+        return (None,)
+    return (None, load_trait(trait_name).prompt_pairs[0].positive)
+
+
+def compute_features(args: argparse.Namespace) -> None:
+    import persona_lens as pl
+
+    labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
+    model = pl.load_model(MODEL)
+    rows = labeled.replies
+    x = reply_features(model, [(r.question, r.reply) for r in rows], [contexts_of(r.trait) for r in rows])
+    FEATURES_FILE.write_text(json.dumps({"model": MODEL, "features": list(FEATURES),
+                                         "rows": {r.id: list(map(float, v)) for r, v in zip(rows, x)}}))
+    print(f"{len(rows)} replies -> {FEATURES_FILE}")
+
+
+def load_features() -> dict[str, np.ndarray]:
+    data = json.loads(FEATURES_FILE.read_text())
+    if data["features"] != list(FEATURES):
+        sys.exit(f"{FEATURES_FILE} has other features; rerun `features`")
+    return {k: np.asarray(v) for k, v in data["rows"].items()}
+
+
+def reference(labeled, target: str) -> dict[str, int]:
+    from persona_lens.judges.evaluate import combine_readings
+
+    return combine_readings(labeled.readings, target)[0]
+
+
+def cross_validated(x: np.ndarray, y: np.ndarray, names, l2: float, folds: int = 5, seed: int = 0) -> float:
+    order = np.random.default_rng(seed).permutation(len(y))
+    predicted = np.zeros(len(y), dtype=int)
+    for k in range(folds):
+        held = order[k::folds]
+        train = np.setdiff1d(order, held)
+        fit = fit_logistic(x[train], y[train], names, l2=l2)
+        predicted[held] = (fit.probability(x[held]) >= 0.5).astype(int)
+    return balanced_accuracy(y, predicted)
+
+
+def fit(args: argparse.Namespace) -> None:
+    labeled = labeled_set()
+    features = load_features()
+    truth = reference(labeled, "coherent")
+    dev = [r for r in labeled.rows("dev") if r.id in truth]
+    y = np.asarray([truth[r.id] for r in dev])
+    results = []
+    for name, names in CANDIDATES.items():
+        columns = [FEATURES.index(f) for f in names]
+        x = np.stack([features[r.id][columns] for r in dev])
+        for l2 in L2:
+            results.append((cross_validated(x, y, names, l2), name, l2))
+            print(f"dev 5-fold CV balanced accuracy {results[-1][0]:.3f}: {name}, l2 {l2:g}")
+    best = max(results)
+    print(f"chosen on dev: {best[1]}, l2 {best[2]:g} (CV balanced accuracy {best[0]:.3f})")
+    out = {"source": "benchmarks/judges_agreement.py fit: dev split of benchmarks/labels, rows both readings agree "
+                     f"on ({len(dev)}), reference = coherent-and-on-topic",
+           "models": {}}
+    for key, names in ((MODEL, CANDIDATES[best[1]]), ("*", RULE_FEATURES)):
+        columns = [FEATURES.index(f) for f in names]
+        x = np.stack([features[r.id][columns] for r in dev])
+        l2 = best[2] if key == MODEL else max(r for r in results if r[1] == "rules")[2]
+        out["models"][key] = {"coherence": fit_logistic(x, y, names, l2=l2).to_dict()}
+    WEIGHTS_FILE.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"-> {WEIGHTS_FILE}")
+
+
+def judge_scores(args: argparse.Namespace) -> None:
+    """The likelihood or local judge's scores of every reply (coherence; local also trait), cached in labels/."""
+    import persona_lens as pl
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.factory import build_likelihood_coherence
+    from persona_lens.judges.local import LocalJudge
+
+    torch.set_num_threads(1)
+    labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
+    model = pl.load_model(MODEL)
+    out = {"coherent": {}, "trait": {}}
+    for trait_name in sorted({r.trait for r in labeled.replies}):
+        rows = [r for r in labeled.replies if r.trait == trait_name]
+        items = [(r.question, r.reply) for r in rows]
+        trait = pl.load_trait(trait_name if trait_name != "none" else "pirate")
+        if args.judge == "likelihood":
+            if trait_name == "none":
+                from dataclasses import replace
+
+                trait = replace(trait, prompt_pairs=())
+            judge = build_likelihood_coherence(model, trait, HERE / f".calibration-{trait_name}.json", progress=True)
+            out["coherent"].update(zip([r.id for r in rows], judge.score(COHERENCE_RUBRIC, items)))
+        else:
+            judge = LocalJudge(model)
+            out["coherent"].update(zip([r.id for r in rows], judge.score(COHERENCE_RUBRIC, items)))
+            if trait_name != "none":
+                out["trait"].update(zip([r.id for r in rows], judge.score(trait.rubric, items)))
+        print(f"{args.judge}: {trait_name} scored", flush=True)
+    (HERE / f"scores_{args.judge}.json").write_text(json.dumps(out))
+
+
+def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None]]:
+    from persona_lens import load_trait
+    from persona_lens.judges.offline import LogisticModel
+    from persona_lens.judges.rule import RuleJudge
+
+    if judge in ("likelihood", "local"):
+        path = HERE / f"scores_{judge}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+    trait_scores = {}
+    for r in labeled.replies:
+        if r.trait != "none":
+            trait_scores[r.id] = RuleJudge(load_trait(r.trait).rule).score("", [(r.question, r.reply)])[0]
+    if judge == "rule":
+        coherent = {r.id: float(100 * features[r.id][0]) for r in labeled.replies}
+    else:
+        fits = json.loads(WEIGHTS_FILE.read_text())["models"]
+        key = MODEL if judge == "offline" else "*"
+        model = LogisticModel.from_dict(fits[key]["coherence"])
+        columns = [FEATURES.index(f) for f in model.features]
+        coherent = {r.id: float(100 * model.probability(features[r.id][columns][None])[0]) for r in labeled.replies}
+    return {"coherent": coherent, "trait": trait_scores}
+
+
+def table(args: argparse.Namespace) -> None:
+    labeled = labeled_set()
+    features = load_features()
+    from persona_lens.judges.evaluate import reading_agreement
+
+    print(f"readings: {', '.join(labeled.reading_names)}")
+    for target in ("coherent", "trait"):
+        print(format_report(reading_agreement(labeled, target=target, split="all")))
+        print()
+    names = {"rule": "rule", "likelihood": "likelihood", "local": "local (SmolLM2 judging itself)",
+             "offline-rules": "offline, model-free fit", "offline": "offline (the default)"}
+    report = {}
+    for judge, title in names.items():
+        scores = scores_of(judge, labeled, features)
+        for target in ("coherent", "trait"):
+            if not scores.get(target) or (target == "trait" and judge not in ("rule", "local")):
+                continue
+            for split in ("dev", "test"):
+                r = evaluate_scores(labeled, scores[target], target=target, split=split, judge=title)
+                report[f"{judge}/{target}/{split}"] = r.to_dict()
+                print(format_report(r))
+                print()
+    (HERE / "agreement.json").write_text(json.dumps(report, indent=1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["features", "fit", "scores", "table"])
+    parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    {"features": compute_features, "fit": fit, "scores": judge_scores, "table": table}[args.action](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
