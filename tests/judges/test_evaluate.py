@@ -216,3 +216,39 @@ def test_cli_judges_evaluate_bad_input_exits_2(tmp_path, capsys):
     assert "must be a number" in capsys.readouterr().err
     assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(bad)]) == 2
     assert "--target" in capsys.readouterr().err
+
+
+def _weights_file(tmp_path, model_name):
+    """A weights file fit here on the labeled rows above: the model's own fit on every feature, and the model-free
+    fit on the rule features."""
+    from persona_lens.judges.offline import FEATURES, RULE_FEATURES
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    y = [LABELS[r[0]][1] for r in ROWS]
+    path = tmp_path / "weights.json"
+    fits = {"*": {"coherence": fit_logistic(reply_features(None, items), y, RULE_FEATURES, l2=0.1).to_dict()}}
+    if model_name is not None:
+        fits[model_name] = {"coherence": fit_logistic(np.zeros((len(items), len(FEATURES))) + np.arange(len(items))
+                                                      [:, None], y, FEATURES, l2=1.0).to_dict()}
+    path.write_text(json.dumps({"models": fits}))
+    return path
+
+
+def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_model):
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    other = OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, "some-other-model"))
+    assert not other.uses_model and other.judge_id.startswith("offline-coherence@v1:rules")
+    rules = OfflineCoherenceJudge(None, weights=_weights_file(tmp_path, None))
+    assert other.score(COHERENCE_RUBRIC, items) == rules.score(COHERENCE_RUBRIC, items)
+    own = OfflineCoherenceJudge(tiny_model, (None, "You are a pirate."),
+                                weights=_weights_file(tmp_path, tiny_model.cfg.model_name))
+    assert own.uses_model and tiny_model.cfg.model_name in own.judge_id
+    scores = own.score(COHERENCE_RUBRIC, items)
+    assert all(0 <= s <= 100 for s in scores)
+    assert own.judge_id != OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name)
+                                                 ).judge_id  # the contexts are part of the id
+    with pytest.raises(ValueError, match="coherence only"):
+        own.score("rate {question} {answer}", items)
