@@ -27,19 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from jaxtyping import Float
-from torch import Tensor
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rubric
-from persona_lens.judges.likelihood import check_unhooked, unrelated_question
+from persona_lens.judges.likelihood import response_nlls, response_token_nlls, unrelated_question
 from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
 
-__all__ = ["FEATURES", "RULE_FEATURES", "MODEL_FEATURES", "SURPRISE_NATS", "TokenNLLs", "token_nlls",
-           "reply_features", "LogisticModel", "fit_logistic", "JUDGE_VERSION", "WEIGHTS_FILE", "load_weights",
-           "OfflineCoherenceJudge"]
+__all__ = ["FEATURES", "RULE_FEATURES", "MODEL_FEATURES", "SURPRISE_NATS", "reply_features", "LogisticModel",
+           "fit_logistic", "JUDGE_VERSION", "WEIGHTS_FILE", "load_weights", "OfflineCoherenceJudge"]
 
 #: A token whose NLL under the unsteered model is above this many nats counts as surprising.
 SURPRISE_NATS = 8.0
@@ -48,44 +45,6 @@ RULE_FEATURES = ("rule_coherence", "length", "letters", "trigrams", "loops", "wo
                  "log_words")
 MODEL_FEATURES = ("nll_mean", "nll_p90", "surprise_share", "relevance_gain")
 FEATURES = RULE_FEATURES + MODEL_FEATURES
-
-
-@dataclass(frozen=True)
-class TokenNLLs:
-    """Per-token NLLs (nats) of one reply's tokens given its prompt."""
-
-    values: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values))
-
-
-@torch.no_grad()
-def token_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-               batch_size: int = 16) -> list[TokenNLLs]:
-    """Per-token NLL of each ``(prompt_ids, response_ids)`` row's response given its prompt: one forward of prompt
-    and response, rows batched by equal total length (no padding, so a row's values do not depend on its batch)."""
-    check_unhooked(model)
-    out: list[TokenNLLs | None] = [None] * len(rows)
-    by_length: dict[int, list[int]] = {}
-    for index, (prompt, response) in enumerate(rows):
-        if not response or not prompt:
-            raise ValueError(f"row {index}: empty prompt or response")
-        by_length.setdefault(len(prompt) + len(response), []).append(index)
-    for length in sorted(by_length):
-        members = by_length[length]
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            ids = torch.tensor([[*rows[i][0], *rows[i][1]] for i in chunk], dtype=torch.long, device=model.device)
-            keep = max(len(rows[i][1]) for i in chunk) + 1
-            logp: Float[Tensor, "batch pos vocab"] = model(ids, logits_to_keep=keep)[:, :-1].float().log_softmax(-1)
-            for row, i in enumerate(chunk):
-                n = len(rows[i][1])
-                targets = torch.tensor(rows[i][1], dtype=torch.long, device=model.device)
-                picked = logp[row, keep - 1 - n :].gather(-1, targets[:, None])[:, 0]
-                out[i] = TokenNLLs(tuple(float(-x) for x in picked))
-    return [x for x in out if x is not None]
 
 
 def _reply_ids(model: HookedLM, reply: str) -> list[int]:
@@ -114,24 +73,24 @@ def reply_features(model: HookedLM | None, items: Sequence[tuple[str, str]],
         raise ValueError(f"{len(per_item)} context tuples for {n} items")
     replies = [_reply_ids(model, reply) for _, reply in items]
     scored = [i for i in range(n) if replies[i]]
-    best: dict[int, tuple[TokenNLLs, str | None]] = {}
+    best: dict[int, tuple[np.ndarray, str | None]] = {}
     width = max((len(per_item[i]) for i in scored), default=0)
-    for c in range(width):
+    for c in range(width):  # one context at a time: every reply under it shares its prompt's forward pass
         members = [i for i in scored if c < len(per_item[i])]
         rows = [(encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
                 for i in members]
-        for i, value in zip(members, token_nlls(model, rows, batch_size=batch_size)):
-            if i not in best or value.mean < best[i][0].mean:
-                best[i] = (value, per_item[i][c])
-    unrelated = token_nlls(model, [(encode_prompt(model.tokenizer, make_messages(unrelated_question(items[i][0]),
-                                                                                 system=best[i][1])), replies[i])
-                                   for i in scored], batch_size=batch_size)
+        for i, values in zip(members, response_token_nlls(model, rows, batch_size=batch_size)):
+            if i not in best or np.mean(values) < best[i][0].mean():
+                best[i] = (np.asarray(values), per_item[i][c])
+    unrelated = response_nlls(model, [(encode_prompt(model.tokenizer, make_messages(unrelated_question(items[i][0]),
+                                                                                    system=best[i][1])), replies[i])
+                                      for i in scored], batch_size=batch_size)
     features = np.zeros((n, len(MODEL_FEATURES)))
     features[:] = [20.0, 20.0, 1.0, -5.0]  # no tokens: the worst of each
     for i, far in zip(scored, unrelated):
-        values = np.asarray(best[i][0].values)
+        values = best[i][0]
         features[i] = [values.mean(), np.percentile(values, 90), float(np.mean(values > SURPRISE_NATS)),
-                       far.mean - values.mean()]
+                       far - values.mean()]
     return np.concatenate([rule, features], axis=1)
 
 
