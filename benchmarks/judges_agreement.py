@@ -15,6 +15,7 @@ test once by ``table``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -49,16 +50,40 @@ def contexts_of(trait_name: str) -> tuple:
     return (None, load_trait(trait_name).prompt_pairs[0].positive)
 
 
+def _key(trait: str, question: str, reply: str) -> str:
+    return hashlib.sha256(json.dumps([trait, question, reply]).encode()).hexdigest()[:16]
+
+
 def compute_features(args: argparse.Namespace) -> None:
+    """Features of every reply of replies.jsonl (or, with --partial, of the generator's cached shards so far),
+    cached by (trait, question, reply) in labels/.features-cache.json so a rerun computes only new replies."""
     import persona_lens as pl
 
-    labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
-    model = pl.load_model(MODEL)
-    rows = labeled.replies
-    x = reply_features(model, [(r.question, r.reply) for r in rows], [contexts_of(r.trait) for r in rows])
-    FEATURES_FILE.write_text(json.dumps({"model": MODEL, "features": list(FEATURES),
-                                         "rows": {r.id: list(map(float, v)) for r, v in zip(rows, x)}}))
-    print(f"{len(rows)} replies -> {FEATURES_FILE}")
+    if args.partial:
+        rows = []
+        for part in sorted(HERE.glob(".phase*-seed0*.json")):
+            data = json.loads(part.read_text())
+            rows += [(r[0], r[5], t.strip()) for r, t in zip(data["rows"], data["texts"])]
+        ids = None
+    else:
+        labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
+        rows = [(r.trait, r.question, r.reply) for r in labeled.replies]
+        ids = [r.id for r in labeled.replies]
+    cache_file = HERE / ".features-cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    todo = [r for r in rows if _key(*r) not in cache]
+    if todo:
+        model = pl.load_model(MODEL)
+        for start in range(0, len(todo), 40):  # saved as it goes
+            chunk = todo[start : start + 40]
+            x = reply_features(model, [(q, a) for _, q, a in chunk], [contexts_of(t) for t, _, _ in chunk])
+            cache.update({_key(*r): list(map(float, v)) for r, v in zip(chunk, x)})
+            cache_file.write_text(json.dumps(cache))
+            print(f"features: {min(start + 40, len(todo))}/{len(todo)}", flush=True)
+    if ids is not None:
+        FEATURES_FILE.write_text(json.dumps({"model": MODEL, "features": list(FEATURES),
+                                             "rows": {i: cache[_key(*r)] for i, r in zip(ids, rows)}}))
+        print(f"{len(rows)} replies -> {FEATURES_FILE}")
 
 
 def load_features() -> dict[str, np.ndarray]:
@@ -195,6 +220,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["features", "fit", "scores", "table"])
     parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
+    parser.add_argument("--partial", action="store_true", help="features: of the generator's cached shards so far")
     args = parser.parse_args()
     torch.set_num_threads(1)
     {"features": compute_features, "fit": fit, "scores": judge_scores, "table": table}[args.action](args)
