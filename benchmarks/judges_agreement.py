@@ -54,6 +54,16 @@ def _key(trait: str, question: str, reply: str) -> str:
     return hashlib.sha256(json.dumps([trait, question, reply]).encode()).hexdigest()[:16]
 
 
+def read_feature_cache() -> dict[str, list[float]]:
+    cache: dict[str, list[float]] = {}
+    for path in sorted(HERE.glob(".features-cache*.json")):
+        try:
+            cache.update(json.loads(path.read_text()))
+        except json.JSONDecodeError:  # being written by a shard right now
+            pass
+    return cache
+
+
 def compute_features(args: argparse.Namespace) -> None:
     """Features of every reply of replies.jsonl (or, with --partial, of the generator's cached shards so far),
     cached by (trait, question, reply) in labels/.features-cache.json so a rerun computes only new replies."""
@@ -69,9 +79,11 @@ def compute_features(args: argparse.Namespace) -> None:
         labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
         rows = [(r.trait, r.question, r.reply) for r in labeled.replies]
         ids = [r.id for r in labeled.replies]
-    cache_file = HERE / ".features-cache.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    todo = [r for r in rows if _key(*r) not in cache]
+    cache = read_feature_cache()
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    cache_file = HERE / (".features-cache.json" if shards == 1 else f".features-cache-{shard}-of-{shards}.json")
+    todo = [r for r in rows if _key(*r) not in cache and int(_key(*r), 16) % shards == shard]
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}  # this process's own file
     if todo:
         model = pl.load_model(MODEL)
         for start in range(0, len(todo), 40):  # saved as it goes
@@ -80,7 +92,11 @@ def compute_features(args: argparse.Namespace) -> None:
             cache.update({_key(*r): list(map(float, v)) for r, v in zip(chunk, x)})
             cache_file.write_text(json.dumps(cache))
             print(f"features: {min(start + 40, len(todo))}/{len(todo)}", flush=True)
-    if ids is not None:
+    cache = read_feature_cache()
+    missing = [r for r in rows if _key(*r) not in cache]
+    if ids is not None and missing:
+        print(f"{len(missing)} replies have no features yet (other shards still running?)")
+    elif ids is not None:
         FEATURES_FILE.write_text(json.dumps({"model": MODEL, "features": list(FEATURES),
                                              "rows": {i: cache[_key(*r)] for i, r in zip(ids, rows)}}))
         print(f"{len(rows)} replies -> {FEATURES_FILE}")
@@ -191,28 +207,47 @@ def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None
     return {"coherent": coherent, "trait": trait_scores}
 
 
+def _cell(a: dict, key: str) -> str:
+    value = a.get(key)
+    if value is None:
+        return "-"
+    low, high = a["intervals"].get(key, (None, None))
+    return f"{value:.3f}" if low is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
 def table(args: argparse.Namespace) -> None:
-    labeled = labeled_set()
-    features = load_features()
     from persona_lens.judges.evaluate import reading_agreement
 
+    labeled = labeled_set()
+    features = load_features()
     print(f"readings: {', '.join(labeled.reading_names)}")
     for target in ("coherent", "trait"):
         print(format_report(reading_agreement(labeled, target=target, split="all")))
         print()
     names = {"rule": "rule", "likelihood": "likelihood", "local": "local (SmolLM2 judging itself)",
              "offline-rules": "offline, model-free fit", "offline": "offline (the default)"}
-    report = {}
+    report, compact = {}, []
     for judge, title in names.items():
         scores = scores_of(judge, labeled, features)
         for target in ("coherent", "trait"):
             if not scores.get(target) or (target == "trait" and judge not in ("rule", "local")):
                 continue
-            for split in ("dev", "test"):
-                r = evaluate_scores(labeled, scores[target], target=target, split=split, judge=title)
-                report[f"{judge}/{target}/{split}"] = r.to_dict()
-                print(format_report(r))
-                print()
+            thresholds = (50.0, 75.0) if target == "coherent" and judge.startswith("offline") else (50.0,)
+            for threshold in thresholds:
+                for split in ("dev", "test"):
+                    r = evaluate_scores(labeled, scores[target], target=target, split=split, judge=title,
+                                        threshold=threshold)
+                    report[f"{judge}/{target}/{split}/{threshold:g}"] = d = r.to_dict()
+                    p = d["pooled"]
+                    compact.append(f"| {title} | {target} | {threshold:g} | {split} | {p['n']} | "
+                                   f"{_cell(p, 'balanced_accuracy')} | {_cell(p, 'kappa')} | {_cell(p, 'auroc')} | "
+                                   f"{_cell(p, 'accuracy')} |")
+                    if split == "test":
+                        print(format_report(r))
+                        print()
+    print("| judge | target | threshold | split | n | balanced accuracy | kappa | AUROC | accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(compact))
     (HERE / "agreement.json").write_text(json.dumps(report, indent=1))
 
 
@@ -220,6 +255,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["features", "fit", "scores", "table"])
     parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
+    parser.add_argument("--shard", default="0/1", help="features: compute only the replies of shard K/N")
     parser.add_argument("--partial", action="store_true", help="features: of the generator's cached shards so far")
     args = parser.parse_args()
     torch.set_num_threads(1)
