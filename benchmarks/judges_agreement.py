@@ -79,6 +79,14 @@ def compute_features(args: argparse.Namespace) -> None:
         labeled = load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl")
         rows = [(r.trait, r.question, r.reply) for r in labeled.replies]
         ids = [r.id for r in labeled.replies]
+    if args.rules_only:  # no model: the model features are NaN (only the model-free fit can be chosen)
+        x = reply_features(None, [(q, a) for _, q, a in rows])
+        x = np.concatenate([x, np.full((len(rows), len(FEATURES) - x.shape[1]), np.nan)], axis=1)
+        FEATURES_FILE.write_text(json.dumps({"model": None, "features": list(FEATURES),
+                                             "rows": {i: [None if np.isnan(v) else float(v) for v in row]
+                                                      for i, row in zip(ids, x)}}))
+        print(f"{len(rows)} replies (rule features only) -> {FEATURES_FILE}")
+        return
     cache = read_feature_cache()
     shard, shards = (int(x) for x in args.shard.split("/"))
     cache_file = HERE / (".features-cache.json" if shards == 1 else f".features-cache-{shard}-of-{shards}.json")
@@ -106,7 +114,7 @@ def load_features() -> dict[str, np.ndarray]:
     data = json.loads(FEATURES_FILE.read_text())
     if data["features"] != list(FEATURES):
         sys.exit(f"{FEATURES_FILE} has other features; rerun `features`")
-    return {k: np.asarray(v) for k, v in data["rows"].items()}
+    return {k: np.asarray([np.nan if x is None else x for x in v], dtype=float) for k, v in data["rows"].items()}
 
 
 def reference(labeled, target: str) -> dict[str, int]:
@@ -136,6 +144,9 @@ def fit(args: argparse.Namespace) -> None:
     for name, names in CANDIDATES.items():
         columns = [FEATURES.index(f) for f in names]
         x = np.stack([features[r.id][columns] for r in dev])
+        if not np.isfinite(x).all():
+            print(f"{name}: features missing (computed with --rules-only): not a candidate")
+            continue
         for l2 in L2:
             results.append((cross_validated(x, y, names, l2), name, l2))
             print(f"dev 5-fold CV balanced accuracy {results[-1][0]:.3f}: {name}, l2 {l2:g}")
@@ -145,6 +156,8 @@ def fit(args: argparse.Namespace) -> None:
                      f"on ({len(dev)}), reference = coherent-and-on-topic",
            "models": {}}
     for key, names in ((MODEL, CANDIDATES[best[1]]), ("*", RULE_FEATURES)):
+        if key == MODEL and best[1] == "rules":
+            continue  # the model-free fit is the best: every model uses it
         columns = [FEATURES.index(f) for f in names]
         x = np.stack([features[r.id][columns] for r in dev])
         l2 = best[2] if key == MODEL else max(r for r in results if r[1] == "rules")[2]
@@ -201,6 +214,8 @@ def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None
     else:
         fits = json.loads(WEIGHTS_FILE.read_text())["models"]
         key = MODEL if judge == "offline" else "*"
+        if key not in fits:
+            return {}
         model = LogisticModel.from_dict(fits[key]["coherence"])
         columns = [FEATURES.index(f) for f in model.features]
         coherent = {r.id: float(100 * model.probability(features[r.id][columns][None])[0]) for r in labeled.replies}
@@ -256,8 +271,13 @@ def main() -> int:
     parser.add_argument("action", choices=["features", "fit", "scores", "table"])
     parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
     parser.add_argument("--shard", default="0/1", help="features: compute only the replies of shard K/N")
+    parser.add_argument("--rules-only", action="store_true", help="features: the rule features only (no model)")
     parser.add_argument("--partial", action="store_true", help="features: of the generator's cached shards so far")
+    parser.add_argument("--dir", type=Path, default=None, help="the labeled set's folder (default benchmarks/labels)")
     args = parser.parse_args()
+    global HERE, FEATURES_FILE
+    args.dir = args.dir or HERE
+    HERE, FEATURES_FILE = args.dir, args.dir / "features.json"
     torch.set_num_threads(1)
     {"features": compute_features, "fit": fit, "scores": judge_scores, "table": table}[args.action](args)
     return 0
