@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persona_lens.judges.evaluate import balanced_accuracy, evaluate_scores, format_report, load_labeled_set
+from persona_lens.judges.evaluate import (
+    LabeledSet,
+    balanced_accuracy,
+    evaluate_scores,
+    format_report,
+    load_labeled_set,
+)
 from persona_lens.judges.offline import FEATURES, RULE_FEATURES, WEIGHTS_FILE, fit_logistic, reply_features
 
 HERE = Path(__file__).parent / "labels"
@@ -38,7 +44,7 @@ L2 = (0.01, 0.1, 1.0, 10.0)
 
 
 def labeled_set():
-    readings = sorted(HERE.glob("reading_*.jsonl"))
+    readings = [HERE / "reading_a.jsonl", HERE / "reading_b.jsonl"]  # the two independent readings
     return load_labeled_set(HERE / "replies.jsonl", HERE / "generation.jsonl", readings)
 
 
@@ -89,13 +95,20 @@ def compute_features(args: argparse.Namespace) -> None:
         return
     cache = read_feature_cache()
     shard, shards = (int(x) for x in args.shard.split("/"))
-    cache_file = HERE / (".features-cache.json" if shards == 1 else f".features-cache-{shard}-of-{shards}.json")
+    suffix = "-reverse" if args.reverse else ""
+    cache_file = HERE / (f".features-cache{suffix}.json" if shards == 1
+                         else f".features-cache-{shard}-of-{shards}{suffix}.json")
     todo = [r for r in rows if _key(*r) not in cache and int(_key(*r), 16) % shards == shard]
+    if args.reverse:  # a second process on the same shard, from its end; each skips what the other finished
+        todo = todo[::-1]
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}  # this process's own file
     if todo:
         model = pl.load_model(MODEL)
         for start in range(0, len(todo), 40):  # saved as it goes
-            chunk = todo[start : start + 40]
+            done = read_feature_cache()
+            chunk = [r for r in todo[start : start + 40] if _key(*r) not in done]
+            if not chunk:
+                continue
             x = reply_features(model, [(q, a) for _, q, a in chunk], [contexts_of(t) for t, _, _ in chunk])
             cache.update({_key(*r): list(map(float, v)) for r, v in zip(chunk, x)})
             cache_file.write_text(json.dumps(cache))
@@ -178,6 +191,8 @@ def judge_scores(args: argparse.Namespace) -> None:
     model = pl.load_model(MODEL)
     out = {"coherent": {}, "trait": {}}
     for trait_name in sorted({r.trait for r in labeled.replies}):
+        if args.traits and trait_name not in args.traits.split(","):
+            continue
         rows = [r for r in labeled.replies if r.trait == trait_name]
         items = [(r.question, r.reply) for r in rows]
         trait = pl.load_trait(trait_name if trait_name != "none" else "pirate")
@@ -194,7 +209,7 @@ def judge_scores(args: argparse.Namespace) -> None:
             if trait_name != "none":
                 out["trait"].update(zip([r.id for r in rows], judge.score(trait.rubric, items)))
         print(f"{args.judge}: {trait_name} scored", flush=True)
-    (HERE / f"scores_{args.judge}.json").write_text(json.dumps(out))
+        (HERE / f"scores_{args.judge}.json").write_text(json.dumps(out))  # after each trait
 
 
 def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None]]:
@@ -248,13 +263,19 @@ def table(args: argparse.Namespace) -> None:
             if not scores.get(target) or (target == "trait" and judge not in ("rule", "local")):
                 continue
             thresholds = (50.0, 75.0) if target == "coherent" and judge.startswith("offline") else (50.0,)
+            subset, name = labeled, title
+            covered = {r.id for r in labeled.replies if r.id in scores[target]}
+            if len(covered) < len(labeled.rows("all", trait=target == "trait")):  # a slow judge run on some traits
+                subset = LabeledSet([r for r in labeled.replies if r.id in covered], labeled.readings,
+                                    labeled.reading_names)
+                name = f"{title} ({', '.join(sorted({r.trait for r in subset.replies}))} rows only)"
             for threshold in thresholds:
                 for split in ("dev", "test"):
-                    r = evaluate_scores(labeled, scores[target], target=target, split=split, judge=title,
+                    r = evaluate_scores(subset, scores[target], target=target, split=split, judge=name,
                                         threshold=threshold)
                     report[f"{judge}/{target}/{split}/{threshold:g}"] = d = r.to_dict()
                     p = d["pooled"]
-                    compact.append(f"| {title} | {target} | {threshold:g} | {split} | {p['n']} | "
+                    compact.append(f"| {name} | {target} | {threshold:g} | {split} | {p['n']} | "
                                    f"{_cell(p, 'balanced_accuracy')} | {_cell(p, 'kappa')} | {_cell(p, 'auroc')} | "
                                    f"{_cell(p, 'accuracy')} |")
                     if split == "test":
@@ -271,6 +292,8 @@ def main() -> int:
     parser.add_argument("action", choices=["features", "fit", "scores", "table"])
     parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
     parser.add_argument("--shard", default="0/1", help="features: compute only the replies of shard K/N")
+    parser.add_argument("--traits", default="", help="scores: only these traits' rows (comma-separated)")
+    parser.add_argument("--reverse", action="store_true", help="features: work through the shard from its end")
     parser.add_argument("--rules-only", action="store_true", help="features: the rule features only (no model)")
     parser.add_argument("--partial", action="store_true", help="features: of the generator's cached shards so far")
     parser.add_argument("--dir", type=Path, default=None, help="the labeled set's folder (default benchmarks/labels)")
