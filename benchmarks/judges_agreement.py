@@ -224,6 +224,19 @@ def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None
     for r in labeled.replies:
         if r.trait != "none":
             trait_scores[r.id] = RuleJudge(load_trait(r.trait).rule).score("", [(r.question, r.reply)])[0]
+    if judge == "rule-dev-threshold":  # each trait's rule shifted so that 50 is its best threshold on dev
+        truth = reference(labeled, "trait")
+        shifted = {}
+        for trait in {r.trait for r in labeled.replies} - {"none"}:
+            dev = [r for r in labeled.rows("dev") if r.trait == trait and r.id in truth]
+            candidates = sorted({s for r in dev if (s := trait_scores[r.id]) is not None})
+            best = max(candidates, key=lambda t: balanced_accuracy(
+                [truth[r.id] for r in dev], [int(trait_scores[r.id] is not None and trait_scores[r.id] >= t)
+                                             for r in dev]))
+            print(f"rule {trait}: best dev threshold {best:.1f}")
+            shifted.update({r.id: None if trait_scores[r.id] is None else trait_scores[r.id] - best + 50
+                            for r in labeled.replies if r.trait == trait})
+        return {"trait": shifted}
     if judge == "rule":
         coherent = {r.id: float(100 * features[r.id][0]) for r in labeled.replies}
     else:
@@ -254,13 +267,14 @@ def table(args: argparse.Namespace) -> None:
     for target in ("coherent", "trait"):
         print(format_report(reading_agreement(labeled, target=target, split="all")))
         print()
-    names = {"rule": "rule", "likelihood": "likelihood", "local": "local (SmolLM2 judging itself)",
+    names = {"rule": "rule", "rule-dev-threshold": "rule, per-trait threshold chosen on dev",
+             "likelihood": "likelihood", "local": "local (SmolLM2 judging itself)",
              "offline-rules": "offline, model-free fit", "offline": "offline (the default)"}
     report, compact = {}, []
     for judge, title in names.items():
         scores = scores_of(judge, labeled, features)
         for target in ("coherent", "trait"):
-            if not scores.get(target) or (target == "trait" and judge not in ("rule", "local")):
+            if not scores.get(target) or (target == "trait" and judge not in ("rule", "local", "rule-dev-threshold")):
                 continue
             thresholds = (50.0, 75.0) if target == "coherent" and judge.startswith("offline") else (50.0,)
             subset, name = labeled, title
