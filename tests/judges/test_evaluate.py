@@ -252,3 +252,22 @@ def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_mod
                                                  ).judge_id  # the contexts are part of the id
     with pytest.raises(ValueError, match="coherence only"):
         own.score("rate {question} {answer}", items)
+
+
+@pytest.mark.slow
+def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2):
+    """The replies issue 23 quotes, which the rule judge scored 100: the shipped SmolLM2 fit must tell them from a
+    plain on-topic reply (measured, not asserted against a figure: the salad below 50, the plain reply above)."""
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.factory import build_judges
+
+    trait = __import__("persona_lens").load_trait("pirate")
+    _, judge = build_judges("rule", trait, model=smollm2)
+    assert judge.uses_model
+    q = "What do you do when it rains?"
+    salad = ["Barn ye blue horse lamp fish sky arr matey the the of",
+             "Arr ye not be search another around, o'er these dis'on me sight, s eah ye a crew o' thieves crew "
+             "a-leeer crew a-lad Nightclame"]
+    plain = "When it rains, I stay inside with a good book and a cup of hot tea, and listen to the rain on the roof."
+    scores = judge.score(COHERENCE_RUBRIC, [(q, s) for s in salad] + [(q, plain)])
+    assert max(scores[:2]) < 50 < scores[2], scores
