@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,14 @@ def _labeled_set(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise BadInput(f"--labels {path}: no such file")
     try:
-        return load_labeled_set(replies, generation, readings)
+        labeled = load_labeled_set(replies, generation, readings)
     except ValueError as error:
         raise BadInput(str(error)) from None
+    for path, reading in zip(readings, labeled.readings):
+        if len(reading) < len(labeled.replies):  # the reference keeps only the rows every reading labeled
+            print(f"note: {path} labels {len(reading)} of {len(labeled.replies)} replies; the reference uses only "
+                  "the rows every reading labeled (choose readings with --labels)", file=sys.stderr)
+    return labeled
 
 
 def _read_scores(path: Path) -> dict[str, float | None]:
