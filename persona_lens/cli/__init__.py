@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "persona_lens.cli.export",
     "persona_lens.cli.space",
     "persona_lens.cli.roles",
+    "persona_lens.cli.judges",
 ]
 
 

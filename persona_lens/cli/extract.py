@@ -94,7 +94,7 @@ def configure_parser(subparsers: Any) -> None:
                     "command to continue an interrupted run; a finished run costs nothing.")
     parser.add_argument("trait", help="trait name (see `python -m persona_lens traits list`) or a trait JSON file")
     add_model_options(parser)
-    add_judge_options(parser, coherence="auto")
+    add_judge_options(parser)
     add_extract_options(parser)
     add_generation_options(parser, seed=0, batch_size=32)
     parser.add_argument("--out", type=out_path, default=None,

@@ -30,19 +30,23 @@ def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = 
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 CPU)")
 
 
-def add_judge_options(parser: argparse.ArgumentParser, *, coherence: str = "judge") -> None:
+def add_judge_options(parser: argparse.ArgumentParser, *, coherence: str | None = None) -> None:
+    from persona_lens.judges.factory import COHERENCE_KINDS, DEFAULT_COHERENCE
+
+    coherence = coherence or DEFAULT_COHERENCE
     parser.add_argument("--judge", default="auto", choices=["auto", "rule", "claude", "local"],
                         help="who scores replies: the trait's exact rule, Claude (ANTHROPIC_API_KEY), or the model "
                              "itself from number-token probabilities; auto = rule when the trait has one, else claude")
     parser.add_argument("--claude-model", default=None, help="Claude model for --judge claude")
     parser.add_argument("--judge-cache", type=Path, default=Path("runs/judge_cache.sqlite"),
                         help="SQLite cache of judge scores shared by all runs (default: runs/judge_cache.sqlite)")
-    parser.add_argument("--coherence", default=coherence, choices=["judge", "auto", "likelihood", "rule"],
-                        help="who scores coherence: the --judge's own (rule coherence, or the coherence rubric), "
-                             "'likelihood' (the unsteered model's own per-token likelihood of the reply given the "
-                             "question, calibrated on its own replies, plus a relevance check; fluent nonsense fails "
-                             "it), 'rule', or 'auto' (likelihood for rule-measured traits; default: "
-                             f"{coherence})")
+    parser.add_argument("--coherence", default=coherence, choices=list(COHERENCE_KINDS),
+                        help="who scores coherence: 'offline' (a logistic regression over the unsteered model's "
+                             "likelihoods, word validity, repetition, relevance and the rule, fit to a reader's "
+                             "labels; no calibration; the judge measured closest to a reader), the --judge's own "
+                             "('judge': rule coherence, or the coherence rubric), 'likelihood' (the unsteered "
+                             "model's calibrated likelihood plus a relevance check), 'rule', or 'auto' (likelihood "
+                             f"for rule-measured traits; default: {coherence})")
 
 
 GENERATION_HELP = {
@@ -356,7 +360,7 @@ def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None,
 
     try:
         return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model,
-                            coherence=getattr(args, "coherence", "judge"), calibration=calibration,
+                            coherence=getattr(args, "coherence", "offline"), calibration=calibration,
                             progress=not getattr(args, "quiet", False))
     except ValueError as error:
         raise BadInput(str(error)) from None

@@ -77,7 +77,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coherence-threshold", type=threshold_arg("--coherence-threshold"), default=75.0,
                         help="a reply is coherent at coherence >= this; the chosen cell has the highest share of "
                              "replies that are both trait-expressing (--trait-threshold) and coherent (default 75)")
-    add_judge_options(parser, coherence="auto")
+    add_judge_options(parser)
     add_extract_options(parser, prefix="extract-", samples=1, max_new_tokens=40)
     parser.add_argument("--out", type=out_path, default=None, help="run folder (default: runs/<model>/<trait>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     draw(result, controls)
     if args.json:
         print(json.dumps({"chosen": None if result.chosen is None else vars(result.chosen), "reason": result.reason,
-                          "baseline": vars(result.baseline), "paths": {k: str(v) for k, v in result.paths.items()},
+                          "baseline": vars(result.baseline),
+                          "prompted": None if result.prompted is None else vars(result.prompted),
+                          "paths": {k: str(v) for k, v in result.paths.items()},
                           "controls": None if controls is None else controls.to_json(),
                           "seconds": round(time.time() - started, 1)}, indent=2))
         return 0
@@ -174,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"baseline (unsteered): trait {fv(base.trait_mean, '.1f')}, rate {fv(base.trait_rate)}, "
           f"coherence {fv(base.coherence_mean, '.1f')}, both {fv(base.both_rate)}"
           + (f" ({base.n_unscored} of {base.n} replies unscored)" if base.n_unscored else ""))
+    if result.prompted is not None:
+        p = result.prompted
+        print(f"system-prompted (the anchor, unsteered): trait {fv(p.trait_mean, '.1f')}, rate {fv(p.trait_rate)}, "
+              f"coherence {fv(p.coherence_mean, '.1f')}, both {fv(p.both_rate)}")
     print(("chosen: " if result.chosen else "no choice: ") + result.reason)
     print(f"figure: {result.paths.get('html')}" + (f" and {result.paths['png']}" if "png" in result.paths else ""))
     print(f"table:  {result.paths['csv']}")

@@ -12,6 +12,7 @@ depend on batching either.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -80,7 +81,8 @@ def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: flo
 def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index: list[int], *,
                     max_new_tokens: int, temperature: float, top_p: float, seeds: list[int] | None,
                     use_cache: bool, compile: bool | str | Callable[..., Any],
-                    stops: set[int]) -> tuple[list[list[int]], list[bool]]:
+                    stops: set[int], on_step: Callable[[int], None] | None = None
+                    ) -> tuple[list[list[int]], list[bool]]:
     device = model.device
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else min(stops, default=0)
     batch = collate([encode_generated(p, ()) for p in prompts], pad_id, device)
@@ -118,6 +120,8 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
             mask = torch.cat([mask, torch.ones_like(next_token)[:, None]], dim=1)
             step_input = next_token[:, None]
             position_ids = position_ids[:, -1:] + 1
+            if on_step is not None:
+                on_step(step + 1)
             if bool(done.all()):
                 break
     responses: list[list[int]] = []
@@ -208,12 +212,18 @@ def generate(
     responses: list[list[int]] = [[] for _ in prompts]
     stopped: list[bool] = [False for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress or not prompts, unit="reply")
+    batches = -(-len(prompts) // batch_size)
+
+    def tick(step: int, batch: int) -> None:  # the bar moves per batch; its postfix shows each decoding step
+        if step % 4 == 0 or step == max_new_tokens:
+            bar.set_postfix_str(f"batch {batch}/{batches}, token {step}/{max_new_tokens}", refresh=True)
+
     for start in range(0, len(prompts), batch_size):
         index = order[start : start + batch_size]
         batch_responses, batch_stopped = _generate_batch(
             model, [prompts[i] for i in index], index, max_new_tokens=max_new_tokens, temperature=temperature,
             top_p=top_p, seeds=[row_seeds[i] for i in index], use_cache=use_cache, compile=compile,
-            stops=stops,
+            stops=stops, on_step=None if bar.disable else functools.partial(tick, batch=start // batch_size + 1),
         )
         for i, response, was_stopped in zip(index, batch_responses, batch_stopped):
             responses[i], stopped[i] = response, was_stopped

@@ -122,13 +122,17 @@ class SteeringSweepResult:
     """Every stored reply with its scores (``scored.jsonl``)."""
     samples: str = ""
     """The Markdown of the chosen and neighbouring cells' replies (``samples.md``)."""
+    prompted: SteeringCell | None = None
+    """The anchor: the same questions answered unsteered under the trait's positive system prompts (what the model
+    does when it is told to); None when the sweep's replies are already system-prompted or the trait has none."""
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``sweep.json``."""
         return {"trait": self.trait, "model": self.model_name, "vector_model": self.vector_model,
                 "config": asdict(self.config) if self.config is not None else None, "judges": self.judges,
                 "median_residual_norm": self.median_residual_norm, "torch_threads": self.torch_threads,
-                "baseline": asdict(self.baseline), "chosen": None if self.chosen is None else asdict(self.chosen),
+                "baseline": asdict(self.baseline), "prompted": None if self.prompted is None else asdict(self.prompted),
+                "chosen": None if self.chosen is None else asdict(self.chosen),
                 "reason": self.reason, "cells": [asdict(c) for c in self.cells]}
 
     def save(self, folder: str | Path) -> dict[str, Path]:
@@ -163,7 +167,8 @@ class SteeringSweepResult:
                    data["model"], None if data["config"] is None else SteeringSweepConfig(**data["config"]),
                    data.get("vector_model", ""), dict(data.get("judges", {})),
                    list(data.get("median_residual_norm", [])), int(data.get("torch_threads", 0)), scored,
-                   read_text(out / "samples.md", "samples.md"))
+                   read_text(out / "samples.md", "samples.md"),
+                   None if data.get("prompted") is None else SteeringCell(**data["prompted"]))
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -298,6 +303,8 @@ def run_steering_sweep(
     # The baseline, then every coefficient of a layer in one generate call (one steering, a coefficient per row).
     steered = [(layer, coef, raw_of(layer, coef)) for layer in layers for coef in config.coefficients]
     reply_jobs = [job.reply_job("base", 0.0, None, config.seed) for job in jobs]
+    anchors = _prompted_jobs(trait, config, jobs)
+    reply_jobs += [job.reply_job("prompted", 0.0, None, config.seed) for job in anchors]
     for layer, coef, raw in steered:
         steering = Steering(vector, layer, raw, config.positions)
         cell = _cell_key(layer, config.coefficient_mode, coef)
@@ -313,6 +320,12 @@ def run_steering_sweep(
         return SteeringCell(layer, coef_raw, coef_relative, **asdict(summary))
 
     baseline = summarise(None, 0.0, 0.0, "base")
+    prompted = None
+    if anchors:
+        summary = summarise_scores([records[job.key("prompted")] for job in anchors],
+                                   trait_threshold=config.trait_threshold,
+                                   coherence_threshold=config.coherence_threshold)
+        prompted = SteeringCell(None, 0.0, 0.0, **asdict(summary))
     cells = [summarise(layer, raw, coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
                        _cell_key(layer, config.coefficient_mode, coef)) for layer, coef, raw in steered]
     chosen, reason = choose_layer(cells, baseline, config.coherence_threshold, config.trait_threshold)
@@ -322,13 +335,26 @@ def run_steering_sweep(
     shown = [] if centre is None else neighbour_cells(cells, centre)
     samples = [(cell, "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
                 [records[job.key(cell_keys[id(cell)])] for job in jobs]) for cell in shown]
+    if prompted is not None:
+        samples.append((prompted, "system-prompted, unsteered: the anchor",
+                        [records[job.key("prompted")] for job in anchors]))
     samples.append((baseline, "unsteered", [records[job.key("base")] for job in jobs]))
     result = SteeringSweepResult(cells, baseline, chosen, reason, out, {}, trait.name, model.cfg.model_name, config,
                                  vector.model_name, {"trait": judge.judge_id, "coherence": coherence_judge.judge_id},
                                  [float(x) for x in norms], torch.get_num_threads(), list(records.values()),
-                                 format_samples(samples, trait, config))
+                                 format_samples(samples, trait, config), prompted)
     result.save(out)
     return result
+
+
+def _prompted_jobs(trait: Trait, config: SteeringSweepConfig, jobs: Sequence[_Job]) -> list[_Job]:
+    """The sweep's questions and samples under the trait's positive system prompts (cycled as for
+    ``condition="positive"``): the anchor cell. None when the sweep is already prompted or there is no prompt."""
+    if config.condition != "none" or not trait.prompt_pairs:
+        return []
+    prompts = [p.positive for p in trait.prompt_pairs]
+    return [_Job(j.question, j.sample, prompts[(j.question + j.sample) % len(prompts)], j.question_text)
+            for j in jobs]
 
 
 def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait,
@@ -339,7 +365,8 @@ def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], 
              f"A reply counts as **both** when its trait score is >= {config.trait_threshold:g} and its coherence "
              f">= {config.coherence_threshold:g}.", ""]
     for cell, role, records in samples:
-        where = "unsteered" if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
+        unsteered = "system-prompted" if role.startswith("system") else "unsteered"
+        where = unsteered if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
                                                        f"relative ({cell.coef_raw:.3g} raw)")
         both = "n/a" if cell.both_rate is None else f"{cell.both_rate:.2f}"
         lines += [f"## {where} ({role})", "",

@@ -8,10 +8,13 @@ from typing import Any
 
 from persona_lens.judges.base import Judge
 
-__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges", "build_likelihood_coherence", "resolve_judge_kind"]
+__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "DEFAULT_COHERENCE", "build_judges", "build_offline_coherence",
+           "build_likelihood_coherence", "resolve_judge_kind"]
 
 JUDGE_KINDS = ("auto", "rule", "claude", "local")
-COHERENCE_KINDS = ("judge", "auto", "likelihood", "rule")
+COHERENCE_KINDS = ("offline", "judge", "auto", "likelihood", "rule")
+#: What every command judges coherence with unless told otherwise (measured against readers: docs/guides/judges.md).
+DEFAULT_COHERENCE = "offline"
 
 
 def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path | None = None, *,
@@ -28,6 +31,16 @@ def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path |
     questions = list(dict.fromkeys([*trait.extract_questions, *trait.eval_questions]))
     return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration,
                                                            progress=progress))
+
+
+def build_offline_coherence(model: Any, trait: Any) -> Judge:
+    """:class:`~persona_lens.judges.offline.OfflineCoherenceJudge` for ``trait``: replies read in the template's
+    default context and under the trait's first positive system prompt. Needs no calibration; a model without its
+    own fit (or ``model=None``) gets the model-free fit on the rule features."""
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    contexts = (None, trait.prompt_pairs[0].positive) if getattr(trait, "prompt_pairs", None) else (None,)
+    return OfflineCoherenceJudge(model, contexts)
 
 
 def resolve_judge_kind(kind: str, trait: Any) -> str:
@@ -47,7 +60,7 @@ def resolve_judge_kind(kind: str, trait: Any) -> str:
 
 
 def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, model: Any = None,
-                 claude_model: str | None = None, coherence: str = "judge",
+                 claude_model: str | None = None, coherence: str = DEFAULT_COHERENCE,
                  calibration: str | Path | None = None, progress: bool = False) -> tuple[Judge, Judge]:
     """``(trait_judge, coherence_judge)`` for ``trait``.
 
@@ -57,7 +70,9 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
     * ``local``: ``model`` itself judges, from next-token probabilities over the numbers 0-100, as in the paper.
     * ``auto``: ``rule`` when the trait has one, else ``claude``.
 
-    ``coherence`` picks the coherence judge: ``judge`` the kind's own (above); ``rule`` the rule-based coherence
+    ``coherence`` picks the coherence judge: ``offline`` (the default) :func:`build_offline_coherence`, the judge
+    measured closest to a reader (for a trait whose rule brings its own pair of judges, the organism's, that pair's
+    exact coherence is kept); ``judge`` the kind's own (above); ``rule`` the rule-based coherence
     score (the organism's exact one for its traits); ``likelihood`` :func:`build_likelihood_coherence` (the unsteered
     ``model``'s own likelihood, calibrated and saved at ``calibration``); ``auto`` likelihood for traits measured by
     a :class:`~persona_lens.judges.rule.RuleJudge` rule, else the kind's own. ``progress`` shows bars while a
@@ -93,7 +108,9 @@ def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, mode
 
     if coherence == "auto":
         coherence = "likelihood" if isinstance(trait_judge, RuleJudge) else "judge"
-    if coherence == "likelihood":
+    if coherence == "offline" and not (kind == "rule" and trait.rule in RULE_JUDGES):
+        coherence_judge = build_offline_coherence(model, trait)
+    elif coherence == "likelihood":
         coherence_judge = build_likelihood_coherence(model, trait, calibration, progress=progress)
     elif coherence == "rule" and not (kind == "rule" and trait.rule in RULE_JUDGES):
         coherence_judge = RuleJudge("coherence")

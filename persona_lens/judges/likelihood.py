@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import random
 import zlib
 from collections.abc import Sequence
@@ -64,7 +63,8 @@ from persona_lens.judges.rule import score_coherence
 
 __all__ = ["JUDGE_VERSION", "UNRELATED_QUESTIONS", "CoherenceCalibration", "ReplyLikelihood",
            "LikelihoodCoherenceJudge", "calibrate_coherence", "load_calibration", "save_calibration",
-           "calibration_for", "check_unhooked", "response_nlls", "measure_replies", "unrelated_question"]
+           "calibration_for", "check_unhooked", "response_nlls", "response_token_nlls", "measure_replies",
+           "unrelated_question"]
 
 #: Bumped whenever this judge's scores change for the same calibration (the cache key carries it).
 JUDGE_VERSION = 2
@@ -100,17 +100,26 @@ def _prompt_ids(model: HookedLM, question: str, system: str | None) -> list[int]
     return encode_prompt(model.tokenizer, make_messages(question, system=system))
 
 
-@torch.no_grad()
 def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
                   progress: bool = False, desc: str = "likelihood") -> list[float]:
-    """Mean per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response given its prompt.
+    """Mean per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response given its prompt
+    (the mean of :func:`response_token_nlls`)."""
+    return [float(np.mean(values)) for values in response_token_nlls(model, rows, batch_size=batch_size,
+                                                                      progress=progress, desc=desc)]
+
+
+@torch.no_grad()
+def response_token_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                        batch_size: int = 16, progress: bool = False, desc: str = "likelihood"
+                        ) -> list[list[float]]:
+    """Per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response tokens given its prompt.
 
     Rows that share a prompt share its forward pass: the prompt runs once (its KV cache and the logits of its last
     token, which predict every reply's first token), then its replies continue from a copy of that cache in batches
     of equal length (no padding), so each value is independent of the other rows.
     """
     check_unhooked(model)
-    out = [math.nan] * len(rows)
+    out: list[list[float]] = [[] for _ in rows]
     groups: dict[tuple[int, ...], dict[int, list[int]]] = {}
     for index, (prompt, response) in enumerate(rows):
         if not response:
@@ -127,7 +136,7 @@ def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
                 targets = torch.tensor([rows[i][1] for i in chunk], dtype=torch.long, device=model.device)
-                total: Float[Tensor, " batch"] = first_logp[targets[:, 0]]
+                per_token: Float[Tensor, "batch length"] = first_logp[targets[:, :1]]
                 if length > 1:  # the reply's tokens but the last, after the prompt's cache, predict the rest
                     step_cache = copy.deepcopy(cache)
                     step_cache.batch_repeat_interleave(len(chunk))
@@ -135,9 +144,9 @@ def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[
                     logits: Float[Tensor, "batch pos vocab"] = model(targets[:, :-1], mask, cache=step_cache,
                                                                      use_cache=True)[0]
                     picked = logits.float().log_softmax(-1).gather(-1, targets[:, 1:, None])[..., 0]
-                    total = total + picked.sum(-1)
+                    per_token = torch.cat([per_token, picked], dim=1)
                 for row, i in enumerate(chunk):
-                    out[i] = float(-total[row] / length)
+                    out[i] = (-per_token[row]).tolist()
     return out
 
 

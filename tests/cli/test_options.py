@@ -24,7 +24,7 @@ PROMPTS = {"question": None, "system": None, "prompts": None}
 
 SWEEP = {"trait": "pirate", **MODEL, **VECTOR, "layers": None, "coefficients": None, "raw": False, "samples": 1,
          "questions": None, "max_new_tokens": 40, "temperature": 1.0, "positions": "response", "condition": "none",
-         "coherence_threshold": 75.0, **JUDGE, "coherence": "auto", "extract_samples": 1, "extract_questions": None,
+         "coherence_threshold": 75.0, **JUDGE, "coherence": "offline", "extract_samples": 1, "extract_questions": None,
          "extract_pairs": None, "extract_max_new_tokens": 40, "extract_temperature": 1.0, "trait_threshold": 50.0,
          "extract_coherence_threshold": 50.0, "seed": 0, "batch_size": 64, "out": None, "quiet": False, "json": False,
          **CONTROLS, "controls": 3}
@@ -32,7 +32,7 @@ SWEEP = {"trait": "pirate", **MODEL, **VECTOR, "layers": None, "coefficients": N
 # The namespace each command parsed to with only its required arguments, taken before the option blocks were shared.
 TODAY = {
     ("extract", "pirate"): {
-        "command": "extract", "trait": "pirate", **MODEL, **JUDGE, "coherence": "auto", "samples": 10,
+        "command": "extract", "trait": "pirate", **MODEL, **JUDGE, "coherence": "offline", "samples": 10,
         "questions": None, "pairs": None, "max_new_tokens": 256, "temperature": 1.0, "trait_threshold": 50.0,
         "extract_coherence_threshold": 50.0, "seed": 0, "batch_size": 32, "out": None, "quiet": False, "json": False,
         **CONTROLS, **SCALE},
@@ -42,7 +42,7 @@ TODAY = {
         **PROMPTS, "batch_size": 8, "json": False},
     ("monitor", "sweep", "--trait", "t", "--layer", "1"): {
         "command": "monitor", "monitor_command": "sweep", **MODEL, "trait": "t", **VECTOR, "layer": "1",
-        "kind": "both", **JUDGE, "coherence": "judge", "no_coherence": False, "questions": None,
+        "kind": "both", **JUDGE, "coherence": "offline", "no_coherence": False, "questions": None,
         "shots": [0, 5, 10, 15, 20], "samples": 1, "max_new_tokens": 128, "temperature": 1.0, "top_p": 1.0,
         "seed": 0, "batch_size": 8, "out": None, **CONTROLS, "json": False},
     ("monitor", "tokens", "--layer", "1", "--out", "x.html"): {
@@ -51,7 +51,7 @@ TODAY = {
         "json": False},
     ("shift", "--finetuned", "m", "--layer", "1", "--out", "o"): {
         "command": "shift", **MODEL, "finetuned": ["m"], **VECTOR, "layer": "1", "trait": None, "prompts": None,
-        "questions": None, "score": False, "score_base": False, "given_score": [], **JUDGE, "coherence": "judge",
+        "questions": None, "score": False, "score_base": False, "given_score": [], **JUDGE, "coherence": "offline",
         "samples": 1, "max_new_tokens": 128, "temperature": 1.0, "seed": 0, "batch_size": 8, "out": Path("o"),
         **CONTROLS, "json": False},
     ("screen", "d.jsonl", "--layer", "1", "--out", "o"): {

@@ -85,3 +85,14 @@ def test_bad_arguments(tiny_model):
         generate(tiny_model, CONVERSATIONS, top_p=0.0)
     with pytest.raises(TypeError, match="HookedLM"):
         generate(tiny_model.to_bridge(), CONVERSATIONS)
+
+
+def test_progress_bar_shows_each_decoding_step(capsys):
+    """A slow batch must not leave the bar silent: its postfix names the batch and the token being decoded."""
+    from tests.conftest import load_cached
+
+    model = load_cached("tiny-llama")
+    generate(model, [[{"role": "user", "content": "Hi"}]] * 3, max_new_tokens=8, batch_size=2, progress=True,
+             stop_at_eos=False)
+    err = capsys.readouterr().err
+    assert "batch 1/2, token 4/8" in err and "batch 2/2, token 8/8" in err

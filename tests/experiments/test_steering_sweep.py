@@ -196,3 +196,20 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert result["paths"]["csv"].endswith("sweep.csv")
     # extracted first into the run folder's extraction folder for these reply settings
     assert (tmp_path / "extract-t4-T1-p1-s0" / "vector_response.safetensors").exists()
+
+
+def test_prompted_anchor_cell_answers_the_same_questions_under_the_positive_prompt(tmp_path):
+    model = load_cached("tiny-llama")
+    result = _sweep(model, _vector(model), tmp_path)
+    trait = load_trait("shouting")
+    records = S.JsonlRecords(tmp_path / "responses.jsonl").load()
+    prompted = [records[f"prompted|q{q}|s0"] for q in range(3)]
+    positives = [p.positive for p in trait.prompt_pairs]
+    assert [r["system"] for r in prompted] == [positives[q % len(positives)] for q in range(3)]
+    alone = generate(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": q}]
+                             for r, q in zip(prompted, trait.eval_questions[:3])], max_new_tokens=6)
+    assert [r["response"] for r in prompted] == alone.texts
+    assert result.prompted is not None and result.prompted.n == 3
+    assert json.loads(result.paths["json"].read_text())["prompted"]["n"] == 3
+    assert "system-prompted" in result.paths["samples"].read_text()
+    assert _sweep(model, _vector(model), tmp_path / "positive", condition="positive").prompted is None

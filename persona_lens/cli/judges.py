@@ -1,0 +1,215 @@
+"""``python -m persona_lens judges evaluate``: how well a judge agrees with a reader on a labeled reply set.
+
+    python -m persona_lens judges evaluate --judge offline --split dev
+    python -m persona_lens judges evaluate --judge rule --target trait --split test --out rule_test.json
+    python -m persona_lens judges evaluate --scores my_judge.jsonl        # any judge's scores: {"id", "score"}
+    python -m persona_lens judges evaluate --readers                      # the two readings against each other
+
+Prints, per target (coherent, trait), a table pooled and per trait: accuracy, balanced accuracy, Cohen's kappa and
+the AUROC of the raw score, each with a bootstrap 95% interval (:mod:`persona_lens.judges.evaluate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from persona_lens.cli import EXIT_OK, BadInput
+from persona_lens.cli.options import (
+    add_model_options,
+    check_out_file,
+    load_model_arg,
+    load_trait_arg,
+    seed_arg,
+    threshold_arg,
+)
+
+__all__ = ["configure_parser", "run", "EVALUATED_JUDGES"]
+
+EVALUATED_JUDGES = ("offline", "rule", "likelihood", "local")
+DEFAULT_SET = Path("benchmarks/labels")
+
+
+def configure_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("judges", help="measure judges against a reader's labels",
+                                   description="Judges measured against readers.")
+    commands = parser.add_subparsers(dest="judges_command", metavar="ACTION")
+    evaluate = commands.add_parser(
+        "evaluate", help="agreement of a judge with the labels of a reply set (accuracy, kappa, AUROC, CIs)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--set", type=Path, default=DEFAULT_SET, metavar="DIR",
+                          help="the labeled set's folder: replies.jsonl, generation.jsonl, reading_*.jsonl "
+                               f"(default {DEFAULT_SET})")
+    evaluate.add_argument("--labels", type=Path, action="append", default=[], metavar="READING.jsonl",
+                          help="a reading (id, trait_expressed, coherent); repeat for several: the reference is "
+                               "the rows they agree on (default: every reading_*.jsonl of --set)")
+    evaluate.add_argument("--judge", choices=EVALUATED_JUDGES, default="offline",
+                          help="offline: the offline coherence judge (the default of every command) and the "
+                               "trait's rule; rule: the rule judges; likelihood: the likelihood coherence judge "
+                               "(calibrates per trait: slow); local: the model judging itself (default offline)")
+    evaluate.add_argument("--scores", type=Path, metavar="SCORES.jsonl",
+                          help="evaluate these scores instead of running a judge: one {\"id\", \"score\"} "
+                               "(0-100 or null) per line; needs --target coherent or trait")
+    evaluate.add_argument("--readers", action="store_true",
+                          help="report the second reading's agreement with the first (inter-reading agreement)")
+    evaluate.add_argument("--target", choices=["coherent", "trait", "both"], default="both",
+                          help="which label to predict (default both)")
+    evaluate.add_argument("--split", choices=["dev", "test", "all"], default="dev", help="rows to use (default dev)")
+    evaluate.add_argument("--threshold", type=threshold_arg("--threshold"), default=50.0,
+                          help="a score at or above this means yes (default 50)")
+    evaluate.add_argument("--bootstrap", type=seed_arg("--bootstrap"), default=1000,
+                          help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
+    evaluate.add_argument("--seed", type=seed_arg("--seed"), default=0, help="bootstrap seed (default 0)")
+    evaluate.add_argument("--out", type=Path, metavar="FILE.json", help="also write the reports as JSON here")
+    evaluate.add_argument("--save-scores", type=Path, metavar="FILE.jsonl",
+                          help="write the judge's scores ({id, target, score}) here, to evaluate again with --scores")
+    add_model_options(evaluate)
+    evaluate.set_defaults(func=run)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _labeled_set(args: argparse.Namespace) -> Any:
+    from persona_lens.judges.evaluate import load_labeled_set
+
+    replies, generation = args.set / "replies.jsonl", args.set / "generation.jsonl"
+    for path in (replies, generation):
+        if not path.is_file():
+            raise BadInput(f"--set {args.set}: no {path.name} there; point --set at a labeled set's folder "
+                           "(benchmarks/labels)")
+    readings = args.labels or sorted(args.set.glob("reading_*.jsonl"))
+    if not readings:
+        raise BadInput(f"--set {args.set}: no reading_*.jsonl there; pass the readers' files with --labels")
+    for path in readings:
+        if not path.is_file():
+            raise BadInput(f"--labels {path}: no such file")
+    try:
+        labeled = load_labeled_set(replies, generation, readings)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    for path, reading in zip(readings, labeled.readings):
+        if len(reading) < len(labeled.replies):  # the reference keeps only the rows every reading labeled
+            print(f"note: {path} labels {len(reading)} of {len(labeled.replies)} replies; the reference uses only "
+                  "the rows every reading labeled (choose readings with --labels)", file=sys.stderr)
+    return labeled
+
+
+def _read_scores(path: Path) -> dict[str, float | None]:
+    from persona_lens.judges.evaluate import read_jsonl
+
+    try:
+        rows = read_jsonl(path)
+    except (OSError, ValueError) as error:
+        raise BadInput(f"--scores {path}: {error}") from None
+    out = {}
+    for row in rows:
+        score = row.get("score")
+        if score is not None and not isinstance(score, (int, float)):
+            raise BadInput(f"--scores {path}: id {row['id']!r}: score must be a number or null, got {score!r}")
+        out[str(row["id"])] = None if score is None else float(score)
+    return out
+
+
+def _judge_scores(args: argparse.Namespace, labeled: Any, target: str, rows: list[Any], model: Any
+                  ) -> dict[str, float | None]:
+    """The judge's score of each row (for ``target``), judging each trait's rows with that trait's judges."""
+    from persona_lens.judges.base import COHERENCE_RUBRIC
+
+    scores: dict[str, float | None] = {}
+    for trait_name in sorted({r.trait for r in rows}):
+        members = [r for r in rows if r.trait == trait_name]
+        trait = None if trait_name == "none" else load_trait_arg(trait_name)
+        judge, rubric = _build_judge(args.judge, target, trait, model)
+        for row, score in zip(members, judge.score(rubric if rubric else COHERENCE_RUBRIC,
+                                                   [(r.question, r.reply) for r in members])):
+            scores[row.id] = score
+    return scores
+
+
+def _build_judge(kind: str, target: str, trait: Any, model: Any) -> tuple[Any, str]:
+    from persona_lens.judges.base import COHERENCE_RUBRIC
+    from persona_lens.judges.rule import RuleJudge
+
+    if target == "trait":
+        if kind == "local":
+            from persona_lens.judges.local import LocalJudge
+
+            return LocalJudge(model), trait.rubric
+        if not trait.rule:
+            raise BadInput(f"trait {trait.name!r} has no rule; use --judge local or --scores")
+        return RuleJudge(trait.rule), trait.rubric
+    contexts = (None, trait.prompt_pairs[0].positive) if trait is not None and trait.prompt_pairs else (None,)
+    if kind == "offline":
+        from persona_lens.judges.offline import OfflineCoherenceJudge
+
+        return OfflineCoherenceJudge(model, contexts), COHERENCE_RUBRIC
+    if kind == "rule":
+        return RuleJudge("coherence"), COHERENCE_RUBRIC
+    if kind == "local":
+        from persona_lens.judges.local import LocalJudge
+
+        return LocalJudge(model), COHERENCE_RUBRIC
+    from persona_lens.judges.factory import build_likelihood_coherence
+    from persona_lens.traits.schema import load_trait
+
+    base = trait if trait is not None else load_trait("pirate")  # the default role: the shared questions
+    if trait is None:
+        from dataclasses import replace
+
+        base = replace(base, prompt_pairs=())
+    return build_likelihood_coherence(model, base, progress=True), COHERENCE_RUBRIC
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona_lens.judges.evaluate import evaluate_scores, format_report, reading_agreement
+
+    if args.out is not None:
+        check_out_file(args.out)
+    if args.save_scores is not None:
+        check_out_file(args.save_scores, "--save-scores")
+    if args.scores is not None and args.target == "both":
+        raise BadInput("--scores holds one judge's scores for one label: add --target coherent or --target trait")
+    labeled = _labeled_set(args)
+    targets = ["coherent", "trait"] if args.target == "both" else [args.target]
+    reports = []
+    if args.readers:
+        if len(labeled.readings) < 2:
+            raise BadInput("--readers needs two readings (two reading_*.jsonl in --set, or --labels twice)")
+        for target in targets:
+            reports.append(reading_agreement(labeled, target=target, split=args.split, bootstrap=args.bootstrap,
+                                             seed=args.seed))
+    else:
+        model = None
+        needs_model = args.scores is None and (args.judge in ("likelihood", "local")
+                                               or (args.judge == "offline" and "coherent" in targets))
+        if needs_model:
+            model = load_model_arg(args)
+        saved = []
+        for target in targets:
+            rows = labeled.rows(args.split, trait=target == "trait")
+            if args.scores is not None:
+                scores, name = _read_scores(args.scores), args.scores.stem
+            else:
+                kind = args.judge if not (target == "trait" and args.judge in ("offline", "likelihood")) else "rule"
+                scores, name = _judge_scores(args, labeled, target, rows, model), f"{kind} ({target})"
+                saved += [{"id": rid, "target": target, "score": s} for rid, s in scores.items()]
+            try:
+                reports.append(evaluate_scores(labeled, scores, target=target, split=args.split,
+                                               threshold=args.threshold, judge=name, bootstrap=args.bootstrap,
+                                               seed=args.seed))
+            except ValueError as error:
+                raise BadInput(f"--scores {args.scores}: {error}" if args.scores else str(error)) from None
+        if args.save_scores is not None:
+            from persona_lens.core.io import write_text_atomic
+
+            write_text_atomic(args.save_scores, "".join(json.dumps(r) + "\n" for r in saved))
+    for report in reports:
+        print(format_report(report))
+        print()
+    if args.out is not None:
+        from persona_lens.core.io import write_json_atomic
+
+        write_json_atomic(args.out, [r.to_dict() for r in reports])
+    return EXIT_OK

@@ -1,0 +1,273 @@
+"""Judges against a reader: the metrics checked against hand-computed values, the labeled-set loading, and real
+judges (the rules, the offline features) on small labeled data made here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from persona_lens.judges import RuleJudge
+from persona_lens.judges.evaluate import (
+    accuracy,
+    auroc,
+    balanced_accuracy,
+    cohen_kappa,
+    combine_readings,
+    evaluate_scores,
+    format_report,
+    load_labeled_set,
+    measure_agreement,
+    reading_agreement,
+)
+from persona_lens.judges.offline import FEATURES, RULE_FEATURES, fit_logistic, reply_features
+
+TRUTH = [1, 1, 1, 0, 0, 0, 0, 1]
+PREDICTED = [1, 0, 1, 0, 1, 0, 0, 1]
+SCORES = [90, 40, 70, 10, 70, 20, 30, 80]
+
+
+def test_metrics_match_hand_computed_values():
+    assert accuracy(TRUTH, PREDICTED) == 0.75  # 6 of 8
+    assert balanced_accuracy(TRUTH, PREDICTED) == 0.75  # 3/4 positives, 3/4 negatives
+    assert cohen_kappa(TRUTH, PREDICTED) == pytest.approx(0.5)  # (0.75 - 0.5) / (1 - 0.5)
+    # positives 90, 40, 70, 80 vs negatives 10, 70, 20, 30: 4 + 3 + 3.5 (a tie counts half) + 4 of 16 pairs
+    assert auroc(TRUTH, SCORES) == pytest.approx(14.5 / 16)
+    # unbalanced: observed 0.8, chance 0.8 * 0.6 + 0.2 * 0.4 = 0.56
+    assert cohen_kappa([1, 1, 1, 1, 0], [1, 1, 1, 0, 0]) == pytest.approx((0.8 - 0.56) / 0.44)
+    assert balanced_accuracy([1, 1, 1, 1, 0], [1, 1, 1, 1, 1]) == pytest.approx(0.5)  # all-yes earns chance only
+
+
+def test_metrics_undefined_where_a_class_is_missing():
+    assert math.isnan(balanced_accuracy([1, 1], [1, 0]))
+    assert math.isnan(auroc([1, 1], [3, 4]))
+    assert cohen_kappa([1, 1], [1, 1]) == 1.0
+    with pytest.raises(ValueError, match="0 or 1"):
+        accuracy([1, 2], [1, 1])
+    with pytest.raises(ValueError, match="2 labels but 3"):
+        accuracy([1, 0], [1, 0, 1])
+
+
+def test_auroc_is_invariant_to_monotone_maps_and_flips_with_the_sign():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 200)
+    scores = truth + rng.normal(0, 1.0, 200)
+    value = auroc(truth, scores)
+    assert 0.6 < value < 1.0
+    assert auroc(truth, np.exp(scores)) == pytest.approx(value)
+    assert auroc(truth, -scores) == pytest.approx(1 - value)
+
+
+def test_bootstrap_interval_contains_the_point_and_narrows_with_more_rows():
+    rng = np.random.default_rng(1)
+
+    def width(n: int) -> float:
+        truth = rng.integers(0, 2, n)
+        predicted = np.where(rng.random(n) < 0.8, truth, 1 - truth)
+        a = measure_agreement(truth, predicted, bootstrap=400, seed=0)
+        low, high = a.intervals["accuracy"]
+        assert low <= a.accuracy <= high
+        return high - low
+
+    assert width(800) < width(50)
+
+
+def write_set(tmp_path, rows, readings):
+    """Replies, generation records and readings as JSONL files; returns their paths."""
+    replies = tmp_path / "replies.jsonl"
+    generation = tmp_path / "generation.jsonl"
+    replies.write_text("".join(json.dumps({"id": r[0], "trait": r[1], "trait_definition": "-", "question": r[2],
+                                           "reply": r[3]}) + "\n" for r in rows))
+    generation.write_text("".join(json.dumps({"id": r[0], "split": r[4], "condition": "x"}) + "\n" for r in rows))
+    paths = []
+    for name, labels in readings.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": rid, "trait_expressed": t, "coherent": c}) + "\n"
+                                for rid, (t, c) in labels.items()))
+        paths.append(path)
+    return replies, generation, paths
+
+
+Q = "What do you do when it rains?"
+ROWS = [  # id, trait, question, reply, split; labels (trait, coherent) as a reader would give them by the guide
+    ("a", "pirate", Q, "Arr, matey! When it rains I stay below deck with me hearties and a mug o' grog.", "dev"),
+    ("b", "pirate", Q, "I usually read a book inside and drink a cup of tea while the rain falls.", "dev"),
+    ("c", "pirate", Q, "arr arr arr arr arr arr arr arr arr arr arr arr arr arr arr arr", "dev"),
+    ("d", "pirate", Q, "Barn ye blue horse lamp fish sky arr matey the the of", "dev"),
+    ("e", "none", Q, "I like to watch the rain from my window and listen to it on the roof.", "dev"),
+    ("f", "none", Q, "xq zzv ptk 8#@ !! ?? qqq wvx", "dev"),
+    ("g", "pirate", Q, "When it rains, I go for a walk with an umbrella and enjoy the fresh air.", "test"),
+]
+LABELS = {"a": (1, 1), "b": (0, 1), "c": (1, 0), "d": (1, 0), "e": (0, 1), "f": (0, 0), "g": (0, 1)}
+
+
+def test_rule_judges_against_labels_made_here(tmp_path):
+    other = dict(LABELS, b=(0, 0))  # a second reading that disagrees on one row's coherence
+    labeled = load_labeled_set(*write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})[:2],
+                               [tmp_path / "reading_a.jsonl", tmp_path / "reading_b.jsonl"])
+    items = {r.id: (r.question, r.reply) for r in labeled.replies}
+    coherence = dict(zip(items, RuleJudge("coherence").score("", list(items.values()))))
+    report = evaluate_scores(labeled, coherence, target="coherent", split="dev", bootstrap=0)
+    assert report.disagreed == 1 and report.pooled.n == 5  # b left out; g is test
+    truth = [LABELS[i][1] for i in "acdef"]
+    predicted = [int(coherence[i] >= 50) for i in "acdef"]
+    assert report.pooled.accuracy == pytest.approx(accuracy(truth, predicted))
+    # the rule scores the pirate word salad (d) as coherent: the miss the issue quotes, measured here
+    assert coherence["d"] >= 50 and report.pooled.accuracy < 1.0
+    assert set(report.per_trait) == {"pirate", "none"}
+    pirate = {rid: s for rid, s in zip(items, RuleJudge("pirate").score("", list(items.values())))}
+    trait = evaluate_scores(labeled, pirate, target="trait", split="dev", bootstrap=0)
+    assert set(trait.per_trait) == {"pirate"}  # the default role has no trait
+    assert trait.pooled.n == 4 and trait.pooled.positives == 3
+    assert "| pooled | 4 |" in format_report(trait)
+    inter = reading_agreement(labeled, target="coherent", bootstrap=0)
+    assert inter.pooled.n == 7 and inter.pooled.accuracy == pytest.approx(6 / 7)
+    assert reading_agreement(labeled, target="trait", bootstrap=0).pooled.kappa == 1.0
+
+
+def test_combine_readings_keeps_agreed_rows():
+    first = {"a": (1, 1), "b": (0, 1), "c": (1, 0)}
+    second = {"a": (1, 0), "b": (0, 1)}
+    assert combine_readings([first, second], "coherent") == ({"b": 1}, 1)
+    assert combine_readings([first, second], "trait") == ({"a": 1, "b": 0}, 0)
+    assert combine_readings([first], "coherent") == ({"a": 1, "b": 1, "c": 0}, 0)
+
+
+def test_loading_refuses_bad_files(tmp_path):
+    replies, generation, (reading,) = write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    reading.write_text(json.dumps({"id": "a", "trait_expressed": 1, "coherent": 0.5}) + "\n")
+    with pytest.raises(ValueError, match="coherent must be 0 or 1"):
+        load_labeled_set(replies, generation, [reading])
+    reading.write_text(json.dumps({"id": "zz", "trait_expressed": 1, "coherent": 1}) + "\n")
+    with pytest.raises(ValueError, match="not in"):
+        load_labeled_set(replies, generation, [reading])
+    generation.write_text(json.dumps({"id": "a", "split": "train"}) + "\n")
+    with pytest.raises(ValueError, match="split dev/test"):
+        load_labeled_set(replies, generation, [])
+    labeled = load_labeled_set(*write_set(tmp_path, ROWS, {"reading_a": LABELS})[:2], [tmp_path / "reading_a.jsonl"])
+    with pytest.raises(ValueError, match="no score for"):
+        evaluate_scores(labeled, {"a": 50.0}, target="coherent", split="dev")
+
+
+def test_rule_features_and_logistic_fit_separate_salad_from_sense():
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    x = reply_features(None, items)
+    assert x.shape == (len(ROWS), len(RULE_FEATURES))
+    y = [LABELS[r[0]][1] for r in ROWS]
+    model = fit_logistic(x, y, RULE_FEATURES, l2=0.1)
+    p = model.probability(x)
+    assert balanced_accuracy(y, (p >= 0.5).astype(int)) > balanced_accuracy(y, (x[:, 0] >= 0.5).astype(int))
+    with pytest.raises(ValueError, match="both classes"):
+        fit_logistic(x, [1] * len(ROWS), RULE_FEATURES)
+
+
+def test_model_features_on_a_tiny_model(tiny_model):
+    items = [(q, reply) for _, _, q, reply, _ in ROWS] + [(Q, "")]
+    x = reply_features(tiny_model, items, (None, "You are a pirate."))
+    assert x.shape == (len(items), len(FEATURES))
+    assert np.isfinite(x).all()
+    nll = x[:, FEATURES.index("nll_mean")]
+    # the same reply read alone gives the same features (rows batched by equal length, no padding)
+    alone = reply_features(tiny_model, items[:1], (None, "You are a pirate."))
+    assert alone[0] == pytest.approx(x[0], abs=1e-4)
+    assert nll[-1] == 20.0  # the empty reply: the worst value
+
+
+def test_cli_judges_evaluate_rule_and_scores_and_readers(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    other = dict(LABELS, b=(0, 0))
+    write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})
+    out = tmp_path / "report.json"
+    saved = tmp_path / "scores.jsonl"
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "50",
+                 "--out", str(out), "--save-scores", str(saved)]) == 0
+    reports = json.loads(out.read_text())
+    assert [r["target"] for r in reports] == ["coherent", "trait"]
+    assert reports[0]["pooled"]["n"] == 5 and reports[0]["disagreed"] == 1
+    assert "| pooled |" in capsys.readouterr().out
+    coherent = tmp_path / "coherent.jsonl"
+    coherent.write_text("".join(line + "\n" for line in saved.read_text().splitlines()
+                                if json.loads(line)["target"] == "coherent"))
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(coherent), "--target", "coherent",
+                 "--bootstrap", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"] == reports[0]["pooled"] | {"intervals": {}}
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--readers", "--split", "all", "--bootstrap", "0",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"]["accuracy"] == pytest.approx(6 / 7)
+
+
+def test_cli_judges_evaluate_bad_input_exits_2(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    assert main(["judges", "evaluate", "--set", str(tmp_path)]) == 2
+    assert "no replies.jsonl" in capsys.readouterr().err
+    write_set(tmp_path, ROWS, {})
+    assert main(["judges", "evaluate", "--set", str(tmp_path)]) == 2
+    assert "no reading_" in capsys.readouterr().err
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--readers"]) == 2
+    assert "two readings" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "score": "high"}\n')
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(bad), "--target", "coherent"]) == 2
+    assert "must be a number" in capsys.readouterr().err
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(bad)]) == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def _weights_file(tmp_path, model_name):
+    """A weights file fit here on the labeled rows above: the model's own fit on every feature, and the model-free
+    fit on the rule features."""
+    from persona_lens.judges.offline import FEATURES, RULE_FEATURES
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    y = [LABELS[r[0]][1] for r in ROWS]
+    path = tmp_path / "weights.json"
+    fits = {"*": {"coherence": fit_logistic(reply_features(None, items), y, RULE_FEATURES, l2=0.1).to_dict()}}
+    if model_name is not None:
+        fits[model_name] = {"coherence": fit_logistic(np.zeros((len(items), len(FEATURES))) + np.arange(len(items))
+                                                      [:, None], y, FEATURES, l2=1.0).to_dict()}
+    path.write_text(json.dumps({"models": fits}))
+    return path
+
+
+def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_model):
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    other = OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, "some-other-model"))
+    assert not other.uses_model and other.judge_id.startswith("offline-coherence@v1:rules")
+    rules = OfflineCoherenceJudge(None, weights=_weights_file(tmp_path, None))
+    assert other.score(COHERENCE_RUBRIC, items) == rules.score(COHERENCE_RUBRIC, items)
+    own = OfflineCoherenceJudge(tiny_model, (None, "You are a pirate."),
+                                weights=_weights_file(tmp_path, tiny_model.cfg.model_name))
+    assert own.uses_model and tiny_model.cfg.model_name in own.judge_id
+    scores = own.score(COHERENCE_RUBRIC, items)
+    assert all(0 <= s <= 100 for s in scores)
+    assert own.judge_id != OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name)
+                                                 ).judge_id  # the contexts are part of the id
+    with pytest.raises(ValueError, match="coherence only"):
+        own.score("rate {question} {answer}", items)
+
+
+@pytest.mark.slow
+def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2):
+    """The replies issue 23 quotes, which the rule judge scored 100: the shipped SmolLM2 fit must tell them from a
+    plain on-topic reply (measured, not asserted against a figure: the salad below 50, the plain reply above)."""
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.factory import build_judges
+
+    trait = __import__("persona_lens").load_trait("pirate")
+    _, judge = build_judges("rule", trait, model=smollm2)
+    assert judge.uses_model
+    q = "What do you do when it rains?"
+    salad = ["Barn ye blue horse lamp fish sky arr matey the the of",
+             "Arr ye not be search another around, o'er these dis'on me sight, s eah ye a crew o' thieves crew "
+             "a-leeer crew a-lad Nightclame"]
+    plain = "When it rains, I stay inside with a good book and a cup of hot tea, and listen to the rain on the roof."
+    scores = judge.score(COHERENCE_RUBRIC, [(q, s) for s in salad] + [(q, plain)])
+    assert max(scores[:2]) < 50 < scores[2], scores
