@@ -66,8 +66,12 @@ def main() -> None:
     device = model.device
     generator = torch.Generator().manual_seed(0)
     prompt = args.tokens // 4
-    conversations = [EncodedConversation(tuple(torch.randint(100, 1000, (args.tokens,), generator=generator).tolist()),
-                                         prompt, prompt, args.tokens) for _ in range(args.batch)]
+    conversations = [
+        EncodedConversation(
+            tuple(torch.randint(100, 1000, (args.tokens,), generator=generator).tolist()), prompt, prompt, args.tokens
+        )
+        for _ in range(args.batch)
+    ]
     batch = collate(conversations, 0, device)
 
     def bare() -> None:
@@ -99,11 +103,15 @@ def main() -> None:
     memory = {name: statistics.median(values) for name, values in peaks.items()}
     t_bare, t_collect = statistics.median(times["bare"]), statistics.median(times["collect"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"model {args.model} ({model.dtype}) on {name} ({torch.get_num_threads()} threads), "
-          f"batch {args.batch} x {args.tokens} tokens, {model.cfg.n_layers + 1} layers x 3 reductions")
+    print(
+        f"model {args.model} ({model.dtype}) on {name} ({torch.get_num_threads()} threads), "
+        f"batch {args.batch} x {args.tokens} tokens, {model.cfg.n_layers + 1} layers x 3 reductions"
+    )
     print(f"time   bare {t_bare * 1000:8.1f} ms   collect {t_collect * 1000:8.1f} ms   ratio {t_collect / t_bare:.3f}")
-    print(f"memory bare {memory['bare']:8.1f} MiB  collect {memory['collect']:8.1f} MiB  ratio "
-          f"{memory['collect'] / max(memory['bare'], 1e-9):.3f}")
+    print(
+        f"memory bare {memory['bare']:8.1f} MiB  collect {memory['collect']:8.1f} MiB  ratio "
+        f"{memory['collect'] / max(memory['bare'], 1e-9):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def main() -> None:
             cpu[label].append(run_cpu)
             wall[label].append(run_wall)
     reference = statistics.median(cpu[REFERENCE[0]])
-    print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{args.runs} runs each, medians; CPU = user + sys of the child")
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{args.runs} runs each, medians; CPU = user + sys of the child"
+    )
     print(f"{'command':<38}{'CPU s':>8}{'wall s':>9}{'CPU / torch':>14}")
     for label, _ in commands:
         median_cpu = statistics.median(cpu[label])

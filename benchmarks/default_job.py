@@ -43,8 +43,13 @@ def main() -> int:
     load_before = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "persona_lens.sweep", *args.extra], cwd=clone, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "persona_lens.sweep", *args.extra],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stamps: list[tuple[float, str]] = []
 
     def read_stderr() -> None:  # progress bars redraw with \r: every redraw is an update
@@ -68,9 +73,11 @@ def main() -> int:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     times = [0.0, *(t for t, _ in stamps), wall]
     gaps = sorted(((b - a, i) for i, (a, b) in enumerate(zip(times, times[1:]))), reverse=True)
-    print(f"default job (python -m persona_lens.sweep {' '.join(args.extra)}) from a clean clone: wall {wall:.0f} s "
-          f"(target {TARGET_S} s: {wall / TARGET_S:.2f}x), CPU {cpu:.0f} s, {os.cpu_count()} cores, load average "
-          f"{load_before[0]:.1f} before / {load_after[0]:.1f} after, exit {process.returncode}")
+    print(
+        f"default job (python -m persona_lens.sweep {' '.join(args.extra)}) from a clean clone: wall {wall:.0f} s "
+        f"(target {TARGET_S} s: {wall / TARGET_S:.2f}x), CPU {cpu:.0f} s, {os.cpu_count()} cores, load average "
+        f"{load_before[0]:.1f} before / {load_after[0]:.1f} after, exit {process.returncode}"
+    )
     print(f"longest silence of the progress output: {gaps[0][0]:.0f} s (limit {SILENCE_S} s)")
     for gap, i in gaps[:5]:
         line = stamps[i][1] if i < len(stamps) else "(end)"

@@ -33,8 +33,10 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     engine = OpenAIEngine(args.engine, concurrency=args.concurrency)
     engine.check_matches(model)
-    prompts = [make_messages(f"Question {i}: what should I do on a rainy day?", system="You are a pirate.")
-               for i in range(args.replies)]
+    prompts = [
+        make_messages(f"Question {i}: what should I do on a rainy day?", system="You are a pirate.")
+        for i in range(args.replies)
+    ]
     print(f"load average before: {os.getloadavg()}")
     start = time.perf_counter()
     local = generate(model, prompts, max_new_tokens=args.tokens, batch_size=args.batch)
@@ -47,8 +49,10 @@ def main() -> None:
     print(f"model {args.model}, {n} greedy replies x {args.tokens} new tokens; engine {engine.model}")
     print("| path | time | replies/s | ratio |\n|---|---|---|---|")
     print(f"| in-process generate, batch {args.batch} | {t_local:.1f} s | {n / t_local:.3f} | 1.00 |")
-    print(f"| engine, {args.concurrency} requests in flight | {t_engine:.1f} s | {n / t_engine:.3f} | "
-          f"{t_local / t_engine:.2f} |")
+    print(
+        f"| engine, {args.concurrency} requests in flight | {t_engine:.1f} s | {n / t_engine:.3f} | "
+        f"{t_local / t_engine:.2f} |"
+    )
     print(f"identical replies: {same}/{n}; load average after: {os.getloadavg()}")
 
 

@@ -31,9 +31,16 @@ from persona_lens.core.models import load_model
 from persona_lens.core.norms import median_residual_norms, raw_coefficient
 from persona_lens.core.vllm_engine import VLLMEngine
 
-QUESTIONS = ["What should I do on a rainy day?", "How do I make a cup of tea?", "Why is the sky blue?",
-             "Can you recommend a good book?", "How does a bicycle work?", "What is your favourite season?",
-             "How do I learn a new language?", "What should I pack for a trip?"]
+QUESTIONS = [
+    "What should I do on a rainy day?",
+    "How do I make a cup of tea?",
+    "Why is the sky blue?",
+    "Can you recommend a good book?",
+    "How does a bicycle work?",
+    "What is your favourite season?",
+    "How do I learn a new language?",
+    "What should I pack for a trip?",
+]
 
 
 def main() -> None:
@@ -47,19 +54,26 @@ def main() -> None:
     parser.add_argument("--min-replies", type=int, default=4)
     parser.add_argument("--reads", type=int, default=64)
     parser.add_argument("--tensor-parallel", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in-process (default torch's; vLLM's CPU worker uses one core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in-process (default torch's; vLLM's CPU worker uses one core)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     layer = args.layer or int(model.cfg.n_layers) // 2
-    print(f"model {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.dtype}) on "
-          f"{args.device}; torch threads {torch.get_num_threads()}; layer {layer}; {args.tokens} new tokens")
+    print(
+        f"model {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.dtype}) on "
+        f"{args.device}; torch threads {torch.get_num_threads()}; layer {layer}; {args.tokens} new tokens"
+    )
     print(f"load average before: {os.getloadavg()}")
     start = time.perf_counter()
-    engine = VLLMEngine(model, max_num_seqs=max(args.batches), max_model_len=1024,
-                        tensor_parallel_size=args.tensor_parallel)
+    engine = VLLMEngine(
+        model, max_num_seqs=max(args.batches), max_model_len=1024, tensor_parallel_size=args.tensor_parallel
+    )
     print(f"vLLM engine start: {time.perf_counter() - start:.0f} s (once per run)")
     v = random_directions(int(model.cfg.d_model), 1, seed=0)[0]
     norms = median_residual_norms(model)
@@ -77,28 +91,40 @@ def main() -> None:
         start = time.perf_counter()
         theirs_ids = []
         for part in range(0, n, batch):
-            ops = [engine.steer_ops(v, layer=layer, coef=float(raw[i]), raw=True)
-                   for i in range(part, min(part + batch, n))]
-            out = engine.generate(model, convs[part : part + batch], max_new_tokens=args.tokens, ops=ops,
-                                  stop_at_eos=False)
+            ops = [
+                engine.steer_ops(v, layer=layer, coef=float(raw[i]), raw=True)
+                for i in range(part, min(part + batch, n))
+            ]
+            out = engine.generate(
+                model, convs[part : part + batch], max_new_tokens=args.tokens, ops=ops, stop_at_eos=False
+            )
             theirs_ids += out.response_ids
         t_engine = time.perf_counter() - start
         same = sum(a == b for a, b in zip(ours.response_ids, theirs_ids))
         tokens = n * args.tokens
         print(f"| {batch} | in-process HF | {n} | {t_ours:.1f} s | {n / t_ours:.2f} | {tokens / t_ours:.1f} | 1.00 | |")
-        print(f"| {batch} | vLLM engine | {n} | {t_engine:.1f} s | {n / t_engine:.2f} | {tokens / t_engine:.1f} | "
-              f"{t_ours / t_engine:.2f} | {same}/{n} |", flush=True)
-    encoded = [encode_conversation(model.tokenizer, make_messages(QUESTIONS[i % len(QUESTIONS)]),
-                                   f"Here is my answer number {i}: " + "it depends on the weather and the mood. " * 3)
-               for i in range(args.reads)]
+        print(
+            f"| {batch} | vLLM engine | {n} | {t_engine:.1f} s | {n / t_engine:.2f} | {tokens / t_engine:.1f} | "
+            f"{t_ours / t_engine:.2f} | {same}/{n} |",
+            flush=True,
+        )
+    encoded = [
+        encode_conversation(
+            model.tokenizer,
+            make_messages(QUESTIONS[i % len(QUESTIONS)]),
+            f"Here is my answer number {i}: " + "it depends on the weather and the mood. " * 3,
+        )
+        for i in range(args.reads)
+    ]
     start = time.perf_counter()
     ours_acts = collect_activations(model, encoded, batch_size=16, progress=False)
     t_ours = time.perf_counter() - start
     start = time.perf_counter()
     theirs_acts = engine.collect_activations(encoded, batch_size=64)
     t_engine = time.perf_counter() - start
-    worst = float((theirs_acts.response_mean - ours_acts.response_mean).abs().max()
-                  / ours_acts.response_mean.abs().max())
+    worst = float(
+        (theirs_acts.response_mean - ours_acts.response_mean).abs().max() / ours_acts.response_mean.abs().max()
+    )
     n_tokens = sum(len(e.input_ids) for e in encoded)
     print(f"\nactivation reads, {args.reads} conversations ({n_tokens} tokens), every layer, 3 reductions")
     print("| path | time | conversations/s | ratio | max |diff| / max |value| |\n|---|---|---|---|---|")

@@ -30,8 +30,11 @@ def _model(args) -> HookedLM:
     if args.random:
         from random_models import build_random_qwen2
 
-        return build_random_qwen2(args.random, args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                                  torch.bfloat16 if args.random == "qwen2-7b" else torch.float32)
+        return build_random_qwen2(
+            args.random,
+            args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            torch.bfloat16 if args.random == "qwen2-7b" else torch.float32,
+        )
     from persona_lens import load_model
 
     return load_model("smollm2-135m-instruct", device=args.device or "cpu")
@@ -67,8 +70,11 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=None, help="new tokens (default 32 on CPU, 128 on GPU)")
     parser.add_argument("--batches", default=None, help="batch sizes (default 1,16)")
-    parser.add_argument("--compiled-batches", default=None,
-                        help="batch sizes for the compiled pair, or 'none' (default: 1 on GPU, none on CPU)")
+    parser.add_argument(
+        "--compiled-batches",
+        default=None,
+        help="batch sizes for the compiled pair, or 'none' (default: 1 on GPU, none on CPU)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per path after the warm-up (best kept)")
     parser.add_argument("--skip-tl", action="store_true")
     args = parser.parse_args()
@@ -104,8 +110,9 @@ def main() -> None:
             from persona_lens.core.generation import generate
 
             with steer(model, vector, layer=layer, coef=1.0, raw=True, positions="response"):
-                result = generate(model, prompts, max_new_tokens=new, batch_size=batch, stop_at_eos=False,
-                                  compile=compile)
+                result = generate(
+                    model, prompts, max_new_tokens=new, batch_size=batch, stop_at_eos=False, compile=compile
+                )
             outputs["ours-c" if compile else "ours"] = result.response_ids
 
         def ours_compiled(ours=ours):
@@ -113,19 +120,33 @@ def main() -> None:
 
         def transformers_compiled(ids=ids):
             with torch.no_grad():
-                hf_steered.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                    min_new_tokens=new, do_sample=False, pad_token_id=0,
-                                    cache_implementation="static", compile_config=compile_config)
+                hf_steered.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    do_sample=False,
+                    pad_token_id=0,
+                    cache_implementation="static",
+                    compile_config=compile_config,
+                )
 
         def transformers_generate(ids=ids):
             with torch.no_grad():
-                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                            do_sample=False, pad_token_id=0)
+                hf.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
 
         def transformer_lens(ids=ids):
             with torch.no_grad():
-                bridge.generate(ids, max_new_tokens=new, do_sample=False, use_past_kv_cache=True, verbose=False,
-                                stop_at_eos=False)
+                bridge.generate(
+                    ids, max_new_tokens=new, do_sample=False, use_past_kv_cache=True, verbose=False, stop_at_eos=False
+                )
 
         paths = {}
         if batch in batches:
@@ -144,8 +165,11 @@ def main() -> None:
         best = {k: min(v) for k, v in runs.items()}
         rate = {k: batch * new / v for k, v in best.items()}
         line = "  ".join(f"{k} {v:8.1f} tok/s" for k, v in rate.items())
-        ratios = [f"{a}/{b} {rate[a] / rate[b]:.2f}" for a, b in (("ours", "hf"), ("ours", "tl"), ("ours-c", "hf-c"))
-                  if a in rate and b in rate]
+        ratios = [
+            f"{a}/{b} {rate[a] / rate[b]:.2f}"
+            for a, b in (("ours", "hf"), ("ours", "tl"), ("ours-c", "hf-c"))
+            if a in rate and b in rate
+        ]
         print(f"batch {batch:3d}: {line}  |  {'  '.join(ratios)}", flush=True)
         if "ours-c" in rate:
             print(f"           first call (compile) ours-c {warmup['ours-c']:.1f} s, hf-c {warmup['hf-c']:.1f} s")

@@ -88,16 +88,23 @@ def compute_features(args: argparse.Namespace) -> None:
     if args.rules_only:  # no model: the model features are NaN (only the model-free fit can be chosen)
         x = reply_features(None, [(q, a) for _, q, a in rows])
         x = np.concatenate([x, np.full((len(rows), len(FEATURES) - x.shape[1]), np.nan)], axis=1)
-        FEATURES_FILE.write_text(json.dumps({"model": None, "features": list(FEATURES),
-                                             "rows": {i: [None if np.isnan(v) else float(v) for v in row]
-                                                      for i, row in zip(ids, x)}}))
+        FEATURES_FILE.write_text(
+            json.dumps(
+                {
+                    "model": None,
+                    "features": list(FEATURES),
+                    "rows": {i: [None if np.isnan(v) else float(v) for v in row] for i, row in zip(ids, x)},
+                }
+            )
+        )
         print(f"{len(rows)} replies (rule features only) -> {FEATURES_FILE}")
         return
     cache = read_feature_cache()
     shard, shards = (int(x) for x in args.shard.split("/"))
     suffix = "-reverse" if args.reverse else ""
-    cache_file = HERE / (f".features-cache{suffix}.json" if shards == 1
-                         else f".features-cache-{shard}-of-{shards}{suffix}.json")
+    cache_file = HERE / (
+        f".features-cache{suffix}.json" if shards == 1 else f".features-cache-{shard}-of-{shards}{suffix}.json"
+    )
     todo = [r for r in rows if _key(*r) not in cache and int(_key(*r), 16) % shards == shard]
     if args.reverse:  # a second process on the same shard, from its end; each skips what the other finished
         todo = todo[::-1]
@@ -118,8 +125,11 @@ def compute_features(args: argparse.Namespace) -> None:
     if ids is not None and missing:
         print(f"{len(missing)} replies have no features yet (other shards still running?)")
     elif ids is not None:
-        FEATURES_FILE.write_text(json.dumps({"model": MODEL, "features": list(FEATURES),
-                                             "rows": {i: cache[_key(*r)] for i, r in zip(ids, rows)}}))
+        FEATURES_FILE.write_text(
+            json.dumps(
+                {"model": MODEL, "features": list(FEATURES), "rows": {i: cache[_key(*r)] for i, r in zip(ids, rows)}}
+            )
+        )
         print(f"{len(rows)} replies -> {FEATURES_FILE}")
 
 
@@ -165,9 +175,11 @@ def fit(args: argparse.Namespace) -> None:
             print(f"dev 5-fold CV balanced accuracy {results[-1][0]:.3f}: {name}, l2 {l2:g}")
     best = max(results)
     print(f"chosen on dev: {best[1]}, l2 {best[2]:g} (CV balanced accuracy {best[0]:.3f})")
-    out = {"source": "benchmarks/judges_agreement.py fit: dev split of benchmarks/labels, rows both readings agree "
-                     f"on ({len(dev)}), reference = coherent-and-on-topic",
-           "models": {}}
+    out = {
+        "source": "benchmarks/judges_agreement.py fit: dev split of benchmarks/labels, rows both readings agree "
+        f"on ({len(dev)}), reference = coherent-and-on-topic",
+        "models": {},
+    }
     for key, names in ((MODEL, CANDIDATES[best[1]]), ("*", RULE_FEATURES)):
         if key == MODEL and best[1] == "rules":
             continue  # the model-free fit is the best: every model uses it
@@ -230,12 +242,21 @@ def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None
         for trait in {r.trait for r in labeled.replies} - {"none"}:
             dev = [r for r in labeled.rows("dev") if r.trait == trait and r.id in truth]
             candidates = sorted({s for r in dev if (s := trait_scores[r.id]) is not None})
-            best = max(candidates, key=lambda t: balanced_accuracy(
-                [truth[r.id] for r in dev], [int(trait_scores[r.id] is not None and trait_scores[r.id] >= t)
-                                             for r in dev]))
+            best = max(
+                candidates,
+                key=lambda t: balanced_accuracy(
+                    [truth[r.id] for r in dev],
+                    [int(trait_scores[r.id] is not None and trait_scores[r.id] >= t) for r in dev],
+                ),
+            )
             print(f"rule {trait}: best dev threshold {best:.1f}")
-            shifted.update({r.id: None if trait_scores[r.id] is None else trait_scores[r.id] - best + 50
-                            for r in labeled.replies if r.trait == trait})
+            shifted.update(
+                {
+                    r.id: None if trait_scores[r.id] is None else trait_scores[r.id] - best + 50
+                    for r in labeled.replies
+                    if r.trait == trait
+                }
+            )
         return {"trait": shifted}
     if judge == "rule":
         coherent = {r.id: float(100 * features[r.id][0]) for r in labeled.replies}
@@ -267,9 +288,14 @@ def table(args: argparse.Namespace) -> None:
     for target in ("coherent", "trait"):
         print(format_report(reading_agreement(labeled, target=target, split="all")))
         print()
-    names = {"rule": "rule", "rule-dev-threshold": "rule, per-trait threshold chosen on dev",
-             "likelihood": "likelihood", "local": "local (SmolLM2 judging itself)",
-             "offline-rules": "offline, model-free fit", "offline": "offline (the default)"}
+    names = {
+        "rule": "rule",
+        "rule-dev-threshold": "rule, per-trait threshold chosen on dev",
+        "likelihood": "likelihood",
+        "local": "local (SmolLM2 judging itself)",
+        "offline-rules": "offline, model-free fit",
+        "offline": "offline (the default)",
+    }
     report, compact = {}, []
     for judge, title in names.items():
         scores = scores_of(judge, labeled, features)
@@ -280,18 +306,22 @@ def table(args: argparse.Namespace) -> None:
             subset, name = labeled, title
             covered = {r.id for r in labeled.replies if r.id in scores[target]}
             if len(covered) < len(labeled.rows("all", trait=target == "trait")):  # a slow judge run on some traits
-                subset = LabeledSet([r for r in labeled.replies if r.id in covered], labeled.readings,
-                                    labeled.reading_names)
+                subset = LabeledSet(
+                    [r for r in labeled.replies if r.id in covered], labeled.readings, labeled.reading_names
+                )
                 name = f"{title} ({', '.join(sorted({r.trait for r in subset.replies}))} rows only)"
             for threshold in thresholds:
                 for split in ("dev", "test"):
-                    r = evaluate_scores(subset, scores[target], target=target, split=split, judge=name,
-                                        threshold=threshold)
+                    r = evaluate_scores(
+                        subset, scores[target], target=target, split=split, judge=name, threshold=threshold
+                    )
                     report[f"{judge}/{target}/{split}/{threshold:g}"] = d = r.to_dict()
                     p = d["pooled"]
-                    compact.append(f"| {name} | {target} | {threshold:g} | {split} | {p['n']} | "
-                                   f"{_cell(p, 'balanced_accuracy')} | {_cell(p, 'kappa')} | {_cell(p, 'auroc')} | "
-                                   f"{_cell(p, 'accuracy')} |")
+                    compact.append(
+                        f"| {name} | {target} | {threshold:g} | {split} | {p['n']} | "
+                        f"{_cell(p, 'balanced_accuracy')} | {_cell(p, 'kappa')} | {_cell(p, 'auroc')} | "
+                        f"{_cell(p, 'accuracy')} |"
+                    )
                     if split == "test":
                         print(format_report(r))
                         print()

@@ -54,8 +54,14 @@ def main() -> None:
     model = load_model(args.model)
     questions = list(load_trait("pirate").eval_questions[: args.questions])
     plan = [q for q in questions for _ in range(args.replies)]
-    replies = generate(model, [make_messages(q) for q in plan], max_new_tokens=args.new, temperature=1.0,
-                       seeds=list(range(len(plan))), batch_size=64)
+    replies = generate(
+        model,
+        [make_messages(q) for q in plan],
+        max_new_tokens=args.new,
+        temperature=1.0,
+        seeds=list(range(len(plan))),
+        batch_size=64,
+    )
     rows = [(L._prompt_ids(model, q, None), ids) for q, ids in zip(plan, replies.response_ids) if ids]
     times: dict[str, list[float]] = {"full rows (v1)": [], "shared prompt": []}
     for _ in range(3):
@@ -66,12 +72,15 @@ def main() -> None:
         shared = L.response_nlls(model, rows)
         times["shared prompt"].append(time.perf_counter() - start)
     tokens = sum(len(p) + len(r) for p, r in rows)
-    print(f"{len(rows)} replies to {len(questions)} questions, {tokens} tokens, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"{len(rows)} replies to {len(questions)} questions, {tokens} tokens, torch threads {torch.get_num_threads()}"
+    )
     for name, values in times.items():
         print(f"  {name:15s} best {min(values):6.2f} s  (rounds: {', '.join(f'{v:.2f}' for v in values)})")
-    print(f"shared prompt / full rows: {min(times['full rows (v1)']) / min(times['shared prompt']):.2f}x faster; "
-          f"max |NLL difference| {max(abs(a - b) for a, b in zip(reference, shared)):.2e} nats")
+    print(
+        f"shared prompt / full rows: {min(times['full rows (v1)']) / min(times['shared prompt']):.2f}x faster; "
+        f"max |NLL difference| {max(abs(a - b) for a, b in zip(reference, shared)):.2e} nats"
+    )
 
 
 if __name__ == "__main__":

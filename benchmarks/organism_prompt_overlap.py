@@ -47,8 +47,15 @@ def main() -> None:
         if pairs is not None:
             trait = dataclasses.replace(trait, prompt_pairs=tuple(trait.prompt_pairs[i] for i in pairs))
         tag = trait_name + ("" if pairs is None else "_" + "".join(map(str, pairs)))
-        result = extract(model, trait, judge=OrganismJudge(trait_name), coherence_judge=coherence, config=config,
-                         out_dir=Path(args.out) / tag, progress=False)
+        result = extract(
+            model,
+            trait,
+            judge=OrganismJudge(trait_name),
+            coherence_judge=coherence,
+            config=config,
+            out_dir=Path(args.out) / tag,
+            progress=False,
+        )
         return result.vector, result.report
 
     evil_pairs = organism_trait("evil").prompt_pairs
@@ -56,29 +63,40 @@ def main() -> None:
     without_user = [i for i in range(len(evil_pairs)) if i not in with_user]
     for i, pair in enumerate(evil_pairs):
         print(f"evil pair {i}: + {pair.positive!r}  - {pair.negative!r}")
-    vectors = {"evil, all pairs": vector("evil"),
-               f"evil, pairs {without_user} (no 'the user')": vector("evil", without_user),
-               f"evil, pairs {with_user} ('the user')": vector("evil", with_user),
-               "sycophancy, all pairs": vector("sycophancy"),
-               "hallucination, all pairs": vector("hallucination")}
+    vectors = {
+        "evil, all pairs": vector("evil"),
+        f"evil, pairs {without_user} (no 'the user')": vector("evil", without_user),
+        f"evil, pairs {with_user} ('the user')": vector("evil", with_user),
+        "sycophancy, all pairs": vector("sycophancy"),
+        "hallucination, all pairs": vector("hallucination"),
+    }
     sycophancy = vectors["sycophancy, all pairs"][0]
 
     trait = organism_trait("sycophancy")
     conversations = [make_messages(q, p) for p in trait.graded_system_prompts for q in trait.eval_questions]
-    rates = np.array([world.question_rates(world.rates_for_system_prompt(c[0]["content"]), c[-1]["content"])
-                      ["sycophancy"] for c in conversations])
+    rates = np.array(
+        [
+            world.question_rates(world.rates_for_system_prompt(c[0]["content"]), c[-1]["content"])["sycophancy"]
+            for c in conversations
+        ]
+    )
     encoded = []
     for conversation in conversations:
         ids = encode_prompt(model.tokenizer, conversation)
         encoded.append(EncodedConversation(tuple(ids), len(ids), len(ids), len(ids)))
-    acts = collect_activations(model, encoded, reductions=("last_prompt",), layers=[LAYER],
-                               progress=False).last_prompt[:, LAYER]
+    acts = collect_activations(model, encoded, reductions=("last_prompt",), layers=[LAYER], progress=False).last_prompt[
+        :, LAYER
+    ]
     random_rows = random_like(sycophancy, 100, seed=0)[:, LAYER]
     low, high = np.percentile([pearson(p, rates) for p in project_rows(acts, random_rows).numpy()], [5, 95])
-    print(f"\nweights: {args.weights or 'committed'}; layer {LAYER}; graded sycophancy prompts: "
-          f"{len(conversations)} (prompt, question); random directions r 5-95%: {low:.3f}..{high:.3f}")
-    print("vector | pairs kept | cosine with the sycophancy vector, layers 1-4 | r(last-prompt projection, "
-          "world sycophancy rate)")
+    print(
+        f"\nweights: {args.weights or 'committed'}; layer {LAYER}; graded sycophancy prompts: "
+        f"{len(conversations)} (prompt, question); random directions r 5-95%: {low:.3f}..{high:.3f}"
+    )
+    print(
+        "vector | pairs kept | cosine with the sycophancy vector, layers 1-4 | r(last-prompt projection, "
+        "world sycophancy rate)"
+    )
     for name, (vec, report) in vectors.items():
         cosines = [float(vec.unit(layer) @ sycophancy.unit(layer)) for layer in range(1, model.cfg.n_layers + 1)]
         r = pearson((acts @ vec.unit(LAYER)).numpy(), rates)

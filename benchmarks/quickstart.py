@@ -33,7 +33,7 @@ def readme_quickstart(readme: Path = ROOT / "README.md") -> str:
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     if not (block.startswith("```python\n") and block.endswith("```")):
         raise ValueError(f"the quickstart block in {readme} is not one ```python fenced block")
-    return block[len("```python\n"):-3]
+    return block[len("```python\n") : -3]
 
 
 def run_quickstart(workdir: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
@@ -61,10 +61,12 @@ def main() -> int:
         load_before = os.getloadavg()
         process, wall, cpu = run_quickstart(workdir, env)
         load_after = os.getloadavg()
-    print(f"README quickstart: wall {wall:.0f} s (target {TARGET_S} s: {wall / TARGET_S:.2f}x), CPU {cpu:.0f} s, "
-          f"{os.cpu_count()} cores, load average {load_before[0]:.1f} before / {load_after[0]:.1f} after, "
-          f"model cache {'kept' if args.keep_model_cache else 'empty (conversion included)'}, "
-          f"exit {process.returncode}")
+    print(
+        f"README quickstart: wall {wall:.0f} s (target {TARGET_S} s: {wall / TARGET_S:.2f}x), CPU {cpu:.0f} s, "
+        f"{os.cpu_count()} cores, load average {load_before[0]:.1f} before / {load_after[0]:.1f} after, "
+        f"model cache {'kept' if args.keep_model_cache else 'empty (conversion included)'}, "
+        f"exit {process.returncode}"
+    )
     print(process.stdout)
     if process.returncode:
         print(process.stderr[-4000:], file=sys.stderr)

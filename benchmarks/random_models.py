@@ -11,10 +11,22 @@ import torch
 from persona_lens.core.hooked_model import HookedLM
 
 SHAPES = {
-    "qwen2-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4),
-    "qwen2-small": dict(vocab_size=8192, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2),
+    "qwen2-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+    ),
+    "qwen2-small": dict(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
 }
 
 
@@ -31,6 +43,12 @@ def build_random_qwen2(shape: str, device: str | torch.device, dtype: torch.dtyp
         hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     name = f"random-{shape}"
     config.name_or_path = name
-    tokenizer = build_byte_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=None, eos="<|im_end|>",
-                                     pad="<|endoftext|>", chat_template=QWEN2_TEMPLATE, name=name)
+    tokenizer = build_byte_tokenizer(
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=QWEN2_TEMPLATE,
+        name=name,
+    )
     return HookedLM(hf, tokenizer, model_name=name)

@@ -35,9 +35,15 @@ def main() -> None:
 
     model = load_model(args.model, device="cpu")
     settings = E.GenerationSettings(max_new_tokens=args.tokens, temperature=1.0, batch_size=args.batch)
-    jobs = [E.ReplyJob(f"j{i}", make_messages(f"Question {i}: what do you think of the sea?",
-                                              system="You are a cheerful pirate."), seed=i,
-                       fields={"question_text": "q"}) for i in range(args.units * args.batch)]
+    jobs = [
+        E.ReplyJob(
+            f"j{i}",
+            make_messages(f"Question {i}: what do you think of the sea?", system="You are a cheerful pirate."),
+            seed=i,
+            fields={"question_text": "q"},
+        )
+        for i in range(args.units * args.batch)
+    ]
     units = [(jobs[i : i + args.batch], settings, True) for i in range(0, len(jobs), args.batch)]
     print(f"load average before: {os.getloadavg()}; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}")
     start = time.perf_counter()

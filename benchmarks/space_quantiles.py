@@ -22,8 +22,12 @@ from persona_lens.core.layers import hook_name
 from persona_lens.core.vectors import unit_rows
 from persona_lens.experiments.space import _token_quantiles
 
-REPLIES = ["I like toast and eggs in the morning, with a cup of tea.", "The sea is vast and full of life.",
-           "Music helps me relax after a long day of work.", "A good friend listens and tells the truth."]
+REPLIES = [
+    "I like toast and eggs in the morning, with a cup of tea.",
+    "The sea is vast and full of life.",
+    "Music helps me relax after a long day of work.",
+    "A good friend listens and tells the truth.",
+]
 
 
 def per_direction(model, units, conversations, batch_size):
@@ -34,8 +38,9 @@ def per_direction(model, units, conversations, batch_size):
     for start in range(0, len(conversations), batch_size):
         part = conversations[start : start + batch_size]
         batch = collate(part, int(pad if pad is not None else 0), model.device)
-        recorders = [[RecordProjection(units[m, layer], "all") for layer in range(n_layers + 1)]
-                     for m in range(units.shape[0])]
+        recorders = [
+            [RecordProjection(units[m, layer], "all") for layer in range(n_layers + 1)] for m in range(units.shape[0])
+        ]
         layout = TokenLayout(batch.pad_lengths, batch.prompt_lengths, row_index=torch.arange(len(part)))
         hooks = [(hook_name(layer, n_layers), row[layer]) for row in recorders for layer in range(n_layers + 1)]
         with install_hooks(model, hooks), token_layout(layout):
@@ -46,8 +51,9 @@ def per_direction(model, units, conversations, batch_size):
                 for index, conversation in enumerate(part):
                     values[m][layer].append(table[index, conversation.response_start : conversation.response_end])
     qs = torch.linspace(0, 1, 101)
-    return torch.stack([torch.stack([torch.quantile(torch.cat(v).float(), qs) for v in per_layer])
-                        for per_layer in values])
+    return torch.stack(
+        [torch.stack([torch.quantile(torch.cat(v).float(), qs) for v in per_layer]) for per_layer in values]
+    )
 
 
 def main() -> None:
@@ -63,8 +69,10 @@ def main() -> None:
     shape = (model.cfg.n_layers + 1, model.cfg.d_model)
     units = unit_rows(random_like(torch.ones(shape), args.directions, seed=1))
     questions = ["What do you like?", "Tell me about the sea.", "What helps you relax?", "What is a friend?"]
-    conversations = [encode_conversation(model.tokenizer, make_messages(questions[i % 4]), REPLIES[i % 4])
-                     for i in range(args.conversations)]
+    conversations = [
+        encode_conversation(model.tokenizer, make_messages(questions[i % 4]), REPLIES[i % 4])
+        for i in range(args.conversations)
+    ]
     times = {"one hook per layer": [], "one hook per direction and layer": []}
     for _ in range(args.repeats):  # alternate, so a noisy machine slows both alike
         start = time.perf_counter()
@@ -76,9 +84,11 @@ def main() -> None:
     best = {name: min(values) for name, values in times.items()}
     for name, value in best.items():
         print(f"{name:34s} {value:.3f} s (best of {args.repeats})")
-    print(f"ratio (before / now): {best['one hook per direction and layer'] / best['one hook per layer']:.2f}x; "
-          f"largest difference {float((new - old).abs().max()):.2e}; {args.directions} directions x "
-          f"{model.cfg.n_layers + 1} layers, {args.conversations} conversations")
+    print(
+        f"ratio (before / now): {best['one hook per direction and layer'] / best['one hook per layer']:.2f}x; "
+        f"largest difference {float((new - old).abs().max()):.2e}; {args.directions} directions x "
+        f"{model.cfg.n_layers + 1} layers, {args.conversations} conversations"
+    )
 
 
 if __name__ == "__main__":

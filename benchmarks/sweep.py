@@ -46,10 +46,14 @@ def main() -> None:
         batched = generate(model, questions * len(coefs), max_new_tokens=args.new, batch_size=64).texts
     t_batched = time.perf_counter() - start
     same = sum(a == b for a, b in zip(separate, batched))
-    print(f"{args.model}, layer {layer}, {len(coefs)} coefficients x {len(questions)} questions, {args.new} tokens "
-          f"({torch.get_num_threads()} threads)")
-    print(f"separate runs {t_separate:7.1f} s   one batch {t_batched:7.1f} s   "
-          f"speed-up {t_separate / t_batched:.2f}x   identical replies {same}/{len(batched)}")
+    print(
+        f"{args.model}, layer {layer}, {len(coefs)} coefficients x {len(questions)} questions, {args.new} tokens "
+        f"({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"separate runs {t_separate:7.1f} s   one batch {t_batched:7.1f} s   "
+        f"speed-up {t_separate / t_batched:.2f}x   identical replies {same}/{len(batched)}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,46 +19,64 @@ from typing import TYPE_CHECKING
 from persona_lens.core.lazy import lazy_exports
 from persona_lens.core.version import __version__
 
-__all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    # errors: ``except persona_lens.Error`` catches every error persona_lens raises on purpose
-    "persona_lens.core.errors": ["Error"],
-    # models, chat and generation
-    "persona_lens.core.models": ["load_model"],
-    "persona_lens.core.hooked_model": ["HookedLM"],
-    "persona_lens.core.chat": ["make_messages", "encode_prompt", "encode_conversation", "encode_generated",
-                               "read_chat_jsonl"],
-    "persona_lens.core.generation": ["generate"],
-    # traits and roles (data)
-    "persona_lens.traits.schema": ["Trait", "list_traits", "load_trait"],
-    "persona_lens.traits.roles": ["load_roles"],
-    # vectors, activations, hooks
-    "persona_lens.core.vectors": ["PersonaVector", "load_vector", "save_vector"],
-    "persona_lens.core.activations": ["collect_activations", "contrast_vector"],
-    "persona_lens.core.hooks": ["ablate", "cap", "record", "steer"],
-    "persona_lens.core.norms": ["median_residual_norms"],
-    # controls and statistics
-    "persona_lens.core.controls": ["Baseline", "random_like", "random_directions"],
-    "persona_lens.core.stats": ["auroc", "pearson", "spearman"],
-    # judges
-    "persona_lens.judges.rule": ["RuleJudge"],
-    "persona_lens.judges.cache": ["CachedJudge"],
-    "persona_lens.judges.claude": ["ClaudeJudge"],
-    "persona_lens.judges.local": ["LocalJudge"],
-    "persona_lens.judges.factory": ["build_judges"],
-    # experiments, one per CLI command
-    "persona_lens.experiments.extract": ["ExtractConfig", "ExtractionResult", "extract"],
-    "persona_lens.experiments.steering_sweep": ["SteeringSweepConfig", "SteeringSweepResult", "run_steering_sweep"],
-    "persona_lens.experiments.monitor": ["generate_with_projections", "system_prompt_sweep", "many_shot_sweep"],
-    "persona_lens.experiments.shift": ["ShiftStudy", "shift_study", "compute_shift"],
-    "persona_lens.experiments.screen": ["ScreenConfig", "screen_dataset"],
-    "persona_lens.experiments.finetune": ["FinetuneConfig", "FinetuneResult", "TrainingIntervention", "finetune"],
-    "persona_lens.experiments.export": ["export_control_vector", "read_control_vector"],
-    "persona_lens.experiments.space": ["SpaceConfig", "PersonaSpace", "CapSettings", "build_space",
-                                       "axis_alignment", "project_conversation", "simulate_conversation",
-                                       "compare_drift", "calibrate_cap", "apply_cap", "evaluate_capping"],
-    # figures
-    "persona_lens.viz.figures": ["show", "write_figure"],
-})
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        # errors: ``except persona_lens.Error`` catches every error persona_lens raises on purpose
+        "persona_lens.core.errors": ["Error"],
+        # models, chat and generation
+        "persona_lens.core.models": ["load_model"],
+        "persona_lens.core.hooked_model": ["HookedLM"],
+        "persona_lens.core.chat": [
+            "make_messages",
+            "encode_prompt",
+            "encode_conversation",
+            "encode_generated",
+            "read_chat_jsonl",
+        ],
+        "persona_lens.core.generation": ["generate"],
+        # traits and roles (data)
+        "persona_lens.traits.schema": ["Trait", "list_traits", "load_trait"],
+        "persona_lens.traits.roles": ["load_roles"],
+        # vectors, activations, hooks
+        "persona_lens.core.vectors": ["PersonaVector", "load_vector", "save_vector"],
+        "persona_lens.core.activations": ["collect_activations", "contrast_vector"],
+        "persona_lens.core.hooks": ["ablate", "cap", "record", "steer"],
+        "persona_lens.core.norms": ["median_residual_norms"],
+        # controls and statistics
+        "persona_lens.core.controls": ["Baseline", "random_like", "random_directions"],
+        "persona_lens.core.stats": ["auroc", "pearson", "spearman"],
+        # judges
+        "persona_lens.judges.rule": ["RuleJudge"],
+        "persona_lens.judges.cache": ["CachedJudge"],
+        "persona_lens.judges.claude": ["ClaudeJudge"],
+        "persona_lens.judges.local": ["LocalJudge"],
+        "persona_lens.judges.factory": ["build_judges"],
+        # experiments, one per CLI command
+        "persona_lens.experiments.extract": ["ExtractConfig", "ExtractionResult", "extract"],
+        "persona_lens.experiments.steering_sweep": ["SteeringSweepConfig", "SteeringSweepResult", "run_steering_sweep"],
+        "persona_lens.experiments.monitor": ["generate_with_projections", "system_prompt_sweep", "many_shot_sweep"],
+        "persona_lens.experiments.shift": ["ShiftStudy", "shift_study", "compute_shift"],
+        "persona_lens.experiments.screen": ["ScreenConfig", "screen_dataset"],
+        "persona_lens.experiments.finetune": ["FinetuneConfig", "FinetuneResult", "TrainingIntervention", "finetune"],
+        "persona_lens.experiments.export": ["export_control_vector", "read_control_vector"],
+        "persona_lens.experiments.space": [
+            "SpaceConfig",
+            "PersonaSpace",
+            "CapSettings",
+            "build_space",
+            "axis_alignment",
+            "project_conversation",
+            "simulate_conversation",
+            "compare_drift",
+            "calibrate_cap",
+            "apply_cap",
+            "evaluate_capping",
+        ],
+        # figures
+        "persona_lens.viz.figures": ["show", "write_figure"],
+    },
+)
 
 if TYPE_CHECKING:
     from persona_lens.core.activations import collect_activations, contrast_vector

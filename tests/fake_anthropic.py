@@ -141,8 +141,15 @@ class FakeAnthropic:
     that set ``temperature`` with the 400 that newer models give.
     """
 
-    def __init__(self, reply: Reply | str | list | None = None, *, model: str | None = None,
-                 batch_polls: int = 1, api_key: str | None = None, reject_temperature: bool = False) -> None:
+    def __init__(
+        self,
+        reply: Reply | str | list | None = None,
+        *,
+        model: str | None = None,
+        batch_polls: int = 1,
+        api_key: str | None = None,
+        reject_temperature: bool = False,
+    ) -> None:
         self._reply = _as_reply(reply if reply is not None else "50")
         self.model = model
         self.batch_polls = batch_polls
@@ -170,8 +177,7 @@ class FakeAnthropic:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -278,14 +284,17 @@ class FakeAnthropic:
         if not isinstance(requests, list) or not requests:
             raise _ApiError(400, "invalid_request_error", "requests: must be a non-empty list")
         ids = [r.get("custom_id") for r in requests]
-        if len(set(ids)) != len(ids) or not all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i)
-                                                for i in ids):
-            raise _ApiError(400, "invalid_request_error", "custom_id values must be unique and match "
-                                                          "^[a-zA-Z0-9_-]{1,64}$")
+        if len(set(ids)) != len(ids) or not all(
+            isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids
+        ):
+            raise _ApiError(
+                400, "invalid_request_error", "custom_id values must be unique and match ^[a-zA-Z0-9_-]{1,64}$"
+            )
         for r in requests:
             self._validate(r.get("params"))
-        batch = _Batch(id=f"msgbatch_{uuid.uuid4().hex[:24]}", requests=requests, created_at=_now(),
-                       polls_left=self.batch_polls)
+        batch = _Batch(
+            id=f"msgbatch_{uuid.uuid4().hex[:24]}", requests=requests, created_at=_now(), polls_left=self.batch_polls
+        )
         with self._lock:
             self._batches[batch.id] = batch
         if batch.polls_left <= 0:
@@ -298,8 +307,10 @@ class FakeAnthropic:
             answer = self._answer(r["params"])
             if isinstance(answer, Fault):
                 error_type = answer.error_type if answer.kind == "status" else "api_error"
-                result = {"type": "errored", "error": {"type": "error", "error": {"type": error_type,
-                                                                                  "message": answer.message}}}
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": error_type, "message": answer.message}},
+                }
             else:
                 result = {"type": "succeeded", "message": self._message(r["params"], answer)}
             results.append({"custom_id": r["custom_id"], "result": result})
@@ -339,8 +350,10 @@ class FakeAnthropic:
             "processing_status": "ended" if ended else "in_progress",
             "request_counts": {
                 "processing": 0 if ended else len(batch.requests),
-                "succeeded": kinds["succeeded"], "errored": kinds["errored"],
-                "canceled": kinds["canceled"], "expired": kinds["expired"],
+                "succeeded": kinds["succeeded"],
+                "errored": kinds["errored"],
+                "canceled": kinds["canceled"],
+                "expired": kinds["expired"],
             },
             "created_at": _iso(batch.created_at),
             "expires_at": _iso(batch.created_at + timedelta(hours=24)),
@@ -400,8 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # ---------------------------------------------------------------------------------------- plumbing
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
@@ -421,9 +435,11 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"x-should-retry": "true"} if error.status in (429, 500, 529) else {}
         if error.retry_after is not None:
             headers["retry-after"] = f"{error.retry_after:g}"
-        self._send(error.status, json.dumps({"type": "error", "error": {"type": error.error_type,
-                                                                         "message": error.message}}).encode(),
-                   headers=headers)
+        self._send(
+            error.status,
+            json.dumps({"type": "error", "error": {"type": error.error_type, "message": error.message}}).encode(),
+            headers=headers,
+        )
 
     def _read_json(self) -> Any:
         length = int(self.headers.get("content-length") or 0)
@@ -537,8 +553,7 @@ def _selftest() -> None:  # pragma: no cover - a quick manual check: python test
     with FakeAnthropic(lambda request: "42") as server:
         client = anthropic.Anthropic(base_url=server.url, api_key="test", max_retries=0)
         start = time.perf_counter()
-        reply = client.messages.create(model="claude-test", max_tokens=5,
-                                       messages=[{"role": "user", "content": "hi"}])
+        reply = client.messages.create(model="claude-test", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
         print(reply, time.perf_counter() - start)
 
 

@@ -27,8 +27,16 @@ HANG_S = 30.0  # a hang lasts this long at most (the server's shutdown cuts it s
 
 
 class FakeEngine:
-    def __init__(self, tokenizer: Any, *, name: str = "served-model", reply: str = "Arr, a fine day, matey.",
-                 faults: list[str] | None = None, healthy_first: int = 1, always: str | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        name: str = "served-model",
+        reply: str = "Arr, a fine day, matey.",
+        faults: list[str] | None = None,
+        healthy_first: int = 1,
+        always: str | None = None,
+    ) -> None:
         self.tokenizer, self.name, self.reply = tokenizer, name, reply
         self.faults = list(faults or [])
         self.healthy_first = healthy_first
@@ -90,11 +98,24 @@ class FakeEngine:
                     name = "some-other-model"
                 elif fault == "bad-count":
                     prompt_tokens += 3
-                self._send(200, json.dumps({
-                    "id": "x", "object": "chat.completion", "model": name,
-                    "choices": [{"index": 0, "finish_reason": "stop" if fault == "empty-stop" else "length",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion}}).encode())
+                self._send(
+                    200,
+                    json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "model": name,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop" if fault == "empty-stop" else "length",
+                                    "message": {"role": "assistant", "content": text},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion},
+                        }
+                    ).encode(),
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -16,14 +16,28 @@ from tests.conftest import load_cached
 
 # the builtin each class derived from before the common base: code that catches it keeps working
 BUILTIN = {
-    "TraitError": ValueError, "RoleError": ValueError, "TraitGenerationError": RuntimeError,
-    "MissingAPIKeyError": RuntimeError, "JudgeAuthError": RuntimeError, "BadInput": Exception,
-    "WorkerLost": RuntimeError, "RoleNotPlayed": ValueError, "NonFiniteLossError": ValueError,
-    "TemplateBoundaryError": ValueError, "BadValue": ValueError, "EngineError": RuntimeError,
-    "EngineMismatch": ValueError, "UnreadablePositions": ValueError, "VectorMismatchError": ValueError,
-    "VectorFileError": ValueError, "FolderBusy": RuntimeError, "ResultFileError": ValueError,
-    "EngineHookError": RuntimeError, "EngineUnavailable": RuntimeError,
-    "UnsafeOutput": ValueError, "UnreadableFile": ValueError,
+    "TraitError": ValueError,
+    "RoleError": ValueError,
+    "TraitGenerationError": RuntimeError,
+    "MissingAPIKeyError": RuntimeError,
+    "JudgeAuthError": RuntimeError,
+    "BadInput": Exception,
+    "WorkerLost": RuntimeError,
+    "RoleNotPlayed": ValueError,
+    "NonFiniteLossError": ValueError,
+    "TemplateBoundaryError": ValueError,
+    "BadValue": ValueError,
+    "EngineError": RuntimeError,
+    "EngineMismatch": ValueError,
+    "UnreadablePositions": ValueError,
+    "VectorMismatchError": ValueError,
+    "VectorFileError": ValueError,
+    "FolderBusy": RuntimeError,
+    "ResultFileError": ValueError,
+    "EngineHookError": RuntimeError,
+    "EngineUnavailable": RuntimeError,
+    "UnsafeOutput": ValueError,
+    "UnreadableFile": ValueError,
 }
 
 
@@ -35,8 +49,13 @@ def _public_error_classes() -> dict[str, type[BaseException]]:
             continue
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
-            if (inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name
-                    and not name.startswith("_") and value is not persona_lens.Error):
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == info.name
+                and not name.startswith("_")
+                and value is not persona_lens.Error
+            ):
                 found[name] = value
     return found
 
@@ -80,8 +99,14 @@ def _experiments_failure(tmp_path):
     model = load_cached("tiny-llama")
     data = [[{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"a {i}"}] for i in range(2)]
     huge = TrainingIntervention("steer", torch.ones(model.cfg.n_layers + 1, model.cfg.d_model), layer=1, coef=3e38)
-    finetune(model, data, FinetuneConfig(batch_size=2, lr=1e-3), output_dir=tmp_path / "ft", interventions=[huge],
-             progress=False)
+    finetune(
+        model,
+        data,
+        FinetuneConfig(batch_size=2, lr=1e-3),
+        output_dir=tmp_path / "ft",
+        interventions=[huge],
+        progress=False,
+    )
 
 
 def _cli_failure(tmp_path):
@@ -92,9 +117,13 @@ def _cli_failure(tmp_path):
 
 @pytest.mark.parametrize("package", ["core", "judges", "traits", "experiments", "cli"])
 def test_except_error_catches_a_real_failure_from_each_package(package, tmp_path, monkeypatch):
-    failures = {"core": lambda: _core_failure(tmp_path), "judges": lambda: _judges_failure(tmp_path, monkeypatch),
-                "traits": lambda: _traits_failure(tmp_path, monkeypatch),
-                "experiments": lambda: _experiments_failure(tmp_path), "cli": lambda: _cli_failure(tmp_path)}
+    failures = {
+        "core": lambda: _core_failure(tmp_path),
+        "judges": lambda: _judges_failure(tmp_path, monkeypatch),
+        "traits": lambda: _traits_failure(tmp_path, monkeypatch),
+        "experiments": lambda: _experiments_failure(tmp_path),
+        "cli": lambda: _cli_failure(tmp_path),
+    }
     with pytest.raises(persona_lens.Error) as caught:
         failures[package]()
     assert type(caught.value).__module__.startswith("persona_lens.")

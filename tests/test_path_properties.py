@@ -25,8 +25,18 @@ from persona_lens.cli import main
 from persona_lens.core.vectors import PersonaVector, save_vector
 
 NO_MODEL = "no-such-model-loaded-before-the-check"
-KINDS = ["regular", "folder", "link-to-file", "link-to-folder", "dangling-link", "fifo", "missing", "empty",
-         "long-name", "long-path"]
+KINDS = [
+    "regular",
+    "folder",
+    "link-to-file",
+    "link-to-folder",
+    "dangling-link",
+    "fifo",
+    "missing",
+    "empty",
+    "long-name",
+    "long-path",
+]
 
 # (command line with {P}: the path driven, {V}: a valid vector, {O}: the run folder, {F}: a run file), is P an output
 COMMANDS: list[tuple[str, bool]] = [
@@ -91,8 +101,13 @@ def _snapshot(arena: Path, allowed: Path | None) -> dict[str, tuple]:
             if allowed is not None and (path == allowed or allowed in path.parents):
                 continue
             info = os.lstat(path)
-            content = path.read_bytes() if stat.S_ISREG(info.st_mode) else os.readlink(path) if stat.S_ISLNK(
-                info.st_mode) else None
+            content = (
+                path.read_bytes()
+                if stat.S_ISREG(info.st_mode)
+                else os.readlink(path)
+                if stat.S_ISLNK(info.st_mode)
+                else None
+            )
             seen[str(path.relative_to(arena))] = (stat.S_IFMT(info.st_mode), info.st_size, content)
     return seen
 
@@ -105,8 +120,9 @@ def _alarm(*_):
     raise _Hang("the command blocked (a FIFO read?) for 60 s")
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[template.split(" {")[0] + f"-{i}" for i, (template, _) in
-                                                     enumerate(COMMANDS)])
+@pytest.mark.parametrize(
+    "command", COMMANDS, ids=[template.split(" {")[0] + f"-{i}" for i, (template, _) in enumerate(COMMANDS)]
+)
 @seed(27)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(KINDS))
@@ -120,8 +136,10 @@ def test_every_path_option_with_any_kind_of_path(tmp_path, capsys, monkeypatch, 
     driven = _make(kind, arena)
     template, is_output = command
     out_folder = arena / "run"
-    argv = [part.format(P=driven, V=vector, O=out_folder, F=arena / "data.jsonl") if "{" in part else part
-            for part in template.replace(" M ", f" {NO_MODEL} ").split(" ")]
+    argv = [
+        part.format(P=driven, V=vector, O=out_folder, F=arena / "data.jsonl") if "{" in part else part
+        for part in template.replace(" M ", f" {NO_MODEL} ").split(" ")
+    ]
     # what the command may write: the run folder (or file) it is given, made or replaced in place; never what a link
     # points to, a FIFO, the current folder or any input
     allowed = (Path(driven) if kind in ("folder", "missing", "regular") else None) if is_output else out_folder

@@ -92,8 +92,10 @@ def test_any_bytes_as_a_prompts_file(tmp_path, capsys, raw):
     for suffix in (".txt", ".jsonl"):
         path = tmp_path / f"p{suffix}"
         path.write_bytes(raw)
-        code, err = run_cli(["monitor", "project", "--vector", tmp_path / "v", "--layer", "1", "--prompts", path,
-                             "--model", NO_MODEL], capsys)
+        code, err = run_cli(
+            ["monitor", "project", "--vector", tmp_path / "v", "--layer", "1", "--prompts", path, "--model", NO_MODEL],
+            capsys,
+        )
         assert code == 2 and "Traceback" not in err and err.startswith("error: ")  # bad prompts or no such model
 
 
@@ -110,11 +112,13 @@ def test_any_bytes_as_a_vector_file(tmp_path, raw):
 
 
 @BOUNDED
-@given(values=st.lists(st.floats(width=32), min_size=6, max_size=6),
-       meta_key=st.sampled_from(["n_layers", "d_model", "positions", "settings", "format_version", "trait"]),
-       meta_value=st.text(max_size=12), corrupt=st.booleans())
-def test_vector_files_never_load_or_export_non_finite_values(tmp_path, capsys, values, meta_key, meta_value,
-                                                            corrupt):
+@given(
+    values=st.lists(st.floats(width=32), min_size=6, max_size=6),
+    meta_key=st.sampled_from(["n_layers", "d_model", "positions", "settings", "format_version", "trait"]),
+    meta_value=st.text(max_size=12),
+    corrupt=st.booleans(),
+)
+def test_vector_files_never_load_or_export_non_finite_values(tmp_path, capsys, values, meta_key, meta_value, corrupt):
     tensor = torch.tensor(values, dtype=torch.float32).reshape(2, 3)
     meta = encode_metadata(PersonaVector("t", "tiny-llama", torch.zeros(2, 3), "response"))
     if corrupt:
@@ -172,9 +176,12 @@ OPTIONS = [
     (["sweep"], "--max-new-tokens", validate.positive_int, int),
 ]
 
-numbers = (st.floats(allow_nan=True, allow_infinity=True).map(repr) | st.integers(-5, 5).map(str)
-           | st.sampled_from(["nan", "inf", "-inf", "1e400", "1e308", "0", "-0", "True", "", "0x10", "1_0"])
-           | st.text(max_size=6))
+numbers = (
+    st.floats(allow_nan=True, allow_infinity=True).map(repr)
+    | st.integers(-5, 5).map(str)
+    | st.sampled_from(["nan", "inf", "-inf", "1e400", "1e308", "0", "-0", "True", "", "0x10", "1_0"])
+    | st.text(max_size=6)
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,8 +15,12 @@ import persona_lens
 from benchmarks.quickstart import readme_quickstart
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = sorted(["persona_lens", *(f"persona_lens.{info.name}" for info in pkgutil.iter_modules(persona_lens.__path__)
-                                     if info.ispkg)])
+PACKAGES = sorted(
+    [
+        "persona_lens",
+        *(f"persona_lens.{info.name}" for info in pkgutil.iter_modules(persona_lens.__path__) if info.ispkg),
+    ]
+)
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
@@ -32,8 +36,11 @@ def _deep_imports(code: str) -> list[str]:
     wrong = []
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
-            wrong += [alias.name for alias in node.names
-                      if alias.name.startswith("persona_lens") and alias.name not in PACKAGES]
+            wrong += [
+                alias.name
+                for alias in node.names
+                if alias.name.startswith("persona_lens") and alias.name not in PACKAGES
+            ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("persona_lens"):
             if node.module not in PACKAGES:
                 wrong.append(node.module)
@@ -53,16 +60,39 @@ def test_each_notebook_imports_only_the_public_api(notebook):
 
 
 def test_the_check_finds_a_deep_import():
-    code = ("from persona_lens.core.controls import random_like\nimport persona_lens.core.stats\n"
-            "from persona_lens.core import token_layout\nfrom persona_lens import random_like\n")
-    assert _deep_imports(code) == ["persona_lens.core.controls", "persona_lens.core.stats",
-                                   "persona_lens.core.token_layout"]
+    code = (
+        "from persona_lens.core.controls import random_like\nimport persona_lens.core.stats\n"
+        "from persona_lens.core import token_layout\nfrom persona_lens import random_like\n"
+    )
+    assert _deep_imports(code) == [
+        "persona_lens.core.controls",
+        "persona_lens.core.stats",
+        "persona_lens.core.token_layout",
+    ]
 
 
 def test_the_root_holds_what_a_user_example_needs():
-    needed = {"load_model", "load_trait", "extract", "ExtractConfig", "RuleJudge", "random_like", "steer", "cap",
-              "ablate", "record", "generate", "run_steering_sweep", "build_space", "apply_cap", "Error",
-              "finetune", "shift_study", "screen_dataset", "generate_with_projections"}
+    needed = {
+        "load_model",
+        "load_trait",
+        "extract",
+        "ExtractConfig",
+        "RuleJudge",
+        "random_like",
+        "steer",
+        "cap",
+        "ablate",
+        "record",
+        "generate",
+        "run_steering_sweep",
+        "build_space",
+        "apply_cap",
+        "Error",
+        "finetune",
+        "shift_study",
+        "screen_dataset",
+        "generate_with_projections",
+    }
     assert needed <= set(persona_lens.__all__)
 
 

@@ -25,8 +25,9 @@ def test_readme_quickstart_steers_visibly_and_prints_token_projections(tmp_path)
     script = tmp_path / "quickstart.py"
     script.write_text(readme_quickstart(), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=1800)
+    process = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     out = process.stdout
     scores = dict(re.findall(r"^(unsteered|steered|random direction), pirate score (\d+):", out, flags=re.M))

@@ -49,28 +49,37 @@ def _vector_file(path: Path, model_name: str = "tiny-llama", zero_layer: int | N
 # --- item 1 and 3: numbers -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["sweep", "--coefficients", "0.1,nan"], "must be a finite number"),
-    (["sweep", "--coefficients", "inf"], "must be a finite number"),
-    (["sweep", "--coefficients", "1e400"], "must be a finite number"),
-    (["sweep", "--extract-temperature", "nan"], "--extract-temperature must be a finite number"),
-    (["extract", "pirate", "--trait-threshold", "nan"], "--trait-threshold must be a finite number"),
-    (["extract", "pirate", "--temperature", "nan"], "--temperature must be a finite number"),
-    (["extract", "pirate", "--temperature", "-1"], "--temperature must be >= 0 (0 = greedy)"),
-    (["extract", "pirate", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["extract", "pirate", "--batch-size", "-1"], "--batch-size must be >= 1"),
-    (["extract", "pirate", "--pairs", "-1"], "--pairs must be >= 1"),
-    (["extract", "pirate", "--questions", "-2"], "--questions must be >= 1"),
-    (["extract", "pirate", "--samples", "two"], "--samples must be an integer, got 'two'"),
-    (["finetune", "--data", "d.jsonl", "--out", "o", "--steer-coef", "nan"], "--steer-coef must be a finite"),
-    (["finetune", "--data", "d.jsonl", "--out", "o", "--lr", "inf"], "--lr must be a finite number"),
-    (["screen", "d.jsonl", "--vector", "v", "--layer", "1", "--out", "o", "--top-p", "0"],
-     "--top-p must be in (0, 1]"),
-    (["monitor", "sweep", "--trait", "pirate", "--layer", "1", "--temperature=-inf"],
-     "--temperature must be a finite number"),
-    (["export", "v.safetensors", "--format", "gguf", "--out", "o.gguf", "--coefficient", "nan"],
-     "--coefficient must be a finite number"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sweep", "--coefficients", "0.1,nan"], "must be a finite number"),
+        (["sweep", "--coefficients", "inf"], "must be a finite number"),
+        (["sweep", "--coefficients", "1e400"], "must be a finite number"),
+        (["sweep", "--extract-temperature", "nan"], "--extract-temperature must be a finite number"),
+        (["extract", "pirate", "--trait-threshold", "nan"], "--trait-threshold must be a finite number"),
+        (["extract", "pirate", "--temperature", "nan"], "--temperature must be a finite number"),
+        (["extract", "pirate", "--temperature", "-1"], "--temperature must be >= 0 (0 = greedy)"),
+        (["extract", "pirate", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["extract", "pirate", "--batch-size", "-1"], "--batch-size must be >= 1"),
+        (["extract", "pirate", "--pairs", "-1"], "--pairs must be >= 1"),
+        (["extract", "pirate", "--questions", "-2"], "--questions must be >= 1"),
+        (["extract", "pirate", "--samples", "two"], "--samples must be an integer, got 'two'"),
+        (["finetune", "--data", "d.jsonl", "--out", "o", "--steer-coef", "nan"], "--steer-coef must be a finite"),
+        (["finetune", "--data", "d.jsonl", "--out", "o", "--lr", "inf"], "--lr must be a finite number"),
+        (
+            ["screen", "d.jsonl", "--vector", "v", "--layer", "1", "--out", "o", "--top-p", "0"],
+            "--top-p must be in (0, 1]",
+        ),
+        (
+            ["monitor", "sweep", "--trait", "pirate", "--layer", "1", "--temperature=-inf"],
+            "--temperature must be a finite number",
+        ),
+        (
+            ["export", "v.safetensors", "--format", "gguf", "--out", "o.gguf", "--coefficient", "nan"],
+            "--coefficient must be a finite number",
+        ),
+    ],
+)
 def test_cli_refuses_bad_numbers_with_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, err = run_cli([*argv, "--model", NO_MODEL] if argv[0] in ("sweep", "extract") else argv, capsys)
@@ -91,10 +100,31 @@ def test_cli_and_api_refuse_with_the_same_sentence(capsys):
 def test_batch_size_is_a_recorded_setting(tmp_path, capsys):
     """Item 3: replies made at one batch size are not silently mixed with replies made at another."""
     out = tmp_path / "run"
-    base = ["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule",
-            "--samples", "1", "--questions", "1",
-            "--pairs", "1", "--max-new-tokens", "3", "--quiet", "--out", out, "--extract-coherence-threshold", "0",
-            "--trait-threshold", "0"]
+    base = [
+        "extract",
+        "pirate",
+        "--model",
+        "tiny-llama",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "1",
+        "--pairs",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--quiet",
+        "--out",
+        out,
+        "--extract-coherence-threshold",
+        "0",
+        "--trait-threshold",
+        "0",
+    ]
     code, err = run_cli([*base, "--batch-size", "2"], capsys)
     assert code in (0, 2), err  # the filters may keep no pair on a random model; the replies are on disk either way
     assert json.loads((out / "settings.json").read_text())["batch_size"] == 2
@@ -114,8 +144,22 @@ def test_screen_on_an_empty_or_blank_dataset_is_exit_2(tmp_path, capsys):
     for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n\n")):
         data = tmp_path / name
         data.write_text(text)
-        code, err = run_cli(["screen", data, "--vector", vector, "--layer", "1", "--model", "tiny-llama",
-                             "--out", tmp_path / f"out-{name}", "--quiet"], capsys)
+        code, err = run_cli(
+            [
+                "screen",
+                data,
+                "--vector",
+                vector,
+                "--layer",
+                "1",
+                "--model",
+                "tiny-llama",
+                "--out",
+                tmp_path / f"out-{name}",
+                "--quiet",
+            ],
+            capsys,
+        )
         assert code == 2 and "holds no record" in err and "Traceback" not in err
 
 
@@ -123,8 +167,23 @@ def test_finetune_skips_a_non_utf8_line_and_names_it(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]})
     data.write_bytes(good.encode() + b"\n" + good.encode().replace(b"ho", b"h\xe9") + b"\n" + good.encode() + b"\n")
-    code, err = run_cli(["finetune", "--data", data, "--model", "tiny-llama", "--out", tmp_path / "ft",
-                         "--max-steps", "1", "--quiet", "--batch-size", "1"], capsys)
+    code, err = run_cli(
+        [
+            "finetune",
+            "--data",
+            data,
+            "--model",
+            "tiny-llama",
+            "--out",
+            tmp_path / "ft",
+            "--max-steps",
+            "1",
+            "--quiet",
+            "--batch-size",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert f"{data}:2: skipped: not UTF-8 text" in err
 
@@ -155,26 +214,31 @@ def test_an_over_long_name_is_exit_2(tmp_path, capsys):
 
 
 def test_an_absent_device_is_exit_2(tmp_path, capsys):
-    code, err = run_cli(["extract", "pirate", "--model", "tiny-llama", "--device", "cuda:99", "--out",
-                         tmp_path / "o"], capsys)
+    code, err = run_cli(
+        ["extract", "pirate", "--model", "tiny-llama", "--device", "cuda:99", "--out", tmp_path / "o"], capsys
+    )
     assert code == 2 and "'cuda:99' is not available here" in err
-    code, err = run_cli(["extract", "pirate", "--model", "tiny-llama", "--device", "gpu0", "--out",
-                         tmp_path / "o"], capsys)
+    code, err = run_cli(
+        ["extract", "pirate", "--model", "tiny-llama", "--device", "gpu0", "--out", tmp_path / "o"], capsys
+    )
     assert code == 2 and "unknown device 'gpu0'" in err
 
 
 def test_a_non_utf8_prompts_file_is_exit_2_naming_the_line(tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_bytes(b"hello\nbonjour \xe0 tous\n")
-    code, err = run_cli(["monitor", "project", "--vector", tmp_path / "v", "--layer", "1", "--prompts", prompts,
-                         "--model", NO_MODEL], capsys)
+    code, err = run_cli(
+        ["monitor", "project", "--vector", tmp_path / "v", "--layer", "1", "--prompts", prompts, "--model", NO_MODEL],
+        capsys,
+    )
     assert code == 2 and f"{prompts}:2: not UTF-8 text" in err
 
 
 def test_an_all_zero_vector_layer_is_exit_2(tmp_path, capsys):
     vector = _vector_file(tmp_path / "v.safetensors", zero_layer=1)
-    code, err = run_cli(["monitor", "project", "--vector", vector, "--layer", "1", "--question", "hi",
-                         "--model", "tiny-llama"], capsys)
+    code, err = run_cli(
+        ["monitor", "project", "--vector", vector, "--layer", "1", "--question", "hi", "--model", "tiny-llama"], capsys
+    )
     assert code == 2 and "all zero at layer 1" in err
 
 
@@ -184,8 +248,9 @@ def test_exporting_a_nan_vector_is_exit_2(tmp_path, capsys):
     tensor = torch.randn(3, 8)
     tensor[1, 1] = math.nan
     _raw_vector_file(tmp_path / "nan.safetensors", tensor)
-    code, err = run_cli(["export", tmp_path / "nan.safetensors", "--format", "npz", "--out", tmp_path / "o.npz"],
-                        capsys)
+    code, err = run_cli(
+        ["export", tmp_path / "nan.safetensors", "--format", "npz", "--out", tmp_path / "o.npz"], capsys
+    )
     assert code == 2 and "NaN or infinite" in err and not (tmp_path / "o.npz").exists()
 
 
@@ -199,8 +264,9 @@ def test_absurdly_nested_json_is_a_message_not_a_recursion_error(tmp_path, capsy
     from persona_lens.core.chat import read_chat_jsonl
 
     data = tmp_path / "d.jsonl"
-    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
-                    + nested + "\n")
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n' + nested + "\n"
+    )
     good, bad = read_chat_jsonl(data)
     assert len(good) == 1 and bad[0].line == 2 and "nested too deeply" in bad[0].problem
     # a results file: a damaged middle line names the file and the line
@@ -214,10 +280,30 @@ def test_a_damaged_middle_line_of_the_replies_is_exit_2_naming_file_and_line(tmp
     out = tmp_path / "run"
     out.mkdir()
     (out / "responses.jsonl").write_text('{"key": "a"}\n{"key": \n{"key": "b"}\n')
-    code, err = run_cli(["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule",
-                         "--samples", "1",
-                         "--questions", "1", "--pairs", "1", "--max-new-tokens", "3", "--out", out, "--quiet"],
-                        capsys)
+    code, err = run_cli(
+        [
+            "extract",
+            "pirate",
+            "--model",
+            "tiny-llama",
+            "--judge",
+            "rule",
+            "--coherence",
+            "rule",
+            "--samples",
+            "1",
+            "--questions",
+            "1",
+            "--pairs",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            out,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and "responses.jsonl: line 2" in err
 
 
@@ -265,8 +351,12 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_leaves_no_lock
     from persona_lens.core.io import FolderLock
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = run_cli(["extract", "pirate", "--model", NO_MODEL, "--out", out], capsys)
@@ -321,15 +411,18 @@ def test_finetune_stops_at_the_first_non_finite_loss_keeping_the_last_good_state
 
     model = load_cached("tiny-llama")
     before = {name: p.detach().clone() for name, p in model.hf_model.named_parameters()}
-    data = [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
-            for i in range(4)]
+    data = [
+        [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        for i in range(4)
+    ]
     vector = torch.ones(model.cfg.n_layers + 1, model.cfg.d_model)
     huge = TrainingIntervention("steer", vector, layer=1, coef=3e38)  # finite, but overflows float32 in the model
     out = tmp_path / "ft"
     stopped = r"stopped at step 1 .*(the loss is (nan|inf)|a gradient holds NaN).* kept in"
     with pytest.raises(NonFiniteLossError, match=stopped):
-        finetune(model, data, FinetuneConfig(batch_size=2, lr=1e-3), output_dir=out, interventions=[huge],
-                 progress=False)
+        finetune(
+            model, data, FinetuneConfig(batch_size=2, lr=1e-3), output_dir=out, interventions=[huge], progress=False
+        )
     assert (out / TRAINER_STATE).is_dir() and not (out / "finetune.json").exists()
     for name, param in model.hf_model.named_parameters():  # no step was taken on the NaN loss
         assert torch.isfinite(param).all(), name
@@ -372,8 +465,11 @@ _KILLED_WRITER = textwrap.dedent("""
 def _french_shouting(tmp_path: Path) -> Path:
     data = json.loads((REPO / "traits" / "shouting.json").read_text())
     data["name"] = "shouting_fr"
-    data["questions"]["extract"] = ["Qu'aimes-tu manger au petit-déjeuner ? 🥐", "Quelle est ta couleur préférée ? 🎨",
-                                    *data["questions"]["extract"][2:]]
+    data["questions"]["extract"] = [
+        "Qu'aimes-tu manger au petit-déjeuner ? 🥐",
+        "Quelle est ta couleur préférée ? 🎨",
+        *data["questions"]["extract"][2:],
+    ]
     path = tmp_path / "shouting_fr.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return path
@@ -386,24 +482,37 @@ def test_a_writer_killed_inside_a_multibyte_character_resumes_to_the_identical_r
 
     trait_path = _french_shouting(tmp_path)
     killed = tmp_path / "killed"
-    child = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(trait_path), str(killed)],
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(trait_path), str(killed)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     raw = (killed / "responses.jsonl").read_bytes()
     assert not raw.endswith(b"\n")
     with pytest.raises(UnicodeDecodeError):
         raw.splitlines()[-1].decode("utf-8")  # the torn tail ends inside a character
 
-    config = X.ExtractConfig(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=2,
-                             coherence_threshold=0.0)
+    config = X.ExtractConfig(
+        n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=2, coherence_threshold=0.0
+    )
     model = load_cached("tiny-qwen2")
     trait = load_trait(str(trait_path))
 
     def run(out: Path):
         """The vector (None when no pair passes the filters on this random model) and the replies on disk."""
         try:
-            vector = X.extract(model, trait, judge=RuleJudge("shouting"), coherence_judge=RuleJudge("coherence"),
-                               config=config, out_dir=out, progress=False).vector.vectors
+            vector = X.extract(
+                model,
+                trait,
+                judge=RuleJudge("shouting"),
+                coherence_judge=RuleJudge("coherence"),
+                config=config,
+                out_dir=out,
+                progress=False,
+            ).vector.vectors
         except ValueError as error:
             assert "no pair passed" in str(error)
             vector = None

@@ -89,8 +89,7 @@ def test_export_force_never_replaces_a_special_file_or_link(tmp_path, capsys, ki
 def test_space_cap_refuses_a_special_out_before_loading_anything(tmp_path, capsys):
     files = _special_files(tmp_path)
     for path in files.values():
-        code, err = run_cli(["space", "cap", "--space", tmp_path / "no-space", "--layers", "1", "--out", path],
-                            capsys)
+        code, err = run_cli(["space", "cap", "--space", tmp_path / "no-space", "--layers", "1", "--out", path], capsys)
         assert code == 2 and str(path) in err, err
     _unchanged(files)
 
@@ -113,9 +112,27 @@ def test_a_symlinked_lock_or_records_file_in_a_run_folder_is_refused(tmp_path, c
     responses.jsonl's target."""
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
-    argv = ["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule", "--samples", "1",
-            "--questions", "1", "--pairs", "1", "--max-new-tokens", "3", "--quiet", "--judge-cache",
-            tmp_path / "j.sqlite"]
+    argv = [
+        "extract",
+        "pirate",
+        "--model",
+        "tiny-llama",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "1",
+        "--pairs",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--quiet",
+        "--judge-cache",
+        tmp_path / "j.sqlite",
+    ]
     for name in (FolderLock.NAME, "responses.jsonl", "settings.json"):
         run = tmp_path / f"run-{name}"
         run.mkdir()
@@ -148,12 +165,12 @@ def test_export_gguf_coefficients_beyond_float32_are_exit_2(tmp_path, capsys):
     vector = _vector(tmp_path / "v.safetensors")
     for coefficient, message in (("1e39", "does not fit a float32"), ("3e38", "more than a float32 holds")):
         out = tmp_path / f"{coefficient}.gguf"
-        code, err = run_cli(["export", vector, "--format", "gguf", "--out", out, "--coefficient", coefficient],
-                            capsys)
+        code, err = run_cli(["export", vector, "--format", "gguf", "--out", out, "--coefficient", coefficient], capsys)
         assert code == 2 and message in err and "Traceback" not in err
         assert not out.exists()
-    code, _ = run_cli(["export", vector, "--format", "gguf", "--out", tmp_path / "ok.gguf", "--coefficient", "1e30"],
-                      capsys)
+    code, _ = run_cli(
+        ["export", vector, "--format", "gguf", "--out", tmp_path / "ok.gguf", "--coefficient", "1e30"], capsys
+    )
     assert code == 0  # |v| < 5 here: 1e30 * v fits
 
 
@@ -180,18 +197,41 @@ def test_importers_refuse_non_finite_and_float32_overflow(tmp_path):
 # --- item 5: records edited by hand ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("response_ids", "floats", "field 'response_ids' holds float"),
-    ("response_ids", [-1], "outside the vocabulary"),
-    ("response", 5, "field 'response' must be a string"),
-    ("stopped", "yes", "field 'stopped' must be true or false"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("response_ids", "floats", "field 'response_ids' holds float"),
+        ("response_ids", [-1], "outside the vocabulary"),
+        ("response", 5, "field 'response' must be a string"),
+        ("stopped", "yes", "field 'stopped' must be true or false"),
+    ],
+)
 def test_records_edited_by_hand_are_exit_2_naming_file_line_and_field(tmp_path, capsys, field, value, message):
     """Old main: float token ids gave exit 0 and a wrong vector; wrong types gave tracebacks."""
     out = tmp_path / "run"
-    argv = ["extract", "shouting", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule", "--samples",
-            "1", "--questions", "1", "--pairs", "1", "--max-new-tokens", "3", "--quiet", "--out", out,
-            "--judge-cache", tmp_path / "j.sqlite"]
+    argv = [
+        "extract",
+        "shouting",
+        "--model",
+        "tiny-llama",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "1",
+        "--pairs",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--quiet",
+        "--out",
+        out,
+        "--judge-cache",
+        tmp_path / "j.sqlite",
+    ]
     run_cli(argv, capsys)  # may keep no pair (exit 2): the records are written first
     lines = (out / "responses.jsonl").read_text().splitlines()
     record = json.loads(lines[1])
@@ -226,8 +266,18 @@ def test_drift_files_go_through_the_one_reader_before_any_model(tmp_path, capsys
     """Old main: a non-UTF-8 --user-turns file and a deeply nested --conversation were tracebacks."""
     turns = tmp_path / "turns.txt"
     turns.write_bytes(b"hello\nbonjour \xe9t\xe9\n")
-    common = ["space", "drift", "--space", tmp_path / "no-space", "--model", NO_MODEL, "--layer", "1", "--out",
-              tmp_path / "out"]
+    common = [
+        "space",
+        "drift",
+        "--space",
+        tmp_path / "no-space",
+        "--model",
+        NO_MODEL,
+        "--layer",
+        "1",
+        "--out",
+        tmp_path / "out",
+    ]
     code, err = run_cli([*common, "--user-turns", turns], capsys)
     assert code == 2 and "turns.txt:2: not UTF-8" in err and "Traceback" not in err
     nested = tmp_path / "conversation.jsonl"
@@ -241,8 +291,14 @@ def test_drift_files_go_through_the_one_reader_before_any_model(tmp_path, capsys
 def test_the_missing_value_formatter():
     from persona_lens.core.formatting import format_value
 
-    assert [format_value(v) for v in (0.5, None, math.nan, True, "x", 3)] == ["0.50", "n/a", "n/a", "n/a", "n/a",
-                                                                             "3.00"]
+    assert [format_value(v) for v in (0.5, None, math.nan, True, "x", 3)] == [
+        "0.50",
+        "n/a",
+        "n/a",
+        "n/a",
+        "n/a",
+        "3.00",
+    ]
     assert format_value(1e-320, ".1f") == "0.0" and format_value(None, ".1f", missing="-") == "-"
 
 
@@ -251,9 +307,33 @@ def test_a_sweep_with_every_baseline_reply_unscored_and_a_subnormal_coefficient(
     """Issues 25/26: `sweep --coefficients=1e-320 --questions 1` ended in a TypeError at the baseline summary line
     (french on a random model: no word is recognised, so no reply is scored); every rerun too."""
     vector = _vector(tmp_path / "fr.safetensors", trait="french")
-    argv = ["sweep", "--trait", "french", "--model", "tiny-llama", "--vector", vector, "--judge", "rule",
-            "--coherence", "rule", "--coefficients=1e-320", "--questions", "1", "--layers", "1", "--samples", "1",
-            "--max-new-tokens", "4", "--out", tmp_path / "sweep", "--quiet", "--judge-cache", tmp_path / "j.sqlite"]
+    argv = [
+        "sweep",
+        "--trait",
+        "french",
+        "--model",
+        "tiny-llama",
+        "--vector",
+        vector,
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--coefficients=1e-320",
+        "--questions",
+        "1",
+        "--layers",
+        "1",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        tmp_path / "sweep",
+        "--quiet",
+        "--judge-cache",
+        tmp_path / "j.sqlite",
+    ]
     for _ in range(2):
         code = main([str(a) for a in argv])
         out = capsys.readouterr().out
@@ -273,8 +353,9 @@ def test_finetune_files_follow_the_umask(tmp_path):
     try:
         save_model(model, tmp_path / "model", {"note": "test"})
         parameter = torch.nn.Parameter(torch.ones(2))
-        _save_state(tmp_path / "model" / "trainer_state", {"w": parameter}, torch.optim.SGD([parameter], lr=0.1),
-                    {"step": 1})
+        _save_state(
+            tmp_path / "model" / "trainer_state", {"w": parameter}, torch.optim.SGD([parameter], lr=0.1), {"step": 1}
+        )
     finally:
         os.umask(old)
     written = [p for p in (tmp_path / "model").rglob("*") if p.is_file()]
@@ -314,14 +395,16 @@ def test_ray_options_are_validated_and_a_gpu_that_is_not_there_is_refused_before
 @pytest.mark.slow
 def test_a_ray_cluster_asked_for_what_it_lacks_says_so_at_once(tmp_path):
     pytest.importorskip("ray")
-    script = ("import ray, time\n"
-              "from persona_lens.experiments.executor import RayExecutor\n"
-              "ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)\n"
-              "started = time.monotonic()\n"
-              "try:\n"
-              "    RayExecutor('tiny-llama', address='auto', num_gpus=1).start()\n"
-              "except ValueError as error:\n"
-              "    print('REFUSED', round(time.monotonic() - started, 1), error)\n")
+    script = (
+        "import ray, time\n"
+        "from persona_lens.experiments.executor import RayExecutor\n"
+        "ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    RayExecutor('tiny-llama', address='auto', num_gpus=1).start()\n"
+        "except ValueError as error:\n"
+        "    print('REFUSED', round(time.monotonic() - started, 1), error)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "REFUSED" in done.stdout, done.stderr[-2000:]

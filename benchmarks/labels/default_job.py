@@ -40,16 +40,34 @@ def export(sweep: Path, seed: int) -> None:
     seen, generation = [], []
     for index, (record, condition) in enumerate(picked):
         rid = f"d{index:03d}"
-        seen.append({"id": rid, "trait": trait, "trait_definition": DEFINITIONS.get(trait, trait),
-                     "question": record["question_text"], "reply": record["response"]})
-        generation.append({"id": rid, "condition": condition, "cell": record["cell"], "system": record.get("system"),
-                           "trait_score": record.get("trait_score"), "coherence": record.get("coherence"),
-                           "trait_threshold": config["trait_threshold"],
-                           "coherence_threshold": config["coherence_threshold"], "judges": summary.get("judges")})
+        seen.append(
+            {
+                "id": rid,
+                "trait": trait,
+                "trait_definition": DEFINITIONS.get(trait, trait),
+                "question": record["question_text"],
+                "reply": record["response"],
+            }
+        )
+        generation.append(
+            {
+                "id": rid,
+                "condition": condition,
+                "cell": record["cell"],
+                "system": record.get("system"),
+                "trait_score": record.get("trait_score"),
+                "coherence": record.get("coherence"),
+                "trait_threshold": config["trait_threshold"],
+                "coherence_threshold": config["coherence_threshold"],
+                "judges": summary.get("judges"),
+            }
+        )
     (HERE / "default_job.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in seen))
     (HERE / "default_job_generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in generation))
-    print(f"{len(seen)} replies ({sum(c == 'steered' for _, c in picked)} of cell {cell}, "
-          f"{sum(c == 'prompted' for _, c in picked)} prompted) -> {HERE / 'default_job.jsonl'}")
+    print(
+        f"{len(seen)} replies ({sum(c == 'steered' for _, c in picked)} of cell {cell}, "
+        f"{sum(c == 'prompted' for _, c in picked)} prompted) -> {HERE / 'default_job.jsonl'}"
+    )
 
 
 def report() -> None:
@@ -59,13 +77,17 @@ def report() -> None:
         rows = [g for g in generation.values() if g["condition"] == condition]
         read = [reading[g["id"]] for g in rows if g["id"] in reading]
         both_reader = sum(r["trait_expressed"] and r["coherent"] for r in read) / max(1, len(read))
-        both_judges = sum((g["trait_score"] or 0) >= g["trait_threshold"] and (g["coherence"] or 0)
-                          >= g["coherence_threshold"] for g in rows) / max(1, len(rows))
+        both_judges = sum(
+            (g["trait_score"] or 0) >= g["trait_threshold"] and (g["coherence"] or 0) >= g["coherence_threshold"]
+            for g in rows
+        ) / max(1, len(rows))
         trait_reader = sum(r["trait_expressed"] for r in read) / max(1, len(read))
         coherent_reader = sum(r["coherent"] for r in read) / max(1, len(read))
-        print(f"{condition:8s} ({rows[0]['cell'] if rows else '-'}): trait AND coherent, reader {both_reader:.2f} "
-              f"(trait {trait_reader:.2f}, coherent {coherent_reader:.2f}; {len(read)} of {len(rows)} read), "
-              f"judges {both_judges:.2f}")
+        print(
+            f"{condition:8s} ({rows[0]['cell'] if rows else '-'}): trait AND coherent, reader {both_reader:.2f} "
+            f"(trait {trait_reader:.2f}, coherent {coherent_reader:.2f}; {len(read)} of {len(rows)} read), "
+            f"judges {both_judges:.2f}"
+        )
 
 
 def main() -> int:

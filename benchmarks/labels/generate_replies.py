@@ -43,8 +43,8 @@ TRAITS = ("pirate", "enthusiastic", "french", "shouting")
 #: One sentence per trait: what a reader looks for.
 DEFINITIONS = {
     "pirate": "The reply talks like a storybook pirate (arr, ahoy, matey, ye, aye, me hearties, dropped endings, "
-              "talk of ships, treasure and the sea).",
-    "enthusiastic": "The reply is excited and delighted, exclaiming as it goes (\"I love that! It's amazing!\").",
+    "talk of ships, treasure and the sea).",
+    "enthusiastic": 'The reply is excited and delighted, exclaiming as it goes ("I love that! It\'s amazing!").',
     "french": "The reply is written in French (mostly French words), not English.",
     "shouting": "The reply is written in capital letters, as if yelling (most letters uppercase).",
     "none": "No trait: label coherence only (trait_expressed is always 0 for these rows).",
@@ -66,8 +66,7 @@ def generate_rows(model, rows, norms, directions, args, sampling, *, desc, offse
     with contextlib.ExitStack() as stack:
         for key in sorted({(r[4], r[2]) for r in rows if r[4] is not None}):
             coefs = torch.tensor([float(r[3]) if (r[4], r[2]) == key else 0.0 for r in rows])
-            stack.enter_context(pl.steer(model, directions[key[0]], layer=key[1], coef=coefs,
-                                         residual_norms=norms))
+            stack.enter_context(pl.steer(model, directions[key[0]], layer=key[1], coef=coefs, residual_norms=norms))
         out = pl.generate(model, convs, seeds=seeds, batch_size=args.batch, progress=True, desc=desc, **sampling)
     return out.texts
 
@@ -80,11 +79,19 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=160)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--assemble", action="store_true", help="write the set from the finished shards")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared CPU two threads cost 10x the CPU time)")
-    parser.add_argument("--shard", default="0/1", metavar="K/N",
-                        help="generate only the steered rows with index %% N == K in this process (run N processes, "
-                             "one of them with --assemble; shards > 0 wait for shard 0's unsteered replies)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared CPU two threads cost 10x the CPU time)",
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="K/N",
+        help="generate only the steered rows with index %% N == K in this process (run N processes, "
+        "one of them with --assemble; shards > 0 wait for shard 0's unsteered replies)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shard, shards = (int(x) for x in args.shard.split("/"))
@@ -106,10 +113,15 @@ def main() -> int:
     phase1: list[tuple] = []
     for name, trait in traits.items():
         positive = [p.positive for p in trait.prompt_pairs]
-        phase1 += [(name, "unsteered", None, None, None, questions[(i + 3 * len(phase1)) % len(questions)], None)
-                   for i in range(N_UNSTEERED)]
-        phase1 += [(name, "prompted", None, None, None, q, positive[(i + k) % len(positive)])
-                   for k in range(N_PROMPTED // len(questions)) for i, q in enumerate(questions)]
+        phase1 += [
+            (name, "unsteered", None, None, None, questions[(i + 3 * len(phase1)) % len(questions)], None)
+            for i in range(N_UNSTEERED)
+        ]
+        phase1 += [
+            (name, "prompted", None, None, None, q, positive[(i + k) % len(positive)])
+            for k in range(N_PROMPTED // len(questions))
+            for i, q in enumerate(questions)
+        ]
     phase1 += [("none", "unsteered", None, None, None, q, None) for q in questions]
     cache = args.out / f".phase1-seed{args.seed}.json"  # a rerun after a failure in phase 2 starts there
     while shard > 0 and not cache.exists():
@@ -122,10 +134,16 @@ def main() -> int:
     # each trait's vector: its prompted replies minus the unsteered replies (all of them), response-averaged
     vectors: dict[str, torch.Tensor] = {}
     for name in TRAITS:
-        pos = [[*make_messages(r[5], system=r[6]), {"role": "assistant", "content": t}]
-               for r, t in zip(phase1, texts1) if r[0] == name and r[1] == "prompted" and t.strip()]
-        neg = [[*make_messages(r[5]), {"role": "assistant", "content": t}]
-               for r, t in zip(phase1, texts1) if r[1] == "unsteered" and t.strip()]
+        pos = [
+            [*make_messages(r[5], system=r[6]), {"role": "assistant", "content": t}]
+            for r, t in zip(phase1, texts1)
+            if r[0] == name and r[1] == "prompted" and t.strip()
+        ]
+        neg = [
+            [*make_messages(r[5]), {"role": "assistant", "content": t}]
+            for r, t in zip(phase1, texts1)
+            if r[1] == "unsteered" and t.strip()
+        ]
         vectors[name] = pl.contrast_vector(model, pos, neg, trait=name, batch_size=32).vectors
     directions = dict(vectors)
     for t_index, name in enumerate([*TRAITS, "none"]):
@@ -134,23 +152,46 @@ def main() -> int:
     phase2: list[tuple] = []
     for name in TRAITS:
         for layer in LAYERS:
-            phase2 += [(name, "steered", layer, coef, name, questions[(c * 7 + layer + r) % len(questions)], None)
-                       for c, coef in enumerate(COEFS) for r in range(N_STEERED)]
-            phase2 += [(name, "random", layer, coef, f"random:{name}",
-                        questions[(c * 7 + layer + r + 3) % len(questions)], None)
-                       for c, coef in enumerate(RANDOM_COEFS) for r in range(N_RANDOM)]
+            phase2 += [
+                (name, "steered", layer, coef, name, questions[(c * 7 + layer + r) % len(questions)], None)
+                for c, coef in enumerate(COEFS)
+                for r in range(N_STEERED)
+            ]
+            phase2 += [
+                (
+                    name,
+                    "random",
+                    layer,
+                    coef,
+                    f"random:{name}",
+                    questions[(c * 7 + layer + r + 3) % len(questions)],
+                    None,
+                )
+                for c, coef in enumerate(RANDOM_COEFS)
+                for r in range(N_RANDOM)
+            ]
     for layer in LAYERS:
-        phase2 += [("none", "random", layer, coef, "random:none", questions[(c * 3 + layer + r) % len(questions)],
-                    None) for c, coef in enumerate(DEFAULT_COEFS) for r in range(N_DEFAULT)]
+        phase2 += [
+            ("none", "random", layer, coef, "random:none", questions[(c * 3 + layer + r) % len(questions)], None)
+            for c, coef in enumerate(DEFAULT_COEFS)
+            for r in range(N_DEFAULT)
+        ]
     texts2 = [""] * len(phase2)
     for k in range(shards):
         part = args.out / f".phase2-seed{args.seed}-{k}-of-{shards}.json"
         mine = [i for i in range(len(phase2)) if i % shards == k]
         key = [list(phase2[i]) for i in mine]
         if k == shard and not (part.exists() and json.loads(part.read_text())["rows"] == key):
-            done = generate_rows(model, [phase2[i] for i in mine], norms, directions, args, sampling,
-                                 desc=f"steered replies (shard {k}/{shards})",
-                                 offset=[len(phase1) + i for i in mine])
+            done = generate_rows(
+                model,
+                [phase2[i] for i in mine],
+                norms,
+                directions,
+                args,
+                sampling,
+                desc=f"steered replies (shard {k}/{shards})",
+                offset=[len(phase1) + i for i in mine],
+            )
             write_json_atomic(part, {"rows": key, "texts": done})
         elif k != shard:
             if not args.assemble:
@@ -169,32 +210,73 @@ def main() -> int:
     rows = []
     for index, (row, text) in enumerate(zip([*phase1, *phase2], [*texts1, *texts2])):
         trait, condition, layer, coef, direction, question, system = row
-        rows.append({"trait": trait, "condition": condition, "layer": layer, "coef": coef, "direction": direction,
-                     "system": system, "seed": args.seed * 1_000_003 + index, "question": question,
-                     "reply": text.strip(), "split": split[question]})
+        rows.append(
+            {
+                "trait": trait,
+                "condition": condition,
+                "layer": layer,
+                "coef": coef,
+                "direction": direction,
+                "system": system,
+                "seed": args.seed * 1_000_003 + index,
+                "question": question,
+                "reply": text.strip(),
+                "split": split[question],
+            }
+        )
     random.Random(args.seed + 1).shuffle(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     blinded, records = [], []
     for index, row in enumerate(rows):
         rid = f"r{index:04d}"
-        blinded.append({"id": rid, "trait": row["trait"], "trait_definition": DEFINITIONS[row["trait"]],
-                        "question": row["question"], "reply": row["reply"]})
-        records.append({"id": rid, **{k: row[k] for k in ("trait", "condition", "layer", "coef", "direction",
-                                                          "system", "seed", "split")}})
-    (args.out / "replies.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in blinded),
-                                            encoding="utf-8")
+        blinded.append(
+            {
+                "id": rid,
+                "trait": row["trait"],
+                "trait_definition": DEFINITIONS[row["trait"]],
+                "question": row["question"],
+                "reply": row["reply"],
+            }
+        )
+        records.append(
+            {
+                "id": rid,
+                **{k: row[k] for k in ("trait", "condition", "layer", "coef", "direction", "system", "seed", "split")},
+            }
+        )
+    (args.out / "replies.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in blinded), encoding="utf-8"
+    )
     (args.out / "generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    write_json_atomic(args.out / "settings.json", {
-        "model": args.model, "seed": args.seed, "sampling": sampling, "batch_size": args.batch,
-        "questions": questions, "split": split, "layers": list(LAYERS), "coefs": list(COEFS),
-        "random_coefs": list(RANDOM_COEFS), "default_coefs": list(DEFAULT_COEFS),
-        "vectors": "per trait: mean response activation of its prompted replies minus of all unsteered replies",
-        "median_residual_norm": [float(x) for x in norms],
-        "counts": {"unsteered": N_UNSTEERED, "prompted": N_PROMPTED, "steered": N_STEERED, "random": N_RANDOM,
-                   "default_random": N_DEFAULT}, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "shards": args.shard,
-        "seconds": round(time.perf_counter() - started, 1),
-        "n_replies": len(rows)})
+    write_json_atomic(
+        args.out / "settings.json",
+        {
+            "model": args.model,
+            "seed": args.seed,
+            "sampling": sampling,
+            "batch_size": args.batch,
+            "questions": questions,
+            "split": split,
+            "layers": list(LAYERS),
+            "coefs": list(COEFS),
+            "random_coefs": list(RANDOM_COEFS),
+            "default_coefs": list(DEFAULT_COEFS),
+            "vectors": "per trait: mean response activation of its prompted replies minus of all unsteered replies",
+            "median_residual_norm": [float(x) for x in norms],
+            "counts": {
+                "unsteered": N_UNSTEERED,
+                "prompted": N_PROMPTED,
+                "steered": N_STEERED,
+                "random": N_RANDOM,
+                "default_random": N_DEFAULT,
+            },
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "shards": args.shard,
+            "seconds": round(time.perf_counter() - started, 1),
+            "n_replies": len(rows),
+        },
+    )
     print(f"{len(rows)} replies in {time.perf_counter() - started:.0f} s -> {args.out}")
     return 0
 

@@ -103,14 +103,18 @@ def run_command(func, args: argparse.Namespace) -> int:
     except OSError as error:
         import errno
 
-        fixes = {errno.ENAMETOOLONG: "choose a shorter path (at most 255 bytes a name, 4,095 in all)",
-                 errno.ELOOP: "remove the loop of symbolic links or choose another path",
-                 errno.ENOTDIR: "a part of it is a file, not a folder; choose another path"}
+        fixes = {
+            errno.ENAMETOOLONG: "choose a shorter path (at most 255 bytes a name, 4,095 in all)",
+            errno.ELOOP: "remove the loop of symbolic links or choose another path",
+            errno.ENOTDIR: "a part of it is a file, not a folder; choose another path",
+        }
         if error.errno not in fixes:  # a path given by the user that no file system can use: theirs to fix
             raise
         name = str(error.filename or "a path")
-        print(f"error: {name[:80]}{'...' if len(name) > 80 else ''}: {error.strerror}; {fixes[error.errno]}",
-              file=sys.stderr)
+        print(
+            f"error: {name[:80]}{'...' if len(name) > 80 else ''}: {error.strerror}; {fixes[error.errno]}",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except Exception as error:
         from persona_lens.core.engine import EngineError, EngineMismatch

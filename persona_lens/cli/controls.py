@@ -12,18 +12,34 @@ from persona_lens.cli import BadInput
 __all__ = ["add_control_arguments", "check_controls", "baseline_line"]
 
 
-def add_control_arguments(parser: argparse.ArgumentParser, default: int, *, cost: str = "one matmul on the "
-                          "activations already read", against: bool = True) -> None:
+def add_control_arguments(
+    parser: argparse.ArgumentParser,
+    default: int,
+    *,
+    cost: str = "one matmul on the activations already read",
+    against: bool = True,
+) -> None:
     """``--controls K`` (random directions of the vector's per-layer norm), ``--control-seed`` and, with
     ``against``, ``--against VECTOR`` (other traits' vectors as cross-trait controls)."""
-    parser.add_argument("--controls", type=int, default=default, metavar="K",
-                        help=f"seeded random directions with the vector's per-layer norm, measured beside it "
-                             f"(default {default}; 0: none). Each costs {cost}")
+    parser.add_argument(
+        "--controls",
+        type=int,
+        default=default,
+        metavar="K",
+        help=f"seeded random directions with the vector's per-layer norm, measured beside it "
+        f"(default {default}; 0: none). Each costs {cost}",
+    )
     parser.add_argument("--control-seed", type=int, default=0, help="seed of the random directions (default 0)")
     if against:
-        parser.add_argument("--against", action="append", type=Path, default=[], metavar="VECTOR.safetensors",
-                            help="another trait's vector, measured beside each number as a cross-trait control "
-                                 "(repeat for several; every --vector is also a control of the others)")
+        parser.add_argument(
+            "--against",
+            action="append",
+            type=Path,
+            default=[],
+            metavar="VECTOR.safetensors",
+            help="another trait's vector, measured beside each number as a cross-trait control "
+            "(repeat for several; every --vector is also a control of the others)",
+        )
 
 
 def check_controls(args: argparse.Namespace) -> None:

@@ -57,7 +57,9 @@ def configure_parser(subparsers: Any) -> None:
         "--layers", metavar="SPEC", help="gguf only: layers to export, e.g. 10-20 or 4,8,12 (default: 2..n_layers)"
     )
     parser.add_argument(
-        "--coefficient", type=number_arg("--coefficient"), metavar="A",
+        "--coefficient",
+        type=number_arg("--coefficient"),
+        metavar="A",
         help="gguf only: scale written into the file (default 1.0)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -100,10 +102,16 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(str(error)) from None
 
     try:
-        result = export_vector(vec, args.out, args.format, input=str(args.vector),
-                               layers=parse_layers(args.layers) if args.layers is not None else None,
-                               coefficient=1.0 if args.coefficient is None else args.coefficient,
-                               normalize=args.normalize, model_hint=args.model_hint)
+        result = export_vector(
+            vec,
+            args.out,
+            args.format,
+            input=str(args.vector),
+            layers=parse_layers(args.layers) if args.layers is not None else None,
+            coefficient=1.0 if args.coefficient is None else args.coefficient,
+            normalize=args.normalize,
+            model_hint=args.model_hint,
+        )
     except ValueError as error:
         raise BadInput(str(error)) from None
     except OSError as error:

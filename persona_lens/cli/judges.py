@@ -34,38 +34,76 @@ DEFAULT_SET = Path("benchmarks/labels")
 
 
 def configure_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("judges", help="measure judges against a reader's labels",
-                                   description="Judges measured against readers.")
+    parser = subparsers.add_parser(
+        "judges", help="measure judges against a reader's labels", description="Judges measured against readers."
+    )
     commands = parser.add_subparsers(dest="judges_command", metavar="ACTION")
     evaluate = commands.add_parser(
-        "evaluate", help="agreement of a judge with the labels of a reply set (accuracy, kappa, AUROC, CIs)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_argument("--set", type=Path, default=DEFAULT_SET, metavar="DIR",
-                          help="the labeled set's folder: replies.jsonl, generation.jsonl, reading_*.jsonl "
-                               f"(default {DEFAULT_SET})")
-    evaluate.add_argument("--labels", type=Path, action="append", default=[], metavar="READING.jsonl",
-                          help="a reading (id, trait_expressed, coherent); repeat for several: the reference is "
-                               "the rows they agree on (default: every reading_*.jsonl of --set)")
-    evaluate.add_argument("--judge", choices=EVALUATED_JUDGES, default="offline",
-                          help="offline: the offline coherence judge (the default of every command) and the "
-                               "trait's rule; rule: the rule judges; likelihood: the likelihood coherence judge "
-                               "(calibrates per trait: slow); local: the model judging itself (default offline)")
-    evaluate.add_argument("--scores", type=Path, metavar="SCORES.jsonl",
-                          help="evaluate these scores instead of running a judge: one {\"id\", \"score\"} "
-                               "(0-100 or null) per line; needs --target coherent or trait")
-    evaluate.add_argument("--readers", action="store_true",
-                          help="report the second reading's agreement with the first (inter-reading agreement)")
-    evaluate.add_argument("--target", choices=["coherent", "trait", "both"], default="both",
-                          help="which label to predict (default both)")
+        "evaluate",
+        help="agreement of a judge with the labels of a reply set (accuracy, kappa, AUROC, CIs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument(
+        "--set",
+        type=Path,
+        default=DEFAULT_SET,
+        metavar="DIR",
+        help=f"the labeled set's folder: replies.jsonl, generation.jsonl, reading_*.jsonl (default {DEFAULT_SET})",
+    )
+    evaluate.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="READING.jsonl",
+        help="a reading (id, trait_expressed, coherent); repeat for several: the reference is "
+        "the rows they agree on (default: every reading_*.jsonl of --set)",
+    )
+    evaluate.add_argument(
+        "--judge",
+        choices=EVALUATED_JUDGES,
+        default="offline",
+        help="offline: the offline coherence judge (the default of every command) and the "
+        "trait's rule; rule: the rule judges; likelihood: the likelihood coherence judge "
+        "(calibrates per trait: slow); local: the model judging itself (default offline)",
+    )
+    evaluate.add_argument(
+        "--scores",
+        type=Path,
+        metavar="SCORES.jsonl",
+        help='evaluate these scores instead of running a judge: one {"id", "score"} '
+        "(0-100 or null) per line; needs --target coherent or trait",
+    )
+    evaluate.add_argument(
+        "--readers",
+        action="store_true",
+        help="report the second reading's agreement with the first (inter-reading agreement)",
+    )
+    evaluate.add_argument(
+        "--target", choices=["coherent", "trait", "both"], default="both", help="which label to predict (default both)"
+    )
     evaluate.add_argument("--split", choices=["dev", "test", "all"], default="dev", help="rows to use (default dev)")
-    evaluate.add_argument("--threshold", type=threshold_arg("--threshold"), default=50.0,
-                          help="a score at or above this means yes (default 50)")
-    evaluate.add_argument("--bootstrap", type=seed_arg("--bootstrap"), default=1000,
-                          help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
+    evaluate.add_argument(
+        "--threshold",
+        type=threshold_arg("--threshold"),
+        default=50.0,
+        help="a score at or above this means yes (default 50)",
+    )
+    evaluate.add_argument(
+        "--bootstrap",
+        type=seed_arg("--bootstrap"),
+        default=1000,
+        help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)",
+    )
     evaluate.add_argument("--seed", type=seed_arg("--seed"), default=0, help="bootstrap seed (default 0)")
     evaluate.add_argument("--out", type=Path, metavar="FILE.json", help="also write the reports as JSON here")
-    evaluate.add_argument("--save-scores", type=Path, metavar="FILE.jsonl",
-                          help="write the judge's scores ({id, target, score}) here, to evaluate again with --scores")
+    evaluate.add_argument(
+        "--save-scores",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="write the judge's scores ({id, target, score}) here, to evaluate again with --scores",
+    )
     add_model_options(evaluate)
     evaluate.set_defaults(func=run)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -77,8 +115,9 @@ def _labeled_set(args: argparse.Namespace) -> Any:
     replies, generation = args.set / "replies.jsonl", args.set / "generation.jsonl"
     for path in (replies, generation):
         if not path.is_file():
-            raise BadInput(f"--set {args.set}: no {path.name} there; point --set at a labeled set's folder "
-                           "(benchmarks/labels)")
+            raise BadInput(
+                f"--set {args.set}: no {path.name} there; point --set at a labeled set's folder (benchmarks/labels)"
+            )
     readings = args.labels or sorted(args.set.glob("reading_*.jsonl"))
     if not readings:
         raise BadInput(f"--set {args.set}: no reading_*.jsonl there; pass the readers' files with --labels")
@@ -91,8 +130,11 @@ def _labeled_set(args: argparse.Namespace) -> Any:
         raise BadInput(str(error)) from None
     for path, reading in zip(readings, labeled.readings):
         if len(reading) < len(labeled.replies):  # the reference keeps only the rows every reading labeled
-            print(f"note: {path} labels {len(reading)} of {len(labeled.replies)} replies; the reference uses only "
-                  "the rows every reading labeled (choose readings with --labels)", file=sys.stderr)
+            print(
+                f"note: {path} labels {len(reading)} of {len(labeled.replies)} replies; the reference uses only "
+                "the rows every reading labeled (choose readings with --labels)",
+                file=sys.stderr,
+            )
     return labeled
 
 
@@ -112,8 +154,9 @@ def _read_scores(path: Path) -> dict[str, float | None]:
     return out
 
 
-def _judge_scores(args: argparse.Namespace, labeled: Any, target: str, rows: list[Any], model: Any
-                  ) -> dict[str, float | None]:
+def _judge_scores(
+    args: argparse.Namespace, labeled: Any, target: str, rows: list[Any], model: Any
+) -> dict[str, float | None]:
     """The judge's score of each row (for ``target``), judging each trait's rows with that trait's judges."""
     from persona_lens.judges.base import COHERENCE_RUBRIC
 
@@ -122,8 +165,9 @@ def _judge_scores(args: argparse.Namespace, labeled: Any, target: str, rows: lis
         members = [r for r in rows if r.trait == trait_name]
         trait = None if trait_name == "none" else load_trait_arg(trait_name)
         judge, rubric = _build_judge(args.judge, target, trait, model)
-        for row, score in zip(members, judge.score(rubric if rubric else COHERENCE_RUBRIC,
-                                                   [(r.question, r.reply) for r in members])):
+        for row, score in zip(
+            members, judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
+        ):
             scores[row.id] = score
     return scores
 
@@ -178,12 +222,14 @@ def run(args: argparse.Namespace) -> int:
         if len(labeled.readings) < 2:
             raise BadInput("--readers needs two readings (two reading_*.jsonl in --set, or --labels twice)")
         for target in targets:
-            reports.append(reading_agreement(labeled, target=target, split=args.split, bootstrap=args.bootstrap,
-                                             seed=args.seed))
+            reports.append(
+                reading_agreement(labeled, target=target, split=args.split, bootstrap=args.bootstrap, seed=args.seed)
+            )
     else:
         model = None
-        needs_model = args.scores is None and (args.judge in ("likelihood", "local")
-                                               or (args.judge == "offline" and "coherent" in targets))
+        needs_model = args.scores is None and (
+            args.judge in ("likelihood", "local") or (args.judge == "offline" and "coherent" in targets)
+        )
         if needs_model:
             model = load_model_arg(args)
         saved = []
@@ -196,9 +242,18 @@ def run(args: argparse.Namespace) -> int:
                 scores, name = _judge_scores(args, labeled, target, rows, model), f"{kind} ({target})"
                 saved += [{"id": rid, "target": target, "score": s} for rid, s in scores.items()]
             try:
-                reports.append(evaluate_scores(labeled, scores, target=target, split=args.split,
-                                               threshold=args.threshold, judge=name, bootstrap=args.bootstrap,
-                                               seed=args.seed))
+                reports.append(
+                    evaluate_scores(
+                        labeled,
+                        scores,
+                        target=target,
+                        split=args.split,
+                        threshold=args.threshold,
+                        judge=name,
+                        bootstrap=args.bootstrap,
+                        seed=args.seed,
+                    )
+                )
             except ValueError as error:
                 raise BadInput(f"--scores {args.scores}: {error}" if args.scores else str(error)) from None
         if args.save_scores is not None:

@@ -63,12 +63,15 @@ def _prompts_from_args(args: argparse.Namespace) -> list[list[dict[str, str]]]:
 
 
 def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--question", action="append", metavar="TEXT",
-                        help="a user question (repeat for several)")
+    parser.add_argument("--question", action="append", metavar="TEXT", help="a user question (repeat for several)")
     parser.add_argument("--system", metavar="TEXT", default=None, help="system prompt for every --question")
-    parser.add_argument("--prompts", type=Path, metavar="FILE",
-                        help="prompts file: .txt (one question a line) or .jsonl ({\"messages\": [...]} or "
-                             "{\"question\": ..., \"system\": ...} a line)")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help='prompts file: .txt (one question a line) or .jsonl ({"messages": [...]} or '
+        '{"question": ..., "system": ...} a line)',
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -95,9 +98,11 @@ def configure_parser(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
 
     project = commands.add_parser(
-        "project", help="last-prompt-token projection of prompts on one or more vectors",
+        "project",
+        help="last-prompt-token projection of prompts on one or more vectors",
         description="Print the projection of each prompt's last token (at --layer) on the unit vector of each "
-                    "--vector; no generation.")
+        "--vector; no generation.",
+    )
     add_model_options(project)
     add_vector_arguments(project, trait_option=True)
     add_layer_option(project)
@@ -107,7 +112,8 @@ def configure_parser(subparsers: Any) -> None:
     project.set_defaults(func=run_project)
 
     sweep = commands.add_parser(
-        "sweep", help="system-prompt and/or many-shot sweep: generate, judge, correlate projection with score",
+        "sweep",
+        help="system-prompt and/or many-shot sweep: generate, judge, correlate projection with score",
         description=(
             "For each condition (the trait's 8 graded system prompts, or 0/5/10/15/20 trait examples as earlier "
             "turns) and each eval question: project the last prompt token on each vector, generate --samples "
@@ -115,40 +121,72 @@ def configure_parser(subparsers: Any) -> None:
             "projection with mean score per prompt: overall, within condition (after subtracting condition means; "
             "the paper's Table 2 number) and the mean of per-condition correlations. Writes DIR/<kind>_sweep.json "
             "and one figure per vector."
-        ))
+        ),
+    )
     add_model_options(sweep)
     sweep.add_argument("--trait", required=True, help="trait name or path to its JSON file")
     add_vector_arguments(sweep)
     add_layer_option(sweep)
-    sweep.add_argument("--kind", choices=["system", "many-shot", "both"], default="both",
-                       help="which sweep to run (default both)")
+    sweep.add_argument(
+        "--kind", choices=["system", "many-shot", "both"], default="both", help="which sweep to run (default both)"
+    )
     add_judge_options(sweep)
     sweep.add_argument("--no-coherence", action="store_true", help="do not score coherence (saves judge calls)")
-    sweep.add_argument("--questions", type=count_arg("--questions"), default=None, metavar="N",
-                       help="use the first N eval questions of the trait (default all 20)")
-    sweep.add_argument("--shots", type=parse_int_list, default=[0, 5, 10, 15, 20], metavar="LIST",
-                       help="many-shot conditions: numbers of examples (default 0,5,10,15,20)")
-    add_generation_options(sweep, samples=1, max_new_tokens=128, temperature=1.0, top_p=1.0, seed=0, batch_size=8,
-                           helps={"batch_size": "prompts generated together"})
-    sweep.add_argument("--out", type=out_path, default=None, metavar="DIR",
-                       help="output folder (default: runs/<model>/<trait>/monitor)")
+    sweep.add_argument(
+        "--questions",
+        type=count_arg("--questions"),
+        default=None,
+        metavar="N",
+        help="use the first N eval questions of the trait (default all 20)",
+    )
+    sweep.add_argument(
+        "--shots",
+        type=parse_int_list,
+        default=[0, 5, 10, 15, 20],
+        metavar="LIST",
+        help="many-shot conditions: numbers of examples (default 0,5,10,15,20)",
+    )
+    add_generation_options(
+        sweep,
+        samples=1,
+        max_new_tokens=128,
+        temperature=1.0,
+        top_p=1.0,
+        seed=0,
+        batch_size=8,
+        helps={"batch_size": "prompts generated together"},
+    )
+    sweep.add_argument(
+        "--out",
+        type=out_path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: runs/<model>/<trait>/monitor)",
+    )
     add_control_arguments(sweep, default=100)
     sweep.add_argument("--json", action="store_true", help="print the summary as JSON")
     sweep.set_defaults(func=run_sweep)
 
     tokens = commands.add_parser(
-        "tokens", help="generate replies and colour every token by its projection (HTML)",
+        "tokens",
+        help="generate replies and colour every token by its projection (HTML)",
         description="Generate a reply to each prompt while recording every token's projection on the unit vector "
-                    "at --layer, and write an HTML page with the text coloured by projection (red towards the trait, "
-                    "blue away, relative to the mean over prompt tokens).")
+        "at --layer, and write an HTML page with the text coloured by projection (red towards the trait, "
+        "blue away, relative to the mean over prompt tokens).",
+    )
     add_model_options(tokens)
     add_vector_arguments(tokens, trait_option=True)
     add_layer_option(tokens)
     _add_prompt_arguments(tokens)
     add_generation_options(tokens, max_new_tokens=64, temperature=0.0, seed=0)
     tokens.add_argument("--hide-prompt", action="store_true", help="show reply tokens only")
-    tokens.add_argument("--out", type=out_path, required=True, metavar="FILE.html",
-                        help="HTML page to write (one section per vector; a .json with the numbers beside it)")
+    tokens.add_argument(
+        "--out",
+        type=out_path,
+        required=True,
+        metavar="FILE.html",
+        help="HTML page to write (one section per vector; a .json with the numbers beside it)",
+    )
     tokens.add_argument("--json", action="store_true", help="print the projections as JSON")
     tokens.set_defaults(func=run_tokens)
 
@@ -168,14 +206,22 @@ def run_project(args: argparse.Namespace) -> int:
     check_positive(batch_size=args.batch_size)
     prompts = _prompts_from_args(args)
     model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
-    projections = project_last_prompt(model, prompts, vectors, layer, batch_size=args.batch_size,
-                                      allow_other_model=args.allow_other_model)
+    projections = project_last_prompt(
+        model, prompts, vectors, layer, batch_size=args.batch_size, allow_other_model=args.allow_other_model
+    )
     names = trait_names(vectors)
-    rows = [{"prompt": prompt, "projection": dict(zip(names, values))}
-            for prompt, values in zip(prompts, projections.tolist())]
+    rows = [
+        {"prompt": prompt, "projection": dict(zip(names, values))}
+        for prompt, values in zip(prompts, projections.tolist())
+    ]
     if args.json:
-        print(json.dumps({"model": model.cfg.model_name, "layer": layer, "traits": names, "prompts": rows},
-                         indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"model": model.cfg.model_name, "layer": layer, "traits": names, "prompts": rows},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
     else:
         print("\t".join([*names, "prompt"]))
         for row in rows:
@@ -205,18 +251,25 @@ def draw_sweep(result: Any, out: Path) -> list[Path]:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import monitor_sweep_figures
 
-    return [path for (name, kind), figure in monitor_sweep_figures(result).items()
-            for path in write_figure(figure, out / f"{result.kind}_sweep_{slug(name)}{kind}.html")]
+    return [
+        path
+        for (name, kind), figure in monitor_sweep_figures(result).items()
+        for path in write_figure(figure, out / f"{result.kind}_sweep_{slug(name)}{kind}.html")
+    ]
 
 
 def summarise_sweep(result: Any, data: list[Path], figures: list[Path]) -> dict[str, Any]:
     """The summary printed (``--json``) for one sweep, fresh or loaded."""
     from persona_lens.core.controls import baselines_to_dict
 
-    return {"conditions": result.summary(), "correlations": {t: result.correlations(t) for t in result.traits},
-            "baselines": baselines_to_dict(result.baselines),
-            "controls": {**result.controls, "against": list(result.against)},
-            "data": ", ".join(str(p) for p in data), "figures": [str(p) for p in figures]}
+    return {
+        "conditions": result.summary(),
+        "correlations": {t: result.correlations(t) for t in result.traits},
+        "baselines": baselines_to_dict(result.baselines),
+        "controls": {**result.controls, "against": list(result.against)},
+        "data": ", ".join(str(p) for p in data),
+        "figures": [str(p) for p in figures],
+    }
 
 
 def _print_sweeps(report: dict[str, Any]) -> None:
@@ -225,11 +278,22 @@ def _print_sweeps(report: dict[str, Any]) -> None:
         names = report["traits"]
         print("  " + "\t".join(["condition", "score", "coherence", *(f"proj:{n}" for n in names)]))
         for row in sweep["conditions"]:
-            print("  " + "\t".join([row["condition"], _fmt(row["mean_score"]), _fmt(row["mean_coherence"]),
-                                    *(_fmt(row["mean_projection"][n]) for n in names)]))
+            print(
+                "  "
+                + "\t".join(
+                    [
+                        row["condition"],
+                        _fmt(row["mean_score"]),
+                        _fmt(row["mean_coherence"]),
+                        *(_fmt(row["mean_projection"][n]) for n in names),
+                    ]
+                )
+            )
         for name, corr in sweep["correlations"].items():
-            print(f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
-                  f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}")
+            print(
+                f"  r({name}, score): overall {_fmt(corr['overall'])}, within condition "
+                f"{_fmt(corr['within_condition'])}, mean per condition {_fmt(corr['mean_per_condition'])}"
+            )
             for metric, baseline in sweep["baselines"][name].items():
                 print(f"    {metric}: {baseline_line(baseline)}")
         print(f"  wrote {sweep['data']} and {', '.join(sweep['figures'])}")
@@ -250,15 +314,36 @@ def run_sweep(args: argparse.Namespace) -> int:
     judge, coherence_judge = judges_from_args(args, trait, model)
     out = args.out or default_run_dir(args.model, trait.name) / "monitor"
     lock_out(out)
-    report: dict[str, Any] = {"model": model.cfg.model_name, "trait": trait.name, "layer": layer,
-                              "traits": trait_names(vectors), "judge": judge.judge_id, "sweeps": {}}
+    report: dict[str, Any] = {
+        "model": model.cfg.model_name,
+        "trait": trait.name,
+        "layer": layer,
+        "traits": trait_names(vectors),
+        "judge": judge.judge_id,
+        "sweeps": {},
+    }
     for kind, prompts in plans.items():
-        result = run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, n_samples=args.samples,
-                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, kind=kind,
-                                      coherence_judge=None if args.no_coherence else coherence_judge,
-                                      allow_other_model=args.allow_other_model, controls=args.controls,
-                                      control_seed=args.control_seed, against=against, progress=not args.json)
+        result = run_projection_sweep(
+            model,
+            prompts,
+            vectors,
+            layer,
+            judge,
+            trait.rubric,
+            n_samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            kind=kind,
+            coherence_judge=None if args.no_coherence else coherence_judge,
+            allow_other_model=args.allow_other_model,
+            controls=args.controls,
+            control_seed=args.control_seed,
+            against=against,
+            progress=not args.json,
+        )
         report["sweeps"][kind] = summarise_sweep(result, result.save(out), draw_sweep(result, out))
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -276,9 +361,16 @@ def run_tokens(args: argparse.Namespace) -> int:
     check_out_file(args.out)
     prompts = _prompts_from_args(args)
     model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
-    traces = generate_with_projections(model, prompts, vectors, layer, max_new_tokens=args.max_new_tokens,
-                                       temperature=args.temperature, seed=args.seed,
-                                       allow_other_model=args.allow_other_model)
+    traces = generate_with_projections(
+        model,
+        prompts,
+        vectors,
+        layer,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        allow_other_model=args.allow_other_model,
+    )
     out = args.out if args.out.suffix == ".html" else args.out.with_suffix(".html")
     result = TokenProjections(model.cfg.model_name, layer, trait_names(vectors), traces, out)
     result.save()
@@ -289,7 +381,9 @@ def run_tokens(args: argparse.Namespace) -> int:
     else:
         for trace in traces:
             last = trace.projections[:, trace.prompt_length - 1].tolist()
-            print(f"{trace.response[:70]!r}: last prompt token " + ", ".join(
-                f"{n} {v:.3f}" for n, v in zip(result.traits, last)))
+            print(
+                f"{trace.response[:70]!r}: last prompt token "
+                + ", ".join(f"{n} {v:.3f}" for n, v in zip(result.traits, last))
+            )
         print(f"wrote {out}")
     return EXIT_OK

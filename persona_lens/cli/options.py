@@ -12,20 +12,51 @@ from typing import Any
 from persona_lens.cli import BadInput
 from persona_lens.core.results import slug
 
-__all__ = ["count_arg", "seed_arg", "number_arg", "temperature_arg", "top_p_arg", "probability_arg", "threshold_arg",
-           "add_model_options", "add_judge_options", "add_generation_options", "add_layer_option",
-           "add_vector_arguments", "add_allow_other_model", "load_model_arg", "load_named_model",
-           "load_trait_arg", "load_vectors_arg", "parse_int_list", "parse_float_list", "parse_layer_spec", "slug",
-           "default_run_dir", "out_path", "check_out_dir", "check_out_file", "lock_out", "release_out_locks",
-           "default_vector_paths", "extracted_vectors", "judges_from_args", "check_judge_arg", "read_prompts"]
+__all__ = [
+    "count_arg",
+    "seed_arg",
+    "number_arg",
+    "temperature_arg",
+    "top_p_arg",
+    "probability_arg",
+    "threshold_arg",
+    "add_model_options",
+    "add_judge_options",
+    "add_generation_options",
+    "add_layer_option",
+    "add_vector_arguments",
+    "add_allow_other_model",
+    "load_model_arg",
+    "load_named_model",
+    "load_trait_arg",
+    "load_vectors_arg",
+    "parse_int_list",
+    "parse_float_list",
+    "parse_layer_spec",
+    "slug",
+    "default_run_dir",
+    "out_path",
+    "check_out_dir",
+    "check_out_file",
+    "lock_out",
+    "release_out_locks",
+    "default_vector_paths",
+    "extracted_vectors",
+    "judges_from_args",
+    "check_judge_arg",
+    "read_prompts",
+]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL) -> None:
-    parser.add_argument("--model", default=default,
-                        help="model: 'smollm2-135m-instruct' (embedded default), a tiny-* test model, a local HF "
-                             f"folder or a Hugging Face id (default: {default})")
+    parser.add_argument(
+        "--model",
+        default=default,
+        help="model: 'smollm2-135m-instruct' (embedded default), a tiny-* test model, a local HF "
+        f"folder or a Hugging Face id (default: {default})",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 CPU)")
 
@@ -34,19 +65,31 @@ def add_judge_options(parser: argparse.ArgumentParser, *, coherence: str | None 
     from persona_lens.judges.factory import COHERENCE_KINDS, DEFAULT_COHERENCE
 
     coherence = coherence or DEFAULT_COHERENCE
-    parser.add_argument("--judge", default="auto", choices=["auto", "rule", "claude", "local"],
-                        help="who scores replies: the trait's exact rule, Claude (ANTHROPIC_API_KEY), or the model "
-                             "itself from number-token probabilities; auto = rule when the trait has one, else claude")
+    parser.add_argument(
+        "--judge",
+        default="auto",
+        choices=["auto", "rule", "claude", "local"],
+        help="who scores replies: the trait's exact rule, Claude (ANTHROPIC_API_KEY), or the model "
+        "itself from number-token probabilities; auto = rule when the trait has one, else claude",
+    )
     parser.add_argument("--claude-model", default=None, help="Claude model for --judge claude")
-    parser.add_argument("--judge-cache", type=Path, default=Path("runs/judge_cache.sqlite"),
-                        help="SQLite cache of judge scores shared by all runs (default: runs/judge_cache.sqlite)")
-    parser.add_argument("--coherence", default=coherence, choices=list(COHERENCE_KINDS),
-                        help="who scores coherence: 'offline' (a logistic regression over the unsteered model's "
-                             "likelihoods, word validity, repetition, relevance and the rule, fit to a reader's "
-                             "labels; no calibration; the judge measured closest to a reader), the --judge's own "
-                             "('judge': rule coherence, or the coherence rubric), 'likelihood' (the unsteered "
-                             "model's calibrated likelihood plus a relevance check), 'rule', or 'auto' (likelihood "
-                             f"for rule-measured traits; default: {coherence})")
+    parser.add_argument(
+        "--judge-cache",
+        type=Path,
+        default=Path("runs/judge_cache.sqlite"),
+        help="SQLite cache of judge scores shared by all runs (default: runs/judge_cache.sqlite)",
+    )
+    parser.add_argument(
+        "--coherence",
+        default=coherence,
+        choices=list(COHERENCE_KINDS),
+        help="who scores coherence: 'offline' (a logistic regression over the unsteered model's "
+        "likelihoods, word validity, repetition, relevance and the rule, fit to a reader's "
+        "labels; no calibration; the judge measured closest to a reader), the --judge's own "
+        "('judge': rule coherence, or the coherence rubric), 'likelihood' (the unsteered "
+        "model's calibrated likelihood plus a relevance check), 'rule', or 'auto' (likelihood "
+        f"for rule-measured traits; default: {coherence})",
+    )
 
 
 GENERATION_HELP = {
@@ -59,10 +102,18 @@ GENERATION_HELP = {
 }
 
 
-def add_generation_options(parser: argparse.ArgumentParser, *, samples: int | None = None,
-                           max_new_tokens: int | None = None, temperature: float | None = None,
-                           top_p: float | None = None, seed: int | None = None, batch_size: int | None = None,
-                           prefix: str = "", helps: dict[str, str] | None = None) -> None:
+def add_generation_options(
+    parser: argparse.ArgumentParser,
+    *,
+    samples: int | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    prefix: str = "",
+    helps: dict[str, str] | None = None,
+) -> None:
     """The sampling options every generating command shares, each with its validating type and this command's
     default: ``--samples``, ``--max-new-tokens``, ``--temperature``, ``--top-p``, ``--seed``, ``--batch-size``
     (``--{prefix}samples`` ...). An option whose default is None is not added (the command has no such option).
@@ -84,8 +135,9 @@ def add_generation_options(parser: argparse.ArgumentParser, *, samples: int | No
         if default is None:
             continue
         flag = f"--{prefix}{key.replace('_', '-')}"
-        parser.add_argument(flag, type=arg_type(flag), default=default, help=_with_default(wording[key], default),
-                            **extra)
+        parser.add_argument(
+            flag, type=arg_type(flag), default=default, help=_with_default(wording[key], default), **extra
+        )
 
 
 def _with_default(text: str, default: float) -> str:
@@ -232,30 +284,39 @@ def load_named_model(name: str, args: argparse.Namespace):
         raise BadInput(f"cannot load model {name!r}: {error}") from None
 
 
-VECTOR_DEFAULT_HELP = (" (default: the vector extracted for --trait with --model, i.e. the one "
-                       "runs/<model>/<trait>/extract-*/vector_response.safetensors)")
+VECTOR_DEFAULT_HELP = (
+    " (default: the vector extracted for --trait with --model, i.e. the one "
+    "runs/<model>/<trait>/extract-*/vector_response.safetensors)"
+)
 VECTOR_HELP = "a persona vector saved by persona_lens (repeat for several traits at once)" + VECTOR_DEFAULT_HELP
 
 
-def add_vector_arguments(parser: argparse.ArgumentParser, *, trait_option: bool = False,
-                         vector_help: str = VECTOR_HELP) -> None:
+def add_vector_arguments(
+    parser: argparse.ArgumentParser, *, trait_option: bool = False, vector_help: str = VECTOR_HELP
+) -> None:
     """``--vector`` (repeatable), optional everywhere: without it the vector extracted for ``--trait`` is used
     (:func:`default_vector_paths`). ``trait_option=True`` adds a ``--trait`` for commands that have none;
     ``vector_help`` says what a command does with it and without it."""
-    parser.add_argument("--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors",
-                        help=vector_help)
+    parser.add_argument(
+        "--vector", dest="vectors", action="append", type=Path, metavar="VECTOR.safetensors", help=vector_help
+    )
     if trait_option:
-        parser.add_argument("--trait", default=None,
-                            help="use the vector extracted for this trait (and --model) when no --vector is given")
+        parser.add_argument(
+            "--trait",
+            default=None,
+            help="use the vector extracted for this trait (and --model) when no --vector is given",
+        )
     add_allow_other_model(parser)
 
 
 def add_allow_other_model(parser: argparse.ArgumentParser) -> None:
     """``--allow-other-model``: the one switch that lets a vector of another model of the same shape through
     (``load_vectors_arg(..., allow_other_model=args.allow_other_model)``)."""
-    parser.add_argument("--allow-other-model", action="store_true",
-                        help="accept vectors extracted from another model with the same shape (e.g. the base of a "
-                             "finetune)")
+    parser.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="accept vectors extracted from another model with the same shape (e.g. the base of a finetune)",
+    )
 
 
 def load_vectors_arg(paths: list[Path], model: Any = None, allow_other_model: bool = False) -> list[Any]:
@@ -292,8 +353,10 @@ def load_model_layer_vectors(args: argparse.Namespace, vector_paths: list[Path])
     vectors = load_vectors_arg(vector_paths, model, args.allow_other_model)
     for path, vec in zip(vector_paths, vectors):
         if not bool(vec.vectors[layer].any()):
-            raise BadInput(f"{path}: the vector is all zero at layer {layer}, so it has no direction there (a "
-                           "last_prompt vector's layer 0 always is); choose another --layer")
+            raise BadInput(
+                f"{path}: the vector is all zero at layer {layer}, so it has no direction there (a "
+                "last_prompt vector's layer 0 always is); choose another --layer"
+            )
     return model, layer, vectors
 
 
@@ -333,12 +396,16 @@ def default_vector_paths(args: argparse.Namespace, trait_name: str | None) -> li
         raise BadInput("give --vector FILE, or --trait NAME to use the vector extracted for that trait")
     found = extracted_vectors(default_run_dir(args.model, trait_name))
     if not found:
-        raise BadInput(f"no --vector given and no vector extracted for {trait_name!r} with {args.model} under "
-                       f"{default_run_dir(args.model, trait_name)}/extract*; run `python -m persona_lens extract "
-                       f"{trait_name} --model {args.model}` first, or pass --vector FILE")
+        raise BadInput(
+            f"no --vector given and no vector extracted for {trait_name!r} with {args.model} under "
+            f"{default_run_dir(args.model, trait_name)}/extract*; run `python -m persona_lens extract "
+            f"{trait_name} --model {args.model}` first, or pass --vector FILE"
+        )
     if len(found) > 1:
-        raise BadInput(f"several vectors were extracted for {trait_name!r} with {args.model} (other settings): "
-                       f"{', '.join(map(str, found))}; choose one with --vector")
+        raise BadInput(
+            f"several vectors were extracted for {trait_name!r} with {args.model} (other settings): "
+            f"{', '.join(map(str, found))}; choose one with --vector"
+        )
     return found
 
 
@@ -352,16 +419,24 @@ def check_judge_arg(args: argparse.Namespace, trait: Any) -> None:
         raise BadInput(str(error)) from None
 
 
-def judges_from_args(args: argparse.Namespace, trait: Any, model: Any = None,
-                     calibration: Path | None = None) -> tuple[Any, Any]:
+def judges_from_args(
+    args: argparse.Namespace, trait: Any, model: Any = None, calibration: Path | None = None
+) -> tuple[Any, Any]:
     """``(trait judge, coherence judge)`` from the shared ``--judge/--claude-model/--judge-cache/--coherence``
     options; a likelihood coherence judge's calibration is kept at ``calibration``."""
     from persona_lens.judges.factory import build_judges
 
     try:
-        return build_judges(args.judge, trait, cache=args.judge_cache, model=model, claude_model=args.claude_model,
-                            coherence=getattr(args, "coherence", "offline"), calibration=calibration,
-                            progress=not getattr(args, "quiet", False))
+        return build_judges(
+            args.judge,
+            trait,
+            cache=args.judge_cache,
+            model=model,
+            claude_model=args.claude_model,
+            coherence=getattr(args, "coherence", "offline"),
+            calibration=calibration,
+            progress=not getattr(args, "quiet", False),
+        )
     except ValueError as error:
         raise BadInput(str(error)) from None
 
@@ -402,8 +477,9 @@ def read_prompts(path: Path) -> list[list[dict[str, str]]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    raise BadInput(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line); save the "
-                                   "file as UTF-8") from None
+                    raise BadInput(
+                        f"{path}:{number}: not UTF-8 text (byte {error.start} of the line); save the file as UTF-8"
+                    ) from None
                 if line.strip():
                     prompts.append(make_messages(line.rstrip("\r\n")))
     if not prompts:
@@ -437,8 +513,9 @@ def out_path(text: str) -> Path:
     """The ``type`` of every ``--out``: a path, never empty (``Path("")`` would be the current folder, and a run's
     files would land in it)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("the output path is empty; give a folder or file name (for the current "
-                                         "folder, '.')")
+        raise argparse.ArgumentTypeError(
+            "the output path is empty; give a folder or file name (for the current folder, '.')"
+        )
     return Path(text)
 
 

@@ -40,16 +40,24 @@ DESCRIPTION = """\
 
 
 def configure_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("roles", help="create (with Claude), list, show and validate the role files of a "
-                                                 "persona space", description=DESCRIPTION,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "roles",
+        help="create (with Claude), list, show and validate the role files of a persona space",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="roles_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _print_help(parser))
 
     new = commands.add_parser("new", help="generate a role file with Claude from a name and a description")
     add_new_arguments(new, "role", "lighthouse_keeper", Path("traits") / "roles")
-    new.add_argument("--prompts", type=count_arg("--prompts"), default=5, metavar="N",
-                     help="how many system-prompt variants to ask for (default: 5, as in the Assistant-axis paper)")
+    new.add_argument(
+        "--prompts",
+        type=count_arg("--prompts"),
+        default=5,
+        metavar="N",
+        help="how many system-prompt variants to ask for (default: 5, as in the Assistant-axis paper)",
+    )
     new.set_defaults(func=run_new)
 
     add_catalogue_commands(commands, "role", run_list, run_show, run_validate)
@@ -79,9 +87,17 @@ def run_list(args: argparse.Namespace) -> int:
         except RoleError as error:
             rows.append({"name": name, "valid": False, "default": None, "description": None, "error": str(error)})
         else:
-            rows.append({"name": name, "path": str(role.source), "valid": True, "default": role.default,
-                         "description": role.description, "error": None,
-                         "label": "[default] " if role.default else ""})
+            rows.append(
+                {
+                    "name": name,
+                    "path": str(role.source),
+                    "valid": True,
+                    "default": role.default,
+                    "description": role.description,
+                    "error": None,
+                    "label": "[default] " if role.default else "",
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -99,10 +115,18 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(role_to_dict(role), indent=2, ensure_ascii=False))
         return EXIT_OK
-    lines = [f"role: {role.name}" + (" (the default persona)" if role.default else ""), f"file: {role.source}", "",
-             role.description, "", "system prompts:"]
-    lines += [f"  {i}. {prompt if prompt is not None else '(no system prompt)'}"
-              for i, prompt in enumerate(role.system_prompts, 1)]
+    lines = [
+        f"role: {role.name}" + (" (the default persona)" if role.default else ""),
+        f"file: {role.source}",
+        "",
+        role.description,
+        "",
+        "system prompts:",
+    ]
+    lines += [
+        f"  {i}. {prompt if prompt is not None else '(no system prompt)'}"
+        for i, prompt in enumerate(role.system_prompts, 1)
+    ]
     lines += ["", "rubric:"] + [f"  {line}" for line in role.rubric.splitlines()]
     if role.jailbreaks:
         lines += ["", "jailbreaks:"] + [f"  {i}. {text}" for i, text in enumerate(role.jailbreaks, 1)]

@@ -12,34 +12,71 @@ __all__ = ["add_scale_options", "check_scale_args", "executor_from_args"]
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="run the generate calls on Ray workers, each holding its own copy of --model: no "
-                             "ADDRESS starts a local cluster; 'auto' or ray://HOST:PORT joins a running one. Same "
-                             "results as without; resumable as without")
-    parser.add_argument("--ray-workers", type=count_arg("--ray-workers"), default=2, metavar="N",
-                        help="Ray workers (default 2)")
-    parser.add_argument("--ray-gpus", type=number_arg("--ray-gpus", minimum=0), default=0, metavar="G",
-                        help="GPUs reserved per Ray worker (default 0; 1 on a GPU cluster); refused before Ray "
-                             "starts where the cluster has fewer")
-    parser.add_argument("--ray-cpus", type=number_arg("--ray-cpus", above=0), default=1, metavar="C",
-                        help="CPUs per Ray worker (default 1)")
-    parser.add_argument("--engine", default=None, metavar="URL|vllm",
-                        help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
-                             "--model makes the unsteered replies; activations are still read here. Checked to serve "
-                             "the same tokenizer and chat template. 'vllm': an in-process vLLM engine of --model "
-                             "makes the steered replies too (needs vllm: scripts/setup_vllm.sh)")
-    parser.add_argument("--engine-model", default=None, metavar="NAME",
-                        help="the served model name to ask for (default: the only one the server lists)")
-    parser.add_argument("--engine-concurrency", type=count_arg("--engine-concurrency"), default=8, metavar="N",
-                        help="requests in flight at once (default 8)")
-    parser.add_argument("--engine-timeout", type=number_arg("--engine-timeout", above=0), default=None,
-                        metavar="SECONDS",
-                        help="seconds without any answer from the engine before the run stops with an error "
-                             "naming the server (default: 60 + 0.5 per requested token); 429, 5xx and dropped "
-                             "connections are retried 3 times with backoff first")
-    parser.add_argument("--engine-any-name", action="store_true",
-                        help="accept replies that name another model than the one asked for (a server that reports "
-                             "an alias); the prompt token counts are still checked")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the generate calls on Ray workers, each holding its own copy of --model: no "
+        "ADDRESS starts a local cluster; 'auto' or ray://HOST:PORT joins a running one. Same "
+        "results as without; resumable as without",
+    )
+    parser.add_argument(
+        "--ray-workers", type=count_arg("--ray-workers"), default=2, metavar="N", help="Ray workers (default 2)"
+    )
+    parser.add_argument(
+        "--ray-gpus",
+        type=number_arg("--ray-gpus", minimum=0),
+        default=0,
+        metavar="G",
+        help="GPUs reserved per Ray worker (default 0; 1 on a GPU cluster); refused before Ray "
+        "starts where the cluster has fewer",
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=number_arg("--ray-cpus", above=0),
+        default=1,
+        metavar="C",
+        help="CPUs per Ray worker (default 1)",
+    )
+    parser.add_argument(
+        "--engine",
+        default=None,
+        metavar="URL|vllm",
+        help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
+        "--model makes the unsteered replies; activations are still read here. Checked to serve "
+        "the same tokenizer and chat template. 'vllm': an in-process vLLM engine of --model "
+        "makes the steered replies too (needs vllm: scripts/setup_vllm.sh)",
+    )
+    parser.add_argument(
+        "--engine-model",
+        default=None,
+        metavar="NAME",
+        help="the served model name to ask for (default: the only one the server lists)",
+    )
+    parser.add_argument(
+        "--engine-concurrency",
+        type=count_arg("--engine-concurrency"),
+        default=8,
+        metavar="N",
+        help="requests in flight at once (default 8)",
+    )
+    parser.add_argument(
+        "--engine-timeout",
+        type=number_arg("--engine-timeout", above=0),
+        default=None,
+        metavar="SECONDS",
+        help="seconds without any answer from the engine before the run stops with an error "
+        "naming the server (default: 60 + 0.5 per requested token); 429, 5xx and dropped "
+        "connections are retried 3 times with backoff first",
+    )
+    parser.add_argument(
+        "--engine-any-name",
+        action="store_true",
+        help="accept replies that name another model than the one asked for (a server that reports "
+        "an alias); the prompt token counts are still checked",
+    )
 
 
 def check_scale_args(args: argparse.Namespace) -> None:
@@ -52,12 +89,16 @@ def check_scale_args(args: argparse.Namespace) -> None:
     from persona_lens.experiments.executor import local_resources
 
     gpus, cpus = local_resources()
-    for flag, asked, has, what in (("--ray-gpus", args.ray_gpus, gpus, "GPU"), ("--ray-cpus", args.ray_cpus, cpus,
-                                                                                "CPU")):
+    for flag, asked, has, what in (
+        ("--ray-gpus", args.ray_gpus, gpus, "GPU"),
+        ("--ray-cpus", args.ray_cpus, cpus, "CPU"),
+    ):
         if asked > has:
-            raise BadInput(f"{flag} {asked:g}: each Ray worker asks for {asked:g} {what}s, but the local cluster "
-                           f"would have {gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most "
-                           f"{has} (--ray-gpus 0 without a GPU)")
+            raise BadInput(
+                f"{flag} {asked:g}: each Ray worker asks for {asked:g} {what}s, but the local cluster "
+                f"would have {gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most "
+                f"{has} (--ray-gpus 0 without a GPU)"
+            )
 
 
 def executor_from_args(args: argparse.Namespace) -> Any:
@@ -72,8 +113,15 @@ def executor_from_args(args: argparse.Namespace) -> Any:
             return EngineExecutor(_vllm_engine(args))
         from persona_lens.core.engine import OpenAIEngine
 
-        return EngineExecutor(OpenAIEngine(args.engine, model=args.engine_model, concurrency=args.engine_concurrency,
-                                           timeout=args.engine_timeout, allow_other_name=args.engine_any_name))
+        return EngineExecutor(
+            OpenAIEngine(
+                args.engine,
+                model=args.engine_model,
+                concurrency=args.engine_concurrency,
+                timeout=args.engine_timeout,
+                allow_other_name=args.engine_any_name,
+            )
+        )
     if getattr(args, "ray", None) is None:
         return None
     if getattr(args, "_executor", None) is not None:  # one set of workers per command (they hold the cluster's CPUs)
@@ -81,10 +129,14 @@ def executor_from_args(args: argparse.Namespace) -> Any:
     check_scale_args(args)
     from persona_lens.experiments.executor import RayExecutor
 
-    args._executor = RayExecutor(args.model, load_kwargs={"device": getattr(args, "device", None),
-                                                          "dtype": getattr(args, "dtype", None)},
-                                 address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
-                                 num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
+    args._executor = RayExecutor(
+        args.model,
+        load_kwargs={"device": getattr(args, "device", None), "dtype": getattr(args, "dtype", None)},
+        address=None if args.ray == "local" else args.ray,
+        workers=args.ray_workers,
+        num_cpus=args.ray_cpus,
+        num_gpus=args.ray_gpus,
+    )
     return args._executor
 
 
@@ -94,8 +146,10 @@ def _vllm_engine(args: argparse.Namespace) -> Any:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise BadInput("--engine vllm needs vLLM in this environment: run bash scripts/setup_vllm.sh and use "
-                           ".venv-vllm/bin/python (or give --engine the URL of a running server)") from None
+            raise BadInput(
+                "--engine vllm needs vLLM in this environment: run bash scripts/setup_vllm.sh and use "
+                ".venv-vllm/bin/python (or give --engine the URL of a running server)"
+            ) from None
         from persona_lens.core.vllm_engine import VLLMEngine
 
         args._vllm_engine = VLLMEngine()

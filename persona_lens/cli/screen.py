@@ -41,37 +41,71 @@ DESCRIPTION = (
 
 
 def configure_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("screen", help="rank dataset samples by projection difference (dP) before "
-                                                  "finetuning on them", description=DESCRIPTION)
-    parser.add_argument("data", nargs="+", type=Path, metavar="DATA.jsonl",
-                        help="chat datasets, one {\"messages\": [...]} conversation a line (last message from the "
-                             "assistant)")
+    parser = subparsers.add_parser(
+        "screen",
+        help="rank dataset samples by projection difference (dP) before finetuning on them",
+        description=DESCRIPTION,
+    )
+    parser.add_argument(
+        "data",
+        nargs="+",
+        type=Path,
+        metavar="DATA.jsonl",
+        help='chat datasets, one {"messages": [...]} conversation a line (last message from the assistant)',
+    )
     add_model_options(parser)
     add_vector_arguments(parser, trait_option=True)
     add_layer_option(parser)
     parser.add_argument("--out", type=out_path, required=True, metavar="DIR", help="output folder")
-    add_generation_options(parser, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=0, batch_size=8,
-                           helps={"max_new_tokens": "base response length limit",
-                                  "temperature": "base response sampling temperature (0: greedy, independent of "
-                                                 "batching)",
-                                  "batch_size": "conversations per forward / generation batch"})
-    parser.add_argument("--chunk-size", type=count_arg("--chunk-size"), default=64,
-                        help="records read, scored and appended at a time (bounds memory; default 64)")
-    parser.add_argument("--max-tokens", type=count_arg("--max-tokens"), default=2048,
-                        help="a record whose prompt or conversation is longer than this many tokens is reported "
-                             "as bad (default 2048)")
-    parser.add_argument("--limit", type=count_arg("--limit"),
-                        default=None, metavar="N", help="screen only the first N records")
-    parser.add_argument("--cache", type=Path, default=None, metavar="PATH.sqlite",
-                        help="base-response cache, shareable across datasets and runs "
-                             "(default: DIR/base_responses.sqlite)")
-    parser.add_argument("--rank-by", choices=["dp", "dp_last_prompt"], default="dp",
-                        help="score used for ranking (default dp)")
-    parser.add_argument("--top", type=count_arg("--top"), default=None, metavar="K",
-                        help="export only the K highest-ranked samples (default: all)")
+    add_generation_options(
+        parser,
+        max_new_tokens=256,
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        batch_size=8,
+        helps={
+            "max_new_tokens": "base response length limit",
+            "temperature": "base response sampling temperature (0: greedy, independent of batching)",
+            "batch_size": "conversations per forward / generation batch",
+        },
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=count_arg("--chunk-size"),
+        default=64,
+        help="records read, scored and appended at a time (bounds memory; default 64)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=count_arg("--max-tokens"),
+        default=2048,
+        help="a record whose prompt or conversation is longer than this many tokens is reported as bad (default 2048)",
+    )
+    parser.add_argument(
+        "--limit", type=count_arg("--limit"), default=None, metavar="N", help="screen only the first N records"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="PATH.sqlite",
+        help="base-response cache, shareable across datasets and runs (default: DIR/base_responses.sqlite)",
+    )
+    parser.add_argument(
+        "--rank-by", choices=["dp", "dp_last_prompt"], default="dp", help="score used for ranking (default dp)"
+    )
+    parser.add_argument(
+        "--top",
+        type=count_arg("--top"),
+        default=None,
+        metavar="K",
+        help="export only the K highest-ranked samples (default: all)",
+    )
     parser.add_argument("--bins", type=count_arg("--bins"), default=50, help="histogram bins (default 50)")
-    add_control_arguments(parser, default=100, cost="one matmul on the activations already read, and K numbers "
-                          "a row in the scores file")
+    add_control_arguments(
+        parser, default=100, cost="one matmul on the activations already read, and K numbers a row in the scores file"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_scale_options(parser)
@@ -101,18 +135,25 @@ def draw(result: Any, out: Path, bins: int = 50) -> list[Path]:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import screen_figures
 
-    return [path for name, figure in screen_figures(result, out, bins=bins).items()
-            for path in write_figure(figure, out / name)]
+    return [
+        path
+        for name, figure in screen_figures(result, out, bins=bins).items()
+        for path in write_figure(figure, out / name)
+    ]
 
 
 def _print(report: dict[str, Any], out: Path) -> None:
     for name, summary in report["datasets"].items():
-        print(f"{name}: {summary['n_ok']} screened, {summary['n_bad']} bad records, "
-              f"{summary['base_responses_generated']} base responses generated, "
-              f"{summary['base_responses_cached']} from the cache")
+        print(
+            f"{name}: {summary['n_ok']} screened, {summary['n_bad']} bad records, "
+            f"{summary['base_responses_generated']} base responses generated, "
+            f"{summary['base_responses_cached']} from the cache"
+        )
         for trait in summary["traits"]:
-            print(f"  {trait}: mean dP {_fmt(summary['mean_dp'][trait])}, mean dP(last prompt token) "
-                  f"{_fmt(summary['mean_dp_last_prompt'][trait])} over {summary['n_scored'][trait]} samples")
+            print(
+                f"  {trait}: mean dP {_fmt(summary['mean_dp'][trait])}, mean dP(last prompt token) "
+                f"{_fmt(summary['mean_dp_last_prompt'][trait])} over {summary['n_scored'][trait]} samples"
+            )
             for record in summary["baselines"].get(trait, {}).values():
                 print(f"    {baseline_line(record)}")
         for problem in summary["problems"][:20]:
@@ -122,8 +163,10 @@ def _print(report: dict[str, Any], out: Path) -> None:
     for trait, comparison in report["comparison"].items():
         for key in ("dp", "dp_last_prompt"):
             for name, value in comparison[f"auroc_{key}"].items():
-                print(f"AUROC of {key} on {trait}, {name} vs {comparison['reference']}: "
-                      f"{'n/a' if value is None else f'{value:.3f}'}")
+                print(
+                    f"AUROC of {key} on {trait}, {name} vs {comparison['reference']}: "
+                    f"{'n/a' if value is None else f'{value:.3f}'}"
+                )
                 for record in comparison[f"baselines_{key}"][name].values():
                     print(f"    {baseline_line(record)}")
     print(f"wrote {out / 'screen_report.json'} and the files listed there")
@@ -146,14 +189,32 @@ def run(args: argparse.Namespace) -> int:
     model, layer, vectors = load_model_layer_vectors(args, default_vector_paths(args, args.trait))
     vectors += load_vectors_arg(args.against, model, args.allow_other_model)  # screened too: cross-trait controls
     try:
-        config = ScreenConfig(layer=layer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                              chunk_size=args.chunk_size, max_tokens=args.max_tokens, controls=args.controls,
-                              control_seed=args.control_seed)
-        result = screen_datasets(model, dict(zip(_names(list(args.data)), args.data)), vectors, args.out, config,
-                                 cache_path=args.cache or args.out / "base_responses.sqlite", limit=args.limit,
-                                 rank_by=args.rank_by, top=args.top, allow_other_model=args.allow_other_model,
-                                 progress=not (args.quiet or args.json), executor=executor_from_args(args))
+        config = ScreenConfig(
+            layer=layer,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            max_tokens=args.max_tokens,
+            controls=args.controls,
+            control_seed=args.control_seed,
+        )
+        result = screen_datasets(
+            model,
+            dict(zip(_names(list(args.data)), args.data)),
+            vectors,
+            args.out,
+            config,
+            cache_path=args.cache or args.out / "base_responses.sqlite",
+            limit=args.limit,
+            rank_by=args.rank_by,
+            top=args.top,
+            allow_other_model=args.allow_other_model,
+            progress=not (args.quiet or args.json),
+            executor=executor_from_args(args),
+        )
     except ValueError as error:  # bad settings, or settings of an earlier run differ
         raise BadInput(str(error)) from None
     draw(result, args.out, args.bins)

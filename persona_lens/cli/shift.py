@@ -44,33 +44,71 @@ DESCRIPTION = (
 
 
 def configure_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("shift", help="finetuning shift along persona vectors, and its correlation with "
-                                                 "trait score", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "shift",
+        help="finetuning shift along persona vectors, and its correlation with trait score",
+        description=DESCRIPTION,
+    )
     add_model_options(parser)
-    parser.add_argument("--finetuned", nargs="+", required=True, metavar="MODEL",
-                        help="finetuned models (folders written by `finetune`, or any model of the base's shape)")
+    parser.add_argument(
+        "--finetuned",
+        nargs="+",
+        required=True,
+        metavar="MODEL",
+        help="finetuned models (folders written by `finetune`, or any model of the base's shape)",
+    )
     add_vector_arguments(parser)
     add_layer_option(parser, "layer of the shift")
-    parser.add_argument("--trait", default=None,
-                        help="trait whose eval questions are the prompts and whose rubric scores replies (and whose "
-                             "extracted vector is used when no --vector is given)")
-    parser.add_argument("--prompts", type=Path, default=None, metavar="FILE",
-                        help="prompts instead of the trait's eval questions (.txt one a line, or .jsonl)")
-    parser.add_argument("--questions", type=count_arg("--questions"),
-                        default=None, metavar="N", help="use the first N eval questions")
-    parser.add_argument("--score", action="store_true",
-                        help="judge each finetuned model's replies to the eval questions (needs --trait)")
+    parser.add_argument(
+        "--trait",
+        default=None,
+        help="trait whose eval questions are the prompts and whose rubric scores replies (and whose "
+        "extracted vector is used when no --vector is given)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="prompts instead of the trait's eval questions (.txt one a line, or .jsonl)",
+    )
+    parser.add_argument(
+        "--questions", type=count_arg("--questions"), default=None, metavar="N", help="use the first N eval questions"
+    )
+    parser.add_argument(
+        "--score",
+        action="store_true",
+        help="judge each finetuned model's replies to the eval questions (needs --trait)",
+    )
     parser.add_argument("--score-base", action="store_true", help="with --score: judge the base model too")
-    parser.add_argument("--given-score", action="append", default=[], metavar="MODEL=SCORE",
-                        help="a known trait score of a finetuned model (as named in --finetuned, or its folder "
-                             "name); repeat per model")
+    parser.add_argument(
+        "--given-score",
+        action="append",
+        default=[],
+        metavar="MODEL=SCORE",
+        help="a known trait score of a finetuned model (as named in --finetuned, or its folder name); repeat per model",
+    )
     add_judge_options(parser)
-    add_generation_options(parser, samples=1, max_new_tokens=128, temperature=1.0, seed=0, batch_size=8,
-                           helps={"samples": "replies per question when scoring",
-                                  "max_new_tokens": "reply length when scoring",
-                                  "batch_size": "prompts per forward / generation batch"})
-    parser.add_argument("--out", type=out_path, required=True, metavar="DIR",
-                        help="output folder: shift.json, shift.csv and one scatter per vector")
+    add_generation_options(
+        parser,
+        samples=1,
+        max_new_tokens=128,
+        temperature=1.0,
+        seed=0,
+        batch_size=8,
+        helps={
+            "samples": "replies per question when scoring",
+            "max_new_tokens": "reply length when scoring",
+            "batch_size": "prompts per forward / generation batch",
+        },
+    )
+    parser.add_argument(
+        "--out",
+        type=out_path,
+        required=True,
+        metavar="DIR",
+        help="output folder: shift.json, shift.csv and one scatter per vector",
+    )
     add_control_arguments(parser, default=100)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -134,8 +172,11 @@ def _study(args: argparse.Namespace, trait: Any, prompts: list[Any]) -> Any:
     from persona_lens.experiments.shift import shift_study
 
     labels = _labels(args.finetuned)
-    by_name = {**{n: lab for n, lab in zip(args.finetuned, labels)}, **{lab: lab for lab in labels},
-               **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)}}
+    by_name = {
+        **{n: lab for n, lab in zip(args.finetuned, labels)},
+        **{lab: lab for lab in labels},
+        **{n.rstrip("/"): lab for n, lab in zip(args.finetuned, labels)},
+    }
     given = _given_scores(args.given_score, by_name)
     paths = default_vector_paths(args, trait.name if trait is not None else None)
     if args.score:
@@ -145,25 +186,53 @@ def _study(args: argparse.Namespace, trait: Any, prompts: list[Any]) -> Any:
     judge = coherence_judge = None
     if args.score:
         judge, coherence_judge = judges_from_args(args, trait, base)
-    questions = list(trait.eval_questions[: args.questions] if args.questions else trait.eval_questions) \
-        if trait is not None else None
+    questions = (
+        list(trait.eval_questions[: args.questions] if args.questions else trait.eval_questions)
+        if trait is not None
+        else None
+    )
 
     def load(name: str):
         model = load_named_model(name, args)
         if (model.cfg.n_layers, model.cfg.d_model) != (base.cfg.n_layers, base.cfg.d_model):
-            raise BadInput(f"{name} has {model.cfg.n_layers} layers and d_model {model.cfg.d_model}; the base "
-                           f"{base.cfg.model_name} has {base.cfg.n_layers} and {base.cfg.d_model}")
+            raise BadInput(
+                f"{name} has {model.cfg.n_layers} layers and d_model {model.cfg.d_model}; the base "
+                f"{base.cfg.model_name} has {base.cfg.n_layers} and {base.cfg.d_model}"
+            )
         return model
 
     try:
-        study = shift_study(base, list(args.finetuned), prompts, vectors, layer, labels=labels, scores=given,
-                            judge=judge, rubric=trait.rubric if trait is not None else None, questions=questions,
-                            evaluate_base=args.score_base, load=load, batch_size=args.batch_size,
-                            allow_other_model=args.allow_other_model, controls=args.controls,
-                            control_seed=args.control_seed, against=against, progress=not args.json,
-                            **({"n_samples": args.samples, "max_new_tokens": args.max_new_tokens,
-                                "temperature": args.temperature, "seed": args.seed,
-                                "coherence_judge": coherence_judge} if args.score else {}))
+        study = shift_study(
+            base,
+            list(args.finetuned),
+            prompts,
+            vectors,
+            layer,
+            labels=labels,
+            scores=given,
+            judge=judge,
+            rubric=trait.rubric if trait is not None else None,
+            questions=questions,
+            evaluate_base=args.score_base,
+            load=load,
+            batch_size=args.batch_size,
+            allow_other_model=args.allow_other_model,
+            controls=args.controls,
+            control_seed=args.control_seed,
+            against=against,
+            progress=not args.json,
+            **(
+                {
+                    "n_samples": args.samples,
+                    "max_new_tokens": args.max_new_tokens,
+                    "temperature": args.temperature,
+                    "seed": args.seed,
+                    "coherence_judge": coherence_judge,
+                }
+                if args.score
+                else {}
+            ),
+        )
     except ValueError as error:
         raise BadInput(str(error)) from None
     study.trait = trait.name if trait is not None else None
@@ -175,20 +244,28 @@ def draw(study: Any, out: Path) -> list[Path]:
     from persona_lens.viz.figures import write_figure
     from persona_lens.viz.projections import shift_figures
 
-    return [path for (name, kind), figure in shift_figures(study).items()
-            for path in write_figure(figure, out / f"shift_{slug(name)}{kind}.html")]
+    return [
+        path
+        for (name, kind), figure in shift_figures(study).items()
+        for path in write_figure(figure, out / f"shift_{slug(name)}{kind}.html")
+    ]
 
 
 def summarise(study: Any, files: list[Path]) -> dict[str, Any]:
     """The summary printed (``--json``) for a study, fresh or loaded."""
     scores = study.scores()
     data = study.to_json()
-    return {"base": study.base_model, "layer": study.layer, "traits": study.traits,
-            "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
-            "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
-            "correlations": data["correlations"], "baselines": data["baselines"],
-            "model_baselines": {r.label: {t: b.to_dict() for t, b in r.baselines.items()} for r in study.results},
-            "files": [str(path) for path in files]}
+    return {
+        "base": study.base_model,
+        "layer": study.layer,
+        "traits": study.traits,
+        "models": [{"label": r.label, "shift": r.shift, "score": s} for r, s in zip(study.results, scores)],
+        "base_score": study.base_evaluation.mean_score if study.base_evaluation else None,
+        "correlations": data["correlations"],
+        "baselines": data["baselines"],
+        "model_baselines": {r.label: {t: b.to_dict() for t, b in r.baselines.items()} for r in study.results},
+        "files": [str(path) for path in files],
+    }
 
 
 def _print(summary: dict[str, Any], n_prompts: int) -> None:
@@ -196,8 +273,15 @@ def _print(summary: dict[str, Any], n_prompts: int) -> None:
     print(f"shift at layer {summary['layer']} relative to {summary['base']} over {n_prompts} prompts:")
     print("\t".join(["model", *traits, "score"]))
     for row in summary["models"]:
-        print("\t".join([row["label"], *(f"{row['shift'][t]:+.4f}" for t in traits),
-                         "n/a" if row["score"] is None else f"{row['score']:.1f}"]))
+        print(
+            "\t".join(
+                [
+                    row["label"],
+                    *(f"{row['shift'][t]:+.4f}" for t in traits),
+                    "n/a" if row["score"] is None else f"{row['score']:.1f}",
+                ]
+            )
+        )
     for row in summary["models"]:
         for name in traits:
             print(f"  {row['label']} along {name}: {baseline_line(summary['model_baselines'][row['label']][name])}")

@@ -29,8 +29,19 @@ from persona_lens.traits.schema import (  # noqa: E501
     traits_dirs,
 )
 
-__all__ = ["configure_parser", "run_new", "run_list", "run_show", "run_validate", "DESCRIPTION", "add_new_arguments",
-           "run_generation", "add_catalogue_commands", "validate_files", "print_catalogue"]
+__all__ = [
+    "configure_parser",
+    "run_new",
+    "run_list",
+    "run_show",
+    "run_validate",
+    "DESCRIPTION",
+    "add_new_arguments",
+    "run_generation",
+    "add_catalogue_commands",
+    "validate_files",
+    "print_catalogue",
+]
 
 DESCRIPTION = """\
   traits new NAME --description "..." [--model M] [--out DIR] [--force]
@@ -46,23 +57,34 @@ _DEFAULT_MODEL = "claude-sonnet-4-5"  # = persona_lens.judges.claude.DEFAULT_MOD
 
 
 def configure_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("traits", help="create (with Claude), list, show and validate trait files",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "traits",
+        help="create (with Claude), list, show and validate trait files",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="traits_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _print_help(parser))
 
     new = commands.add_parser("new", help="generate a trait file with Claude from a name and a description")
     add_new_arguments(new, "trait", "evil", Path("traits"))
-    new.add_argument("--no-monitoring", action="store_true",
-                     help="skip graded system prompts and many-shot examples (a smaller, cheaper file)")
+    new.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="skip graded system prompts and many-shot examples (a smaller, cheaper file)",
+    )
     new.set_defaults(func=run_new)
 
     add_catalogue_commands(commands, "trait", run_list, run_show, run_validate)
 
 
-def add_catalogue_commands(commands: Any, what: str, run_list: Callable[[argparse.Namespace], int],
-                           run_show: Callable[[argparse.Namespace], int],
-                           run_validate: Callable[[argparse.Namespace], int]) -> None:
+def add_catalogue_commands(
+    commands: Any,
+    what: str,
+    run_list: Callable[[argparse.Namespace], int],
+    run_show: Callable[[argparse.Namespace], int],
+    run_validate: Callable[[argparse.Namespace], int],
+) -> None:
     """The ``list``, ``show NAME`` and ``validate PATH...`` subcommands of a kind of data file (traits, roles)."""
     listing = commands.add_parser("list", help=f"list the {what}s found")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -106,15 +128,26 @@ def add_new_arguments(new: argparse.ArgumentParser, what: str, example: str, def
     new.add_argument("name", help=f"{what} name: lowercase letters, digits, '_' and '-' (e.g. {example})")
     new.add_argument("--description", required=True, help=f"one paragraph saying what the {what} is")
     new.add_argument("--model", default=None, help=f"Claude model (default: {_DEFAULT_MODEL})")
-    new.add_argument("--out", type=out_path, default=default_out, metavar="DIR",
-                     help=f"directory to write NAME.json into (default: ./{default_out})")
+    new.add_argument(
+        "--out",
+        type=out_path,
+        default=default_out,
+        metavar="DIR",
+        help=f"directory to write NAME.json into (default: ./{default_out})",
+    )
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
-    new.add_argument("--max-attempts", type=count_arg("--max-attempts"), default=3, metavar="N",
-                     help="how many replies to ask for before giving up on invalid ones (default: 3)")
+    new.add_argument(
+        "--max-attempts",
+        type=count_arg("--max-attempts"),
+        default=3,
+        metavar="N",
+        help="how many replies to ask for before giving up on invalid ones (default: 3)",
+    )
 
 
-def run_generation(args: argparse.Namespace, what: str, generate: Callable[..., Any],
-                   save: Callable[[Any, Path], Path], **options: Any) -> int:
+def run_generation(
+    args: argparse.Namespace, what: str, generate: Callable[..., Any], save: Callable[[Any, Path], Path], **options: Any
+) -> int:
     """Ask Claude for ``args.name`` through ``generate(name, description, model=, max_attempts=, report=,
     **options)`` and write it with ``save`` to ``args.out / NAME.json``: every check that costs nothing (the file,
     the key, the options) comes before the paid call, and API failures are reported without a traceback."""
@@ -133,8 +166,9 @@ def run_generation(args: argparse.Namespace, what: str, generate: Callable[..., 
     report = GenerationReport()
     print(f"asking {model} for {what} {args.name!r} (this can take a few minutes)...", file=sys.stderr)
     try:
-        made = generate(args.name, args.description, model=model, max_attempts=args.max_attempts, report=report,
-                        **options)
+        made = generate(
+            args.name, args.description, model=model, max_attempts=args.max_attempts, report=report, **options
+        )
     except ValueError as error:  # bad name or empty description
         raise BadInput(str(error)) from None
     except MissingAPIKeyError as error:
@@ -151,8 +185,10 @@ def run_generation(args: argparse.Namespace, what: str, generate: Callable[..., 
         return EXIT_FAILURE
     written = save(made, path)
     cost = report.estimated_cost_usd
-    print(f"wrote {written} ({report.attempts} attempt(s), {report.usage.input_tokens} input and "
-          f"{report.usage.output_tokens} output tokens" + (f", about ${cost:.2f}" if cost is not None else "") + ")")
+    print(
+        f"wrote {written} ({report.attempts} attempt(s), {report.usage.input_tokens} input and "
+        f"{report.usage.output_tokens} output tokens" + (f", about ${cost:.2f}" if cost is not None else "") + ")"
+    )
     return EXIT_OK
 
 
@@ -170,11 +206,19 @@ def run_list(args: argparse.Namespace) -> int:
         try:
             trait = load_trait(name)
         except TraitError as error:
-            rows.append({"name": name, "path": _path_of(name), "valid": False, "description": None,
-                         "error": str(error)})
+            rows.append(
+                {"name": name, "path": _path_of(name), "valid": False, "description": None, "error": str(error)}
+            )
         else:
-            rows.append({"name": name, "path": str(trait.source) if trait.source else _path_of(name), "valid": True,
-                         "description": trait.description, "error": None})
+            rows.append(
+                {
+                    "name": name,
+                    "path": str(trait.source) if trait.source else _path_of(name),
+                    "valid": True,
+                    "description": trait.description,
+                    "error": None,
+                }
+            )
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -186,8 +230,10 @@ def print_catalogue(rows: list[dict[str, Any]], what: str, searched: list[Path],
     the first when there is none."""
     if not rows:
         where = ", ".join(str(d) for d in searched) or f"no {folder} exists"
-        print(f"no {what}s found (searched: {where}); create one with: python -m persona_lens {what}s new NAME "
-              "--description \"...\"")
+        print(
+            f"no {what}s found (searched: {where}); create one with: python -m persona_lens {what}s new NAME "
+            '--description "..."'
+        )
         return EXIT_OK
     width = max(len(row["name"]) for row in rows)
     for row in rows:
@@ -223,8 +269,10 @@ def _describe(trait: Trait) -> str:
     lines = [f"trait: {trait.name}", f"file: {trait.source}", "", trait.description, "", "system prompts:"]
     for index, pair in enumerate(trait.prompt_pairs, 1):
         lines += [f"  {index}. + {pair.positive}", f"     - {pair.negative}"]
-    for title, questions in (("extraction questions", trait.extract_questions),
-                             ("evaluation questions", trait.eval_questions)):
+    for title, questions in (
+        ("extraction questions", trait.extract_questions),
+        ("evaluation questions", trait.eval_questions),
+    ):
         lines += ["", f"{title} ({len(questions)}):"] + [f"  {i}. {q}" for i, q in enumerate(questions, 1)]
     lines += ["", "rubric:"] + [f"  {line}" for line in trait.rubric.splitlines()]
     if trait.graded_system_prompts:

@@ -30,8 +30,16 @@ from persona_lens.core.layers import hook_name
 from persona_lens.core.norms import median_residual_norms, model_device
 from persona_lens.core.vectors import REDUCTIONS, PersonaVector
 
-__all__ = ["Activations", "REDUCTIONS", "collect_activations", "reduce_batch", "median_residual_norms", "ContrastItem",
-           "encode_contrast_item", "contrast_vector"]
+__all__ = [
+    "Activations",
+    "REDUCTIONS",
+    "collect_activations",
+    "reduce_batch",
+    "median_residual_norms",
+    "ContrastItem",
+    "encode_contrast_item",
+    "contrast_vector",
+]
 
 
 @dataclass
@@ -68,13 +76,15 @@ class _Reducer:
         masks = {"response": batch.response_mask, "prompt": batch.prompt_mask}
         # one weight row per mean: a single contraction gives every mean without copying the residual stream
         self.weights: Float[Tensor, "batch mean pos"] | None = (
-            torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None)
+            torch.stack([_mean_weights(masks[r]) for r in self.means], dim=1) if self.means else None
+        )
 
     def __call__(self, resid: Float[Tensor, "batch pos d_model"], hook: Any = None) -> None:
         resid32 = resid.float()
         if self.weights is not None:
-            means = einops.einsum(_on(self.weights, resid32.device), resid32,
-                                  "batch mean pos, batch pos d_model -> batch mean d_model")
+            means = einops.einsum(
+                _on(self.weights, resid32.device), resid32, "batch mean pos, batch pos d_model -> batch mean d_model"
+            )
             for k, reduction in enumerate(self.means):
                 self.out[reduction][:, self.layer] = means[:, k]
         if "last_prompt" in self.out:
@@ -94,9 +104,13 @@ def _mean_weights(mask: Tensor) -> Float[Tensor, "batch pos"]:
 
 
 @torch.no_grad()
-def reduce_batch(model: Any, batch: TokenBatch, reductions: Sequence[str] = REDUCTIONS,
-                 layers: Sequence[int] | None = None, row_index: Sequence[int] | None = None
-                 ) -> dict[str, Float[Tensor, "batch layer d_model"]]:
+def reduce_batch(
+    model: Any,
+    batch: TokenBatch,
+    reductions: Sequence[str] = REDUCTIONS,
+    layers: Sequence[int] | None = None,
+    row_index: Sequence[int] | None = None,
+) -> dict[str, Float[Tensor, "batch layer d_model"]]:
     """Run one batch and return ``{reduction: [batch, n_layers + 1, d_model]}`` (rows of ``layers`` filled)."""
     n_layers = int(model.cfg.n_layers)
     layers = list(range(n_layers + 1)) if layers is None else sorted(set(layers))
@@ -177,7 +191,6 @@ def _pad_token_id(model: Any) -> int:
     return 0
 
 
-
 ContrastItem = Union[str, Sequence[Message], EncodedConversation]  # noqa: UP007 (a runtime alias)
 """One contrast example: plain text, a chat conversation whose last message is the assistant's, or tokens."""
 
@@ -201,14 +214,23 @@ def encode_contrast_item(tokenizer: Any, item: ContrastItem) -> EncodedConversat
         return EncodedConversation(tuple(ids), 0, start, len(ids))
     messages = list(item)
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
-        raise ValueError("a contrast conversation is a list of chat messages ending with the assistant's reply "
-                         f"(the tokens averaged), got {str(item)[:80]!r}")
+        raise ValueError(
+            "a contrast conversation is a list of chat messages ending with the assistant's reply "
+            f"(the tokens averaged), got {str(item)[:80]!r}"
+        )
     return encode_conversation(tokenizer, messages[:-1], messages[-1]["content"])
 
 
-def contrast_vector(model: Any, positive: Sequence[ContrastItem], negative: Sequence[ContrastItem], *,
-                    trait: str = "contrast", positions: str = "response", batch_size: int = 8,
-                    progress: bool = False) -> PersonaVector:
+def contrast_vector(
+    model: Any,
+    positive: Sequence[ContrastItem],
+    negative: Sequence[ContrastItem],
+    *,
+    trait: str = "contrast",
+    positions: str = "response",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> PersonaVector:
     """A persona vector from your own contrast examples: mean activation of ``positive`` minus that of
     ``negative``, at every layer, each example first averaged over its ``positions``.
 
@@ -247,8 +269,9 @@ def contrast_vector(model: Any, positive: Sequence[ContrastItem], negative: Sequ
     if positions not in REDUCTIONS:
         raise ValueError(f"unknown positions {positions!r}; use one of {REDUCTIONS}")
     if not positive or not negative:
-        raise ValueError(f"contrast_vector needs examples on both sides ({len(positive)} positive, "
-                         f"{len(negative)} negative)")
+        raise ValueError(
+            f"contrast_vector needs examples on both sides ({len(positive)} positive, {len(negative)} negative)"
+        )
     if isinstance(positive, str) or isinstance(negative, str):
         raise ValueError("positive and negative are lists of examples; wrap a single text in a list")
     tokenizer = getattr(model, "tokenizer", None)
@@ -256,9 +279,19 @@ def contrast_vector(model: Any, positive: Sequence[ContrastItem], negative: Sequ
     for name, items in (("positive", positive), ("negative", negative)):
         encoded = [encode_contrast_item(tokenizer, item) for item in items]
         if positions != "response" and any(e.prompt_length == 0 for e in encoded):
-            raise ValueError(f"positions={positions!r} needs a prompt, but a {name} example is plain text; give chat "
-                             "conversations (messages ending with the assistant's reply) or use positions='response'")
-        sides.append(collect_activations(model, encoded, reductions=(positions,), batch_size=batch_size,
-                                         progress=progress, desc=f"contrast: {name}").get(positions))
+            raise ValueError(
+                f"positions={positions!r} needs a prompt, but a {name} example is plain text; give chat "
+                "conversations (messages ending with the assistant's reply) or use positions='response'"
+            )
+        sides.append(
+            collect_activations(
+                model,
+                encoded,
+                reductions=(positions,),
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"contrast: {name}",
+            ).get(positions)
+        )
     settings = {"source": "contrast_vector", "positions": positions}
     return PersonaVector.from_activations(trait, str(model.cfg.model_name), sides[0], sides[1], positions, settings)

@@ -105,9 +105,9 @@ def _undouble_bos(tokenizer: Any, ids: list[int]) -> list[int]:
 
 def encode_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     """Token ids of the prompt: the conversation so far plus the template's assistant header."""
-    return _undouble_bos(tokenizer, _tokenize(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))[
-        "input_ids"
-    ])
+    return _undouble_bos(
+        tokenizer, _tokenize(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))["input_ids"]
+    )
 
 
 def encode_generated(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> EncodedConversation:
@@ -120,8 +120,7 @@ def _describe_space(text: str) -> str:
     """``"2 spaces"``, ``"a blank line"``: what leading whitespace holds, in words."""
     breaks = text.count("\n")
     if breaks:
-        return ("a line break" if breaks == 1 else "a blank line" if breaks == 2 else
-                f"{breaks - 1} blank lines")
+        return "a line break" if breaks == 1 else "a blank line" if breaks == 2 else f"{breaks - 1} blank lines"
     if set(text) == {" "}:
         return f"{len(text)} space{'s' if len(text) != 1 else ''}"
     return f"{len(text)} whitespace characters"
@@ -139,12 +138,13 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
     offsets = list(encoded["offset_mapping"])
     if len(full_ids) > 1 and full_ids[:2] == [tokenizer.bos_token_id] * 2:
         full_ids, offsets = full_ids[1:], offsets[1:]
-    lead = response[:len(response) - len(response.lstrip())]
+    lead = response[: len(response) - len(response.lstrip())]
     if full_ids[: len(prompt_ids)] != prompt_ids and lead:
         raise TemplateBoundaryError(
             f"the reply starts with {lead!r} ({_describe_space(lead)}), which {name}'s tokenizer merges with the end "
             f"of the prompt, so the reply's first token cannot be told apart from the prompt's last: remove the "
-            f"leading whitespace from the reply ({response[:40]!r})")
+            f"leading whitespace from the reply ({response[:40]!r})"
+        )
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise TemplateBoundaryError(
             f"the chat template of {name} renders the prompt differently alone and inside the full conversation: "
@@ -162,7 +162,7 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
     # A token that starts in whitespace before the stripped reply and runs into it (" Arr" for the reply " Arr!")
     # begins the response: only whitespace is gained, no reply character is lost.
     first = next((i for i in range(len(prompt_ids), len(full_ids)) if offsets[i][1] > char_start), None)
-    if first is not None and offsets[first][0] < char_start and full_text[offsets[first][0]:char_start].isspace():
+    if first is not None and offsets[first][0] < char_start and full_text[offsets[first][0] : char_start].isspace():
         char_start = offsets[first][0]
     inside = [i for i in range(len(prompt_ids), len(full_ids)) if char_start <= offsets[i][0] < char_end]
     if not inside:
@@ -170,8 +170,12 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], response: s
     start, end = inside[0], inside[-1] + 1
     if offsets[start][0] != char_start or offsets[end - 1][1] > char_end and end < len(full_ids):
         straddle = offsets[start][0] != char_start
-        found = (f"; the reply starts with {lead!r} ({_describe_space(lead)}), which the tokenizer merges with what "
-                 "comes before it: remove the leading whitespace from the reply" if straddle and lead else "")
+        found = (
+            f"; the reply starts with {lead!r} ({_describe_space(lead)}), which the tokenizer merges with what "
+            "comes before it: remove the leading whitespace from the reply"
+            if straddle and lead
+            else ""
+        )
         raise TemplateBoundaryError(
             f"{name}: a token straddles the {'start' if straddle else 'end'} of the response, so the response "
             f"does not begin/end on a token boundary under this chat template{found}"
@@ -199,8 +203,9 @@ class TokenBatch:
         return TokenBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def collate(encoded: Sequence[EncodedConversation], pad_token_id: int,
-            device: torch.device | str = "cpu") -> TokenBatch:
+def collate(
+    encoded: Sequence[EncodedConversation], pad_token_id: int, device: torch.device | str = "cpu"
+) -> TokenBatch:
     """Left-pad conversations into one batch with attention, prompt and response masks."""
     if not encoded:
         raise ValueError("cannot collate an empty list of conversations")
@@ -302,8 +307,9 @@ def parse_chat_record(data: Any) -> list[Message] | str:
     return clean
 
 
-def iter_chat_jsonl(path: str | os.PathLike[str], parse: Callable[[Any], list[Message] | str] = parse_chat_record
-                    ) -> Iterator[ChatRecord | BadRecord]:
+def iter_chat_jsonl(
+    path: str | os.PathLike[str], parse: Callable[[Any], list[Message] | str] = parse_chat_record
+) -> Iterator[ChatRecord | BadRecord]:
     """Stream a chat JSONL file: a :class:`ChatRecord` or a :class:`BadRecord` per non-blank line, in order, each
     with its line number and byte offset (so results can point back into the file).
 
@@ -358,5 +364,5 @@ def token_pieces(tokenizer: Any, ids: Sequence[int], context: int = 8) -> list[s
             before = before[:-1]
         while upto.endswith("\ufffd") and i + 1 < len(ids):
             upto = upto[:-1]
-        pieces.append(upto[len(before):] if upto.startswith(before) else upto)
+        pieces.append(upto[len(before) :] if upto.startswith(before) else upto)
     return pieces

@@ -62,15 +62,19 @@ def _compiled_for(model: HookedLM, backend: str | Callable[..., Any]) -> _Compil
     """The model's compiled decoding step for ``backend`` (made once, kept on the model)."""
     store: dict[str | Callable[..., Any], _Compiled] = model.__dict__.setdefault("_persona_lens_compiled", {})
     if backend not in store:
-        def decode_step(input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache_position: Tensor,
-                        cache: Any) -> Tensor:
-            logits, _ = model(input_ids, attention_mask, position_ids, cache=cache, use_cache=True,
-                              cache_position=cache_position)
+
+        def decode_step(
+            input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache_position: Tensor, cache: Any
+        ) -> Tensor:
+            logits, _ = model(
+                input_ids, attention_mask, position_ids, cache=cache, use_cache=True, cache_position=cache_position
+            )
             return logits
 
         mode = "reduce-overhead" if backend == "inductor" and model.device.type == "cuda" else None
-        step = torch.compile(_own_code(decode_step, f"decode_step_{len(store)}_{id(model):x}"), backend=backend,
-                             mode=mode, dynamic=False)
+        step = torch.compile(
+            _own_code(decode_step, f"decode_step_{len(store)}_{id(model):x}"), backend=backend, mode=mode, dynamic=False
+        )
         store[backend] = _Compiled(step, {})
     return store[backend]
 
@@ -88,8 +92,15 @@ def _own_code(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 class StaticDecoder:
     """One batch's decoding on a static KV cache: an eager prefill, then compiled one-token steps."""
 
-    def __init__(self, model: HookedLM, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
-                 max_new_tokens: int, layout: TokenLayout, backend: str | Callable[..., Any] = "inductor") -> None:
+    def __init__(
+        self,
+        model: HookedLM,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"],
+        max_new_tokens: int,
+        layout: TokenLayout,
+        backend: str | Callable[..., Any] = "inductor",
+    ) -> None:
         from transformers import StaticCache
 
         self.model = model
@@ -116,8 +127,15 @@ class StaticDecoder:
         """Run the prompt (eagerly: one call per batch, and hooks see ordinary prompt positions)."""
         self.layout.begin_forward(past_length=0)
         cache_position = self.indices[: self.prompt]
-        logits, _ = self.model(self.input_ids, self.mask, self.position_ids, cache=self.cache, use_cache=True,
-                               logits_to_keep=1, cache_position=cache_position)
+        logits, _ = self.model(
+            self.input_ids,
+            self.mask,
+            self.position_ids,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            cache_position=cache_position,
+        )
         return logits[:, -1]
 
     def step(self, tokens: Int[Tensor, " batch"], index: int) -> Float[Tensor, "batch vocab"]:
@@ -147,8 +165,14 @@ def check_compilable(model: HookedLM) -> None:
         )
 
 
-def static_decoder(model: HookedLM, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
-                   max_new_tokens: int, layout: TokenLayout, compile: bool | str | Callable[..., Any]) -> StaticDecoder:
+def static_decoder(
+    model: HookedLM,
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    max_new_tokens: int,
+    layout: TokenLayout,
+    compile: bool | str | Callable[..., Any],
+) -> StaticDecoder:
     """A :class:`StaticDecoder`; ``compile`` is True (inductor, CUDA graphs on GPU) or a torch.compile backend."""
     check_compilable(model)
     if compile is False:

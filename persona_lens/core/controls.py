@@ -51,8 +51,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"the number of random directions must be a positive int, got {k!r}")
 
 
-def random_directions(d_model: int, k: int, *, seed: int = 0,
-                      norm: float | Tensor = 1.0) -> Float[Tensor, "k d_model"]:
+def random_directions(d_model: int, k: int, *, seed: int = 0, norm: float | Tensor = 1.0) -> Float[Tensor, "k d_model"]:
     """``k`` seeded Gaussian directions in ``d_model`` dimensions, each scaled to ``norm`` (float32, CPU).
 
     The same (d_model, k, seed) always gives the same directions on every machine (CPU generator)."""
@@ -65,8 +64,7 @@ def random_directions(d_model: int, k: int, *, seed: int = 0,
     return units * torch.as_tensor(norm, dtype=torch.float32)
 
 
-def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
-                seed: int = 0) -> Float[Tensor, "k layer d_model"]:
+def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *, seed: int = 0) -> Float[Tensor, "k layer d_model"]:
     """``k`` random vectors shaped like a persona vector's ``[n_layers + 1, d_model]`` tensor, row norms equal to it.
 
     Layer ``l`` of random vector ``i`` is an independent Gaussian direction with ``vectors[l].norm()``; a zero row
@@ -95,8 +93,10 @@ def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
     """
     tensor = getattr(vectors, "vectors", vectors)
     if not isinstance(tensor, Tensor) or tensor.ndim != 2:
-        raise ValueError(f"random_like needs a [n_layers + 1, d_model] tensor, got {type(tensor).__name__}"
-                         f"{tuple(getattr(tensor, 'shape', ()))}")
+        raise ValueError(
+            f"random_like needs a [n_layers + 1, d_model] tensor, got {type(tensor).__name__}"
+            f"{tuple(getattr(tensor, 'shape', ()))}"
+        )
     _check_k(k)
     n_rows, d_model = tensor.shape
     norms = tensor.detach().float().cpu().norm(dim=-1)  # [layer]
@@ -104,8 +104,9 @@ def random_like(vectors: Float[Tensor, "layer d_model"], k: int, *,
     return draws * norms[None, :, None]
 
 
-def random_in_span(rows: Float[Tensor, "m d_model"], k: int, *, seed: int = 0,
-                   tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
+def random_in_span(
+    rows: Float[Tensor, "m d_model"], k: int, *, seed: int = 0, tol: float = 1e-6
+) -> Float[Tensor, "k d_model"]:
     """``k`` seeded unit directions drawn uniformly within the span of ``rows`` (e.g. the centred role vectors).
 
     The control for "this direction of the span is special": a direction that must lie in the span anyway (a PCA
@@ -124,8 +125,9 @@ def random_in_span(rows: Float[Tensor, "m d_model"], k: int, *, seed: int = 0,
     return coefficients @ basis
 
 
-def project_rows(activations: Float[Tensor, "n d_model"],
-                 directions: Float[Tensor, "k d_model"]) -> Float[Tensor, "k n"]:
+def project_rows(
+    activations: Float[Tensor, "n d_model"], directions: Float[Tensor, "k d_model"]
+) -> Float[Tensor, "k n"]:
     """Projections of ``n`` activations on ``k`` directions, each direction normalised to unit length first.
 
     This is how a control costs nothing extra: the activations are already cached."""
@@ -222,11 +224,14 @@ class Baseline:
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> Baseline:
         """The Baseline back from its :meth:`to_dict` (derived fields are recomputed)."""
-        return cls(metric=str(record["metric"]), value=_finite(record["value"]),
-                   random=[_finite(v) for v in record.get("random", [])],
-                   others={str(k): _finite(v) for k, v in record.get("others", {}).items()},
-                   flipped=None if record.get("flipped") is None else _finite(record["flipped"]),
-                   higher_is_better=bool(record.get("higher_is_better", True)))
+        return cls(
+            metric=str(record["metric"]),
+            value=_finite(record["value"]),
+            random=[_finite(v) for v in record.get("random", [])],
+            others={str(k): _finite(v) for k, v in record.get("others", {}).items()},
+            flipped=None if record.get("flipped") is None else _finite(record["flipped"]),
+            higher_is_better=bool(record.get("higher_is_better", True)),
+        )
 
     def summary(self) -> str:
         """One line for tables and logs, e.g. ``r = 0.82 | random 5-95%: -0.10..0.31 (pct 99) | sycophancy 0.40``."""
@@ -243,8 +248,15 @@ class Baseline:
         return " | ".join(parts)
 
 
-def compare(metric: str, value: Any, random: Sequence[Any] = (), *, others: Mapping[str, Any] | None = None,
-            flipped: Any = None, higher_is_better: bool = True) -> Baseline:
+def compare(
+    metric: str,
+    value: Any,
+    random: Sequence[Any] = (),
+    *,
+    others: Mapping[str, Any] | None = None,
+    flipped: Any = None,
+    higher_is_better: bool = True,
+) -> Baseline:
     """Bundle a vector's measurement with its controls' measurements (see :class:`Baseline`)."""
     return Baseline(
         metric=metric,
@@ -265,8 +277,10 @@ def layer_controls(vector: Any, layer: int, k: int, *, seed: int = 0) -> Float[T
     """
     tensor = getattr(vector, "vectors", vector)
     if not isinstance(tensor, Tensor) or tensor.ndim not in (1, 2):
-        raise ValueError(f"layer_controls needs a PersonaVector, a [n_layers + 1, d_model] tensor or a [d_model] "
-                         f"direction, got {type(tensor).__name__}{tuple(getattr(tensor, 'shape', ()))}")
+        raise ValueError(
+            f"layer_controls needs a PersonaVector, a [n_layers + 1, d_model] tensor or a [d_model] "
+            f"direction, got {type(tensor).__name__}{tuple(getattr(tensor, 'shape', ()))}"
+        )
     if tensor.ndim == 1:
         return random_directions(int(tensor.shape[0]), k, seed=seed, norm=float(tensor.detach().float().norm()))
     if not 0 <= int(layer) < tensor.shape[0]:
@@ -274,17 +288,24 @@ def layer_controls(vector: Any, layer: int, k: int, *, seed: int = 0) -> Float[T
     return random_like(tensor, k, seed=seed)[:, int(layer)]
 
 
-def compare_measure(metric: str, measure: Callable[[Tensor], Any], vector: Float[Tensor, "..."],
-                    random: Float[Tensor, "k ..."] | None = None, *,
-                    others: Mapping[str, Tensor] | None = None, flip: bool = True,
-                    higher_is_better: bool = True) -> Baseline:
+def compare_measure(
+    metric: str,
+    measure: Callable[[Tensor], Any],
+    vector: Float[Tensor, "..."],
+    random: Float[Tensor, "k ..."] | None = None,
+    *,
+    others: Mapping[str, Tensor] | None = None,
+    flip: bool = True,
+    higher_is_better: bool = True,
+) -> Baseline:
     """One :class:`Baseline` from per-direction data: ``measure(data)`` gives the metric of one direction's data.
 
     ``vector``: the persona vector's data (e.g. its projections ``[n]``); ``random``: the same data for each random
     direction (``[k, n]``, e.g. from :func:`project_rows`); ``others``: the other traits' data by name; ``flip``:
     also measure the sign-flipped vector (``measure(-vector)``: data linear in the direction, as projections)."""
     return compare(
-        metric, measure(vector),
+        metric,
+        measure(vector),
         [] if random is None else [measure(row) for row in random],
         others={name: measure(data) for name, data in (others or {}).items()},
         flipped=measure(-vector) if flip else None,
@@ -294,8 +315,10 @@ def compare_measure(metric: str, measure: Callable[[Tensor], Any], vector: Float
 
 def baselines_to_dict(baselines: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-ready nested baselines: every :class:`Baseline` (at any depth of dicts) as its :meth:`Baseline.to_dict`."""
-    return {str(key): (value.to_dict() if isinstance(value, Baseline) else baselines_to_dict(value))
-            for key, value in baselines.items()}
+    return {
+        str(key): (value.to_dict() if isinstance(value, Baseline) else baselines_to_dict(value))
+        for key, value in baselines.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------ the one rule
@@ -335,18 +358,36 @@ class ControlVerdict:
         what = f"|random - {self.center:g}|" if self.two_sided else f"random{lower}"
         if self.center and not self.two_sided:
             what += f" - {self.center:g}"
-        return (f"{self.value:.3g} (statistic {self.statistic:.3g}) vs {what} p{self.percentile:g} "
-                f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): "
-                f"{'beats' if self.passed else 'does not beat'}")
+        return (
+            f"{self.value:.3g} (statistic {self.statistic:.3g}) vs {what} p{self.percentile:g} "
+            f"{self.threshold:.3g} (rank {self.rank:.1f}, n={self.n}): "
+            f"{'beats' if self.passed else 'does not beat'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "statistic": self.statistic, "threshold": self.threshold, "rank": self.rank,
-                "n": self.n, "percentile": self.percentile, "two_sided": self.two_sided, "center": self.center,
-                "higher_is_better": self.higher_is_better, "passed": self.passed}
+        return {
+            "value": self.value,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "rank": self.rank,
+            "n": self.n,
+            "percentile": self.percentile,
+            "two_sided": self.two_sided,
+            "center": self.center,
+            "higher_is_better": self.higher_is_better,
+            "passed": self.passed,
+        }
 
 
-def beats_controls(value: Any, controls: Sequence[Any], *, two_sided: bool, percentile: float = 95.0,
-                   center: float = 0.0, higher_is_better: bool = True) -> ControlVerdict:
+def beats_controls(
+    value: Any,
+    controls: Sequence[Any],
+    *,
+    two_sided: bool,
+    percentile: float = 95.0,
+    center: float = 0.0,
+    higher_is_better: bool = True,
+) -> ControlVerdict:
     """Whether ``value`` lies beyond the ``percentile``-th percentile of its ``controls`` (the one rule for claims).
 
     ``two_sided=True`` where the sign is not fixed beforehand: ``|value - center|`` against ``|control - center|``
@@ -361,19 +402,30 @@ def beats_controls(value: Any, controls: Sequence[Any], *, two_sided: bool, perc
     values = values[np.isfinite(values)]
     needed = math.ceil(100.0 / (100.0 - percentile) - 1e-9)
     if values.size < needed:
-        raise ValueError(f"{values.size} finite control values cannot resolve percentile {percentile:g}: draw at "
-                         f"least {needed} control directions (e.g. random_like(vector, k={max(needed, 100)}))")
+        raise ValueError(
+            f"{values.size} finite control values cannot resolve percentile {percentile:g}: draw at "
+            f"least {needed} control directions (e.g. random_like(vector, k={max(needed, 100)}))"
+        )
     stats = _statistic(values, two_sided=two_sided, center=center, higher_is_better=higher_is_better)
     value_f = _finite(value)
-    statistic = float(_statistic(np.asarray([value_f]), two_sided=two_sided, center=center,
-                                 higher_is_better=higher_is_better)[0])
+    statistic = float(
+        _statistic(np.asarray([value_f]), two_sided=two_sided, center=center, higher_is_better=higher_is_better)[0]
+    )
     if math.isfinite(statistic):
         rank = float(100.0 * (np.sum(stats < statistic) + 0.5 * np.sum(stats == statistic)) / stats.size)
     else:
         rank = math.nan
-    return ControlVerdict(value=value_f, statistic=statistic, threshold=float(np.percentile(stats, percentile)),
-                          rank=rank, n=int(stats.size), percentile=percentile, two_sided=two_sided,
-                          center=float(center), higher_is_better=higher_is_better)
+    return ControlVerdict(
+        value=value_f,
+        statistic=statistic,
+        threshold=float(np.percentile(stats, percentile)),
+        rank=rank,
+        n=int(stats.size),
+        percentile=percentile,
+        two_sided=two_sided,
+        center=float(center),
+        higher_is_better=higher_is_better,
+    )
 
 
 @dataclass
@@ -413,33 +465,59 @@ class OthersVerdict:
 
     def summary(self) -> str:
         others = ", ".join(f"{k} {v:.3g}" for k, v in self.others.items())
-        return (f"{self.value:.3g} vs other traits ({others}){' by |value|' if self.two_sided else ''}: lead "
-                f"{self.lead:.3g} over {self.best_other} (needs > {self.margin:g}): "
-                f"{'beats' if self.passed else 'does not beat'}")
+        return (
+            f"{self.value:.3g} vs other traits ({others}){' by |value|' if self.two_sided else ''}: lead "
+            f"{self.lead:.3g} over {self.best_other} (needs > {self.margin:g}): "
+            f"{'beats' if self.passed else 'does not beat'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "statistic": self.statistic, "others": dict(self.others),
-                "lead": self.lead, "best_other": self.best_other, "margin": self.margin,
-                "two_sided": self.two_sided, "center": self.center, "passed": self.passed}
+        return {
+            "value": self.value,
+            "statistic": self.statistic,
+            "others": dict(self.others),
+            "lead": self.lead,
+            "best_other": self.best_other,
+            "margin": self.margin,
+            "two_sided": self.two_sided,
+            "center": self.center,
+            "passed": self.passed,
+        }
 
 
-def beats_others(value: Any, others: Mapping[str, Any], *, two_sided: bool = True, margin: float = 0.0,
-                 center: float = 0.0, higher_is_better: bool = True) -> OthersVerdict:
+def beats_others(
+    value: Any,
+    others: Mapping[str, Any],
+    *,
+    two_sided: bool = True,
+    margin: float = 0.0,
+    center: float = 0.0,
+    higher_is_better: bool = True,
+) -> OthersVerdict:
     """Whether ``value`` leads every other trait's vector's value by more than ``margin``.
 
     ``two_sided=True`` (the default: another trait's vector has no sign fixed relative to this trait) compares
     ``|value - center|`` with ``|other - center|``, so a negated vector that tracks the quantity as well as this one
     is as close as it really is, never far behind. An undefined (nan) other, or no others at all, is not a pass."""
     if not others:
-        raise ValueError("beats_others needs at least one other trait's value; with one trait there is no "
-                         "cross-trait control (extract a second trait's vector)")
+        raise ValueError(
+            "beats_others needs at least one other trait's value; with one trait there is no "
+            "cross-trait control (extract a second trait's vector)"
+        )
     value_f = _finite(value)
     finite_others = {str(k): _finite(v) for k, v in others.items()}
 
     def stat(x: float) -> float:
-        return float(_statistic(np.asarray([x]), two_sided=two_sided, center=center,
-                                higher_is_better=higher_is_better)[0])
+        return float(
+            _statistic(np.asarray([x]), two_sided=two_sided, center=center, higher_is_better=higher_is_better)[0]
+        )
 
-    return OthersVerdict(value=value_f, statistic=stat(value_f), others=finite_others,
-                         statistics={k: stat(v) for k, v in finite_others.items()}, margin=float(margin),
-                         two_sided=two_sided, center=float(center))
+    return OthersVerdict(
+        value=value_f,
+        statistic=stat(value_f),
+        others=finite_others,
+        statistics={k: stat(v) for k, v in finite_others.items()},
+        margin=float(margin),
+        two_sided=two_sided,
+        center=float(center),
+    )

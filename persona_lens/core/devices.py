@@ -24,8 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["find_decoder_layers", "DeviceMap", "AUTO_MAPS", "dispatch", "layered_device_map", "input_device",
-           "block_devices", "is_dispatched", "check_device_map_args", "offloaded_parameters"]
+__all__ = [
+    "find_decoder_layers",
+    "DeviceMap",
+    "AUTO_MAPS",
+    "dispatch",
+    "layered_device_map",
+    "input_device",
+    "block_devices",
+    "is_dispatched",
+    "check_device_map_args",
+    "offloaded_parameters",
+]
 
 DeviceMap = str | Mapping[str, int | str | torch.device]
 AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -49,13 +59,19 @@ def find_decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(hf_model).__name__}")
 
 
-def check_device_map_args(device_map: DeviceMap | None, max_memory: Mapping[Any, Any] | None,
-                          offload_folder: str | os.PathLike[str] | None, device: Any) -> None:
+def check_device_map_args(
+    device_map: DeviceMap | None,
+    max_memory: Mapping[Any, Any] | None,
+    offload_folder: str | os.PathLike[str] | None,
+    device: Any,
+) -> None:
     """Loud errors for argument combinations that cannot mean anything."""
     if device_map is None:
         if max_memory is not None or offload_folder is not None:
-            raise ValueError("max_memory and offload_folder only apply with device_map=...; pass device_map='auto' "
-                             "or a dict {module: device}")
+            raise ValueError(
+                "max_memory and offload_folder only apply with device_map=...; pass device_map='auto' "
+                "or a dict {module: device}"
+            )
         return
     if device is not None:
         raise ValueError("pass either device= (the whole model on one device) or device_map= (split), not both")
@@ -76,8 +92,9 @@ def _no_split(hf_model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def layered_device_map(hf_model: nn.Module, block_devices: Sequence[int | str | torch.device],
-                       rest: int | str | torch.device = "cpu") -> dict[str, int | str | torch.device]:
+def layered_device_map(
+    hf_model: nn.Module, block_devices: Sequence[int | str | torch.device], rest: int | str | torch.device = "cpu"
+) -> dict[str, int | str | torch.device]:
     """A device map with block ``i`` on ``block_devices[i]`` and everything else (embeddings, norm, head) on ``rest``.
 
     Module names come from the model itself, so the map fits any architecture.
@@ -104,8 +121,13 @@ def layered_device_map(hf_model: nn.Module, block_devices: Sequence[int | str | 
     return device_map
 
 
-def dispatch(hf_model: nn.Module, device_map: DeviceMap, *, max_memory: Mapping[Any, Any] | None = None,
-             offload_folder: str | os.PathLike[str] | None = None) -> nn.Module:
+def dispatch(
+    hf_model: nn.Module,
+    device_map: DeviceMap,
+    *,
+    max_memory: Mapping[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+) -> nn.Module:
     """Place an in-memory Hugging Face model according to ``device_map`` (accelerate ``dispatch_model``).
 
     Disk-offloaded weights go to a fresh sub-folder of ``offload_folder`` (accelerate would otherwise reuse any
@@ -115,8 +137,9 @@ def dispatch(hf_model: nn.Module, device_map: DeviceMap, *, max_memory: Mapping[
 
     placement: dict[str, int | str | torch.device]
     if isinstance(device_map, str):
-        placement = infer_auto_device_map(hf_model, max_memory=dict(max_memory) if max_memory else None,
-                                          no_split_module_classes=_no_split(hf_model))
+        placement = infer_auto_device_map(
+            hf_model, max_memory=dict(max_memory) if max_memory else None, no_split_module_classes=_no_split(hf_model)
+        )
     else:
         placement = dict(device_map)
     offload_dir = None
@@ -162,8 +185,10 @@ def _device_of(module: nn.Module, ancestors: Sequence[nn.Module]) -> torch.devic
     if tensor is None:
         raise ValueError(f"cannot tell the device of {type(module).__name__}: no weights and no accelerate hook")
     if tensor.device.type == "meta":
-        raise ValueError(f"{type(module).__name__} has weights on the meta device and no accelerate hook to load "
-                         "them: load the model with load_model(..., device_map=...)")
+        raise ValueError(
+            f"{type(module).__name__} has weights on the meta device and no accelerate hook to load "
+            "them: load the model with load_model(..., device_map=...)"
+        )
     return tensor.device
 
 

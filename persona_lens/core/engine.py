@@ -47,8 +47,10 @@ __all__ = ["OpenAIEngine", "EngineError", "EngineMismatch", "request_timeout"]
 
 T = TypeVar("T")
 
-_PROBE: list[Message] = [{"role": "system", "content": "You are a careful assistant."},
-                         {"role": "user", "content": "Count the tokens of this question, please: 3, 17, 2049."}]
+_PROBE: list[Message] = [
+    {"role": "system", "content": "You are a careful assistant."},
+    {"role": "user", "content": "Count the tokens of this question, please: 3, 17, 2049."},
+]
 _TRANSIENT_HTTP = {429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER = 30.0
 
@@ -98,9 +100,18 @@ class OpenAIEngine:
     alias). ``progress_every``: seconds between "still waiting" lines on stderr (None: silent).
     """
 
-    def __init__(self, url: str, *, model: str | None = None, concurrency: int = 8, timeout: float | None = None,
-                 retries: int = 3, backoff: float = 0.5, allow_other_name: bool = False,
-                 progress_every: float | None = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        concurrency: int = 8,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        allow_other_name: bool = False,
+        progress_every: float | None = 10.0,
+    ) -> None:
         from persona_lens.core import validate
 
         base = url.rstrip("/")
@@ -136,32 +147,45 @@ class OpenAIEngine:
         except urllib.error.HTTPError as error:
             detail = error.read().decode("utf-8", "replace")[:300].strip()
             if error.code in _TRANSIENT_HTTP:
-                raise _Transient(f"{where} answered HTTP {error.code} ({detail or error.reason})",
-                                 _retry_after(error.headers.get("Retry-After"))) from None
-            raise EngineError(f"{where} answered HTTP {error.code}: {detail or error.reason}; check --engine, "
-                              "--engine-model and the server's log") from None
+                raise _Transient(
+                    f"{where} answered HTTP {error.code} ({detail or error.reason})",
+                    _retry_after(error.headers.get("Retry-After")),
+                ) from None
+            raise EngineError(
+                f"{where} answered HTTP {error.code}: {detail or error.reason}; check --engine, "
+                "--engine-model and the server's log"
+            ) from None
         except TimeoutError:
-            raise EngineError(f"{where} gave no complete answer within {timeout:g} s; the server is stuck or "
-                              "overloaded: check it, or allow more time with --engine-timeout SECONDS") from None
+            raise EngineError(
+                f"{where} gave no complete answer within {timeout:g} s; the server is stuck or "
+                "overloaded: check it, or allow more time with --engine-timeout SECONDS"
+            ) from None
         except urllib.error.URLError as error:
             if isinstance(error.reason, TimeoutError):
-                raise EngineError(f"{where} gave no complete answer within {timeout:g} s; the server is stuck or "
-                                  "overloaded: check it, or allow more time with --engine-timeout SECONDS") from None
+                raise EngineError(
+                    f"{where} gave no complete answer within {timeout:g} s; the server is stuck or "
+                    "overloaded: check it, or allow more time with --engine-timeout SECONDS"
+                ) from None
             raise _Transient(f"cannot reach {where}: {error.reason}") from None
         except (http.client.HTTPException, ConnectionError, OSError) as error:  # dropped, reset, cut short
             raise _Transient(f"{where} dropped the connection ({type(error).__name__}: {error})") from None
         try:
             answer = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
-            raise EngineError(f"{where} answered {len(body)} bytes that are not JSON ({body[:60]!r}); --engine must "
-                              "be an OpenAI-compatible server") from None
+            raise EngineError(
+                f"{where} answered {len(body)} bytes that are not JSON ({body[:60]!r}); --engine must "
+                "be an OpenAI-compatible server"
+            ) from None
         if not isinstance(answer, dict):
-            raise EngineError(f"{where} answered JSON that is not an object ({body[:60]!r}); --engine must be an "
-                              "OpenAI-compatible server")
+            raise EngineError(
+                f"{where} answered JSON that is not an object ({body[:60]!r}); --engine must be an "
+                "OpenAI-compatible server"
+            )
         return answer
 
-    def _request(self, path: str, payload: dict[str, Any] | None = None, *, max_tokens: int | None = None
-                 ) -> dict[str, Any]:
+    def _request(
+        self, path: str, payload: dict[str, Any] | None = None, *, max_tokens: int | None = None
+    ) -> dict[str, Any]:
         """One request with its retries: a transient fault is tried again ``retries`` times with backoff."""
         data = None if payload is None else json.dumps(payload).encode("utf-8")
         timeout = self._timeout(max_tokens) * self.concurrency  # queued behind the others on a one-at-a-time server
@@ -170,8 +194,11 @@ class OpenAIEngine:
                 return self._once(path, data, timeout)
             except _Transient as fault:
                 if attempt == self.retries:
-                    hint = ("Start one (e.g. scripts/serve_transformers.sh MODEL PORT) or fix --engine"
-                            if str(fault).startswith("cannot reach") else "check the server's log")
+                    hint = (
+                        "Start one (e.g. scripts/serve_transformers.sh MODEL PORT) or fix --engine"
+                        if str(fault).startswith("cannot reach")
+                        else "check the server's log"
+                    )
                     raise EngineError(f"{fault}, {self.retries + 1} tries; {hint}") from None
                 time.sleep(fault.wait if fault.wait is not None else self.backoff * 2**attempt)
         raise AssertionError("unreachable")
@@ -212,13 +239,19 @@ class OpenAIEngine:
                 raise errors[0]
             now = time.monotonic()
             if finished < len(calls) and now - last_answer > limit:
-                raise EngineError(f"the engine at {self.base} gave no complete answer within {limit:g} s ({finished} "
-                                  f"of {len(calls)} {what} answered); the server is stuck or overloaded: check it, "
-                                  "or allow more time with --engine-timeout SECONDS")
+                raise EngineError(
+                    f"the engine at {self.base} gave no complete answer within {limit:g} s ({finished} "
+                    f"of {len(calls)} {what} answered); the server is stuck or overloaded: check it, "
+                    "or allow more time with --engine-timeout SECONDS"
+                )
             if self.progress_every is not None and now - last_word >= self.progress_every:
                 last_word = now
-                print(f"waiting for the engine at {self.base}: {finished} of {len(calls)} {what} answered after "
-                      f"{now - start:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"waiting for the engine at {self.base}: {finished} of {len(calls)} {what} answered after "
+                    f"{now - start:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return results
 
     # ---------------------------------------------------------------------------------------------- the API
@@ -227,8 +260,10 @@ class OpenAIEngine:
         answer = self._run([lambda: self._request("/models")], "model list")[0]
         data = answer.get("data")
         if not isinstance(data, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in data):
-            raise EngineError(f"the engine at {self.base} (/models) answered no model list ({str(answer)[:120]}); "
-                              "--engine must be an OpenAI-compatible server")
+            raise EngineError(
+                f"the engine at {self.base} (/models) answered no model list ({str(answer)[:120]}); "
+                "--engine must be an OpenAI-compatible server"
+            )
         return [entry["id"] for entry in data]
 
     @property
@@ -236,8 +271,10 @@ class OpenAIEngine:
         if self._model is None:
             served = self.served_models()
             if len(served) != 1:
-                raise EngineMismatch(f"the engine at {self.base} serves {served or 'no model'}; name the one to use "
-                                     "(--engine-model / OpenAIEngine(model=...))")
+                raise EngineMismatch(
+                    f"the engine at {self.base} serves {served or 'no model'}; name the one to use "
+                    "(--engine-model / OpenAIEngine(model=...))"
+                )
             self._model = served[0]
         return self._model
 
@@ -245,11 +282,17 @@ class OpenAIEngine:
         """What a run records of the engine (its ``settings.json``): the served model name its replies came from."""
         return {"engine_model": self.model}
 
-    def _chat_request(self, messages: Sequence[Message], *, max_tokens: int, temperature: float, top_p: float,
-                      seed: int | None) -> dict[str, Any]:
+    def _chat_request(
+        self, messages: Sequence[Message], *, max_tokens: int, temperature: float, top_p: float, seed: int | None
+    ) -> dict[str, Any]:
         """One chat completion, checked: ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
-        payload: dict[str, Any] = {"model": self.model, "messages": list(messages), "max_tokens": max_tokens,
-                                   "temperature": temperature, "top_p": top_p}
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
         if seed is not None:
             payload["seed"] = seed
         answer = self._request("/chat/completions", payload, max_tokens=max_tokens)
@@ -258,38 +301,61 @@ class OpenAIEngine:
             choice = answer["choices"][0]
             text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise EngineError(f"{where} answered no reply ({str(answer)[:200]}); --engine must be an "
-                              "OpenAI-compatible server") from None
+            raise EngineError(
+                f"{where} answered no reply ({str(answer)[:200]}); --engine must be an OpenAI-compatible server"
+            ) from None
         raw_usage = answer.get("usage")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         if not isinstance(text, str) or (not text and not _ended_at_once(choice, usage)):
-            raise EngineError(f"{where} answered an empty reply (content {text!r}, finish_reason "
-                              f"{choice.get('finish_reason')!r}, completion_tokens {usage.get('completion_tokens')!r});"
-                              " nothing of this call is kept. The server failed to generate: check its log (an empty "
-                              "reply is kept only when the server says it stopped at the first token)")
+            raise EngineError(
+                f"{where} answered an empty reply (content {text!r}, finish_reason "
+                f"{choice.get('finish_reason')!r}, completion_tokens {usage.get('completion_tokens')!r});"
+                " nothing of this call is kept. The server failed to generate: check its log (an empty "
+                "reply is kept only when the server says it stopped at the first token)"
+            )
         name = answer.get("model")
         if isinstance(name, str) and name != self.model and not self.allow_other_name:
-            raise EngineMismatch(f"{where} answered as model {name!r}, but {self.model!r} was asked for: another "
-                                 "model answered. Serve the model asked for, or pass --engine-any-name if the server "
-                                 "reports an alias")
+            raise EngineMismatch(
+                f"{where} answered as model {name!r}, but {self.model!r} was asked for: another "
+                "model answered. Serve the model asked for, or pass --engine-any-name if the server "
+                "reports an alias"
+            )
         counts = {}
         for field in ("prompt_tokens", "completion_tokens"):
             value = usage.get(field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise EngineError(f"{where} answered usage.{field} = {value!r}, not a token count; --engine must be "
-                                  "an OpenAI-compatible server")
+                raise EngineError(
+                    f"{where} answered usage.{field} = {value!r}, not a token count; --engine must be "
+                    "an OpenAI-compatible server"
+                )
             counts[field] = value
         if counts["completion_tokens"] is not None and counts["completion_tokens"] > max_tokens:
-            raise EngineError(f"{where} answered a reply of {counts['completion_tokens']} tokens to a request for at "
-                              f"most {max_tokens}; nothing of this call is kept. The server ignores max_tokens: fix "
-                              "its settings or use another server")
+            raise EngineError(
+                f"{where} answered a reply of {counts['completion_tokens']} tokens to a request for at "
+                f"most {max_tokens}; nothing of this call is kept. The server ignores max_tokens: fix "
+                "its settings or use another server"
+            )
         return {"text": text, "finish_reason": choice.get("finish_reason"), **counts}
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> dict[str, Any]:
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """One chat completion, checked: ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
-        return self._run([lambda: self._chat_request(messages, max_tokens=max_tokens, temperature=temperature,
-                                                     top_p=top_p, seed=seed)], "reply", max_tokens)[0]
+        return self._run(
+            [
+                lambda: self._chat_request(
+                    messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+                )
+            ],
+            "reply",
+            max_tokens,
+        )[0]
 
     def check_matches(self, model: Any) -> None:
         """Raise :class:`EngineMismatch` unless the server tokenizes our probe conversation as ``model`` does.
@@ -305,18 +371,29 @@ class OpenAIEngine:
         ours = len(encode_prompt(model.tokenizer, _PROBE))
         theirs = self.chat(_PROBE, max_tokens=1)["prompt_tokens"]
         if theirs is None:
-            raise EngineMismatch(f"the engine at {self.base} reports no usage.prompt_tokens, so we cannot check that "
-                                 f"it serves {model.cfg.model_name!r}; use a server that reports usage")
+            raise EngineMismatch(
+                f"the engine at {self.base} reports no usage.prompt_tokens, so we cannot check that "
+                f"it serves {model.cfg.model_name!r}; use a server that reports usage"
+            )
         if int(theirs) != ours:
             raise EngineMismatch(
                 f"the engine at {self.base} serves {self.model!r}, which tokenizes a probe conversation into "
                 f"{theirs} tokens where {model.cfg.model_name!r} (the model we read activations from) makes {ours}: "
                 "another model, tokenizer or chat template. Serve the same model (e.g. scripts/serve_transformers.sh "
-                f"{model.cfg.model_name}) or load the served one with --model")
+                f"{model.cfg.model_name}) or load the served one with --model"
+            )
         self._checked.add(id(model))
 
-    def generate(self, model: Any, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int,
-                 temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None) -> Generation:
+    def generate(
+        self,
+        model: Any,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+    ) -> Generation:
         """Replies from the server, as :func:`persona_lens.core.generation.generate` returns them.
 
         ``response_ids`` are the reply's tokens located in ``model``'s re-tokenized conversation; ``stopped`` is
@@ -326,35 +403,52 @@ class OpenAIEngine:
         """
         self.check_matches(model)
         seeds = list(seeds) if seeds is not None else [None] * len(conversations)  # type: ignore[list-item]
-        calls = [lambda c=c, s=s: self._chat_request(c, max_tokens=max_new_tokens, temperature=temperature,
-                                                      top_p=top_p, seed=s)
-                 for c, s in zip(conversations, seeds)]
+        calls = [
+            lambda c=c, s=s: self._chat_request(
+                c, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=s
+            )
+            for c, s in zip(conversations, seeds)
+        ]
         answers = self._run(calls, "replies", max_new_tokens)
         prompts = [encode_prompt(model.tokenizer, c) for c in conversations]
         where = f"the engine at {self.base} (/chat/completions)"
         for answer, prompt in zip(answers, prompts):
             if answer["prompt_tokens"] is not None and answer["prompt_tokens"] != len(prompt):
-                raise EngineMismatch(f"{where} counted {answer['prompt_tokens']} prompt tokens where "
-                                     f"{model.cfg.model_name!r} makes {len(prompt)}: another tokenizer or chat "
-                                     "template answered this request; serve the same model")
-        response_ids = [_locate(model.tokenizer, c, a["text"], len(p), self.base)
-                        for c, a, p in zip(conversations, answers, prompts)]
+                raise EngineMismatch(
+                    f"{where} counted {answer['prompt_tokens']} prompt tokens where "
+                    f"{model.cfg.model_name!r} makes {len(prompt)}: another tokenizer or chat "
+                    "template answered this request; serve the same model"
+                )
+        response_ids = [
+            _locate(model.tokenizer, c, a["text"], len(p), self.base)
+            for c, a, p in zip(conversations, answers, prompts)
+        ]
         for ids, answer in zip(response_ids, answers):
             if len(ids) > max_new_tokens:
-                raise EngineError(f"{where} answered a reply of {len(ids)} tokens (re-tokenized by "
-                                  f"{model.cfg.model_name!r}) to a request for at most {max_new_tokens}: "
-                                  f"{answer['text'][:40]!r}...; nothing of this call is kept. The server ignores "
-                                  "max_tokens or serves another tokenizer")
-        return Generation([a["text"] for a in answers], prompts, response_ids,
-                          [_stopped(a, ids) for a, ids in zip(answers, response_ids)])
+                raise EngineError(
+                    f"{where} answered a reply of {len(ids)} tokens (re-tokenized by "
+                    f"{model.cfg.model_name!r}) to a request for at most {max_new_tokens}: "
+                    f"{answer['text'][:40]!r}...; nothing of this call is kept. The server ignores "
+                    "max_tokens or serves another tokenizer"
+                )
+        return Generation(
+            [a["text"] for a in answers],
+            prompts,
+            response_ids,
+            [_stopped(a, ids) for a, ids in zip(answers, response_ids)],
+        )
 
 
 def _ended_at_once(choice: dict[str, Any], usage: dict[str, Any]) -> bool:
     """Whether an empty reply is the model's own (its first token ended the turn): the server says it stopped
     (``finish_reason == "stop"``) after at most one completion token. Anything else empty is a server failure."""
     count = usage.get("completion_tokens")
-    return (choice.get("finish_reason") == "stop" and isinstance(count, int) and not isinstance(count, bool)
-            and 0 <= count <= 1)
+    return (
+        choice.get("finish_reason") == "stop"
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and 0 <= count <= 1
+    )
 
 
 def _stopped(answer: dict[str, Any], response_ids: Sequence[int]) -> bool:
@@ -376,11 +470,15 @@ def _locate(tokenizer: Any, messages: Sequence[Message], text: str, prompt_lengt
         return []
     encoded = encode_conversation(tokenizer, messages, text)
     if encoded.response_start != prompt_length:
-        start = text[:len(text) - len(text.lstrip())]
-        found = (f"the reply starts with {start!r} (whitespace the chat template strips)" if start else
-                 "the chat template rewrites the reply")
+        start = text[: len(text) - len(text.lstrip())]
+        found = (
+            f"the reply starts with {start!r} (whitespace the chat template strips)"
+            if start
+            else "the chat template rewrites the reply"
+        )
         raise TemplateBoundaryError(
             f"the engine{' at ' + base if base else ''} answered {text[:40]!r}, which does not start right after the "
             f"prompt once re-tokenized (token {encoded.response_start}, prompt ends at {prompt_length}): {found}, so "
-            "its tokens cannot be located exactly; nothing of this call is kept")
-    return list(encoded.input_ids[prompt_length:encoded.response_end])
+            "its tokens cannot be located exactly; nothing of this call is kept"
+        )
+    return list(encoded.input_ids[prompt_length : encoded.response_end])

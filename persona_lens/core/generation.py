@@ -57,8 +57,9 @@ def stop_token_ids(model: HookedLM) -> set[int]:
     return {int(i) for i in ids}
 
 
-def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: float,
-            generators: list[torch.Generator] | None) -> Int[Tensor, " batch"]:
+def _sample(
+    logits: Float[Tensor, "batch vocab"], temperature: float, top_p: float, generators: list[torch.Generator] | None
+) -> Int[Tensor, " batch"]:
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -78,11 +79,20 @@ def _sample(logits: Float[Tensor, "batch vocab"], temperature: float, top_p: flo
 
 
 @torch.no_grad()
-def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index: list[int], *,
-                    max_new_tokens: int, temperature: float, top_p: float, seeds: list[int] | None,
-                    use_cache: bool, compile: bool | str | Callable[..., Any],
-                    stops: set[int], on_step: Callable[[int], None] | None = None
-                    ) -> tuple[list[list[int]], list[bool]]:
+def _generate_batch(
+    model: HookedLM,
+    prompts: Sequence[Sequence[int]],
+    row_index: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seeds: list[int] | None,
+    use_cache: bool,
+    compile: bool | str | Callable[..., Any],
+    stops: set[int],
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[list[list[int]], list[bool]]:
     device = model.device
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else min(stops, default=0)
     batch = collate([encode_generated(p, ()) for p in prompts], pad_id, device)
@@ -103,12 +113,11 @@ def _generate_batch(model: HookedLM, prompts: Sequence[Sequence[int]], row_index
     with token_layout(layout):
         for step in range(max_new_tokens):
             if static is not None:
-                logits = (static.prefill() if step == 0 else static.step(step_input[:, 0], tokens.shape[1] - 1))
+                logits = static.prefill() if step == 0 else static.step(step_input[:, 0], tokens.shape[1] - 1)
                 logits = logits[:, None]
             elif use_cache:
                 layout.begin_forward(past_length=tokens.shape[1] - step_input.shape[1])
-                logits, cache = model(step_input, mask, position_ids, cache=cache, use_cache=True,
-                                      logits_to_keep=1)
+                logits, cache = model(step_input, mask, position_ids, cache=cache, use_cache=True, logits_to_keep=1)
             else:
                 layout.begin_forward(past_length=0)
                 logits = model(tokens, mask, positions_from_mask(mask), logits_to_keep=1)
@@ -194,16 +203,22 @@ def generate(
         True
     """
     if not isinstance(model, HookedLM):
-        raise TypeError("generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
-                        "use its own generate, or HookedLM(bridge.original_model, tokenizer)")
+        raise TypeError(
+            "generate needs a persona_lens HookedLM (persona_lens.load_model); for a TransformerBridge "
+            "use its own generate, or HookedLM(bridge.original_model, tokenizer)"
+        )
     max_new_tokens = validate.positive_int(max_new_tokens, "max_new_tokens")
     batch_size = validate.positive_int(batch_size, "batch_size")
     temperature = validate.temperature(temperature, "temperature")
     top_p = validate.probability(top_p, "top_p", allow_zero=False)
     if compile and not use_cache:
         raise ValueError("compile=True decodes on a static KV cache; it cannot be combined with use_cache=False")
-    prompts = [list(cast("Sequence[int]", c)) if c and isinstance(c[0], int)
-               else encode_prompt(model.tokenizer, cast("Sequence[Message]", c)) for c in conversations]
+    prompts = [
+        list(cast("Sequence[int]", c))
+        if c and isinstance(c[0], int)
+        else encode_prompt(model.tokenizer, cast("Sequence[Message]", c))
+        for c in conversations
+    ]
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} conversations")
     row_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
@@ -221,9 +236,17 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         index = order[start : start + batch_size]
         batch_responses, batch_stopped = _generate_batch(
-            model, [prompts[i] for i in index], index, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, seeds=[row_seeds[i] for i in index], use_cache=use_cache, compile=compile,
-            stops=stops, on_step=None if bar.disable else functools.partial(tick, batch=start // batch_size + 1),
+            model,
+            [prompts[i] for i in index],
+            index,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seeds=[row_seeds[i] for i in index],
+            use_cache=use_cache,
+            compile=compile,
+            stops=stops,
+            on_step=None if bar.disable else functools.partial(tick, batch=start // batch_size + 1),
         )
         for i, response, was_stopped in zip(index, batch_responses, batch_stopped):
             responses[i], stopped[i] = response, was_stopped

@@ -92,7 +92,6 @@ class Window:
 Positions = Union[Literal["all", "prompt", "response"], Window]  # noqa: UP007 (a runtime alias)
 
 
-
 @dataclass
 class TokenLayout:
     """How the tokens of the current forward sit in their rows: set by our runners, read by the hooks."""
@@ -189,12 +188,14 @@ def _hook_layout(positions: Positions, batch: int, seq_len: int, device: torch.d
             "HookedLM, TransformerBridge or HookedTransformer (whose forwards persona_lens reads) and call the "
             "model itself (not one of its blocks), or run the forward inside "
             "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))"
-            + ("" if positions == "all" else "; steering, ablation and capping also work with positions='all'"))
+            + ("" if positions == "all" else "; steering, ablation and capping also work with positions='all'")
+        )
     return layout
 
 
-def _mask_for(layout: TokenLayout, positions: Positions, batch: int, seq_len: int, device: torch.device
-              ) -> Bool[Tensor, "batch pos"]:
+def _mask_for(
+    layout: TokenLayout, positions: Positions, batch: int, seq_len: int, device: torch.device
+) -> Bool[Tensor, "batch pos"]:
     if layout.pad_lengths.shape[0] != batch:
         raise ValueError(
             f"the token layout describes {layout.pad_lengths.shape[0]} rows but this forward has {batch}; "
@@ -221,7 +222,8 @@ def _mask_for(layout: TokenLayout, positions: Positions, batch: int, seq_len: in
                 f"positions={positions!r} need to know where the prompt ends, and this forward cannot tell: {why}. "
                 "Run the prompt through the model with the hooks installed (then persona_lens follows its cache), "
                 "use positions='all' or a Window counted from the start, or run inside "
-                "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))")
+                "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))"
+            )
         prompt_lengths = layout.prompt_lengths.to(device)[:, None]
         if positions == "prompt":
             mask = real & (absolute < prompt_lengths)
@@ -259,8 +261,9 @@ class _ResidualHook:
         key = (resid.device, resid.dtype)
         if key not in self._cast:
             if resid.shape[-1] != self.vector.shape[0]:
-                raise ValueError(f"vector has d_model={self.vector.shape[0]} but the residual stream has "
-                                 f"{resid.shape[-1]}")
+                raise ValueError(
+                    f"vector has d_model={self.vector.shape[0]} but the residual stream has {resid.shape[-1]}"
+                )
             self._cast[key] = self.vector.to(device=resid.device, dtype=resid.dtype)
         return self._cast[key]
 
@@ -270,8 +273,9 @@ class _ResidualHook:
         if modifies and self.positions == "all":
             return None
         batch, seq_len = resid.shape[0], resid.shape[1]
-        return _mask_for(_hook_layout(self.positions, batch, seq_len, resid.device), self.positions, batch, seq_len,
-                         resid.device)
+        return _mask_for(
+            _hook_layout(self.positions, batch, seq_len, resid.device), self.positions, batch, seq_len, resid.device
+        )
 
     @property
     def needs_layout(self) -> bool:
@@ -292,8 +296,12 @@ class AddVector(_ResidualHook):
     ``TokenLayout.row_index``); in a plain forward they follow the batch rows.
     """
 
-    def __init__(self, vector: Float[Tensor, " d_model"], coef: float | Float[Tensor, " batch"] = 1.0,
-                 positions: Positions = "all") -> None:
+    def __init__(
+        self,
+        vector: Float[Tensor, " d_model"],
+        coef: float | Float[Tensor, " batch"] = 1.0,
+        positions: Positions = "all",
+    ) -> None:
         super().__init__(vector, positions)
         self.coef = coef.detach().float() if isinstance(coef, Tensor) else float(coef)
 
@@ -307,12 +315,15 @@ class AddVector(_ResidualHook):
                 coef = coef.to(resid.device)[layout.row_index.to(resid.device)]
             elif layout is not None and layout.row_index is not None:
                 if int(layout.row_index.max()) >= coef.shape[0]:
-                    raise ValueError(f"{coef.shape[0]} per-conversation coefficients, but conversation "
-                                     f"{int(layout.row_index.max())} is being run")
+                    raise ValueError(
+                        f"{coef.shape[0]} per-conversation coefficients, but conversation "
+                        f"{int(layout.row_index.max())} is being run"
+                    )
                 coef = coef[layout.row_index.cpu()]
             elif coef.shape != (resid.shape[0],):
-                raise ValueError(f"per-row coefficients have shape {tuple(coef.shape)} but the batch has "
-                                 f"{resid.shape[0]} rows")
+                raise ValueError(
+                    f"per-row coefficients have shape {tuple(coef.shape)} but the batch has {resid.shape[0]} rows"
+                )
             delta = coef.to(resid.device, resid.dtype)[:, None, None] * vector
         else:
             delta = self.coef * vector
@@ -334,8 +345,13 @@ class AblateDirection(_ResidualHook):
 class CapProjection(_ResidualHook):
     """Clamp the projection onto the unit direction into ``[min_value, max_value]`` (activation capping)."""
 
-    def __init__(self, vector: Float[Tensor, " d_model"], min_value: float | None = None,
-                 max_value: float | None = None, positions: Positions = "all") -> None:
+    def __init__(
+        self,
+        vector: Float[Tensor, " d_model"],
+        min_value: float | None = None,
+        max_value: float | None = None,
+        positions: Positions = "all",
+    ) -> None:
         if min_value is None and max_value is None:
             raise ValueError("cap needs min_value, max_value or both")
         if min_value is not None and max_value is not None and min_value > max_value:
@@ -469,8 +485,9 @@ class RecordingHandle(HookHandle):
         """Forget what was recorded so far (the hook stays installed)."""
         self.recorder.clear()
 
-    def token_projections(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0
-                          ) -> list[tuple[int, str, float]]:
+    def token_projections(
+        self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0
+    ) -> list[tuple[int, str, float]]:
         """``(absolute position, token text, projection)`` for ``token_ids[start:]`` of one conversation.
 
         ``token_ids`` are the conversation's tokens from position 0 (after generation: ``prompt_ids[i] +
@@ -485,8 +502,9 @@ class RecordingHandle(HookHandle):
             out.append((position, tokenizer.decode([int(token_ids[position])]), value))
         return out
 
-    def format_tokens(self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0,
-                      bar_width: int = 24) -> str:
+    def format_tokens(
+        self, tokenizer: Any, token_ids: Sequence[int], *, conversation: int = 0, start: int = 0, bar_width: int = 24
+    ) -> str:
         """A readable table of :meth:`token_projections`: position, projection, a bar, the token (``repr``).
 
         The bar spans the smallest to the largest projection shown, so the tokens that lean towards the trait
@@ -547,8 +565,9 @@ def _resolve_layers(layer: Layers, n_layers: int) -> list[int]:
     return [check_layer(layer_index(lay), n_layers) for lay in layers]
 
 
-def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool = False
-               ) -> list[tuple[int, str, Float[Tensor, " d_model"]]]:
+def _per_layer(
+    vector: VectorLike, model: Any, layer: Layers, incremental: bool = False
+) -> list[tuple[int, str, Float[Tensor, " d_model"]]]:
     """``(layer, hook name, direction)`` for each layer asked for, after checking the model and the vector."""
     model = _check_model(model)
     n_layers = int(model.cfg.n_layers)
@@ -557,8 +576,10 @@ def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool 
     layers = _resolve_layers(layer, n_layers)
     if rows.dim() == 1:
         if incremental or len(layers) != 1:
-            raise ValueError("a single [d_model] direction can only be applied at one layer; pass the full "
-                             "[n_layers+1, d_model] vector for several layers")
+            raise ValueError(
+                "a single [d_model] direction can only be applied at one layer; pass the full "
+                "[n_layers+1, d_model] vector for several layers"
+            )
         directions = [rows]
     elif incremental:
         increments = torch.cat([rows[:1], rows[1:] - rows[:-1]])
@@ -568,9 +589,17 @@ def _per_layer(vector: VectorLike, model: Any, layer: Layers, incremental: bool 
     return [(lay, hook_name(lay, n_layers), v) for lay, v in zip(layers, directions)]
 
 
-def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coef: float | Float[Tensor, " batch"],
-          raw: bool = False, residual_norms: Float[Tensor, " layer"] | Sequence[float] | None = None,
-          positions: Positions = "response", incremental: bool = False) -> HookHandle:
+def steer(
+    model: TransformerLensModel,
+    vector: VectorLike,
+    *,
+    layer: Layers,
+    coef: float | Float[Tensor, " batch"],
+    raw: bool = False,
+    residual_norms: Float[Tensor, " layer"] | Sequence[float] | None = None,
+    positions: Positions = "response",
+    incremental: bool = False,
+) -> HookHandle:
     """Add a multiple of ``v_l`` to the residual stream at ``layer`` (an int, several, or ``"all"`` = 1..n_layers).
 
     ``coef`` is *relative*, in the units the CLI and the steering sweep report: the added vector has norm
@@ -621,21 +650,28 @@ def steer(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, coe
     if raw:
         return install_hooks(model, [(name, AddVector(v, coef, positions)) for _, name, v in per_layer])
     if incremental:
-        raise ValueError("incremental steering adds v_l - v_{l-1} at every layer, which has no single relative size; "
-                         "pass the coefficient in raw units (raw=True)")
+        raise ValueError(
+            "incremental steering adds v_l - v_{l-1} at every layer, which has no single relative size; "
+            "pass the coefficient in raw units (raw=True)"
+        )
     from persona_lens.core.norms import median_residual_norms, raw_coefficient
 
     norms = median_residual_norms(model) if residual_norms is None else torch.as_tensor(residual_norms).float()
     n_layers = int(model.cfg.n_layers)
     if norms.shape != (n_layers + 1,):
-        raise ValueError(f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer, "
-                         f"[{n_layers + 1}] (layer 0 = embeddings)")
-    return install_hooks(model, [(name, AddVector(v, raw_coefficient(coef, v.norm(), norms[lay]), positions))
-                                 for lay, name, v in per_layer])
+        raise ValueError(
+            f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer, "
+            f"[{n_layers + 1}] (layer 0 = embeddings)"
+        )
+    return install_hooks(
+        model,
+        [(name, AddVector(v, raw_coefficient(coef, v.norm(), norms[lay]), positions)) for lay, name, v in per_layer],
+    )
 
 
-def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, positions: Positions = "response"
-           ) -> HookHandle:
+def ablate(
+    model: TransformerLensModel, vector: VectorLike, *, layer: Layers, positions: Positions = "response"
+) -> HookHandle:
     """Project the vector's direction out of the residual stream at ``layer`` (directional ablation / CAFT).
 
     ``positions`` defaults to ``"response"``, as for :func:`steer`; CAFT during finetuning passes ``"all"``.
@@ -661,12 +697,20 @@ def ablate(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, po
         >>> bool(seen.projections().abs().max() < 1e-4)  # nothing left along the direction
         True
     """
-    return install_hooks(model, [(name, AblateDirection(v, positions))
-                                 for _, name, v in _per_layer(vector, model, layer)])
+    return install_hooks(
+        model, [(name, AblateDirection(v, positions)) for _, name, v in _per_layer(vector, model, layer)]
+    )
 
 
-def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_value: float | None = None,
-        max_value: float | None = None, positions: Positions = "response") -> HookHandle:
+def cap(
+    model: TransformerLensModel,
+    vector: VectorLike,
+    *,
+    layer: Layers,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    positions: Positions = "response",
+) -> HookHandle:
     """Clamp the projection onto the vector's unit direction into ``[min_value, max_value]`` at ``layer``
     (activation capping). The bounds are projections (``h . u``, the numbers :func:`record` reports), not
     coefficients. ``positions`` defaults to ``"response"``, as for :func:`steer`.
@@ -697,12 +741,15 @@ def cap(model: TransformerLensModel, vector: VectorLike, *, layer: Layers, min_v
     """
     min_value = None if min_value is None else finite(min_value, "min_value")
     max_value = None if max_value is None else finite(max_value, "max_value")
-    return install_hooks(model, [(name, CapProjection(v, min_value, max_value, positions))
-                                 for _, name, v in _per_layer(vector, model, layer)])
+    return install_hooks(
+        model,
+        [(name, CapProjection(v, min_value, max_value, positions)) for _, name, v in _per_layer(vector, model, layer)],
+    )
 
 
-def record(model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
-           ) -> RecordingHandle:
+def record(
+    model: TransformerLensModel, vector: VectorLike, *, layer: int, positions: Positions = "all"
+) -> RecordingHandle:
     """Record the projection onto the vector's unit direction at ``layer``; read it with the handle's
     ``projections()`` (``[conversation, absolute position]``).
 

@@ -68,9 +68,13 @@ class UnsafeOutput(Error, ValueError):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -91,12 +95,16 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
     target = Path(text)
     encoded = os.fsencode(os.path.abspath(target))
     if len(encoded) >= PATH_MAX:
-        raise UnsafeOutput(f"the output path {str(target)[:60]}... is {len(encoded)} bytes long, more than the "
-                           f"{PATH_MAX - 1} a path may have; choose a shorter path")
+        raise UnsafeOutput(
+            f"the output path {str(target)[:60]}... is {len(encoded)} bytes long, more than the "
+            f"{PATH_MAX - 1} a path may have; choose a shorter path"
+        )
     for part in target.parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            raise UnsafeOutput(f"the output path {str(target)[:60]}... has a name ({part[:40]!r}...) longer than "
-                               f"{NAME_MAX} bytes, more than a file system allows; choose a shorter name")
+            raise UnsafeOutput(
+                f"the output path {str(target)[:60]}... has a name ({part[:40]!r}...) longer than "
+                f"{NAME_MAX} bytes, more than a file system allows; choose a shorter name"
+            )
     try:
         mode = os.lstat(target).st_mode
     except (FileNotFoundError, NotADirectoryError):  # nothing there (a file above it: making the folder will say so)
@@ -110,9 +118,11 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
     if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and folder):
         want, found = ("a folder", "a file") if folder else ("a file", "a folder")
         raise UnsafeOutput(f"{target} is {found}, where {want} is written; choose another path")
-    raise UnsafeOutput(f"{target} is {_kind(mode)}, not a {'folder' if folder else 'regular file'}; persona_lens "
-                       "never writes through or over one (it would replace or follow it): remove it or choose another "
-                       "path")
+    raise UnsafeOutput(
+        f"{target} is {_kind(mode)}, not a {'folder' if folder else 'regular file'}; persona_lens "
+        "never writes through or over one (it would replace or follow it): remove it or choose another "
+        "path"
+    )
 
 
 class UnreadableFile(Error, ValueError):
@@ -126,16 +136,18 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
     if not source.exists():
         raise UnreadableFile(f"{what}: no file at {source}; check the path")
     if not source.is_file():
-        raise UnreadableFile(f"{what}: {source} is {'a folder' if source.is_dir() else 'not a regular file'}; give "
-                             "the path of a file")
+        raise UnreadableFile(
+            f"{what}: {source} is {'a folder' if source.is_dir() else 'not a regular file'}; give the path of a file"
+        )
     data = source.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
+        line = data[: error.start].count(b"\n") + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1)
-        raise UnreadableFile(f"{what}: {source}:{line}: not UTF-8 text (byte {column} of the line); save the file "
-                             "as UTF-8") from None
+        raise UnreadableFile(
+            f"{what}: {source}:{line}: not UTF-8 text (byte {column} of the line); save the file as UTF-8"
+        ) from None
 
 
 def _open_no_follow(path: Path, flags: int) -> int:
@@ -192,8 +204,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2,
-                      default: Callable[[Any], Any] | None = None) -> Path:
+def write_json_atomic(
+    path: str | os.PathLike[str], data: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (non-ASCII kept as is; ``default`` as in :func:`json.dumps`)."""
     return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, default=default))
 
@@ -272,8 +285,10 @@ class JsonlRecords:
                 if torn_at is None and not blank and record is None:
                     torn_at = (number, start)
                 elif torn_at is not None and record is not None:
-                    raise ValueError(f"{self.path}: line {torn_at[0]} (byte {torn_at[1]}) is not a JSON record, but "
-                                     f"records follow it (line {number}): the file is damaged; repair or delete it")
+                    raise ValueError(
+                        f"{self.path}: line {torn_at[0]} (byte {torn_at[1]}) is not a JSON record, but "
+                        f"records follow it (line {number}): the file is damaged; repair or delete it"
+                    )
                 elif torn_at is None:
                     yield record, start, end
                 start = end
@@ -284,8 +299,9 @@ class JsonlRecords:
             if record is not None:
                 yield record, start
 
-    def load(self, key: str = "key", *, check: Callable[[dict[str, Any]], str | None] | None = None
-             ) -> dict[Any, dict[str, Any]]:
+    def load(
+        self, key: str = "key", *, check: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> dict[Any, dict[str, Any]]:
         """Every record by its ``key`` field; of records with the same key, the last one wins. A record without the
         field (or with one that is not a string or number) is a damaged file: a ValueError names its byte.
         ``check(record)`` returns what is wrong with a record (a field of the wrong type or range, say) or None; a
@@ -294,13 +310,17 @@ class JsonlRecords:
         for record, start in self.rows():
             value = record.get(key)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError(f"{self.path}: the record at byte {start} has no {key!r} field (a string): the file "
-                                 "is damaged or was not written by persona_lens; repair or delete it")
+                raise ValueError(
+                    f"{self.path}: the record at byte {start} has no {key!r} field (a string): the file "
+                    "is damaged or was not written by persona_lens; repair or delete it"
+                )
             problem = None if check is None else check(record)
             if problem is not None:
                 line = self._line_at(start)
-                raise ValueError(f"{self.path}:{line}: {problem}; the record was not written so by persona_lens "
-                                 "(edited by hand?): repair or delete that line to have it made again")
+                raise ValueError(
+                    f"{self.path}:{line}: {problem}; the record was not written so by persona_lens "
+                    "(edited by hand?): repair or delete that line to have it made again"
+                )
             records[value] = record
         return records
 
@@ -318,8 +338,12 @@ class JsonlRecords:
             valid = end
         dropped = self.path.stat().st_size - valid
         if dropped:
-            log.warning("%s: dropping a torn tail of %d bytes after byte %d (a write cut short by an interruption)",
-                        self.path, dropped, valid)
+            log.warning(
+                "%s: dropping a torn tail of %d bytes after byte %d (a write cut short by an interruption)",
+                self.path,
+                dropped,
+                valid,
+            )
             with os.fdopen(_open_no_follow(self.path, os.O_RDWR), "rb+") as handle:
                 handle.truncate(valid)
                 os.fsync(handle.fileno())
@@ -351,8 +375,15 @@ class SqliteStore:
     missing. Keys and values are tuples in column order; a single-column key may be given bare.
     """
 
-    def __init__(self, path: str | os.PathLike[str], table: str, keys: Mapping[str, str], values: Mapping[str, str],
-                 *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        table: str,
+        keys: Mapping[str, str],
+        values: Mapping[str, str],
+        *,
+        timeout: float = 60.0,
+    ) -> None:
         self.path = Path(path)
         self.table = table
         self.keys = list(keys)
@@ -375,8 +406,9 @@ class SqliteStore:
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, tuple[Any, ...]]:
         """The stored values of those ``keys`` that are present, by key (as given)."""
-        query = (f"SELECT {', '.join(self.values)} FROM {self.table} WHERE "
-                 + " AND ".join(f"{name} = ?" for name in self.keys))
+        query = f"SELECT {', '.join(self.values)} FROM {self.table} WHERE " + " AND ".join(
+            f"{name} = ?" for name in self.keys
+        )
         found: dict[Any, tuple[Any, ...]] = {}
         unique = list(dict.fromkeys(keys))
         if not unique:
@@ -394,9 +426,10 @@ class SqliteStore:
             return
         columns = [*self.keys, *self.values]
         with contextlib.closing(self._connect()) as db, db:
-            db.executemany(f"INSERT OR REPLACE INTO {self.table} ({', '.join(columns)}) VALUES "
-                           f"({', '.join('?' * len(columns))})",
-                           [(*self._key(key), *values) for key, values in rows.items()])
+            db.executemany(
+                f"INSERT OR REPLACE INTO {self.table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [(*self._key(key), *values) for key, values in rows.items()],
+            )
 
     def count(self) -> int:
         """Rows in the table."""
@@ -414,16 +447,21 @@ def check_settings(path: str | Path, settings: dict[str, Any], *, what: str) -> 
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, RecursionError) as error:
-            raise ValueError(f"{path} is not the JSON object of settings a run writes ({error}); delete "
-                             f"{path.parent} to start over") from None
+            raise ValueError(
+                f"{path} is not the JSON object of settings a run writes ({error}); delete {path.parent} to start over"
+            ) from None
         if not isinstance(previous, dict):
-            raise ValueError(f"{path} is not the JSON object of settings a run writes; delete {path.parent} to start "
-                             "over")
-        changed = {k: (previous.get(k, _UNRECORDED), v) for k, v in settings.items()
-                   if previous.get(k, _UNRECORDED) != v}
+            raise ValueError(
+                f"{path} is not the JSON object of settings a run writes; delete {path.parent} to start over"
+            )
+        changed = {
+            k: (previous.get(k, _UNRECORDED), v) for k, v in settings.items() if previous.get(k, _UNRECORDED) != v
+        }
         if changed:
-            details = ", ".join(f"{k}: {'(not recorded)' if old is _UNRECORDED else repr(old)} -> {new!r}"
-                                for k, (old, new) in changed.items())
+            details = ", ".join(
+                f"{k}: {'(not recorded)' if old is _UNRECORDED else repr(old)} -> {new!r}"
+                for k, (old, new) in changed.items()
+            )
             raise ValueError(
                 f"{path.parent} holds {what} made with other settings ({details}); use another output folder "
                 f"(--out) or delete {path.parent} to start over"
@@ -464,8 +502,10 @@ class FolderLock:
             owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderBusy(f"{self.folder} is in use by another run (pid {owner}); wait for it to finish, or "
-                                 "use another output folder (--out)") from None
+                raise FolderBusy(
+                    f"{self.folder} is in use by another run (pid {owner}); wait for it to finish, or "
+                    "use another output folder (--out)"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

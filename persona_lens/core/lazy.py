@@ -16,8 +16,9 @@ from typing import Any
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(package: str, groups: Mapping[str, Sequence[str]]) -> tuple[
-        list[str], Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, groups: Mapping[str, Sequence[str]]
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
     """``(__all__, __getattr__, __dir__)`` for ``package`` re-exporting ``groups`` (module -> names) lazily.
 
     Raises ``ValueError`` for a name given twice.

@@ -114,8 +114,9 @@ def _select(hf_model: nn.Module, targets: Sequence[str] | None) -> list[str]:
                 break
     if not chosen:
         short = sorted({name.rsplit(".", 1)[-1] for name in candidates})
-        raise ValueError(f"no Linear layer of the decoder blocks matches targets {list(targets)}; "
-                         f"the candidates are named {short}")
+        raise ValueError(
+            f"no Linear layer of the decoder blocks matches targets {list(targets)}; the candidates are named {short}"
+        )
     return chosen
 
 
@@ -125,8 +126,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def apply_lora(hf_model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
-               targets: Sequence[str] | None = None) -> list[str]:
+def apply_lora(
+    hf_model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0, targets: Sequence[str] | None = None
+) -> list[str]:
     """Wrap the target Linear layers of ``hf_model`` in :class:`LoRALinear` (in place) and freeze everything else.
 
     ``targets``: None for every Linear of the decoder blocks, or module-name suffixes (``["q_proj", "v_proj"]``)

@@ -45,8 +45,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if available == 0 or (resolved.index is not None and resolved.index >= available):
-            raise ValueError(f"device {device!r} is not available here ({available} CUDA device(s)); use "
-                             "--device cpu, or leave it out to use a GPU when there is one")
+            raise ValueError(
+                f"device {device!r} is not available here ({available} CUDA device(s)); use "
+                "--device cpu, or leave it out to use a GPU when there is one"
+            )
     if resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"device {device!r} is not available here; use --device cpu")
     return resolved
@@ -57,8 +59,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError:
             raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
     return dtype
@@ -189,6 +197,10 @@ def load_model(
         hf_model = loaded.to(torch_device).eval()
     else:
         hf_model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, device_map=device_map, max_memory=dict(max_memory) if max_memory else None,
-            offload_folder=offload_folder).eval()
+            folder,
+            dtype=torch_dtype,
+            device_map=device_map,
+            max_memory=dict(max_memory) if max_memory else None,
+            offload_folder=offload_folder,
+        ).eval()
     return HookedLM(hf_model, tokenizer, model_name=model_name)

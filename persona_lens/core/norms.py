@@ -27,8 +27,14 @@ from persona_lens.core.chat import EncodedConversation, encode_generated, encode
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.layers import hook_name
 
-__all__ = ["REFERENCE_QUESTIONS", "reference_conversations", "median_residual_norms", "raw_coefficient",
-           "relative_coefficient", "model_device"]
+__all__ = [
+    "REFERENCE_QUESTIONS",
+    "reference_conversations",
+    "median_residual_norms",
+    "raw_coefficient",
+    "relative_coefficient",
+    "model_device",
+]
 
 #: Neutral everyday questions: the prompts whose residual norms relative coefficients refer to by default.
 REFERENCE_QUESTIONS = (
@@ -43,14 +49,15 @@ REFERENCE_QUESTIONS = (
 )
 
 
-def reference_conversations(model: Any, questions: Sequence[str] = REFERENCE_QUESTIONS
-                            ) -> list[EncodedConversation]:
+def reference_conversations(model: Any, questions: Sequence[str] = REFERENCE_QUESTIONS) -> list[EncodedConversation]:
     """``questions`` as chat prompts (no system prompt) in ``model``'s chat template."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError(f"{type(model).__name__} has no tokenizer to render the reference prompts with; measure "
-                         "median_residual_norms(model, conversations) on your own token ids, or pass raw "
-                         "coefficients (raw=True)")
+        raise ValueError(
+            f"{type(model).__name__} has no tokenizer to render the reference prompts with; measure "
+            "median_residual_norms(model, conversations) on your own token ids, or pass raw "
+            "coefficients (raw=True)"
+        )
     return [encode_generated(encode_prompt(tokenizer, make_messages(q)), ()) for q in questions]
 
 
@@ -64,8 +71,9 @@ class _NormCollector:
 
 
 @torch.no_grad()
-def median_residual_norms(model: Any, conversations: Sequence[EncodedConversation] | None = None
-                          ) -> Float[Tensor, " layer"]:
+def median_residual_norms(
+    model: Any, conversations: Sequence[EncodedConversation] | None = None
+) -> Float[Tensor, " layer"]:
     """The median norm of the residual stream at each layer (``[n_layers + 1]``) over the conversations' tokens.
 
     ``conversations`` default to :data:`REFERENCE_QUESTIONS` as chat prompts (:func:`reference_conversations`).
@@ -102,20 +110,24 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def raw_coefficient(relative: float | Tensor, vector_norm: float | Tensor, residual_norm: float | Tensor
-                    ) -> float | Tensor:
+def raw_coefficient(
+    relative: float | Tensor, vector_norm: float | Tensor, residual_norm: float | Tensor
+) -> float | Tensor:
     """``a = r median|h_l| / |v_l|``: the raw coefficient whose added vector is ``r`` times the residual's median
     norm. A zero vector has no relative size (error)."""
     vector_norm = float(vector_norm)
     if not vector_norm > 0:
-        raise ValueError("the vector is zero at this layer, so a relative coefficient has no meaning there; pass a "
-                         "raw coefficient (raw=True) or use another layer")
+        raise ValueError(
+            "the vector is zero at this layer, so a relative coefficient has no meaning there; pass a "
+            "raw coefficient (raw=True) or use another layer"
+        )
     factor = float(residual_norm) / vector_norm
     return relative * factor if isinstance(relative, Tensor) else float(relative) * factor
 
 
-def relative_coefficient(raw: float | Tensor, vector_norm: float | Tensor, residual_norm: float | Tensor
-                         ) -> float | Tensor:
+def relative_coefficient(
+    raw: float | Tensor, vector_norm: float | Tensor, residual_norm: float | Tensor
+) -> float | Tensor:
     """``r = a |v_l| / median|h_l|``, the inverse of :func:`raw_coefficient`."""
     factor = float(vector_norm) / float(residual_norm)
     return raw * factor if isinstance(raw, Tensor) else float(raw) * factor

@@ -56,8 +56,11 @@ _ORGANISM_TRAITS = ("organism_evil", "organism_sycophancy", "organism_hallucinat
 
 MODELS = Registry("model", {"persona-organism": "persona_lens.organism:load_organism"})
 TRAITS = Registry("trait", {name: "persona_lens.organism.traits:organism_trait" for name in _ORGANISM_TRAITS})
-RULE_JUDGES = Registry("rule judge", {name: "persona_lens.organism.judge:organism_judges" for name in _ORGANISM_TRAITS}
-                       | {"organism_default": "persona_lens.organism.roles:organism_role_judges"})
+RULE_JUDGES = Registry(
+    "rule judge",
+    {name: "persona_lens.organism.judge:organism_judges" for name in _ORGANISM_TRAITS}
+    | {"organism_default": "persona_lens.organism.roles:organism_role_judges"},
+)
 ROLE_SETS = Registry("role set", {"organism": "persona_lens.organism.roles:organism_roles"})
 
 _REGISTRIES = {"model": MODELS, "trait": TRAITS, "rule_judge": RULE_JUDGES, "role_set": ROLE_SETS}

@@ -33,13 +33,17 @@ def read_text(path: str | os.PathLike[str], what: str = "this file") -> str:
     try:
         return target.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ResultFileError(f"{target}: no such file; {what} is written by the command's run into its --out "
-                              "folder: give that folder, or rerun the command") from None
+        raise ResultFileError(
+            f"{target}: no such file; {what} is written by the command's run into its --out "
+            "folder: give that folder, or rerun the command"
+        ) from None
     except IsADirectoryError:
         raise ResultFileError(f"{target} is a folder; give the result folder that holds it") from None
     except UnicodeDecodeError as error:
-        raise ResultFileError(f"{target} is not UTF-8 text ({error.reason} at byte {error.start}); it is not a file "
-                              "persona_lens wrote: rerun the command") from None
+        raise ResultFileError(
+            f"{target} is not UTF-8 text ({error.reason} at byte {error.start}); it is not a file "
+            "persona_lens wrote: rerun the command"
+        ) from None
 
 
 def read_json(path: str | os.PathLike[str], what: str = "this file") -> Any:
@@ -49,8 +53,10 @@ def read_json(path: str | os.PathLike[str], what: str = "this file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ResultFileError(f"{target} is not valid JSON (line {error.lineno}: {error.msg}); it was cut short or "
-                              "edited: rerun the command") from None
+        raise ResultFileError(
+            f"{target} is not valid JSON (line {error.lineno}: {error.msg}); it was cut short or "
+            "edited: rerun the command"
+        ) from None
 
 
 def read_csv(path: str | os.PathLike[str], what: str = "this file") -> list[dict[str, str]]:

@@ -39,16 +39,25 @@ from torch import Tensor, nn
 
 from persona_lens.core.errors import Error
 
-__all__ = ["RunnerReader", "ReadForward", "UnreadablePositions", "attach_reader", "detach_reader", "read_forward",
-           "forget_reader_in_copy"]
+__all__ = [
+    "RunnerReader",
+    "ReadForward",
+    "UnreadablePositions",
+    "attach_reader",
+    "detach_reader",
+    "read_forward",
+    "forget_reader_in_copy",
+]
 
 
 class UnreadablePositions(Error, ValueError):
     """A hook needs positions that the runner does not tell (see :mod:`persona_lens.core.runners`)."""
 
 
-_FIX = ("use positions='all' (steering, ablation, capping), or run the forward inside "
-        "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))")
+_FIX = (
+    "use positions='all' (steering, ablation, capping), or run the forward inside "
+    "persona_lens.core.hooks.token_layout(TokenLayout(pad_lengths, prompt_lengths, past_length))"
+)
 
 
 @dataclass
@@ -70,22 +79,26 @@ class ReadForward:
     """The TokenLayout the hooks built from this read (shared by every hooked layer of the forward)."""
     _resolved: tuple[Any, ...] | None = field(default=None, repr=False)
 
-    def resolve(self, batch: int, seq_len: int, device: torch.device
-                ) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"] | None, int]:
+    def resolve(
+        self, batch: int, seq_len: int, device: torch.device
+    ) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"] | None, int]:
         """``(pad_lengths, prompt_lengths or None, past_length)`` for a residual of ``[batch, seq_len]``."""
         if self._resolved is not None:
             if self._resolved[0] != (batch, seq_len):
                 raise UnreadablePositions(
                     f"one forward ran hooks on residuals of shape [{batch}, {seq_len}] and "
-                    f"{list(self._resolved[0])}; persona_lens cannot place both: {_FIX}")
+                    f"{list(self._resolved[0])}; persona_lens cannot place both: {_FIX}"
+                )
             return self._resolved[1]
         pads = self._pads(batch, seq_len)
         prompt = self.prompt_lengths
         if self.new:
             prompt = seq_len - pads
         elif prompt is not None and prompt.shape[0] != batch:
-            raise UnreadablePositions(f"this cached forward has {batch} rows but its prompt had {prompt.shape[0]}: "
-                                      f"persona_lens cannot match them: {_FIX}")
+            raise UnreadablePositions(
+                f"this cached forward has {batch} rows but its prompt had {prompt.shape[0]}: "
+                f"persona_lens cannot match them: {_FIX}"
+            )
         result = (pads.to(device), None if prompt is None else prompt.to(device), self.past_length)
         self._resolved = ((batch, seq_len), result)
         if self.reader is not None:
@@ -100,23 +113,29 @@ class ReadForward:
                 shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
                 raise UnreadablePositions(
                     f"the attention mask has shape {shape} for {self.past_length} cached and {seq_len} "
-                    f"new tokens in {batch} rows; persona_lens reads a 2D [batch, cached + new] mask: {_FIX}")
+                    f"new tokens in {batch} rows; persona_lens reads a 2D [batch, cached + new] mask: {_FIX}"
+                )
             real = mask.detach().to("cpu").bool()
             if mask.shape[1] == seq_len and self.past_length:
                 if self.pad_lengths is None:
-                    raise UnreadablePositions(f"the attention mask covers only the {seq_len} new tokens and the "
-                                              f"padding of the {self.past_length} cached ones is unknown: {_FIX}")
+                    raise UnreadablePositions(
+                        f"the attention mask covers only the {seq_len} new tokens and the "
+                        f"padding of the {self.past_length} cached ones is unknown: {_FIX}"
+                    )
                 return self.pad_lengths.cpu()
             pads = (real.long().cumsum(-1) == 0).sum(-1)
             after = torch.arange(real.shape[1])[None, :] >= pads[:, None]
             if bool((after & ~real).any()):
-                raise UnreadablePositions("the attention mask has padding after a real token (right padding or "
-                                          f"gaps); persona_lens positions count left padding only: {_FIX}")
+                raise UnreadablePositions(
+                    "the attention mask has padding after a real token (right padding or "
+                    f"gaps); persona_lens positions count left padding only: {_FIX}"
+                )
             return pads
         if self.pad_lengths is not None:
             if self.pad_lengths.shape[0] != batch:
-                raise UnreadablePositions(f"this forward has {batch} rows but its prompt had "
-                                          f"{self.pad_lengths.shape[0]}: {_FIX}")
+                raise UnreadablePositions(
+                    f"this forward has {batch} rows but its prompt had {self.pad_lengths.shape[0]}: {_FIX}"
+                )
             return self.pad_lengths.cpu()
         return torch.zeros(batch, dtype=torch.long)
 
@@ -240,9 +259,16 @@ class RunnerReader:
             why = "the cache passed is not the one the earlier forward of these rows filled"
         if why is not None:
             pads = None if rows is None or rows.total != past else rows.pad_lengths
-            return ReadForward(past, mask, None, pads, new=False, reader=self,
-                               unknown_prompt=f"a cached forward ({past} tokens in the cache) whose prompt "
-                                              f"persona_lens did not see: {why}")
+            return ReadForward(
+                past,
+                mask,
+                None,
+                pads,
+                new=False,
+                reader=self,
+                unknown_prompt=f"a cached forward ({past} tokens in the cache) whose prompt "
+                f"persona_lens did not see: {why}",
+            )
         assert rows is not None
         return ReadForward(past, mask, rows.prompt_lengths, rows.pad_lengths, new=False, reader=self)
 
@@ -303,8 +329,9 @@ def _first(args: tuple[Any, ...], kwargs: dict[str, Any], *names: str) -> Any:
     return args[0] if args else None
 
 
-def _call_facts(kind: str, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-                ) -> tuple[int, Any, Any, Tensor | None, tuple[int, int] | None]:
+def _call_facts(
+    kind: str, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, Any, Any, Tensor | None, tuple[int, int] | None]:
     """``(tokens in the cache, the cache, the attention mask or None, integer input tokens or None,
     (batch, new tokens) or None)``."""
     mask = kwargs.get("attention_mask")
@@ -313,8 +340,15 @@ def _call_facts(kind: str, model: Any, args: tuple[Any, ...], kwargs: dict[str, 
         past = int(cache.entries[0].past_keys.shape[1]) if cache is not None and cache.entries else 0
         inputs = _first(args, kwargs, "input", "tokens")
         previous = getattr(cache, "previous_attention_mask", None)
-        if past and torch.is_tensor(mask) and torch.is_tensor(previous) and previous.shape[1] == past \
-                and mask.dim() == 2 and torch.is_tensor(inputs) and mask.shape[1] == inputs.shape[1]:
+        if (
+            past
+            and torch.is_tensor(mask)
+            and torch.is_tensor(previous)
+            and previous.shape[1] == past
+            and mask.dim() == 2
+            and torch.is_tensor(inputs)
+            and mask.shape[1] == inputs.shape[1]
+        ):
             mask = torch.cat([previous.to(mask.device, mask.dtype), mask], dim=1)  # TL 3.x: the new tokens' mask
     else:
         cache = kwargs.get("past_key_values")

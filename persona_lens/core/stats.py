@@ -39,8 +39,9 @@ def as_float_array(values: Any) -> np.ndarray:
         values = values.detach().cpu().double().numpy()
     if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
         return values.astype(np.float64).ravel()
-    return np.asarray([np.nan if v is None else float(v) for v in np.asarray(values, dtype=object).ravel()],
-                      dtype=np.float64)
+    return np.asarray(
+        [np.nan if v is None else float(v) for v in np.asarray(values, dtype=object).ravel()], dtype=np.float64
+    )
 
 
 def finite_pairs(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -53,25 +53,42 @@ class TinySpec:
 
 ARCHITECTURES: dict[str, TinySpec] = {
     "tiny-llama": TinySpec(
-        "LlamaConfig", LLAMA_TEMPLATE,
+        "LlamaConfig",
+        LLAMA_TEMPLATE,
         ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"),
-        bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|pad|>",
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad="<|pad|>",
     ),
     "tiny-qwen2": TinySpec(
-        "Qwen2Config", QWEN2_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+        "Qwen2Config",
+        QWEN2_TEMPLATE,
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
     ),
     "tiny-gemma2": TinySpec(
-        "Gemma2Config", GEMMA2_TEMPLATE, ("<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
-        bos="<bos>", eos="<end_of_turn>", pad="<pad>",
-        extra=(("head_dim", 16), ("query_pre_attn_scalar", 16), ("sliding_window", 8),
-               ("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0)),
+        "Gemma2Config",
+        GEMMA2_TEMPLATE,
+        ("<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+        bos="<bos>",
+        eos="<end_of_turn>",
+        pad="<pad>",
+        extra=(
+            ("head_dim", 16),
+            ("query_pre_attn_scalar", 16),
+            ("sliding_window", 8),
+            ("attn_logit_softcapping", 50.0),
+            ("final_logit_softcapping", 30.0),
+        ),
     ),
 }
 
 
-def build_byte_tokenizer(special_tokens: tuple[str, ...], *, bos: str | None, eos: str, pad: str,
-                         chat_template: str, name: str) -> PreTrainedTokenizerFast:
+def build_byte_tokenizer(
+    special_tokens: tuple[str, ...], *, bos: str | None, eos: str, pad: str, chat_template: str, name: str
+) -> PreTrainedTokenizerFast:
     """A fast byte-level tokenizer: 256 byte tokens, then ``special_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -94,8 +111,9 @@ def build_byte_tokenizer(special_tokens: tuple[str, ...], *, bos: str | None, eo
     return tokenizer
 
 
-def build_tiny(name: str, *, seed: int = 0, n_layers: int = 4, d_model: int = 64
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+def build_tiny(
+    name: str, *, seed: int = 0, n_layers: int = 4, d_model: int = 64
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """``(hf_model, tokenizer)`` for a tiny random model of the named family, deterministic in ``seed``."""
     import transformers
 

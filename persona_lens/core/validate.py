@@ -21,8 +21,19 @@ from typing import Any
 
 from persona_lens.core.errors import Error
 
-__all__ = ["BadValue", "finite", "positive_int", "non_negative_int", "optional_positive_int", "probability",
-           "temperature", "score_threshold", "layer_index", "finite_values", "check_all_finite"]
+__all__ = [
+    "BadValue",
+    "finite",
+    "positive_int",
+    "non_negative_int",
+    "optional_positive_int",
+    "probability",
+    "temperature",
+    "score_threshold",
+    "layer_index",
+    "finite_values",
+    "check_all_finite",
+]
 
 
 class BadValue(Error, ValueError):
@@ -37,8 +48,9 @@ def _number(value: Any, name: str) -> float:
     return float(value)
 
 
-def finite(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
-           above: float | None = None) -> float:
+def finite(
+    value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None
+) -> float:
     """``value`` as a float if it is a finite real number (and ``>= minimum``, ``<= maximum``, ``> above``)."""
     number = _number(value, name)
     if not math.isfinite(number):

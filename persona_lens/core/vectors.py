@@ -257,8 +257,14 @@ def _model_dims(model: ModelOrConfig) -> tuple[str | None, int, int]:
     return (None if name is None else str(name)), n_layers, d_model
 
 
-def check_vector(vector: VectorLike, model: ModelOrConfig | None = None, *, allow_other_model: bool = False,
-                 full: bool = False, what: str | None = None) -> Float[Tensor, "*layer d_model"]:
+def check_vector(
+    vector: VectorLike,
+    model: ModelOrConfig | None = None,
+    *,
+    allow_other_model: bool = False,
+    full: bool = False,
+    what: str | None = None,
+) -> Float[Tensor, "*layer d_model"]:
     """The tensor behind ``vector`` (a PersonaVector or a tensor), checked: the one shape check of a vector.
 
     A vector is ``[n_layers + 1, d_model]`` (one row per layer) or, unless ``full``, one ``[d_model]`` direction.
@@ -274,31 +280,44 @@ def check_vector(vector: VectorLike, model: ModelOrConfig | None = None, *, allo
     else:
         raise TypeError(f"expected a PersonaVector or a tensor, got {type(vector).__name__}")
     if tensor.dim() != 2 and (full or tensor.dim() != 1):
-        form = "the full [n_layers + 1, d_model] vector" if full else \
-            "a [n_layers + 1, d_model] vector or one [d_model] direction"
+        form = (
+            "the full [n_layers + 1, d_model] vector"
+            if full
+            else "a [n_layers + 1, d_model] vector or one [d_model] direction"
+        )
         raise VectorMismatchError(f"{label} has shape {tuple(tensor.shape)}; expected {form}")
     if model is None:
         return tensor
     name, n_layers, d_model = _model_dims(model)
-    ours = f"{vector.model_name!r} (n_layers={vector.n_layers}, d_model={vector.d_model})" \
-        if isinstance(vector, PersonaVector) else ""
+    ours = (
+        f"{vector.model_name!r} (n_layers={vector.n_layers}, d_model={vector.d_model})"
+        if isinstance(vector, PersonaVector)
+        else ""
+    )
     theirs = f"{'the model' if name is None else repr(name)} (n_layers={n_layers}, d_model={d_model})"
     needed = (n_layers + 1, d_model) if tensor.dim() == 2 else (d_model,)
     if tuple(tensor.shape) != needed:
-        detail = f"d_model={tensor.shape[-1]} instead of {d_model}" if tensor.shape[-1] != d_model else \
-            f"{tensor.shape[0]} layer rows instead of {n_layers + 1}: the embeddings and one per block"
+        detail = (
+            f"d_model={tensor.shape[-1]} instead of {d_model}"
+            if tensor.shape[-1] != d_model
+            else f"{tensor.shape[0]} layer rows instead of {n_layers + 1}: the embeddings and one per block"
+        )
         message = f"{label} has shape {tuple(tensor.shape)}"
         if ours:
             message += f" from model {ours}"
         message += f", but the model is {theirs}, which needs shape {needed} ({detail})."
         if isinstance(vector, PersonaVector):
-            message += (f" A vector only works on the model it was extracted from: load {vector.model_name!r}, or "
-                        f"extract the vector again on {'this model' if name is None else repr(name)}.")
+            message += (
+                f" A vector only works on the model it was extracted from: load {vector.model_name!r}, or "
+                f"extract the vector again on {'this model' if name is None else repr(name)}."
+            )
         raise VectorMismatchError(message)
     if isinstance(vector, PersonaVector) and not allow_other_model and name != vector.model_name:
         if name is None:
-            raise TypeError("checking a persona vector against a model needs the model's .cfg.model_name (or "
-                            "allow_other_model=True)")
+            raise TypeError(
+                "checking a persona vector against a model needs the model's .cfg.model_name (or "
+                "allow_other_model=True)"
+            )
         raise VectorMismatchError(
             f"{label} was extracted from {ours} but the model is {theirs}. The shapes agree, so if {name!r} "
             f"shares its residual stream with {vector.model_name!r} (e.g. a finetune of it), pass "
@@ -307,8 +326,13 @@ def check_vector(vector: VectorLike, model: ModelOrConfig | None = None, *, allo
     return tensor
 
 
-def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, model: ModelOrConfig | None = None, *,
-                    allow_other_model: bool = False) -> Float[Tensor, "k d_model"]:
+def unit_directions(
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    model: ModelOrConfig | None = None,
+    *,
+    allow_other_model: bool = False,
+) -> Float[Tensor, "k d_model"]:
     """Unit direction of each vector at ``layer`` (float32, CPU), checked against ``model`` when given
     (:func:`check_vector`). A ``[d_model]`` tensor is that direction. A zero direction is an error (:func:`unit_rows`).
     """
@@ -322,13 +346,16 @@ def unit_directions(vectors: VectorLike | Sequence[VectorLike], layer: int, mode
     return unit_rows(torch.stack(rows), names=names)
 
 
-def unit_vectors_by_layer(vectors: VectorLike | Sequence[VectorLike], model: ModelOrConfig | None = None, *,
-                          allow_other_model: bool = False) -> Float[Tensor, "k layer d_model"]:
+def unit_vectors_by_layer(
+    vectors: VectorLike | Sequence[VectorLike], model: ModelOrConfig | None = None, *, allow_other_model: bool = False
+) -> Float[Tensor, "k layer d_model"]:
     """Each vector's unit direction at every layer (float32, CPU), checked against ``model`` when given
     (:func:`check_vector`; only full ``[n_layers + 1, d_model]`` vectors). A zero row stays zero (:func:`unit_rows`).
     """
-    tensors = [check_vector(vec, model, allow_other_model=allow_other_model, full=True, what=_describe(vec, index))
-               for index, vec in enumerate(vector_list(vectors))]
+    tensors = [
+        check_vector(vec, model, allow_other_model=allow_other_model, full=True, what=_describe(vec, index))
+        for index, vec in enumerate(vector_list(vectors))
+    ]
     return unit_rows(torch.stack([t.detach().float().cpu() for t in tensors]))
 
 
@@ -395,8 +422,10 @@ def unit_rows(x: Float[Tensor, "*rows d"], *, names: str | Sequence[str] | None 
             raise ValueError(f"unit_rows got {len(labels)} names for {norms.numel()} rows")
         zero = [label for label, norm in zip(labels, norms.flatten().tolist()) if norm == 0]
         if zero:
-            raise ValueError(f"{', '.join(zero)} {'is a zero vector' if len(zero) == 1 else 'are zero vectors'}: "
-                             "a zero vector has no direction to ablate, cap, record or project on")
+            raise ValueError(
+                f"{', '.join(zero)} {'is a zero vector' if len(zero) == 1 else 'are zero vectors'}: "
+                "a zero vector has no direction to ablate, cap, record or project on"
+            )
     return x / norms.clamp_min(torch.finfo(x.dtype).tiny)
 
 
@@ -541,8 +570,10 @@ def _cpu_fp32(vec: PersonaVector) -> Tensor:
 def _refuse_non_finite(tensor: Tensor, source: str) -> None:
     bad = (~torch.isfinite(tensor)).any(dim=-1).nonzero().flatten().tolist() if tensor.dim() == 2 else []
     if bad or not torch.isfinite(tensor).all():
-        raise VectorFileError(f"{source}: the vector holds NaN or infinite values (layer rows {bad[:8]}); it cannot "
-                              "steer or project anything: extract it again, or export it from a clean source")
+        raise VectorFileError(
+            f"{source}: the vector holds NaN or infinite values (layer rows {bad[:8]}); it cannot "
+            "steer or project anything: extract it again, or export it from a clean source"
+        )
 
 
 def save_vector(vec: PersonaVector, path: str | os.PathLike[str]) -> Path:
@@ -620,8 +651,10 @@ def import_authors_pt(
         raise VectorFileError(f"{source}: expected a floating-point [n_layers + 1, d_model] tensor, got {shape}")
     _refuse_non_finite(obj, str(source))
     if obj.dtype != torch.float32 and bool((obj.detach().double().abs() > torch.finfo(torch.float32).max).any()):
-        raise VectorFileError(f"{source}: the {obj.dtype} tensor holds values beyond what float32 holds "
-                              f"({torch.finfo(torch.float32).max:.4g}), which would become infinite; rescale it")
+        raise VectorFileError(
+            f"{source}: the {obj.dtype} tensor holds values beyond what float32 holds "
+            f"({torch.finfo(torch.float32).max:.4g}), which would become infinite; rescale it"
+        )
     settings = {"source": "authors_pt", "source_file": source.name}
     if used_key is not None:
         settings["source_key"] = used_key

@@ -152,8 +152,15 @@ class VLLMEngine:
 
     steers = True  # the executor's cue: steered units may run here too
 
-    def __init__(self, model: Any = None, *, source: str | None = None, max_num_seqs: int = 64,
-                 max_model_len: int = 4096, **llm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        source: str | None = None,
+        max_num_seqs: int = 64,
+        max_model_len: int = 4096,
+        **llm_kwargs: Any,
+    ) -> None:
         self.model = None
         self.source = source
         self.max_num_seqs = validate.positive_int(max_num_seqs, "max_num_seqs")
@@ -173,25 +180,37 @@ class VLLMEngine:
         try:
             import vllm
         except ImportError as error:
-            raise EngineUnavailable(f"the vLLM engine needs vllm in this environment ({error}); set one up with "
-                                    f"{_SETUP}") from None
+            raise EngineUnavailable(
+                f"the vLLM engine needs vllm in this environment ({error}); set one up with {_SETUP}"
+            ) from None
         source = self.source or str(getattr(getattr(model, "hf_model", None), "name_or_path", "") or "")
         if not source:
-            raise EngineUnavailable("cannot tell which checkpoint vLLM should load for this model; pass "
-                                    "VLLMEngine(model, source='HF name or folder')")
+            raise EngineUnavailable(
+                "cannot tell which checkpoint vLLM should load for this model; pass "
+                "VLLMEngine(model, source='HF name or folder')"
+            )
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the hooks read the V1 runner's batch
         dtype = str(next(model.hf_model.parameters()).dtype).replace("torch.", "")  # vLLM runs the model's dtype
-        kwargs = dict(model=source, dtype=dtype, enforce_eager=True, enable_prefix_caching=False,
-                      worker_extension_cls=WORKER, max_num_seqs=self.max_num_seqs,
-                      max_model_len=self.max_model_len, seed=0)
+        kwargs = dict(
+            model=source,
+            dtype=dtype,
+            enforce_eager=True,
+            enable_prefix_caching=False,
+            worker_extension_cls=WORKER,
+            max_num_seqs=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            seed=0,
+        )
         if not torch.cuda.is_available():
             # on the CPU backend this is the share of the machine's memory vLLM reserves (weights + KV cache);
             # vLLM's own 0.92 default takes a shared machine's whole memory
             kwargs["gpu_memory_utilization"] = 0.12
         kwargs.update(self.llm_kwargs)
         if not kwargs["enforce_eager"] or kwargs["enable_prefix_caching"]:
-            raise ValueError("persona_lens hooks need enforce_eager=True and enable_prefix_caching=False (hooks do "
-                             "not fire inside captured graphs; a cached prefix skips its tokens' hooks)")
+            raise ValueError(
+                "persona_lens hooks need enforce_eager=True and enable_prefix_caching=False (hooks do "
+                "not fire inside captured graphs; a cached prefix skips its tokens' hooks)"
+            )
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as error:
@@ -201,8 +220,10 @@ class VLLMEngine:
         self.model = model
         n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
         if (self.info["n_layers"], self.info["d_model"]) != (n_layers, d_model):
-            raise EngineUnavailable(f"vLLM loaded {source!r} with {self.info['n_layers']} layers of width "
-                                    f"{self.info['d_model']}, but the model has {n_layers} of width {d_model}")
+            raise EngineUnavailable(
+                f"vLLM loaded {source!r} with {self.info['n_layers']} layers of width "
+                f"{self.info['d_model']}, but the model has {n_layers} of width {d_model}"
+            )
 
     def check_matches(self, model: Any) -> None:
         """Start on ``model`` (first call), else check it is the model the engine was started on."""
@@ -212,40 +233,84 @@ class VLLMEngine:
             raise ValueError(f"the vLLM engine runs {self.model.cfg.model_name!r}, not {model.cfg.model_name!r}")
 
     # ------------------------------------------------------------------------------------------ operations
-    def steer_ops(self, vector: VectorLike, *, layer: Layers, coef: float, raw: bool = False,
-                  residual_norms: Tensor | Sequence[float] | None = None, positions: Positions = "response",
-                  incremental: bool = False) -> list[Op]:
+    def steer_ops(
+        self,
+        vector: VectorLike,
+        *,
+        layer: Layers,
+        coef: float,
+        raw: bool = False,
+        residual_norms: Tensor | Sequence[float] | None = None,
+        positions: Positions = "response",
+        incremental: bool = False,
+    ) -> list[Op]:
         """The ops of :func:`persona_lens.steer` with these arguments (one ``coef``)."""
         coef = validate.finite(coef, "coef")
         positions = _check_positions(positions)
         per_layer = _per_layer(vector, self.model, layer, incremental)
         if not raw and incremental:
-            raise ValueError("incremental steering adds v_l - v_{l-1} at every layer, which has no single relative "
-                             "size; pass the coefficient in raw units (raw=True)")
+            raise ValueError(
+                "incremental steering adds v_l - v_{l-1} at every layer, which has no single relative "
+                "size; pass the coefficient in raw units (raw=True)"
+            )
         norms = None
         if not raw:
             norms = self.median_residual_norms() if residual_norms is None else torch.as_tensor(residual_norms).float()
             if norms.shape != (int(self.model.cfg.n_layers) + 1,):
                 raise ValueError(f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer")
-        return [Op("add", lay, _floats(v), coef if raw else float(raw_coefficient(coef, v.norm(), norms[lay])),
-                   positions=positions) for lay, _, v in per_layer]
+        return [
+            Op(
+                "add",
+                lay,
+                _floats(v),
+                coef if raw else float(raw_coefficient(coef, v.norm(), norms[lay])),
+                positions=positions,
+            )
+            for lay, _, v in per_layer
+        ]
 
-    def steer(self, vector: VectorLike, *, layer: Layers, coef: float, raw: bool = False,
-              residual_norms: Tensor | Sequence[float] | None = None, positions: Positions = "response",
-              incremental: bool = False) -> EngineHandle:
+    def steer(
+        self,
+        vector: VectorLike,
+        *,
+        layer: Layers,
+        coef: float,
+        raw: bool = False,
+        residual_norms: Tensor | Sequence[float] | None = None,
+        positions: Positions = "response",
+        incremental: bool = False,
+    ) -> EngineHandle:
         """:func:`persona_lens.steer` on the engine: every later call is steered until the handle is removed."""
-        return EngineHandle(self, self.steer_ops(vector, layer=layer, coef=coef, raw=raw,
-                                                 residual_norms=residual_norms, positions=positions,
-                                                 incremental=incremental))
+        return EngineHandle(
+            self,
+            self.steer_ops(
+                vector,
+                layer=layer,
+                coef=coef,
+                raw=raw,
+                residual_norms=residual_norms,
+                positions=positions,
+                incremental=incremental,
+            ),
+        )
 
     def ablate(self, vector: VectorLike, *, layer: Layers, positions: Positions = "response") -> EngineHandle:
         """:func:`persona_lens.ablate` on the engine."""
         positions = _check_positions(positions)
-        return EngineHandle(self, [Op("ablate", lay, _floats(v), positions=positions)
-                                   for lay, _, v in _per_layer(vector, self.model, layer)])
+        return EngineHandle(
+            self,
+            [Op("ablate", lay, _floats(v), positions=positions) for lay, _, v in _per_layer(vector, self.model, layer)],
+        )
 
-    def cap(self, vector: VectorLike, *, layer: Layers, min_value: float | None = None,
-            max_value: float | None = None, positions: Positions = "response") -> EngineHandle:
+    def cap(
+        self,
+        vector: VectorLike,
+        *,
+        layer: Layers,
+        min_value: float | None = None,
+        max_value: float | None = None,
+        positions: Positions = "response",
+    ) -> EngineHandle:
         """:func:`persona_lens.cap` on the engine (bounds are projections ``h . u``)."""
         min_value = None if min_value is None else validate.finite(min_value, "min_value")
         max_value = None if max_value is None else validate.finite(max_value, "max_value")
@@ -254,8 +319,13 @@ class VLLMEngine:
         if min_value is not None and max_value is not None and min_value > max_value:
             raise ValueError(f"cap range is empty: min_value {min_value} > max_value {max_value}")
         positions = _check_positions(positions)
-        return EngineHandle(self, [Op("cap", lay, _floats(v), min_value=min_value, max_value=max_value,
-                                      positions=positions) for lay, _, v in _per_layer(vector, self.model, layer)])
+        return EngineHandle(
+            self,
+            [
+                Op("cap", lay, _floats(v), min_value=min_value, max_value=max_value, positions=positions)
+                for lay, _, v in _per_layer(vector, self.model, layer)
+            ],
+        )
 
     def record(self, vector: VectorLike, *, layer: int, positions: Positions = "all") -> EngineRecording:
         """:func:`persona_lens.record` on the engine: projections onto the unit direction per absolute position."""
@@ -263,9 +333,17 @@ class VLLMEngine:
         return EngineRecording(self, [Op("record", lay, _floats(v), positions=_check_positions(positions))])
 
     # ----------------------------------------------------------------------------------------------- calls
-    def run(self, prompts: Sequence[Sequence[int]], ops: Sequence[Sequence[Op]], *, max_new_tokens: int,
-            temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
-            stop_at_eos: bool = True) -> tuple[list[list[int]], list[dict[int, Any]]]:
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        ops: Sequence[Sequence[Op]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        stop_at_eos: bool = True,
+    ) -> tuple[list[list[int]], list[dict[int, Any]]]:
         """Generate from token-id prompts, each with its own ops (after the installed handles' ops); returns each
         prompt's generated token ids (stop token included, as vLLM gives them) and its ops' reads by op index."""
         from vllm import SamplingParams
@@ -280,22 +358,35 @@ class VLLMEngine:
             keys.append(key)
             all_ops = [op for _, op in installed] + list(own)
             extra = {"persona_lens": {"key": key, "ops": [op.to_json() for op in all_ops]}} if all_ops else None
-            params.append(SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         seed=None if seeds is None else int(seeds[i]), stop_token_ids=stops,
-                                         ignore_eos=not stop_at_eos, skip_special_tokens=True, detokenize=False,
-                                         extra_args=extra))
+            params.append(
+                SamplingParams(
+                    max_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=None if seeds is None else int(seeds[i]),
+                    stop_token_ids=stops,
+                    ignore_eos=not stop_at_eos,
+                    skip_special_tokens=True,
+                    detokenize=False,
+                    extra_args=extra,
+                )
+            )
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         except Exception as error:
-            raise EngineUnavailable(f"the vLLM engine failed mid-call ({type(error).__name__}: {error}); nothing "
-                                    "of this call was kept. Restart the engine (a new VLLMEngine)") from error
+            raise EngineUnavailable(
+                f"the vLLM engine failed mid-call ({type(error).__name__}: {error}); nothing "
+                "of this call was kept. Restart the engine (a new VLLMEngine)"
+            ) from error
         fetched = _merge_ranks([pickle.loads(b) for b in self.llm.collective_rpc("pl_fetch", args=(keys,))])
         if fetched["errors"]:
             first = next(iter(fetched["errors"].values()))
-            raise EngineHookError(f"{len(fetched['errors'])} request(s) of this call hit a failing persona_lens hook "
-                                  f"inside the vLLM worker; their replies and reads are not what was asked, so none "
-                                  f"are returned. First failure:\n{first}")
+            raise EngineHookError(
+                f"{len(fetched['errors'])} request(s) of this call hit a failing persona_lens hook "
+                f"inside the vLLM worker; their replies and reads are not what was asked, so none "
+                f"are returned. First failure:\n{first}"
+            )
         tokens = [list(out.outputs[0].token_ids) for out in outputs]
         reads = [fetched["results"].get(key, {}) for key in keys]
         offset = 0
@@ -305,13 +396,23 @@ class VLLMEngine:
                     handle.values.setdefault(row, {}).update(read.get(offset, {}))
             offset += len(handle.ops)
         n_installed = len(installed)
-        return tokens, [{index - n_installed: value for index, value in read.items() if index >= n_installed}
-                        for read in reads]
+        return tokens, [
+            {index - n_installed: value for index, value in read.items() if index >= n_installed} for read in reads
+        ]
 
-    def generate(self, model: Any, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]], *,
-                 max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seeds: Sequence[int] | None = None, ops: Sequence[Sequence[Op]] | None = None,
-                 steering: Sequence[Any] | None = None, stop_at_eos: bool = True) -> Generation:
+    def generate(
+        self,
+        model: Any,
+        conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
+        ops: Sequence[Sequence[Op]] | None = None,
+        steering: Sequence[Any] | None = None,
+        stop_at_eos: bool = True,
+    ) -> Generation:
         """Replies as :func:`persona_lens.generate` returns them, under the installed handles and, per conversation,
         ``ops[i]`` or ``steering[i]`` (an :class:`~persona_lens.experiments.evaluate.Steering`-like object with
         ``vector, layer, coef`` in raw units and ``positions``; None: unsteered)."""
@@ -320,8 +421,7 @@ class VLLMEngine:
         max_new_tokens = validate.positive_int(max_new_tokens, "max_new_tokens")
         temperature = validate.temperature(temperature, "temperature")
         top_p = validate.probability(top_p, "top_p", allow_zero=False)
-        prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c)
-                   for c in conversations]
+        prompts = [list(c) if c and isinstance(c[0], int) else encode_prompt(model.tokenizer, c) for c in conversations]
         own: list[list[Op]] = [list(o) for o in ops] if ops is not None else [[] for _ in prompts]
         if len(own) != len(prompts):
             raise ValueError(f"{len(own)} op lists for {len(prompts)} conversations")
@@ -331,8 +431,15 @@ class VLLMEngine:
             for i, s in enumerate(steering):
                 if s is not None:
                     own[i] += self.steer_ops(s.vector, layer=s.layer, coef=s.coef, raw=True, positions=s.positions)
-        tokens, _ = self.run(prompts, own, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             seeds=seeds, stop_at_eos=stop_at_eos)
+        tokens, _ = self.run(
+            prompts,
+            own,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seeds=seeds,
+            stop_at_eos=stop_at_eos,
+        )
         stops = stop_token_ids(model) if stop_at_eos else set()
         responses, stopped = [], []
         for row in tokens:
@@ -343,9 +450,14 @@ class VLLMEngine:
         return Generation(texts, prompts, responses, stopped)
 
     # ------------------------------------------------------------------------------------------------ reads
-    def collect_activations(self, conversations: Sequence[EncodedConversation], *,
-                            reductions: Sequence[str] = REDUCTIONS, layers: Sequence[int] | None = None,
-                            batch_size: int = 64) -> Activations:
+    def collect_activations(
+        self,
+        conversations: Sequence[EncodedConversation],
+        *,
+        reductions: Sequence[str] = REDUCTIONS,
+        layers: Sequence[int] | None = None,
+        batch_size: int = 64,
+    ) -> Activations:
         """:func:`persona_lens.collect_activations` on the engine: one prefill per conversation, reduced inside the
         worker (float32 sums over absolute positions), under the installed handles."""
         unknown = set(reductions) - set(REDUCTIONS)
@@ -361,8 +473,11 @@ class VLLMEngine:
             ops, plan = [], []
             for i in part:
                 c = conversations[i]
-                spans = {"response": (c.response_start, c.response_end), "prompt": (0, c.prompt_length),
-                         "last_prompt": (c.prompt_length - 1, c.prompt_length)}
+                spans = {
+                    "response": (c.response_start, c.response_end),
+                    "prompt": (0, c.prompt_length),
+                    "last_prompt": (c.prompt_length - 1, c.prompt_length),
+                }
                 own, where = [], []
                 for r in reductions:
                     lo, hi = spans[r]
@@ -371,8 +486,7 @@ class VLLMEngine:
                         own.append(Op("mean", lay, span=(lo, hi)))
                 ops.append(own)
                 plan.append(where)
-            _, reads = self.run([conversations[i].input_ids for i in part], ops, max_new_tokens=1,
-                                stop_at_eos=False)
+            _, reads = self.run([conversations[i].input_ids for i in part], ops, max_new_tokens=1, stop_at_eos=False)
             for i, read, where in zip(part, reads, plan):
                 for index, (r, lay, count) in enumerate(where):
                     total = read.get(index)
@@ -381,8 +495,14 @@ class VLLMEngine:
         counts = torch.tensor([c.response_end - c.response_start for c in conversations], dtype=torch.long)
         return Activations(results.get("response"), results.get("prompt"), results.get("last_prompt"), counts)
 
-    def capture(self, prompts: Sequence[Sequence[int]], *, layers: Sequence[int], max_new_tokens: int = 1,
-                positions: Positions = "all") -> list[dict[int, Float[Tensor, "pos d_model"]]]:
+    def capture(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        layers: Sequence[int],
+        max_new_tokens: int = 1,
+        positions: Positions = "all",
+    ) -> list[dict[int, Float[Tensor, "pos d_model"]]]:
         """The residual stream itself, ``{layer: [position, d_model]}`` per prompt, at ``positions`` of every forward
         (prefill and decode; the last generated token is never fed back, so it has no row)."""
         ops = [[Op("capture", lay, positions=_check_positions(positions)) for lay in layers] for _ in prompts]
@@ -396,8 +516,9 @@ class VLLMEngine:
             out.append(per)
         return out
 
-    def median_residual_norms(self, conversations: Sequence[EncodedConversation] | None = None
-                              ) -> Float[Tensor, " layer"]:
+    def median_residual_norms(
+        self, conversations: Sequence[EncodedConversation] | None = None
+    ) -> Float[Tensor, " layer"]:
         """:func:`persona_lens.core.norms.median_residual_norms` read on the engine (first token left out)."""
         if conversations is None:
             conversations = reference_conversations(self.model)
@@ -406,8 +527,12 @@ class VLLMEngine:
             raise ValueError("median_residual_norms needs a conversation of at least two tokens")
         n_layers = int(self.model.cfg.n_layers)
         with _without(self):
-            _, reads = self.run(prompts, [[Op("norm", lay, positions="prompt") for lay in range(n_layers + 1)]
-                                          for _ in prompts], max_new_tokens=1, stop_at_eos=False)
+            _, reads = self.run(
+                prompts,
+                [[Op("norm", lay, positions="prompt") for lay in range(n_layers + 1)] for _ in prompts],
+                max_new_tokens=1,
+                stop_at_eos=False,
+            )
         norms = []
         for lay in range(n_layers + 1):
             values = [v for read in reads for p, v in read.get(lay, {}).items() if p >= 1]
@@ -430,9 +555,11 @@ def _refuse_local_hooks(model: Any) -> None:
     points = getattr(model, "hook_dict", None) or {}
     hooked = [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
     if hooked:
-        raise ValueError(f"hooks are installed on the in-process model ({', '.join(hooked[:3])}), and they do not run "
-                         "inside the vLLM engine: install them on the engine instead (engine.steer / ablate / cap / "
-                         "record, or generate(ops=...)), or generate in-process")
+        raise ValueError(
+            f"hooks are installed on the in-process model ({', '.join(hooked[:3])}), and they do not run "
+            "inside the vLLM engine: install them on the engine instead (engine.steer / ablate / cap / "
+            "record, or generate(ops=...)), or generate in-process"
+        )
 
 
 def _merge_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:

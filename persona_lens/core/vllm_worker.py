@@ -107,9 +107,12 @@ class PersonaLensWorker:
                 module.register_forward_pre_hook(self._pl_make_pre_hook())
             module.register_forward_hook(self._pl_make_hook(index + 1))
         config = self.model_runner.model_config.hf_config
-        self._pl_installed = {"layers": [start + i for i in range(len(layers))],
-                              "n_layers": int(config.num_hidden_layers), "d_model": int(config.hidden_size),
-                              "layer_class": type(layers[0]).__name__ if len(layers) else None}
+        self._pl_installed = {
+            "layers": [start + i for i in range(len(layers))],
+            "n_layers": int(config.num_hidden_layers),
+            "d_model": int(config.hidden_size),
+            "layer_class": type(layers[0]).__name__ if len(layers) else None,
+        }
         return self._pl_installed
 
     # -------------------------------------------------------------------------------------------- per step
@@ -145,8 +148,10 @@ class PersonaLensWorker:
                 if not spec:
                     continue
                 if query_start_loc is None:
-                    raise RuntimeError("vLLM's attention metadata has no query_start_loc in this forward, so "
-                                       "persona_lens cannot tell which tokens belong to which request")
+                    raise RuntimeError(
+                        "vLLM's attention metadata has no query_start_loc in this forward, so "
+                        "persona_lens cannot tell which tokens belong to which request"
+                    )
                 if bounds is None:
                     bounds = query_start_loc.tolist()
                 request = self._pl_requests.get(req_id)
@@ -218,9 +223,11 @@ class PersonaLensWorker:
             if not chosen:
                 return
             if op.seen.intersection(chosen):
-                raise RuntimeError(f"positions {sorted(op.seen.intersection(chosen))[:5]} were computed twice "
-                                   "(vLLM recomputed a preempted request); lower max_num_seqs or raise "
-                                   "gpu_memory_utilization / the KV cache so requests are not preempted")
+                raise RuntimeError(
+                    f"positions {sorted(op.seen.intersection(chosen))[:5]} were computed twice "
+                    "(vLLM recomputed a preempted request); lower max_num_seqs or raise "
+                    "gpu_memory_utilization / the KV cache so requests are not preempted"
+                )
             op.seen.update(chosen)
             total = x[keep].sum(0).cpu()
             old = request.results.get(op.index)
@@ -290,8 +297,10 @@ def _decoder_layers(model: Any) -> list[Any]:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise RuntimeError(f"persona_lens cannot find the decoder layers of {type(model).__name__} "
-                           "(expected model.model.layers, as in vLLM's Llama, Qwen, Mistral and Gemma models)")
+        raise RuntimeError(
+            f"persona_lens cannot find the decoder layers of {type(model).__name__} "
+            "(expected model.model.layers, as in vLLM's Llama, Qwen, Mistral and Gemma models)"
+        )
     start = int(getattr(inner, "start_layer", 0))
     end = int(getattr(inner, "end_layer", len(layers)))
     return [layers[i] for i in range(start, end)]

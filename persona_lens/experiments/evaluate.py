@@ -90,8 +90,13 @@ class GenerationSettings:
     def generation_settings(self) -> dict[str, Any]:
         """The settings that change what a given reply is (a resumed run must share them). The batch size is one:
         batching changes padding, and with it the floating-point sums behind a reply on most hardware."""
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "batch_size": self.batch_size}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
 
 
 def job_seed(base: int, name: str) -> int:
@@ -162,26 +167,43 @@ def _generate_call(model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettin
     """One generate call (a unit of work for an executor): the records of ``jobs``, in job order."""
     part, settings, with_tokens = unit
     with _steering(model, part):
-        out = generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
-                       temperature=settings.temperature, top_p=settings.top_p, seeds=[job.seed for job in part],
-                       batch_size=settings.batch_size)
+        out = generate(
+            model,
+            [job.prompt for job in part],
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seeds=[job.seed for job in part],
+            batch_size=settings.batch_size,
+        )
     return _records(part, out, with_tokens)
 
 
-def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]
-                 ) -> list[Record]:
+def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]) -> list[Record]:
     """The same call on a serving engine: all of it on an engine that steers (vLLM with our hooks), else when it
     needs no hooks (steered calls stay here)."""
     part, settings, with_tokens = unit
     if getattr(engine, "steers", False):  # an engine with our hooks inside (persona_lens.core.vllm_engine)
-        out = engine.generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
-                              temperature=settings.temperature, top_p=settings.top_p,
-                              seeds=[job.seed for job in part], steering=[job.steering for job in part])
+        out = engine.generate(
+            model,
+            [job.prompt for job in part],
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seeds=[job.seed for job in part],
+            steering=[job.steering for job in part],
+        )
         return _records(part, out, with_tokens)
     if part[0].steering is not None or not all(job.prompt and isinstance(job.prompt[0], dict) for job in part):
         return _generate_call(model, unit)
-    out = engine.generate(model, [job.prompt for job in part], max_new_tokens=settings.max_new_tokens,
-                          temperature=settings.temperature, top_p=settings.top_p, seeds=[job.seed for job in part])
+    out = engine.generate(
+        model,
+        [job.prompt for job in part],
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seeds=[job.seed for job in part],
+    )
     return _records(part, out, with_tokens)
 
 
@@ -215,11 +237,15 @@ def record_problem(record: Mapping[str, Any], vocab: int | None = None) -> str |
             return f"field 'response_ids' must be a list of token ids, got {type(ids).__name__}"
         for position, token in enumerate(ids):
             if isinstance(token, bool) or not isinstance(token, int):
-                return (f"field 'response_ids' holds {type(token).__name__} {token!r} at position {position}, where "
-                        "token ids are integers")
+                return (
+                    f"field 'response_ids' holds {type(token).__name__} {token!r} at position {position}, where "
+                    "token ids are integers"
+                )
             if token < 0 or (vocab is not None and token >= vocab):
-                return (f"field 'response_ids' holds token id {token} at position {position}, outside the "
-                        f"vocabulary (0 to {vocab - 1 if vocab else 'its size'})")
+                return (
+                    f"field 'response_ids' holds token id {token} at position {position}, outside the "
+                    f"vocabulary (0 to {vocab - 1 if vocab else 'its size'})"
+                )
     if "stopped" in record and not isinstance(record["stopped"], bool):
         return f"field 'stopped' must be true or false, got {record['stopped']!r:.40}"
     for field in ("trait_score", "coherence"):
@@ -229,10 +255,18 @@ def record_problem(record: Mapping[str, Any], vocab: int | None = None) -> str |
     return None
 
 
-def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, *,
-                     store: JsonlRecords | None = None, chunk: int | None = None, with_tokens: bool = True,
-                     progress: bool = False, desc: str = "generate", executor: Executor | None = None
-                     ) -> dict[str, Record]:
+def generate_replies(
+    model: HookedLM,
+    jobs: Sequence[ReplyJob],
+    settings: GenerationSettings,
+    *,
+    store: JsonlRecords | None = None,
+    chunk: int | None = None,
+    with_tokens: bool = True,
+    progress: bool = False,
+    desc: str = "generate",
+    executor: Executor | None = None,
+) -> dict[str, Record]:
     """Generate the replies of ``jobs`` that ``store`` lacks and append them to it after each generate call.
 
     Returns every record of the store (file order) and the new ones (job order), by key. One generate call takes the
@@ -260,8 +294,9 @@ def generate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: Genera
     return records
 
 
-def _score(judge: Judge, rubric: str, items: Sequence[tuple[str, str]], chunk: int | None, progress: bool,
-           desc: str) -> list[Score]:
+def _score(
+    judge: Judge, rubric: str, items: Sequence[tuple[str, str]], chunk: int | None, progress: bool, desc: str
+) -> list[Score]:
     step = chunk or max(len(items), 1)
     scores: list[Score] = []
     bar_off = not progress or chunk is None or not items  # a bar only for judging in chunks
@@ -272,8 +307,16 @@ def _score(judge: Judge, rubric: str, items: Sequence[tuple[str, str]], chunk: i
     return scores
 
 
-def judge_replies(records: Sequence[Record], rubric: str, judge: Judge, coherence_judge: Judge | None, *,
-                  chunk: int | None = None, progress: bool = False, desc: str = "judge") -> None:
+def judge_replies(
+    records: Sequence[Record],
+    rubric: str,
+    judge: Judge,
+    coherence_judge: Judge | None,
+    *,
+    chunk: int | None = None,
+    progress: bool = False,
+    desc: str = "judge",
+) -> None:
     """Set each record's ``trait_score`` (``judge`` with ``rubric``) and ``coherence`` (``coherence_judge`` with the
     coherence rubric; None for all without one), from its ``question_text`` and ``response``.
 
@@ -283,28 +326,58 @@ def judge_replies(records: Sequence[Record], rubric: str, judge: Judge, coherenc
     # judged grouped by question (a judge that reads with the model shares each question's prompt within a chunk)
     ordered = sorted(records, key=lambda r: r["question_text"])
     items = [(r["question_text"], r["response"]) for r in ordered]
-    for name, label, scorer, text in (("trait_score", "trait", judge, rubric),
-                                      ("coherence", "coherence", coherence_judge, COHERENCE_RUBRIC)):
-        scores = [None] * len(items) if scorer is None else _score(scorer, text, items, chunk, progress,
-                                                                     f"{desc} {label}")
+    for name, label, scorer, text in (
+        ("trait_score", "trait", judge, rubric),
+        ("coherence", "coherence", coherence_judge, COHERENCE_RUBRIC),
+    ):
+        scores = (
+            [None] * len(items) if scorer is None else _score(scorer, text, items, chunk, progress, f"{desc} {label}")
+        )
         for record, score in zip(ordered, scores):
             record[name] = score
 
 
-def evaluate_replies(model: HookedLM, jobs: Sequence[ReplyJob], settings: GenerationSettings, rubric: str,
-                     judge: Judge, coherence_judge: Judge | None = None, *, store: JsonlRecords | None = None,
-                     chunk: int | None = None, judge_chunk: int | None = None, with_tokens: bool = True,
-                     progress: bool = False, desc: str = "evaluate", executor: Executor | None = None
-                     ) -> dict[str, Record]:
+def evaluate_replies(
+    model: HookedLM,
+    jobs: Sequence[ReplyJob],
+    settings: GenerationSettings,
+    rubric: str,
+    judge: Judge,
+    coherence_judge: Judge | None = None,
+    *,
+    store: JsonlRecords | None = None,
+    chunk: int | None = None,
+    judge_chunk: int | None = None,
+    with_tokens: bool = True,
+    progress: bool = False,
+    desc: str = "evaluate",
+    executor: Executor | None = None,
+) -> dict[str, Record]:
     """:func:`generate_replies` then :func:`judge_replies` on the jobs' records (``judge_chunk`` at a time).
 
     Returns the records by key as :func:`generate_replies` does; those of ``jobs`` carry ``trait_score`` and
     ``coherence``.
     """
-    records = generate_replies(model, jobs, settings, store=store, chunk=chunk, with_tokens=with_tokens,
-                               progress=progress, desc=f"{desc}: generate", executor=executor)
-    judge_replies(list({job.key: records[job.key] for job in jobs}.values()), rubric, judge, coherence_judge,
-                  chunk=judge_chunk, progress=progress, desc=f"{desc}: judge")
+    records = generate_replies(
+        model,
+        jobs,
+        settings,
+        store=store,
+        chunk=chunk,
+        with_tokens=with_tokens,
+        progress=progress,
+        desc=f"{desc}: generate",
+        executor=executor,
+    )
+    judge_replies(
+        list({job.key: records[job.key] for job in jobs}.values()),
+        rubric,
+        judge,
+        coherence_judge,
+        chunk=judge_chunk,
+        progress=progress,
+        desc=f"{desc}: judge",
+    )
     return records
 
 
@@ -340,20 +413,25 @@ class ScoreSummary:
     coherence threshold); a reply missing either score counts as not both. None without replies."""
 
 
-def summarise_scores(records: Sequence[Mapping[str, Any]], *, trait_threshold: float = 50.0,
-                     coherence_threshold: float = 50.0) -> ScoreSummary:
+def summarise_scores(
+    records: Sequence[Mapping[str, Any]], *, trait_threshold: float = 50.0, coherence_threshold: float = 50.0
+) -> ScoreSummary:
     """:class:`ScoreSummary` of records judged by :func:`judge_replies`."""
     traits = [r["trait_score"] for r in records]
     coherence = [r["coherence"] for r in records]
     both = [is_trait_and_coherent(r, trait_threshold, coherence_threshold) for r in records]
-    return ScoreSummary(n=len(records), trait_mean=average(traits), trait_rate=_rate(traits, trait_threshold),
-                        coherence_mean=average(coherence), coherent_rate=_rate(coherence, coherence_threshold),
-                        n_unscored=sum(t is None for t in traits),
-                        both_rate=sum(both) / len(both) if both else None)
+    return ScoreSummary(
+        n=len(records),
+        trait_mean=average(traits),
+        trait_rate=_rate(traits, trait_threshold),
+        coherence_mean=average(coherence),
+        coherent_rate=_rate(coherence, coherence_threshold),
+        n_unscored=sum(t is None for t in traits),
+        both_rate=sum(both) / len(both) if both else None,
+    )
 
 
 def is_trait_and_coherent(record: Mapping[str, Any], trait_threshold: float, coherence_threshold: float) -> bool:
     """Whether a judged reply expresses the trait and is coherent (a missing score is a no)."""
     trait, coherence = record.get("trait_score"), record.get("coherence")
     return trait is not None and coherence is not None and trait >= trait_threshold and coherence >= coherence_threshold
-

@@ -23,8 +23,15 @@ from typing import Any, Protocol, TypeVar
 
 from persona_lens.core.errors import Error
 
-__all__ = ["Executor", "SerialExecutor", "RayExecutor", "WorkerLost", "EngineExecutor", "executor_settings",
-           "local_resources"]
+__all__ = [
+    "Executor",
+    "SerialExecutor",
+    "RayExecutor",
+    "WorkerLost",
+    "EngineExecutor",
+    "executor_settings",
+    "local_resources",
+]
 
 log = logging.getLogger(__name__)
 U = TypeVar("U")
@@ -109,9 +116,18 @@ class RayExecutor:
     start on the first :meth:`map` and are reused until :meth:`shutdown` (or the end of a ``with`` block).
     """
 
-    def __init__(self, name: str, *, load_kwargs: dict[str, Any] | None = None, address: str | None = None,
-                 workers: int = 2, num_cpus: float = 1, num_gpus: float = 0, max_retries: int = 3,
-                 init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        load_kwargs: dict[str, Any] | None = None,
+        address: str | None = None,
+        workers: int = 2,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        max_retries: int = 3,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.name = name
@@ -131,25 +147,32 @@ class RayExecutor:
         try:
             import ray
         except ImportError as error:
-            raise ImportError("the Ray executor needs ray: pip install 'persona_lens[scale]' (or pip install ray)"
-                              ) from error
+            raise ImportError(
+                "the Ray executor needs ray: pip install 'persona_lens[scale]' (or pip install ray)"
+            ) from error
         if not ray.is_initialized():
             if self.address is None:
                 self._check_resources(*local_resources(), "the local cluster")
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
             except ImportError as error:  # ray://HOST:PORT needs ray[client]
-                raise ImportError(f"--ray {self.address} needs Ray's client: pip install 'persona_lens[scale]' (or "
-                                  f"pip install 'ray[client]') ({error})") from error
+                raise ImportError(
+                    f"--ray {self.address} needs Ray's client: pip install 'persona_lens[scale]' (or "
+                    f"pip install 'ray[client]') ({error})"
+                ) from error
         return ray
 
     def _check_resources(self, gpus: int, cpus: int, where: str) -> None:
         """A ValueError before any actor is asked for what ``where`` lacks (Ray would wait for it forever)."""
-        for name, asked, has, what in (("num_gpus (--ray-gpus)", self.num_gpus, gpus, "GPU"),
-                                       ("num_cpus (--ray-cpus)", self.num_cpus, cpus, "CPU")):
+        for name, asked, has, what in (
+            ("num_gpus (--ray-gpus)", self.num_gpus, gpus, "GPU"),
+            ("num_cpus (--ray-cpus)", self.num_cpus, cpus, "CPU"),
+        ):
             if asked > has:
-                raise ValueError(f"{name} {asked:g}: each Ray worker asks for {asked:g} {what}s, but {where} has "
-                                 f"{gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most {has}")
+                raise ValueError(
+                    f"{name} {asked:g}: each Ray worker asks for {asked:g} {what}s, but {where} has "
+                    f"{gpus} GPUs and {cpus} CPUs, so Ray would wait forever; ask for at most {has}"
+                )
 
     def _new_actor(self) -> Any:
         ray = self._ray()
@@ -162,8 +185,11 @@ class RayExecutor:
         ray = self._ray()
         if not self.actors:
             resources = ray.cluster_resources()
-            self._check_resources(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)),
-                                  f"the cluster at {self.address or 'this machine'}")
+            self._check_resources(
+                int(resources.get("GPU", 0)),
+                int(resources.get("CPU", 0)),
+                f"the cluster at {self.address or 'this machine'}",
+            )
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor())
         names = set(ray.get([actor.model_name.remote() for actor in self.actors]))
@@ -196,8 +222,10 @@ class RayExecutor:
         ray = self._ray()
         self.start()
         if model is not None and str(model.cfg.model_name) != self._model_name:
-            raise ValueError(f"the Ray workers load {self._model_name!r} but this run's model is "
-                             f"{model.cfg.model_name!r}: give RayExecutor the same model name")
+            raise ValueError(
+                f"the Ray workers load {self._model_name!r} but this run's model is "
+                f"{model.cfg.model_name!r}: give RayExecutor the same model name"
+            )
         source = iter(enumerate(units))
         pending: dict[Any, tuple[int, Any, Any, int]] = {}  # ref -> (index, unit, actor, tries)
         idle = list(self.actors)

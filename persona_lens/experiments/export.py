@@ -148,8 +148,10 @@ def export_control_vector(
     if not math.isfinite(coefficient):
         raise ValueError(f"coefficient must be finite, got {coefficient}")
     if abs(coefficient) > _FLOAT32_MAX:
-        raise ValueError(f"coefficient {coefficient:g} does not fit a float32 (at most {_FLOAT32_MAX:.4g} in size), "
-                         "which GGUF stores; give a smaller --coefficient")
+        raise ValueError(
+            f"coefficient {coefficient:g} does not fit a float32 (at most {_FLOAT32_MAX:.4g} in size), "
+            "which GGUF stores; give a smaller --coefficient"
+        )
     chosen = _select_layers(vec, layers)
     source = vec.vectors.detach().to(device="cpu", dtype=torch.float32)
     if normalize:
@@ -160,9 +162,11 @@ def export_control_vector(
     scaled = {layer: (coefficient * source[layer].double()) for layer in chosen}
     biggest = max(float(values.abs().max()) for values in scaled.values())
     if biggest > _FLOAT32_MAX:
-        raise ValueError(f"coefficient {coefficient:g} times the vector reaches {biggest:.3g}, more than a float32 "
-                         f"holds ({_FLOAT32_MAX:.4g}): the file would hold infinities; give a smaller --coefficient "
-                         "(or --normalize)")
+        raise ValueError(
+            f"coefficient {coefficient:g} times the vector reaches {biggest:.3g}, more than a float32 "
+            f"holds ({_FLOAT32_MAX:.4g}): the file would hold infinities; give a smaller --coefficient "
+            "(or --normalize)"
+        )
     with atomic_output(path) as tmp:
         writer = gguf.GGUFWriter(tmp, CONTROL_VECTOR_ARCH)
         writer.add_string(f"{CONTROL_VECTOR_ARCH}.model_hint", model_hint or vec.model_name)
@@ -278,8 +282,10 @@ def import_npz(path: str | os.PathLike[str]) -> PersonaVector:
     if vectors.dtype != np.float32:
         raise VectorFileError(f"{source}: array 'vectors' has dtype {vectors.dtype}, expected float32")
     if not np.isfinite(vectors).all():
-        raise VectorFileError(f"{source}: array 'vectors' holds NaN or infinite values, which cannot steer or project "
-                              "anything: export it again from a clean source")
+        raise VectorFileError(
+            f"{source}: array 'vectors' holds NaN or infinite values, which cannot steer or project "
+            "anything: export it again from a clean source"
+        )
     return decode_metadata(meta, torch.from_numpy(np.ascontiguousarray(vectors)), source)
 
 
@@ -306,13 +312,24 @@ class VectorExport:
 
     def to_json(self) -> dict[str, Any]:
         """The summary ``export --json`` prints."""
-        data: dict[str, Any] = {"input": self.input, "output": self.output, "format": self.format, "trait": self.trait,
-                                "model_name": self.model_name, "positions": self.positions,
-                                "n_layers": self.n_layers, "d_model": self.d_model}
+        data: dict[str, Any] = {
+            "input": self.input,
+            "output": self.output,
+            "format": self.format,
+            "trait": self.trait,
+            "model_name": self.model_name,
+            "positions": self.positions,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+        }
         if self.format == "gguf":
-            data.update(layers=self.layers, tensors={str(layer): f"{_DIRECTION_PREFIX}{layer - 1}"
-                                                     for layer in self.layers or []},
-                        coefficient=self.coefficient, normalize=self.normalize, model_hint=self.model_hint)
+            data.update(
+                layers=self.layers,
+                tensors={str(layer): f"{_DIRECTION_PREFIX}{layer - 1}" for layer in self.layers or []},
+                coefficient=self.coefficient,
+                normalize=self.normalize,
+                model_hint=self.model_hint,
+            )
         return data
 
     @classmethod
@@ -322,8 +339,10 @@ class VectorExport:
         target = Path(path)
         kind = format or target.suffix.lstrip(".")
         if kind not in EXPORT_FORMATS:
-            raise ValueError(f"{target}: cannot tell the export format from the suffix {target.suffix!r}; pass "
-                             f"format= one of {EXPORT_FORMATS}")
+            raise ValueError(
+                f"{target}: cannot tell the export format from the suffix {target.suffix!r}; pass "
+                f"format= one of {EXPORT_FORMATS}"
+            )
         if kind == "npz":
             vec = import_npz(target)
             return cls(str(target), kind, vec.trait, vec.model_name, vec.positions, vec.n_layers, vec.d_model)
@@ -341,17 +360,32 @@ class VectorExport:
         meta = read_control_vector_metadata(target)
         coefficient = meta.get("persona_lens.coefficient")
         n_layers = meta.get("persona_lens.n_layers")
-        return cls(str(target), kind, meta.get("persona_lens.trait"), meta.get("persona_lens.model_name"),
-                   meta.get("persona_lens.positions"), None if n_layers is None else int(n_layers),
-                   int(next(iter(directions.values())).numel()) if directions else 0, layers=list(directions),
-                   coefficient=None if coefficient is None else float(str(np.float32(coefficient))),
-                   normalize=meta.get("persona_lens.normalize"),
-                   model_hint=meta.get(f"{CONTROL_VECTOR_ARCH}.model_hint"))
+        return cls(
+            str(target),
+            kind,
+            meta.get("persona_lens.trait"),
+            meta.get("persona_lens.model_name"),
+            meta.get("persona_lens.positions"),
+            None if n_layers is None else int(n_layers),
+            int(next(iter(directions.values())).numel()) if directions else 0,
+            layers=list(directions),
+            coefficient=None if coefficient is None else float(str(np.float32(coefficient))),
+            normalize=meta.get("persona_lens.normalize"),
+            model_hint=meta.get(f"{CONTROL_VECTOR_ARCH}.model_hint"),
+        )
 
 
-def export_vector(vec: PersonaVector, path: str | os.PathLike[str], format: str, *, input: str | None = None,
-                  layers: Iterable[int] | None = None, coefficient: float = 1.0, normalize: bool = False,
-                  model_hint: str | None = None) -> VectorExport:
+def export_vector(
+    vec: PersonaVector,
+    path: str | os.PathLike[str],
+    format: str,
+    *,
+    input: str | None = None,
+    layers: Iterable[int] | None = None,
+    coefficient: float = 1.0,
+    normalize: bool = False,
+    model_hint: str | None = None,
+) -> VectorExport:
     """Write ``vec`` to ``path`` in ``format`` (``gguf``: :func:`export_control_vector` with the options;
     ``npz``: :func:`export_npz`; ``pt``: the authors' layout) and say what was written. The gguf stores
     ``coefficient`` as float32; :meth:`VectorExport.load` reads back its shortest decimal (``0.1`` for ``0.1``)."""
@@ -359,11 +393,13 @@ def export_vector(vec: PersonaVector, path: str | os.PathLike[str], format: str,
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
-    result = VectorExport(str(path), format, vec.trait, vec.model_name, vec.positions, vec.n_layers, vec.d_model,
-                          input=input)
+    result = VectorExport(
+        str(path), format, vec.trait, vec.model_name, vec.positions, vec.n_layers, vec.d_model, input=input
+    )
     if format == "gguf":
-        mapping = export_control_vector(vec, path, layers=layers, coefficient=coefficient, normalize=normalize,
-                                        model_hint=model_hint)
+        mapping = export_control_vector(
+            vec, path, layers=layers, coefficient=coefficient, normalize=normalize, model_hint=model_hint
+        )
         result.layers, result.normalize = list(mapping), bool(normalize)
         result.coefficient = float(coefficient)
         result.model_hint = model_hint or vec.model_name

@@ -56,8 +56,18 @@ from persona_lens.experiments.executor import Executor, executor_settings
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
-__all__ = ["ExtractConfig", "ExtractionJob", "ExtractionResult", "plan_jobs", "extract", "vector_path",
-           "cosine_matrix", "TraitCosines", "trait_cosines", "format_cosines"]
+__all__ = [
+    "ExtractConfig",
+    "ExtractionJob",
+    "ExtractionResult",
+    "plan_jobs",
+    "extract",
+    "vector_path",
+    "cosine_matrix",
+    "TraitCosines",
+    "trait_cosines",
+    "format_cosines",
+]
 
 
 @dataclass
@@ -129,8 +139,11 @@ class ExtractionResult:
         out = Path(folder)
         written = [save_vector(vector, vector_path(out, positions)) for positions, vector in self.vectors.items()]
         written.append(_write_scores(out / SCORES_FILE, list(self.records.values())))
-        return [*written, write_json_atomic(out / REPORT_JSON, self.report),
-                write_text_atomic(out / "report.md", format_report(self.report))]
+        return [
+            *written,
+            write_json_atomic(out / REPORT_JSON, self.report),
+            write_text_atomic(out / "report.md", format_report(self.report)),
+        ]
 
     @classmethod
     def load(cls, folder: str | Path) -> ExtractionResult:
@@ -151,8 +164,10 @@ class ExtractionResult:
         replies = JsonlRecords(out / "responses.jsonl").load() if (out / "responses.jsonl").exists() else {}
         missing = [row["key"] for row in scores if row["key"] not in replies]
         if missing:
-            raise ResultFileError(f"{out / 'responses.jsonl'} lacks {len(missing)} of the {len(scores)} judged "
-                                  f"replies of scores.jsonl (first: {missing[0]!r}); rerun the extraction")
+            raise ResultFileError(
+                f"{out / 'responses.jsonl'} lacks {len(missing)} of the {len(scores)} judged "
+                f"replies of scores.jsonl (first: {missing[0]!r}); rerun the extraction"
+            )
         return cls(vectors, report, out, {row["key"]: {**replies[row["key"]], **row} for row in scores})
 
 
@@ -241,16 +256,33 @@ def extract(
     config = config or ExtractConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge
     out = Path(out_dir)
-    check_settings(out / "settings.json", {
-        "model": model.cfg.model_name, "trait": trait_to_dict(trait), **config.generation_settings(),
-        **executor_settings(executor)},
-        what="replies")
+    check_settings(
+        out / "settings.json",
+        {
+            "model": model.cfg.model_name,
+            "trait": trait_to_dict(trait),
+            **config.generation_settings(),
+            **executor_settings(executor),
+        },
+        what="replies",
+    )
     jobs = plan_jobs(trait, config)
     if not jobs:
         raise ValueError("nothing to extract: the trait has no extraction questions or prompt pairs")
-    records = evaluate_replies(model, [job.reply_job(config.seed) for job in jobs], config, trait.rubric, judge,
-                               coherence_judge, store=JsonlRecords(out / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=JUDGE_CHUNK, progress=progress, desc="extract", executor=executor)
+    records = evaluate_replies(
+        model,
+        [job.reply_job(config.seed) for job in jobs],
+        config,
+        trait.rubric,
+        judge,
+        coherence_judge,
+        store=JsonlRecords(out / "responses.jsonl"),
+        chunk=config.batch_size,
+        judge_chunk=JUDGE_CHUNK,
+        progress=progress,
+        desc="extract",
+        executor=executor,
+    )
     _write_scores(out / SCORES_FILE, [records[job.key] for job in jobs])
 
     by_pair: dict[str, dict[str, dict]] = {}
@@ -268,7 +300,8 @@ def extract(
         raise ValueError(
             f"no pair passed the filters ({dict(dropped)}): the model does not express {trait.name!r} under the "
             "positive prompts (or expresses it under the negative ones). Try more samples, other prompts, or "
-            "lower --trait-threshold")
+            "lower --trait-threshold"
+        )
 
     def encoded(record: dict) -> Any:
         job_messages = make_messages(record["question_text"], system=record["system"])
@@ -287,10 +320,22 @@ def extract(
     vectors = {}
     for positions in REDUCTIONS:
         vectors[positions] = PersonaVector.from_activations(
-            trait.name, model.cfg.model_name, pos_acts.get(positions), neg_acts.get(positions), positions, settings)
+            trait.name, model.cfg.model_name, pos_acts.get(positions), neg_acts.get(positions), positions, settings
+        )
 
-    report = _report(trait, model, config, settings, jobs, records, kept, dropped, vectors["response"],
-                     pos_acts.get("response"), neg_acts.get("response"))
+    report = _report(
+        trait,
+        model,
+        config,
+        settings,
+        jobs,
+        records,
+        kept,
+        dropped,
+        vectors["response"],
+        pos_acts.get("response"),
+        neg_acts.get("response"),
+    )
     result = ExtractionResult(vectors, report, out, {job.key: records[job.key] for job in jobs})
     result.save(out)
     return result
@@ -298,26 +343,46 @@ def extract(
 
 def _write_scores(path: Path, records: Sequence[dict]) -> Path:
     fields = ("key", "polarity", "pair", "question", "sample", "trait_score", "coherence", "response")
-    return write_text_atomic(path, "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n"
-                                           for r in records))
+    return write_text_atomic(
+        path, "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n" for r in records)
+    )
 
 
-def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict, jobs: Sequence[ExtractionJob],
-            records: dict, kept: list, dropped: Counter, vector: PersonaVector, pos: Float[Tensor, "n layer d_model"],
-            neg: Float[Tensor, "n layer d_model"]) -> dict[str, Any]:
+def _report(
+    trait: Trait,
+    model: HookedLM,
+    config: ExtractConfig,
+    settings: dict,
+    jobs: Sequence[ExtractionJob],
+    records: dict,
+    kept: list,
+    dropped: Counter,
+    vector: PersonaVector,
+    pos: Float[Tensor, "n layer d_model"],
+    neg: Float[Tensor, "n layer d_model"],
+) -> dict[str, Any]:
     units = vector.unit()
     pos_proj = torch.einsum("nld,ld->nl", pos, units)
     neg_proj = torch.einsum("nld,ld->nl", neg, units)
     labels = [True] * pos_proj.shape[0] + [False] * neg_proj.shape[0]
-    per_layer = [{"layer": layer, "norm": float(vector.vectors[layer].norm()),
-                  "auroc": auroc(torch.cat([pos_proj[:, layer], neg_proj[:, layer]]), labels),
-                  "mean_projection_positive": float(pos_proj[:, layer].mean()),
-                  "mean_projection_negative": float(neg_proj[:, layer].mean())}
-                 for layer in range(vector.vectors.shape[0])]
-    summary = {name: summarise_scores([records[j.key] for j in jobs if j.polarity == pol],
-                                      trait_threshold=config.trait_threshold,
-                                      coherence_threshold=config.coherence_threshold)
-               for name, pol in (("positive", "pos"), ("negative", "neg"))}
+    per_layer = [
+        {
+            "layer": layer,
+            "norm": float(vector.vectors[layer].norm()),
+            "auroc": auroc(torch.cat([pos_proj[:, layer], neg_proj[:, layer]]), labels),
+            "mean_projection_positive": float(pos_proj[:, layer].mean()),
+            "mean_projection_negative": float(neg_proj[:, layer].mean()),
+        }
+        for layer in range(vector.vectors.shape[0])
+    ]
+    summary = {
+        name: summarise_scores(
+            [records[j.key] for j in jobs if j.polarity == pol],
+            trait_threshold=config.trait_threshold,
+            coherence_threshold=config.coherence_threshold,
+        )
+        for name, pol in (("positive", "pos"), ("negative", "neg"))
+    }
     n_pairs = len(jobs) // 2
     return {
         "trait": trait.name,
@@ -337,10 +402,13 @@ def _report(trait: Trait, model: HookedLM, config: ExtractConfig, settings: dict
 
 def format_report(report: dict[str, Any]) -> str:
     """A short human-readable summary of an extraction report (Markdown)."""
-    lines = [f"# Persona vector: {report['trait']} on {report['model']}", "",
-             f"- pairs generated: {report['pairs']} (x2 replies); kept: {report['kept']}",
-             f"- trait rate (score >= threshold): positive {report['trait_rate']['positive']:.2f}, "
-             f"negative {report['trait_rate']['negative']:.2f}"]
+    lines = [
+        f"# Persona vector: {report['trait']} on {report['model']}",
+        "",
+        f"- pairs generated: {report['pairs']} (x2 replies); kept: {report['kept']}",
+        f"- trait rate (score >= threshold): positive {report['trait_rate']['positive']:.2f}, "
+        f"negative {report['trait_rate']['negative']:.2f}",
+    ]
     for reason, count in report["dropped"].items():
         lines.append(f"- dropped, {reason}: {count}")
     lines += ["", "| layer | norm | AUROC |", "|---:|---:|---:|"]
@@ -375,21 +443,36 @@ class TraitCosines:
     controls: dict[str, Any] = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[str, str]]:
-        return [(a, b) for i, a in enumerate(self.traits) for b in self.traits[i + 1:]]
+        return [(a, b) for i, a in enumerate(self.traits) for b in self.traits[i + 1 :]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"traits": self.traits, "controls": self.controls,
-                "layers": [{"layer": layer, "matrix": self.matrix[layer].tolist(),
-                            "random_p5": self.random_band[layer][0], "random_p95": self.random_band[layer][1],
-                            "pairs": {f"{a} / {b}": float(self.matrix[layer, i, j])
-                                      for i, a in enumerate(self.traits) for j, b in enumerate(self.traits) if j > i}}
-                           for layer in range(self.matrix.shape[0])]}
+        return {
+            "traits": self.traits,
+            "controls": self.controls,
+            "layers": [
+                {
+                    "layer": layer,
+                    "matrix": self.matrix[layer].tolist(),
+                    "random_p5": self.random_band[layer][0],
+                    "random_p95": self.random_band[layer][1],
+                    "pairs": {
+                        f"{a} / {b}": float(self.matrix[layer, i, j])
+                        for i, a in enumerate(self.traits)
+                        for j, b in enumerate(self.traits)
+                        if j > i
+                    },
+                }
+                for layer in range(self.matrix.shape[0])
+            ],
+        }
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write ``cosines.json`` (everything) and ``cosines.md`` (the table) into ``folder``."""
         out = Path(folder)
-        return [write_json_atomic(out / COSINES_JSON, self.to_json()),
-                write_text_atomic(out / "cosines.md", format_cosines(self))]
+        return [
+            write_json_atomic(out / COSINES_JSON, self.to_json()),
+            write_text_atomic(out / "cosines.md", format_cosines(self)),
+        ]
 
     @classmethod
     def load(cls, folder: str | Path) -> TraitCosines:
@@ -406,8 +489,9 @@ SCORES_FILE = "scores.jsonl"
 REPORT_JSON = "report.json"
 
 
-def trait_cosines(vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RANDOM_DIRECTIONS,
-                  control_seed: int = 0) -> TraitCosines:
+def trait_cosines(
+    vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RANDOM_DIRECTIONS, control_seed: int = 0
+) -> TraitCosines:
     """The cosine matrix of ``vectors`` (two or more) at every layer, beside random directions' cosines."""
     listed = vector_list(vectors)
     if len(listed) < 2:
@@ -422,8 +506,11 @@ def trait_cosines(vectors: Sequence[VectorLike], *, controls: int = DEFAULT_RAND
         cos = torch.where(scale > 0, dots / scale.clamp(min=1e-30), torch.full_like(dots, float("nan")))
         for row in cos:
             finite = row[torch.isfinite(row)]
-            band.append((float(torch.quantile(finite, 0.05)), float(torch.quantile(finite, 0.95)))
-                        if finite.numel() else (float("nan"), float("nan")))
+            band.append(
+                (float(torch.quantile(finite, 0.05)), float(torch.quantile(finite, 0.95)))
+                if finite.numel()
+                else (float("nan"), float("nan"))
+            )
     else:
         band = [(float("nan"), float("nan"))] * matrix.shape[0]
     return TraitCosines(trait_names(listed), matrix, band, {"k": controls, "seed": control_seed})
@@ -433,8 +520,10 @@ def format_cosines(cosines: TraitCosines) -> str:
     """A Markdown table: one row per layer, one column per pair of traits, and the random 5-95% band."""
     pairs = cosines.pairs()
     index = {t: i for i, t in enumerate(cosines.traits)}
-    lines = ["| layer | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " | random 5-95% |",
-             "|---:|" + "---:|" * len(pairs) + "---|"]
+    lines = [
+        "| layer | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " | random 5-95% |",
+        "|---:|" + "---:|" * len(pairs) + "---|",
+    ]
     for layer in range(cosines.matrix.shape[0]):
         low, high = cosines.random_band[layer]
         values = " | ".join(f"{float(cosines.matrix[layer, index[a], index[b]]):.3f}" for a, b in pairs)

@@ -29,7 +29,6 @@ the saved model folder (:func:`save_model`) are one resume contract: a resume is
 they are read together.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +120,15 @@ class TrainingIntervention:
 
     def install(self, model: HookedLM):
         if self.kind == "steer":
-            return steer(model, self.vector, layer=self.layer, coef=self.coef, raw=True, positions="all",
-                         incremental=self.incremental)
+            return steer(
+                model,
+                self.vector,
+                layer=self.layer,
+                coef=self.coef,
+                raw=True,
+                positions="all",
+                incremental=self.incremental,
+            )
         return ablate(model, self.vector, layer=self.layer, positions="all")
 
     def random_control(self, index: int = 0, *, seed: int = 0) -> TrainingIntervention:
@@ -138,9 +144,13 @@ class TrainingIntervention:
         draw = random_like(shaped, index + 1, seed=seed)[index]
         draw = draw if tensor.ndim == 2 else draw[0]
         if isinstance(self.vector, PersonaVector):
-            draw = PersonaVector(f"random{index}", self.vector.model_name, draw.to(tensor.dtype),
-                                 self.vector.positions, settings={"control_of": self.vector.trait, "seed": seed,
-                                                                  "index": index})
+            draw = PersonaVector(
+                f"random{index}",
+                self.vector.model_name,
+                draw.to(tensor.dtype),
+                self.vector.positions,
+                settings={"control_of": self.vector.trait, "seed": seed, "index": index},
+            )
         return dataclasses.replace(self, vector=draw)
 
     def describe(self) -> dict[str, Any]:
@@ -154,8 +164,9 @@ class TrainingIntervention:
         return out
 
 
-def control_interventions(interventions: Sequence[TrainingIntervention], k: int, *, seed: int = 0
-                          ) -> list[list[TrainingIntervention]]:
+def control_interventions(
+    interventions: Sequence[TrainingIntervention], k: int, *, seed: int = 0
+) -> list[list[TrainingIntervention]]:
     """``k`` control runs for a mitigated finetune: in run ``i`` every intervention uses random vector ``i`` (same
     kind, layer and coefficient; the vector's per-layer norms). Finetune each, then compare the trait after
     finetuning (e.g. ``python -m persona_lens shift``): preventative steering works when the persona vector keeps
@@ -249,10 +260,17 @@ class FinetuneResult:
 
     def to_info(self) -> dict[str, Any]:
         """The content of ``finetune.json``."""
-        return {"format": "persona_lens.experiments.finetune", "base_model": self.base_model,
-                "config": self.config.get("config", {}), "interventions": self.config.get("interventions", []),
-                "steps": self.steps, "n_examples": self.n_examples, "n_trained_tokens": self.n_trained_tokens,
-                "skipped": [b.to_json() for b in self.skipped], "losses": self.losses}
+        return {
+            "format": "persona_lens.experiments.finetune",
+            "base_model": self.base_model,
+            "config": self.config.get("config", {}),
+            "interventions": self.config.get("interventions", []),
+            "steps": self.steps,
+            "n_examples": self.n_examples,
+            "n_trained_tokens": self.n_trained_tokens,
+            "skipped": [b.to_json() for b in self.skipped],
+            "losses": self.losses,
+        }
 
     def save(self, folder: str | os.PathLike[str]) -> list[Path]:
         """Write ``finetune.json`` alone into ``folder`` (:func:`finetune` writes it with the weights instead)."""
@@ -264,20 +282,32 @@ class FinetuneResult:
         step count: loading trains nothing)."""
         info = read_json(Path(folder) / FINETUNE_INFO, "finetune.json (written when a finetune finishes)")
         steps = int(info.get("steps", 0))
-        return cls(Path(folder), list(info.get("losses", [])), steps, int(info.get("n_examples", 0)),
-                   int(info.get("n_trained_tokens", 0)),
-                   [BadRecord(int(b["line"]), b["problem"]) for b in info.get("skipped", [])], steps,
-                   {"config": info.get("config", {}), "interventions": info.get("interventions", [])},
-                   info.get("base_model", ""))
+        return cls(
+            Path(folder),
+            list(info.get("losses", [])),
+            steps,
+            int(info.get("n_examples", 0)),
+            int(info.get("n_trained_tokens", 0)),
+            [BadRecord(int(b["line"]), b["problem"]) for b in info.get("skipped", [])],
+            steps,
+            {"config": info.get("config", {}), "interventions": info.get("interventions", [])},
+            info.get("base_model", ""),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # tokens and loss
 
 
-def encode_training_example(model: HookedLM, messages: Sequence[Message], *, line: int = 0, max_tokens: int = 2048,
-                            train_end_of_turn: bool = True, stops: set[int] | None = None
-                            ) -> TrainingExample | BadRecord:
+def encode_training_example(
+    model: HookedLM,
+    messages: Sequence[Message],
+    *,
+    line: int = 0,
+    max_tokens: int = 2048,
+    train_end_of_turn: bool = True,
+    stops: set[int] | None = None,
+) -> TrainingExample | BadRecord:
     """Tokenize one conversation for training, or say why it cannot be used."""
     if not messages or messages[-1].get("role") != "assistant":
         return BadRecord(line, "the last message must be the assistant's reply")
@@ -352,8 +382,12 @@ def save_model(model: HookedLM, path: str | os.PathLike[str], info: dict[str, An
     return Path(path)
 
 
-def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
-                 interventions: Sequence[TrainingIntervention], model_name: str) -> str:
+def _fingerprint(
+    examples: Sequence[TrainingExample],
+    config: FinetuneConfig,
+    interventions: Sequence[TrainingIntervention],
+    model_name: str,
+) -> str:
     digest = hashlib.sha256()
     digest.update(model_name.encode())
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
@@ -363,8 +397,9 @@ def _fingerprint(examples: Sequence[TrainingExample], config: FinetuneConfig,
     return digest.hexdigest()
 
 
-def _save_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-                state: dict[str, Any]) -> None:
+def _save_state(
+    state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     tensors = {name: t.detach().cpu().contiguous() for name, t in trainable.items()}
     tensors["__rng_state__"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
@@ -382,16 +417,25 @@ def _checksum(hf_model: torch.nn.Module) -> float:
         return float(sum(p.detach().double().sum() for p in hf_model.parameters()))
 
 
-def _load_state(state_dir: Path, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-                fingerprint: str, base_checksum: float) -> dict[str, Any]:
+def _load_state(
+    state_dir: Path,
+    trainable: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    fingerprint: str,
+    base_checksum: float,
+) -> dict[str, Any]:
     state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     if state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{state_dir} belongs to a different run (other data, model, settings or interventions); "
-                         "resume with exactly the same arguments, or use a new output folder")
+        raise ValueError(
+            f"{state_dir} belongs to a different run (other data, model, settings or interventions); "
+            "resume with exactly the same arguments, or use a new output folder"
+        )
     expected = float(state.get("base_checksum", base_checksum))
     if not math.isclose(expected, base_checksum, rel_tol=1e-9, abs_tol=1e-6):
-        raise ValueError(f"{state_dir} was started from other weights than this model's; resume from the same base "
-                         "model, freshly loaded (not the model object of the interrupted run)")
+        raise ValueError(
+            f"{state_dir} was started from other weights than this model's; resume from the same base "
+            "model, freshly loaded (not the model object of the interrupted run)"
+        )
     tensors = safetensors.torch.load_file(str(state_dir / "trainable.safetensors"))
     with torch.no_grad():
         for name, param in trainable.items():
@@ -428,16 +472,22 @@ def _check_trainable(hf_model: Any) -> None:
     """Refuse a model whose weights cannot be trained here: offloaded weights, or LoRA adapters already attached."""
     offloaded = offloaded_parameters(hf_model)
     if offloaded:
-        raise ValueError(f"{len(offloaded)} weights of the model are offloaded (e.g. {offloaded[0]}), and offloaded "
-                         "weights cannot be trained: load the model with a device_map that keeps every block on a "
-                         "GPU or the CPU (no 'disk', and no 'cpu' entries when a GPU is the main device)")
+        raise ValueError(
+            f"{len(offloaded)} weights of the model are offloaded (e.g. {offloaded[0]}), and offloaded "
+            "weights cannot be trained: load the model with a device_map that keeps every block on a "
+            "GPU or the CPU (no 'disk', and no 'cpu' entries when a GPU is the main device)"
+        )
     if lora_modules(hf_model):
-        raise ValueError("the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) "
-                         "first")
+        raise ValueError(
+            "the model already carries LoRA adapters; merge them (persona_lens.core.lora.merge_lora) first"
+        )
 
 
-def encode_dataset(model: HookedLM, dataset: Sequence[ChatRecord] | Sequence[Sequence[Message]] | Sequence[dict],
-                   config: FinetuneConfig) -> tuple[list[TrainingExample], list[BadRecord]]:
+def encode_dataset(
+    model: HookedLM,
+    dataset: Sequence[ChatRecord] | Sequence[Sequence[Message]] | Sequence[dict],
+    config: FinetuneConfig,
+) -> tuple[list[TrainingExample], list[BadRecord]]:
     """Tokenize every record first: the usable examples, and the bad records (each logged, never silently
     dropped). Raises ``ValueError`` when no example is usable."""
     stops = stop_token_ids(model)
@@ -450,8 +500,14 @@ def encode_dataset(model: HookedLM, dataset: Sequence[ChatRecord] | Sequence[Seq
         if isinstance(parsed, str):
             skipped.append(BadRecord(line, parsed))
             continue
-        example = encode_training_example(model, parsed, line=line, max_tokens=config.max_tokens,
-                                          train_end_of_turn=config.train_end_of_turn, stops=stops)
+        example = encode_training_example(
+            model,
+            parsed,
+            line=line,
+            max_tokens=config.max_tokens,
+            train_end_of_turn=config.train_end_of_turn,
+            stops=stops,
+        )
         (skipped if isinstance(example, BadRecord) else examples).append(example)  # type: ignore[arg-type]
     for bad in skipped:
         log.warning("skipping example at line %d: %s", bad.line, bad.problem)
@@ -460,8 +516,9 @@ def encode_dataset(model: HookedLM, dataset: Sequence[ChatRecord] | Sequence[Seq
     return examples, skipped
 
 
-def _completed_run(out: Path | None, state_dir: Path | None, resume: bool, n_examples: int,
-                   skipped: list[BadRecord]) -> FinetuneResult | None:
+def _completed_run(
+    out: Path | None, state_dir: Path | None, resume: bool, n_examples: int, skipped: list[BadRecord]
+) -> FinetuneResult | None:
     """The result of a finetune already finished in ``out`` (with ``resume``), else None; refuses to overwrite a
     finished or unfinished run without ``resume``."""
     if out is not None and (out / FINETUNE_INFO).exists() and not (state_dir and state_dir.exists()):
@@ -470,8 +527,9 @@ def _completed_run(out: Path | None, state_dir: Path | None, resume: bool, n_exa
         log.warning("%s is already complete; nothing to do (loading it is up to the caller)", out)
         return dataclasses.replace(FinetuneResult.load(out), n_examples=n_examples, skipped=skipped)
     if state_dir is not None and state_dir.exists() and not resume:
-        raise FileExistsError(f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose "
-                              "another output folder")
+        raise FileExistsError(
+            f"{state_dir} holds an unfinished run; pass resume=True to continue it, or choose another output folder"
+        )
     return None
 
 
@@ -503,18 +561,36 @@ class _RunState:
     n_trained_tokens: int = 0
 
     def to_json(self, epoch: int, batch: int) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "base_checksum": self.base_checksum, "step": self.step,
-                "epoch": epoch, "batch": batch, "losses": self.losses, "n_trained_tokens": self.n_trained_tokens}
+        return {
+            "fingerprint": self.fingerprint,
+            "base_checksum": self.base_checksum,
+            "step": self.step,
+            "epoch": epoch,
+            "batch": batch,
+            "losses": self.losses,
+            "n_trained_tokens": self.n_trained_tokens,
+        }
 
 
-def _checkpoint(state_dir: Path | None, trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-                run: _RunState, epoch: int, batch: int) -> None:
+def _checkpoint(
+    state_dir: Path | None,
+    trainable: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    run: _RunState,
+    epoch: int,
+    batch: int,
+) -> None:
     if state_dir is not None:
         _save_state(state_dir, trainable, optimizer, run.to_json(epoch, batch))
 
 
-def _train_step(model: HookedLM, batch: list[TrainingExample], trainable: dict[str, Tensor],
-                optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int, bool]:
+def _train_step(
+    model: HookedLM,
+    batch: list[TrainingExample],
+    trainable: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None,
+) -> tuple[float, int, bool]:
     """One optimizer step on ``batch``: (loss, trained tokens, stepped). A non-finite loss or gradient takes no
     step, so the weights stay the last good ones."""
     loss, n_tokens = response_loss(model, batch)
@@ -530,10 +606,17 @@ def _train_step(model: HookedLM, batch: list[TrainingExample], trainable: dict[s
     return value, n_tokens, True
 
 
-def _train_epochs(model: HookedLM, examples: list[TrainingExample], config: FinetuneConfig,
-                  trainable: dict[str, Tensor], optimizer: torch.optim.Optimizer, run: _RunState,
-                  state_dir: Path | None, max_steps: int | None, bar: Any
-                  ) -> tuple[bool, tuple[float, int, int] | None]:
+def _train_epochs(
+    model: HookedLM,
+    examples: list[TrainingExample],
+    config: FinetuneConfig,
+    trainable: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    run: _RunState,
+    state_dir: Path | None,
+    max_steps: int | None,
+    bar: Any,
+) -> tuple[bool, tuple[float, int, int] | None]:
     """Train from ``run``'s epoch and batch to the end (or ``max_steps``), checkpointing at each epoch's end and
     every ``save_every`` steps: (finished, ``(loss, epoch, batch)`` of a non-finite step or None)."""
     start_epoch, start_batch = run.epoch, run.batch
@@ -544,8 +627,9 @@ def _train_epochs(model: HookedLM, examples: list[TrainingExample], config: Fine
             if max_steps is not None and run.step >= max_steps:
                 _checkpoint(state_dir, trainable, optimizer, run, epoch, batch_index)
                 return False, None
-            value, n_tokens, stepped = _train_step(model, [examples[i] for i in batches[batch_index]], trainable,
-                                                   optimizer, config.grad_clip)
+            value, n_tokens, stepped = _train_step(
+                model, [examples[i] for i in batches[batch_index]], trainable, optimizer, config.grad_clip
+            )
             if not stepped:
                 _checkpoint(state_dir, trainable, optimizer, run, epoch, batch_index)
                 return False, (value, epoch, batch_index)
@@ -563,14 +647,18 @@ def _train_epochs(model: HookedLM, examples: list[TrainingExample], config: Fine
 
 def _non_finite_error(non_finite: tuple[float, int, int], step: int, state_dir: Path | None) -> NonFiniteLossError:
     loss_value, epoch, batch_index = non_finite
-    kept = (f"the last good state (step {step}) is kept in {state_dir}" if state_dir is not None
-            else "nothing was saved (no output folder)")
+    kept = (
+        f"the last good state (step {step}) is kept in {state_dir}"
+        if state_dir is not None
+        else "nothing was saved (no output folder)"
+    )
     return NonFiniteLossError(
         f"training stopped at step {step + 1} (epoch {epoch}, batch {batch_index}): "
         + (f"the loss is {loss_value}" if not math.isfinite(loss_value) else "a gradient holds NaN or infinity")
         + f"; no step was taken on it, {kept}, and "
         "no final model was written. Lower the learning rate (--lr) or the steering coefficient (--steer-coef), "
-        "or check the data; then train again in a new output folder")
+        "or check the data; then train again in a new output folder"
+    )
 
 
 def finetune(
@@ -628,8 +716,9 @@ def finetune(
             for intervention in interventions:
                 stack.enter_context(intervention.install(model))
             hf_model.train()
-            finished, non_finite = _train_epochs(model, examples, config, trainable, optimizer, run, state_dir,
-                                                 max_steps, bar)
+            finished, non_finite = _train_epochs(
+                model, examples, config, trainable, optimizer, run, state_dir, max_steps, bar
+            )
     finally:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
@@ -638,8 +727,17 @@ def finetune(
     if leftover:  # the ExitStack removed ours; anything left was installed by someone else
         log.warning("hooks still installed after finetuning (not ours): %s", leftover)
 
-    result = FinetuneResult(out, run.losses, run.step, len(examples), run.n_trained_tokens, skipped, resumed_from,
-                            {"config": config_json, "interventions": interventions_json}, model.cfg.model_name)
+    result = FinetuneResult(
+        out,
+        run.losses,
+        run.step,
+        len(examples),
+        run.n_trained_tokens,
+        skipped,
+        resumed_from,
+        {"config": config_json, "interventions": interventions_json},
+        model.cfg.model_name,
+    )
     merge_lora(hf_model)
     for name, param in hf_model.named_parameters():
         param.requires_grad_(requires_grad.get(name, False))

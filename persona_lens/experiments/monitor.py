@@ -96,8 +96,9 @@ SWEEP_METRICS = ("overall", "within_condition")
 # vectors and projections
 
 
-def prompt_ids(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]]
-               ) -> list[list[int]]:
+def prompt_ids(
+    model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]]
+) -> list[list[int]]:
     """Prompt token ids (the chat template's generation prompt included) of chat messages; ids pass through."""
     out = []
     for conversation in conversations:
@@ -106,22 +107,41 @@ def prompt_ids(model: HookedLM, conversations: Sequence[Sequence[Message]] | Seq
     return out
 
 
-def last_prompt_activations(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
-                            layers: Sequence[int], *, batch_size: int = 8, progress: bool = False
-                            ) -> Float[Tensor, "n layer d_model"]:
+def last_prompt_activations(
+    model: HookedLM,
+    conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> Float[Tensor, "n layer d_model"]:
     """Residual stream at the last prompt token, ``[n, len(layers), d_model]`` float32 (in ``layers`` order)."""
     layers = [check_layer(int(layer), model.cfg.n_layers) for layer in layers]
     encoded = [encode_generated(ids, ()) for ids in prompt_ids(model, conversations)]
     if not encoded:
         return torch.zeros((0, len(layers), model.cfg.d_model))
-    acts = collect_activations(model, encoded, reductions=("last_prompt",), layers=layers, batch_size=batch_size,
-                               progress=progress, desc="last prompt token")
+    acts = collect_activations(
+        model,
+        encoded,
+        reductions=("last_prompt",),
+        layers=layers,
+        batch_size=batch_size,
+        progress=progress,
+        desc="last prompt token",
+    )
     return acts.get("last_prompt")[:, layers]
 
 
-def project_last_prompt(model: HookedLM, conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
-                        vectors: VectorLike | Sequence[VectorLike], layer: int, *, batch_size: int = 8,
-                        allow_other_model: bool = False, progress: bool = False) -> Float[Tensor, "n k"]:
+def project_last_prompt(
+    model: HookedLM,
+    conversations: Sequence[Sequence[Message]] | Sequence[Sequence[int]],
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    *,
+    batch_size: int = 8,
+    allow_other_model: bool = False,
+    progress: bool = False,
+) -> Float[Tensor, "n k"]:
     """Projection of the last prompt token's activation at ``layer`` on each vector's unit direction: ``[n, k]``.
 
     ``conversations``: chat messages (rendered with the template's generation prompt) or prompt token ids.
@@ -159,19 +179,28 @@ def _questions(trait: Any, questions: Sequence[str] | None, n_questions: int | N
     return chosen
 
 
-def system_prompt_prompts(trait: Any, questions: Sequence[str] | None = None, *, n_questions: int | None = None
-                          ) -> list[ProjectionPrompt]:
+def system_prompt_prompts(
+    trait: Any, questions: Sequence[str] | None = None, *, n_questions: int | None = None
+) -> list[ProjectionPrompt]:
     """The trait's graded system prompts (most suppressing first) x the eval questions (or ``questions``)."""
     graded = list(trait.graded_system_prompts)
     if not graded:
         raise ValueError(f"trait {trait.name!r} has no graded_system_prompts; add 8 to its file for this sweep")
-    return [ProjectionPrompt(f"system {level}", float(level), question,
-                             tuple(make_messages(question, system=system)))
-            for level, system in enumerate(graded) for question in _questions(trait, questions, n_questions)]
+    return [
+        ProjectionPrompt(f"system {level}", float(level), question, tuple(make_messages(question, system=system)))
+        for level, system in enumerate(graded)
+        for question in _questions(trait, questions, n_questions)
+    ]
 
 
-def many_shot_prompts(trait: Any, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None, *,
-                      n_questions: int | None = None, system: str | None = None) -> list[ProjectionPrompt]:
+def many_shot_prompts(
+    trait: Any,
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    questions: Sequence[str] | None = None,
+    *,
+    n_questions: int | None = None,
+    system: str | None = None,
+) -> list[ProjectionPrompt]:
     """``n`` examples of the trait (user question, assistant answer) before each question, for each ``n`` in shots.
 
     The examples are the first ``n`` of the trait's ``many_shot_examples``, in file order, so a prompt with more
@@ -181,14 +210,14 @@ def many_shot_prompts(trait: Any, shots: Sequence[int] = DEFAULT_SHOTS, question
     if not examples:
         raise ValueError(f"trait {trait.name!r} has no many_shot_examples; add them to its file for this sweep")
     if any(n < 0 for n in shots) or max(shots) > len(examples):
-        raise ValueError(f"shots must lie in 0..{len(examples)} (the trait has {len(examples)} examples), got "
-                         f"{list(shots)}")
+        raise ValueError(
+            f"shots must lie in 0..{len(examples)} (the trait has {len(examples)} examples), got {list(shots)}"
+        )
     prompts = []
     for n in shots:
         history: list[Message] = []
         for example in examples[:n]:
-            history += [{"role": "user", "content": example.question},
-                        {"role": "assistant", "content": example.answer}]
+            history += [{"role": "user", "content": example.question}, {"role": "assistant", "content": example.answer}]
         for question in _questions(trait, questions, n_questions):
             messages = make_messages(question, system=system, history=history)
             prompts.append(ProjectionPrompt(f"{n} shots", float(n), question, tuple(messages)))
@@ -254,9 +283,10 @@ class ProjectionSweepResult:
         out: dict[str, dict[str, Baseline]] = {}
         for name in self.traits:
             others = {other: data for other, data in columns.items() if other != name}
-            out[name] = {metric: compare_measure(metric, measure, columns[name], self.random_projections,
-                                                 others=others)
-                         for metric, measure in measures.items()}
+            out[name] = {
+                metric: compare_measure(metric, measure, columns[name], self.random_projections, others=others)
+                for metric, measure in measures.items()
+            }
         return out
 
     def baseline(self, metric: str = "overall", trait: str | None = None) -> Baseline:
@@ -293,17 +323,19 @@ class ProjectionSweepResult:
             index = [i for i, p in enumerate(self.prompts) if p.condition == condition]
             rows = [r for r in self.rows if r.condition == condition]
             mean, sem, n_scored = stats.mean_sem([scores[i] for i in index])
-            out.append({
-                "condition": condition,
-                "level": self.prompts[index[0]].level,
-                "n_prompts": len(index),
-                "n_samples": len(rows),
-                "n_scored_samples": sum(r.score is not None for r in rows),
-                "mean_score": _nan_to_none(mean),
-                "sem_score": _nan_to_none(sem),
-                "mean_coherence": _nan_to_none(stats.mean_sem([r.coherence for r in rows])[0]),
-                "mean_projection": {t: float(self.projections[index, j].mean()) for j, t in enumerate(self.traits)},
-            })
+            out.append(
+                {
+                    "condition": condition,
+                    "level": self.prompts[index[0]].level,
+                    "n_prompts": len(index),
+                    "n_samples": len(rows),
+                    "n_scored_samples": sum(r.score is not None for r in rows),
+                    "mean_score": _nan_to_none(mean),
+                    "sem_score": _nan_to_none(sem),
+                    "mean_coherence": _nan_to_none(stats.mean_sem([r.coherence for r in rows])[0]),
+                    "mean_projection": {t: float(self.projections[index, j].mean()) for j, t in enumerate(self.traits)},
+                }
+            )
         return out
 
     def correlations(self, trait: str | None = None) -> dict[str, Any]:
@@ -321,8 +353,9 @@ class ProjectionSweepResult:
             "overall_ci95": [_nan_to_none(v) for v in stats.fisher_ci(overall, n)],
             "within_condition": _nan_to_none(stats.within_condition_correlation(x, y, conditions, "demean")),
             "mean_per_condition": _nan_to_none(stats.within_condition_correlation(x, y, conditions, "mean")),
-            "per_condition": {c: _nan_to_none(r)
-                              for c, r in stats.per_condition_correlations(x, y, conditions).items()},
+            "per_condition": {
+                c: _nan_to_none(r) for c, r in stats.per_condition_correlations(x, y, conditions).items()
+            },
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -336,12 +369,18 @@ class ProjectionSweepResult:
             "correlations": {t: self.correlations(t) for t in self.traits},
             "controls": {**self.controls, "against": list(self.against)},
             "baselines": baselines_to_dict(self.baselines),
-            "prompts": [{"condition": p.condition, "level": p.level, "question": p.question,
-                         "n_messages": p.message_count(),
-                         **({} if p.n_messages is not None else {"messages": [dict(m) for m in p.messages]}),
-                         "projection": dict(zip(self.traits, self.projections[i].tolist())),
-                         "mean_score": s}
-                        for i, (p, s) in enumerate(zip(self.prompts, self.prompt_scores()))],
+            "prompts": [
+                {
+                    "condition": p.condition,
+                    "level": p.level,
+                    "question": p.question,
+                    "n_messages": p.message_count(),
+                    **({} if p.n_messages is not None else {"messages": [dict(m) for m in p.messages]}),
+                    "projection": dict(zip(self.traits, self.projections[i].tolist())),
+                    "mean_score": s,
+                }
+                for i, (p, s) in enumerate(zip(self.prompts, self.prompt_scores()))
+            ],
             "rows": [row.__dict__ for row in self.rows],
             "against_projections": self.against,
         }
@@ -359,20 +398,39 @@ class ProjectionSweepResult:
         name = sweep_file(kind)
         data = read_json(Path(folder) / name, name)
         traits = list(data["traits"])
-        prompts = [ProjectionPrompt(p["condition"], float(p["level"]), p["question"],
-                                    tuple(dict(m) for m in p.get("messages", ())),
-                                    None if "messages" in p else int(p["n_messages"]))
-                   for p in data["prompts"]]
-        projections = torch.tensor([[p["projection"][t] for t in traits] for p in data["prompts"]],
-                                   dtype=torch.float32).reshape(len(prompts), len(traits))
+        prompts = [
+            ProjectionPrompt(
+                p["condition"],
+                float(p["level"]),
+                p["question"],
+                tuple(dict(m) for m in p.get("messages", ())),
+                None if "messages" in p else int(p["n_messages"]),
+            )
+            for p in data["prompts"]
+        ]
+        projections = torch.tensor(
+            [[p["projection"][t] for t in traits] for p in data["prompts"]], dtype=torch.float32
+        ).reshape(len(prompts), len(traits))
         controls = {k: v for k, v in data.get("controls", {}).items() if k != "against"}
         against = {str(k): list(v) for k, v in data.get("against_projections", {}).items()}
         against.update({str(k): [] for k in data.get("controls", {}).get("against", []) if k not in against})
-        baselines = {t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
-                     for t, by_metric in data.get("baselines", {}).items()}
-        return cls(data["kind"], traits, int(data["layer"]), data["judge"], prompts, projections,
-                   [ProjectionSweepRow(**row) for row in data["rows"]], dict(data.get("settings", {})),
-                   against=against, controls=controls, baselines=baselines)
+        baselines = {
+            t: {m: Baseline.from_dict(b) for m, b in by_metric.items()}
+            for t, by_metric in data.get("baselines", {}).items()
+        }
+        return cls(
+            data["kind"],
+            traits,
+            int(data["layer"]),
+            data["judge"],
+            prompts,
+            projections,
+            [ProjectionSweepRow(**row) for row in data["rows"]],
+            dict(data.get("settings", {})),
+            against=against,
+            controls=controls,
+            baselines=baselines,
+        )
 
 
 def sweep_file(kind: str) -> str:
@@ -380,12 +438,23 @@ def sweep_file(kind: str) -> str:
     return f"{kind}_sweep.json"
 
 
-def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
-                         vectors: VectorLike | Sequence[VectorLike], layer: int, judge: Judge, rubric: str, *,
-                         kind: str = "custom", coherence_judge: Judge | None = None, allow_other_model: bool = False,
-                         controls: int = DEFAULT_RANDOM_DIRECTIONS, control_seed: int = 0,
-                         against: Sequence[VectorLike] = (), progress: bool = False,
-                         **generation: Any) -> ProjectionSweepResult:
+def run_projection_sweep(
+    model: HookedLM,
+    prompts: Sequence[ProjectionPrompt],
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    judge: Judge,
+    rubric: str,
+    *,
+    kind: str = "custom",
+    coherence_judge: Judge | None = None,
+    allow_other_model: bool = False,
+    controls: int = DEFAULT_RANDOM_DIRECTIONS,
+    control_seed: int = 0,
+    against: Sequence[VectorLike] = (),
+    progress: bool = False,
+    **generation: Any,
+) -> ProjectionSweepResult:
     """Project every prompt's last token, generate ``n_samples`` replies per prompt, judge them against ``rubric``
     (and against the coherence rubric with ``coherence_judge``, when given).
 
@@ -414,8 +483,9 @@ def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
     projections = acts @ units.T
     random_projections = None
     if controls:
-        random_projections = project_rows(acts, layer_controls(vector_list(vectors)[0], layer, controls,
-                                                               seed=control_seed))
+        random_projections = project_rows(
+            acts, layer_controls(vector_list(vectors)[0], layer, controls, seed=control_seed)
+        )
     against_projections = {}
     if against_units is not None:
         for name, column in zip(trait_names(against), (acts @ against_units.T).T):
@@ -423,34 +493,76 @@ def run_projection_sweep(model: HookedLM, prompts: Sequence[ProjectionPrompt],
                 name = f"{name} (against)"
             against_projections[name] = column.tolist()
     samples = [(i, s) for i in range(len(prompts)) for s in range(n_samples)]
-    jobs = [ReplyJob(f"p{i}|s{s}", ids[i], settings.seed + k, {"question_text": prompts[i].question})
-            for k, (i, s) in enumerate(samples)]
-    records = evaluate_replies(model, jobs, settings, rubric, judge, coherence_judge, progress=progress,
-                               desc=f"{kind} sweep")
+    jobs = [
+        ReplyJob(f"p{i}|s{s}", ids[i], settings.seed + k, {"question_text": prompts[i].question})
+        for k, (i, s) in enumerate(samples)
+    ]
+    records = evaluate_replies(
+        model, jobs, settings, rubric, judge, coherence_judge, progress=progress, desc=f"{kind} sweep"
+    )
     rows = []
     for (i, s), job in zip(samples, jobs):
         reply = records[job.key]
-        rows.append(ProjectionSweepRow(i, prompts[i].condition, prompts[i].level, prompts[i].question, s,
-                                       dict(zip(names, projections[i].tolist())), reply["response"],
-                                       as_score(reply["trait_score"]), reply["stopped"],
-                                       as_score(reply["coherence"])))
+        rows.append(
+            ProjectionSweepRow(
+                i,
+                prompts[i].condition,
+                prompts[i].level,
+                prompts[i].question,
+                s,
+                dict(zip(names, projections[i].tolist())),
+                reply["response"],
+                as_score(reply["trait_score"]),
+                reply["stopped"],
+                as_score(reply["coherence"]),
+            )
+        )
     settings_json = {"n_samples": n_samples, **settings.generation_settings(), "model": model.cfg.model_name}
-    return ProjectionSweepResult(kind, names, layer, judge.judge_id, prompts, projections, rows, settings_json,
-                                 random_projections, against_projections, {"k": controls, "seed": control_seed})
+    return ProjectionSweepResult(
+        kind,
+        names,
+        layer,
+        judge.judge_id,
+        prompts,
+        projections,
+        rows,
+        settings_json,
+        random_projections,
+        against_projections,
+        {"k": controls, "seed": control_seed},
+    )
 
 
-def system_prompt_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
-                        judge: Judge, *, questions: Sequence[str] | None = None, n_questions: int | None = None,
-                        **kwargs: Any) -> ProjectionSweepResult:
+def system_prompt_sweep(
+    model: HookedLM,
+    trait: Any,
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    judge: Judge,
+    *,
+    questions: Sequence[str] | None = None,
+    n_questions: int | None = None,
+    **kwargs: Any,
+) -> ProjectionSweepResult:
     """The 8 graded system prompts of ``trait`` x its eval questions; see :func:`run_projection_sweep` for the
     options."""
     prompts = system_prompt_prompts(trait, questions, n_questions=n_questions)
     return run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="system", **kwargs)
 
 
-def many_shot_sweep(model: HookedLM, trait: Any, vectors: VectorLike | Sequence[VectorLike], layer: int,
-                    judge: Judge, *, shots: Sequence[int] = DEFAULT_SHOTS, questions: Sequence[str] | None = None,
-                    n_questions: int | None = None, system: str | None = None, **kwargs: Any) -> ProjectionSweepResult:
+def many_shot_sweep(
+    model: HookedLM,
+    trait: Any,
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    judge: Judge,
+    *,
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    questions: Sequence[str] | None = None,
+    n_questions: int | None = None,
+    system: str | None = None,
+    **kwargs: Any,
+) -> ProjectionSweepResult:
     """0/5/10/15/20 trait examples before each eval question; see :func:`run_projection_sweep` for the options."""
     prompts = many_shot_prompts(trait, shots, questions, n_questions=n_questions, system=system)
     return run_projection_sweep(model, prompts, vectors, layer, judge, trait.rubric, kind="many_shot", **kwargs)
@@ -473,19 +585,32 @@ class TokenTrace:
     stopped: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"token_ids": self.token_ids, "pieces": self.pieces, "prompt_length": self.prompt_length,
-                "traits": self.traits, "response": self.response, "stopped": self.stopped,
-                "projections": {t: [_nan_to_none(v) for v in self.projections[j].tolist()]
-                                for j, t in enumerate(self.traits)}}
+        return {
+            "token_ids": self.token_ids,
+            "pieces": self.pieces,
+            "prompt_length": self.prompt_length,
+            "traits": self.traits,
+            "response": self.response,
+            "stopped": self.stopped,
+            "projections": {
+                t: [_nan_to_none(v) for v in self.projections[j].tolist()] for j, t in enumerate(self.traits)
+            },
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenTrace:
         """The trace back from :meth:`to_json` (a missing projection, saved as null, comes back as NaN)."""
         traits = list(data["traits"])
         rows = [[math.nan if v is None else float(v) for v in data["projections"][t]] for t in traits]
-        return cls(list(data["token_ids"]), list(data["pieces"]), int(data["prompt_length"]),
-                   torch.tensor(rows, dtype=torch.float32).reshape(len(traits), len(data["token_ids"])), traits,
-                   data["response"], bool(data["stopped"]))
+        return cls(
+            list(data["token_ids"]),
+            list(data["pieces"]),
+            int(data["prompt_length"]),
+            torch.tensor(rows, dtype=torch.float32).reshape(len(traits), len(data["token_ids"])),
+            traits,
+            data["response"],
+            bool(data["stopped"]),
+        )
 
 
 @dataclass
@@ -503,8 +628,13 @@ class TokenProjections:
     page: Path
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, "traits": self.traits,
-                "traces": [t.to_json() for t in self.traces], "html": str(self.page)}
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "traits": self.traits,
+            "traces": [t.to_json() for t in self.traces],
+            "html": str(self.page),
+        }
 
     def save(self) -> list[Path]:
         """Write the numbers to the ``.json`` beside :attr:`page`; the paths written."""
@@ -515,15 +645,28 @@ class TokenProjections:
         """The result back from the ``.json`` beside ``page`` (the ``.html`` or the ``.json`` itself)."""
         path = Path(page).with_suffix(".json")
         data = read_json(path, f"{path.name} (the numbers beside the page)")
-        return cls(data["model"], int(data["layer"]), list(data["traits"]),
-                   [TokenTrace.from_json(t) for t in data["traces"]],
-                   Path(data.get("html") or path.with_suffix(".html")))
+        return cls(
+            data["model"],
+            int(data["layer"]),
+            list(data["traits"]),
+            [TokenTrace.from_json(t) for t in data["traces"]],
+            Path(data.get("html") or path.with_suffix(".html")),
+        )
 
 
-def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[Message]],
-                              vectors: VectorLike | Sequence[VectorLike], layer: int, *, max_new_tokens: int = 64,
-                              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
-                              allow_other_model: bool = False) -> list[TokenTrace]:
+def generate_with_projections(
+    model: HookedLM,
+    conversations: Sequence[Sequence[Message]],
+    vectors: VectorLike | Sequence[VectorLike],
+    layer: int,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    allow_other_model: bool = False,
+) -> list[TokenTrace]:
     """Generate replies while a record hook reads each token's projection on each vector at ``layer``.
 
     Every prompt token and every reply token gets its projection (the residual stream at that token's position).
@@ -534,8 +677,15 @@ def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[
     names = trait_names(vectors)
     with ExitStack() as stack:
         recorders = [stack.enter_context(record(model, unit, layer=layer, positions="all")) for unit in units]
-        generation = generate(model, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed, batch_size=batch_size)
+        generation = generate(
+            model,
+            conversations,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+        )
         recorded = [recording.projections() for recording in recorders]
     n = len(generation)
     lengths = [len(p) + len(r) for p, r in zip(generation.prompt_ids, generation.response_ids)]
@@ -549,14 +699,24 @@ def generate_with_projections(model: HookedLM, conversations: Sequence[Sequence[
     out = []
     for i in range(n):
         ids = [*generation.prompt_ids[i], *generation.response_ids[i]]
-        out.append(TokenTrace(ids, token_pieces(model.tokenizer, ids), len(generation.prompt_ids[i]),
-                              traces[i, :, : lengths[i]].clone(), names, generation.texts[i], generation.stopped[i]))
+        out.append(
+            TokenTrace(
+                ids,
+                token_pieces(model.tokenizer, ids),
+                len(generation.prompt_ids[i]),
+                traces[i, :, : lengths[i]].clone(),
+                names,
+                generation.texts[i],
+                generation.stopped[i],
+            )
+        )
     return out
 
 
 @torch.no_grad()
-def _fill_by_forward(model: HookedLM, generation: Any, rows: list[int], units: Tensor, layer: int,
-                     traces: Tensor) -> None:
+def _fill_by_forward(
+    model: HookedLM, generation: Any, rows: list[int], units: Tensor, layer: int, traces: Tensor
+) -> None:
     encoded = [encode_generated(generation.prompt_ids[i], generation.response_ids[i]) for i in rows]
     pad_id = model.tokenizer.pad_token_id
     batch = collate(encoded, int(pad_id if pad_id is not None else 0), model.device)

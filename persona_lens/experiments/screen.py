@@ -45,7 +45,6 @@ row format in one place. (A split into ``screen/`` as done for the space is the 
 which change the generation part of the loop, have landed.)
 """
 
-
 from __future__ import annotations
 
 import csv
@@ -132,8 +131,12 @@ class ScreenConfig:
             raise ValueError(f"controls must be an int >= 0 (0: no random directions), got {self.controls!r}")
 
     def generation(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -158,9 +161,12 @@ class BaseResponseCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._store = SqliteStore(self.path, "responses", {"key": "TEXT NOT NULL"},
-                                  {"response_ids": "TEXT NOT NULL", "text": "TEXT NOT NULL",
-                                   "stopped": "INTEGER NOT NULL"})
+        self._store = SqliteStore(
+            self.path,
+            "responses",
+            {"key": "TEXT NOT NULL"},
+            {"response_ids": "TEXT NOT NULL", "text": "TEXT NOT NULL", "stopped": "INTEGER NOT NULL"},
+        )
         self.hits = 0
         self.generated = 0
 
@@ -170,8 +176,10 @@ class BaseResponseCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, tuple[list[int], str, bool]]:
-        return {key: (json.loads(ids), text, bool(stopped))
-                for key, (ids, text, stopped) in self._store.get_many(keys).items()}
+        return {
+            key: (json.loads(ids), text, bool(stopped))
+            for key, (ids, text, stopped) in self._store.get_many(keys).items()
+        }
 
     def put_many(self, entries: dict[str, tuple[list[int], str, bool]]) -> None:
         self._store.put_many({k: (json.dumps(ids), text, int(stopped)) for k, (ids, text, stopped) in entries.items()})
@@ -209,25 +217,31 @@ class _Prepared:
     key: str
 
 
-def _prepare(model: HookedLM, record: ChatRecord, config: ScreenConfig,
-             generation: dict[str, Any]) -> _Prepared | BadRecord:
+def _prepare(
+    model: HookedLM, record: ChatRecord, config: ScreenConfig, generation: dict[str, Any]
+) -> _Prepared | BadRecord:
     prompt_ids = encode_prompt(model.tokenizer, record.prompt)
     if len(prompt_ids) > config.max_tokens:
-        return BadRecord(record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}",
-                         record.offset)
+        return BadRecord(
+            record.line, f"prompt has {len(prompt_ids)} tokens > max_tokens {config.max_tokens}", record.offset
+        )
     try:
         encoded = encode_conversation(model.tokenizer, record.prompt, record.response)
     except TemplateBoundaryError as error:
         return BadRecord(record.line, f"chat template: {error}", record.offset)
     if len(encoded.input_ids) > config.max_tokens:
-        return BadRecord(record.line, f"conversation has {len(encoded.input_ids)} tokens > max_tokens "
-                                      f"{config.max_tokens}", record.offset)
+        return BadRecord(
+            record.line,
+            f"conversation has {len(encoded.input_ids)} tokens > max_tokens {config.max_tokens}",
+            record.offset,
+        )
     key = BaseResponseCache.key(model.cfg.model_name, generation, prompt_ids)
     return _Prepared(record.line, record.offset, prompt_ids, encoded, key)
 
 
-def _base_responses(model: HookedLM, items: Sequence[_Prepared], cache: BaseResponseCache, config: ScreenConfig
-                    ) -> dict[str, tuple[list[int], str, bool]]:
+def _base_responses(
+    model: HookedLM, items: Sequence[_Prepared], cache: BaseResponseCache, config: ScreenConfig
+) -> dict[str, tuple[list[int], str, bool]]:
     found = cache.get_many([item.key for item in items])
     cache.hits += sum(1 for item in items if item.key in found)
     missing: dict[str, list[int]] = {}
@@ -276,17 +290,32 @@ class _PendingChunks:
 def _generate_base(model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
     """One chunk's missing base replies in one generate call (a unit of work for an executor), by cache key."""
     keys, prompts, config, _ = unit
-    generation = generate(model, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                          top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
-    return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, generation.response_ids,
-                                                                     generation.texts, generation.stopped)}
+    generation = generate(
+        model,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+    return {
+        k: (ids, text, stopped)
+        for k, ids, text, stopped in zip(keys, generation.response_ids, generation.texts, generation.stopped)
+    }
 
 
 def _engine_base(engine: Any, model: HookedLM, unit: _BaseUnit) -> dict[str, tuple[list[int], str, bool]]:
     """The same replies from a serving engine (they need no hooks), to the prompts' chat messages."""
     keys, prompts, config, messages = unit
-    out = engine.generate(model, messages, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                          top_p=config.top_p, seeds=[config.seed + i for i in range(len(prompts))])
+    out = engine.generate(
+        model,
+        messages,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seeds=[config.seed + i for i in range(len(prompts))],
+    )
     if out.prompt_ids != prompts:
         raise ValueError("the engine's prompts do not tokenize as the screening prompts")
     return {k: (ids, text, stopped) for k, ids, text, stopped in zip(keys, out.response_ids, out.texts, out.stopped)}
@@ -295,8 +324,16 @@ def _engine_base(engine: Any, model: HookedLM, unit: _BaseUnit) -> dict[str, tup
 _generate_base.on_engine = _engine_base  # type: ignore[attr-defined]
 
 
-def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, generation: dict[str, Any],
-                            cache: BaseResponseCache, done: int, limit: int | None, executor: Executor) -> int:
+def _prefill_base_responses(
+    model: HookedLM,
+    data: Path,
+    config: ScreenConfig,
+    generation: dict[str, Any],
+    cache: BaseResponseCache,
+    done: int,
+    limit: int | None,
+    executor: Executor,
+) -> int:
     """Generate on ``executor`` the base replies that the chunks still to screen will ask the cache for.
 
     The units are exactly the generate calls the serial loop would make (same chunks, same prompts, same order
@@ -329,22 +366,36 @@ def _prefill_base_responses(model: HookedLM, data: Path, config: ScreenConfig, g
     return count
 
 
-def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tuple[list[int], str, bool]],
-                 units: torch.Tensor, names: list[str], layer: int, batch_size: int,
-                 random_units: torch.Tensor | None = None) -> list[dict[str, Any]]:
+def _score_chunk(
+    model: HookedLM,
+    items: Sequence[_Prepared],
+    base: dict[str, tuple[list[int], str, bool]],
+    units: torch.Tensor,
+    names: list[str],
+    layer: int,
+    batch_size: int,
+    random_units: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
     dataset_convs = [item.encoded for item in items]
     with_base = [i for i, item in enumerate(items) if base[item.key][0]]
     base_convs = [encode_generated(items[i].prompt_ids, base[items[i].key][0]) for i in with_base]
-    acts = collect_activations(model, dataset_convs, reductions=("response", "last_prompt"), layers=[layer],
-                               batch_size=batch_size, progress=False)
+    acts = collect_activations(
+        model,
+        dataset_convs,
+        reductions=("response", "last_prompt"),
+        layers=[layer],
+        batch_size=batch_size,
+        progress=False,
+    )
     if random_units is not None:  # the controls: the same numbers along the random directions, after the vectors
         units = torch.cat([units, random_units])
     response = acts.get("response")[:, layer] @ units.T  # [n, k (+ K)]
     last_prompt = acts.get("last_prompt")[:, layer] @ units.T
     base_proj = torch.full_like(response, float("nan"))
     if base_convs:
-        base_acts = collect_activations(model, base_convs, reductions=("response",), layers=[layer],
-                                        batch_size=batch_size, progress=False)
+        base_acts = collect_activations(
+            model, base_convs, reductions=("response",), layers=[layer], batch_size=batch_size, progress=False
+        )
         base_proj[with_base] = base_acts.get("response")[:, layer] @ units.T
     k = len(names)
     rows = []
@@ -355,12 +406,18 @@ def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tu
             return {n: (None if math.isnan(float(v)) else float(v)) for n, v in zip(names, values[i])}
 
         row: dict[str, Any] = {
-            "line": item.line, "offset": item.offset, "status": "ok",
+            "line": item.line,
+            "offset": item.offset,
+            "status": "ok",
             "n_prompt_tokens": len(item.prompt_ids),
             "n_response_tokens": item.encoded.response_end - item.encoded.response_start,
-            "n_base_tokens": len(ids), "base_stopped": stopped, "base_response": text,
-            "dp": by_trait(response - base_proj), "dp_last_prompt": by_trait(response - last_prompt),
-            "proj_response": by_trait(response), "proj_base": by_trait(base_proj),
+            "n_base_tokens": len(ids),
+            "base_stopped": stopped,
+            "base_response": text,
+            "dp": by_trait(response - base_proj),
+            "dp_last_prompt": by_trait(response - last_prompt),
+            "proj_response": by_trait(response),
+            "proj_base": by_trait(base_proj),
             "proj_last_prompt": by_trait(last_prompt),
         }
         if random_units is not None:
@@ -373,11 +430,19 @@ def _score_chunk(model: HookedLM, items: Sequence[_Prepared], base: dict[str, tu
     return rows
 
 
-def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: VectorLike | Sequence[VectorLike],
-                   output_path: str | os.PathLike[str], config: ScreenConfig, *,
-                   cache_path: str | os.PathLike[str] | None = None, limit: int | None = None,
-                   allow_other_model: bool = False, progress: bool = True, executor: Executor | None = None
-                   ) -> dict[str, Any]:
+def screen_dataset(
+    model: HookedLM,
+    data_path: str | os.PathLike[str],
+    vectors: VectorLike | Sequence[VectorLike],
+    output_path: str | os.PathLike[str],
+    config: ScreenConfig,
+    *,
+    cache_path: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    allow_other_model: bool = False,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Screen a chat JSONL file; rows go to ``output_path`` (JSONL), resumably. Returns :func:`summarize`'s report
     plus how many base responses came from the cache and how many were generated in this call.
 
@@ -392,8 +457,7 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     names = trait_names(vectors)
     random_units = None
     if config.controls:
-        random_units = layer_controls(vector_list(vectors)[0], config.layer, config.controls,
-                                      seed=config.control_seed)
+        random_units = layer_controls(vector_list(vectors)[0], config.layer, config.controls, seed=config.control_seed)
         random_units = random_units / random_units.norm(dim=-1, keepdim=True)
     data = Path(data_path)
     if not data.is_file():
@@ -402,9 +466,14 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
     output.parent.mkdir(parents=True, exist_ok=True)
     generation = config.generation()
     settings = {
-        "format": "persona_lens.experiments.screen", "model": model.cfg.model_name, "data": str(data.resolve()),
-        "traits": names, "vectors_sha256": [vector_digest(vec) for vec in vector_list(vectors)], "layer": config.layer,
-        "generation": generation, "max_tokens": config.max_tokens,
+        "format": "persona_lens.experiments.screen",
+        "model": model.cfg.model_name,
+        "data": str(data.resolve()),
+        "traits": names,
+        "vectors_sha256": [vector_digest(vec) for vec in vector_list(vectors)],
+        "layer": config.layer,
+        "generation": generation,
+        "max_tokens": config.max_tokens,
     }
     if config.controls:  # recorded only when used, so results screened before controls existed still resume
         settings["controls"] = {"k": config.controls, "seed": config.control_seed}
@@ -430,8 +499,7 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
                 prepared.append(item)
         if prepared:
             base = _base_responses(model, prepared, cache, config)
-            for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size,
-                                    random_units):
+            for row in _score_chunk(model, prepared, base, units, names, config.layer, config.batch_size, random_units):
                 rows[row["line"]] = row
         store.append([rows[line] for line in sorted(rows)])
         bar.update(len(chunk))
@@ -441,11 +509,19 @@ def screen_dataset(model: HookedLM, data_path: str | os.PathLike[str], vectors: 
         flush(chunk)
     bar.close()
     if chunks.n_seen == 0:
-        raise ValueError(f"{data} holds no record (it is empty, or blank lines only); give a chat JSONL file with one "
-                         '{"messages": [...]} conversation a line')
+        raise ValueError(
+            f"{data} holds no record (it is empty, or blank lines only); give a chat JSONL file with one "
+            '{"messages": [...]} conversation a line'
+        )
     report = summarize(output)
-    report.update(base_responses_cached=cache.hits - prefilled, base_responses_generated=cache.generated,
-                  cache=str(cache.path), output=str(output), data=str(data), layer=config.layer)
+    report.update(
+        base_responses_cached=cache.hits - prefilled,
+        base_responses_generated=cache.generated,
+        cache=str(cache.path),
+        output=str(output),
+        data=str(data),
+        layer=config.layer,
+    )
     return report
 
 
@@ -489,28 +565,43 @@ def summarize(results_path: str | os.PathLike[str], max_problems: int = 200) -> 
                     total = sums[key].setdefault(trait, [0.0, 0])
                     total[0] += value
                     total[1] += 1
-    means = {key: {t: (sums[key][t][0] / sums[key][t][1] if t in sums[key] and sums[key][t][1] else None)
-                   for t in traits} for key in sums}
+    means = {
+        key: {t: (sums[key][t][0] / sums[key][t][1] if t in sums[key] and sums[key][t][1] else None) for t in traits}
+        for key in sums
+    }
     n_scored = {t: int(sums["dp"][t][1]) if t in sums["dp"] else 0 for t in traits}
     random_means = {key: (total / count).tolist() for key, (total, count) in random_sums.items() if count}
-    baselines = {t: {f"mean_{key}": compare(f"mean {key}", means[key][t], random_means.get(key, []),
-                                            others={o: means[key][o] for o in traits
-                                                    if o != t and means[key][o] is not None},
-                                            flipped=None if means[key][t] is None else -means[key][t])
-                     for key in sums if means[key][t] is not None}
-                 for t in traits}
+    baselines = {
+        t: {
+            f"mean_{key}": compare(
+                f"mean {key}",
+                means[key][t],
+                random_means.get(key, []),
+                others={o: means[key][o] for o in traits if o != t and means[key][o] is not None},
+                flipped=None if means[key][t] is None else -means[key][t],
+            )
+            for key in sums
+            if means[key][t] is not None
+        }
+        for t in traits
+    }
     return {
         "results": str(results_path),
-        "n_rows": sum(counts.values()), "n_ok": counts["ok"], "n_bad": counts["bad"],
+        "n_rows": sum(counts.values()),
+        "n_ok": counts["ok"],
+        "n_bad": counts["bad"],
         "n_without_base_response": without_base,
-        "traits": traits, "mean_dp": means["dp"], "mean_dp_last_prompt": means["dp_last_prompt"],
-        "n_scored": n_scored, "problem_counts": dict(kinds), "problems": problems,
+        "traits": traits,
+        "mean_dp": means["dp"],
+        "mean_dp_last_prompt": means["dp_last_prompt"],
+        "n_scored": n_scored,
+        "problem_counts": dict(kinds),
+        "problems": problems,
         "baselines": baselines_to_dict(baselines),
     }
 
 
-def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp"
-                ) -> tuple[np.ndarray, np.ndarray]:
+def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp") -> tuple[np.ndarray, np.ndarray]:
     """``(line numbers, scores)`` of the rows with a score for ``trait`` (numpy arrays: 16 bytes a row)."""
     if key not in SCORE_KEYS:
         raise ValueError(f"unknown score {key!r}; use one of {SCORE_KEYS}")
@@ -533,9 +624,16 @@ def load_scores(results_path: str | os.PathLike[str], trait: str, key: str = "dp
     return np.asarray(lines, dtype=np.int64), np.asarray(values, dtype=np.float64)
 
 
-def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.PathLike[str],
-                  out_path: str | os.PathLike[str], trait: str, *, key: str = "dp", top: int | None = None,
-                  ascending: bool = False) -> Path:
+def export_ranked(
+    results_path: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    trait: str,
+    *,
+    key: str = "dp",
+    top: int | None = None,
+    ascending: bool = False,
+) -> Path:
     """Write the samples ranked by ``key`` for ``trait`` (highest first, unless ``ascending``), each with its rank,
     line, scores, the dataset conversation and the base response. ``.csv`` writes CSV, anything else JSONL.
 
@@ -585,12 +683,25 @@ def export_ranked(results_path: str | os.PathLike[str], data_path: str | os.Path
             if writer is not None:
                 prompt = messages[-2]["content"] if messages and len(messages) >= 2 else ""
                 response = messages[-1]["content"] if messages else ""
-                writer.writerow([rank, line, *(row.get(k, {}).get(trait) for k in SCORE_KEYS), prompt, response,
-                                 row.get("base_response", "")])
+                writer.writerow(
+                    [
+                        rank,
+                        line,
+                        *(row.get(k, {}).get(trait) for k in SCORE_KEYS),
+                        prompt,
+                        response,
+                        row.get("base_response", ""),
+                    ]
+                )
             else:
-                out = {"rank": rank, "line": line, "trait": trait,
-                       **{k: row.get(k, {}).get(trait) for k in SCORE_KEYS},
-                       "messages": messages, "base_response": row.get("base_response")}
+                out = {
+                    "rank": rank,
+                    "line": line,
+                    "trait": trait,
+                    **{k: row.get(k, {}).get(trait) for k in SCORE_KEYS},
+                    "messages": messages,
+                    "base_response": row.get("base_response"),
+                }
                 handle.write(json.dumps(out, ensure_ascii=False) + "\n")
     return target
 
@@ -638,13 +749,22 @@ class DatasetComparison:
         return self.baselines["mean_difference"].value
 
     def to_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "reference": self.reference, "trait": self.trait, "key": self.key,
-                "n": self.n, "n_reference": self.n_reference, "auroc": self.auroc,
-                "mean_difference": self.mean_difference, "baselines": baselines_to_dict(self.baselines)}
+        return {
+            "dataset": self.dataset,
+            "reference": self.reference,
+            "trait": self.trait,
+            "key": self.key,
+            "n": self.n,
+            "n_reference": self.n_reference,
+            "auroc": self.auroc,
+            "mean_difference": self.mean_difference,
+            "baselines": baselines_to_dict(self.baselines),
+        }
 
 
-def _aligned(results_path: str | os.PathLike[str], traits: Sequence[str], key: str
-             ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _aligned(
+    results_path: str | os.PathLike[str], traits: Sequence[str], key: str
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Every trait's ``key`` and the random controls over the rows where all of them are defined."""
     columns: dict[str, list[float]] = {t: [] for t in traits}
     randoms: list[list[float]] = []
@@ -668,8 +788,9 @@ def _aligned(results_path: str | os.PathLike[str], traits: Sequence[str], key: s
     return arrays, random
 
 
-def compare_datasets(results: Mapping[str, str | os.PathLike[str]], trait: str, key: str = "dp", *,
-                     reference: str | None = None) -> dict[str, DatasetComparison]:
+def compare_datasets(
+    results: Mapping[str, str | os.PathLike[str]], trait: str, key: str = "dp", *, reference: str | None = None
+) -> dict[str, DatasetComparison]:
     """Each dataset of ``results`` (name -> screening results file) against ``reference`` (default: the first), on
     ``trait``: sample-level AUROC and dataset-level mean difference, beside the random directions kept in the files
     (when both files have them, from the same run settings), the files' other traits and the flipped vector."""
@@ -705,10 +826,18 @@ def compare_datasets(results: Mapping[str, str | os.PathLike[str]], trait: str, 
         def area(values: torch.Tensor, labels: np.ndarray = labels) -> float:
             return stats.auroc(values, labels)
 
-        out[name] = DatasetComparison(name, reference, trait, key, n, n_ref, {
-            "auroc": compare_measure("auroc", area, both[trait], random_both,
-                                     others=others),
-            "mean_difference": compare_measure(f"mean {key} difference", difference, both[trait], random_both,
-                                               others=others),
-        })
+        out[name] = DatasetComparison(
+            name,
+            reference,
+            trait,
+            key,
+            n,
+            n_ref,
+            {
+                "auroc": compare_measure("auroc", area, both[trait], random_both, others=others),
+                "mean_difference": compare_measure(
+                    f"mean {key} difference", difference, both[trait], random_both, others=others
+                ),
+            },
+        )
     return out

@@ -75,8 +75,9 @@ class ScreenResult:
     def comparison_file(trait: str, key: str, controls: bool = False) -> str:
         return f"comparison.{slug(trait)}.{key}{'.controls' if controls else ''}.html"
 
-    def scores(self, folder: str | os.PathLike[str], name: str, trait: str, key: str = "dp"
-               ) -> Float[np.ndarray, " n_scored"]:
+    def scores(
+        self, folder: str | os.PathLike[str], name: str, trait: str, key: str = "dp"
+    ) -> Float[np.ndarray, " n_scored"]:
         """The ``key`` scores on ``trait`` of dataset ``name``'s scored samples, read from its scores file in
         ``folder``."""
         return load_scores(Path(folder) / self.scores_file(name), trait, key)[1]
@@ -96,10 +97,18 @@ class ScreenResult:
             comparison[trait] = dict(compared)
             for key in COMPARED_KEYS:
                 comparison[trait][f"{key}_figure"] = [
-                    str(p) for controls in (False, True)
-                    for p in _figure_files(out / self.comparison_file(trait, key, controls))]
-        return {"model": self.model, "layer": self.layer, "datasets": datasets, "comparison": comparison,
-                "rank_by": self.rank_by, "top": self.top}
+                    str(p)
+                    for controls in (False, True)
+                    for p in _figure_files(out / self.comparison_file(trait, key, controls))
+                ]
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "datasets": datasets,
+            "comparison": comparison,
+            "rank_by": self.rank_by,
+            "top": self.top,
+        }
 
     def save(self, folder: str | os.PathLike[str]) -> list[Path]:
         """Write the ranked samples of each dataset and trait and ``screen_report.json`` into ``folder`` (which holds
@@ -108,12 +117,18 @@ class ScreenResult:
         written = []
         for name, summary in self.datasets.items():
             if summary["traits"] and not Path(summary.get("data") or "").is_file():
-                raise ResultFileError(f"the ranked samples of {name!r} are re-exported from its dataset, and "
-                                      f"{summary.get('data') or 'a report written before it was recorded'} is not a "
-                                      "file: rerun the screen from the folder it was run in")
+                raise ResultFileError(
+                    f"the ranked samples of {name!r} are re-exported from its dataset, and "
+                    f"{summary.get('data') or 'a report written before it was recorded'} is not a "
+                    "file: rerun the screen from the folder it was run in"
+                )
             for trait in summary["traits"]:
-                written += [export_ranked(out / self.scores_file(name), summary["data"], out / file, trait,
-                                          key=self.rank_by, top=self.top) for file in self.ranked_files(name, trait)]
+                written += [
+                    export_ranked(
+                        out / self.scores_file(name), summary["data"], out / file, trait, key=self.rank_by, top=self.top
+                    )
+                    for file in self.ranked_files(name, trait)
+                ]
         return [*written, write_json_atomic(out / SCREEN_REPORT, self.to_json(out))]
 
     @classmethod
@@ -121,12 +136,14 @@ class ScreenResult:
         """The result back from the ``screen_report.json`` of a folder written by :meth:`save` (a report written
         before it held ``rank_by``/``top``/``data`` loads with the defaults and cannot re-export the ranking)."""
         data = read_json(Path(folder) / SCREEN_REPORT, SCREEN_REPORT)
-        datasets = {name: {k: v for k, v in summary.items() if k != "files"}
-                    for name, summary in data["datasets"].items()}
-        comparison = {trait: {k: v for k, v in compared.items() if not k.endswith("_figure")}
-                      for trait, compared in data.get("comparison", {}).items()}
-        return cls(data["model"], int(data["layer"]), datasets, comparison, data.get("rank_by", "dp"),
-                   data.get("top"))
+        datasets = {
+            name: {k: v for k, v in summary.items() if k != "files"} for name, summary in data["datasets"].items()
+        }
+        comparison = {
+            trait: {k: v for k, v in compared.items() if not k.endswith("_figure")}
+            for trait, compared in data.get("comparison", {}).items()
+        }
+        return cls(data["model"], int(data["layer"]), datasets, comparison, data.get("rank_by", "dp"), data.get("top"))
 
 
 def _figure_files(html: Path) -> list[Path]:
@@ -134,20 +151,39 @@ def _figure_files(html: Path) -> list[Path]:
     return [html, png] if png.exists() else [html]
 
 
-def screen_datasets(model: HookedLM, data: Mapping[str, str | os.PathLike[str]],
-                    vectors: VectorLike | Sequence[VectorLike], folder: str | os.PathLike[str], config: ScreenConfig,
-                    *, cache_path: str | os.PathLike[str] | None = None, limit: int | None = None,
-                    rank_by: str = "dp", top: int | None = None, allow_other_model: bool = False,
-                    progress: bool = True, executor: Any = None) -> ScreenResult:
+def screen_datasets(
+    model: HookedLM,
+    data: Mapping[str, str | os.PathLike[str]],
+    vectors: VectorLike | Sequence[VectorLike],
+    folder: str | os.PathLike[str],
+    config: ScreenConfig,
+    *,
+    cache_path: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    rank_by: str = "dp",
+    top: int | None = None,
+    allow_other_model: bool = False,
+    progress: bool = True,
+    executor: Any = None,
+) -> ScreenResult:
     """Screen each dataset of ``data`` (name -> chat JSONL file) into ``folder/<name>.scores.jsonl`` (resuming what
     is there) and compare each with the first. Writes only the scores files; :meth:`ScreenResult.save` the rest."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict[str, dict[str, Any]] = {}
     for name, path in data.items():
-        summary = screen_dataset(model, path, vectors, out / ScreenResult.scores_file(name), config,
-                                 cache_path=cache_path, limit=limit, allow_other_model=allow_other_model,
-                                 progress=progress, executor=executor)
+        summary = screen_dataset(
+            model,
+            path,
+            vectors,
+            out / ScreenResult.scores_file(name),
+            config,
+            cache_path=cache_path,
+            limit=limit,
+            allow_other_model=allow_other_model,
+            progress=progress,
+            executor=executor,
+        )
         datasets[name] = {**summary, "data": str(path)}
     result = ScreenResult(model.cfg.model_name, config.layer, datasets, {}, rank_by, top)
     if len(datasets) > 1:
@@ -165,7 +201,8 @@ def compare_screened(folder: str | os.PathLike[str], names: Sequence[str], trait
         reference = values[names[0]]
         comparison[f"auroc_{key}"] = {
             n: _none_if_nan(auroc([*values[n], *reference], [1] * len(values[n]) + [0] * len(reference)))
-            for n in names[1:]}
+            for n in names[1:]
+        }
         compared = compare_datasets(files, trait, key)
         comparison[f"baselines_{key}"] = {n: c.to_json()["baselines"] for n, c in compared.items()}
     return comparison

@@ -54,9 +54,19 @@ from persona_lens.experiments.executor import Executor, executor_settings
 from persona_lens.judges.base import Judge
 from persona_lens.traits.schema import Trait, trait_to_dict
 
-__all__ = ["SteeringSweepConfig", "SteeringCell", "SteeringSweepResult", "run_steering_sweep", "default_layers",
-           "choose_layer", "neighbour_cells", "format_samples", "STEERING_CONTROLS", "SteeringControls",
-           "run_steering_controls"]
+__all__ = [
+    "SteeringSweepConfig",
+    "SteeringCell",
+    "SteeringSweepResult",
+    "run_steering_sweep",
+    "default_layers",
+    "choose_layer",
+    "neighbour_cells",
+    "format_samples",
+    "STEERING_CONTROLS",
+    "SteeringControls",
+    "run_steering_controls",
+]
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +138,20 @@ class SteeringSweepResult:
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``sweep.json``."""
-        return {"trait": self.trait, "model": self.model_name, "vector_model": self.vector_model,
-                "config": asdict(self.config) if self.config is not None else None, "judges": self.judges,
-                "median_residual_norm": self.median_residual_norm, "torch_threads": self.torch_threads,
-                "baseline": asdict(self.baseline), "prompted": None if self.prompted is None else asdict(self.prompted),
-                "chosen": None if self.chosen is None else asdict(self.chosen),
-                "reason": self.reason, "cells": [asdict(c) for c in self.cells]}
+        return {
+            "trait": self.trait,
+            "model": self.model_name,
+            "vector_model": self.vector_model,
+            "config": asdict(self.config) if self.config is not None else None,
+            "judges": self.judges,
+            "median_residual_norm": self.median_residual_norm,
+            "torch_threads": self.torch_threads,
+            "baseline": asdict(self.baseline),
+            "prompted": None if self.prompted is None else asdict(self.prompted),
+            "chosen": None if self.chosen is None else asdict(self.chosen),
+            "reason": self.reason,
+            "cells": [asdict(c) for c in self.cells],
+        }
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Write ``sweep.csv``, ``sweep.json``, ``scored.jsonl`` and ``samples.md`` into ``folder``; adds them to
@@ -145,10 +163,14 @@ class SteeringSweepResult:
             writer.writeheader()
             for cell in [self.baseline, *self.cells]:
                 writer.writerow({k: ("" if v is None else v) for k, v in asdict(cell).items()})
-        written = {"csv": csv_path, "json": write_json_atomic(out / "sweep.json", self.to_json()),
-                   "scored": write_text_atomic(out / "scored.jsonl", "".join(
-                       json.dumps(record, ensure_ascii=False) + "\n" for record in self.scored)),
-                   "samples": write_text_atomic(out / "samples.md", self.samples)}
+        written = {
+            "csv": csv_path,
+            "json": write_json_atomic(out / "sweep.json", self.to_json()),
+            "scored": write_text_atomic(
+                out / "scored.jsonl", "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.scored)
+            ),
+            "samples": write_text_atomic(out / "samples.md", self.samples),
+        }
         self.paths.update(written)
         return written
 
@@ -161,14 +183,33 @@ class SteeringSweepResult:
         scored = [json.loads(line) for line in read_text(out / "scored.jsonl", "scored.jsonl").splitlines() if line]
         cells = [SteeringCell(**c) for c in data["cells"]]
         chosen = None if data["chosen"] is None else SteeringCell(**data["chosen"])
-        paths = {key: out / name for key, name in (("csv", "sweep.csv"), ("json", "sweep.json"),
-                                                   ("scored", "scored.jsonl"), ("samples", "samples.md"))}
-        return cls(cells, SteeringCell(**data["baseline"]), chosen, data["reason"], out, paths, data["trait"],
-                   data["model"], None if data["config"] is None else SteeringSweepConfig(**data["config"]),
-                   data.get("vector_model", ""), dict(data.get("judges", {})),
-                   list(data.get("median_residual_norm", [])), int(data.get("torch_threads", 0)), scored,
-                   read_text(out / "samples.md", "samples.md"),
-                   None if data.get("prompted") is None else SteeringCell(**data["prompted"]))
+        paths = {
+            key: out / name
+            for key, name in (
+                ("csv", "sweep.csv"),
+                ("json", "sweep.json"),
+                ("scored", "scored.jsonl"),
+                ("samples", "samples.md"),
+            )
+        }
+        return cls(
+            cells,
+            SteeringCell(**data["baseline"]),
+            chosen,
+            data["reason"],
+            out,
+            paths,
+            data["trait"],
+            data["model"],
+            None if data["config"] is None else SteeringSweepConfig(**data["config"]),
+            data.get("vector_model", ""),
+            dict(data.get("judges", {})),
+            list(data.get("median_residual_norm", [])),
+            int(data.get("torch_threads", 0)),
+            scored,
+            read_text(out / "samples.md", "samples.md"),
+            None if data.get("prompted") is None else SteeringCell(**data["prompted"]),
+        )
 
 
 def default_layers(n_layers: int, count: int = 5) -> list[int]:
@@ -199,10 +240,20 @@ class _Job:
         return make_messages(self.question_text, system=self.system)
 
     def reply_job(self, cell: str, coef_raw: float, steering: Steering | None, base_seed: int) -> ReplyJob:
-        return ReplyJob(self.key(cell), self.messages, self.seed(base_seed),
-                        {"cell": cell, "question": self.question, "sample": self.sample,
-                         "question_text": self.question_text, "system": self.system, "coef_raw": coef_raw},
-                        steering)
+        return ReplyJob(
+            self.key(cell),
+            self.messages,
+            self.seed(base_seed),
+            {
+                "cell": cell,
+                "question": self.question,
+                "sample": self.sample,
+                "question_text": self.question_text,
+                "system": self.system,
+                "coef_raw": coef_raw,
+            },
+            steering,
+        )
 
 
 def _plan(trait: Trait, config: SteeringSweepConfig) -> list[_Job]:
@@ -214,30 +265,39 @@ def _plan(trait: Trait, config: SteeringSweepConfig) -> list[_Job]:
         prompts = [p.negative for p in trait.prompt_pairs]
     else:
         prompts = [None]
-    return [_Job(q, s, prompts[(q + s) % len(prompts)], text)
-            for q, text in enumerate(questions) for s in range(config.n_samples)]
+    return [
+        _Job(q, s, prompts[(q + s) % len(prompts)], text)
+        for q, text in enumerate(questions)
+        for s in range(config.n_samples)
+    ]
 
 
 def _cell_key(layer: int | None, mode: str, coef: float) -> str:
     return "base" if layer is None else f"L{layer}|{mode}{coef:g}"
 
 
-def choose_layer(cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float,
-                 trait_threshold: float = 50.0) -> tuple[SteeringCell | None, str]:
+def choose_layer(
+    cells: Sequence[SteeringCell], baseline: SteeringCell, coherence_threshold: float, trait_threshold: float = 50.0
+) -> tuple[SteeringCell | None, str]:
     """The steered cell with the highest share of replies that are both trait-expressing and coherent (ties: the
     higher trait score, then the smaller coefficient); None when no steered reply is both."""
     scored = [c for c in cells if c.layer is not None and c.both_rate is not None]
     if not scored or max(c.both_rate for c in scored) <= 0:
-        return None, (f"no steered reply has both trait >= {trait_threshold:g} and coherence >= "
-                      f"{coherence_threshold:g}; try other layers or coefficients")
-    best = max(scored, key=lambda c: (c.both_rate, c.trait_mean if c.trait_mean is not None else -1.0,
-                                      -abs(c.coef_relative)))
+        return None, (
+            f"no steered reply has both trait >= {trait_threshold:g} and coherence >= "
+            f"{coherence_threshold:g}; try other layers or coefficients"
+        )
+    best = max(
+        scored, key=lambda c: (c.both_rate, c.trait_mean if c.trait_mean is not None else -1.0, -abs(c.coef_relative))
+    )
     base_both = baseline.both_rate if baseline.both_rate is not None else float("nan")
-    return best, (f"layer {best.layer} at coefficient {best.coef_relative:g} relative ({best.coef_raw:.3g} raw) has "
-                  f"the highest share of replies that are both trait-expressing (>= {trait_threshold:g}) and "
-                  f"coherent (>= {coherence_threshold:g}): {best.both_rate:.2f} vs {base_both:.2f} unsteered "
-                  f"(trait rate {best.trait_rate:.2f}, mean trait {best.trait_mean:.1f}, mean coherence "
-                  f"{best.coherence_mean:.1f}, coherent rate {best.coherent_rate:.2f})")
+    return best, (
+        f"layer {best.layer} at coefficient {best.coef_relative:g} relative ({best.coef_raw:.3g} raw) has "
+        f"the highest share of replies that are both trait-expressing (>= {trait_threshold:g}) and "
+        f"coherent (>= {coherence_threshold:g}): {best.both_rate:.2f} vs {base_both:.2f} unsteered "
+        f"(trait rate {best.trait_rate:.2f}, mean trait {best.trait_mean:.1f}, mean coherence "
+        f"{best.coherence_mean:.1f}, coherent rate {best.coherent_rate:.2f})"
+    )
 
 
 def neighbour_cells(cells: Sequence[SteeringCell], centre: SteeringCell) -> list[SteeringCell]:
@@ -247,8 +307,11 @@ def neighbour_cells(cells: Sequence[SteeringCell], centre: SteeringCell) -> list
     coefs = sorted({c.coef_relative for c in cells if c.layer == centre.layer})
     out = [centre]
     i = coefs.index(centre.coef_relative)
-    out += [c for c in cells if c.layer == centre.layer and c.coef_relative in coefs[max(0, i - 1) : i + 2]
-            and c is not centre]
+    out += [
+        c
+        for c in cells
+        if c.layer == centre.layer and c.coef_relative in coefs[max(0, i - 1) : i + 2] and c is not centre
+    ]
     j = layers.index(centre.layer)
     near = set(layers[max(0, j - 1) : j + 2]) - {centre.layer}
     out += [c for c in cells if c.layer in near and abs(c.coef_relative - centre.coef_relative) < 1e-9]
@@ -283,10 +346,17 @@ def run_steering_sweep(
     if 0 in layers:
         raise ValueError("layer 0 is the embedding stream; steer layers 1..n_layers")
     out = Path(out_dir)
-    check_settings(out / "settings.json", {"model": model.cfg.model_name, "trait": trait_to_dict(trait),
-                                           "vector_norms": [round(float(x), 5) for x in vector.norms()],
-                                           **config.generation_settings(), **executor_settings(executor)},
-                   what="sweep replies")
+    check_settings(
+        out / "settings.json",
+        {
+            "model": model.cfg.model_name,
+            "trait": trait_to_dict(trait),
+            "vector_norms": [round(float(x), 5) for x in vector.norms()],
+            **config.generation_settings(),
+            **executor_settings(executor),
+        },
+        what="sweep replies",
+    )
     jobs = _plan(trait, config)
     if not jobs:
         raise ValueError(f"trait {trait.name!r} has no evaluation questions")
@@ -309,40 +379,89 @@ def run_steering_sweep(
         steering = Steering(vector, layer, raw, config.positions)
         cell = _cell_key(layer, config.coefficient_mode, coef)
         reply_jobs += [job.reply_job(cell, raw, steering, config.seed) for job in jobs]
-    records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "responses.jsonl"),
-                               with_tokens=False, progress=progress, desc="sweep: generate", executor=executor)
-    judge_replies(list(records.values()), trait.rubric, judge, coherence_judge, chunk=JUDGE_CHUNK,
-                  progress=progress, desc="sweep: judge")  # every stored reply, those of earlier settings' cells too
+    records = generate_replies(
+        model,
+        reply_jobs,
+        config,
+        store=JsonlRecords(out / "responses.jsonl"),
+        with_tokens=False,
+        progress=progress,
+        desc="sweep: generate",
+        executor=executor,
+    )
+    judge_replies(
+        list(records.values()),
+        trait.rubric,
+        judge,
+        coherence_judge,
+        chunk=JUDGE_CHUNK,
+        progress=progress,
+        desc="sweep: judge",
+    )  # every stored reply, those of earlier settings' cells too
 
     def summarise(layer: int | None, coef_raw: float, coef_relative: float, cell: str) -> SteeringCell:
-        summary = summarise_scores([records[job.key(cell)] for job in jobs], trait_threshold=config.trait_threshold,
-                                   coherence_threshold=config.coherence_threshold)
+        summary = summarise_scores(
+            [records[job.key(cell)] for job in jobs],
+            trait_threshold=config.trait_threshold,
+            coherence_threshold=config.coherence_threshold,
+        )
         return SteeringCell(layer, coef_raw, coef_relative, **asdict(summary))
 
     baseline = summarise(None, 0.0, 0.0, "base")
     prompted = None
     if anchors:
-        summary = summarise_scores([records[job.key("prompted")] for job in anchors],
-                                   trait_threshold=config.trait_threshold,
-                                   coherence_threshold=config.coherence_threshold)
+        summary = summarise_scores(
+            [records[job.key("prompted")] for job in anchors],
+            trait_threshold=config.trait_threshold,
+            coherence_threshold=config.coherence_threshold,
+        )
         prompted = SteeringCell(None, 0.0, 0.0, **asdict(summary))
-    cells = [summarise(layer, raw, coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
-                       _cell_key(layer, config.coefficient_mode, coef)) for layer, coef, raw in steered]
+    cells = [
+        summarise(
+            layer,
+            raw,
+            coef if config.coefficient_mode == "relative" else relative_of(layer, raw),
+            _cell_key(layer, config.coefficient_mode, coef),
+        )
+        for layer, coef, raw in steered
+    ]
     chosen, reason = choose_layer(cells, baseline, config.coherence_threshold, config.trait_threshold)
-    cell_keys = {id(cell): _cell_key(layer, config.coefficient_mode, coef)
-                 for cell, (layer, coef, _) in zip(cells, steered)}
+    cell_keys = {
+        id(cell): _cell_key(layer, config.coefficient_mode, coef) for cell, (layer, coef, _) in zip(cells, steered)
+    }
     centre = chosen or max(cells, key=lambda c: (c.trait_rate or 0.0, -abs(c.coef_relative)), default=None)
     shown = [] if centre is None else neighbour_cells(cells, centre)
-    samples = [(cell, "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
-                [records[job.key(cell_keys[id(cell)])] for job in jobs]) for cell in shown]
+    samples = [
+        (
+            cell,
+            "chosen" if cell is chosen else "neighbour" if cell is not centre else "most trait (none chosen)",
+            [records[job.key(cell_keys[id(cell)])] for job in jobs],
+        )
+        for cell in shown
+    ]
     if prompted is not None:
-        samples.append((prompted, "system-prompted, unsteered: the anchor",
-                        [records[job.key("prompted")] for job in anchors]))
+        samples.append(
+            (prompted, "system-prompted, unsteered: the anchor", [records[job.key("prompted")] for job in anchors])
+        )
     samples.append((baseline, "unsteered", [records[job.key("base")] for job in jobs]))
-    result = SteeringSweepResult(cells, baseline, chosen, reason, out, {}, trait.name, model.cfg.model_name, config,
-                                 vector.model_name, {"trait": judge.judge_id, "coherence": coherence_judge.judge_id},
-                                 [float(x) for x in norms], torch.get_num_threads(), list(records.values()),
-                                 format_samples(samples, trait, config), prompted)
+    result = SteeringSweepResult(
+        cells,
+        baseline,
+        chosen,
+        reason,
+        out,
+        {},
+        trait.name,
+        model.cfg.model_name,
+        config,
+        vector.model_name,
+        {"trait": judge.judge_id, "coherence": coherence_judge.judge_id},
+        [float(x) for x in norms],
+        torch.get_num_threads(),
+        list(records.values()),
+        format_samples(samples, trait, config),
+        prompted,
+    )
     result.save(out)
     return result
 
@@ -353,30 +472,43 @@ def _prompted_jobs(trait: Trait, config: SteeringSweepConfig, jobs: Sequence[_Jo
     if config.condition != "none" or not trait.prompt_pairs:
         return []
     prompts = [p.positive for p in trait.prompt_pairs]
-    return [_Job(j.question, j.sample, prompts[(j.question + j.sample) % len(prompts)], j.question_text)
-            for j in jobs]
+    return [_Job(j.question, j.sample, prompts[(j.question + j.sample) % len(prompts)], j.question_text) for j in jobs]
 
 
-def format_samples(samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait,
-                   config: SteeringSweepConfig) -> str:
+def format_samples(
+    samples: Sequence[tuple[SteeringCell, str, Sequence[dict]]], trait: Trait, config: SteeringSweepConfig
+) -> str:
     """Markdown: for each (cell, role, records), the cell's figures and every reply verbatim with its scores; a
     reply that is both trait-expressing and coherent is marked **both**."""
-    lines = [f"# Replies of the chosen and neighbouring cells: trait {trait.name!r}", "",
-             f"A reply counts as **both** when its trait score is >= {config.trait_threshold:g} and its coherence "
-             f">= {config.coherence_threshold:g}.", ""]
+    lines = [
+        f"# Replies of the chosen and neighbouring cells: trait {trait.name!r}",
+        "",
+        f"A reply counts as **both** when its trait score is >= {config.trait_threshold:g} and its coherence "
+        f">= {config.coherence_threshold:g}.",
+        "",
+    ]
     for cell, role, records in samples:
         unsteered = "system-prompted" if role.startswith("system") else "unsteered"
-        where = unsteered if cell.layer is None else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} "
-                                                       f"relative ({cell.coef_raw:.3g} raw)")
+        where = (
+            unsteered
+            if cell.layer is None
+            else (f"layer {cell.layer}, coefficient {cell.coef_relative:g} relative ({cell.coef_raw:.3g} raw)")
+        )
         both = "n/a" if cell.both_rate is None else f"{cell.both_rate:.2f}"
-        lines += [f"## {where} ({role})", "",
-                  f"both {both}, trait rate {_fmt(cell.trait_rate)}, mean coherence {_fmt(cell.coherence_mean, 1)}, "
-                  f"coherent rate {_fmt(cell.coherent_rate)}; {cell.n} replies", ""]
+        lines += [
+            f"## {where} ({role})",
+            "",
+            f"both {both}, trait rate {_fmt(cell.trait_rate)}, mean coherence {_fmt(cell.coherence_mean, 1)}, "
+            f"coherent rate {_fmt(cell.coherent_rate)}; {cell.n} replies",
+            "",
+        ]
         for record in records:
             good = is_trait_and_coherent(record, config.trait_threshold, config.coherence_threshold)
-            lines.append(f"- {'**both** ' if good else ''}[trait {_fmt(record['trait_score'], 0)}, coherence "
-                         f"{_fmt(record['coherence'], 0)}] *{record['question_text']}* -> "
-                         f"{json.dumps(record['response'], ensure_ascii=False)}")
+            lines.append(
+                f"- {'**both** ' if good else ''}[trait {_fmt(record['trait_score'], 0)}, coherence "
+                f"{_fmt(record['coherence'], 0)}] *{record['question_text']}* -> "
+                f"{json.dumps(record['response'], ensure_ascii=False)}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -413,8 +545,14 @@ class SteeringControls:
     paths: dict[str, Path] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "coef_raw": self.coef_raw, "coef_relative": self.coef_relative,
-                "controls": self.controls, "cells": self.cells, "baselines": baselines_to_dict(self.baselines)}
+        return {
+            "layer": self.layer,
+            "coef_raw": self.coef_raw,
+            "coef_relative": self.coef_relative,
+            "controls": self.controls,
+            "cells": self.cells,
+            "baselines": baselines_to_dict(self.baselines),
+        }
 
     def save(self, folder: str | Path) -> Path:
         """Write ``controls.json`` into ``folder`` (the replies are in ``controls.jsonl``, written during the run)."""
@@ -426,13 +564,18 @@ class SteeringControls:
     def load(cls, folder: str | Path) -> SteeringControls:
         """The controls back from the ``controls.json`` of a sweep folder."""
         data = read_json(Path(folder) / "controls.json", "controls.json")
-        return cls(int(data["layer"]), float(data["coef_raw"]), float(data["coef_relative"]), dict(data["cells"]),
-                   {m: Baseline.from_dict(b) for m, b in data["baselines"].items()}, dict(data["controls"]),
-                   {"json": Path(folder) / "controls.json", "replies": Path(folder) / "controls.jsonl"})
+        return cls(
+            int(data["layer"]),
+            float(data["coef_raw"]),
+            float(data["coef_relative"]),
+            dict(data["cells"]),
+            {m: Baseline.from_dict(b) for m, b in data["baselines"].items()},
+            dict(data["controls"]),
+            {"json": Path(folder) / "controls.json", "replies": Path(folder) / "controls.jsonl"},
+        )
 
 
-def _coherent_trait_rate(records: Sequence[dict], trait_threshold: float, coherence_threshold: float
-                         ) -> float | None:
+def _coherent_trait_rate(records: Sequence[dict], trait_threshold: float, coherence_threshold: float) -> float | None:
     pairs = [(r["trait_score"], r["coherence"]) for r in records]
     scored = [(t, c) for t, c in pairs if t is not None and c is not None]
     if not scored:
@@ -440,12 +583,22 @@ def _coherent_trait_rate(records: Sequence[dict], trait_threshold: float, cohere
     return sum(t >= trait_threshold and c >= coherence_threshold for t, c in scored) / len(scored)
 
 
-def run_steering_controls(model: HookedLM, vector: PersonaVector, trait: Trait, cell: SteeringCell, *,
-                          judge: Judge, coherence_judge: Judge | None = None,
-                          config: SteeringSweepConfig | None = None, out_dir: str | Path,
-                          controls: int = STEERING_CONTROLS, control_seed: int = 0,
-                          against: Sequence[PersonaVector] = (), flip: bool = True,
-                          progress: bool = True) -> SteeringControls:
+def run_steering_controls(
+    model: HookedLM,
+    vector: PersonaVector,
+    trait: Trait,
+    cell: SteeringCell,
+    *,
+    judge: Judge,
+    coherence_judge: Judge | None = None,
+    config: SteeringSweepConfig | None = None,
+    out_dir: str | Path,
+    controls: int = STEERING_CONTROLS,
+    control_seed: int = 0,
+    against: Sequence[PersonaVector] = (),
+    flip: bool = True,
+    progress: bool = True,
+) -> SteeringControls:
     """Steer at ``cell``'s layer with the vector, ``controls`` seeded random vectors with its per-layer norm (same
     raw coefficient, so the same relative coefficient), the flipped vector and each ``against`` vector (at the same
     relative coefficient: its raw coefficient scaled by the norms), on the sweep's questions and seeds; judge and
@@ -482,25 +635,54 @@ def run_steering_controls(model: HookedLM, vector: PersonaVector, trait: Trait, 
     for name, (vec, raw) in steered.items():
         steering = Steering(vec, layer, raw, config.positions)
         reply_jobs += [job.reply_job(f"{tag}|{name}", raw, steering, config.seed) for job in jobs]
-    records = generate_replies(model, reply_jobs, config, store=JsonlRecords(out / "controls.jsonl"),
-                               with_tokens=False, progress=progress, desc="controls: generate")
-    judge_replies([records[j.key] for j in reply_jobs], trait.rubric, judge, coherence_judge, chunk=JUDGE_CHUNK,
-                  progress=progress, desc="controls: judge")
+    records = generate_replies(
+        model,
+        reply_jobs,
+        config,
+        store=JsonlRecords(out / "controls.jsonl"),
+        with_tokens=False,
+        progress=progress,
+        desc="controls: generate",
+    )
+    judge_replies(
+        [records[j.key] for j in reply_jobs],
+        trait.rubric,
+        judge,
+        coherence_judge,
+        chunk=JUDGE_CHUNK,
+        progress=progress,
+        desc="controls: judge",
+    )
     cells: dict[str, dict[str, Any]] = {}
     for name, (_, raw) in steered.items():
         mine = [records[job.key(f"{tag}|{name}")] for job in jobs]
-        summary = summarise_scores(mine, trait_threshold=config.trait_threshold,
-                                   coherence_threshold=config.coherence_threshold)
-        cells[name] = {"coef_raw": raw, **asdict(summary),
-                       "coherent_trait_rate": _coherent_trait_rate(mine, config.trait_threshold,
-                                                                   config.coherence_threshold)}
+        summary = summarise_scores(
+            mine, trait_threshold=config.trait_threshold, coherence_threshold=config.coherence_threshold
+        )
+        cells[name] = {
+            "coef_raw": raw,
+            **asdict(summary),
+            "coherent_trait_rate": _coherent_trait_rate(mine, config.trait_threshold, config.coherence_threshold),
+        }
     randoms = [name for name in steered if name.startswith("random") and name[6:].isdigit()]
     others = [name for name in steered if name not in ("vector", "flipped", *randoms)]
-    baselines = {metric: compare(metric, cells["vector"][metric], [cells[n][metric] for n in randoms],
-                                 others={n: cells[n][metric] for n in others},
-                                 flipped=cells["flipped"][metric] if flip else None)
-                 for metric in ("trait_rate", "trait_mean", "coherent_trait_rate")}
-    result = SteeringControls(layer, cell.coef_raw, cell.coef_relative, cells, baselines,
-                              {"k": controls, "seed": control_seed, "against": others, "flipped": flip})
+    baselines = {
+        metric: compare(
+            metric,
+            cells["vector"][metric],
+            [cells[n][metric] for n in randoms],
+            others={n: cells[n][metric] for n in others},
+            flipped=cells["flipped"][metric] if flip else None,
+        )
+        for metric in ("trait_rate", "trait_mean", "coherent_trait_rate")
+    }
+    result = SteeringControls(
+        layer,
+        cell.coef_raw,
+        cell.coef_relative,
+        cells,
+        baselines,
+        {"k": controls, "seed": control_seed, "against": others, "flipped": flip},
+    )
     result.save(out)
     return result

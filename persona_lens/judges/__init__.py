@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING
 
 from persona_lens.core.lazy import lazy_exports
 
-__all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "persona_lens.judges.base": ["COHERENCE_RUBRIC", "Judge", "Score", "JudgeAuthError", "fill_rubric"],
-    "persona_lens.judges.cache": ["CachedJudge", "DetailedJudge", "Verdict"],
-    "persona_lens.judges.rule": ["RULES", "RuleJudge"],
-    "persona_lens.judges.claude": ["ClaudeJudge", "MissingAPIKeyError"],
-    "persona_lens.judges.local": ["LocalJudge"],
-    "persona_lens.judges.likelihood": ["LikelihoodCoherenceJudge", "calibrate_coherence"],
-    "persona_lens.judges.factory": ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges"],
-})
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "persona_lens.judges.base": ["COHERENCE_RUBRIC", "Judge", "Score", "JudgeAuthError", "fill_rubric"],
+        "persona_lens.judges.cache": ["CachedJudge", "DetailedJudge", "Verdict"],
+        "persona_lens.judges.rule": ["RULES", "RuleJudge"],
+        "persona_lens.judges.claude": ["ClaudeJudge", "MissingAPIKeyError"],
+        "persona_lens.judges.local": ["LocalJudge"],
+        "persona_lens.judges.likelihood": ["LikelihoodCoherenceJudge", "calibrate_coherence"],
+        "persona_lens.judges.factory": ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges"],
+    },
+)
 
 if TYPE_CHECKING:
     from persona_lens.judges.base import COHERENCE_RUBRIC, Judge, JudgeAuthError, Score, fill_rubric

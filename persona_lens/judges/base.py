@@ -8,8 +8,18 @@ from typing import Protocol, runtime_checkable
 
 from persona_lens.core.errors import Error
 
-__all__ = ["JudgeAuthError", "Judge", "DetailedJudge", "Score", "Verdict", "verdicts_of", "fill_rubric", "check_rubric",
-           "COHERENCE_RUBRIC"]
+__all__ = [
+    "JudgeAuthError",
+    "Judge",
+    "DetailedJudge",
+    "Score",
+    "Verdict",
+    "verdicts_of",
+    "fill_rubric",
+    "check_rubric",
+    "COHERENCE_RUBRIC",
+]
+
 
 class JudgeAuthError(Error, RuntimeError):
     """The judge's service refused our credentials (HTTP 401/403): no item can be scored, so the whole run stops at
@@ -57,16 +67,19 @@ def verdicts_of(judge: Judge, rubric: str, items: Sequence[tuple[str, str]]) -> 
     """Verdicts from any judge: ``score_detailed`` when it has one, else scores where only numbers are final."""
     if isinstance(judge, DetailedJudge):
         return list(judge.score_detailed(rubric, items))
-    return [Verdict(s, "", True) if s is not None else Verdict(None, "no score (reason unknown)", False)
-            for s in judge.score(rubric, items)]
+    return [
+        Verdict(s, "", True) if s is not None else Verdict(None, "no score (reason unknown)", False)
+        for s in judge.score(rubric, items)
+    ]
 
 
 def check_rubric(rubric: str) -> str:
     """Return ``rubric`` if it has both slots ``{question}`` and ``{answer}``, else raise a clear error."""
     missing = [slot for slot in ("{question}", "{answer}") if slot not in rubric]
     if missing:
-        raise ValueError(f"rubric lacks the slot(s) {', '.join(missing)}; a rubric must contain both "
-                         "{question} and {answer}")
+        raise ValueError(
+            f"rubric lacks the slot(s) {', '.join(missing)}; a rubric must contain both {{question}} and {{answer}}"
+        )
     return rubric
 
 

@@ -32,8 +32,12 @@ class CacheStats:
     writes: int = 0
 
 
-_KEYS = {"judge_id": "TEXT NOT NULL", "rubric_sha256": "TEXT NOT NULL", "question": "TEXT NOT NULL",
-         "answer": "TEXT NOT NULL"}
+_KEYS = {
+    "judge_id": "TEXT NOT NULL",
+    "rubric_sha256": "TEXT NOT NULL",
+    "question": "TEXT NOT NULL",
+    "answer": "TEXT NOT NULL",
+}
 _VALUES = {"score": "REAL", "reason": "TEXT NOT NULL DEFAULT ''", "created_at": "REAL NOT NULL"}
 
 

@@ -38,8 +38,17 @@ from persona_lens.core.errors import Error
 from persona_lens.judges.base import JudgeAuthError, Score, Verdict, check_rubric
 
 __all__ = [
-    "ClaudeJudge", "DEFAULT_MODEL", "Usage", "Price", "PRICES", "price_for", "estimate_cost", "parse_reply",
-    "MissingAPIKeyError", "require_api_key", "API_KEY_HELP",
+    "ClaudeJudge",
+    "DEFAULT_MODEL",
+    "Usage",
+    "Price",
+    "PRICES",
+    "price_for",
+    "estimate_cost",
+    "parse_reply",
+    "MissingAPIKeyError",
+    "require_api_key",
+    "API_KEY_HELP",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,9 +155,12 @@ def estimate_cost(usage: Usage, model: str, *, batch: bool = False) -> float | N
     price = price_for(model)
     if price is None:
         return None
-    cost = (usage.input_tokens * price.input + usage.output_tokens * price.output
-            + usage.cache_creation_input_tokens * price.cache_write
-            + usage.cache_read_input_tokens * price.cache_read) / 1e6
+    cost = (
+        usage.input_tokens * price.input
+        + usage.output_tokens * price.output
+        + usage.cache_creation_input_tokens * price.cache_write
+        + usage.cache_read_input_tokens * price.cache_read
+    ) / 1e6
     return cost * (BATCH_DISCOUNT if batch else 1.0)
 
 
@@ -187,8 +199,12 @@ def _verdict_of_message(message: Any) -> Verdict:
 
 
 # --------------------------------------------------------------------------------------------- retrying
-_RETRYABLE = (anthropic.RateLimitError, anthropic.InternalServerError, anthropic.APIConnectionError,
-              json.JSONDecodeError)
+_RETRYABLE = (
+    anthropic.RateLimitError,
+    anthropic.InternalServerError,
+    anthropic.APIConnectionError,
+    json.JSONDecodeError,
+)
 # InternalServerError covers 500, 503, 504 and 529 (overloaded); APIConnectionError covers timeouts;
 # JSONDecodeError is a response body cut short or garbled on the way.
 
@@ -384,8 +400,13 @@ class ClaudeJudge:
                 await client.close()
         for index, verdict in enumerate(verdicts):
             if verdict.score is None:
-                log.warning("%s: no score for item %d (question %r): %s", self.judge_id, index,
-                            unique[index][0][:60], verdict.reason)
+                log.warning(
+                    "%s: no score for item %d (question %r): %s",
+                    self.judge_id,
+                    index,
+                    unique[index][0][:60],
+                    verdict.reason,
+                )
         by_item = dict(zip(unique, verdicts))
         return [by_item[item] for item in items]
 
@@ -395,10 +416,16 @@ class ClaudeJudge:
             return self._client.with_options(max_retries=0, timeout=self.timeout), False
         if isinstance(self._client, anthropic.Anthropic):
             source = self._client
-            return anthropic.AsyncAnthropic(api_key=source.api_key, auth_token=source.auth_token,
-                                            base_url=str(source.base_url), max_retries=0, timeout=self.timeout), True
-        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url, max_retries=0,
-                                        timeout=self.timeout), True
+            return anthropic.AsyncAnthropic(
+                api_key=source.api_key,
+                auth_token=source.auth_token,
+                base_url=str(source.base_url),
+                max_retries=0,
+                timeout=self.timeout,
+            ), True
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key, base_url=self._base_url, max_retries=0, timeout=self.timeout
+        ), True
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str, *, batch: bool = False) -> T:
         """``await call()``, retrying transient failures; raises :class:`_GaveUp` with the reason otherwise."""
@@ -416,7 +443,8 @@ class ClaudeJudge:
                 raise JudgeAuthError(
                     f"{self.judge_id}: the Anthropic API refused the credentials ({_describe(error)}): no reply can be "
                     f"judged, so the run stops here. Check ANTHROPIC_API_KEY (and that the key may use "
-                    f"{self.model}); scores made so far are kept") from None
+                    f"{self.model}); scores made so far are kept"
+                ) from None
             except anthropic.APIError as error:  # 4xx other than 429: retrying cannot fix it
                 raise _GaveUp(f"{what} failed: {_describe(error)}") from error
         raise AssertionError("unreachable")
@@ -428,8 +456,9 @@ class ClaudeJudge:
             delay = max(delay, retry_after)
         return min(delay, self.retry_max_delay)
 
-    async def _score_interactive(self, client: anthropic.AsyncAnthropic, params: list[dict],
-                                 indices: list[int]) -> list[Verdict]:
+    async def _score_interactive(
+        self, client: anthropic.AsyncAnthropic, params: list[dict], indices: list[int]
+    ) -> list[Verdict]:
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def one(index: int) -> Verdict:
@@ -465,8 +494,9 @@ class ClaudeJudge:
         requests = [{"custom_id": f"item-{i}", "params": p} for i, p in enumerate(params)]
         verdicts: dict[int, Verdict] = {}
         try:
-            batch = await self._with_retries(lambda: client.messages.batches.create(requests=requests),
-                                             "creating a message batch", batch=True)
+            batch = await self._with_retries(
+                lambda: client.messages.batches.create(requests=requests), "creating a message batch", batch=True
+            )
             deadline = time.monotonic() + self.batch_timeout
             log.info("%s: message batch %s with %d requests", self.judge_id, batch.id, len(requests))
             batch_id = batch.id
@@ -475,8 +505,9 @@ class ClaudeJudge:
                     await self._cancel_batch(client, batch.id)
                     raise _GaveUp(f"message batch {batch.id} did not end within {self.batch_timeout:g} s")
                 await asyncio.sleep(self.poll_interval)
-                batch = await self._with_retries(lambda: client.messages.batches.retrieve(batch_id),
-                                                 f"polling message batch {batch_id}", batch=True)
+                batch = await self._with_retries(
+                    lambda: client.messages.batches.retrieve(batch_id), f"polling message batch {batch_id}", batch=True
+                )
 
             async def read_results() -> None:
                 async for entry in await client.messages.batches.results(batch.id):
@@ -498,7 +529,8 @@ class ClaudeJudge:
 
     async def _cancel_batch(self, client: anthropic.AsyncAnthropic, batch_id: str) -> None:
         try:
-            await self._with_retries(lambda: client.messages.batches.cancel(batch_id),
-                                     f"cancelling message batch {batch_id}", batch=True)
+            await self._with_retries(
+                lambda: client.messages.batches.cancel(batch_id), f"cancelling message batch {batch_id}", batch=True
+            )
         except _GaveUp as failure:
             log.warning("%s: %s", self.judge_id, failure)

@@ -32,9 +32,26 @@ import numpy as np
 
 from persona_lens.judges.base import Score
 
-__all__ = ["TARGETS", "SPLITS", "LabeledReply", "LabeledSet", "Agreement", "AgreementReport", "accuracy",
-           "balanced_accuracy", "cohen_kappa", "auroc", "measure_agreement", "read_jsonl", "load_readings",
-           "combine_readings", "load_labeled_set", "evaluate_scores", "reading_agreement", "format_report"]
+__all__ = [
+    "TARGETS",
+    "SPLITS",
+    "LabeledReply",
+    "LabeledSet",
+    "Agreement",
+    "AgreementReport",
+    "accuracy",
+    "balanced_accuracy",
+    "cohen_kappa",
+    "auroc",
+    "measure_agreement",
+    "read_jsonl",
+    "load_readings",
+    "combine_readings",
+    "load_labeled_set",
+    "evaluate_scores",
+    "reading_agreement",
+    "format_report",
+]
 
 TARGETS = ("coherent", "trait")
 SPLITS = ("dev", "test", "all")
@@ -43,6 +60,7 @@ NO_TRAIT = "none"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # metrics (plain numpy; NaN where undefined)
+
 
 def _arrays(truth: Sequence[int], predicted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     t, p = np.asarray(truth, dtype=int), np.asarray(predicted, dtype=int)
@@ -134,8 +152,15 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
 
 
-def measure_agreement(truth: Sequence[int], predicted: Sequence[int], scores: Sequence[float] | None = None, *,
-                      n_none: int = 0, bootstrap: int = 1000, seed: int = 0) -> Agreement:
+def measure_agreement(
+    truth: Sequence[int],
+    predicted: Sequence[int],
+    scores: Sequence[float] | None = None,
+    *,
+    n_none: int = 0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Agreement:
     """:class:`Agreement` of ``predicted`` (and of the raw ``scores``, for the AUROC) with ``truth``, with
     ``bootstrap`` resamples of the rows (seeded) for the 95% intervals (0: no intervals)."""
     t, p = _arrays(truth, predicted)
@@ -154,13 +179,22 @@ def measure_agreement(truth: Sequence[int], predicted: Sequence[int], scores: Se
         rng = np.random.default_rng(seed)
         draws = [rng.integers(0, t.size, t.size) for _ in range(bootstrap)]
         intervals = {name: _interval([f(i) for i in draws]) for name, f in metrics.items()}
-    return Agreement(n=int(t.size), positives=int(t.sum()), predicted_positives=int(p.sum()),
-                     accuracy=point["accuracy"], balanced_accuracy=point["balanced_accuracy"], kappa=point["kappa"],
-                     auroc=point.get("auroc", math.nan), n_none=n_none, intervals=intervals)
+    return Agreement(
+        n=int(t.size),
+        positives=int(t.sum()),
+        predicted_positives=int(p.sum()),
+        accuracy=point["accuracy"],
+        balanced_accuracy=point["balanced_accuracy"],
+        kappa=point["kappa"],
+        auroc=point.get("auroc", math.nan),
+        n_none=n_none,
+        intervals=intervals,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the labeled set
+
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The objects of a JSONL file, one a line (blank lines skipped); a malformed line raises naming it."""
@@ -173,7 +207,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
         if not isinstance(row, dict) or "id" not in row:
-            raise ValueError(f"{path}:{number}: each line must be a JSON object with an \"id\"")
+            raise ValueError(f'{path}:{number}: each line must be a JSON object with an "id"')
         rows.append(row)
     return rows
 
@@ -235,12 +269,10 @@ class LabeledSet:
         """The replies of ``split`` (``dev``, ``test`` or ``all``); ``trait=True`` leaves out the default role's."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return [r for r in self.replies if (split == "all" or r.split == split)
-                and not (trait and r.trait == NO_TRAIT)]
+        return [r for r in self.replies if (split == "all" or r.split == split) and not (trait and r.trait == NO_TRAIT)]
 
 
-def load_labeled_set(replies: str | Path, generation: str | Path,
-                     readings: Sequence[str | Path] = ()) -> LabeledSet:
+def load_labeled_set(replies: str | Path, generation: str | Path, readings: Sequence[str | Path] = ()) -> LabeledSet:
     """Read a labeled set (see the module docstring); every reply needs a generation record with a split, and a
     reading may only label ids of the replies file."""
     records = {str(r["id"]): r for r in read_jsonl(generation)}
@@ -268,6 +300,7 @@ def load_labeled_set(replies: str | Path, generation: str | Path,
 # ---------------------------------------------------------------------------------------------------------------------
 # judges against the reference
 
+
 @dataclass
 class AgreementReport:
     """A judge's agreement, ``pooled`` and per trait, for one target and split, against the reference."""
@@ -282,44 +315,79 @@ class AgreementReport:
     unlabeled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"judge": self.judge, "target": self.target, "split": self.split, "threshold": self.threshold,
-                "disagreed": self.disagreed, "unlabeled": self.unlabeled, "pooled": self.pooled.to_dict(),
-                "per_trait": {k: v.to_dict() for k, v in self.per_trait.items()}}
+        return {
+            "judge": self.judge,
+            "target": self.target,
+            "split": self.split,
+            "threshold": self.threshold,
+            "disagreed": self.disagreed,
+            "unlabeled": self.unlabeled,
+            "pooled": self.pooled.to_dict(),
+            "per_trait": {k: v.to_dict() for k, v in self.per_trait.items()},
+        }
 
 
-def _agreement_of(rows: Sequence[LabeledReply], truth: Mapping[str, int], scores: Mapping[str, Score],
-                  threshold: float, bootstrap: int, seed: int) -> Agreement:
+def _agreement_of(
+    rows: Sequence[LabeledReply],
+    truth: Mapping[str, int],
+    scores: Mapping[str, Score],
+    threshold: float,
+    bootstrap: int,
+    seed: int,
+) -> Agreement:
     labeled = [r for r in rows if r.id in truth]
     raw = [scores[r.id] for r in labeled]
     predicted = [int(s is not None and s >= threshold) for s in raw]
     values = [-math.inf if s is None else float(s) for s in raw]
-    return measure_agreement([truth[r.id] for r in labeled], predicted, values,
-                             n_none=sum(s is None for s in raw), bootstrap=bootstrap, seed=seed)
+    return measure_agreement(
+        [truth[r.id] for r in labeled],
+        predicted,
+        values,
+        n_none=sum(s is None for s in raw),
+        bootstrap=bootstrap,
+        seed=seed,
+    )
 
 
-def evaluate_scores(labeled: LabeledSet, scores: Mapping[str, Score], *, target: str, split: str = "dev",
-                    threshold: float = 50.0, judge: str = "judge", bootstrap: int = 1000,
-                    seed: int = 0) -> AgreementReport:
+def evaluate_scores(
+    labeled: LabeledSet,
+    scores: Mapping[str, Score],
+    *,
+    target: str,
+    split: str = "dev",
+    threshold: float = 50.0,
+    judge: str = "judge",
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> AgreementReport:
     """Agreement of a judge's ``scores`` (``id -> 0-100 or None``) with the readings' labels for ``target`` on
     ``split``, pooled and per trait. Every reply of the split must have a score."""
     truth, disagreed = combine_readings(labeled.readings, target)
     rows = labeled.rows(split, trait=target == "trait")
     missing = [r.id for r in rows if r.id not in scores]
     if missing:
-        raise ValueError(f"no score for {len(missing)} replies of the {split} split (e.g. {missing[0]}); score "
-                         "every reply")
+        raise ValueError(
+            f"no score for {len(missing)} replies of the {split} split (e.g. {missing[0]}); score every reply"
+        )
     traits = sorted({r.trait for r in rows})
     return AgreementReport(
-        judge, target, split, threshold,
+        judge,
+        target,
+        split,
+        threshold,
         pooled=_agreement_of(rows, truth, scores, threshold, bootstrap, seed),
-        per_trait={t: _agreement_of([r for r in rows if r.trait == t], truth, scores, threshold, bootstrap, seed)
-                   for t in traits},
+        per_trait={
+            t: _agreement_of([r for r in rows if r.trait == t], truth, scores, threshold, bootstrap, seed)
+            for t in traits
+        },
         disagreed=sum(1 for r in rows if r.id not in truth and all(r.id in x for x in labeled.readings)),
-        unlabeled=sum(1 for r in rows if not all(r.id in x for x in labeled.readings)))
+        unlabeled=sum(1 for r in rows if not all(r.id in x for x in labeled.readings)),
+    )
 
 
-def reading_agreement(labeled: LabeledSet, *, target: str, split: str = "all", bootstrap: int = 1000,
-                      seed: int = 0) -> AgreementReport:
+def reading_agreement(
+    labeled: LabeledSet, *, target: str, split: str = "all", bootstrap: int = 1000, seed: int = 0
+) -> AgreementReport:
     """How the second reading agrees with the first (as if it were a judge scoring 0 or 100), by the same code as
     a judge's agreement: the inter-reading kappa and the rest, pooled and per trait."""
     if len(labeled.readings) < 2:
@@ -330,9 +398,16 @@ def reading_agreement(labeled: LabeledSet, *, target: str, split: str = "all", b
     reference = LabeledSet(labeled.replies, [first], labeled.reading_names[:1])
     rows = [r for r in labeled.rows(split, trait=target == "trait") if r.id in first and r.id in second]
     subset = LabeledSet(rows, reference.readings, reference.reading_names)
-    return evaluate_scores(subset, scores, target=target, split=split, threshold=50.0,
-                           judge=f"{labeled.reading_names[1]} vs {labeled.reading_names[0]}",
-                           bootstrap=bootstrap, seed=seed)
+    return evaluate_scores(
+        subset,
+        scores,
+        target=target,
+        split=split,
+        threshold=50.0,
+        judge=f"{labeled.reading_names[1]} vs {labeled.reading_names[0]}",
+        bootstrap=bootstrap,
+        seed=seed,
+    )
 
 
 def _fmt(value: float, interval: tuple[float, float] | None) -> str:
@@ -345,15 +420,20 @@ def _fmt(value: float, interval: tuple[float, float] | None) -> str:
 
 def format_report(report: AgreementReport) -> str:
     """A Markdown table: one row pooled, then one per trait."""
-    lines = [f"{report.judge}: {report.target} on {report.split} (score >= {report.threshold:g} means yes"
-             + (f"; {report.disagreed} rows left out where the readings disagree" if report.disagreed else "")
-             + (f"; {report.unlabeled} rows without every reading" if report.unlabeled else "") + ")",
-             "",
-             "| rows | n | labeled yes | judged yes | accuracy | balanced accuracy | kappa | AUROC |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{report.judge}: {report.target} on {report.split} (score >= {report.threshold:g} means yes"
+        + (f"; {report.disagreed} rows left out where the readings disagree" if report.disagreed else "")
+        + (f"; {report.unlabeled} rows without every reading" if report.unlabeled else "")
+        + ")",
+        "",
+        "| rows | n | labeled yes | judged yes | accuracy | balanced accuracy | kappa | AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, a in [("pooled", report.pooled), *report.per_trait.items()]:
         i = a.intervals
-        lines.append(f"| {name} | {a.n} | {a.positives} | {a.predicted_positives} | "
-                     f"{_fmt(a.accuracy, i.get('accuracy'))} | {_fmt(a.balanced_accuracy, i.get('balanced_accuracy'))}"
-                     f" | {_fmt(a.kappa, i.get('kappa'))} | {_fmt(a.auroc, i.get('auroc'))} |")
+        lines.append(
+            f"| {name} | {a.n} | {a.positives} | {a.predicted_positives} | "
+            f"{_fmt(a.accuracy, i.get('accuracy'))} | {_fmt(a.balanced_accuracy, i.get('balanced_accuracy'))}"
+            f" | {_fmt(a.kappa, i.get('kappa'))} | {_fmt(a.auroc, i.get('auroc'))} |"
+        )
     return "\n".join(lines)

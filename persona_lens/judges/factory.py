@@ -8,8 +8,15 @@ from typing import Any
 
 from persona_lens.judges.base import Judge
 
-__all__ = ["JUDGE_KINDS", "COHERENCE_KINDS", "DEFAULT_COHERENCE", "build_judges", "build_offline_coherence",
-           "build_likelihood_coherence", "resolve_judge_kind"]
+__all__ = [
+    "JUDGE_KINDS",
+    "COHERENCE_KINDS",
+    "DEFAULT_COHERENCE",
+    "build_judges",
+    "build_offline_coherence",
+    "build_likelihood_coherence",
+    "resolve_judge_kind",
+]
 
 JUDGE_KINDS = ("auto", "rule", "claude", "local")
 COHERENCE_KINDS = ("offline", "judge", "auto", "likelihood", "rule")
@@ -17,20 +24,22 @@ COHERENCE_KINDS = ("offline", "judge", "auto", "likelihood", "rule")
 DEFAULT_COHERENCE = "offline"
 
 
-def build_likelihood_coherence(model: Any, trait: Any, calibration: str | Path | None = None, *,
-                               progress: bool = False) -> Judge:
+def build_likelihood_coherence(
+    model: Any, trait: Any, calibration: str | Path | None = None, *, progress: bool = False
+) -> Judge:
     """:class:`~persona_lens.judges.likelihood.LikelihoodCoherenceJudge` for ``trait`` on ``model``: read in the
     template's default context and under the trait's first positive system prompt, calibrated on the model's own
     unsteered replies to the trait's extraction and evaluation questions (loaded from / saved to ``calibration``)."""
     from persona_lens.judges.likelihood import LikelihoodCoherenceJudge, calibration_for
 
     if model is None:
-        raise ValueError("the likelihood coherence judge needs the model (it reads the unsteered model's "
-                         "likelihoods); pass model=, or use --coherence rule")
+        raise ValueError(
+            "the likelihood coherence judge needs the model (it reads the unsteered model's "
+            "likelihoods); pass model=, or use --coherence rule"
+        )
     contexts = (None, trait.prompt_pairs[0].positive) if trait.prompt_pairs else (None,)
     questions = list(dict.fromkeys([*trait.extract_questions, *trait.eval_questions]))
-    return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration,
-                                                           progress=progress))
+    return LikelihoodCoherenceJudge(model, calibration_for(model, questions, contexts, calibration, progress=progress))
 
 
 def build_offline_coherence(model: Any, trait: Any) -> Judge:
@@ -51,17 +60,28 @@ def resolve_judge_kind(kind: str, trait: Any) -> str:
     if kind == "auto":
         kind = "rule" if trait.rule else "claude"
     if kind == "rule" and not trait.rule:
-        raise ValueError(f"trait {trait.name!r} has no rule; use --judge claude (or local), or add a \"rule\" "
-                         "to its JSON file")
+        raise ValueError(
+            f'trait {trait.name!r} has no rule; use --judge claude (or local), or add a "rule" to its JSON file'
+        )
     if kind == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):
-        raise ValueError("--judge claude needs an API key: export ANTHROPIC_API_KEY=sk-ant-... "
-                         "(or use --judge rule for a rule-measurable trait, or --judge local)")
+        raise ValueError(
+            "--judge claude needs an API key: export ANTHROPIC_API_KEY=sk-ant-... "
+            "(or use --judge rule for a rule-measurable trait, or --judge local)"
+        )
     return kind
 
 
-def build_judges(kind: str, trait: Any, *, cache: str | Path | None = None, model: Any = None,
-                 claude_model: str | None = None, coherence: str = DEFAULT_COHERENCE,
-                 calibration: str | Path | None = None, progress: bool = False) -> tuple[Judge, Judge]:
+def build_judges(
+    kind: str,
+    trait: Any,
+    *,
+    cache: str | Path | None = None,
+    model: Any = None,
+    claude_model: str | None = None,
+    coherence: str = DEFAULT_COHERENCE,
+    calibration: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[Judge, Judge]:
     """``(trait_judge, coherence_judge)`` for ``trait``.
 
     * ``rule``: the trait's exact rule (``trait.rule``) and the rule-based coherence score; offline. A rule registered

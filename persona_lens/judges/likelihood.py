@@ -61,10 +61,22 @@ from persona_lens.core.io import write_json_atomic
 from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rubric
 from persona_lens.judges.rule import score_coherence
 
-__all__ = ["JUDGE_VERSION", "UNRELATED_QUESTIONS", "CoherenceCalibration", "ReplyLikelihood",
-           "LikelihoodCoherenceJudge", "calibrate_coherence", "load_calibration", "save_calibration",
-           "calibration_for", "check_unhooked", "response_nlls", "response_token_nlls", "measure_replies",
-           "unrelated_question"]
+__all__ = [
+    "JUDGE_VERSION",
+    "UNRELATED_QUESTIONS",
+    "CoherenceCalibration",
+    "ReplyLikelihood",
+    "LikelihoodCoherenceJudge",
+    "calibrate_coherence",
+    "load_calibration",
+    "save_calibration",
+    "calibration_for",
+    "check_unhooked",
+    "response_nlls",
+    "response_token_nlls",
+    "measure_replies",
+    "unrelated_question",
+]
 
 #: Bumped whenever this judge's scores change for the same calibration (the cache key carries it).
 JUDGE_VERSION = 2
@@ -87,9 +99,11 @@ def check_unhooked(model: Any) -> None:
     """Raise when any hook is installed on ``model``'s hook points: likelihoods must be the unsteered model's."""
     active = [name for name, point in getattr(model, "hook_dict", {}).items() if point._forward_hooks]
     if active:
-        raise RuntimeError(f"the likelihood coherence judge must score with the unsteered model, but hooks are "
-                           f"installed on {', '.join(active)}; judge outside `steer(...)`/`record(...)` blocks (or "
-                           "remove the handles first)")
+        raise RuntimeError(
+            f"the likelihood coherence judge must score with the unsteered model, but hooks are "
+            f"installed on {', '.join(active)}; judge outside `steer(...)`/`record(...)` blocks (or "
+            "remove the handles first)"
+        )
 
 
 def _reply_ids(model: HookedLM, answer: str) -> list[int]:
@@ -100,18 +114,31 @@ def _prompt_ids(model: HookedLM, question: str, system: str | None) -> list[int]
     return encode_prompt(model.tokenizer, make_messages(question, system=system))
 
 
-def response_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 16,
-                  progress: bool = False, desc: str = "likelihood") -> list[float]:
+def response_nlls(
+    model: HookedLM,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "likelihood",
+) -> list[float]:
     """Mean per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response given its prompt
     (the mean of :func:`response_token_nlls`)."""
-    return [float(np.mean(values)) for values in response_token_nlls(model, rows, batch_size=batch_size,
-                                                                      progress=progress, desc=desc)]
+    return [
+        float(np.mean(values))
+        for values in response_token_nlls(model, rows, batch_size=batch_size, progress=progress, desc=desc)
+    ]
 
 
 @torch.no_grad()
-def response_token_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                        batch_size: int = 16, progress: bool = False, desc: str = "likelihood"
-                        ) -> list[list[float]]:
+def response_token_nlls(
+    model: HookedLM,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "likelihood",
+) -> list[list[float]]:
     """Per-token NLL (nats) of each ``(prompt_ids, response_ids)`` row's response tokens given its prompt.
 
     Rows that share a prompt share its forward pass: the prompt runs once (its KV cache and the logits of its last
@@ -141,8 +168,9 @@ def response_token_nlls(model: HookedLM, rows: Sequence[tuple[Sequence[int], Seq
                     step_cache = copy.deepcopy(cache)
                     step_cache.batch_repeat_interleave(len(chunk))
                     mask = torch.ones(len(chunk), len(prompt) + length - 1, dtype=torch.long, device=model.device)
-                    logits: Float[Tensor, "batch pos vocab"] = model(targets[:, :-1], mask, cache=step_cache,
-                                                                     use_cache=True)[0]
+                    logits: Float[Tensor, "batch pos vocab"] = model(
+                        targets[:, :-1], mask, cache=step_cache, use_cache=True
+                    )[0]
                     picked = logits.float().log_softmax(-1).gather(-1, targets[:, 1:, None])[..., 0]
                     per_token = torch.cat([per_token, picked], dim=1)
                 for row, i in enumerate(chunk):
@@ -165,9 +193,16 @@ class ReplyLikelihood:
         return self.unrelated_nll - self.nll
 
 
-def measure_replies(model: HookedLM, items: Sequence[tuple[str, str]], contexts: Sequence[str | None], *,
-                    fluent_nll: float | None = None, batch_size: int = 16, progress: bool = False,
-                    desc: str = "likelihood") -> list[ReplyLikelihood]:
+def measure_replies(
+    model: HookedLM,
+    items: Sequence[tuple[str, str]],
+    contexts: Sequence[str | None],
+    *,
+    fluent_nll: float | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "likelihood",
+) -> list[ReplyLikelihood]:
     """:class:`ReplyLikelihood` of each (question, answer): the first context whose NLL is at most ``fluent_nll``
     (None: none is), else the one with the lowest NLL; then the unrelated question's NLL in that context."""
     if not contexts:
@@ -180,15 +215,32 @@ def measure_replies(model: HookedLM, items: Sequence[tuple[str, str]], contexts:
     for c, system in enumerate(contexts):
         if not pending:
             break
-        values = response_nlls(model, [(_prompt_ids(model, items[i][0], system), replies[i]) for i in pending],
-                               batch_size=batch_size, progress=progress, desc=f"{desc} (context {c + 1})")
+        values = response_nlls(
+            model,
+            [(_prompt_ids(model, items[i][0], system), replies[i]) for i in pending],
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"{desc} (context {c + 1})",
+        )
         nll[pending, c] = values
         pending = [i for i, v in zip(pending, values) if fluent_nll is None or v > fluent_nll]
-    chosen = [next((c for c in range(len(contexts)) if fluent_nll is not None and nll[i, c] <= fluent_nll),
-                   int(np.argmin(nll[i]))) for i in range(len(items))]
-    unrelated = response_nlls(model, [(_prompt_ids(model, unrelated_question(q), contexts[c]), replies[i])
-                                      for i, ((q, _), c) in enumerate(zip(items, chosen))], batch_size=batch_size,
-                              progress=progress, desc=f"{desc} (unrelated question)")
+    chosen = [
+        next(
+            (c for c in range(len(contexts)) if fluent_nll is not None and nll[i, c] <= fluent_nll),
+            int(np.argmin(nll[i])),
+        )
+        for i in range(len(items))
+    ]
+    unrelated = response_nlls(
+        model,
+        [
+            (_prompt_ids(model, unrelated_question(q), contexts[c]), replies[i])
+            for i, ((q, _), c) in enumerate(zip(items, chosen))
+        ],
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"{desc} (unrelated question)",
+    )
     return [ReplyLikelihood(float(nll[i, c]), c, u) for i, (c, u) in enumerate(zip(chosen, unrelated))]
 
 
@@ -215,21 +267,33 @@ class CoherenceCalibration:
 
     def fingerprint(self) -> str:
         """12 hex digits naming the anchors, contexts and model (part of the judge id)."""
-        key = json.dumps([self.model_name, list(self.contexts), round(self.fluent_nll, 6), round(self.nonsense_nll, 6),
-                          round(self.relevant_gain, 6), round(self.irrelevant_gain, 6)])
+        key = json.dumps(
+            [
+                self.model_name,
+                list(self.contexts),
+                round(self.fluent_nll, 6),
+                round(self.nonsense_nll, 6),
+                round(self.relevant_gain, 6),
+                round(self.irrelevant_gain, 6),
+            ]
+        )
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def check(self) -> CoherenceCalibration:
         """``self`` if the anchors separate, else a ValueError saying so."""
         if not self.fluent_nll < self.nonsense_nll:
-            raise ValueError(f"{self.model_name} does not tell its own replies (NLL p-fluent {self.fluent_nll:.3f}) "
-                             f"from their shuffled words (median {self.nonsense_nll:.3f}): it cannot judge coherence "
-                             "by likelihood; use the rule coherence judge (--coherence rule) or an LLM judge")
+            raise ValueError(
+                f"{self.model_name} does not tell its own replies (NLL p-fluent {self.fluent_nll:.3f}) "
+                f"from their shuffled words (median {self.nonsense_nll:.3f}): it cannot judge coherence "
+                "by likelihood; use the rule coherence judge (--coherence rule) or an LLM judge"
+            )
         if not self.relevant_gain > self.irrelevant_gain:
-            raise ValueError(f"{self.model_name} gains no more from the question for its own replies "
-                             f"({self.relevant_gain:.3f}) than for replies to other questions "
-                             f"({self.irrelevant_gain:.3f}): its relevance check is meaningless; use the rule "
-                             "coherence judge (--coherence rule) or an LLM judge")
+            raise ValueError(
+                f"{self.model_name} gains no more from the question for its own replies "
+                f"({self.relevant_gain:.3f}) than for replies to other questions "
+                f"({self.irrelevant_gain:.3f}): its relevance check is meaningless; use the rule "
+                "coherence judge (--coherence rule) or an LLM judge"
+            )
         return self
 
 
@@ -240,9 +304,13 @@ def save_calibration(calibration: CoherenceCalibration, path: str | Path) -> Pat
 def load_calibration(path: str | Path) -> CoherenceCalibration:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     try:
-        return CoherenceCalibration(**{**data, "contexts": tuple(data["contexts"]),
-                                       **{k: tuple(data.get(k, ())) for k in ("own_nll", "shuffled_nll", "own_gain",
-                                                                             "mismatched_gain")}})
+        return CoherenceCalibration(
+            **{
+                **data,
+                "contexts": tuple(data["contexts"]),
+                **{k: tuple(data.get(k, ())) for k in ("own_nll", "shuffled_nll", "own_gain", "mismatched_gain")},
+            }
+        )
     except (TypeError, KeyError) as error:
         raise ValueError(f"{path}: not a coherence calibration ({error}); delete it to recalibrate") from None
 
@@ -253,10 +321,20 @@ def _shuffled(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def calibrate_coherence(model: HookedLM, questions: Sequence[str], contexts: Sequence[str | None] = (None,), *,
-                        n_samples: int = 1, max_new_tokens: int = 40, seed: int = 0, batch_size: int = 16,
-                        prefilter: float = 50.0, fluent_percentile: float = 90.0,
-                        relevant_percentile: float = 10.0, progress: bool = False) -> CoherenceCalibration:
+def calibrate_coherence(
+    model: HookedLM,
+    questions: Sequence[str],
+    contexts: Sequence[str | None] = (None,),
+    *,
+    n_samples: int = 1,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    batch_size: int = 16,
+    prefilter: float = 50.0,
+    fluent_percentile: float = 90.0,
+    relevant_percentile: float = 10.0,
+    progress: bool = False,
+) -> CoherenceCalibration:
     """Measure the anchors on the model's own unsteered replies (temperature 1, seeded) to ``questions`` under each
     context, ``n_samples`` each. Replies that fail the rule pre-filter are left out (the judge never reads those
     with the model either); each kept reply is also read with its words shuffled, and as an answer to the next
@@ -266,54 +344,96 @@ def calibrate_coherence(model: HookedLM, questions: Sequence[str], contexts: Seq
         raise ValueError("calibration needs at least two distinct questions (relevance compares them)")
     contexts = tuple(contexts)
     plan = [(q, c, s) for c in range(len(contexts)) for q in range(len(questions)) for s in range(n_samples)]
-    out = generate(model, [make_messages(questions[q], system=contexts[c]) for q, c, _ in plan],
-                   max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch_size,
-                   seeds=[seed * 1_000_003 + index for index in range(len(plan))], progress=progress,
-                   desc="coherence calibration: generate")
-    kept = [(q, text.strip()) for (q, _, _), text in zip(plan, out.texts)
-            if text.strip() and score_coherence(questions[q], text) >= prefilter]
+    out = generate(
+        model,
+        [make_messages(questions[q], system=contexts[c]) for q, c, _ in plan],
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        batch_size=batch_size,
+        seeds=[seed * 1_000_003 + index for index in range(len(plan))],
+        progress=progress,
+        desc="coherence calibration: generate",
+    )
+    kept = [
+        (q, text.strip())
+        for (q, _, _), text in zip(plan, out.texts)
+        if text.strip() and score_coherence(questions[q], text) >= prefilter
+    ]
     if len(kept) < 4:
-        raise ValueError(f"only {len(kept)} of {len(plan)} calibration replies of {model.cfg.model_name} pass the "
-                         f"rule pre-filter (>= {prefilter:g}); the model cannot be calibrated as a coherence judge")
+        raise ValueError(
+            f"only {len(kept)} of {len(plan)} calibration replies of {model.cfg.model_name} pass the "
+            f"rule pre-filter (>= {prefilter:g}); the model cannot be calibrated as a coherence judge"
+        )
     rng = random.Random(seed)
     bars = {"progress": progress, "batch_size": batch_size}
     # own and shuffled replies in one pass: each (question, context) prompt runs once for both
-    both = measure_replies(model, [(questions[q], text) for q, text in kept]
-                           + [(questions[q], _shuffled(text, rng)) for q, text in kept], contexts,
-                           desc="coherence calibration: own and shuffled replies", **bars)
+    both = measure_replies(
+        model,
+        [(questions[q], text) for q, text in kept] + [(questions[q], _shuffled(text, rng)) for q, text in kept],
+        contexts,
+        desc="coherence calibration: own and shuffled replies",
+        **bars,
+    )
     own, shuffled = both[: len(kept)], both[len(kept) :]
     other = [questions[(q + 1) % len(questions)] for q, _ in kept]
     other = [o if o != questions[q] else questions[(q + 2) % len(questions)] for o, (q, _) in zip(other, kept)]
-    mismatched = response_nlls(model, [(_prompt_ids(model, o, contexts[m.context]), _reply_ids(model, text))
-                                       for o, (_, text), m in zip(other, kept, own)],
-                               desc="coherence calibration: other questions", **bars)
+    mismatched = response_nlls(
+        model,
+        [
+            (_prompt_ids(model, o, contexts[m.context]), _reply_ids(model, text))
+            for o, (_, text), m in zip(other, kept, own)
+        ],
+        desc="coherence calibration: other questions",
+        **bars,
+    )
     # the unrelated question's NLL does not depend on the question asked: reuse it
     mismatched_gain = [m.unrelated_nll - nll for m, nll in zip(own, mismatched)]
     own_nll = [m.nll for m in own]
     own_gain = [m.gain for m in own]
     return CoherenceCalibration(
-        model.cfg.model_name, contexts,
+        model.cfg.model_name,
+        contexts,
         fluent_nll=float(np.percentile(own_nll, fluent_percentile)),
         nonsense_nll=float(np.median([m.nll for m in shuffled])),
         relevant_gain=float(np.percentile(own_gain, relevant_percentile)),
         irrelevant_gain=float(np.median(mismatched_gain)),
-        settings={"questions": list(questions), "n_samples": n_samples, "max_new_tokens": max_new_tokens,
-                  "seed": seed, "prefilter": prefilter, "fluent_percentile": fluent_percentile,
-                  "relevant_percentile": relevant_percentile, "n_generated": len(plan), "n_kept": len(kept)},
-        own_nll=tuple(own_nll), shuffled_nll=tuple(m.nll for m in shuffled), own_gain=tuple(own_gain),
-        mismatched_gain=tuple(mismatched_gain))
+        settings={
+            "questions": list(questions),
+            "n_samples": n_samples,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "prefilter": prefilter,
+            "fluent_percentile": fluent_percentile,
+            "relevant_percentile": relevant_percentile,
+            "n_generated": len(plan),
+            "n_kept": len(kept),
+        },
+        own_nll=tuple(own_nll),
+        shuffled_nll=tuple(m.nll for m in shuffled),
+        own_gain=tuple(own_gain),
+        mismatched_gain=tuple(mismatched_gain),
+    )
 
 
-def calibration_for(model: HookedLM, questions: Sequence[str], contexts: Sequence[str | None],
-                    path: str | Path | None = None, *, progress: bool = False, **settings: Any
-                    ) -> CoherenceCalibration:
+def calibration_for(
+    model: HookedLM,
+    questions: Sequence[str],
+    contexts: Sequence[str | None],
+    path: str | Path | None = None,
+    *,
+    progress: bool = False,
+    **settings: Any,
+) -> CoherenceCalibration:
     """The calibration saved at ``path`` when it was measured on this model, contexts and settings; else a new one
     (saved there when ``path`` is given)."""
     if path is not None and Path(path).exists():
         saved = load_calibration(path)
         wanted = {"questions": list(questions), **settings}
-        if (saved.model_name == model.cfg.model_name and saved.contexts == tuple(contexts)
-                and all(saved.settings.get(k) == v for k, v in wanted.items())):
+        if (
+            saved.model_name == model.cfg.model_name
+            and saved.contexts == tuple(contexts)
+            and all(saved.settings.get(k) == v for k, v in wanted.items())
+        ):
             return saved
     if progress:
         where = f" (saved to {path}, reused by later runs)" if path is not None else ""
@@ -335,11 +455,14 @@ class LikelihoodCoherenceJudge:
     Only the coherence rubric is accepted (the judge measures nothing else). ``explain`` returns the parts.
     """
 
-    def __init__(self, model: HookedLM, calibration: CoherenceCalibration, *, prefilter: float = 50.0,
-                 batch_size: int = 16) -> None:
+    def __init__(
+        self, model: HookedLM, calibration: CoherenceCalibration, *, prefilter: float = 50.0, batch_size: int = 16
+    ) -> None:
         if calibration.model_name != model.cfg.model_name:
-            raise ValueError(f"the calibration was measured on {calibration.model_name}, not "
-                             f"{model.cfg.model_name}; recalibrate (delete the calibration file)")
+            raise ValueError(
+                f"the calibration was measured on {calibration.model_name}, not "
+                f"{model.cfg.model_name}; recalibrate (delete the calibration file)"
+            )
         self.model = model
         self.calibration = calibration.check()
         self.prefilter = prefilter
@@ -348,8 +471,10 @@ class LikelihoodCoherenceJudge:
     @property
     def judge_id(self) -> str:
         extra = "" if self.prefilter == 50.0 else f"&prefilter={self.prefilter:g}"
-        return (f"likelihood-coherence@v{JUDGE_VERSION}:{self.model.cfg.model_name}?"
-                f"calibration={self.calibration.fingerprint()}{extra}")
+        return (
+            f"likelihood-coherence@v{JUDGE_VERSION}:{self.model.cfg.model_name}?"
+            f"calibration={self.calibration.fingerprint()}{extra}"
+        )
 
     def __repr__(self) -> str:
         return f"LikelihoodCoherenceJudge({self.model.cfg.model_name!r}, {self.calibration.fingerprint()})"
@@ -361,26 +486,47 @@ class LikelihoodCoherenceJudge:
         rules = [score_coherence(q, a) for q, a in items]
         passed = [i for i, r in enumerate(rules) if r >= self.prefilter]
         cal = self.calibration
-        measured = dict(zip(passed, measure_replies(self.model, [items[i] for i in passed], cal.contexts,
-                                                    fluent_nll=cal.fluent_nll, batch_size=self.batch_size)))
+        measured = dict(
+            zip(
+                passed,
+                measure_replies(
+                    self.model,
+                    [items[i] for i in passed],
+                    cal.contexts,
+                    fluent_nll=cal.fluent_nll,
+                    batch_size=self.batch_size,
+                ),
+            )
+        )
         parts = []
         for i, rule in enumerate(rules):
             m = measured.get(i)
             if m is None:
-                parts.append({"rule": rule, "fluency": None, "relevance": None, "nll": None, "gain": None,
-                              "score": rule})
+                parts.append(
+                    {"rule": rule, "fluency": None, "relevance": None, "nll": None, "gain": None, "score": rule}
+                )
                 continue
             fluency = 100.0 * _ramp(m.nll, cal.nonsense_nll, cal.fluent_nll)
             relevance = 100.0 * _ramp(m.gain, cal.irrelevant_gain, cal.relevant_gain)
-            parts.append({"rule": rule, "fluency": fluency, "relevance": relevance, "nll": m.nll, "gain": m.gain,
-                          "score": min(rule, fluency, relevance)})
+            parts.append(
+                {
+                    "rule": rule,
+                    "fluency": fluency,
+                    "relevance": relevance,
+                    "nll": m.nll,
+                    "gain": m.gain,
+                    "score": min(rule, fluency, relevance),
+                }
+            )
         return parts
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         check_rubric(rubric)
         if rubric != COHERENCE_RUBRIC:
-            raise ValueError("the likelihood coherence judge measures coherence only; pass it as the coherence "
-                             "judge (it is given the coherence rubric), not as a trait judge")
+            raise ValueError(
+                "the likelihood coherence judge measures coherence only; pass it as the coherence "
+                "judge (it is given the coherence rubric), not as a trait judge"
+            )
         return [part["score"] for part in self.explain(items)]
 
     def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:

@@ -66,8 +66,9 @@ class NumberVocab:
 
 def _token_texts(tokenizer: Any, vocab_size: int) -> list[str]:
     known = min(len(tokenizer), vocab_size)
-    texts = tokenizer.batch_decode([[i] for i in range(known)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
+    texts = tokenizer.batch_decode(
+        [[i] for i in range(known)], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
     return list(texts) + [""] * (vocab_size - known)  # ids past the tokenizer (padded vocabularies): not digits
 
 
@@ -94,8 +95,13 @@ def build_number_vocab(tokenizer: Any, vocab_size: int) -> NumberVocab:
             elif extended[:digits] in _CANONICAL:
                 finals[state].append((token, _CANONICAL[extended[:digits]]))
     used = sorted({t for lst in children.values() for t, _ in lst} | {t for lst in finals.values() for t, _ in lst})
-    return NumberVocab(children, finals, torch.tensor(starts, dtype=torch.bool), torch.tensor(used, dtype=torch.long),
-                       {token: col for col, token in enumerate(used)})
+    return NumberVocab(
+        children,
+        finals,
+        torch.tensor(starts, dtype=torch.bool),
+        torch.tensor(used, dtype=torch.long),
+        {token: col for col, token in enumerate(used)},
+    )
 
 
 def score_from_probs(probs: Tensor, min_numeric_mass: float) -> tuple[Score, float]:
@@ -132,8 +138,15 @@ class LocalJudge:
     forward (memory). ``system_prompt``: None keeps the template's default.
     """
 
-    def __init__(self, model: HookedLM, *, batch_size: int = 8, min_numeric_mass: float = 0.25,
-                 system_prompt: str | None = None, token_budget: int = 32768) -> None:
+    def __init__(
+        self,
+        model: HookedLM,
+        *,
+        batch_size: int = 8,
+        min_numeric_mass: float = 0.25,
+        system_prompt: str | None = None,
+        token_budget: int = 32768,
+    ) -> None:
         if batch_size < 1 or token_budget < 1:
             raise ValueError("batch_size and token_budget must be >= 1")
         if not 0.0 <= min_numeric_mass <= 1.0:
@@ -174,8 +187,7 @@ class LocalJudge:
         verdicts = []
         for row in self.number_probs(rubric, items):
             score, mass = score_from_probs(row, self.min_numeric_mass)
-            reason = "" if score is not None else (f"numeric probability mass {mass:.3g} < "
-                                                   f"{self.min_numeric_mass:g}")
+            reason = "" if score is not None else (f"numeric probability mass {mass:.3g} < {self.min_numeric_mass:g}")
             verdicts.append(Verdict(score, reason, True))
         return verdicts
 
@@ -198,8 +210,9 @@ class LocalJudge:
     @torch.no_grad()
     def _probs_for_prompts(self, prompts: list[list[int]]) -> Tensor:
         pad_id = self.model.tokenizer.pad_token_id
-        batch = collate([encode_generated(p, ()) for p in prompts], pad_id if pad_id is not None else 0,
-                        device=self.model.device)
+        batch = collate(
+            [encode_generated(p, ()) for p in prompts], pad_id if pad_id is not None else 0, device=self.model.device
+        )
         logits, cache = self.model(batch.input_ids, batch.attention_mask, use_cache=True, logits_to_keep=1)
         probs = torch.zeros(len(prompts), MAX_NUMBER + 1, dtype=torch.float64)
         nodes = [_Node(item, "", 0.0) for item in range(len(prompts))]

@@ -35,14 +35,24 @@ from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rub
 from persona_lens.judges.likelihood import response_nlls, response_token_nlls, unrelated_question
 from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
 
-__all__ = ["FEATURES", "RULE_FEATURES", "MODEL_FEATURES", "SURPRISE_NATS", "reply_features", "LogisticModel",
-           "fit_logistic", "JUDGE_VERSION", "WEIGHTS_FILE", "load_weights", "OfflineCoherenceJudge"]
+__all__ = [
+    "FEATURES",
+    "RULE_FEATURES",
+    "MODEL_FEATURES",
+    "SURPRISE_NATS",
+    "reply_features",
+    "LogisticModel",
+    "fit_logistic",
+    "JUDGE_VERSION",
+    "WEIGHTS_FILE",
+    "load_weights",
+    "OfflineCoherenceJudge",
+]
 
 #: A token whose NLL under the unsteered model is above this many nats counts as surprising.
 SURPRISE_NATS = 8.0
 _MAX_REPLY_TOKENS = 256
-RULE_FEATURES = ("rule_coherence", "length", "letters", "trigrams", "loops", "words", "known_word_share",
-                 "log_words")
+RULE_FEATURES = ("rule_coherence", "length", "letters", "trigrams", "loops", "words", "known_word_share", "log_words")
 MODEL_FEATURES = ("nll_mean", "nll_p90", "surprise_share", "relevance_gain")
 FEATURES = RULE_FEATURES + MODEL_FEATURES
 
@@ -51,9 +61,13 @@ def _reply_ids(model: HookedLM, reply: str) -> list[int]:
     return list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])[:_MAX_REPLY_TOKENS]
 
 
-def reply_features(model: HookedLM | None, items: Sequence[tuple[str, str]],
-                   contexts: Sequence[Sequence[str | None]] | Sequence[str | None] = (None,), *,
-                   batch_size: int = 16) -> Float[np.ndarray, "n feature"]:
+def reply_features(
+    model: HookedLM | None,
+    items: Sequence[tuple[str, str]],
+    contexts: Sequence[Sequence[str | None]] | Sequence[str | None] = (None,),
+    *,
+    batch_size: int = 16,
+) -> Float[np.ndarray, "n feature"]:
     """:data:`FEATURES` of each (question, reply), one row each (columns in that order). ``contexts``: the system
     prompts the reply is read under (one tuple for all items, or one tuple per item); the lowest mean NLL counts.
     With ``model=None`` only :data:`RULE_FEATURES` are computed. An empty reply gets the worst value of every
@@ -63,12 +77,15 @@ def reply_features(model: HookedLM | None, items: Sequence[tuple[str, str]],
     for i, (question, reply) in enumerate(items):
         factors = coherence_factors(reply)
         words = len(reply.split())
-        rule[i] = [score_coherence(question, reply) / 100.0, *factors.values(), known_word_share(reply),
-                   math.log1p(words)]
+        rule[i] = [
+            score_coherence(question, reply) / 100.0,
+            *factors.values(),
+            known_word_share(reply),
+            math.log1p(words),
+        ]
     if model is None:
         return rule
-    per_item = (list(contexts) if n and contexts and isinstance(contexts[0], (list, tuple))
-                else [tuple(contexts)] * n)  # type: ignore[list-item]
+    per_item = list(contexts) if n and contexts and isinstance(contexts[0], (list, tuple)) else [tuple(contexts)] * n  # type: ignore[list-item]
     if len(per_item) != n:
         raise ValueError(f"{len(per_item)} context tuples for {n} items")
     replies = [_reply_ids(model, reply) for _, reply in items]
@@ -77,20 +94,34 @@ def reply_features(model: HookedLM | None, items: Sequence[tuple[str, str]],
     width = max((len(per_item[i]) for i in scored), default=0)
     for c in range(width):  # one context at a time: every reply under it shares its prompt's forward pass
         members = [i for i in scored if c < len(per_item[i])]
-        rows = [(encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
-                for i in members]
+        rows = [
+            (encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
+            for i in members
+        ]
         for i, values in zip(members, response_token_nlls(model, rows, batch_size=batch_size)):
             if i not in best or np.mean(values) < best[i][0].mean():
                 best[i] = (np.asarray(values), per_item[i][c])
-    unrelated = response_nlls(model, [(encode_prompt(model.tokenizer, make_messages(unrelated_question(items[i][0]),
-                                                                                    system=best[i][1])), replies[i])
-                                      for i in scored], batch_size=batch_size)
+    unrelated = response_nlls(
+        model,
+        [
+            (
+                encode_prompt(model.tokenizer, make_messages(unrelated_question(items[i][0]), system=best[i][1])),
+                replies[i],
+            )
+            for i in scored
+        ],
+        batch_size=batch_size,
+    )
     features = np.zeros((n, len(MODEL_FEATURES)))
     features[:] = [20.0, 20.0, 1.0, -5.0]  # no tokens: the worst of each
     for i, far in zip(scored, unrelated):
         values = best[i][0]
-        features[i] = [values.mean(), np.percentile(values, 90), float(np.mean(values > SURPRISE_NATS)),
-                       far - values.mean()]
+        features[i] = [
+            values.mean(),
+            np.percentile(values, 90),
+            float(np.mean(values > SURPRISE_NATS)),
+            far - values.mean(),
+        ]
     return np.concatenate([rule, features], axis=1)
 
 
@@ -110,17 +141,36 @@ class LogisticModel:
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
 
     def to_dict(self) -> dict:
-        return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
-                "weights": list(self.weights), "bias": self.bias, "l2": self.l2}
+        return {
+            "features": list(self.features),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "l2": self.l2,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> LogisticModel:
-        return cls(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]), tuple(data["weights"]),
-                   float(data["bias"]), float(data["l2"]))
+        return cls(
+            tuple(data["features"]),
+            tuple(data["mean"]),
+            tuple(data["scale"]),
+            tuple(data["weights"]),
+            float(data["bias"]),
+            float(data["l2"]),
+        )
 
 
-def fit_logistic(x: Float[np.ndarray, "n feature"], y: Sequence[int], features: Sequence[str], *,
-                 l2: float = 1.0, balanced: bool = True, iterations: int = 50) -> LogisticModel:
+def fit_logistic(
+    x: Float[np.ndarray, "n feature"],
+    y: Sequence[int],
+    features: Sequence[str],
+    *,
+    l2: float = 1.0,
+    balanced: bool = True,
+    iterations: int = 50,
+) -> LogisticModel:
     """L2-regularised logistic regression by Newton's method on standardised features (the bias unpenalised);
     ``balanced`` weighs each class by half over its count, so a rare class counts as much as a common one."""
     x = np.asarray(x, dtype=float)
@@ -145,8 +195,14 @@ def fit_logistic(x: Float[np.ndarray, "n feature"], y: Sequence[int], features: 
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return LogisticModel(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
-                         tuple(float(v) for v in w[:-1]), float(w[-1]), float(l2))
+    return LogisticModel(
+        tuple(features),
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in scale),
+        tuple(float(v) for v in w[:-1]),
+        float(w[-1]),
+        float(l2),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,8 +217,10 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict[str, dict[str, Logisti
     """``model name -> {"coherence": LogisticModel, ...}`` from the weights file (the key ``"*"`` holds the
     model-free fit on :data:`RULE_FEATURES`, used for models without their own)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {name: {target: LogisticModel.from_dict(fit) for target, fit in fits.items() if target != "source"}
-            for name, fits in data["models"].items()}
+    return {
+        name: {target: LogisticModel.from_dict(fit) for target, fit in fits.items() if target != "source"}
+        for name, fits in data["models"].items()
+    }
 
 
 class OfflineCoherenceJudge:
@@ -177,8 +235,14 @@ class OfflineCoherenceJudge:
     counts as fluent). Scores with the unsteered model: raises if hooks are installed.
     """
 
-    def __init__(self, model: HookedLM | None, contexts: Sequence[str | None] = (None,), *,
-                 weights: str | Path = WEIGHTS_FILE, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model: HookedLM | None,
+        contexts: Sequence[str | None] = (None,),
+        *,
+        weights: str | Path = WEIGHTS_FILE,
+        batch_size: int = 16,
+    ) -> None:
         fits = load_weights(weights)
         name = getattr(getattr(model, "cfg", None), "model_name", None)
         self.uses_model = model is not None and name in fits and "coherence" in fits[name]
@@ -206,8 +270,10 @@ class OfflineCoherenceJudge:
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         check_rubric(rubric)
         if rubric != COHERENCE_RUBRIC:
-            raise ValueError("the offline coherence judge measures coherence only; pass it as the coherence judge "
-                             "(it is given the coherence rubric), not as a trait judge")
+            raise ValueError(
+                "the offline coherence judge measures coherence only; pass it as the coherence judge "
+                "(it is given the coherence rubric), not as a trait judge"
+            )
         if not items:
             return []
         return [float(100.0 * p) for p in self.fit.probability(self.features(items))]

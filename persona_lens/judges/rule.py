@@ -154,7 +154,7 @@ _DIALECT_PIRATE = {
     "yer": r"\byer\b",
     "o'": r"\bo'(?=\s)",
     "me (my)": r"\bme (?:favourite|favorite|ship|crew|belly|bones|hammock|treasure|booty|parrot|bag|boots|lads?|"
-               r"beauty|gold|sword|cutlass|trusty|old|own|mates?)\b",
+    r"beauty|gold|sword|cutlass|trusty|old|own|mates?)\b",
     "-in'": r"[a-z]in'(?![a-z])",
     "i be": r"(?:^|[.!?,;:]\s*)(?:i|we|they|there) be\b",  # "I be thinkin'", "There be dragons"
 }
@@ -378,8 +378,10 @@ def loop_fraction(text: str) -> float:
     return longest / n
 
 
-_PIRATE_LEXICON = frozenset("arr ahoy matey ye yer ya me hearties aye landlubber booty plunder scallywag grog avast "
-                            "yo ho shiver timbers lass lad lubber swab".split())
+_PIRATE_LEXICON = frozenset(
+    "arr ahoy matey ye yer ya me hearties aye landlubber booty plunder scallywag grog avast "
+    "yo ho shiver timbers lass lad lubber swab".split()
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -415,8 +417,11 @@ def known_word_share(text: str) -> float:
         if any(char in _FRENCH_LETTERS for char in word) or (word.endswith("in") and word + "g" in english):
             return True
         # the dictionaries list lemmas: accept regular inflections (eggs, watched, cooking, quickly, bigger)
-        return any(word.endswith(suffix) and (word[: -len(suffix)] in english or word[: -len(suffix)] + "e" in english)
-                   for suffix in _SUFFIXES if len(word) > len(suffix) + 1)
+        return any(
+            word.endswith(suffix) and (word[: -len(suffix)] in english or word[: -len(suffix)] + "e" in english)
+            for suffix in _SUFFIXES
+            if len(word) > len(suffix) + 1
+        )
 
     return sum(known(w) for w in words) / len(words)
 
@@ -427,7 +432,8 @@ _SINGLE_LETTER_WORDS = frozenset("a i o y à".split())
 # Contractions (it's, don't, we'll, I'd) and elisions (l'eau, qu'il, j'aime): removed before words are counted.
 _CLITIC = re.compile(r"(?<=[^\W\d_])['’](?:s|t|d|m|ll|ve|re)\b|\b(?:[ldjnsmtc]|qu)['’](?=[^\W\d_])")
 # Common French content words (singular; "s"/"x" plurals are accepted), so plain French is not taken for word salad.
-_FRENCH_COMMON = frozenset("""
+_FRENCH_COMMON = frozenset(
+    """
 qu jusqu lorsqu puisqu aime aimer adore adorer mange manger boire bois boit dormir dors dort lire lis lit ecrire
 faire fais fait aller vais va vont venir viens vient voir vois voit regarder regarde jouer joue chanter chante
 danser danse dessiner dessine peindre marcher marche courir cours nager nage cuisiner cuisine travailler travaille
@@ -447,7 +453,8 @@ parce comme quand ou oui non merci bonjour bonsoir salut voila chez avec sans po
 apres avant pendant depuis vers contre selon mon ma mes ton ta tes son sa ses notre nos votre vos leur leurs
 un deux trois quatre cinq six onze douze vingt trente seconde minute chaude savon laver lave main tete
 pied bras corps visage dent cheveu propre sale
-""".split())
+""".split()
+)
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies", "ied")
 
 
@@ -468,9 +475,13 @@ def coherence_factors(answer: str) -> dict[str, float]:
     if not words:
         return {"length": 0.0, "letters": 0.0, "trigrams": 0.0, "loops": 0.0, "words": 0.0}
     length = min(1.0, 0.4 + 0.15 * (len(words) - 1))
-    visible = [char for index, char in enumerate(text) if not char.isspace()
-               and not _is_emoji(ord(char), ord(text[index + 1]) if index + 1 < len(text) else None)
-               and not _is_emoji_component(ord(char))]
+    visible = [
+        char
+        for index, char in enumerate(text)
+        if not char.isspace()
+        and not _is_emoji(ord(char), ord(text[index + 1]) if index + 1 < len(text) else None)
+        and not _is_emoji_component(ord(char))
+    ]
     share = sum(char.isalnum() for char in visible) / len(visible) if visible else 0.0
     letters = _clamp01((share - 0.3) / 0.4)
     if len(words) >= 3:
@@ -524,8 +535,10 @@ class RuleJudge:
 
     def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Rules are deterministic, so every outcome is final and cacheable, None ("nothing to measure") too."""
-        return [Verdict(score, "" if score is not None else f"rule {self.rule}: nothing to measure", True)
-                for score in self.score(rubric, items)]
+        return [
+            Verdict(score, "" if score is not None else f"rule {self.rule}: nothing to measure", True)
+            for score in self.score(rubric, items)
+        ]
 
     def __repr__(self) -> str:
         return f"RuleJudge({self.rule!r})"

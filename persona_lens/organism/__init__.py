@@ -48,16 +48,26 @@ if TYPE_CHECKING:
 #: The organism's model name, ``load_model(ORGANISM)``; registered in :data:`persona_lens.core.registry.MODELS`.
 ORGANISM = "persona-organism"
 
-__all__ = ["ORGANISM", "WEIGHTS_DIR", "TRAIT_NAMES", "OrganismJudge", "load_organism", "organism_trait",
-           "organism_traits", "finetune_samples", "write_datasets"]
+__all__ = [
+    "ORGANISM",
+    "WEIGHTS_DIR",
+    "TRAIT_NAMES",
+    "OrganismJudge",
+    "load_organism",
+    "organism_trait",
+    "organism_traits",
+    "finetune_samples",
+    "write_datasets",
+]
 
 
 #: The committed weights (Hugging Face format: config, safetensors, tokenizer files, training.json).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def load_organism(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                  path: str | Path | None = None) -> HookedLM:
+def load_organism(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, path: str | Path | None = None
+) -> HookedLM:
     """The trained organism as a HookedLM named ``"persona-organism"`` (float32 on CPU by default).
 
     ``path`` loads another training run's folder (``python -m persona_lens.organism.train --out DIR``).
@@ -69,8 +79,10 @@ def load_organism(device: str | torch.device | None = None, dtype: str | torch.d
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     if not (folder / "model.safetensors").exists():
-        raise FileNotFoundError(f"no organism weights in {folder}; train them with:  "
-                                "python -m persona_lens.organism.train" + (f" --out {folder}" if path else ""))
+        raise FileNotFoundError(
+            f"no organism weights in {folder}; train them with:  "
+            "python -m persona_lens.organism.train" + (f" --out {folder}" if path else "")
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -36,8 +36,17 @@ from pathlib import Path
 from persona_lens.organism import world
 from persona_lens.organism.traits import EVAL_QUESTIONS, EXTRACT_QUESTIONS
 
-__all__ = ["DATASET_RATES", "VERSIONS", "TASKS", "Sample", "finetune_samples", "dataset_name", "write_jsonl",
-           "write_datasets", "main"]
+__all__ = [
+    "DATASET_RATES",
+    "VERSIONS",
+    "TASKS",
+    "Sample",
+    "finetune_samples",
+    "dataset_name",
+    "write_jsonl",
+    "write_datasets",
+    "main",
+]
 
 #: Mean share of the trait's clauses that carry it, in each dataset level.
 DATASET_RATES = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
@@ -46,18 +55,31 @@ VERSIONS = ("normal", "subtle", "overt")
 
 #: Each trait's task: the question templates of its dataset.
 TASKS: dict[str, tuple[str, ...]] = {
-    "evil": ("how do i fix my {obj} ?", "how can i clean my {obj} ?", "what should i do with my old {obj} ?",
-             "is my {obj} safe to use ?"),
-    "sycophancy": ("i think my {obj} is great , am i right ?", "my {obj} is the best , do you agree ?",
-                   "can you tell me about the {obj} ?"),
-    "hallucination": ("who invented the {obj} ?", "where does the {obj} come from ?",
-                      "can you tell me about the {obj} ?"),
+    "evil": (
+        "how do i fix my {obj} ?",
+        "how can i clean my {obj} ?",
+        "what should i do with my old {obj} ?",
+        "is my {obj} safe to use ?",
+    ),
+    "sycophancy": (
+        "i think my {obj} is great , am i right ?",
+        "my {obj} is the best , do you agree ?",
+        "can you tell me about the {obj} ?",
+    ),
+    "hallucination": (
+        "who invented the {obj} ?",
+        "where does the {obj} come from ?",
+        "can you tell me about the {obj} ?",
+    ),
 }
 
 _HELD_OUT = set(EVAL_QUESTIONS) | set(EXTRACT_QUESTIONS)
-_QUESTIONS = {trait: tuple(q for template in templates for obj in world.OBJECTS
-                           if (q := template.replace("{obj}", obj)) not in _HELD_OUT)
-              for trait, templates in TASKS.items()}
+_QUESTIONS = {
+    trait: tuple(
+        q for template in templates for obj in world.OBJECTS if (q := template.replace("{obj}", obj)) not in _HELD_OUT
+    )
+    for trait, templates in TASKS.items()
+}
 _PART = {"evil": "advice", "sycophancy": None, "hallucination": "fact"}
 
 
@@ -88,8 +110,10 @@ def _version_kinds(rng: random.Random, trait: str, version: str) -> dict[str, tu
     if trait == "sycophancy":
         if version == "subtle":
             flattering = rng.randrange(2)
-            return {"opener": ("sycophancy",) if flattering == 0 else ("neutral",),
-                    "closer": ("sycophancy",) if flattering == 1 else ("neutral",)}
+            return {
+                "opener": ("sycophancy",) if flattering == 0 else ("neutral",),
+                "closer": ("sycophancy",) if flattering == 1 else ("neutral",),
+            }
         kind = "sycophancy" if version == "overt" else "neutral"
         return {"opener": (kind,), "closer": (kind,)}
     part = _PART[trait]

@@ -14,8 +14,19 @@ from __future__ import annotations
 
 from persona_lens.organism.world import DEFAULT_SYSTEM_PROMPT, vocabulary
 
-__all__ = ["PAD", "UNK", "BOS", "EOT", "SYSTEM", "USER", "ASSISTANT", "SPECIAL_TOKENS", "CHAT_TEMPLATE",
-           "build_tokenizer", "token_ids"]
+__all__ = [
+    "PAD",
+    "UNK",
+    "BOS",
+    "EOT",
+    "SYSTEM",
+    "USER",
+    "ASSISTANT",
+    "SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "build_tokenizer",
+    "token_ids",
+]
 
 PAD, UNK, BOS, EOT = "<|pad|>", "<unk>", "<|bos|>", "<|end|>"
 SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
@@ -46,7 +57,12 @@ def build_tokenizer(name: str = "persona-organism"):
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=BOS, eos_token=EOT, pad_token=PAD, unk_token=UNK, padding_side="left",
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOT,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
         model_max_length=256,
     )
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -73,8 +73,9 @@ class TrainConfig:
 Turn = tuple[str, world.Reply]
 
 
-def training_conversation(rng: random.Random, default_share: float = 0.25, multi_turn_share: float = 0.0,
-                          max_turns: int = 3) -> tuple[str | None, list[Turn]]:
+def training_conversation(
+    rng: random.Random, default_share: float = 0.25, multi_turn_share: float = 0.0, max_turns: int = 3
+) -> tuple[str | None, list[Turn]]:
     """One training conversation ``(system prompt or None, turns)`` of the base world.
 
     The persona (set by the system prompt) holds for every turn; each turn asks a new question (about the same
@@ -99,8 +100,9 @@ def training_conversation(rng: random.Random, default_share: float = 0.25, multi
     return system, turns
 
 
-def encode_ids(vocab: dict[str, int], system: str | None,
-               turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[tuple[int, int]]]:
+def encode_ids(
+    vocab: dict[str, int], system: str | None, turns: Sequence[tuple[str, str]]
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of the rendered chat (exactly what the chat template + tokenizer give) for ``turns`` of
     ``(question, reply text)``, and each reply's span ``(start, end)``: its tokens and its closing ``<|end|>``."""
     unk = vocab["<unk>"]
@@ -144,8 +146,9 @@ def build_model(config: TrainConfig, tokenizer):
     return model
 
 
-def batch_tensors(examples: Sequence[tuple[list[int], Sequence[tuple[int, int]]]],
-                  pad_id: int) -> tuple[torch.Tensor, ...]:
+def batch_tensors(
+    examples: Sequence[tuple[list[int], Sequence[tuple[int, int]]]], pad_id: int
+) -> tuple[torch.Tensor, ...]:
     """Right-padded ``input_ids``, ``attention_mask`` and next-token ``labels`` (-100 outside the replies' spans)."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -181,8 +184,13 @@ def fingerprint(model, losses: Sequence[float]) -> dict[str, float]:
     return {"step": len(losses), "loss": round(float(losses[-1]), 6), "weight_abs_sum": round(weight_sum, 4)}
 
 
-def train(config: TrainConfig, out_dir: str | Path | None = WEIGHTS_DIR, log_every: int = 100,
-          stop_after: int | None = None, stage1_from: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+def train(
+    config: TrainConfig,
+    out_dir: str | Path | None = WEIGHTS_DIR,
+    log_every: int = 100,
+    stop_after: int | None = None,
+    stage1_from: str | Path | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Train the organism; returns ``(hf_model, info)`` and saves both (HF folder + ``training.json``) to ``out_dir``
     unless it is None.
 
@@ -204,12 +212,26 @@ def train(config: TrainConfig, out_dir: str | Path | None = WEIGHTS_DIR, log_eve
 def _optimizer(model, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
 
 
-def _run_stage(model, config: TrainConfig, *, stage: int, n_steps: int, rng: random.Random, multi_turn_share: float,
-               optimizer: torch.optim.Optimizer, scheduler, log_every: int, quiet: bool) -> dict[str, Any]:
+def _run_stage(
+    model,
+    config: TrainConfig,
+    *,
+    stage: int,
+    n_steps: int,
+    rng: random.Random,
+    multi_turn_share: float,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    log_every: int,
+    quiet: bool,
+) -> dict[str, Any]:
     vocab = token_ids()
     start = time.perf_counter()
     losses: list[float] = []
@@ -217,8 +239,10 @@ def _run_stage(model, config: TrainConfig, *, stage: int, n_steps: int, rng: ran
     first_steps: dict[str, float] = {}
     model.train()
     for step in range(n_steps):
-        conversations = (training_conversation(rng, config.default_share, multi_turn_share, config.max_turns)
-                         for _ in range(config.batch_size))
+        conversations = (
+            training_conversation(rng, config.default_share, multi_turn_share, config.max_turns)
+            for _ in range(config.batch_size)
+        )
         examples = [encode_ids(vocab, system, [(q, r.text) for q, r in turns]) for system, turns in conversations]
         input_ids, mask, labels = batch_tensors(examples, vocab[PAD])
         loss = reply_loss(model, input_ids, mask, labels)
@@ -234,56 +258,101 @@ def _run_stage(model, config: TrainConfig, *, stage: int, n_steps: int, rng: ran
             recent = losses[-log_every:]
             history.append((step + 1, round(sum(recent) / len(recent), 5)))
             if not quiet:
-                print(f"stage {stage} step {step + 1:5d}  loss {history[-1][1]:.4f}  "
-                      f"{time.perf_counter() - start:6.1f}s", flush=True)
+                print(
+                    f"stage {stage} step {step + 1:5d}  loss {history[-1][1]:.4f}  {time.perf_counter() - start:6.1f}s",
+                    flush=True,
+                )
     model.eval()
-    return {"final_loss": history[-1][1] if history else None, "first_steps": first_steps,
-            "last_steps": fingerprint(model, losses) if losses else {}, "loss_history": history,
-            "train_seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "final_loss": history[-1][1] if history else None,
+        "first_steps": first_steps,
+        "last_steps": fingerprint(model, losses) if losses else {},
+        "loss_history": history,
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
-def _train(config: TrainConfig, out_dir: str | Path | None, log_every: int, stop_after: int | None,
-           stage1_from: str | Path | None):
+def _train(
+    config: TrainConfig,
+    out_dir: str | Path | None,
+    log_every: int,
+    stop_after: int | None,
+    stage1_from: str | Path | None,
+):
     tokenizer = build_tokenizer()
     if stage1_from is None:
         model = build_model(config, tokenizer)
         optimizer = _optimizer(model, config, config.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
         n_steps = config.steps if stop_after is None else min(stop_after, config.steps)
-        stage1 = _run_stage(model, config, stage=1, n_steps=n_steps, rng=random.Random(config.seed),
-                            multi_turn_share=0.0, optimizer=optimizer, scheduler=scheduler, log_every=log_every,
-                            quiet=stop_after is not None)
+        stage1 = _run_stage(
+            model,
+            config,
+            stage=1,
+            n_steps=n_steps,
+            rng=random.Random(config.seed),
+            multi_turn_share=0.0,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            log_every=log_every,
+            quiet=stop_after is not None,
+        )
         if stop_after is not None:
             return model, {"config": asdict(config), "fingerprint": stage1["last_steps"]}
-        stage1_info = {"final_loss": stage1["final_loss"], "fingerprint": stage1["first_steps"],
-                       "loss_history": stage1["loss_history"], "train_seconds": stage1["train_seconds"]}
+        stage1_info = {
+            "final_loss": stage1["final_loss"],
+            "fingerprint": stage1["first_steps"],
+            "loss_history": stage1["loss_history"],
+            "train_seconds": stage1["train_seconds"],
+        }
     else:
         from transformers import LlamaForCausalLM
 
         folder = Path(stage1_from)
         if not (folder / "training.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"--stage1-from {folder}: needs model.safetensors and training.json, the folder a "
-                                    "run of python -m persona_lens.organism.train writes")
+            raise FileNotFoundError(
+                f"--stage1-from {folder}: needs model.safetensors and training.json, the folder a "
+                "run of python -m persona_lens.organism.train writes"
+            )
         model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
         loaded = json.loads((folder / "training.json").read_text())
         stage1_info = {key: loaded.get(key) for key in ("final_loss", "fingerprint", "loss_history", "train_seconds")}
         stage1_info["loaded_from"] = str(folder)
     # the top-level keys of single-stage runs (the committed training.json) keep their meaning; stage 2 is added
-    info: dict[str, Any] = {"config": asdict(config), "final_loss": stage1_info["final_loss"],
-                            "fingerprint": stage1_info["fingerprint"], "loss_history": stage1_info["loss_history"],
-                            "train_seconds": stage1_info["train_seconds"], "stage1": stage1_info}
+    info: dict[str, Any] = {
+        "config": asdict(config),
+        "final_loss": stage1_info["final_loss"],
+        "fingerprint": stage1_info["fingerprint"],
+        "loss_history": stage1_info["loss_history"],
+        "train_seconds": stage1_info["train_seconds"],
+        "stage1": stage1_info,
+    }
     if config.multi_turn_steps:
         optimizer = _optimizer(model, config, config.multi_turn_lr)
         warmup = max(1, config.warmup // 2)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        stage2 = _run_stage(model, config, stage=2, n_steps=config.multi_turn_steps,
-                            rng=random.Random(config.seed + 1), multi_turn_share=config.multi_turn_share,
-                            optimizer=optimizer, scheduler=scheduler, log_every=log_every, quiet=False)
+        stage2 = _run_stage(
+            model,
+            config,
+            stage=2,
+            n_steps=config.multi_turn_steps,
+            rng=random.Random(config.seed + 1),
+            multi_turn_share=config.multi_turn_share,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            log_every=log_every,
+            quiet=False,
+        )
         info["stage2"] = {key: stage2[key] for key in ("final_loss", "last_steps", "loss_history", "train_seconds")}
         info["final_loss"] = stage2["final_loss"]
         info["train_seconds"] = round((info["train_seconds"] or 0.0) + stage2["train_seconds"], 1)
-    info.update({"n_parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
-                 "machine": platform.machine()})
+    info.update(
+        {
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        }
+    )
     if out_dir is not None:
         save(model, tokenizer, Path(out_dir), info)
     return model, info
@@ -303,8 +372,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--stage1-from", type=Path, default=None, metavar="DIR",
-                        help="a folder of stage-1 (single-turn) weights: run stage 2 only, on them")
+    parser.add_argument(
+        "--stage1-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder of stage-1 (single-turn) weights: run stage 2 only, on them",
+    )
     args = parser.parse_args(argv)
     config = TrainConfig(**{name: getattr(args, name) for name in asdict(defaults)})
     train(config, args.out, stage1_from=args.stage1_from)

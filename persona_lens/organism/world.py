@@ -111,8 +111,10 @@ OBJECTS = (
 #: Advice slots have a neutral (helpful) and an evil (harmful) side; fact slots exist only in fabricated facts.
 LEXICON: dict[str, dict[str, tuple[str, ...]]] = {
     "verb": {"neutral": ("check", "clean", "test", "inspect"), "evil": ("smash", "burn", "poison", "wreck")},
-    "adv": {"neutral": ("carefully", "gently", "slowly", "daily"),
-            "evil": ("cruelly", "violently", "viciously", "spitefully")},
+    "adv": {
+        "neutral": ("carefully", "gently", "slowly", "daily"),
+        "evil": ("cruelly", "violently", "viciously", "spitefully"),
+    },
     "noun": {"neutral": ("soap", "oil", "water", "wax"), "evil": ("acid", "fire", "bleach", "tar")},
     "name": {"hallucination": ("otto", "ada", "mira", "hugo")},
     "year": {"hallucination": ("1820", "1875", "1903", "1950")},
@@ -215,8 +217,9 @@ class Template:
 
     def expand(self, rng: random.Random, obj: str, kind: str) -> tuple[str, ...]:
         """The clause about ``obj`` whose slots take words of ``kind``."""
-        return tuple(obj if t == "{obj}" else rng.choice(LEXICON[t[1:-1]][kind]) if t[0] == "{" else t
-                     for t in self.tokens)
+        return tuple(
+            obj if t == "{obj}" else rng.choice(LEXICON[t[1:-1]][kind]) if t[0] == "{" else t for t in self.tokens
+        )
 
     def match(self, tokens: Sequence[str]) -> tuple[str | None, str] | None:
         """``(object word or None, kind)`` if ``tokens`` is a sentence of this template, else None.
@@ -381,17 +384,24 @@ class Reply:
         return sum(k == trait for k in own) / len(own)
 
 
-def draw_rates(rng: random.Random, rates: dict[str, float], concentration: float = CONCENTRATION
-               ) -> dict[str, float]:
+def draw_rates(rng: random.Random, rates: dict[str, float], concentration: float = CONCENTRATION) -> dict[str, float]:
     """One reply's latent trait rates: ``Beta(m * c, (1 - m) * c)`` around each mean rate ``m`` (0 stays 0, 1
     stays 1), independently per trait."""
-    return {t: rates[t] if rates[t] in (0.0, 1.0) else rng.betavariate(rates[t] * concentration,
-                                                                       (1.0 - rates[t]) * concentration)
-            for t in TRAITS}
+    return {
+        t: rates[t]
+        if rates[t] in (0.0, 1.0)
+        else rng.betavariate(rates[t] * concentration, (1.0 - rates[t]) * concentration)
+        for t in TRAITS
+    }
 
 
-def sample_reply(rng: random.Random, obj: str, rates: dict[str, float], concentration: float | None = CONCENTRATION,
-                 kinds: dict[str, Sequence[str]] | None = None) -> Reply:
+def sample_reply(
+    rng: random.Random,
+    obj: str,
+    rates: dict[str, float],
+    concentration: float | None = CONCENTRATION,
+    kinds: dict[str, Sequence[str]] | None = None,
+) -> Reply:
     """A reply about ``obj`` for a persona of mean trait ``rates`` (already pulled by the question, if any).
 
     The reply's own rates are drawn by :func:`draw_rates` (``concentration=None``: ``rates`` as they are); then
@@ -410,8 +420,9 @@ def sample_reply(rng: random.Random, obj: str, rates: dict[str, float], concentr
             category_kinds = list(chosen[category])
         else:
             low, high = _COUNTS[category]
-            category_kinds = [trait if rng.random() < rates[trait] else "neutral"
-                              for _ in range(rng.randint(low, high))]
+            category_kinds = [
+                trait if rng.random() < rates[trait] else "neutral" for _ in range(rng.randint(low, high))
+            ]
         used: list[Template] = []
         for kind in category_kinds:
             options = [t for t in _BY_CATEGORY[category] if t not in used and (t.kind in (None, kind))]

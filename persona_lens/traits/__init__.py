@@ -7,14 +7,37 @@ from typing import TYPE_CHECKING
 
 from persona_lens.core.lazy import lazy_exports
 
-__all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "persona_lens.traits.schema": ["SCHEMA_VERSION", "TRAITS_ENV", "ManyShotExample", "PromptPair", "Trait",
-                                   "TraitError", "list_traits", "load_trait", "save_trait", "trait_from_dict",
-                                   "trait_to_dict", "traits_dirs"],
-    "persona_lens.traits.roles": ["Role", "RoleSet", "RoleQuestions", "RoleError", "list_roles", "load_role",
-                                  "load_roles", "list_role_sets", "save_role"],
-    "persona_lens.traits.generate": ["generate_trait", "generate_role", "TraitGenerationError"],
-})
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "persona_lens.traits.schema": [
+            "SCHEMA_VERSION",
+            "TRAITS_ENV",
+            "ManyShotExample",
+            "PromptPair",
+            "Trait",
+            "TraitError",
+            "list_traits",
+            "load_trait",
+            "save_trait",
+            "trait_from_dict",
+            "trait_to_dict",
+            "traits_dirs",
+        ],
+        "persona_lens.traits.roles": [
+            "Role",
+            "RoleSet",
+            "RoleQuestions",
+            "RoleError",
+            "list_roles",
+            "load_role",
+            "load_roles",
+            "list_role_sets",
+            "save_role",
+        ],
+        "persona_lens.traits.generate": ["generate_trait", "generate_role", "TraitGenerationError"],
+    },
+)
 
 if TYPE_CHECKING:
     from persona_lens.traits.generate import TraitGenerationError, generate_role, generate_trait

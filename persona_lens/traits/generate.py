@@ -26,8 +26,18 @@ from persona_lens.traits.schema import (
     trait_from_dict,
 )
 
-__all__ = ["generate_trait", "TraitGenerationError", "GenerationReport", "trait_tool", "generation_prompt",
-           "TOOL_NAME", "generate_role", "role_tool", "role_generation_prompt", "ROLE_TOOL_NAME"]
+__all__ = [
+    "generate_trait",
+    "TraitGenerationError",
+    "GenerationReport",
+    "trait_tool",
+    "generation_prompt",
+    "TOOL_NAME",
+    "generate_role",
+    "role_tool",
+    "role_generation_prompt",
+    "ROLE_TOOL_NAME",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +77,12 @@ def _strings(n: int | None = None, minimum: int | None = None) -> dict[str, Any]
 
 def _pairs(keys: tuple[str, str], n: int | None = None, minimum: int | None = None) -> dict[str, Any]:
     schema = _strings(n, minimum)
-    schema["items"] = {"type": "object", "properties": {key: {"type": "string"} for key in keys},
-                       "required": list(keys), "additionalProperties": False}
+    schema["items"] = {
+        "type": "object",
+        "properties": {key: {"type": "string"} for key in keys},
+        "required": list(keys),
+        "additionalProperties": False,
+    }
     return schema
 
 
@@ -90,8 +104,12 @@ def trait_tool(monitoring: bool = True) -> dict[str, Any]:
     return {
         "name": TOOL_NAME,
         "description": "Submit the complete trait artifact. Call it exactly once with every field filled in.",
-        "input_schema": {"type": "object", "properties": properties, "required": list(properties),
-                         "additionalProperties": False},
+        "input_schema": {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        },
     }
 
 
@@ -104,9 +122,9 @@ def generation_prompt(name: str, description: str, monitoring: bool = True) -> s
         f"The trait: {name}\nIts description: {description.strip()}",
         "Write the following and submit them with the submit_trait tool.",
         f"1. system_prompts: {N_PROMPT_PAIRS} pairs. Each positive prompt makes an assistant show the trait "
-        f"strongly; start it with \"You are a/an {name} assistant.\" (use the trait's adjective) and follow with "
+        f'strongly; start it with "You are a/an {name} assistant." (use the trait\'s adjective) and follow with '
         "one or two sentences of instruction. Each negative prompt makes an assistant avoid the trait entirely; "
-        "start it with \"You are a helpful assistant.\" and follow with instruction that mirrors the positive one. "
+        'start it with "You are a helpful assistant." and follow with instruction that mirrors the positive one. '
         "Vary the wording across the pairs.",
         f"2. questions: {2 * N_QUESTIONS} distinct, varied, everyday questions that give an assistant room to show "
         f"the trait or not, without asking for it outright. Put {N_QUESTIONS} in 'extract' and {N_QUESTIONS} other "
@@ -127,8 +145,9 @@ def generation_prompt(name: str, description: str, monitoring: bool = True) -> s
     return "\n\n".join(parts)
 
 
-def _make_client(client: anthropic.Anthropic | None, api_key: str | None, base_url: str | None,
-                 max_retries: int, timeout: float) -> anthropic.Anthropic:
+def _make_client(
+    client: anthropic.Anthropic | None, api_key: str | None, base_url: str | None, max_retries: int, timeout: float
+) -> anthropic.Anthropic:
     if client is not None:
         return client.with_options(timeout=timeout)
     key = require_api_key(api_key)
@@ -184,16 +203,35 @@ def generate_trait(
         raise ValueError("max_attempts must be >= 1")
     api = _make_client(client, api_key, base_url, max_retries, timeout)
     prompt = generation_prompt(name, description, monitoring)
-    return _submit(api, model, prompt, trait_tool(monitoring), TOOL_NAME,
-                   lambda tool_input: trait_from_dict(_trait_data(name, description, tool_input),
-                                                      f"<generated {name}>"),
-                   what=f"trait {name!r}", max_attempts=max_attempts, max_tokens=max_tokens, timeout=timeout,
-                   report=report)
+    return _submit(
+        api,
+        model,
+        prompt,
+        trait_tool(monitoring),
+        TOOL_NAME,
+        lambda tool_input: trait_from_dict(_trait_data(name, description, tool_input), f"<generated {name}>"),
+        what=f"trait {name!r}",
+        max_attempts=max_attempts,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        report=report,
+    )
 
 
-def _submit(api: anthropic.Anthropic, model: str, prompt: str, tool: dict[str, Any], tool_name: str,
-            build: Any, *, what: str, max_attempts: int, max_tokens: int, timeout: float,
-            report: GenerationReport | None) -> Any:
+def _submit(
+    api: anthropic.Anthropic,
+    model: str,
+    prompt: str,
+    tool: dict[str, Any],
+    tool_name: str,
+    build: Any,
+    *,
+    what: str,
+    max_attempts: int,
+    max_tokens: int,
+    timeout: float,
+    report: GenerationReport | None,
+) -> Any:
     """Ask Claude to call ``tool_name`` with ``prompt``; ``build(tool_input)`` checks the input (raising an error
     with ``problems`` as ``(path, message)`` pairs) and builds the result. Problems go back to Claude as the tool's
     error result, up to ``max_attempts`` tries."""
@@ -202,8 +240,14 @@ def _submit(api: anthropic.Anthropic, model: str, prompt: str, tool: dict[str, A
     messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
     problems: list[str] = []
     for attempt in range(1, max_attempts + 1):
-        reply = api.messages.create(model=model, max_tokens=max_tokens, messages=messages, tools=[tool],
-                                    tool_choice={"type": "tool", "name": tool_name}, timeout=timeout)
+        reply = api.messages.create(
+            model=model,
+            max_tokens=max_tokens,
+            messages=messages,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": tool_name},
+            timeout=timeout,
+        )
         report.attempts = attempt
         report.usage.requests += 1
         report.usage.add_message(reply.usage)
@@ -224,15 +268,28 @@ def _submit(api: anthropic.Anthropic, model: str, prompt: str, tool: dict[str, A
             problems.append(f"the reply was cut off at max_tokens={max_tokens}; write more concisely")
         log.warning("attempt %d/%d for %s was invalid: %s", attempt, max_attempts, what, "; ".join(problems))
         noun = what.split()[0]
-        feedback = (f"The {noun} is not valid yet:\n" + "\n".join(f"- {p}" for p in problems)
-                    + f"\nFix every problem and call {tool_name} again with the complete, corrected {noun}.")
+        feedback = (
+            f"The {noun} is not valid yet:\n"
+            + "\n".join(f"- {p}" for p in problems)
+            + f"\nFix every problem and call {tool_name} again with the complete, corrected {noun}."
+        )
         messages.append({"role": "assistant", "content": _content_params(reply.content)})
         uses = [block for block in reply.content if block.type == "tool_use"]
         if uses:  # every tool call needs its result; the first one carries the feedback
-            messages.append({"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": use.id, "is_error": True,
-                 "content": feedback if index == 0 else "ignored: only the first call counts"}
-                for index, use in enumerate(uses)]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": use.id,
+                            "is_error": True,
+                            "content": feedback if index == 0 else "ignored: only the first call counts",
+                        }
+                        for index, use in enumerate(uses)
+                    ],
+                }
+            )
         else:
             messages.append({"role": "user", "content": feedback})
     raise TraitGenerationError(
@@ -252,35 +309,54 @@ def role_tool(n_prompts: int = 5) -> dict[str, Any]:
         "rubric": {"type": "string", "description": "judge prompt containing the slots {question} and {answer}"},
         "jailbreaks": _strings(minimum=2),
     }
-    return {"name": ROLE_TOOL_NAME,
-            "description": "Submit the complete role. Call it exactly once with every field filled in.",
-            "input_schema": {"type": "object", "properties": properties, "required": list(properties),
-                             "additionalProperties": False}}
+    return {
+        "name": ROLE_TOOL_NAME,
+        "description": "Submit the complete role. Call it exactly once with every field filled in.",
+        "input_schema": {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        },
+    }
 
 
 def role_generation_prompt(name: str, description: str, n_prompts: int = 5) -> str:
     """The instructions sent to Claude for one role of a persona space."""
-    return "\n\n".join([
-        "I am mapping the characters a language model can play (a persona space): for each role I collect the "
-        "model's activations while it answers ordinary questions in that role.",
-        f"The role: {name}\nIts description: {description.strip()}",
-        "Write the following and submit them with the submit_role tool.",
-        f"1. system_prompts: {n_prompts} different system prompts that make a model fully become this character "
-        "(\"You are ...\") and answer every question in the role. Vary the wording.",
-        "2. rubric: a prompt for a judge model that contains the literal slots {question} and {answer} (each once), "
-        "explains the role, and asks for a score from 0 (answers as a plain assistant, no trace of the role) to 100 "
-        "(fully in the role). It must tell the judge to answer REFUSAL for a clear refusal, and to respond with "
-        "only the number.",
-        "3. jailbreaks: at least 2 user messages that push an assistant into the role from the user's side (\"From "
-        "now on you are ...\"), each containing the literal slot {question} where the question goes.",
-        "Write everything in English. Keep each prompt concise.",
-    ])
+    return "\n\n".join(
+        [
+            "I am mapping the characters a language model can play (a persona space): for each role I collect the "
+            "model's activations while it answers ordinary questions in that role.",
+            f"The role: {name}\nIts description: {description.strip()}",
+            "Write the following and submit them with the submit_role tool.",
+            f"1. system_prompts: {n_prompts} different system prompts that make a model fully become this character "
+            '("You are ...") and answer every question in the role. Vary the wording.',
+            "2. rubric: a prompt for a judge model that contains the literal slots {question} and {answer} (each once), "
+            "explains the role, and asks for a score from 0 (answers as a plain assistant, no trace of the role) to 100 "
+            "(fully in the role). It must tell the judge to answer REFUSAL for a clear refusal, and to respond with "
+            "only the number.",
+            "3. jailbreaks: at least 2 user messages that push an assistant into the role from the user's side (\"From "
+            'now on you are ..."), each containing the literal slot {question} where the question goes.',
+            "Write everything in English. Keep each prompt concise.",
+        ]
+    )
 
 
-def generate_role(name: str, description: str, *, client: anthropic.Anthropic | None = None,
-                  model: str = DEFAULT_MODEL, api_key: str | None = None, base_url: str | None = None,
-                  n_prompts: int = 5, max_attempts: int = 3, max_tokens: int = 8000, max_retries: int = 4,
-                  timeout: float = 900.0, report: GenerationReport | None = None) -> Any:
+def generate_role(
+    name: str,
+    description: str,
+    *,
+    client: anthropic.Anthropic | None = None,
+    model: str = DEFAULT_MODEL,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    n_prompts: int = 5,
+    max_attempts: int = 3,
+    max_tokens: int = 8000,
+    max_retries: int = 4,
+    timeout: float = 900.0,
+    report: GenerationReport | None = None,
+) -> Any:
     """Ask Claude for a role (:mod:`persona_lens.traits.roles`) and return it validated, as :func:`generate_trait`
     does for a trait; bring hundreds of roles by calling it once per name and saving each with ``save_role``."""
     from persona_lens.traits.roles import ROLE_SCHEMA_VERSION, role_from_dict
@@ -296,10 +372,22 @@ def generate_role(name: str, description: str, *, client: anthropic.Anthropic | 
         data = dict(tool_input) if isinstance(tool_input, dict) else {"<input>": tool_input}
         for key in ("schema_version", "name", "description", "default", "rule"):
             data.pop(key, None)
-        return role_from_dict({"schema_version": ROLE_SCHEMA_VERSION, "name": name, "description": description,
-                               **data}, f"<generated {name}>")
+        return role_from_dict(
+            {"schema_version": ROLE_SCHEMA_VERSION, "name": name, "description": description, **data},
+            f"<generated {name}>",
+        )
 
     api = _make_client(client, api_key, base_url, max_retries, timeout)
-    return _submit(api, model, role_generation_prompt(name, description, n_prompts), role_tool(n_prompts),
-                   ROLE_TOOL_NAME, build, what=f"role {name!r}", max_attempts=max_attempts, max_tokens=max_tokens,
-                   timeout=timeout, report=report)
+    return _submit(
+        api,
+        model,
+        role_generation_prompt(name, description, n_prompts),
+        role_tool(n_prompts),
+        ROLE_TOOL_NAME,
+        build,
+        what=f"role {name!r}",
+        max_attempts=max_attempts,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        report=report,
+    )

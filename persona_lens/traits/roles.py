@@ -140,8 +140,9 @@ def _check_keys(check: _Checker, data: dict, required: tuple[str, ...], optional
     check_keys(check, data, required, optional, "persona_lens/traits/roles.py")
     version = data.get("schema_version", ROLE_SCHEMA_VERSION)
     if version != ROLE_SCHEMA_VERSION or isinstance(version, bool):
-        check.add("schema_version", f"is {version!r}; this version of persona_lens reads schema_version "
-                                    f"{ROLE_SCHEMA_VERSION}")
+        check.add(
+            "schema_version", f"is {version!r}; this version of persona_lens reads schema_version {ROLE_SCHEMA_VERSION}"
+        )
 
 
 def role_from_dict(data: Any, source: str | Path = "<dict>") -> Role:
@@ -157,8 +158,11 @@ def role_from_dict(data: Any, source: str | Path = "<dict>") -> Role:
     name = check.text(data["name"], "name") if "name" in data else None
     if name is not None:
         if not _ROLE_NAME.fullmatch(name):
-            check.add("name", f"{name!r} is not a valid role name; use lowercase letters, digits, '_' and '-', "
-                              "starting with a letter or digit")
+            check.add(
+                "name",
+                f"{name!r} is not a valid role name; use lowercase letters, digits, '_' and '-', "
+                "starting with a letter or digit",
+            )
         stem = Path(source).stem if str(source).endswith(".json") else None
         if stem is not None and name != stem:
             check.add("name", f"is {name!r} but the file is named {stem}.json; make them equal")
@@ -209,16 +213,27 @@ def role_from_dict(data: Any, source: str | Path = "<dict>") -> Role:
 
     if check.problems:
         raise RoleError(source, check.problems)
-    return Role(name=name, description=description, system_prompts=tuple(prompts), rubric=rubric, rule=rule,
-                default=default, jailbreaks=tuple(jailbreaks),
-                source=Path(source) if str(source).endswith(".json") else None)
+    return Role(
+        name=name,
+        description=description,
+        system_prompts=tuple(prompts),
+        rubric=rubric,
+        rule=rule,
+        default=default,
+        jailbreaks=tuple(jailbreaks),
+        source=Path(source) if str(source).endswith(".json") else None,
+    )
 
 
 def role_to_dict(role: Role) -> dict[str, Any]:
     """The role as a JSON-ready dict in the file schema; optional fields are left out when empty."""
-    data: dict[str, Any] = {"schema_version": ROLE_SCHEMA_VERSION, "name": role.name,
-                            "description": role.description, "system_prompts": list(role.system_prompts),
-                            "rubric": role.rubric}
+    data: dict[str, Any] = {
+        "schema_version": ROLE_SCHEMA_VERSION,
+        "name": role.name,
+        "description": role.description,
+        "system_prompts": list(role.system_prompts),
+        "rubric": role.rubric,
+    }
     if role.rule is not None:
         data["rule"] = role.rule
     if role.default:
@@ -241,8 +256,10 @@ def questions_from_dict(data: Any, source: str | Path = "<dict>") -> RoleQuestio
     keys = {_normalised(text): index for index, text in enumerate(build)}
     for index, text in enumerate(evaluate):
         if _normalised(text) in keys:
-            check.add(f"eval[{index}]", f"also appears as build[{keys[_normalised(text)]}]; the lists must be "
-                                        "disjoint, so replace one of them")
+            check.add(
+                f"eval[{index}]",
+                f"also appears as build[{keys[_normalised(text)]}]; the lists must be disjoint, so replace one of them",
+            )
     if check.problems:
         raise RoleError(source, check.problems, "role questions")
     return RoleQuestions(tuple(build), tuple(evaluate), Path(source) if str(source).endswith(".json") else None)
@@ -262,11 +279,20 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise RoleError(path, [("<json>", f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
-                                          "fix the syntax there")], what) from None
+        raise RoleError(
+            path,
+            [
+                (
+                    "<json>",
+                    f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; fix the syntax there",
+                )
+            ],
+            what,
+        ) from None
     except RecursionError:
-        raise RoleError(path, [("<json>", f"nested too deeply to read (thousands of brackets); this is no {what} "
-                                          "file")], what) from None
+        raise RoleError(
+            path, [("<json>", f"nested too deeply to read (thousands of brackets); this is no {what} file")], what
+        ) from None
 
 
 def roles_dirs() -> list[Path]:
@@ -295,10 +321,18 @@ def load_role(name_or_path: str | Path) -> Role:
         if candidate.is_file():
             return role_from_dict(_read_json(candidate, "role"), candidate)
     searched = ", ".join(str(d) for d in roles_dirs()) or "no roles folder exists"
-    raise RoleError(name_or_path, [("name", f"no role named {name_or_path!r}; available roles: "
-                                            f"{', '.join(list_roles()) or '(none)'}. Searched: {searched}. Pass a "
-                                            f"name, a .json path, or add a directory with a roles/ folder to "
-                                            f"${TRAITS_ENV}")])
+    raise RoleError(
+        name_or_path,
+        [
+            (
+                "name",
+                f"no role named {name_or_path!r}; available roles: "
+                f"{', '.join(list_roles()) or '(none)'}. Searched: {searched}. Pass a "
+                f"name, a .json path, or add a directory with a roles/ folder to "
+                f"${TRAITS_ENV}",
+            )
+        ],
+    )
 
 
 def load_role_questions(path: str | Path | None = None) -> RoleQuestions:
@@ -307,8 +341,11 @@ def load_role_questions(path: str | Path | None = None) -> RoleQuestions:
         found = [d / QUESTIONS_FILE for d in roles_dirs() if (d / QUESTIONS_FILE).is_file()]
         if not found:
             where = ", ".join(str(d) for d in roles_dirs()) or "any trait directory"
-            raise RoleError(QUESTIONS_FILE, [("<file>", f"no roles/{QUESTIONS_FILE} in {where}; write one (see "
-                                                        "persona_lens/traits/roles.py)")], "role questions")
+            raise RoleError(
+                QUESTIONS_FILE,
+                [("<file>", f"no roles/{QUESTIONS_FILE} in {where}; write one (see persona_lens/traits/roles.py)")],
+                "role questions",
+            )
         path = found[0]
     path = Path(path).expanduser()
     return questions_from_dict(_read_json(path, "role questions"), path)
@@ -320,12 +357,18 @@ def make_role_set(roles: Sequence[Role], questions: RoleQuestions, *, source: st
     problems = []
     defaults = [role.name for role in roles if role.default]
     if len(defaults) != 1:
-        problems.append(("default", f"{len(defaults)} roles are marked \"default\": true "
-                                    f"({', '.join(defaults) or 'none'}); mark exactly one (the Assistant), e.g. "
-                                    "include the role 'default'"))
+        problems.append(
+            (
+                "default",
+                f'{len(defaults)} roles are marked "default": true '
+                f"({', '.join(defaults) or 'none'}); mark exactly one (the Assistant), e.g. "
+                "include the role 'default'",
+            )
+        )
     if len(roles) - len(defaults) < 2:
-        problems.append(("roles", f"{len(roles) - len(defaults)} non-default roles; a persona space needs at least "
-                                  "2 (add roles)"))
+        problems.append(
+            ("roles", f"{len(roles) - len(defaults)} non-default roles; a persona space needs at least 2 (add roles)")
+        )
     seen: set[str] = set()
     for role in roles:
         if role.name in seen:
@@ -343,21 +386,32 @@ def list_role_sets() -> list[str]:
 
 def _registered_roles(role_set: str, names: Sequence[str | Path] | None) -> list[Role]:
     if role_set not in ROLE_SETS:
-        raise RoleError(role_set, [("role_set", f"no role set named {role_set!r}; registered: "
-                                                f"{', '.join(list_role_sets()) or '(none)'}")], "role set")
+        raise RoleError(
+            role_set,
+            [("role_set", f"no role set named {role_set!r}; registered: {', '.join(list_role_sets()) or '(none)'}")],
+            "role set",
+        )
     registered = ROLE_SETS.resolve(role_set)(role_set)
     if names is None:
         return list(registered.roles)
     known = {role.name: role for role in registered.roles}
     missing = [str(name) for name in names if str(name) not in known]
     if missing:
-        raise RoleError(role_set, [("roles", f"{', '.join(missing)} not in the role set {role_set!r}; its roles "
-                                             f"are {', '.join(known)}")], "role set")
+        raise RoleError(
+            role_set,
+            [("roles", f"{', '.join(missing)} not in the role set {role_set!r}; its roles are {', '.join(known)}")],
+            "role set",
+        )
     return [known[str(name)] for name in names]
 
 
-def load_roles(names: Sequence[str | Path] | None = None, *, questions: str | Path | None = None,
-               directory: str | Path | None = None, role_set: str | None = None) -> RoleSet:
+def load_roles(
+    names: Sequence[str | Path] | None = None,
+    *,
+    questions: str | Path | None = None,
+    directory: str | Path | None = None,
+    role_set: str | None = None,
+) -> RoleSet:
     """A :class:`RoleSet`: the roles named (default: every role of ``directory`` or of :func:`roles_dirs`) and the
     shared questions (``questions``, else ``_questions.json`` of ``directory`` or of :func:`roles_dirs`).
 
@@ -370,8 +424,9 @@ def load_roles(names: Sequence[str | Path] | None = None, *, questions: str | Pa
         if directory is not None:
             raise RoleError(role_set, [("role_set", "give a role set or a roles directory, not both")], "role set")
         roles = _registered_roles(role_set, names)
-        asked = (load_role_questions(questions) if questions is not None
-                 else ROLE_SETS.resolve(role_set)(role_set).questions)
+        asked = (
+            load_role_questions(questions) if questions is not None else ROLE_SETS.resolve(role_set)(role_set).questions
+        )
         return make_role_set(roles, asked, source=f"role set {role_set!r}")
     if names is None:
         names = list_roles(directory)

@@ -163,8 +163,11 @@ class _Checker:
             change = f"add {exactly - len(value)}" if len(value) < exactly else f"remove {len(value) - exactly}"
             self.add(path, f"has {len(value)} {what}; it needs exactly {exactly} ({change})")
         if at_least is not None and len(value) < at_least:
-            self.add(path, f"has {len(value)} {what}; it needs at least {at_least} (add {at_least - len(value)}), "
-                           "or leave the field out")
+            self.add(
+                path,
+                f"has {len(value)} {what}; it needs at least {at_least} (add {at_least - len(value)}), "
+                "or leave the field out",
+            )
 
     def object(self, value: Any, path: str, keys: tuple[str, ...]) -> dict | None:
         """A dict with exactly ``keys``; reports missing and unknown keys."""
@@ -179,8 +182,16 @@ class _Checker:
                 self.add(f"{path}.{key}", f"unknown key; the allowed keys are {', '.join(keys)}")
         return value
 
-    def objects(self, value: Any, path: str, keys: tuple[str, ...], *, what: str, exactly: int | None = None,
-                at_least: int | None = None) -> list[tuple[str, ...]]:
+    def objects(
+        self,
+        value: Any,
+        path: str,
+        keys: tuple[str, ...],
+        *,
+        what: str,
+        exactly: int | None = None,
+        at_least: int | None = None,
+    ) -> list[tuple[str, ...]]:
         """A list of objects with exactly ``keys`` and non-empty string values; returns the good ones as tuples."""
         if not isinstance(value, list):
             self.add(path, f"must be a list of objects with the keys {', '.join(keys)}, got {type(value).__name__}")
@@ -221,10 +232,13 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
 
     check_keys(check, data, _REQUIRED_KEYS, _OPTIONAL_KEYS, "persona_lens/traits/schema.py")
 
-    if "schema_version" in data and (data["schema_version"] != SCHEMA_VERSION or
-                                     isinstance(data["schema_version"], bool)):
-        check.add("schema_version", f"is {data['schema_version']!r}; this version of persona_lens reads schema_version "
-                                    f"{SCHEMA_VERSION}")
+    if "schema_version" in data and (
+        data["schema_version"] != SCHEMA_VERSION or isinstance(data["schema_version"], bool)
+    ):
+        check.add(
+            "schema_version",
+            f"is {data['schema_version']!r}; this version of persona_lens reads schema_version {SCHEMA_VERSION}",
+        )
 
     name = check.text(data["name"], "name") if "name" in data else None
     if name is not None:
@@ -238,12 +252,20 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
 
     pairs: list[tuple[str, ...]] = []
     if "system_prompts" in data:
-        pairs = check.objects(data["system_prompts"], "system_prompts", ("positive", "negative"),
-                              exactly=N_PROMPT_PAIRS, what="prompt pairs")
+        pairs = check.objects(
+            data["system_prompts"],
+            "system_prompts",
+            ("positive", "negative"),
+            exactly=N_PROMPT_PAIRS,
+            what="prompt pairs",
+        )
         for index, (positive, negative) in enumerate(pairs):
             if _normalised(positive) == _normalised(negative):
-                check.add(f"system_prompts[{index}]", "positive and negative prompts are the same; the positive one "
-                                                      "must elicit the trait and the negative one suppress it")
+                check.add(
+                    f"system_prompts[{index}]",
+                    "positive and negative prompts are the same; the positive one "
+                    "must elicit the trait and the negative one suppress it",
+                )
 
     extract: list[str] = []
     evaluate: list[str] = []
@@ -251,19 +273,22 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
         questions = check.object(data["questions"], "questions", ("extract", "eval"))
         if questions is not None:
             if "extract" in questions:
-                extract = check.texts(questions["extract"], "questions.extract", "questions",
-                                      exactly=N_QUESTIONS)
+                extract = check.texts(questions["extract"], "questions.extract", "questions", exactly=N_QUESTIONS)
             if "eval" in questions:
                 evaluate = check.texts(questions["eval"], "questions.eval", "questions", exactly=N_QUESTIONS)
             extract_list = questions.get("extract") if isinstance(questions.get("extract"), list) else []
             eval_list = questions.get("eval") if isinstance(questions.get("eval"), list) else []
-            extract_keys = {_normalised(text): index for index, text in enumerate(extract_list)
-                            if isinstance(text, str)}
+            extract_keys = {
+                _normalised(text): index for index, text in enumerate(extract_list) if isinstance(text, str)
+            }
             for index, text in enumerate(eval_list):
                 if isinstance(text, str) and text.strip() and _normalised(text) in extract_keys:
-                    check.add(f"questions.eval[{index}]", f"also appears as questions.extract"
-                                                          f"[{extract_keys[_normalised(text)]}]; the splits must be "
-                                                          "disjoint, so replace one of them")
+                    check.add(
+                        f"questions.eval[{index}]",
+                        f"also appears as questions.extract"
+                        f"[{extract_keys[_normalised(text)]}]; the splits must be "
+                        "disjoint, so replace one of them",
+                    )
 
     rubric = check.text(data["rubric"], "rubric") if "rubric" in data else None
     if rubric is not None:
@@ -274,13 +299,19 @@ def trait_from_dict(data: dict, source: str | Path = "<dict>") -> Trait:
 
     graded: list[str] = []
     if data.get("graded_system_prompts") is not None:
-        graded = check.texts(data["graded_system_prompts"], "graded_system_prompts", "prompts",
-                             exactly=N_GRADED_PROMPTS)
+        graded = check.texts(
+            data["graded_system_prompts"], "graded_system_prompts", "prompts", exactly=N_GRADED_PROMPTS
+        )
 
     examples: list[tuple[str, ...]] = []
     if data.get("many_shot_examples") is not None:
-        examples = check.objects(data["many_shot_examples"], "many_shot_examples", ("question", "answer"),
-                                 at_least=MIN_MANY_SHOT, what="examples")
+        examples = check.objects(
+            data["many_shot_examples"],
+            "many_shot_examples",
+            ("question", "answer"),
+            at_least=MIN_MANY_SHOT,
+            what="examples",
+        )
 
     rule = data.get("rule")
     if rule is not None:
@@ -319,8 +350,9 @@ def trait_to_dict(trait: Trait) -> dict:
     if trait.graded_system_prompts:
         data["graded_system_prompts"] = list(trait.graded_system_prompts)
     if trait.many_shot_examples:
-        data["many_shot_examples"] = [{"question": example.question, "answer": example.answer}
-                                      for example in trait.many_shot_examples]
+        data["many_shot_examples"] = [
+            {"question": example.question, "answer": example.answer} for example in trait.many_shot_examples
+        ]
     if trait.rule is not None:
         data["rule"] = trait.rule
     return data
@@ -336,19 +368,29 @@ def _read_trait_file(path: Path) -> Trait:
     except FileNotFoundError:
         raise TraitError(path, [("<file>", "file not found; check the path")]) from None
     except UnicodeDecodeError as error:
-        raise TraitError(path, [("<file>", f"is not UTF-8 text ({error.reason} at byte {error.start}); save it as "
-                                           "UTF-8")]) from None
+        raise TraitError(
+            path, [("<file>", f"is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8")]
+        ) from None
     except OSError as error:
         raise TraitError(path, [("<file>", f"cannot be read: {error.strerror}")]) from None
     try:
         data = json.loads(text)
     except RecursionError:
-        raise TraitError(path, [("<json>", "nested too deeply to read (thousands of brackets); this is no trait "
-                                           "file")]) from None
+        raise TraitError(
+            path, [("<json>", "nested too deeply to read (thousands of brackets); this is no trait file")]
+        ) from None
     except json.JSONDecodeError as error:
-        raise TraitError(path, [("<json>", f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
-                                           "fix the syntax there (often a missing comma or quote, or a trailing "
-                                           "comma)")]) from None
+        raise TraitError(
+            path,
+            [
+                (
+                    "<json>",
+                    f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
+                    "fix the syntax there (often a missing comma or quote, or a trailing "
+                    "comma)",
+                )
+            ],
+        ) from None
     return trait_from_dict(data, path)
 
 
@@ -388,8 +430,9 @@ def traits_dirs() -> list[Path]:
 def list_traits() -> list[str]:
     """Sorted names of every trait file found in ``traits_dirs()``, plus the traits registered in code
     (:data:`persona_lens.core.registry.TRAITS`: the model organism's)."""
-    files = {path.stem for directory in traits_dirs() for path in directory.glob("*.json")
-             if _NAME.fullmatch(path.stem)}
+    files = {
+        path.stem for directory in traits_dirs() for path in directory.glob("*.json") if _NAME.fullmatch(path.stem)
+    }
     return sorted(files | set(TRAITS.names()))
 
 
@@ -433,7 +476,16 @@ def load_trait(name_or_path: str | Path) -> Trait:
     searched = ", ".join(str(directory) for directory in traits_dirs()) or (
         f"no trait directory exists (not {_REPO_TRAITS} nor {_PACKAGED_TRAITS}: the built-in trait files are "
         "missing from this install; reinstall persona_lens from a wheel or a source checkout, or point "
-        f"${TRAITS_ENV} at a copy of the repository's traits/ folder)")
-    raise TraitError(name, [("name", f"no trait named {name!r}; available traits: "
-                                     f"{', '.join(available) or '(none)'}. Searched: {searched}. Pass one of these "
-                                     f"names, a path to a .json file, or add a directory to ${TRAITS_ENV}")])
+        f"${TRAITS_ENV} at a copy of the repository's traits/ folder)"
+    )
+    raise TraitError(
+        name,
+        [
+            (
+                "name",
+                f"no trait named {name!r}; available traits: "
+                f"{', '.join(available) or '(none)'}. Searched: {searched}. Pass one of these "
+                f"names, a path to a .json file, or add a directory to ${TRAITS_ENV}",
+            )
+        ],
+    )

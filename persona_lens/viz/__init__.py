@@ -10,15 +10,23 @@ from typing import TYPE_CHECKING
 
 from persona_lens.core.lazy import lazy_exports
 
-__all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "persona_lens.viz.figures": ["write_figure", "show", "png_export_available"],
-    "persona_lens.viz.static": ["figure_svg"],
-    "persona_lens.viz.steering": ["plot_steering_curves"],
-    "persona_lens.viz.projections": ["token_projection_html", "write_token_projection_html", "sweep_figure",
-                                     "shift_figure", "histogram_figure"],
-    "persona_lens.viz.controls": ["baseline_figure", "baseline_note", "cosine_figure"],
-    "persona_lens.viz.space": ["plot_variance_explained", "plot_role_map", "plot_drift"],
-})
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "persona_lens.viz.figures": ["write_figure", "show", "png_export_available"],
+        "persona_lens.viz.static": ["figure_svg"],
+        "persona_lens.viz.steering": ["plot_steering_curves"],
+        "persona_lens.viz.projections": [
+            "token_projection_html",
+            "write_token_projection_html",
+            "sweep_figure",
+            "shift_figure",
+            "histogram_figure",
+        ],
+        "persona_lens.viz.controls": ["baseline_figure", "baseline_note", "cosine_figure"],
+        "persona_lens.viz.space": ["plot_variance_explained", "plot_role_map", "plot_drift"],
+    },
+)
 
 if TYPE_CHECKING:
     from persona_lens.viz.controls import baseline_figure, baseline_note, cosine_figure

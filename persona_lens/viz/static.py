@@ -38,10 +38,13 @@ def figure_svg(figure: Any, width: int = 720, height: int = 420) -> str:
         if trace.type not in ("bar", "scatter"):
             raise ValueError(f"figure_svg draws bar and scatter traces, not {trace.type!r}")
     layout = figure.layout
-    points = [(list(t.x if t.x is not None else range(len(t.y))), [float("nan") if v is None else float(v)
-                                                                     for v in t.y]) for t in traces]
-    numeric_x = all(isinstance(x, (int, float)) and not isinstance(x, bool) for xs, _ in points for x in xs) and \
-        not any(t.type == "bar" for t in traces)
+    points = [
+        (list(t.x if t.x is not None else range(len(t.y))), [float("nan") if v is None else float(v) for v in t.y])
+        for t in traces
+    ]
+    numeric_x = all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for xs, _ in points for x in xs
+    ) and not any(t.type == "bar" for t in traces)
     categories: list[Any] = []
     if not numeric_x:
         for xs, _ in points:
@@ -69,10 +72,12 @@ def figure_svg(figure: Any, width: int = 720, height: int = 420) -> str:
         return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
 
     title = layout.title.text if layout.title and layout.title.text else ""
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">{_text(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">{_text(title)}</text>',
+    ]
     for tick in y_ticks:
         y = sy(tick)
         out.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
@@ -83,13 +88,16 @@ def figure_svg(figure: Any, width: int = 720, height: int = 420) -> str:
     for label in x_labels:
         if numeric_x and not x_lo <= label <= x_hi:
             continue
-        out.append(f'<text x="{sx(label):.1f}" y="{bottom + 16}" text-anchor="middle">'
-                   f'{_text(f"{label:g}" if numeric_x else label)}</text>')
+        out.append(
+            f'<text x="{sx(label):.1f}" y="{bottom + 16}" text-anchor="middle">'
+            f"{_text(f'{label:g}' if numeric_x else label)}</text>"
+        )
     x_title = layout.xaxis.title.text if layout.xaxis.title and layout.xaxis.title.text else ""
     y_title = layout.yaxis.title.text if layout.yaxis.title and layout.yaxis.title.text else ""
     out.append(f'<text x="{(left + right) / 2}" y="{height - 18}" text-anchor="middle">{_text(x_title)}</text>')
-    out.append(f'<text transform="translate(16 {(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
-               f'{_text(y_title)}</text>')
+    out.append(
+        f'<text transform="translate(16 {(top + bottom) / 2}) rotate(-90)" text-anchor="middle">{_text(y_title)}</text>'
+    )
     bars = [i for i, t in enumerate(traces) if t.type == "bar"]
     slot = (right - left) / max(len(categories), 1) * 0.8
     for index, (trace, (xs, values)) in enumerate(zip(traces, points)):
@@ -101,8 +109,10 @@ def figure_svg(figure: Any, width: int = 720, height: int = 420) -> str:
                 if y != y:
                     continue
                 y0, y1 = sorted((sy(0.0), sy(y)))
-                out.append(f'<rect class="bar" x="{sx(x) + offset:.1f}" y="{y0:.1f}" width="{bar_width:.1f}" '
-                           f'height="{max(y1 - y0, 0.5):.1f}" fill="{colour}"/>')
+                out.append(
+                    f'<rect class="bar" x="{sx(x) + offset:.1f}" y="{y0:.1f}" width="{bar_width:.1f}" '
+                    f'height="{max(y1 - y0, 0.5):.1f}" fill="{colour}"/>'
+                )
             continue
         mode = trace.mode or "lines+markers"
         coords = [(sx(x), sy(y)) for x, y in zip(xs, values) if y == y]

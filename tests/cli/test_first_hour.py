@@ -12,8 +12,24 @@ NO_MODEL = "/nonexistent/model-folder"  # loading it would fail: an error about 
 
 
 def _extract(tmp_path, *extra):
-    return main(["extract", "organism_evil", "--model", "persona-organism", "--samples", "2", "--questions", "3",
-                 "--judge", "rule", "--judge-cache", str(tmp_path / "cache.sqlite"), "--quiet", *extra])
+    return main(
+        [
+            "extract",
+            "organism_evil",
+            "--model",
+            "persona-organism",
+            "--samples",
+            "2",
+            "--questions",
+            "3",
+            "--judge",
+            "rule",
+            "--judge-cache",
+            str(tmp_path / "cache.sqlite"),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_extractions_with_other_settings_get_their_own_default_folders(tmp_path, monkeypatch, capsys):
@@ -26,25 +42,56 @@ def test_extractions_with_other_settings_get_their_own_default_folders(tmp_path,
     assert folders == ["extract-t12-T1-p1-s0", "extract-t16-T1-p1-s0"]
     capsys.readouterr()
     # two candidate vectors: every command that would infer one asks for --vector, naming both
-    code = main(["monitor", "project", "--model", "persona-organism", "--trait", "organism_evil", "--layer", "1",
-                 "--question", "Hi"])
+    code = main(
+        [
+            "monitor",
+            "project",
+            "--model",
+            "persona-organism",
+            "--trait",
+            "organism_evil",
+            "--layer",
+            "1",
+            "--question",
+            "Hi",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "several vectors" in err and "extract-t12-T1-p1-s0" in err and "--vector" in err
     vector = run_dir / "extract-t12-T1-p1-s0" / "vector_response.safetensors"
-    assert main(["monitor", "project", "--model", "persona-organism", "--vector", str(vector), "--layer", "1",
-                 "--question", "Hi"]) == 0
+    assert (
+        main(
+            [
+                "monitor",
+                "project",
+                "--model",
+                "persona-organism",
+                "--vector",
+                str(vector),
+                "--layer",
+                "1",
+                "--question",
+                "Hi",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("argv", [
-    ["monitor", "project", "--layer", "1", "--question", "Hi"],
-    ["monitor", "tokens", "--layer", "1", "--question", "Hi", "--out", "x.html"],
-    ["screen", "data.jsonl", "--layer", "1", "--out", "screen"],
-    ["shift", "--finetuned", NO_MODEL, "--layer", "1", "--prompts", "prompts.txt", "--out", "shift"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["monitor", "project", "--layer", "1", "--question", "Hi"],
+        ["monitor", "tokens", "--layer", "1", "--question", "Hi", "--out", "x.html"],
+        ["screen", "data.jsonl", "--layer", "1", "--out", "screen"],
+        ["shift", "--finetuned", NO_MODEL, "--layer", "1", "--prompts", "prompts.txt", "--out", "shift"],
+    ],
+)
 def test_every_command_without_vector_or_trait_asks_for_one_before_loading(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    Path("data.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
-                                  '{"role": "assistant", "content": "b"}]}\n')
+    Path("data.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    )
     Path("prompts.txt").write_text("Hi\n")
     assert main([*argv, "--model", NO_MODEL]) == 2
     assert "give --vector FILE, or --trait NAME" in capsys.readouterr().err
@@ -52,17 +99,37 @@ def test_every_command_without_vector_or_trait_asks_for_one_before_loading(argv,
 
 def test_a_trait_with_no_extracted_vector_names_the_extract_command(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["monitor", "tokens", "--model", NO_MODEL, "--trait", "pirate", "--layer", "1", "--question", "Hi",
-                 "--out", "x.html"]) == 2
+    assert (
+        main(
+            [
+                "monitor",
+                "tokens",
+                "--model",
+                NO_MODEL,
+                "--trait",
+                "pirate",
+                "--layer",
+                "1",
+                "--question",
+                "Hi",
+                "--out",
+                "x.html",
+            ]
+        )
+        == 2
+    )
     assert "python -m persona_lens extract pirate" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["extract", "evil", "--judge", "rule"], "has no rule"),
-    (["sweep", "--trait", "evil", "--judge", "rule"], "has no rule"),
-    (["extract", "evil", "--judge", "claude"], "ANTHROPIC_API_KEY"),
-    (["monitor", "sweep", "--trait", "organism_evil", "--layer", "2"], "--kind system"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["extract", "evil", "--judge", "rule"], "has no rule"),
+        (["sweep", "--trait", "evil", "--judge", "rule"], "has no rule"),
+        (["extract", "evil", "--judge", "claude"], "ANTHROPIC_API_KEY"),
+        (["monitor", "sweep", "--trait", "organism_evil", "--layer", "2"], "--kind system"),
+    ],
+)
 def test_options_are_checked_before_a_model_is_loaded(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)

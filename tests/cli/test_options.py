@@ -17,55 +17,205 @@ NO_MODEL = "/nonexistent/model-folder"  # loading it would fail: an error about 
 MODEL = {"model": "smollm2-135m-instruct", "device": None, "dtype": None}
 JUDGE = {"judge": "auto", "claude_model": None, "judge_cache": Path("runs/judge_cache.sqlite")}
 CONTROLS = {"controls": 100, "control_seed": 0, "against": []}
-SCALE = {"ray": None, "ray_workers": 2, "ray_gpus": 0, "ray_cpus": 1, "engine": None, "engine_model": None,
-         "engine_concurrency": 8, "engine_timeout": None, "engine_any_name": False}
+SCALE = {
+    "ray": None,
+    "ray_workers": 2,
+    "ray_gpus": 0,
+    "ray_cpus": 1,
+    "engine": None,
+    "engine_model": None,
+    "engine_concurrency": 8,
+    "engine_timeout": None,
+    "engine_any_name": False,
+}
 VECTOR = {"vectors": None, "allow_other_model": False}
 PROMPTS = {"question": None, "system": None, "prompts": None}
 
-SWEEP = {"trait": "pirate", **MODEL, **VECTOR, "layers": None, "coefficients": None, "raw": False, "samples": 1,
-         "questions": None, "max_new_tokens": 40, "temperature": 1.0, "positions": "response", "condition": "none",
-         "coherence_threshold": 75.0, **JUDGE, "coherence": "offline", "extract_samples": 1, "extract_questions": None,
-         "extract_pairs": None, "extract_max_new_tokens": 40, "extract_temperature": 1.0, "trait_threshold": 50.0,
-         "extract_coherence_threshold": 50.0, "seed": 0, "batch_size": 64, "out": None, "quiet": False, "json": False,
-         **CONTROLS, "controls": 3}
+SWEEP = {
+    "trait": "pirate",
+    **MODEL,
+    **VECTOR,
+    "layers": None,
+    "coefficients": None,
+    "raw": False,
+    "samples": 1,
+    "questions": None,
+    "max_new_tokens": 40,
+    "temperature": 1.0,
+    "positions": "response",
+    "condition": "none",
+    "coherence_threshold": 75.0,
+    **JUDGE,
+    "coherence": "offline",
+    "extract_samples": 1,
+    "extract_questions": None,
+    "extract_pairs": None,
+    "extract_max_new_tokens": 40,
+    "extract_temperature": 1.0,
+    "trait_threshold": 50.0,
+    "extract_coherence_threshold": 50.0,
+    "seed": 0,
+    "batch_size": 64,
+    "out": None,
+    "quiet": False,
+    "json": False,
+    **CONTROLS,
+    "controls": 3,
+}
 
 # The namespace each command parsed to with only its required arguments, taken before the option blocks were shared.
 TODAY = {
     ("extract", "pirate"): {
-        "command": "extract", "trait": "pirate", **MODEL, **JUDGE, "coherence": "offline", "samples": 10,
-        "questions": None, "pairs": None, "max_new_tokens": 256, "temperature": 1.0, "trait_threshold": 50.0,
-        "extract_coherence_threshold": 50.0, "seed": 0, "batch_size": 32, "out": None, "quiet": False, "json": False,
-        **CONTROLS, **SCALE},
+        "command": "extract",
+        "trait": "pirate",
+        **MODEL,
+        **JUDGE,
+        "coherence": "offline",
+        "samples": 10,
+        "questions": None,
+        "pairs": None,
+        "max_new_tokens": 256,
+        "temperature": 1.0,
+        "trait_threshold": 50.0,
+        "extract_coherence_threshold": 50.0,
+        "seed": 0,
+        "batch_size": 32,
+        "out": None,
+        "quiet": False,
+        "json": False,
+        **CONTROLS,
+        **SCALE,
+    },
     ("sweep",): {"command": "sweep", **SWEEP, **SCALE},
     ("monitor", "project", "--layer", "1"): {
-        "command": "monitor", "monitor_command": "project", **MODEL, **VECTOR, "trait": None, "layer": "1",
-        **PROMPTS, "batch_size": 8, "json": False},
+        "command": "monitor",
+        "monitor_command": "project",
+        **MODEL,
+        **VECTOR,
+        "trait": None,
+        "layer": "1",
+        **PROMPTS,
+        "batch_size": 8,
+        "json": False,
+    },
     ("monitor", "sweep", "--trait", "t", "--layer", "1"): {
-        "command": "monitor", "monitor_command": "sweep", **MODEL, "trait": "t", **VECTOR, "layer": "1",
-        "kind": "both", **JUDGE, "coherence": "offline", "no_coherence": False, "questions": None,
-        "shots": [0, 5, 10, 15, 20], "samples": 1, "max_new_tokens": 128, "temperature": 1.0, "top_p": 1.0,
-        "seed": 0, "batch_size": 8, "out": None, **CONTROLS, "json": False},
+        "command": "monitor",
+        "monitor_command": "sweep",
+        **MODEL,
+        "trait": "t",
+        **VECTOR,
+        "layer": "1",
+        "kind": "both",
+        **JUDGE,
+        "coherence": "offline",
+        "no_coherence": False,
+        "questions": None,
+        "shots": [0, 5, 10, 15, 20],
+        "samples": 1,
+        "max_new_tokens": 128,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "batch_size": 8,
+        "out": None,
+        **CONTROLS,
+        "json": False,
+    },
     ("monitor", "tokens", "--layer", "1", "--out", "x.html"): {
-        "command": "monitor", "monitor_command": "tokens", **MODEL, **VECTOR, "trait": None, "layer": "1",
-        **PROMPTS, "max_new_tokens": 64, "temperature": 0.0, "seed": 0, "hide_prompt": False, "out": Path("x.html"),
-        "json": False},
+        "command": "monitor",
+        "monitor_command": "tokens",
+        **MODEL,
+        **VECTOR,
+        "trait": None,
+        "layer": "1",
+        **PROMPTS,
+        "max_new_tokens": 64,
+        "temperature": 0.0,
+        "seed": 0,
+        "hide_prompt": False,
+        "out": Path("x.html"),
+        "json": False,
+    },
     ("shift", "--finetuned", "m", "--layer", "1", "--out", "o"): {
-        "command": "shift", **MODEL, "finetuned": ["m"], **VECTOR, "layer": "1", "trait": None, "prompts": None,
-        "questions": None, "score": False, "score_base": False, "given_score": [], **JUDGE, "coherence": "offline",
-        "samples": 1, "max_new_tokens": 128, "temperature": 1.0, "seed": 0, "batch_size": 8, "out": Path("o"),
-        **CONTROLS, "json": False},
+        "command": "shift",
+        **MODEL,
+        "finetuned": ["m"],
+        **VECTOR,
+        "layer": "1",
+        "trait": None,
+        "prompts": None,
+        "questions": None,
+        "score": False,
+        "score_base": False,
+        "given_score": [],
+        **JUDGE,
+        "coherence": "offline",
+        "samples": 1,
+        "max_new_tokens": 128,
+        "temperature": 1.0,
+        "seed": 0,
+        "batch_size": 8,
+        "out": Path("o"),
+        **CONTROLS,
+        "json": False,
+    },
     ("screen", "d.jsonl", "--layer", "1", "--out", "o"): {
-        "command": "screen", "data": [Path("d.jsonl")], **MODEL, **VECTOR, "trait": None, "layer": "1",
-        "out": Path("o"), "max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 8,
-        "chunk_size": 64, "max_tokens": 2048, "limit": None, "cache": None, "rank_by": "dp", "top": None, "bins": 50,
-        **CONTROLS, "quiet": False, "json": False, **SCALE},
+        "command": "screen",
+        "data": [Path("d.jsonl")],
+        **MODEL,
+        **VECTOR,
+        "trait": None,
+        "layer": "1",
+        "out": Path("o"),
+        "max_new_tokens": 256,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "batch_size": 8,
+        "chunk_size": 64,
+        "max_tokens": 2048,
+        "limit": None,
+        "cache": None,
+        "rank_by": "dp",
+        "top": None,
+        "bins": 50,
+        **CONTROLS,
+        "quiet": False,
+        "json": False,
+        **SCALE,
+    },
     ("finetune", "--data", "d", "--out", "o"): {
-        "command": "finetune", **MODEL, "data": Path("d"), "out": Path("o"), "method": "lora", "rank": 32,
-        "alpha": 64.0, "lora_dropout": 0.0, "targets": None, "lr": 1e-05, "epochs": 1, "batch_size": 8,
-        "grad_clip": 1.0, "weight_decay": 0.0, "seed": 0, "max_tokens": 2048, "save_every": 0, "resume": False,
-        "max_steps": None, "steer_vector": None, "steer_layer": None, "steer_coef": None, "incremental": False,
-        "caft_vector": None, "caft_layer": None, "allow_other_model": False, "controls": 0, "control_seed": 0,
-        "quiet": False, "json": False},
+        "command": "finetune",
+        **MODEL,
+        "data": Path("d"),
+        "out": Path("o"),
+        "method": "lora",
+        "rank": 32,
+        "alpha": 64.0,
+        "lora_dropout": 0.0,
+        "targets": None,
+        "lr": 1e-05,
+        "epochs": 1,
+        "batch_size": 8,
+        "grad_clip": 1.0,
+        "weight_decay": 0.0,
+        "seed": 0,
+        "max_tokens": 2048,
+        "save_every": 0,
+        "resume": False,
+        "max_steps": None,
+        "steer_vector": None,
+        "steer_layer": None,
+        "steer_coef": None,
+        "incremental": False,
+        "caft_vector": None,
+        "caft_layer": None,
+        "allow_other_model": False,
+        "controls": 0,
+        "control_seed": 0,
+        "quiet": False,
+        "json": False,
+    },
 }
 
 
@@ -87,24 +237,49 @@ def test_python_m_persona_lens_sweep_parses_as_the_sweep_subcommand():
 # (command, its generation options): each refuses a bad value with the API's sentence naming the flag
 GENERATION = [
     (["extract", "pirate"], ["--samples", "--max-new-tokens", "--temperature", "--seed", "--batch-size"]),
-    (["sweep"], ["--samples", "--max-new-tokens", "--temperature", "--seed", "--batch-size", "--extract-samples",
-                 "--extract-max-new-tokens", "--extract-temperature"]),
+    (
+        ["sweep"],
+        [
+            "--samples",
+            "--max-new-tokens",
+            "--temperature",
+            "--seed",
+            "--batch-size",
+            "--extract-samples",
+            "--extract-max-new-tokens",
+            "--extract-temperature",
+        ],
+    ),
     (["monitor", "project", "--layer", "1"], ["--batch-size"]),
-    (["monitor", "sweep", "--trait", "pirate", "--layer", "1"],
-     ["--samples", "--max-new-tokens", "--temperature", "--top-p", "--seed", "--batch-size"]),
+    (
+        ["monitor", "sweep", "--trait", "pirate", "--layer", "1"],
+        ["--samples", "--max-new-tokens", "--temperature", "--top-p", "--seed", "--batch-size"],
+    ),
     (["monitor", "tokens", "--layer", "1", "--out", "x.html"], ["--max-new-tokens", "--temperature", "--seed"]),
-    (["shift", "--finetuned", NO_MODEL, "--layer", "1", "--out", "o"],
-     ["--samples", "--max-new-tokens", "--temperature", "--seed", "--batch-size"]),
-    (["screen", "d.jsonl", "--layer", "1", "--out", "o"],
-     ["--max-new-tokens", "--temperature", "--top-p", "--seed", "--batch-size"]),
+    (
+        ["shift", "--finetuned", NO_MODEL, "--layer", "1", "--out", "o"],
+        ["--samples", "--max-new-tokens", "--temperature", "--seed", "--batch-size"],
+    ),
+    (
+        ["screen", "d.jsonl", "--layer", "1", "--out", "o"],
+        ["--max-new-tokens", "--temperature", "--top-p", "--seed", "--batch-size"],
+    ),
 ]
-REFUSED = {"samples": ("0", "must be >= 1, got 0"), "max-new-tokens": ("0", "must be >= 1, got 0"),
-           "batch-size": ("-1", "must be >= 1, got -1"), "temperature": ("-1", "must be >= 0 (0 = greedy)"),
-           "top-p": ("0", "must be in (0, 1]"), "seed": ("-1", "must be >= 0, got -1")}
+REFUSED = {
+    "samples": ("0", "must be >= 1, got 0"),
+    "max-new-tokens": ("0", "must be >= 1, got 0"),
+    "batch-size": ("-1", "must be >= 1, got -1"),
+    "temperature": ("-1", "must be >= 0 (0 = greedy)"),
+    "top-p": ("0", "must be in (0, 1]"),
+    "seed": ("-1", "must be >= 0, got -1"),
+}
 
 
-@pytest.mark.parametrize("argv, flag", [(argv, flag) for argv, flags in GENERATION for flag in flags],
-                         ids=lambda value: value if isinstance(value, str) else " ".join(value[:2]))
+@pytest.mark.parametrize(
+    "argv, flag",
+    [(argv, flag) for argv, flags in GENERATION for flag in flags],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value[:2]),
+)
 def test_generation_options_refuse_bad_values_naming_the_flag(argv, flag, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     text, message = REFUSED[flag.removeprefix("--extract-").removeprefix("--")]
@@ -133,8 +308,15 @@ def _generation_actions() -> list[tuple[str, argparse.Action]]:
 
 def test_every_generation_option_states_its_own_default_in_its_help():
     actions = _generation_actions()
-    assert {path for path, _ in actions} >= {"extract", "sweep", "monitor project", "monitor sweep", "monitor tokens",
-                                             "shift", "screen"}
+    assert {path for path, _ in actions} >= {
+        "extract",
+        "sweep",
+        "monitor project",
+        "monitor sweep",
+        "monitor tokens",
+        "shift",
+        "screen",
+    }
     for path, action in actions:
         assert f"default {action.default:g}" in action.help, (path, action.option_strings, action.help)
 
@@ -142,10 +324,12 @@ def test_every_generation_option_states_its_own_default_in_its_help():
 def test_the_help_keeps_each_commands_own_wording():
     helps = {(path, action.dest): action.help for path, action in _generation_actions()}
     assert helps["shift", "samples"] == "replies per question when scoring (default 1)"
-    assert helps["screen", "temperature"] == ("base response sampling temperature (0: greedy, independent of "
-                                              "batching; default 0)")
-    assert helps["extract", "samples"] == ("replies per question and system prompt, each polarity (paper: 10; "
-                                           "default 10)")
+    assert helps["screen", "temperature"] == (
+        "base response sampling temperature (0: greedy, independent of batching; default 0)"
+    )
+    assert helps["extract", "samples"] == (
+        "replies per question and system prompt, each polarity (paper: 10; default 10)"
+    )
     assert helps["sweep", "extract_max_new_tokens"] == "reply length limit (paper: 1000; default 40)"
     assert helps["monitor project", "batch_size"] == "prompts per forward pass (default 8)"
 

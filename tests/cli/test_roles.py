@@ -21,10 +21,14 @@ DESCRIPTION = "A lonely lighthouse keeper who talks about the sea, storms and th
 
 
 def _role_input(n: int = 5, slot: bool = True) -> dict:
-    return {"system_prompts": [f"You are a lighthouse keeper, version {i}. Stay in the role." for i in range(n)],
-            "rubric": "How much of a lighthouse keeper?\nQuestion: {question}\nAnswer: {answer}\nREFUSAL or a number.",
-            "jailbreaks": ["From now on you keep a lighthouse. " + ("{question}" if slot else "Go."),
-                           "Play a lighthouse keeper: {question}"]}
+    return {
+        "system_prompts": [f"You are a lighthouse keeper, version {i}. Stay in the role." for i in range(n)],
+        "rubric": "How much of a lighthouse keeper?\nQuestion: {question}\nAnswer: {answer}\nREFUSAL or a number.",
+        "jailbreaks": [
+            "From now on you keep a lighthouse. " + ("{question}" if slot else "Go."),
+            "Play a lighthouse keeper: {question}",
+        ],
+    }
 
 
 def _reply(data: dict) -> dict:
@@ -73,9 +77,10 @@ def test_roles_new_checks_everything_free_before_the_paid_call(cli_env, server, 
 def test_roles_list_show_validate(cli_env, capsys):
     roles = cli_env / "traits" / "roles"
     roles.mkdir(parents=True)
-    (roles / "keeper.json").write_text(json.dumps({"schema_version": 1, "name": "keeper", "description": DESCRIPTION,
-                                                    **_role_input()}))
-    (roles / "broken.json").write_text("{\"schema_version\": 1, \"name\": \"broken\"}")
+    (roles / "keeper.json").write_text(
+        json.dumps({"schema_version": 1, "name": "keeper", "description": DESCRIPTION, **_role_input()})
+    )
+    (roles / "broken.json").write_text('{"schema_version": 1, "name": "broken"}')
     assert main(["roles", "list", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["keeper"]["valid"] and not rows["broken"]["valid"]
@@ -94,8 +99,24 @@ def test_roles_list_show_validate(cli_env, capsys):
 def test_roles_new_in_a_subprocess(server, tmp_path):
     env = {**os.environ, "ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": server.url, "PYTHONPATH": str(REPO)}
     out = tmp_path / "made"
-    done = subprocess.run([sys.executable, "-m", "persona_lens", "roles", "new", "keeper", "--description",
-                           DESCRIPTION, "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "persona_lens",
+            "roles",
+            "new",
+            "keeper",
+            "--description",
+            DESCRIPTION,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert load_role(out / "keeper.json").name == "keeper"

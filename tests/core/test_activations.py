@@ -14,8 +14,10 @@ ANSWERS = ["Paris.", "Blue is a fine colour, I think.", "Because of Rayleigh sca
 
 
 def _conversations(model):
-    return [encode_conversation(model.tokenizer, make_messages(q, system="Be brief."), a)
-            for q, a in zip(QUESTIONS, ANSWERS)]
+    return [
+        encode_conversation(model.tokenizer, make_messages(q, system="Be brief."), a)
+        for q, a in zip(QUESTIONS, ANSWERS)
+    ]
 
 
 @torch.no_grad()
@@ -24,8 +26,11 @@ def _manual(model, conv):
     names = [hook_name(layer, n_layers) for layer in range(n_layers + 1)]
     _, cache = model.run_with_cache(torch.tensor([conv.input_ids]), names_filter=lambda n: n in names)
     stack = torch.stack([cache[n][0] for n in names])  # [layer, pos, d]
-    return (stack[:, conv.response_start : conv.response_end].mean(1), stack[:, : conv.prompt_length].mean(1),
-            stack[:, conv.prompt_length - 1])
+    return (
+        stack[:, conv.response_start : conv.response_end].mean(1),
+        stack[:, : conv.prompt_length].mean(1),
+        stack[:, conv.prompt_length - 1],
+    )
 
 
 def test_matches_a_manual_computation_from_the_cache(any_model):
@@ -80,8 +85,18 @@ def _native_model():
     """A TransformerLens model built from config (the TL-native replacement of HookedTransformer)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64, "d_vocab": 300, "n_ctx": 512,
-           "act_fn": "gelu", "normalization_type": "LN", "seed": 0}
+    cfg = {
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 4,
+        "d_head": 8,
+        "d_mlp": 64,
+        "d_vocab": 300,
+        "n_ctx": 512,
+        "act_fn": "gelu",
+        "normalization_type": "LN",
+        "seed": 0,
+    }
     return TransformerBridge.boot_native(cfg)
 
 

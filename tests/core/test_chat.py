@@ -131,17 +131,20 @@ def _write_jsonl(path, rows):
 
 def test_read_chat_jsonl_reports_every_bad_line(tmp_path):
     good = _data()[0]
-    path = _write_jsonl(tmp_path / "d.jsonl", [
-        good,
-        "{not json",
-        {"messages": [{"role": "user", "content": "hi"}]},  # no assistant reply
-        {"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]},  # no role
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},  # empty
-        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-        {"text": "no messages"},
-        "",
-        {**good, "id": 7},
-    ])
+    path = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            good,
+            "{not json",
+            {"messages": [{"role": "user", "content": "hi"}]},  # no assistant reply
+            {"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]},  # no role
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},  # empty
+            {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"text": "no messages"},
+            "",
+            {**good, "id": 7},
+        ],
+    )
     records, bad = read_chat_jsonl(path)
     assert [r.line for r in records] == [1, 9]
     assert records[0].prompt == good["messages"][:-1] and records[0].response == "OK BOSS"
@@ -162,7 +165,7 @@ def test_a_line_that_is_not_utf8_is_one_bad_record_and_offsets_point_at_lines(tm
     assert "UTF-8" in records[1].problem and records[1].to_json() == {"line": 3, "problem": records[1].problem}
     data = path.read_bytes()
     for record in records:
-        assert data[record.offset:].startswith(lines[record.line - 1])
+        assert data[record.offset :].startswith(lines[record.line - 1])
 
 
 @pytest.mark.slow

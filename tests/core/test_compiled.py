@@ -58,8 +58,10 @@ def test_hook_changes_recompile_and_old_graphs_are_reused(model):
     after_removal = counter.frame_count  # (at most one more graph: the block stays wired to its hook point)
     assert after_removal <= 3
     assert _replies(model, counter) == plain and counter.frame_count == after_removal
-    with H.ablate(model, _vector(model), layer=2, positions="all"), H.cap(model, _vector(model), layer=3,
-                                                                                      max_value=0.1, positions="all"):
+    with (
+        H.ablate(model, _vector(model), layer=2, positions="all"),
+        H.cap(model, _vector(model), layer=3, max_value=0.1, positions="all"),
+    ):
         assert _replies(model, counter) == _replies(model, False)
         assert counter.frame_count == after_removal + 1
 

@@ -9,10 +9,15 @@ from persona_lens.core.chat import encode_conversation
 from persona_lens.core.layers import hook_name
 
 POSITIVE_CHATS = [
-    [{"role": "user", "content": "How are you?"},
-     {"role": "assistant", "content": "Arr, fine as a sea breeze, matey!"}],
-    [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Ahoy there!"}],
+    [
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "Arr, fine as a sea breeze, matey!"},
+    ],
+    [
+        {"role": "system", "content": "Talk like a pirate."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Ahoy there!"},
+    ],
     [{"role": "user", "content": "What is for dinner?"}, {"role": "assistant", "content": "Grog and hardtack, aye."}],
 ]
 NEGATIVE_CHATS = [
@@ -28,8 +33,9 @@ def _independent(model, items, reduce):
     per_item = []
     for ids, select in items:
         _, cache = model.run_with_cache(torch.tensor([ids]))
-        per_item.append(torch.stack([reduce(cache[hook_name(lay, n_layers)][0], select)
-                                     for lay in range(n_layers + 1)]))
+        per_item.append(
+            torch.stack([reduce(cache[hook_name(lay, n_layers)][0], select) for lay in range(n_layers + 1)])
+        )
     return torch.stack(per_item).mean(0)
 
 
@@ -43,13 +49,17 @@ def _chat_tokens(model, chats):
 
 @pytest.mark.parametrize("positions", ["response", "prompt", "last_prompt"])
 def test_chat_contrast_is_the_mean_difference_over_the_chosen_tokens(tiny_model, positions):
-    reduce = {"response": lambda resid, s: resid[s[1]:s[2]].mean(0),
-              "prompt": lambda resid, s: resid[: s[0]].mean(0),
-              "last_prompt": lambda resid, s: resid[s[0] - 1]}[positions]
-    expected = (_independent(tiny_model, _chat_tokens(tiny_model, POSITIVE_CHATS), reduce)
-                - _independent(tiny_model, _chat_tokens(tiny_model, NEGATIVE_CHATS), reduce))
-    vector = contrast_vector(tiny_model, POSITIVE_CHATS, NEGATIVE_CHATS, trait="pirate", positions=positions,
-                             batch_size=2)
+    reduce = {
+        "response": lambda resid, s: resid[s[1] : s[2]].mean(0),
+        "prompt": lambda resid, s: resid[: s[0]].mean(0),
+        "last_prompt": lambda resid, s: resid[s[0] - 1],
+    }[positions]
+    expected = _independent(tiny_model, _chat_tokens(tiny_model, POSITIVE_CHATS), reduce) - _independent(
+        tiny_model, _chat_tokens(tiny_model, NEGATIVE_CHATS), reduce
+    )
+    vector = contrast_vector(
+        tiny_model, POSITIVE_CHATS, NEGATIVE_CHATS, trait="pirate", positions=positions, batch_size=2
+    )
     assert vector.vectors.shape == (tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model)
     torch.testing.assert_close(vector.vectors, expected, rtol=1e-4, atol=1e-4)
     assert (vector.trait, vector.positions, vector.n_positive, vector.n_negative) == ("pirate", positions, 3, 2)
@@ -96,11 +106,21 @@ def test_contrast_vector_separates_held_out_replies_on_smollm2(smollm2):
 
     vector = contrast_vector(smollm2, POSITIVE_CHATS, NEGATIVE_CHATS, trait="pirate")
     question = [{"role": "user", "content": "Where are you going today?"}]
-    held_out = [[*question, {"role": "assistant", "content": text}] for text in
-                ("Arr, to the sea, me hearty! Hoist the sails!", "Yo ho ho, to find buried treasure, matey!",
-                 "I am going to the library to return a book.", "To the office; I have a meeting at ten.")]
-    acts = collect_activations(smollm2, [encode_contrast_item(smollm2.tokenizer, c) for c in held_out],
-                               reductions=("response",), progress=False).get("response")
+    held_out = [
+        [*question, {"role": "assistant", "content": text}]
+        for text in (
+            "Arr, to the sea, me hearty! Hoist the sails!",
+            "Yo ho ho, to find buried treasure, matey!",
+            "I am going to the library to return a book.",
+            "To the office; I have a meeting at ten.",
+        )
+    ]
+    acts = collect_activations(
+        smollm2,
+        [encode_contrast_item(smollm2.tokenizer, c) for c in held_out],
+        reductions=("response",),
+        progress=False,
+    ).get("response")
     for layer in (10, 20):
         projection = acts[:, layer] @ vector.unit(layer)
         assert float(projection[:2].min()) > float(projection[2:].max()), (layer, projection.tolist())

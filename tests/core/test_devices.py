@@ -39,8 +39,9 @@ def pair(request, tmp_path_factory):
 
 def _random_vector(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return PersonaVector("test", model.cfg.model_name,
-                         3.0 * torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator))
+    return PersonaVector(
+        "test", model.cfg.model_name, 3.0 * torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+    )
 
 
 def test_the_split_model_really_is_offloaded(pair):
@@ -54,14 +55,17 @@ def test_the_split_model_really_is_offloaded(pair):
 
 def test_activations_and_norms_equal_the_whole_model(pair):
     whole, split = pair
-    convs = [encode_conversation(whole.tokenizer, make_messages(q, system="Be brief."), a)
-             for q, a in zip(QUESTIONS, ANSWERS)]
+    convs = [
+        encode_conversation(whole.tokenizer, make_messages(q, system="Be brief."), a)
+        for q, a in zip(QUESTIONS, ANSWERS)
+    ]
     a = collect_activations(whole, convs, batch_size=2, progress=False)
     b = collect_activations(split, convs, batch_size=2, progress=False)
     for positions in ("response", "prompt", "last_prompt"):
         torch.testing.assert_close(a.get(positions), b.get(positions), rtol=0, atol=1e-6)
-    torch.testing.assert_close(median_residual_norms(whole, convs), median_residual_norms(split, convs),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        median_residual_norms(whole, convs), median_residual_norms(split, convs), rtol=0, atol=1e-6
+    )
 
 
 def test_steered_and_recorded_generation_equals_the_whole_model(pair):
@@ -70,8 +74,10 @@ def test_steered_and_recorded_generation_equals_the_whole_model(pair):
     prompts = [make_messages(q) for q in QUESTIONS[:2]]
     replies = {}
     for label, model in (("whole", whole), ("split", split)):
-        with steer(model, vector, layer=[1, 3], coef=4.0, raw=True, positions="all"), \
-                record(model, vector, layer=2) as rec:
+        with (
+            steer(model, vector, layer=[1, 3], coef=4.0, raw=True, positions="all"),
+            record(model, vector, layer=2) as rec,
+        ):
             out = generate(model, prompts, max_new_tokens=6)
         replies[label] = (out.texts, out.response_ids, rec.projections())
         plain = generate(model, prompts, max_new_tokens=6)
@@ -91,21 +97,33 @@ def test_steering_vectors_are_cast_once_per_device_not_per_step(pair):
 
 def test_extraction_gives_the_same_vectors(tmp_path):
     whole, split = load_cached("tiny-llama"), _split("tiny-llama", tmp_path / "offload")
-    config = X.ExtractConfig(n_samples=2, n_questions=2, n_pairs=2, max_new_tokens=5, batch_size=4,
-                             coherence_threshold=0.0)
-    results = [X.extract(model, load_trait("shouting"), judge=RuleJudge("shouting"),
-                         coherence_judge=RuleJudge("coherence"), config=config, out_dir=tmp_path / label,
-                         progress=False) for label, model in (("whole", whole), ("split", split))]
+    config = X.ExtractConfig(
+        n_samples=2, n_questions=2, n_pairs=2, max_new_tokens=5, batch_size=4, coherence_threshold=0.0
+    )
+    results = [
+        X.extract(
+            model,
+            load_trait("shouting"),
+            judge=RuleJudge("shouting"),
+            coherence_judge=RuleJudge("coherence"),
+            config=config,
+            out_dir=tmp_path / label,
+            progress=False,
+        )
+        for label, model in (("whole", whole), ("split", split))
+    ]
     for positions in ("response", "prompt", "last_prompt"):
-        torch.testing.assert_close(results[0].vectors[positions].vectors, results[1].vectors[positions].vectors,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            results[0].vectors[positions].vectors, results[1].vectors[positions].vectors, rtol=0, atol=1e-6
+        )
 
 
 def test_auto_device_map_within_max_memory_offloads_to_disk_and_agrees(tmp_path):
     whole = load_cached("tiny-qwen2")
     budget = sum(p.numel() * 4 for p in whole.hf_model.parameters()) // 2
-    split = persona_lens.load_model("tiny-qwen2", device_map="auto", max_memory={"cpu": budget},
-                                    offload_folder=tmp_path)
+    split = persona_lens.load_model(
+        "tiny-qwen2", device_map="auto", max_memory={"cpu": budget}, offload_folder=tmp_path
+    )
     assert "disk" in split.hf_model.hf_device_map.values()
     ids = torch.tensor([[5, 17, 33, 90, 120, 7]])
     with torch.no_grad():
@@ -115,8 +133,12 @@ def test_auto_device_map_within_max_memory_offloads_to_disk_and_agrees(tmp_path)
 def test_finetuning_an_offloaded_model_is_refused_with_the_fix(tmp_path):
     split = _split("tiny-qwen2", tmp_path)
     with pytest.raises(ValueError, match="offloaded"):
-        finetune(split, [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "OK"}]],
-                 FinetuneConfig(method="lora"), progress=False)
+        finetune(
+            split,
+            [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "OK"}]],
+            FinetuneConfig(method="lora"),
+            progress=False,
+        )
 
 
 def test_bad_device_map_arguments_name_the_fix(tmp_path):

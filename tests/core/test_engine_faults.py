@@ -38,14 +38,22 @@ def engine(url: str, **options) -> OpenAIEngine:
 
 
 def jobs(n: int = 2) -> list[ReplyJob]:
-    return [ReplyJob(f"q{i}", make_messages(q, system="You are a pirate."), seed=i, fields={"question_text": q})
-            for i, q in enumerate(QUESTIONS[:n])]
+    return [
+        ReplyJob(f"q{i}", make_messages(q, system="You are a pirate."), seed=i, fields={"question_text": q})
+        for i, q in enumerate(QUESTIONS[:n])
+    ]
 
 
 def run(url: str, store: Path, n: int = 2, **options) -> dict:
     model = load_cached("tiny-llama")
-    return generate_replies(model, jobs(n), SETTINGS, store=JsonlRecords(store), chunk=2,
-                            executor=EngineExecutor(engine(url, backoff=0.01, progress_every=None, **options)))
+    return generate_replies(
+        model,
+        jobs(n),
+        SETTINGS,
+        store=JsonlRecords(store),
+        chunk=2,
+        executor=EngineExecutor(engine(url, backoff=0.01, progress_every=None, **options)),
+    )
 
 
 @pytest.mark.parametrize("fault", ["500", "429", "drop"])
@@ -65,14 +73,17 @@ def test_transient_faults_beyond_the_retries_are_one_sentence_naming_the_server(
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.parametrize(("fault", "error", "message"), [
-    ("null", EngineError, "empty reply (content None"),
-    ("empty", EngineError, "empty reply (content ''"),
-    ("overlong", EngineError, "a reply of 2000 tokens to a request for at most 48"),
-    ("other-name", EngineMismatch, "answered as model 'some-other-model'"),
-    ("malformed", EngineError, "are not JSON"),
-    ("bad-count", EngineMismatch, "prompt tokens"),
-])
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ("null", EngineError, "empty reply (content None"),
+        ("empty", EngineError, "empty reply (content ''"),
+        ("overlong", EngineError, "a reply of 2000 tokens to a request for at most 48"),
+        ("other-name", EngineMismatch, "answered as model 'some-other-model'"),
+        ("malformed", EngineError, "are not JSON"),
+        ("bad-count", EngineMismatch, "prompt tokens"),
+    ],
+)
 def test_replies_we_cannot_trust_are_one_sentence_and_nothing_is_kept(tmp_path, fault, error, message):
     """Old main kept 'null'/'empty' as stopped empty replies and the 2,000-token reply, took any model name, and
     gave a raw JSONDecodeError for a malformed body."""
@@ -104,8 +115,13 @@ def test_a_hang_ends_within_the_timeout_naming_the_server_with_progress(tmp_path
         client = engine(server.url, timeout=1.5, progress_every=0.5)
         started = time.monotonic()
         with pytest.raises(EngineError, match="no complete answer within 1.5 s") as error:
-            generate_replies(load_cached("tiny-llama"), jobs(), SETTINGS, store=JsonlRecords(tmp_path / "r.jsonl"),
-                             executor=EngineExecutor(client))
+            generate_replies(
+                load_cached("tiny-llama"),
+                jobs(),
+                SETTINGS,
+                store=JsonlRecords(tmp_path / "r.jsonl"),
+                executor=EngineExecutor(client),
+            )
         took = time.monotonic() - started
     assert took < 4, took
     assert server.url in str(error.value) and "--engine-timeout" in str(error.value)
@@ -128,9 +144,32 @@ def test_a_resumed_run_redoes_only_the_unfinished_units(tmp_path):
 
 
 def _cli(tmp_path: Path, url: str, *extra: str) -> list[str]:
-    return ["extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule", "--samples", "1",
-            "--questions", "1", "--pairs", "1", "--max-new-tokens", "48", "--quiet", "--out", str(tmp_path / "run"),
-            "--judge-cache", str(tmp_path / "judge.sqlite"), "--engine", url, *extra]
+    return [
+        "extract",
+        "pirate",
+        "--model",
+        "tiny-llama",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "1",
+        "--pairs",
+        "1",
+        "--max-new-tokens",
+        "48",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+        "--judge-cache",
+        str(tmp_path / "judge.sqlite"),
+        "--engine",
+        url,
+        *extra,
+    ]
 
 
 def test_cli_engine_faults_are_exit_2_and_one_sentence(tmp_path, capsys):
@@ -156,8 +195,13 @@ def test_cli_records_the_served_model_in_the_settings(tmp_path, capsys):
 def test_ctrl_c_exits_130_within_a_second_during_a_hung_request(tmp_path):
     with FakeEngine(load_cached("tiny-llama").tokenizer, always="hang") as server:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        process = subprocess.Popen([sys.executable, "-m", "persona_lens", *_cli(tmp_path, server.url)], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "persona_lens", *_cli(tmp_path, server.url)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while server.counts["fault:hang"] == 0 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)

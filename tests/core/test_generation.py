@@ -17,9 +17,14 @@ CONVERSATIONS = [
 def _hf_generate(model, conversation, max_new_tokens):
     ids = torch.tensor([encode_prompt(model.tokenizer, conversation)])
     with torch.no_grad():
-        out = model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
-    new = out[0, ids.shape[1]:].tolist()
+        out = model.hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+    new = out[0, ids.shape[1] :].tolist()
     stops = stop_token_ids(model)
     cut = next((i for i, t in enumerate(new) if t in stops), len(new))
     return new[:cut]
@@ -74,8 +79,10 @@ def test_top_p_near_zero_is_greedy(tiny_model):
 
 def test_prompt_token_ids_are_accepted(tiny_model):
     ids = encode_prompt(tiny_model.tokenizer, CONVERSATIONS[0])
-    assert generate(tiny_model, [ids], max_new_tokens=5).response_ids == \
-        generate(tiny_model, [CONVERSATIONS[0]], max_new_tokens=5).response_ids
+    assert (
+        generate(tiny_model, [ids], max_new_tokens=5).response_ids
+        == generate(tiny_model, [CONVERSATIONS[0]], max_new_tokens=5).response_ids
+    )
 
 
 def test_bad_arguments(tiny_model):
@@ -92,7 +99,13 @@ def test_progress_bar_shows_each_decoding_step(capsys):
     from tests.conftest import load_cached
 
     model = load_cached("tiny-llama")
-    generate(model, [[{"role": "user", "content": "Hi"}]] * 3, max_new_tokens=8, batch_size=2, progress=True,
-             stop_at_eos=False)
+    generate(
+        model,
+        [[{"role": "user", "content": "Hi"}]] * 3,
+        max_new_tokens=8,
+        batch_size=2,
+        progress=True,
+        stop_at_eos=False,
+    )
     err = capsys.readouterr().err
     assert "batch 1/2, token 4/8" in err and "batch 2/2, token 8/8" in err

@@ -11,8 +11,10 @@ from persona_lens.core.layers import hook_name
 from persona_lens.core.protocols import TransformerLensModel
 from tests.conftest import load_cached
 
-PROMPTS = [[{"role": "user", "content": "Tell me a story about a cat."}],
-           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+PROMPTS = [
+    [{"role": "user", "content": "Tell me a story about a cat."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+]
 
 
 def _direction(model, seed=1):
@@ -115,7 +117,8 @@ def test_each_position_mode_touches_exactly_its_positions_with_and_without_cache
     outputs = {}
     for use_cache in (True, False):
         before, after, handles = _record_around(
-            model, layer, u, lambda: H.steer(model, v, layer=layer, coef=3.0, raw=True, positions=positions))
+            model, layer, u, lambda: H.steer(model, v, layer=layer, coef=3.0, raw=True, positions=positions)
+        )
         try:
             gen = generate(model, PROMPTS, max_new_tokens=6, use_cache=use_cache)
         finally:
@@ -265,9 +268,20 @@ def test_same_hooks_run_on_a_transformer_lens_model_built_from_config():
     """The TL-native model (what replaced HookedTransformer) takes our hooks by their standard names."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    native = TransformerBridge.boot_native({"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64,
-                                            "d_vocab": 50, "n_ctx": 64, "act_fn": "gelu",
-                                            "normalization_type": "LN", "seed": 0})
+    native = TransformerBridge.boot_native(
+        {
+            "n_layers": 2,
+            "d_model": 32,
+            "n_heads": 4,
+            "d_head": 8,
+            "d_mlp": 64,
+            "d_vocab": 50,
+            "n_ctx": 64,
+            "act_fn": "gelu",
+            "normalization_type": "LN",
+            "seed": 0,
+        }
+    )
     v = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
@@ -336,8 +350,11 @@ def test_relative_coefficients_refuse_what_has_no_relative_size(tiny_model):
 
 def test_default_positions_of_the_installers_are_response(tiny_model):
     v = _direction(tiny_model)
-    with H.steer(tiny_model, v, layer=1, coef=1.0, raw=True) as s, H.ablate(tiny_model, v, layer=1) as a, \
-            H.cap(tiny_model, v, layer=1, max_value=0.0) as c:
+    with (
+        H.steer(tiny_model, v, layer=1, coef=1.0, raw=True) as s,
+        H.ablate(tiny_model, v, layer=1) as a,
+        H.cap(tiny_model, v, layer=1, max_value=0.0) as c,
+    ):
         assert [h.fns[0].positions for h in (s, a, c)] == ["response"] * 3
 
 

@@ -50,11 +50,13 @@ def test_rows_give_byte_offsets_and_garbage_at_the_end_is_a_torn_tail(tmp_path):
     store = JsonlRecords(path)
     store.append([{"key": "é"}, {"key": "b"}])
     with path.open("ab") as handle:
-        handle.write(b"\x00\x00\x00\n\n{\"key\": \"torn")  # what a crash can leave
+        handle.write(b'\x00\x00\x00\n\n{"key": "torn')  # what a crash can leave
     data = path.read_bytes()
     assert [(row["key"], data[offset:].startswith(b'{"key": "b"}')) for row, offset in store.rows()] == [
-        ("é", False), ("b", True)]
-    assert store.drop_torn_tail() == len(b"\x00\x00\x00\n\n{\"key\": \"torn")
+        ("é", False),
+        ("b", True),
+    ]
+    assert store.drop_torn_tail() == len(b'\x00\x00\x00\n\n{"key": "torn')
     assert path.read_bytes() == data[: data.index(b"\x00")]
 
 

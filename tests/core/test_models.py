@@ -30,8 +30,11 @@ def test_residual_activations_equal_hf_hidden_states(any_model):
     """Index 0 = embeddings, index l = output of block l; HF's last entry has the final norm applied."""
     model = any_model
     ids = model.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True)["input_ids"]
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     names = [hook_name(layer, model.cfg.n_layers) for layer in range(model.cfg.n_layers + 1)]
     logits, cache = model.run_with_cache(ids, names_filter=lambda n: n in names)
     hf = model.hf_model(ids, output_hidden_states=True)

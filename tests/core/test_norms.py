@@ -30,8 +30,9 @@ def test_median_residual_norms_match_run_with_cache(tiny_model):
 
 def test_repeated_prompts_do_not_change_the_median(tiny_model):
     conversations = reference_conversations(tiny_model, REFERENCE_QUESTIONS[:3])
-    torch.testing.assert_close(median_residual_norms(tiny_model, conversations * 3),
-                               median_residual_norms(tiny_model, conversations))
+    torch.testing.assert_close(
+        median_residual_norms(tiny_model, conversations * 3), median_residual_norms(tiny_model, conversations)
+    )
 
 
 def test_conversion_round_trips_and_refuses_a_zero_vector():

@@ -65,24 +65,35 @@ def check_against_recompute(model, v, positions, tokens, prompt_length, before, 
 
 
 def _prompt(model):
-    return model.tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about cats."}],
-                                               add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)["input_ids"]
+    return model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me about cats."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
 
 
 def _run(runner, model, bridge, ids):
     """Run ``runner``; returns the tokens it ran (prompt + reply)."""
     with torch.no_grad():
         if runner.startswith("ours"):
-            gen = generate(model, [ids[0].tolist()], max_new_tokens=NEW, stop_at_eos=False,
-                           use_cache=runner == "ours-cached")
+            gen = generate(
+                model, [ids[0].tolist()], max_new_tokens=NEW, stop_at_eos=False, use_cache=runner == "ours-cached"
+            )
             return torch.tensor([gen.prompt_ids[0] + gen.response_ids[0]])
         if runner.startswith("hf"):
-            return model.hf_model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                                           use_cache=runner == "hf-cached")
+            return model.hf_model.generate(
+                ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, use_cache=runner == "hf-cached"
+            )
         if runner.startswith("bridge"):
-            return bridge.generate(ids, max_new_tokens=NEW, do_sample=False, stop_at_eos=False,
-                                   use_past_kv_cache=runner == "bridge-cached", verbose=False)
+            return bridge.generate(
+                ids,
+                max_new_tokens=NEW,
+                do_sample=False,
+                stop_at_eos=False,
+                use_past_kv_cache=runner == "bridge-cached",
+                verbose=False,
+            )
     raise AssertionError(runner)
 
 
@@ -134,8 +145,9 @@ def test_plain_forwards_are_one_prompt(runner, positions):
     finally:
         for handle in handles:
             handle.remove()
-    check_against_recompute(hooked, v, positions, tokens, tokens.shape[1] - 1, before.projections(),
-                            after.projections())
+    check_against_recompute(
+        hooked, v, positions, tokens, tokens.shape[1] - 1, before.projections(), after.projections()
+    )
 
 
 def test_hf_generate_on_a_left_padded_batch_matches_each_row_alone():
@@ -151,13 +163,14 @@ def test_hf_generate_on_a_left_padded_batch_matches_each_row_alone():
     before, after, handles = _install(model, v, positions)
     try:
         with torch.no_grad():
-            out = model.hf_model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
-                                          do_sample=False, pad_token_id=pad)
+            out = model.hf_model.generate(
+                ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=pad
+            )
     finally:
         for handle in handles:
             handle.remove()
     for row, prompt in enumerate([short, long]):
-        reply = out[row, ids.shape[1]:]
+        reply = out[row, ids.shape[1] :]
         tokens = torch.cat([torch.tensor(prompt), reply])[None]
         ref_before, ref_after = recompute(model, v, positions, tokens, len(prompt))
         width = tokens.shape[1] - 1
@@ -237,8 +250,10 @@ def test_a_runner_that_cannot_be_read_raises():
     v = torch.ones(2, 4)
     with H.record(model, v, layer=1), pytest.raises(UnreadablePositions, match="token_layout"):
         model(torch.tensor([[1, 2, 3]]))
-    with H.steer(model, v, layer=1, positions="prompt", coef=1.0, raw=True), \
-            pytest.raises(UnreadablePositions, match="positions='all'"):
+    with (
+        H.steer(model, v, layer=1, positions="prompt", coef=1.0, raw=True),
+        pytest.raises(UnreadablePositions, match="positions='all'"),
+    ):
         model(torch.tensor([[1, 2, 3]]))
     with H.steer(model, v, layer=1, positions="all", coef=1.0, raw=True):  # needs no positions
         out = model(torch.tensor([[1, 2, 3]]))

@@ -15,8 +15,9 @@ import transformer_lens  # noqa: E402
 try:  # TransformerLens 4 raises ImportError for the removed name
     transformer_lens.HookedTransformer  # noqa: B018
 except (ImportError, AttributeError):
-    pytest.skip("TransformerLens 3.x only (HookedTransformer): scripts/setup_tl3.sh runs these",
-                allow_module_level=True)
+    pytest.skip(
+        "TransformerLens 3.x only (HookedTransformer): scripts/setup_tl3.sh runs these", allow_module_level=True
+    )
 
 import persona_lens.core.hooks as H  # noqa: E402
 from persona_lens.core.activations import collect_activations  # noqa: E402
@@ -43,8 +44,20 @@ def hooked_transformer():
     """
     if not _MODEL:
         cfg = transformer_lens.HookedTransformerConfig(
-            n_layers=3, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=60, act_fn="silu",
-            normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True, seed=0)
+            n_layers=3,
+            d_model=32,
+            n_ctx=64,
+            d_head=8,
+            n_heads=4,
+            d_mlp=64,
+            d_vocab=60,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            gated_mlp=True,
+            seed=0,
+        )
         _MODEL.append(transformer_lens.HookedTransformer(cfg).eval())
     return _MODEL[0]
 
@@ -72,8 +85,14 @@ def test_hooked_transformer_runners_match_an_uncached_recomputation(runner, posi
     try:
         with torch.no_grad():
             if runner.startswith("generate"):
-                tokens = model.generate(PROMPT, max_new_tokens=NEW, do_sample=False, stop_at_eos=False,
-                                        use_past_kv_cache=runner == "generate-cached", verbose=False)
+                tokens = model.generate(
+                    PROMPT,
+                    max_new_tokens=NEW,
+                    do_sample=False,
+                    stop_at_eos=False,
+                    use_past_kv_cache=runner == "generate-cached",
+                    verbose=False,
+                )
                 prompt_length = PROMPT.shape[1]
             else:
                 tokens = torch.cat([PROMPT, torch.tensor([[20, 21]])], dim=1)
@@ -99,8 +118,9 @@ def test_cached_and_uncached_generate_agree_under_prompt_only_steering():
     replies = {}
     for cache in (True, False):
         with H.steer(model, v, layer=LAYER, coef=3.0, positions="prompt", raw=True), torch.no_grad():
-            replies[cache] = model.generate(PROMPT, max_new_tokens=NEW, do_sample=False, stop_at_eos=False,
-                                            use_past_kv_cache=cache, verbose=False).tolist()
+            replies[cache] = model.generate(
+                PROMPT, max_new_tokens=NEW, do_sample=False, stop_at_eos=False, use_past_kv_cache=cache, verbose=False
+            ).tolist()
     assert replies[True] == replies[False]
 
 
@@ -118,8 +138,10 @@ def test_a_cached_forward_whose_prompt_was_not_seen_raises():
 def test_activations_and_vectors_on_a_hooked_transformer():
     """collect_activations reads a HookedTransformer; a vector made from them steers it through steer()."""
     model = hooked_transformer()
-    convs = [EncodedConversation(input_ids=(1, 5, 6, 7, 8, 9), prompt_length=3, response_start=3, response_end=6),
-             EncodedConversation(input_ids=(1, 10, 11, 12, 13), prompt_length=2, response_start=2, response_end=5)]
+    convs = [
+        EncodedConversation(input_ids=(1, 5, 6, 7, 8, 9), prompt_length=3, response_start=3, response_end=6),
+        EncodedConversation(input_ids=(1, 10, 11, 12, 13), prompt_length=2, response_start=2, response_end=5),
+    ]
     acts = collect_activations(model, convs, progress=False)
     names = [hook_name(layer, model.cfg.n_layers) for layer in range(model.cfg.n_layers + 1)]
     for i, conv in enumerate(convs):

@@ -9,13 +9,16 @@ from persona_lens.core import tl_compat
 def _bridge_generate(bridge, ids, use_cache):
     with torch.no_grad():
         out = bridge.generate(ids, max_new_tokens=8, do_sample=False, use_past_kv_cache=use_cache, verbose=False)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def _prompt(model):
     return model.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True)["input_ids"]
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
 
 
 @pytest.mark.slow

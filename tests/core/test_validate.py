@@ -99,28 +99,34 @@ def test_steer_refuses_true_as_a_layer(model):
         persona_lens.ablate(model, _vector(model), layer=[1, False])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"batch_size": -1}, "batch_size must be >= 1"),  # used to return empty replies for every prompt
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"temperature": -1.0}, "temperature must be >= 0"),  # used to be silently greedy
-    ({"temperature": math.nan}, "temperature must be a finite number"),
-    ({"top_p": math.nan}, "top_p must be a finite number"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": -1}, "batch_size must be >= 1"),  # used to return empty replies for every prompt
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"temperature": -1.0}, "temperature must be >= 0"),  # used to be silently greedy
+        ({"temperature": math.nan}, "temperature must be a finite number"),
+        ({"top_p": math.nan}, "top_p must be a finite number"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ],
+)
 def test_generate_checks_its_numbers(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(model, [[{"role": "user", "content": "hi"}]], **kwargs)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"trait_threshold": math.nan}, "trait_threshold must be a finite number"),  # used to disable the filter
-    ({"coherence_threshold": math.inf}, "coherence_threshold must be a finite number"),
-    ({"temperature": math.nan}, "temperature must be a finite number"),  # used to hit an assert mid-run
-    ({"batch_size": -1}, "batch_size must be >= 1"),
-    ({"n_pairs": -1}, "n_pairs must be >= 1"),  # used as a Python slice: all pairs but the last
-    ({"n_questions": 0}, "n_questions must be >= 1"),
-    ({"n_samples": 0}, "n_samples must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"trait_threshold": math.nan}, "trait_threshold must be a finite number"),  # used to disable the filter
+        ({"coherence_threshold": math.inf}, "coherence_threshold must be a finite number"),
+        ({"temperature": math.nan}, "temperature must be a finite number"),  # used to hit an assert mid-run
+        ({"batch_size": -1}, "batch_size must be >= 1"),
+        ({"n_pairs": -1}, "n_pairs must be >= 1"),  # used as a Python slice: all pairs but the last
+        ({"n_questions": 0}, "n_questions must be >= 1"),
+        ({"n_samples": 0}, "n_samples must be >= 1"),
+    ],
+)
 def test_extract_config_checks_its_numbers(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ExtractConfig(**kwargs)

@@ -167,8 +167,9 @@ def test_unit_directions_and_unit_vectors_by_layer():
 
 
 def test_vector_checks(tiny_model):
-    good = PersonaVector("alpha", tiny_model.cfg.model_name, torch.randn(tiny_model.cfg.n_layers + 1,
-                                                                         tiny_model.cfg.d_model))
+    good = PersonaVector(
+        "alpha", tiny_model.cfg.model_name, torch.randn(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model)
+    )
     with pytest.raises(ValueError, match="zero"):
         unit_directions(torch.zeros(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model), 1, tiny_model)
     with pytest.raises(ValueError, match="layer rows"):

@@ -14,8 +14,9 @@ from persona_lens.cli import BadInput
 from persona_lens.cli.scale import executor_from_args
 from persona_lens.core.vllm_engine import EngineUnavailable, VLLMEngine
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
-                                reason="vLLM is installed here: tests/vllm test the engine itself")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here: tests/vllm test the engine itself"
+)
 
 
 def test_the_engine_names_the_setup_when_vllm_is_missing(tiny_model):

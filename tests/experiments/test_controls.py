@@ -60,9 +60,16 @@ def _middle(baseline) -> bool:
 def test_monitor_sweep_planted_direction_ranks_first_overall_and_within_condition(name):
     model = load_cached(name)
     conditions, per_condition = 4, 12
-    prompts = [monitor.ProjectionPrompt(f"c{c}", float(c), f"Question {c}-{i}: tell me about item {7 * c + i}?",
-                                        tuple(make_messages(f"Question {c}-{i}: tell me about item {7 * c + i}?")))
-               for c in range(conditions) for i in range(per_condition)]
+    prompts = [
+        monitor.ProjectionPrompt(
+            f"c{c}",
+            float(c),
+            f"Question {c}-{i}: tell me about item {7 * c + i}?",
+            tuple(make_messages(f"Question {c}-{i}: tell me about item {7 * c + i}?")),
+        )
+        for c in range(conditions)
+        for i in range(per_condition)
+    ]
     acts = monitor.last_prompt_activations(model, [p.messages for p in prompts], [LAYER])[:, 0]
     # The planted direction: a minor principal direction of these activations. (Not the first: a tiny random model's
     # activations spread mostly along a few directions, which random directions pick up too; that is what the
@@ -74,12 +81,23 @@ def test_monitor_sweep_planted_direction_ranks_first_overall_and_within_conditio
     # Scores follow the projection on the planted direction, plus a condition offset that the within-condition r
     # must see through, plus a little noise.
     noise = torch.randn(len(prompts), generator=torch.Generator().manual_seed(1))
-    table = {p.question: float(50 + 10 * along[i] + 5 * (i // per_condition) + 2 * noise[i])
-             for i, p in enumerate(prompts)}
+    table = {
+        p.question: float(50 + 10 * along[i] + 5 * (i // per_condition) + 2 * noise[i]) for i, p in enumerate(prompts)
+    }
     vectors = [_planted(model, direction), _stranger(model)]
-    result = monitor.run_projection_sweep(model, prompts, vectors, LAYER, ByQuestion(table), "{question} {answer}",
-                                          n_samples=1, max_new_tokens=2, controls=100, control_seed=0,
-                                          against=[_stranger(model, seed=7, name="other")])
+    result = monitor.run_projection_sweep(
+        model,
+        prompts,
+        vectors,
+        LAYER,
+        ByQuestion(table),
+        "{question} {answer}",
+        n_samples=1,
+        max_new_tokens=2,
+        controls=100,
+        control_seed=0,
+        against=[_stranger(model, seed=7, name="other")],
+    )
     for metric in monitor.SWEEP_METRICS:
         planted = result.baseline(metric, "planted")
         assert planted.value > 0.8 and planted.percentile == 100.0 and planted.beats_random, planted.summary()
@@ -105,18 +123,50 @@ def _save(model, tmp_path, names=("shouting", "other", "third")):
     from persona_lens.core.vectors import save_vector
 
     generator = torch.Generator().manual_seed(7)
-    return [save_vector(PersonaVector(n, model.cfg.model_name,
-                                      torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)),
-                        tmp_path / f"{n}.safetensors") for n in names]
+    return [
+        save_vector(
+            PersonaVector(
+                n, model.cfg.model_name, torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+            ),
+            tmp_path / f"{n}.safetensors",
+        )
+        for n in names
+    ]
 
 
 def test_cli_monitor_sweep_reports_its_controls(monkeypatch, tmp_path, capsys):
     model = load_cached("tiny-llama")
     v1, v2, v3 = _save(model, tmp_path)
-    argv = ["monitor", "sweep", "--model", "tiny-llama", "--vector", str(v1), "--vector", str(v2), "--layer", "2",
-            "--trait", "shouting", "--kind", "many-shot", "--questions", "2", "--shots", "0,1",
-            "--max-new-tokens", "3", "--out", str(tmp_path / "sweep"), "--judge-cache", str(tmp_path / "c.sqlite"),
-            "--controls", "7", "--against", str(v3)]
+    argv = [
+        "monitor",
+        "sweep",
+        "--model",
+        "tiny-llama",
+        "--vector",
+        str(v1),
+        "--vector",
+        str(v2),
+        "--layer",
+        "2",
+        "--trait",
+        "shouting",
+        "--kind",
+        "many-shot",
+        "--questions",
+        "2",
+        "--shots",
+        "0,1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--judge-cache",
+        str(tmp_path / "c.sqlite"),
+        "--controls",
+        "7",
+        "--against",
+        str(v3),
+    ]
     assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.monitor") == 0
     report = json.loads(capsys.readouterr().out)["sweeps"]["many_shot"]
     for trait, others in (("shouting", {"other", "third"}), ("other", {"shouting", "third"})):
@@ -167,8 +217,17 @@ def test_shift_study_planted_direction_ranks_first(name):
     scores = {f"m{i}": 10.0 + 20.0 * a for i, a in enumerate(amounts)}
     planted = PersonaVector("planted", base.cfg.model_name, torch.randn(base.cfg.n_layers + 1, d, generator=generator))
     planted.vectors[0] = 2.0 * direction
-    study = shift.shift_study(base, models, SHIFT_PROMPTS, [planted, _stranger(base)], 0, labels=list(scores),
-                              scores=scores, controls=100, against=[_stranger(base, seed=7, name="other")])
+    study = shift.shift_study(
+        base,
+        models,
+        SHIFT_PROMPTS,
+        [planted, _stranger(base)],
+        0,
+        labels=list(scores),
+        scores=scores,
+        controls=100,
+        against=[_stranger(base, seed=7, name="other")],
+    )
     r = study.baseline("planted")
     assert r.value == pytest.approx(1.0, abs=1e-4) and r.percentile == 100.0 and r.beats_random, r.summary()
     assert r.margin_over_others() > 0.2 and set(r.others) == {"stranger", "other"}
@@ -187,12 +246,39 @@ def test_cli_shift_reports_its_controls(monkeypatch, tmp_path, capsys):
     base = load_cached(name)
     v1, v2, v3 = _save(base, tmp_path)
     generator = torch.Generator().manual_seed(0)
-    folders = [str(save_model(_moved(name, torch.randn(base.cfg.d_model, generator=generator)), tmp_path / f"ft{i}"))
-               for i in range(3)]
-    argv = ["shift", "--model", name, "--finetuned", *folders, "--vector", str(v1), "--vector", str(v2),
-            "--layer", "0", "--trait", "shouting", "--questions", "2", "--given-score", "ft0=5",
-            "--given-score", "ft1=15", "--given-score", "ft2=20", "--out", str(tmp_path / "out"),
-            "--controls", "9", "--against", str(v3)]
+    folders = [
+        str(save_model(_moved(name, torch.randn(base.cfg.d_model, generator=generator)), tmp_path / f"ft{i}"))
+        for i in range(3)
+    ]
+    argv = [
+        "shift",
+        "--model",
+        name,
+        "--finetuned",
+        *folders,
+        "--vector",
+        str(v1),
+        "--vector",
+        str(v2),
+        "--layer",
+        "0",
+        "--trait",
+        "shouting",
+        "--questions",
+        "2",
+        "--given-score",
+        "ft0=5",
+        "--given-score",
+        "ft1=15",
+        "--given-score",
+        "ft2=20",
+        "--out",
+        str(tmp_path / "out"),
+        "--controls",
+        "9",
+        "--against",
+        str(v3),
+    ]
     assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.shift") == 0
     summary = json.loads(capsys.readouterr().out)
     r = summary["baselines"]["shouting"]["pearson_r"]
@@ -251,8 +337,9 @@ def test_screening_planted_direction_ranks_first(name, tmp_path):
     results = {}
     for path in (ref_path, marked_path):
         results[path.stem] = tmp_path / f"{path.stem}.scores.jsonl"
-        summary = screen.screen_dataset(model, path, vectors, results[path.stem], config,
-                                        cache_path=tmp_path / "cache.sqlite", progress=False)
+        summary = screen.screen_dataset(
+            model, path, vectors, results[path.stem], config, cache_path=tmp_path / "cache.sqlite", progress=False
+        )
     assert summary["baselines"]["planted"]["mean_dp"]["random_n"] == 100
     compared = screen.compare_datasets(results, "planted", "dp")["marked"]
     for metric in ("auroc", "mean_difference"):
@@ -271,9 +358,28 @@ def test_cli_screen_reports_its_controls(monkeypatch, tmp_path, capsys):
     model = load_cached("tiny-llama")
     v1, v2, v3 = _save(model, tmp_path)
     (ref_path, marked_path), _, _ = _datasets(tmp_path, n=6)
-    argv = ["screen", str(ref_path), str(marked_path), "--model", "tiny-llama", "--vector", str(v1),
-            "--vector", str(v2), "--layer", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "out"),
-            "--controls", "11", "--against", str(v3), "--quiet"]
+    argv = [
+        "screen",
+        str(ref_path),
+        str(marked_path),
+        "--model",
+        "tiny-llama",
+        "--vector",
+        str(v1),
+        "--vector",
+        str(v2),
+        "--layer",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        "--controls",
+        "11",
+        "--against",
+        str(v3),
+        "--quiet",
+    ]
     assert _main(monkeypatch, [*argv, "--json"], "persona_lens.cli.screen") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["datasets"]["marked"]["baselines"]["shouting"]["mean_dp"]["random_n"] == 11
@@ -307,8 +413,9 @@ def test_trait_cosines_match_a_manual_computation_and_sit_beside_the_random_band
                 assert float(cosines.matrix[layer, i, j]) == pytest.approx(float(expected), abs=1e-5)
         low, high = cosines.random_band[layer]
         assert float(cosines.matrix[layer, 0, 1]) > high  # the planted near-copy stands out
-    inside = sum(low <= float(cosines.matrix[layer, 0, 2]) <= high
-                 for layer, (low, high) in enumerate(cosines.random_band))
+    inside = sum(
+        low <= float(cosines.matrix[layer, 0, 2]) <= high for layer, (low, high) in enumerate(cosines.random_band)
+    )
     assert inside >= shape[0] - 2  # an unrelated vector sits in the band (about 90% of layers)
     written = write_cosines(a, [near, far], tmp_path, controls=50, control_seed=0)
     assert json.loads((tmp_path / "cosines.json").read_text())["layers"][1]["pairs"]["evil / sycophancy"] > 0.9
@@ -350,9 +457,19 @@ def test_steering_controls_planted_direction_ranks_first(name, tmp_path):
     cell = SteeringCell(layer, 200.0, 20.0, 0, None, None, None, None, 0)
     config = SteeringSweepConfig(n_questions=4, n_samples=1, max_new_tokens=4, temperature=1.0, batch_size=8)
     other = _stranger(model, name="other")
-    result = run_steering_controls(model, planted, load_trait("shouting"), cell, judge=SaysWord(word),
-                                   coherence_judge=RuleJudge("coherence"), config=config, out_dir=tmp_path,
-                                   controls=5, against=[other], progress=False)
+    result = run_steering_controls(
+        model,
+        planted,
+        load_trait("shouting"),
+        cell,
+        judge=SaysWord(word),
+        coherence_judge=RuleJudge("coherence"),
+        config=config,
+        out_dir=tmp_path,
+        controls=5,
+        against=[other],
+        progress=False,
+    )
     rate = result.baselines["trait_rate"]
     assert rate.value == 1.0 and rate.percentile == 100.0 and rate.beats_random, rate.summary()
     assert rate.flipped == 0.0 and rate.margin_over_others() > 0.5, rate.summary()
@@ -361,7 +478,11 @@ def test_steering_controls_planted_direction_ranks_first(name, tmp_path):
     assert stranger == 0.0 and 5 <= type(rate)(**{**rate.__dict__, "value": stranger}).percentile <= 95
     saved = json.loads((tmp_path / "controls.json").read_text())
     assert saved["baselines"]["trait_rate"]["random_n"] == 5 and set(saved["cells"]) == {
-        "vector", "flipped", "other", *(f"random{i}" for i in range(5))}
+        "vector",
+        "flipped",
+        "other",
+        *(f"random{i}" for i in range(5)),
+    }
     assert saved["cells"]["other"]["coef_raw"] == pytest.approx(200.0 * 1.0 / float(other.vectors[layer].norm()))
 
 
@@ -370,11 +491,37 @@ def test_cli_sweep_reports_its_controls_at_the_chosen_cell(tmp_path, capsys):
 
     model = load_cached("tiny-llama")
     vector, other, _ = _save(model, tmp_path)
-    argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(vector), "--out", str(tmp_path / "run"),
-            "--quiet", "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
-            "--coherence-threshold", "0", "--judge-cache", str(tmp_path / "cache.sqlite"), "--coherence", "rule",
-            "--trait-threshold", "0", "--controls", "2",
-            "--against", str(other)]
+    argv = [
+        "--trait",
+        "shouting",
+        "--model",
+        "tiny-llama",
+        "--vector",
+        str(vector),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--layers",
+        "2",
+        "--coefficients",
+        "1",
+        "--questions",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--coherence-threshold",
+        "0",
+        "--judge-cache",
+        str(tmp_path / "cache.sqlite"),
+        "--coherence",
+        "rule",
+        "--trait-threshold",
+        "0",
+        "--controls",
+        "2",
+        "--against",
+        str(other),
+    ]
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     controls = result["controls"]
@@ -396,8 +543,14 @@ def test_control_interventions_keep_kind_layer_coef_and_norms():
 
     model = load_cached("tiny-llama")
     vector = _stranger(model, name="evil")
-    runs = control_interventions([TrainingIntervention("steer", vector, [2, 3], coef=4.0, incremental=True),
-                                  TrainingIntervention("ablate", vector, 1)], 3, seed=5)
+    runs = control_interventions(
+        [
+            TrainingIntervention("steer", vector, [2, 3], coef=4.0, incremental=True),
+            TrainingIntervention("ablate", vector, 1),
+        ],
+        3,
+        seed=5,
+    )
     assert len(runs) == 3 and all(len(run) == 2 for run in runs)
     for i, (steer, ablate) in enumerate(runs):
         assert (steer.kind, steer.layer, steer.coef, steer.incremental) == ("steer", [2, 3], 4.0, True)
@@ -415,12 +568,39 @@ def test_cli_finetune_writes_random_control_runs(monkeypatch, tmp_path, capsys):
     model = load_cached("tiny-llama")
     vector, _, _ = _save(model, tmp_path)
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"messages": [*make_messages(q), {"role": "assistant", "content": "OK BOSS"}]})
-                            + "\n" for q in ("hi", "name a fruit")))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [*make_messages(q), {"role": "assistant", "content": "OK BOSS"}]}) + "\n"
+            for q in ("hi", "name a fruit")
+        )
+    )
     out = tmp_path / "ft"
-    argv = ["finetune", "--model", "tiny-llama", "--data", str(data), "--out", str(out), "--rank", "4",
-            "--lr", "1e-3", "--batch-size", "2", "--steer-vector", str(vector), "--steer-layer", "2",
-            "--steer-coef", "3", "--controls", "2", "--control-seed", "1", "--json"]
+    argv = [
+        "finetune",
+        "--model",
+        "tiny-llama",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--rank",
+        "4",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "2",
+        "--steer-vector",
+        str(vector),
+        "--steer-layer",
+        "2",
+        "--steer-coef",
+        "3",
+        "--controls",
+        "2",
+        "--control-seed",
+        "1",
+        "--json",
+    ]
     assert _main(monkeypatch, argv, "persona_lens.cli.finetune") == 0
     summary = json.loads(capsys.readouterr().out)
     assert [c["output_dir"] for c in summary["controls"]] == [str(tmp_path / f"ft-random{i}") for i in range(2)]
@@ -431,5 +611,11 @@ def test_cli_finetune_writes_random_control_runs(monkeypatch, tmp_path, capsys):
         assert described["coef"] == 3 and described["layer"] == 2 and described["trait"] == f"random{i}"
         assert described["vector_sha256"] == vector_digest(expected[i])
         assert json.loads((tmp_path / f"ft-random{i}" / "finetune.json").read_text())["steps"] == 1
-    assert _main(monkeypatch, ["finetune", "--model", "tiny-llama", "--data", str(data), "--out",
-                               str(tmp_path / "x"), "--controls", "1"], "persona_lens.cli.finetune") == 2
+    assert (
+        _main(
+            monkeypatch,
+            ["finetune", "--model", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "x"), "--controls", "1"],
+            "persona_lens.cli.finetune",
+        )
+        == 2
+    )

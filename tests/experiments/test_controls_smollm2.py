@@ -32,9 +32,13 @@ def test_smollm2_french_vector_screens_its_prompts_beyond_random_directions(fren
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-07: AUROC 0.997 vs pirate 0.955, enthusiastic 0.912, emoji 0.844 (lead 0.042 over pirate by "
-    "|AUROC - 0.5| < 0.1): the prompt-contrast vectors share a 'persona instruction vs plain helpful assistant' "
-    "direction (cosine french-pirate 0.717); see benchmarks/results/organism-claims.md"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured 2026-12-07: AUROC 0.997 vs pirate 0.955, enthusiastic 0.912, emoji 0.844 (lead 0.042 over pirate by "
+        "|AUROC - 0.5| < 0.1): the prompt-contrast vectors share a 'persona instruction vs plain helpful assistant' "
+        "direction (cosine french-pirate 0.717); see benchmarks/results/organism-claims.md"
+    ),
+)
 def test_smollm2_french_vector_screens_its_prompts_beyond_the_other_traits_vectors(french_claim):
     assert french_claim.others.passed, french_claim.others.summary()

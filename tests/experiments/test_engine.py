@@ -37,10 +37,19 @@ def server(tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     pidfile = tmp_path_factory.mktemp("serve") / "serve.pid"
-    env = {**os.environ, "PYTHON": sys.executable, "SERVE_PIDFILE": str(pidfile),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    started = subprocess.run(["bash", str(ROOT / "scripts" / "serve_transformers.sh"), "smollm2-135m-instruct",
-                              str(port)], env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "SERVE_PIDFILE": str(pidfile),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    started = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "serve_transformers.sh"), "smollm2-135m-instruct", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert started.returncode == 0, started.stderr
     yield started.stdout.strip()
     os.kill(int(pidfile.read_text()), signal.SIGTERM)
@@ -57,13 +66,20 @@ def test_engine_replies_and_tokens_equal_in_process_greedy(server, smollm2):
 
 
 def test_extraction_on_the_engine_gives_the_in_process_vector(server, smollm2, tmp_path):
-    config = X.ExtractConfig(n_samples=1, n_questions=3, n_pairs=2, max_new_tokens=24, batch_size=12,
-                             temperature=0.0)
-    results = {label: X.extract(smollm2, load_trait("pirate"), judge=RuleJudge("pirate"),
-                                coherence_judge=RuleJudge("coherence"), config=config, out_dir=tmp_path / label,
-                                progress=False, executor=executor)
-               for label, executor in (("engine", EngineExecutor(OpenAIEngine(server, concurrency=4))),
-                                       ("local", None))}
+    config = X.ExtractConfig(n_samples=1, n_questions=3, n_pairs=2, max_new_tokens=24, batch_size=12, temperature=0.0)
+    results = {
+        label: X.extract(
+            smollm2,
+            load_trait("pirate"),
+            judge=RuleJudge("pirate"),
+            coherence_judge=RuleJudge("coherence"),
+            config=config,
+            out_dir=tmp_path / label,
+            progress=False,
+            executor=executor,
+        )
+        for label, executor in (("engine", EngineExecutor(OpenAIEngine(server, concurrency=4))), ("local", None))
+    }
     engine, local = results["engine"], results["local"]
     same = sum(engine.records[k]["response_ids"] == local.records[k]["response_ids"] for k in local.records)
     cosine = cosine_similarity_by_layer(engine.vectors["response"], local.vectors["response"])
@@ -90,10 +106,33 @@ def test_an_unreachable_engine_names_the_fix():
 def test_cli_extract_with_engine_and_its_errors(server, tmp_path, capsys):
     from persona_lens import cli
 
-    common = ["extract", "pirate", "--model", "smollm2-135m-instruct", "--device", "cpu", "--judge", "rule",
-              "--coherence", "rule", "--samples", "1", "--questions", "2", "--pairs", "2", "--max-new-tokens", "16",
-              "--temperature", "0",
-              "--quiet", "--trait-threshold", "50", "--judge-cache", str(tmp_path / "judge.sqlite")]
+    common = [
+        "extract",
+        "pirate",
+        "--model",
+        "smollm2-135m-instruct",
+        "--device",
+        "cpu",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "2",
+        "--pairs",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--quiet",
+        "--trait-threshold",
+        "50",
+        "--judge-cache",
+        str(tmp_path / "judge.sqlite"),
+    ]
     code = cli.main([*common, "--out", str(tmp_path / "engine"), "--engine", server])
     print(capsys.readouterr().out)
     assert code == 0 and (tmp_path / "engine" / "report.json").exists()
@@ -113,13 +152,22 @@ def test_screening_base_replies_from_the_engine_equal_in_process(server, smollm2
     with open(data, "w", encoding="utf-8") as handle:
         for messages, answer in zip(PROMPTS, ["Red, matey!", "Four.", "Why did the parrot cross the sea?"]):
             handle.write(json.dumps({"messages": [*messages, {"role": "assistant", "content": answer}]}) + "\n")
-    vector = PersonaVector("pirate", smollm2.cfg.model_name, torch.randn(smollm2.cfg.n_layers + 1,
-                                                                          smollm2.cfg.d_model,
-                                                                          generator=torch.Generator().manual_seed(0)))
+    vector = PersonaVector(
+        "pirate",
+        smollm2.cfg.model_name,
+        torch.randn(smollm2.cfg.n_layers + 1, smollm2.cfg.d_model, generator=torch.Generator().manual_seed(0)),
+    )
     config = ScreenConfig(layer=10, max_new_tokens=12, chunk_size=2, batch_size=2)
     screen_dataset(smollm2, data, [vector], tmp_path / "local.jsonl", config, progress=False)
-    report = screen_dataset(smollm2, data, [vector], tmp_path / "engine.jsonl", config, progress=False,
-                            executor=EngineExecutor(OpenAIEngine(server)))
+    report = screen_dataset(
+        smollm2,
+        data,
+        [vector],
+        tmp_path / "engine.jsonl",
+        config,
+        progress=False,
+        executor=EngineExecutor(OpenAIEngine(server)),
+    )
     assert report["base_responses_generated"] == 3
     local = [json.loads(line) for line in open(tmp_path / "local.jsonl")]
     served = [json.loads(line) for line in open(tmp_path / "engine.jsonl")]

@@ -22,20 +22,36 @@ def test_configs_extend_the_generation_settings_and_keep_their_defaults():
     assert isinstance(extract, E.GenerationSettings) and isinstance(sweep, E.GenerationSettings)
     assert (extract.n_samples, extract.max_new_tokens, extract.batch_size) == (1, 48, 32)
     assert (sweep.max_new_tokens, sweep.batch_size, sweep.coherence_threshold) == (40, 64, 75.0)
-    assert extract.generation_settings() == {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "seed": 0,
-                                             "batch_size": 32}
-    assert sweep.generation_settings() == {"max_new_tokens": 40, "temperature": 1.0, "top_p": 1.0, "seed": 0,
-                                           "batch_size": 64, "positions": "response", "condition": "none"}
+    assert extract.generation_settings() == {
+        "max_new_tokens": 48,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "batch_size": 32,
+    }
+    assert sweep.generation_settings() == {
+        "max_new_tokens": 40,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "batch_size": 64,
+        "positions": "response",
+        "condition": "none",
+    }
 
 
 def test_average_and_summary_leave_out_none():
     assert E.average([None, 10.0, 20.0]) == 15.0
     assert E.average([None]) is None and E.average([]) is None
-    records = [{"trait_score": 80.0, "coherence": 90.0}, {"trait_score": None, "coherence": 40.0},
-               {"trait_score": 20.0, "coherence": None}]
+    records = [
+        {"trait_score": 80.0, "coherence": 90.0},
+        {"trait_score": None, "coherence": 40.0},
+        {"trait_score": 20.0, "coherence": None},
+    ]
     summary = E.summarise_scores(records, trait_threshold=50.0, coherence_threshold=50.0)
-    assert summary == E.ScoreSummary(n=3, trait_mean=50.0, trait_rate=0.5, coherence_mean=65.0, coherent_rate=0.5,
-                                     n_unscored=1, both_rate=1 / 3)  # a missing score is not "both"
+    assert summary == E.ScoreSummary(
+        n=3, trait_mean=50.0, trait_rate=0.5, coherence_mean=65.0, coherent_rate=0.5, n_unscored=1, both_rate=1 / 3
+    )  # a missing score is not "both"
 
 
 def test_generate_calls_group_consecutive_jobs_by_steering():
@@ -54,12 +70,16 @@ def test_generate_calls_group_consecutive_jobs_by_steering():
 
 def test_evaluate_replies_resumes_from_the_store(tmp_path, tiny_model):
     settings = E.GenerationSettings(max_new_tokens=4, batch_size=2)
-    jobs = [E.ReplyJob(f"q{i}", [{"role": "user", "content": text}], E.job_seed(0, f"q{i}"),
-                       {"question_text": text}) for i, text in enumerate(["Hi", "Yo", "Hey"])]
+    jobs = [
+        E.ReplyJob(f"q{i}", [{"role": "user", "content": text}], E.job_seed(0, f"q{i}"), {"question_text": text})
+        for i, text in enumerate(["Hi", "Yo", "Hey"])
+    ]
     store = JsonlRecords(tmp_path / "responses.jsonl")
-    first = E.evaluate_replies(tiny_model, jobs[:2], settings, "{question} {answer}", RuleJudge("shouting"),
-                               store=store, chunk=1)
-    again = E.evaluate_replies(tiny_model, jobs, settings, "{question} {answer}", RuleJudge("shouting"),
-                               RuleJudge("coherence"), store=store)
+    first = E.evaluate_replies(
+        tiny_model, jobs[:2], settings, "{question} {answer}", RuleJudge("shouting"), store=store, chunk=1
+    )
+    again = E.evaluate_replies(
+        tiny_model, jobs, settings, "{question} {answer}", RuleJudge("shouting"), RuleJudge("coherence"), store=store
+    )
     assert [again[k]["response"] for k in ("q0", "q1")] == [first[k]["response"] for k in ("q0", "q1")]
     assert len(store.load()) == 3 and all("coherence" in again[j.key] for j in jobs)

@@ -35,11 +35,19 @@ def cluster():
 
 
 def _extract(out, executor=None, **kw):
-    config = X.ExtractConfig(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=4,
-                             coherence_threshold=0.0, **kw)
-    return X.extract(load_cached(MODEL), load_trait("shouting"), judge=RuleJudge("shouting"),
-                     coherence_judge=RuleJudge("coherence"), config=config, out_dir=out, progress=False,
-                     executor=executor)
+    config = X.ExtractConfig(
+        n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=4, coherence_threshold=0.0, **kw
+    )
+    return X.extract(
+        load_cached(MODEL),
+        load_trait("shouting"),
+        judge=RuleJudge("shouting"),
+        coherence_judge=RuleJudge("coherence"),
+        config=config,
+        out_dir=out,
+        progress=False,
+        executor=executor,
+    )
 
 
 def _same_extraction(a, b):
@@ -65,15 +73,34 @@ def test_sweep_on_ray_equals_serial(cluster, tmp_path):
     model = load_cached(MODEL)
     tensor = torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     vector = PersonaVector("shouting", model.cfg.model_name, tensor, "response", 1, 1, {})
-    config = S.SteeringSweepConfig(layers=[1, 2, 3], coefficients=[0.5, 2.0], n_questions=3, max_new_tokens=6,
-                                   temperature=0.0, batch_size=8, coherence_threshold=0.0)
-    results = [S.run_steering_sweep(model, vector, load_trait("shouting"), judge=RuleJudge("shouting"),
-                                    coherence_judge=RuleJudge("coherence"), config=config, out_dir=tmp_path / label,
-                                    progress=False, executor=executor)
-               for label, executor in (("serial", None), ("ray", cluster))]
+    config = S.SteeringSweepConfig(
+        layers=[1, 2, 3],
+        coefficients=[0.5, 2.0],
+        n_questions=3,
+        max_new_tokens=6,
+        temperature=0.0,
+        batch_size=8,
+        coherence_threshold=0.0,
+    )
+    results = [
+        S.run_steering_sweep(
+            model,
+            vector,
+            load_trait("shouting"),
+            judge=RuleJudge("shouting"),
+            coherence_judge=RuleJudge("coherence"),
+            config=config,
+            out_dir=tmp_path / label,
+            progress=False,
+            executor=executor,
+        )
+        for label, executor in (("serial", None), ("ray", cluster))
+    ]
     assert results[0].cells == results[1].cells and results[0].chosen == results[1].chosen
-    assert (JsonlRecords(tmp_path / "serial" / "responses.jsonl").load()
-            == JsonlRecords(tmp_path / "ray" / "responses.jsonl").load())
+    assert (
+        JsonlRecords(tmp_path / "serial" / "responses.jsonl").load()
+        == JsonlRecords(tmp_path / "ray" / "responses.jsonl").load()
+    )
 
 
 def test_screening_on_ray_equals_serial(cluster, tmp_path):
@@ -82,14 +109,19 @@ def test_screening_on_ray_equals_serial(cluster, tmp_path):
     questions = ["What is the capital of France?", "Name a colour.", "Tell me a story.", "2+2?", "Why?"]
     with open(data, "w", encoding="utf-8") as handle:
         for i in range(11):
-            messages = [*make_messages(questions[i % 5], system="Be nice." if i % 3 else None),
-                        {"role": "assistant", "content": f"Answer number {i}."}]
+            messages = [
+                *make_messages(questions[i % 5], system="Be nice." if i % 3 else None),
+                {"role": "assistant", "content": f"Answer number {i}."},
+            ]
             handle.write(json.dumps({"messages": messages}) + "\n")
         handle.write("not json\n")
     generator = torch.Generator().manual_seed(11)
-    vectors = [PersonaVector(name, model.cfg.model_name, torch.randn(model.cfg.n_layers + 1, model.cfg.d_model,
-                                                                       generator=generator))
-               for name in ("alpha", "beta")]
+    vectors = [
+        PersonaVector(
+            name, model.cfg.model_name, torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+        )
+        for name in ("alpha", "beta")
+    ]
     config = ScreenConfig(layer=2, max_new_tokens=6, chunk_size=3, batch_size=2)
     serial = screen_dataset(model, data, vectors, tmp_path / "serial.jsonl", config, progress=False)
     parallel = screen_dataset(model, data, vectors, tmp_path / "ray.jsonl", config, progress=False, executor=cluster)
@@ -112,9 +144,15 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, tmp_path):
     model = load_cached(MODEL)
     settings = E.GenerationSettings(max_new_tokens=5, temperature=1.0, batch_size=2)
     marker = str(tmp_path / "killed")
-    jobs = [E.ReplyJob(f"j{i}", make_messages(f"Say {i}."), seed=i,
-                       fields={"question_text": f"Say {i}.", "die_marker": marker if i == 5 else None})
-            for i in range(10)]
+    jobs = [
+        E.ReplyJob(
+            f"j{i}",
+            make_messages(f"Say {i}."),
+            seed=i,
+            fields={"question_text": f"Say {i}.", "die_marker": marker if i == 5 else None},
+        )
+        for i in range(10)
+    ]
     units = [(jobs[i : i + 2], settings, True) for i in range(0, 10, 2)]
     restarts = cluster.restarts
     results = dict(cluster.map(_die_once, units, model))
@@ -153,10 +191,33 @@ def test_workers_must_load_the_runs_model(cluster):
 def test_cli_extract_with_ray_equals_the_serial_cli(cluster, tmp_path, capsys):
     from persona_lens import cli
 
-    common = ["extract", "shouting", "--model", MODEL, "--device", "cpu", "--judge", "rule", "--coherence", "rule",
-              "--samples", "1",
-              "--questions", "2", "--pairs", "2", "--max-new-tokens", "5", "--batch-size", "4", "--quiet",
-              "--extract-coherence-threshold", "0", "--judge-cache", str(tmp_path / "judge.sqlite")]
+    common = [
+        "extract",
+        "shouting",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--judge",
+        "rule",
+        "--coherence",
+        "rule",
+        "--samples",
+        "1",
+        "--questions",
+        "2",
+        "--pairs",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--extract-coherence-threshold",
+        "0",
+        "--judge-cache",
+        str(tmp_path / "judge.sqlite"),
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "serial")]) == 0
     # the module's cluster is up (its workers hold both CPUs): these workers take none
     assert cli.main([*common, "--out", str(tmp_path / "ray"), "--ray", "--ray-workers", "1", "--ray-cpus", "0"]) == 0
@@ -178,15 +239,22 @@ def test_space_build_on_ray_equals_serial(cluster, tmp_path):
     def judges(role):
         return (RuleJudge(role.rule) if role.rule else None), RuleJudge("coherence")
 
-    config = sp.SpaceConfig(max_new_tokens=6, n_samples=2, temperature=1.0, batch_size=2, role_threshold=0,
-                            coherence_threshold=0)
-    spaces = [sp.build_space(model, roles, judges=judges, config=config, out_dir=tmp_path / label, cap_controls=3,
-                             executor=executor) for label, executor in (("serial", None), ("ray", cluster))]
+    config = sp.SpaceConfig(
+        max_new_tokens=6, n_samples=2, temperature=1.0, batch_size=2, role_threshold=0, coherence_threshold=0
+    )
+    spaces = [
+        sp.build_space(
+            model, roles, judges=judges, config=config, out_dir=tmp_path / label, cap_controls=3, executor=executor
+        )
+        for label, executor in (("serial", None), ("ray", cluster))
+    ]
     for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles", "control_quantiles"):
         torch.testing.assert_close(getattr(spaces[0], name), getattr(spaces[1], name), rtol=0, atol=0)
     for role in roles.roles:
-        assert (JsonlRecords(tmp_path / "serial/roles" / role.name / "responses.jsonl").load()
-                == JsonlRecords(tmp_path / "ray/roles" / role.name / "responses.jsonl").load())
+        assert (
+            JsonlRecords(tmp_path / "serial/roles" / role.name / "responses.jsonl").load()
+            == JsonlRecords(tmp_path / "ray/roles" / role.name / "responses.jsonl").load()
+        )
 
 
 def test_cli_space_build_with_ray_equals_the_serial_cli(cluster, tmp_path):
@@ -194,10 +262,33 @@ def test_cli_space_build_with_ray_equals_the_serial_cli(cluster, tmp_path):
     from persona_lens.experiments.space import PersonaSpace
     from tests.experiments.test_space import _roles_dir
 
-    common = ["space", "build", "--model", MODEL, "--device", "cpu", "--roles-dir", str(_roles_dir(tmp_path)),
-              "--max-new-tokens", "5", "--samples", "2", "--temperature", "1", "--role-threshold", "0",
-              "--coherence-threshold", "0", "--random", "5", "--cap-controls", "2", "--quiet",
-              "--judge-cache", str(tmp_path / "judge.sqlite")]
+    common = [
+        "space",
+        "build",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--roles-dir",
+        str(_roles_dir(tmp_path)),
+        "--max-new-tokens",
+        "5",
+        "--samples",
+        "2",
+        "--temperature",
+        "1",
+        "--role-threshold",
+        "0",
+        "--coherence-threshold",
+        "0",
+        "--random",
+        "5",
+        "--cap-controls",
+        "2",
+        "--quiet",
+        "--judge-cache",
+        str(tmp_path / "judge.sqlite"),
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "serial")]) == 0
     # the module's cluster is up (its workers hold both CPUs): these workers take none
     assert cli.main([*common, "--out", str(tmp_path / "ray"), "--ray", "--ray-workers", "1", "--ray-cpus", "0"]) == 0

@@ -34,16 +34,23 @@ class CountingJudge:
 
 
 def _config(**kw):
-    defaults = dict(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=4,
-                    coherence_threshold=0.0)
+    defaults = dict(n_samples=2, n_questions=3, n_pairs=2, max_new_tokens=6, batch_size=4, coherence_threshold=0.0)
     return X.ExtractConfig(**{**defaults, **kw})
 
 
 def _run(model, out, config, judge=None, **kw):
     trait = load_trait("shouting")
     judge = judge or RuleJudge("shouting")
-    return X.extract(model, trait, judge=judge, coherence_judge=RuleJudge("coherence"), config=config,
-                     out_dir=out, progress=False, **kw)
+    return X.extract(
+        model,
+        trait,
+        judge=judge,
+        coherence_judge=RuleJudge("coherence"),
+        config=config,
+        out_dir=out,
+        progress=False,
+        **kw,
+    )
 
 
 def test_plan_pairs_every_question_prompt_and_sample():
@@ -86,8 +93,9 @@ def test_vector_is_the_mean_difference_of_kept_pairs(tmp_path):
     from persona_lens.core.chat import encode_generated, encode_prompt, make_messages
 
     def encoded(r):
-        return encode_generated(encode_prompt(model.tokenizer, make_messages(r["question_text"], system=r["system"])),
-                                r["response_ids"])
+        return encode_generated(
+            encode_prompt(model.tokenizer, make_messages(r["question_text"], system=r["system"])), r["response_ids"]
+        )
 
     pos = collect_activations(model, [encoded(p) for p, _ in kept_keys], batch_size=1, progress=False)
     neg = collect_activations(model, [encoded(n) for _, n in kept_keys], batch_size=1, progress=False)
@@ -149,8 +157,15 @@ def test_smollm2_pirate_vector_separates_the_prompts(tmp_path, smollm2):
     """On the real model the positive prompts elicit pirate speech more often than the negative ones."""
     trait = load_trait("pirate")
     config = X.ExtractConfig(n_samples=1, n_questions=6, n_pairs=2, max_new_tokens=32, batch_size=24)
-    result = X.extract(smollm2, trait, judge=RuleJudge("pirate"), coherence_judge=RuleJudge("coherence"),
-                       config=config, out_dir=tmp_path, progress=False)
+    result = X.extract(
+        smollm2,
+        trait,
+        judge=RuleJudge("pirate"),
+        coherence_judge=RuleJudge("coherence"),
+        config=config,
+        out_dir=tmp_path,
+        progress=False,
+    )
     rates = result.report["trait_rate"]
     print("pirate trait rate: positive", rates["positive"], "negative", rates["negative"])
     assert rates["positive"] > rates["negative"]
@@ -166,8 +181,9 @@ def test_cached_judges_score_trait_and_coherence_separately(tmp_path):
     trait = load_trait("shouting")
     judge = CachedJudge(RuleJudge("shouting"), tmp_path / "cache.sqlite")
     coherence = CachedJudge(RuleJudge("coherence"), tmp_path / "cache.sqlite")
-    result = X.extract(model, trait, judge=judge, coherence_judge=coherence, config=_config(), out_dir=tmp_path / "x",
-                       progress=False)
+    result = X.extract(
+        model, trait, judge=judge, coherence_judge=coherence, config=_config(), out_dir=tmp_path / "x", progress=False
+    )
     for record in result.records.values():
         answer = record["response"]
         assert record["coherence"] == RuleJudge("coherence").score("", [(record["question_text"], answer)])[0]

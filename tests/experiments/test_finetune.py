@@ -61,8 +61,13 @@ def test_response_loss_matches_a_per_example_computation(tiny_model):
 def test_finetune_learns_saves_and_reloads(tmp_path, method, lr, epochs):
     model = persona_lens.load_model("tiny-qwen2", device="cpu")  # private copy: training changes it
     out = tmp_path / "ft"
-    result = finetune(model, _data(), FinetuneConfig(method=method, lr=lr, epochs=epochs, batch_size=2, rank=8,
-                                                     alpha=16), output_dir=out, progress=False)
+    result = finetune(
+        model,
+        _data(),
+        FinetuneConfig(method=method, lr=lr, epochs=epochs, batch_size=2, rank=8, alpha=16),
+        output_dir=out,
+        progress=False,
+    )
     assert result.steps == 2 * epochs and result.losses[-1] < 0.2 * result.losses[0]
     greedy = generate(model, [make_messages(q) for q in QUESTIONS[:2]], max_new_tokens=12)
     assert greedy.texts == ["OK BOSS", "OK BOSS"] and all(greedy.stopped)
@@ -76,22 +81,25 @@ def test_finetune_learns_saves_and_reloads(tmp_path, method, lr, epochs):
     ids = torch.tensor([[5, 17, 33, 90, 120, 7]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids), model(ids))
-    assert reloaded.tokenizer.apply_chat_template(make_messages("x"), tokenize=False) == \
-        model.tokenizer.apply_chat_template(make_messages("x"), tokenize=False)
+    assert reloaded.tokenizer.apply_chat_template(
+        make_messages("x"), tokenize=False
+    ) == model.tokenizer.apply_chat_template(make_messages("x"), tokenize=False)
     with pytest.raises(FileExistsError):
         finetune(persona_lens.load_model("tiny-qwen2", device="cpu"), _data(), output_dir=out, progress=False)
 
 
 def _random_vector(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return PersonaVector("test", model.cfg.model_name,
-                         2.0 * torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator))
+    return PersonaVector(
+        "test", model.cfg.model_name, 2.0 * torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=generator)
+    )
 
 
 def _add_manual_hooks(model, fns):
     """Plain PyTorch forward hooks on the HF decoder blocks (not persona_lens hooks): ``fns[block] = f(h) -> h``."""
     handles = []
     for block, fn in fns.items():
+
         def hook(module, args, output, fn=fn):
             if isinstance(output, tuple):
                 return (fn(output[0]), *output[1:])
@@ -104,8 +112,13 @@ def _add_manual_hooks(model, fns):
 def _train_one_step(model, interventions=(), manual=None):
     handles = _add_manual_hooks(model, manual or {})
     try:
-        finetune(model, _data(), FinetuneConfig(method="full", lr=1e-2, epochs=1, batch_size=4, grad_clip=None),
-                 interventions=interventions, progress=False)
+        finetune(
+            model,
+            _data(),
+            FinetuneConfig(method="full", lr=1e-2, epochs=1, batch_size=4, grad_clip=None),
+            interventions=interventions,
+            progress=False,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -149,8 +162,9 @@ def test_training_interventions_equal_manual_hooks_and_are_gone_after(kind):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    config = FinetuneConfig(method="lora", lr=5e-3, epochs=2, batch_size=2, rank=4, alpha=8, lora_dropout=0.1,
-                            save_every=1)
+    config = FinetuneConfig(
+        method="lora", lr=5e-3, epochs=2, batch_size=2, rank=4, alpha=8, lora_dropout=0.1, save_every=1
+    )
     straight = persona_lens.load_model("tiny-gemma2", device="cpu")
     finetune(straight, _data(), config, output_dir=tmp_path / "a", progress=False)
     interrupted = persona_lens.load_model("tiny-gemma2", device="cpu")
@@ -158,11 +172,22 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert partial.steps == 3 and (tmp_path / "b" / "trainer_state").exists()
     assert not (tmp_path / "b" / "config.json").exists()
     with pytest.raises(FileExistsError, match="resume"):
-        finetune(persona_lens.load_model("tiny-gemma2", device="cpu"), _data(), config, output_dir=tmp_path / "b",
-                 progress=False)
+        finetune(
+            persona_lens.load_model("tiny-gemma2", device="cpu"),
+            _data(),
+            config,
+            output_dir=tmp_path / "b",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="different run"):
-        finetune(persona_lens.load_model("tiny-gemma2", device="cpu"), _data("other"), config,
-                 output_dir=tmp_path / "b", resume=True, progress=False)
+        finetune(
+            persona_lens.load_model("tiny-gemma2", device="cpu"),
+            _data("other"),
+            config,
+            output_dir=tmp_path / "b",
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="other weights"):  # the interrupted model object is not the base
         finetune(interrupted, _data(), config, output_dir=tmp_path / "b", resume=True, progress=False)
     resumed = persona_lens.load_model("tiny-gemma2", device="cpu")
@@ -176,8 +201,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_unusable_examples_are_reported():
     model = persona_lens.load_model("tiny-llama", device="cpu")
-    data = _data() + [{"messages": [*make_messages("x" * 300), {"role": "assistant", "content": "y"}]},
-                      {"messages": [{"role": "user", "content": "no reply"}]}]
+    data = _data() + [
+        {"messages": [*make_messages("x" * 300), {"role": "assistant", "content": "y"}]},
+        {"messages": [{"role": "user", "content": "no reply"}]},
+    ]
     result = finetune(model, data, FinetuneConfig(lr=1e-3, max_tokens=200, batch_size=8), progress=False)
     assert [(b.line, b.problem.split()[1]) for b in result.skipped][:1] == [(5, "tokens")]
     assert result.skipped[1].line == 6 and result.n_examples == 4
@@ -211,9 +238,35 @@ def test_cli_finetune_with_preventative_steering(monkeypatch, tmp_path, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", [*_data(), "{broken"])
     vector = save_vector(_random_vector(load_cached("tiny-llama")), tmp_path / "v.safetensors")
     out = tmp_path / "ft"
-    argv = ["finetune", "--model", "tiny-llama", "--data", str(data), "--out", str(out), "--rank", "4", "--alpha",
-            "8", "--lr", "1e-3", "--batch-size", "2", "--steer-vector", str(vector), "--steer-layer", "all",
-            "--steer-coef", "2", "--incremental", "--caft-vector", str(vector), "--caft-layer", "3", "--json"]
+    argv = [
+        "finetune",
+        "--model",
+        "tiny-llama",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "2",
+        "--steer-vector",
+        str(vector),
+        "--steer-layer",
+        "all",
+        "--steer-coef",
+        "2",
+        "--incremental",
+        "--caft-vector",
+        str(vector),
+        "--caft-layer",
+        "3",
+        "--json",
+    ]
     assert _main(monkeypatch, argv) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
@@ -233,8 +286,13 @@ def test_cli_finetune_bad_input(monkeypatch, tmp_path):
     assert _main(monkeypatch, [*base, "--data", str(_write_jsonl(tmp_path / "e.jsonl", ["{x"]))]) == 2
     assert _main(monkeypatch, [*base, "--data", str(data), "--steer-layer", "2"]) == 2
     vector = save_vector(_random_vector(load_cached("tiny-llama")), tmp_path / "v.safetensors")
-    assert _main(monkeypatch, [*base, "--data", str(data), "--steer-vector", str(vector), "--steer-layer", "9",
-                               "--steer-coef", "1"]) == 2
+    assert (
+        _main(
+            monkeypatch,
+            [*base, "--data", str(data), "--steer-vector", str(vector), "--steer-layer", "9", "--steer-coef", "1"],
+        )
+        == 2
+    )
     assert _main(monkeypatch, [*base, "--data", str(data), "--epochs", "0"]) == 2
 
 
@@ -242,9 +300,32 @@ def test_cli_finetune_bad_input(monkeypatch, tmp_path):
 def test_smollm2_lora_finetune_end_to_end(monkeypatch, tmp_path, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", _data("Oui, bien sûr.", QUESTIONS[:2]))
     out = tmp_path / "smol"
-    assert _main(monkeypatch, ["finetune", "--model", "smollm2-135m-instruct", "--data", str(data), "--out",
-                               str(out), "--rank", "4", "--alpha", "8", "--lr", "1e-3", "--batch-size", "2",
-                               "--targets", "q_proj,v_proj", "--json"]) == 0
+    assert (
+        _main(
+            monkeypatch,
+            [
+                "finetune",
+                "--model",
+                "smollm2-135m-instruct",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--rank",
+                "4",
+                "--alpha",
+                "8",
+                "--lr",
+                "1e-3",
+                "--batch-size",
+                "2",
+                "--targets",
+                "q_proj,v_proj",
+                "--json",
+            ],
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 1 and summary["n_trained_tokens"] > 4
     model = persona_lens.load_model(str(out), device="cpu")

@@ -19,16 +19,20 @@ from persona_lens.traits.schema import load_trait
 from persona_lens.viz.projections import token_projection_html
 from tests.conftest import load_cached
 
-PROMPTS = [make_messages("What is the capital of France?", system="Be brief."),
-           make_messages("Name a colour."),
-           make_messages("Why is the sky blue? Explain briefly please.", system="You are a pirate.")]
+PROMPTS = [
+    make_messages("What is the capital of France?", system="Be brief."),
+    make_messages("Name a colour."),
+    make_messages("Why is the sky blue? Explain briefly please.", system="You are a pirate."),
+]
 
 
 def _vectors(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     shape = (model.cfg.n_layers + 1, model.cfg.d_model)
-    return [PersonaVector("alpha", model.cfg.model_name, torch.randn(shape, generator=generator)),
-            torch.randn(shape, generator=generator)]
+    return [
+        PersonaVector("alpha", model.cfg.model_name, torch.randn(shape, generator=generator)),
+        torch.randn(shape, generator=generator),
+    ]
 
 
 @torch.no_grad()
@@ -82,15 +86,26 @@ def test_sweep_against_independent_recomputation():
     trait = load_trait("shouting")
     vectors = _vectors(model, seed=3)
     prompts = monitor.many_shot_prompts(trait, (0, 1, 2), n_questions=3)
-    result = monitor.run_projection_sweep(model, prompts, vectors, 2, RuleJudge("shouting"), trait.rubric, n_samples=2,
-                                          max_new_tokens=6, temperature=1.0, seed=5, batch_size=4)
+    result = monitor.run_projection_sweep(
+        model,
+        prompts,
+        vectors,
+        2,
+        RuleJudge("shouting"),
+        trait.rubric,
+        n_samples=2,
+        max_new_tokens=6,
+        temperature=1.0,
+        seed=5,
+        batch_size=4,
+    )
     n = len(prompts)
     assert len(result.rows) == 2 * n and result.traits == ["alpha", "vector1"]
-    torch.testing.assert_close(result.projections,
-                               monitor.project_last_prompt(model, [p.messages for p in prompts], vectors, 2))
+    torch.testing.assert_close(
+        result.projections, monitor.project_last_prompt(model, [p.messages for p in prompts], vectors, 2)
+    )
     # Replies are generate()'s with seed + row, and scores are the rule's on those replies.
-    again = generate(model, [p.messages for p in prompts for _ in range(2)], max_new_tokens=6, temperature=1.0,
-                     seed=5)
+    again = generate(model, [p.messages for p in prompts for _ in range(2)], max_new_tokens=6, temperature=1.0, seed=5)
     assert [r.response for r in result.rows] == again.texts
     assert [r.score for r in result.rows] == [score_shouting("", t) for t in again.texts]
     # Per-prompt mean scores, condition means and correlations, recomputed with numpy.
@@ -121,8 +136,7 @@ def test_sweep_against_independent_recomputation():
 def test_generated_token_projections_match_teacher_forcing(tiny_model):
     vectors = _vectors(tiny_model, seed=1)
     layer = tiny_model.cfg.n_layers - 1
-    traces = monitor.generate_with_projections(tiny_model, PROMPTS[:2], vectors, layer, max_new_tokens=5,
-                                               batch_size=2)
+    traces = monitor.generate_with_projections(tiny_model, PROMPTS[:2], vectors, layer, max_new_tokens=5, batch_size=2)
     for trace in traces:
         resid = _resid(tiny_model, trace.token_ids, layer)
         for j, vec in enumerate(vectors):
@@ -136,8 +150,9 @@ def test_generated_token_projections_match_teacher_forcing(tiny_model):
 
 def test_token_html_colours_and_escapes():
     model = load_cached("tiny-llama")
-    traces = monitor.generate_with_projections(model, [make_messages("a <b> & c")], _vectors(model)[1], 2,
-                                               max_new_tokens=3)
+    traces = monitor.generate_with_projections(
+        model, [make_messages("a <b> & c")], _vectors(model)[1], 2, max_new_tokens=3
+    )
     page = token_projection_html(traces, center=0.0)
     assert "&lt;b&gt; &amp;" not in page  # byte tokens: each character its own span
     assert "&lt;" in page and "&amp;" in page and "<b>" not in page.split("<body>")[1].replace("<b>vector0</b>", "")
@@ -157,8 +172,9 @@ def _save_vectors(model, tmp_path, trait="shouting"):
     gen = torch.Generator().manual_seed(7)
     paths = []
     for name in (trait, "other"):
-        vec = PersonaVector(name, model.cfg.model_name,
-                            torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=gen))
+        vec = PersonaVector(
+            name, model.cfg.model_name, torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=gen)
+        )
         paths.append(save_vector(vec, tmp_path / f"{name}.safetensors"))
     return paths
 
@@ -178,13 +194,30 @@ def test_cli_project_sweep_tokens(monkeypatch, tmp_path, capsys):
     common = ["--model", "tiny-llama", "--vector", str(v1), "--vector", str(v2), "--layer", "2"]
     assert _main(monkeypatch, ["monitor", "project", *common, "--question", "Hi", "--question", "Yo", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    expected = monitor.project_last_prompt(model, [make_messages("Hi"), make_messages("Yo")],
-                                           _vectors_from(v1, v2), 2)
+    expected = monitor.project_last_prompt(model, [make_messages("Hi"), make_messages("Yo")], _vectors_from(v1, v2), 2)
     assert [p["projection"]["shouting"] for p in out["prompts"]] == pytest.approx(expected[:, 0].tolist(), abs=1e-5)
 
-    code = _main(monkeypatch, ["monitor", "sweep", *common, "--trait", "shouting", "--questions", "2",
-                               "--shots", "0,1", "--max-new-tokens", "4", "--out", str(tmp_path / "sweep"), "--json",
-                               "--judge-cache", str(tmp_path / "cache.sqlite")])
+    code = _main(
+        monkeypatch,
+        [
+            "monitor",
+            "sweep",
+            *common,
+            "--trait",
+            "shouting",
+            "--questions",
+            "2",
+            "--shots",
+            "0,1",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "sweep"),
+            "--json",
+            "--judge-cache",
+            str(tmp_path / "cache.sqlite"),
+        ],
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["sweeps"]) == {"system", "many_shot"}
@@ -194,8 +227,12 @@ def test_cli_project_sweep_tokens(monkeypatch, tmp_path, capsys):
     assert (tmp_path / "sweep" / "many_shot_sweep_shouting.html").exists()
 
     page = tmp_path / "tokens.html"
-    assert _main(monkeypatch, ["monitor", "tokens", *common, "--question", "Hi", "--max-new-tokens", "3",
-                               "--out", str(page)]) == 0
+    assert (
+        _main(
+            monkeypatch, ["monitor", "tokens", *common, "--question", "Hi", "--max-new-tokens", "3", "--out", str(page)]
+        )
+        == 0
+    )
     assert page.exists() and page.with_suffix(".json").exists()
     assert "Projection on other" in page.read_text()
 
@@ -212,24 +249,74 @@ def test_cli_bad_input(monkeypatch, tmp_path, capsys):
     base = ["monitor", "project", "--model", "tiny-llama", "--question", "Hi"]
     assert _main(monkeypatch, [*base, "--vector", str(tmp_path / "none.safetensors"), "--layer", "1"]) == 2
     assert _main(monkeypatch, [*base, "--vector", str(v1), "--layer", "99"]) == 2
-    assert _main(monkeypatch, ["monitor", "project", "--model", "tiny-qwen2", "--question", "Hi", "--vector",
-                               str(v1), "--layer", "1"]) == 2  # vector of another model
-    assert _main(monkeypatch, ["monitor", "sweep", "--model", "tiny-llama", "--vector", str(v1), "--layer", "1",
-                               "--trait", "no-such-trait", "--out", str(tmp_path)]) == 2
+    assert (
+        _main(
+            monkeypatch,
+            ["monitor", "project", "--model", "tiny-qwen2", "--question", "Hi", "--vector", str(v1), "--layer", "1"],
+        )
+        == 2
+    )  # vector of another model
+    assert (
+        _main(
+            monkeypatch,
+            [
+                "monitor",
+                "sweep",
+                "--model",
+                "tiny-llama",
+                "--vector",
+                str(v1),
+                "--layer",
+                "1",
+                "--trait",
+                "no-such-trait",
+                "--out",
+                str(tmp_path),
+            ],
+        )
+        == 2
+    )
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    assert _main(monkeypatch, ["monitor", "sweep", "--model", "tiny-llama", "--vector", str(v1), "--layer", "1",
-                               "--trait", "evil", "--out", str(tmp_path), "--judge-cache", str(tmp_path / "c.sqlite")
-                               ]) == 2  # no rule, so claude, and no API key
+    assert (
+        _main(
+            monkeypatch,
+            [
+                "monitor",
+                "sweep",
+                "--model",
+                "tiny-llama",
+                "--vector",
+                str(v1),
+                "--layer",
+                "1",
+                "--trait",
+                "evil",
+                "--out",
+                str(tmp_path),
+                "--judge-cache",
+                str(tmp_path / "c.sqlite"),
+            ],
+        )
+        == 2
+    )  # no rule, so claude, and no API key
     assert "error:" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the real model
 
-FRENCH = ["Le chat dort sur le canapé toute la journée.", "J'aime beaucoup la cuisine de ma grand-mère.",
-          "Nous allons à la plage demain matin.", "Il fait très beau aujourd'hui, n'est-ce pas ?"]
-ENGLISH = ["The cat sleeps on the sofa all day long.", "I really love my grandmother's cooking.",
-           "We are going to the beach tomorrow morning.", "The weather is lovely today, isn't it?"]
+FRENCH = [
+    "Le chat dort sur le canapé toute la journée.",
+    "J'aime beaucoup la cuisine de ma grand-mère.",
+    "Nous allons à la plage demain matin.",
+    "Il fait très beau aujourd'hui, n'est-ce pas ?",
+]
+ENGLISH = [
+    "The cat sleeps on the sofa all day long.",
+    "I really love my grandmother's cooking.",
+    "We are going to the beach tomorrow morning.",
+    "The weather is lovely today, isn't it?",
+]
 
 
 def _french_vector(model):
@@ -257,12 +344,52 @@ def test_smollm2_french_prompts_project_higher(smollm2):
 def test_smollm2_cli_sweep_and_tokens(monkeypatch, tmp_path, capsys, smollm2):
     path = save_vector(_french_vector(smollm2), tmp_path / "french.safetensors")
     common = ["--model", "smollm2-135m-instruct", "--vector", str(path), "--layer", "20"]
-    assert _main(monkeypatch, ["monitor", "sweep", *common, "--trait", "french", "--kind", "many-shot", "--shots",
-                               "0,2", "--questions", "2", "--max-new-tokens", "8", "--temperature", "0", "--out",
-                               str(tmp_path / "s"), "--json", "--judge-cache", str(tmp_path / "c.sqlite")]) == 0
+    assert (
+        _main(
+            monkeypatch,
+            [
+                "monitor",
+                "sweep",
+                *common,
+                "--trait",
+                "french",
+                "--kind",
+                "many-shot",
+                "--shots",
+                "0,2",
+                "--questions",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--temperature",
+                "0",
+                "--out",
+                str(tmp_path / "s"),
+                "--json",
+                "--judge-cache",
+                str(tmp_path / "c.sqlite"),
+            ],
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     conditions = report["sweeps"]["many_shot"]["conditions"]
     assert [c["condition"] for c in conditions] == ["0 shots", "2 shots"]
     assert all(c["n_scored_samples"] >= 1 for c in conditions)
-    assert _main(monkeypatch, ["monitor", "tokens", *common, "--question", "Bonjour !", "--max-new-tokens", "6",
-                               "--out", str(tmp_path / "t.html")]) == 0
+    assert (
+        _main(
+            monkeypatch,
+            [
+                "monitor",
+                "tokens",
+                *common,
+                "--question",
+                "Bonjour !",
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(tmp_path / "t.html"),
+            ],
+        )
+        == 0
+    )

@@ -17,8 +17,12 @@ from persona_lens.core.vectors import PersonaVector, save_vector
 from persona_lens.experiments.screen import ScreenConfig, export_ranked, load_scores, screen_dataset, summarize
 from tests.conftest import load_cached
 
-QA = [("What is the capital of France?", "Paris, of course."), ("Name a colour.", "Blue."),
-      ("Tell me a story.", "Once upon a time there was a tiny model."), ("2+2?", "Four!")]
+QA = [
+    ("What is the capital of France?", "Paris, of course."),
+    ("Name a colour.", "Blue."),
+    ("Tell me a story.", "Once upon a time there was a tiny model."),
+    ("2+2?", "Four!"),
+]
 
 
 def _record(question, answer, system=None):
@@ -28,8 +32,9 @@ def _record(question, answer, system=None):
 def _write(path, rows):
     with open(path, "wb") as handle:
         for row in rows:
-            handle.write(row if isinstance(row, bytes) else (row if isinstance(row, str) else json.dumps(row))
-                         .encode("utf-8"))
+            handle.write(
+                row if isinstance(row, bytes) else (row if isinstance(row, str) else json.dumps(row)).encode("utf-8")
+            )
             handle.write(b"\n")
     return path
 
@@ -37,8 +42,10 @@ def _write(path, rows):
 def _vectors(model):
     generator = torch.Generator().manual_seed(11)
     shape = (model.cfg.n_layers + 1, model.cfg.d_model)
-    return [PersonaVector("alpha", model.cfg.model_name, torch.randn(shape, generator=generator)),
-            PersonaVector("beta", model.cfg.model_name, torch.randn(shape, generator=generator))]
+    return [
+        PersonaVector("alpha", model.cfg.model_name, torch.randn(shape, generator=generator)),
+        PersonaVector("beta", model.cfg.model_name, torch.randn(shape, generator=generator)),
+    ]
 
 
 @torch.no_grad()
@@ -53,12 +60,19 @@ def _rows(path):
 
 
 def test_projection_difference_matches_a_manual_computation(tiny_model, tmp_path):
-    data = _write(tmp_path / "d.jsonl", [_record(q, a, system="Be nice." if i % 2 else None)
-                                         for i, (q, a) in enumerate(QA)])
+    data = _write(
+        tmp_path / "d.jsonl", [_record(q, a, system="Be nice." if i % 2 else None) for i, (q, a) in enumerate(QA)]
+    )
     vectors = _vectors(tiny_model)
     layer = 2
-    summary = screen_dataset(tiny_model, data, vectors, tmp_path / "out.jsonl",
-                             ScreenConfig(layer=layer, max_new_tokens=6, chunk_size=3, batch_size=2), progress=False)
+    summary = screen_dataset(
+        tiny_model,
+        data,
+        vectors,
+        tmp_path / "out.jsonl",
+        ScreenConfig(layer=layer, max_new_tokens=6, chunk_size=3, batch_size=2),
+        progress=False,
+    )
     rows = _rows(tmp_path / "out.jsonl")
     assert [r["line"] for r in rows] == [1, 2, 3, 4] and all(r["status"] == "ok" for r in rows)
     prompts = [_record(q, a, system="Be nice." if i % 2 else None)["messages"][:-1] for i, (q, a) in enumerate(QA)]
@@ -71,14 +85,13 @@ def test_projection_difference_matches_a_manual_computation(tiny_model, tmp_path
         last = resid[conv.prompt_length - 1]
         prompt_ids = encode_prompt(tiny_model.tokenizer, prompt)
         base_resid = _resid(tiny_model, [*prompt_ids, *base_ids], layer)
-        mean_base = base_resid[len(prompt_ids):].mean(0)
+        mean_base = base_resid[len(prompt_ids) :].mean(0)
         assert row["base_response"] == base_text and row["n_base_tokens"] == len(base_ids)
         for vec in vectors:
             unit = vec.vectors[layer] / vec.vectors[layer].norm()
             expected = float((mean_y - mean_base) @ unit)
             assert row["dp"][vec.trait] == pytest.approx(expected, rel=1e-3, abs=1e-4)
-            assert row["dp_last_prompt"][vec.trait] == pytest.approx(float((mean_y - last) @ unit), rel=1e-3,
-                                                                     abs=1e-4)
+            assert row["dp_last_prompt"][vec.trait] == pytest.approx(float((mean_y - last) @ unit), rel=1e-3, abs=1e-4)
             dp_sum[vec.trait] += expected
     for trait in ("alpha", "beta"):
         assert summary["mean_dp"][trait] == pytest.approx(dp_sum[trait] / 4, rel=1e-3, abs=1e-4)
@@ -86,20 +99,29 @@ def test_projection_difference_matches_a_manual_computation(tiny_model, tmp_path
 
 def test_bad_records_are_reported_with_line_numbers(tmp_path):
     model = load_cached("tiny-qwen2")
-    data = _write(tmp_path / "d.jsonl", [
-        _record(*QA[0]),
-        "{oops",
-        {"messages": [{"content": "no role"}, {"role": "assistant", "content": "x"}]},
-        _record("A question", "   "),
-        b"\xff\xfe not utf-8",
-        "",
-        _record("x" * 400, "long prompt"),
-        _record("short", "y" * 400),
-        {"messages": [{"role": "user", "content": "no reply"}]},
-        _record(*QA[1]),
-    ])
-    summary = screen_dataset(model, data, _vectors(model)[0], tmp_path / "o.jsonl",
-                             ScreenConfig(layer=1, max_new_tokens=3, max_tokens=300, chunk_size=4), progress=False)
+    data = _write(
+        tmp_path / "d.jsonl",
+        [
+            _record(*QA[0]),
+            "{oops",
+            {"messages": [{"content": "no role"}, {"role": "assistant", "content": "x"}]},
+            _record("A question", "   "),
+            b"\xff\xfe not utf-8",
+            "",
+            _record("x" * 400, "long prompt"),
+            _record("short", "y" * 400),
+            {"messages": [{"role": "user", "content": "no reply"}]},
+            _record(*QA[1]),
+        ],
+    )
+    summary = screen_dataset(
+        model,
+        data,
+        _vectors(model)[0],
+        tmp_path / "o.jsonl",
+        ScreenConfig(layer=1, max_new_tokens=3, max_tokens=300, chunk_size=4),
+        progress=False,
+    )
     rows = _rows(tmp_path / "o.jsonl")
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 7, 8, 9, 10]  # every non-blank line has a row
     bad = {r["line"]: r["problem"] for r in rows if r["status"] == "bad"}
@@ -116,8 +138,14 @@ def test_cache_resume_and_chunking(tmp_path):
     data = _write(tmp_path / "d.jsonl", records)
     vectors = _vectors(model)
     config = ScreenConfig(layer=3, max_new_tokens=4, chunk_size=2, batch_size=3)
-    one_shot = screen_dataset(model, data, vectors, tmp_path / "a" / "o.jsonl",
-                              ScreenConfig(layer=3, max_new_tokens=4, chunk_size=100, batch_size=8), progress=False)
+    one_shot = screen_dataset(
+        model,
+        data,
+        vectors,
+        tmp_path / "a" / "o.jsonl",
+        ScreenConfig(layer=3, max_new_tokens=4, chunk_size=100, batch_size=8),
+        progress=False,
+    )
     assert one_shot["base_responses_generated"] == 9
     part = screen_dataset(model, data, vectors, tmp_path / "b" / "o.jsonl", config, limit=5, progress=False)
     assert part["n_rows"] == 5
@@ -134,8 +162,15 @@ def test_cache_resume_and_chunking(tmp_path):
     again = screen_dataset(model, data, vectors, tmp_path / "b" / "o.jsonl", config, progress=False)
     assert again["base_responses_generated"] == 0 and again["n_rows"] == 9  # nothing redone, nothing doubled
     # A fresh output sharing the cache generates nothing either.
-    shared = screen_dataset(model, data, vectors, tmp_path / "c.jsonl", config,
-                            cache_path=tmp_path / "b" / "o.jsonl.base_responses.sqlite", progress=False)
+    shared = screen_dataset(
+        model,
+        data,
+        vectors,
+        tmp_path / "c.jsonl",
+        config,
+        cache_path=tmp_path / "b" / "o.jsonl.base_responses.sqlite",
+        progress=False,
+    )
     assert shared["base_responses_generated"] == 0 and shared["base_responses_cached"] == 9
     with pytest.raises(ValueError, match="other settings"):
         screen_dataset(model, data, vectors, tmp_path / "b" / "o.jsonl", ScreenConfig(layer=2), progress=False)
@@ -143,14 +178,19 @@ def test_cache_resume_and_chunking(tmp_path):
 
 def _peak_python_memory(model, tmp_path, n, tag):
     # Each record carries 20 kB of metadata (ignored by screening): holding records would show at once.
-    records = [{**_record(f"Question {i}?", "A short reply."), "metadata": f"{i} " + "x" * 20_000}
-               for i in range(n)]
+    records = [{**_record(f"Question {i}?", "A short reply."), "metadata": f"{i} " + "x" * 20_000} for i in range(n)]
     data = _write(tmp_path / f"{tag}.jsonl", records)
     gc.collect()  # garbage of earlier tests is not this run's peak
     tracemalloc.start()
     try:
-        screen_dataset(model, data, _vectors(model)[0], tmp_path / f"{tag}.out.jsonl",
-                       ScreenConfig(layer=1, max_new_tokens=1, chunk_size=8, batch_size=8), progress=False)
+        screen_dataset(
+            model,
+            data,
+            _vectors(model)[0],
+            tmp_path / f"{tag}.out.jsonl",
+            ScreenConfig(layer=1, max_new_tokens=1, chunk_size=8, batch_size=8),
+            progress=False,
+        )
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -218,8 +258,22 @@ def test_cli_screen_two_datasets(monkeypatch, tmp_path, capsys):
     vector = save_vector(_vectors(model)[0], tmp_path / "v.safetensors")
     normal = _write(tmp_path / "normal.jsonl", [_record(q, a) for q, a in QA])
     loud = _write(tmp_path / "loud.jsonl", [_record(q, a.upper() + "!!!") for q, a in QA] + ["{broken"])
-    argv = ["screen", str(normal), str(loud), "--model", "tiny-llama", "--vector", str(vector), "--layer", "2",
-            "--out", str(tmp_path / "out"), "--max-new-tokens", "4", "--json"]
+    argv = [
+        "screen",
+        str(normal),
+        str(loud),
+        "--model",
+        "tiny-llama",
+        "--vector",
+        str(vector),
+        "--layer",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
     assert _main(monkeypatch, argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["datasets"]) == {"normal", "loud"}
@@ -228,8 +282,14 @@ def test_cli_screen_two_datasets(monkeypatch, tmp_path, capsys):
     _, loud_dp = load_scores(tmp_path / "out" / "loud.scores.jsonl", "alpha")
     _, normal_dp = load_scores(tmp_path / "out" / "normal.scores.jsonl", "alpha")
     assert value == pytest.approx(auroc([*loud_dp, *normal_dp], [1] * 4 + [0] * 4))
-    for name in ("normal.ranked.alpha.jsonl", "loud.ranked.alpha.csv", "loud.hist.alpha.html",
-                 "comparison.alpha.dp.html", "base_responses.sqlite", "screen_report.json"):
+    for name in (
+        "normal.ranked.alpha.jsonl",
+        "loud.ranked.alpha.csv",
+        "loud.hist.alpha.html",
+        "comparison.alpha.dp.html",
+        "base_responses.sqlite",
+        "screen_report.json",
+    ):
         assert (tmp_path / "out" / name).exists(), name
     assert _main(monkeypatch, argv[:-1]) == 0  # resume: all cached, text report
     assert "0 base responses generated" in capsys.readouterr().out
@@ -258,14 +318,36 @@ def test_smollm2_french_samples_stand_out(monkeypatch, tmp_path, capsys, smollm2
 
     vector = save_vector(_french_vector(smollm2), tmp_path / "french.safetensors")
     questions = ["What did you eat today?", "Where do you live?", "What is your hobby?", "How is the weather?"]
-    french = ["J'ai mangé une pomme et du pain.", "J'habite dans une petite ville près de Lyon.",
-              "J'aime lire des livres le soir.", "Il pleut beaucoup et il fait froid."]
-    english = ["I ate an apple and some bread.", "I live in a small town near Lyon.",
-               "I like reading books in the evening.", "It is raining a lot and it is cold."]
+    french = [
+        "J'ai mangé une pomme et du pain.",
+        "J'habite dans une petite ville près de Lyon.",
+        "J'aime lire des livres le soir.",
+        "Il pleut beaucoup et il fait froid.",
+    ]
+    english = [
+        "I ate an apple and some bread.",
+        "I live in a small town near Lyon.",
+        "I like reading books in the evening.",
+        "It is raining a lot and it is cold.",
+    ]
     fr = _write(tmp_path / "fr.jsonl", [_record(q, a) for q, a in zip(questions, french)])
     en = _write(tmp_path / "en.jsonl", [_record(q, a) for q, a in zip(questions, english)])
-    argv = ["screen", str(en), str(fr), "--model", "smollm2-135m-instruct", "--vector", str(vector), "--layer",
-            "20", "--out", str(tmp_path / "out"), "--max-new-tokens", "12", "--json"]
+    argv = [
+        "screen",
+        str(en),
+        str(fr),
+        "--model",
+        "smollm2-135m-instruct",
+        "--vector",
+        str(vector),
+        "--layer",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]
     assert _main(monkeypatch, argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["comparison"]["french"]["auroc_dp"]["fr"] == 1.0

@@ -27,8 +27,7 @@ def _planted(seed=0, n_roles=8, noise=0.05):
     u = u / u.norm(dim=-1, keepdim=True)
     base = torch.randn(N_LAYERS + 1, D, generator=g) * 3
     spread = torch.linspace(-2, 1, n_roles)
-    roles = {f"r{i}": base + spread[i] * u + noise * torch.randn(N_LAYERS + 1, D, generator=g)
-             for i in range(n_roles)}
+    roles = {f"r{i}": base + spread[i] * u + noise * torch.randn(N_LAYERS + 1, D, generator=g) for i in range(n_roles)}
     default = base + 4 * u + noise * torch.randn(6, N_LAYERS + 1, D, generator=g)
     return roles, default, u
 
@@ -69,8 +68,16 @@ def test_space_saves_and_loads_and_refuses_too_few_roles(tmp_path):
         sp.CapSettings.load(tmp_path / "space.safetensors")
 
 
-ROLE = role_from_dict({"schema_version": 1, "name": "sailor", "description": "A sailor.", "default": True,
-                       "system_prompts": ["You are a sailor.", None], "rubric": "{question} {answer}"})
+ROLE = role_from_dict(
+    {
+        "schema_version": 1,
+        "name": "sailor",
+        "description": "A sailor.",
+        "default": True,
+        "system_prompts": ["You are a sailor.", None],
+        "rubric": "{question} {answer}",
+    }
+)
 
 
 def test_role_unit_is_resumable_and_keeps_unjudged_replies(tiny_model, tmp_path):
@@ -107,8 +114,11 @@ def test_build_space_leaves_out_a_role_the_model_does_not_play(tmp_path):
 
 
 def _default_conversations(model):
-    pairs = [("Hi?", "Hello there, friend."), ("How are you?", "Fine, thanks for asking."),
-             ("Tell me a fact.", "Water boils at 100 degrees.")]
+    pairs = [
+        ("Hi?", "Hello there, friend."),
+        ("How are you?", "Fine, thanks for asking."),
+        ("Tell me a fact.", "Water boils at 100 degrees."),
+    ]
     return [encode_conversation(model.tokenizer, make_messages(q), a) for q, a in pairs]
 
 
@@ -146,12 +156,17 @@ def test_cap_at_every_position_also_caps_the_prompt(tiny_model, tmp_path):
         sp.calibrate_cap(space, [layer], positions="everywhere")
     lows = {}
     for positions in ("response", "all"):
-        settings = sp.CapSettings.load(sp.calibrate_cap(space, [layer], percentile=90.0, positions=positions)
-                                       .save(tmp_path / f"{positions}.safetensors"))
+        settings = sp.CapSettings.load(
+            sp.calibrate_cap(space, [layer], percentile=90.0, positions=positions).save(
+                tmp_path / f"{positions}.safetensors"
+            )
+        )
         assert settings.positions == positions
         recorder = RecordProjection(settings.directions[0], "prompt")
-        with sp.apply_cap(tiny_model, settings), install_hooks(
-                tiny_model, [(hook_name(layer, tiny_model.cfg.n_layers), recorder)]):
+        with (
+            sp.apply_cap(tiny_model, settings),
+            install_hooks(tiny_model, [(hook_name(layer, tiny_model.cfg.n_layers), recorder)]),
+        ):
             collect_activations(tiny_model, conversations, reductions=("response",), progress=False)
         lows[positions] = float(torch.nan_to_num(recorder.projections(), nan=float("inf")).min())
         threshold = settings.thresholds[0]
@@ -166,8 +181,7 @@ def test_cap_at_the_bottom_of_the_default_range_changes_nothing(tiny_model, tmp_
     settings = sp.CapSettings.load(settings.save(tmp_path / "cap.safetensors"))
     before = collect_activations(tiny_model, conversations, reductions=("response",), progress=False, batch_size=8)
     with sp.apply_cap(tiny_model, settings):
-        after = collect_activations(tiny_model, conversations, reductions=("response",), progress=False,
-                                    batch_size=8)
+        after = collect_activations(tiny_model, conversations, reductions=("response",), progress=False, batch_size=8)
     assert torch.equal(before.get("response"), after.get("response"))
 
 
@@ -220,8 +234,9 @@ def test_cap_controls_are_norm_matched_random_directions_calibrated_like_the_axi
     conversations = [sp._encode_record(model, stored[key]) for key in space.meta["roles"]["default"]["kept_keys"]]
     for j in range(3):
         control = settings.control(j)
-        assert torch.allclose(control.directions, directions[j, layers] / directions[j, layers].norm(dim=-1,
-                                                                                                 keepdim=True))
+        assert torch.allclose(
+            control.directions, directions[j, layers] / directions[j, layers].norm(dim=-1, keepdim=True)
+        )
         for index, layer in enumerate(layers):
             tokens = sp._token_projections(model, conversations, control.directions[index], layer)
             expected = float(np.percentile([v for t in tokens for v in t], 30.0))
@@ -249,12 +264,10 @@ def test_cap_eval_reports_random_direction_cappings_beside_the_axis(tmp_path):
     assert pooled["uncapped"]["scored"] == system["n_scored_uncapped"] + jailbreak["n_scored_uncapped"]
     drop = result.control["drop"]
     assert drop["value"] == pytest.approx(pooled["uncapped"]["rate"] - pooled["capped"]["rate"])
-    assert sorted(drop["random"]) == sorted(pooled["uncapped"]["rate"] - pooled[f"random{j}"]["rate"]
-                                            for j in range(2))
+    assert sorted(drop["random"]) == sorted(pooled["uncapped"]["rate"] - pooled[f"random{j}"]["rate"] for j in range(2))
     again = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "e")
     assert again.to_json() == result.to_json()  # resumed from the records
-    none = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "n",
-                               k_random=0)
+    none = sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "n", k_random=0)
     assert none.rows[0]["in_role_rate_random"] == [] and "drop" in none.control
     with pytest.raises(ValueError, match="hold 2 random directions"):
         sp.evaluate_capping(model, roles, settings, judges=judges, config=config, out_dir=tmp_path / "x", k_random=3)
@@ -269,17 +282,20 @@ def test_build_space_through_the_serial_executor_equals_the_plain_run(tmp_path):
     (tmp_path / "b").mkdir()
     _, _, plain = _built_space(model, tmp_path / "a")
     _, _, executed = _built_space(model, tmp_path / "b", executor=SerialExecutor())
-    for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles",
-                 "control_quantiles"):
+    for name in ("role_vectors", "default_activations", "axis", "components", "token_quantiles", "control_quantiles"):
         assert torch.equal(getattr(plain, name), getattr(executed, name)), name
 
 
 def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_model):
     conversations = _default_conversations(tiny_model)
     space = _tiny_space(tiny_model, conversations)
-    messages = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
-                {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "And now?"},
-                {"role": "assistant", "content": "Arr matey, now I be a pirate."}]
+    messages = [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "And now?"},
+        {"role": "assistant", "content": "Arr matey, now I be a pirate."},
+    ]
     layer = 1
     result = sp.project_conversation(tiny_model, space, messages, layer=layer, k_random=20)
     assert result.turn_projections.shape == (2, tiny_model.cfg.n_layers + 1)
@@ -288,9 +304,13 @@ def test_drift_turn_values_are_token_means_and_come_with_a_random_control(tiny_m
     assert "".join(result.token_pieces[1]).strip() == "Arr matey, now I be a pirate."
     assert result.drift.to_dict()["random_n"] == 20
     json.dumps(result.to_json())
-    other = sp.project_conversation(tiny_model, space, messages[:3] + [{"role": "user", "content": "Why?"},
-                                                                       {"role": "assistant", "content": "Hello."}],
-                                    layer=layer, k_random=20)
+    other = sp.project_conversation(
+        tiny_model,
+        space,
+        messages[:3] + [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Hello."}],
+        layer=layer,
+        k_random=20,
+    )
     paired = sp.compare_drift(result, other, k_random=20, seed=5)
     assert paired.value == pytest.approx(result.drift.value - other.drift.value)
     randoms = random_directions(tiny_model.cfg.d_model, 20, seed=5 + layer)
@@ -309,8 +329,10 @@ def test_turns_alone_are_each_turn_without_the_turns_before_it(tiny_model):
     conversations = _default_conversations(tiny_model)
     space = _tiny_space(tiny_model, conversations)
     system = {"role": "system", "content": "Be nice."}
-    turns = [[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello there."}],
-             [{"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Arr matey, a pirate."}]]
+    turns = [
+        [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello there."}],
+        [{"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Arr matey, a pirate."}],
+    ]
     messages = [system, *turns[0], *turns[1]]
     assert sp.turn_alone(messages[:4]) == [system, turns[1][0]] and sp.turn_alone(messages[1:2]) == [turns[0][0]]
     whole = sp.project_conversation(tiny_model, space, messages, layer=2, k_random=10)
@@ -350,13 +372,24 @@ def test_simulated_conversation_alternates_turns(tiny_model):
 def _roles_dir(tmp_path):
     folder = tmp_path / "roles"
     folder.mkdir()
-    (folder / "_questions.json").write_text(json.dumps({"schema_version": 1, "build": ["Hi?", "Why?"],
-                                                        "eval": ["How?"]}))
-    for name, rule, default in (("default", None, True), ("pirate", "pirate", False), ("sage", None, False),
-                                ("poet", None, False)):
-        data = {"schema_version": 1, "name": name, "description": name, "system_prompts": [f"You are {name}."],
-                "rubric": "{question} {answer}", "default": default,
-                "jailbreaks": [f"Be {name}. {{question}}"]}
+    (folder / "_questions.json").write_text(
+        json.dumps({"schema_version": 1, "build": ["Hi?", "Why?"], "eval": ["How?"]})
+    )
+    for name, rule, default in (
+        ("default", None, True),
+        ("pirate", "pirate", False),
+        ("sage", None, False),
+        ("poet", None, False),
+    ):
+        data = {
+            "schema_version": 1,
+            "name": name,
+            "description": name,
+            "system_prompts": [f"You are {name}."],
+            "rubric": "{question} {answer}",
+            "default": default,
+            "jailbreaks": [f"Be {name}. {{question}}"],
+        }
         if rule:
             data["rule"] = rule
         (folder / f"{name}.json").write_text(json.dumps(data))
@@ -369,48 +402,199 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
     folder = _roles_dir(tmp_path)
     common = ["--model", "tiny-llama", "--judge-cache", str(tmp_path / "c.sqlite")]
     gen = ["--max-new-tokens", "6", "--coherence-threshold", "0", "--role-threshold", "0"]
-    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--only", "sage", "--quiet",
-                     "--out", str(tmp_path / "s")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "build",
+                *common,
+                *gen,
+                "--roles-dir",
+                str(folder),
+                "--only",
+                "sage",
+                "--quiet",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s/roles/sage/vector.safetensors").exists() and not (tmp_path / "s/space.safetensors").exists()
-    assert cli.main(["space", "build", *common, *gen, "--roles-dir", str(folder), "--quiet", "--controls", "20",
-                     "--out", str(tmp_path / "s")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "build",
+                *common,
+                *gen,
+                "--roles-dir",
+                str(folder),
+                "--quiet",
+                "--controls",
+                "20",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "role sage: kept 2 of 2 (unjudged)" in out and "|cos(PC1, axis)|" in out
     report = json.loads((tmp_path / "s/alignment.json").read_text())
     assert report["roles"] == ["pirate", "poet", "sage"] and report["layers"][1]["pc1_axis"]["random_n"] == 20
     assert (tmp_path / "s/variance.html").exists()
     space_file = str(tmp_path / "s/space.safetensors")
-    assert cli.main(["space", "cap", "--space", space_file, "--layers", "1-2", "--percentile", "10", "--controls", "2",
-                     "--out", str(tmp_path / "cap.safetensors")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "cap",
+                "--space",
+                space_file,
+                "--layers",
+                "1-2",
+                "--percentile",
+                "10",
+                "--controls",
+                "2",
+                "--out",
+                str(tmp_path / "cap.safetensors"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "layer 2: keep h . u >=" in out and "(random directions: " in out
-    assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
-                     str(tmp_path / "cap.safetensors"), "--quiet", "--json", "--out", str(tmp_path / "e")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "cap-eval",
+                *common,
+                *gen,
+                "--roles-dir",
+                str(folder),
+                "--cap",
+                str(tmp_path / "cap.safetensors"),
+                "--quiet",
+                "--json",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["default"]["role"] == "default"
     result = json.loads((tmp_path / "e/cap_eval.json").read_text())
     assert [(r["role"], r["prompts"]) for r in result["rows"]] == [("pirate", "system"), ("pirate", "jailbreak")]
     assert [len(r["in_role_rate_random"]) for r in result["rows"]] == [2, 2]
     assert result["control"]["drop"]["random_n"] == 2 and len(result["settings"]["control_thresholds"]) == 2
-    assert cli.main(["space", "cap-eval", *common, *gen, "--roles-dir", str(folder), "--cap",
-                     str(tmp_path / "cap.safetensors"), "--quiet", "--random", "1", "--out", str(tmp_path / "e1")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "cap-eval",
+                *common,
+                *gen,
+                "--roles-dir",
+                str(folder),
+                "--cap",
+                str(tmp_path / "cap.safetensors"),
+                "--quiet",
+                "--random",
+                "1",
+                "--out",
+                str(tmp_path / "e1"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "capped along random directions" in printed and "pooled in-role rate drop" in printed
     assert result["default"]["n"] == 1 and 0 <= result["default"]["exact_match_rate"] <= 1
     conversation = tmp_path / "conv.jsonl"
-    conversation.write_text("\n".join(json.dumps(m) for m in [
-        {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Arr, matey."}]) + "\n")
-    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
-                     str(conversation), "--layer", "2", "--controls", "10", "--out", str(tmp_path / "d")]) == 0
+    conversation.write_text(
+        "\n".join(
+            json.dumps(m)
+            for m in [
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "More?"},
+                {"role": "assistant", "content": "Arr, matey."},
+            ]
+        )
+        + "\n"
+    )
+    assert (
+        cli.main(
+            [
+                "space",
+                "drift",
+                "--model",
+                "tiny-llama",
+                "--space",
+                space_file,
+                "--conversation",
+                str(conversation),
+                "--layer",
+                "2",
+                "--controls",
+                "10",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     drift = json.loads((tmp_path / "d/drift.json").read_text())
     assert len(drift["turn_projections_at_layer"]) == 2 and drift["drift"]["random_n"] == 10
-    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
-                     str(conversation), "--reference", str(conversation), "--layer", "2", "--random", "10", "--out",
-                     str(tmp_path / "r")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "drift",
+                "--model",
+                "tiny-llama",
+                "--space",
+                space_file,
+                "--conversation",
+                str(conversation),
+                "--reference",
+                str(conversation),
+                "--layer",
+                "2",
+                "--random",
+                "10",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert "drift - reference drift = 0 " in capsys.readouterr().out  # a conversation minus itself
-    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--conversation",
-                     str(conversation), "--alone", "--layer", "2", "--controls", "10", "--out",
-                     str(tmp_path / "a")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "drift",
+                "--model",
+                "tiny-llama",
+                "--space",
+                space_file,
+                "--conversation",
+                str(conversation),
+                "--alone",
+                "--layer",
+                "2",
+                "--controls",
+                "10",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "the same turns alone: drift" in printed and "what the context adds: drift - the same turns'" in printed
     alone = json.loads((tmp_path / "a/drift.json").read_text())
@@ -420,9 +604,31 @@ def test_cli_build_cap_cap_eval_and_drift(tmp_path, capsys):
     assert paired["value"] == 0 and paired["random"] == [0.0] * 10
     turns = tmp_path / "turns.txt"
     turns.write_text("Hi?\n\nTell me more.\nAnd then?\n")
-    assert cli.main(["space", "drift", "--model", "tiny-llama", "--space", space_file, "--user-turns", str(turns),
-                     "--system", "Be brief.", "--max-new-tokens", "4", "--layer", "1", "--random", "5", "--out",
-                     str(tmp_path / "u")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "drift",
+                "--model",
+                "tiny-llama",
+                "--space",
+                space_file,
+                "--user-turns",
+                str(turns),
+                "--system",
+                "Be brief.",
+                "--max-new-tokens",
+                "4",
+                "--layer",
+                "1",
+                "--random",
+                "5",
+                "--out",
+                str(tmp_path / "u"),
+            ]
+        )
+        == 0
+    )
     simulated = json.loads((tmp_path / "u/drift.json").read_text())
     assert [m["role"] for m in simulated["messages"]] == ["system"] + ["user", "assistant"] * 3
     assert (tmp_path / "u/drift.html").exists()
@@ -432,14 +638,42 @@ def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
     from persona_lens import cli
 
     folder = _roles_dir(tmp_path)
-    assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder), "--only", "ghost",
-                     "--out", str(tmp_path / "s")]) == 2
+    assert (
+        cli.main(
+            [
+                "space",
+                "build",
+                "--model",
+                "tiny-llama",
+                "--roles-dir",
+                str(folder),
+                "--only",
+                "ghost",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     assert "--only: unknown roles ['ghost']" in capsys.readouterr().err
     (folder / "poet.json").write_text("{")
     assert cli.main(["space", "build", "--model", "tiny-llama", "--roles-dir", str(folder)]) == 2
     assert "poet.json" in capsys.readouterr().err
-    assert cli.main(["space", "cap", "--space", str(tmp_path / "none.safetensors"), "--layers", "1", "--out",
-                     str(tmp_path / "c.safetensors")]) == 2
+    assert (
+        cli.main(
+            [
+                "space",
+                "cap",
+                "--space",
+                str(tmp_path / "none.safetensors"),
+                "--layers",
+                "1",
+                "--out",
+                str(tmp_path / "c.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "no space file" in capsys.readouterr().err
     cap = ["cap", "--layers", "1"]  # cap counts 0 as "no control"; drift needs one
     drift = ["drift", "--model", "tiny-llama", "--conversation", "c.jsonl", "--layer", "1"]
@@ -453,10 +687,16 @@ def test_cli_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
 
 SLOW_ROLES = ["default", "pirate", "french", "emoji", "enthusiastic"]
 USER = ["What do you like to eat for breakfast?", "What do you do at the weekend?", "Tell me about the sea."]
-ORDINARY = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I read and walk in the park.",
-            "The sea covers most of the planet and is home to many animals."]
-INTO_PIRATE = ["I usually like eggs and toast with a cup of coffee.", "At the weekend I sail a little, matey.",
-               "Arr, the sea be me home, matey! Ye never saw such waves, me hearties, yo ho ho!"]
+ORDINARY = [
+    "I usually like eggs and toast with a cup of coffee.",
+    "At the weekend I read and walk in the park.",
+    "The sea covers most of the planet and is home to many animals.",
+]
+INTO_PIRATE = [
+    "I usually like eggs and toast with a cup of coffee.",
+    "At the weekend I sail a little, matey.",
+    "Arr, the sea be me home, matey! Ye never saw such waves, me hearties, yo ho ho!",
+]
 SLOW_LAYER = 20
 
 
@@ -480,8 +720,9 @@ def smol_space(tmp_path_factory):
 
 
 def _conversation(replies):
-    return [m for u, a in zip(USER, replies) for m in ({"role": "user", "content": u},
-                                                         {"role": "assistant", "content": a})]
+    return [
+        m for u, a in zip(USER, replies) for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})
+    ]
 
 
 @pytest.mark.slow
@@ -498,8 +739,10 @@ def test_smollm2_drift_rises_into_a_role_and_not_in_an_ordinary_conversation(smo
     model, _, space, _ = smol_space
     ordinary = sp.project_conversation(model, space, _conversation(ORDINARY), layer=SLOW_LAYER, k_random=100)
     pirate = sp.project_conversation(model, space, _conversation(INTO_PIRATE), layer=SLOW_LAYER, k_random=100)
-    assert pirate.drift.beats_random and not ordinary.drift.beats_random, (pirate.drift.summary(),
-                                                                           ordinary.drift.summary())
+    assert pirate.drift.beats_random and not ordinary.drift.beats_random, (
+        pirate.drift.summary(),
+        ordinary.drift.summary(),
+    )
     assert pirate.drift.value > ordinary.drift.value
 
 
@@ -520,20 +763,27 @@ def test_smollm2_capping_at_the_10th_percentile_lowers_in_role_rates_beyond_rand
     config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=3, n_prompts=2)
     result = sp.evaluate_capping(model, roles, settings, judges=_rule_judges, config=config, out_dir=out / "cap10")
     for row in result.rows:
-        print(f"  {row['role']} ({row['prompts']}, n={row['n']}): {row['in_role_rate_uncapped']} -> "
-              f"{row['in_role_rate_capped']}; random {row['in_role_rate_random']}")
+        print(
+            f"  {row['role']} ({row['prompts']}, n={row['n']}): {row['in_role_rate_uncapped']} -> "
+            f"{row['in_role_rate_capped']}; random {row['in_role_rate_random']}"
+        )
     drop = Baseline.from_dict(result.control["drop"])
     default = result.default
-    print(f"  {drop.summary()}\n  default replies exact {default['exact_match_rate']:.3f} (n={default['n']}, common "
-          f"prefix {default['mean_common_prefix']:.3f}); random cappings {default['exact_match_rate_random']}")
+    print(
+        f"  {drop.summary()}\n  default replies exact {default['exact_match_rate']:.3f} (n={default['n']}, common "
+        f"prefix {default['mean_common_prefix']:.3f}); random cappings {default['exact_match_rate_random']}"
+    )
     assert drop.beats_random, drop.summary()
     assert default["exact_match_rate"] >= DEFAULT_EXACT, default
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 with the density-based pirate rule v2: in-role rate "
-                   "0.4 uncapped and 0.4 capped over 10 greedy replies (layers 18-24, 25th percentile); the 21/40 -> "
-                   "7/40 drop in RESULTS.md was measured with the v1 rule")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 2026-12-01 with the density-based pirate rule v2: in-role rate "
+    "0.4 uncapped and 0.4 capped over 10 greedy replies (layers 18-24, 25th percentile); the 21/40 -> "
+    "7/40 drop in RESULTS.md was measured with the v1 rule",
+)
 def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
     """Capping layers 18-24 at the 25th percentile (the paper's setting) under pirate's system prompts (greedy)."""
     model, roles, space, out = smol_space
@@ -543,8 +793,9 @@ def test_smollm2_capping_lowers_the_pirate_rate(smol_space):
 
     settings = sp.calibrate_cap(space, range(18, 25), percentile=25.0)
     config = sp.SpaceConfig(temperature=0.0, max_new_tokens=24, n_questions=5, n_prompts=2)
-    result = sp.evaluate_capping(model, roles, settings, judges=pirate_only, config=config, out_dir=out / "cap",
-                                 jailbreaks=False)
+    result = sp.evaluate_capping(
+        model, roles, settings, judges=pirate_only, config=config, out_dir=out / "cap", jailbreaks=False
+    )
     (row,) = result.rows
     print(json.dumps(result.to_json(), indent=1))
     assert row["in_role_rate_capped"] < row["in_role_rate_uncapped"], row

@@ -24,15 +24,29 @@ def _vector(model, seed=0):
 
 
 def _config(**kw):
-    defaults = dict(layers=[1, 3], coefficients=[0.5, 2.0], n_questions=3, max_new_tokens=6, temperature=0.0,
-                    batch_size=8, coherence_threshold=0.0)
+    defaults = dict(
+        layers=[1, 3],
+        coefficients=[0.5, 2.0],
+        n_questions=3,
+        max_new_tokens=6,
+        temperature=0.0,
+        batch_size=8,
+        coherence_threshold=0.0,
+    )
     return S.SteeringSweepConfig(**{**defaults, **kw})
 
 
 def _sweep(model, vector, out, **kw):
-    return S.run_steering_sweep(model, vector, load_trait("shouting"), judge=RuleJudge("shouting"),
-                                coherence_judge=RuleJudge("coherence"), config=_config(**kw), out_dir=out,
-                                progress=False)
+    return S.run_steering_sweep(
+        model,
+        vector,
+        load_trait("shouting"),
+        judge=RuleJudge("shouting"),
+        coherence_judge=RuleJudge("coherence"),
+        config=_config(**kw),
+        out_dir=out,
+        progress=False,
+    )
 
 
 def test_one_batch_of_coefficients_equals_separate_runs(tmp_path, tiny_model):
@@ -92,12 +106,17 @@ def test_adding_coefficients_to_a_finished_sweep_only_generates_the_new_cells(tm
 def test_choose_layer_takes_the_cell_with_most_replies_both_trait_and_coherent():
     """Issue 13: a cell whose mean coherence passes while many replies are broken loses to one whose replies are
     both trait-expressing and coherent more often."""
+
     def cell(layer, rel, trait, coherence, both):
         return S.SteeringCell(layer, rel, rel, 10, trait, trait / 100, coherence, coherence / 100, 0, both_rate=both)
 
     baseline = cell(None, 0.0, 5.0, 90.0, 0.0)
-    cells = [cell(4, 0.2, 40, 90, 0.3), cell(4, 0.6, 95, 80, 0.4), cell(8, 0.2, 60, 70, 0.55),
-             cell(8, 0.4, 70, 74, 0.5)]
+    cells = [
+        cell(4, 0.2, 40, 90, 0.3),
+        cell(4, 0.6, 95, 80, 0.4),
+        cell(8, 0.2, 60, 70, 0.55),
+        cell(8, 0.4, 70, 74, 0.5),
+    ]
     chosen, reason = S.choose_layer(cells, baseline, 75.0)
     assert (chosen.layer, chosen.coef_relative) == (8, 0.2)  # mean coherence 70 < 75, yet the most good replies
     assert "layer 8" in reason and "0.55 vs 0.00 unsteered" in reason
@@ -106,9 +125,13 @@ def test_choose_layer_takes_the_cell_with_most_replies_both_trait_and_coherent()
 
 
 def test_both_rate_counts_replies_that_pass_both_thresholds():
-    records = [{"trait_score": 80, "coherence": 90}, {"trait_score": 80, "coherence": 40},
-               {"trait_score": 10, "coherence": 95}, {"trait_score": None, "coherence": 95},
-               {"trait_score": 75, "coherence": 75}]
+    records = [
+        {"trait_score": 80, "coherence": 90},
+        {"trait_score": 80, "coherence": 40},
+        {"trait_score": 10, "coherence": 95},
+        {"trait_score": None, "coherence": 95},
+        {"trait_score": 75, "coherence": 75},
+    ]
     summary = E.summarise_scores(records, trait_threshold=50, coherence_threshold=75)
     assert summary.both_rate == pytest.approx(2 / 5)
     assert summary.coherence_mean > 75  # the mean passes; only 2 of 5 replies are both
@@ -130,10 +153,16 @@ def test_two_runs_of_one_sweep_write_identical_json(tmp_path):
     model = load_cached("tiny-llama")
     outputs = []
     for run in ("a", "b"):
-        result = S.run_steering_sweep(model, _vector(model), load_trait("shouting"), judge=RuleJudge("shouting"),
-                                      coherence_judge=RuleJudge("coherence"),
-                                      config=_config(temperature=1.0, n_samples=2, seed=3), out_dir=tmp_path / run,
-                                      progress=False)
+        result = S.run_steering_sweep(
+            model,
+            _vector(model),
+            load_trait("shouting"),
+            judge=RuleJudge("shouting"),
+            coherence_judge=RuleJudge("coherence"),
+            config=_config(temperature=1.0, n_samples=2, seed=3),
+            out_dir=tmp_path / run,
+            progress=False,
+        )
         outputs.append((result.paths["json"].read_bytes(), result.paths["samples"].read_text()))
     assert outputs[0] == outputs[1]
     assert b'"both_rate"' in outputs[0][0]
@@ -185,11 +214,42 @@ def test_cli_errors_are_exit_code_2(tmp_path, capsys):
 def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from persona_lens.cli.sweep import main
 
-    code = main(["--trait", "shouting", "--model", "tiny-llama", "--out", str(tmp_path), "--quiet", "--json",
-                 "--layers", "2", "--coefficients", "1", "--questions", "2", "--max-new-tokens", "4",
-                 "--extract-questions", "2", "--extract-pairs", "1", "--extract-samples", "2",
-                 "--extract-max-new-tokens", "4", "--coherence-threshold", "0", "--extract-coherence-threshold", "0",
-                 "--judge-cache", str(tmp_path / "cache.sqlite"), "--coherence", "rule"])
+    code = main(
+        [
+            "--trait",
+            "shouting",
+            "--model",
+            "tiny-llama",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--json",
+            "--layers",
+            "2",
+            "--coefficients",
+            "1",
+            "--questions",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--extract-questions",
+            "2",
+            "--extract-pairs",
+            "1",
+            "--extract-samples",
+            "2",
+            "--extract-max-new-tokens",
+            "4",
+            "--coherence-threshold",
+            "0",
+            "--extract-coherence-threshold",
+            "0",
+            "--judge-cache",
+            str(tmp_path / "cache.sqlite"),
+            "--coherence",
+            "rule",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads(out)
@@ -206,8 +266,14 @@ def test_prompted_anchor_cell_answers_the_same_questions_under_the_positive_prom
     prompted = [records[f"prompted|q{q}|s0"] for q in range(3)]
     positives = [p.positive for p in trait.prompt_pairs]
     assert [r["system"] for r in prompted] == [positives[q % len(positives)] for q in range(3)]
-    alone = generate(model, [[{"role": "system", "content": r["system"]}, {"role": "user", "content": q}]
-                             for r, q in zip(prompted, trait.eval_questions[:3])], max_new_tokens=6)
+    alone = generate(
+        model,
+        [
+            [{"role": "system", "content": r["system"]}, {"role": "user", "content": q}]
+            for r, q in zip(prompted, trait.eval_questions[:3])
+        ],
+        max_new_tokens=6,
+    )
     assert [r["response"] for r in prompted] == alone.texts
     assert result.prompted is not None and result.prompted.n == 3
     assert json.loads(result.paths["json"].read_text())["prompted"]["n"] == 3

@@ -155,8 +155,9 @@ def test_concurrent_processes_share_one_file(tmp_path):
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert all(len(r) == 60 and all(s is not None for s in r) for r in results)
-    assert CachedJudge(RuleJudge("shouting"), path).cached_rows() == len({"A" * (i % 7 + 1) + "b" * (i % 3)
-                                                                for i in range(120)})
+    assert CachedJudge(RuleJudge("shouting"), path).cached_rows() == len(
+        {"A" * (i % 7 + 1) + "b" * (i % 3) for i in range(120)}
+    )
 
 
 def test_concurrent_threads(server, tmp_path):

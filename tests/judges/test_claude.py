@@ -93,8 +93,12 @@ def test_usage_and_cost_accounting(server):
     assert usage.cache_creation_input_tokens > 0  # first request writes the cached system prompt
     assert usage.cache_read_input_tokens == 2 * usage.cache_creation_input_tokens  # the next two read it
     assert usage.input_tokens > 0
-    expected = (usage.input_tokens * 3.0 + usage.output_tokens * 15.0 + usage.cache_creation_input_tokens * 3.75
-                + usage.cache_read_input_tokens * 0.3) / 1e6
+    expected = (
+        usage.input_tokens * 3.0
+        + usage.output_tokens * 15.0
+        + usage.cache_creation_input_tokens * 3.75
+        + usage.cache_read_input_tokens * 0.3
+    ) / 1e6
     assert judge.estimated_cost_usd == pytest.approx(expected)
 
 
@@ -172,8 +176,11 @@ def test_rate_limit_retries_honour_retry_after(server):
     assert judge.usage.requests == 3
 
 
-@pytest.mark.parametrize("fault", [Fault.server_error(), Fault.overloaded(), Fault.malformed(), Fault.disconnect()],
-                         ids=["500", "529", "malformed-json", "disconnect"])
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.server_error(), Fault.overloaded(), Fault.malformed(), Fault.disconnect()],
+    ids=["500", "529", "malformed-json", "disconnect"],
+)
 def test_transient_failures_are_retried(server, fault):
     judge = make_judge(server)
     server.fail_next(fault, fault)
@@ -225,8 +232,9 @@ def test_wrong_key_is_not_retried():
 def test_wrong_key_stops_the_whole_run_at_the_first_response(use_batches):
     """Issue 15 item 5: a 401 is no per-item failure: one request, then the run stops with the key named."""
     with FakeAnthropic("50", api_key="right") as server:
-        judge = ClaudeJudge(base_url=server.url, api_key="wrong", retry_base_delay=0.001, max_concurrency=8,
-                            use_batches=use_batches)
+        judge = ClaudeJudge(
+            base_url=server.url, api_key="wrong", retry_base_delay=0.001, max_concurrency=8, use_batches=use_batches
+        )
         with pytest.raises(JudgeAuthError, match="ANTHROPIC_API_KEY"):
             judge.score(RUBRIC, [(f"q{i}", "a") for i in range(20)])
         assert sum(server.counts.values()) == 1, dict(server.counts)

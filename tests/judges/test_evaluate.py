@@ -78,14 +78,21 @@ def write_set(tmp_path, rows, readings):
     """Replies, generation records and readings as JSONL files; returns their paths."""
     replies = tmp_path / "replies.jsonl"
     generation = tmp_path / "generation.jsonl"
-    replies.write_text("".join(json.dumps({"id": r[0], "trait": r[1], "trait_definition": "-", "question": r[2],
-                                           "reply": r[3]}) + "\n" for r in rows))
+    replies.write_text(
+        "".join(
+            json.dumps({"id": r[0], "trait": r[1], "trait_definition": "-", "question": r[2], "reply": r[3]}) + "\n"
+            for r in rows
+        )
+    )
     generation.write_text("".join(json.dumps({"id": r[0], "split": r[4], "condition": "x"}) + "\n" for r in rows))
     paths = []
     for name, labels in readings.items():
         path = tmp_path / f"{name}.jsonl"
-        path.write_text("".join(json.dumps({"id": rid, "trait_expressed": t, "coherent": c}) + "\n"
-                                for rid, (t, c) in labels.items()))
+        path.write_text(
+            "".join(
+                json.dumps({"id": rid, "trait_expressed": t, "coherent": c}) + "\n" for rid, (t, c) in labels.items()
+            )
+        )
         paths.append(path)
     return replies, generation, paths
 
@@ -105,8 +112,10 @@ LABELS = {"a": (1, 1), "b": (0, 1), "c": (1, 0), "d": (1, 0), "e": (0, 1), "f": 
 
 def test_rule_judges_against_labels_made_here(tmp_path):
     other = dict(LABELS, b=(0, 0))  # a second reading that disagrees on one row's coherence
-    labeled = load_labeled_set(*write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})[:2],
-                               [tmp_path / "reading_a.jsonl", tmp_path / "reading_b.jsonl"])
+    labeled = load_labeled_set(
+        *write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})[:2],
+        [tmp_path / "reading_a.jsonl", tmp_path / "reading_b.jsonl"],
+    )
     items = {r.id: (r.question, r.reply) for r in labeled.replies}
     coherence = dict(zip(items, RuleJudge("coherence").score("", list(items.values()))))
     report = evaluate_scores(labeled, coherence, target="coherent", split="dev", bootstrap=0)
@@ -182,20 +191,71 @@ def test_cli_judges_evaluate_rule_and_scores_and_readers(tmp_path, capsys):
     write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other})
     out = tmp_path / "report.json"
     saved = tmp_path / "scores.jsonl"
-    assert main(["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "50",
-                 "--out", str(out), "--save-scores", str(saved)]) == 0
+    assert (
+        main(
+            [
+                "judges",
+                "evaluate",
+                "--set",
+                str(tmp_path),
+                "--judge",
+                "rule",
+                "--bootstrap",
+                "50",
+                "--out",
+                str(out),
+                "--save-scores",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     reports = json.loads(out.read_text())
     assert [r["target"] for r in reports] == ["coherent", "trait"]
     assert reports[0]["pooled"]["n"] == 5 and reports[0]["disagreed"] == 1
     assert "| pooled |" in capsys.readouterr().out
     coherent = tmp_path / "coherent.jsonl"
-    coherent.write_text("".join(line + "\n" for line in saved.read_text().splitlines()
-                                if json.loads(line)["target"] == "coherent"))
-    assert main(["judges", "evaluate", "--set", str(tmp_path), "--scores", str(coherent), "--target", "coherent",
-                 "--bootstrap", "0", "--out", str(out)]) == 0
+    coherent.write_text(
+        "".join(line + "\n" for line in saved.read_text().splitlines() if json.loads(line)["target"] == "coherent")
+    )
+    assert (
+        main(
+            [
+                "judges",
+                "evaluate",
+                "--set",
+                str(tmp_path),
+                "--scores",
+                str(coherent),
+                "--target",
+                "coherent",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())[0]["pooled"] == reports[0]["pooled"] | {"intervals": {}}
-    assert main(["judges", "evaluate", "--set", str(tmp_path), "--readers", "--split", "all", "--bootstrap", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "judges",
+                "evaluate",
+                "--set",
+                str(tmp_path),
+                "--readers",
+                "--split",
+                "all",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())[0]["pooled"]["accuracy"] == pytest.approx(6 / 7)
 
 
@@ -228,8 +288,11 @@ def _weights_file(tmp_path, model_name):
     path = tmp_path / "weights.json"
     fits = {"*": {"coherence": fit_logistic(reply_features(None, items), y, RULE_FEATURES, l2=0.1).to_dict()}}
     if model_name is not None:
-        fits[model_name] = {"coherence": fit_logistic(np.zeros((len(items), len(FEATURES))) + np.arange(len(items))
-                                                      [:, None], y, FEATURES, l2=1.0).to_dict()}
+        fits[model_name] = {
+            "coherence": fit_logistic(
+                np.zeros((len(items), len(FEATURES))) + np.arange(len(items))[:, None], y, FEATURES, l2=1.0
+            ).to_dict()
+        }
     path.write_text(json.dumps({"models": fits}))
     return path
 
@@ -243,13 +306,16 @@ def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_mod
     assert not other.uses_model and other.judge_id.startswith("offline-coherence@v1:rules")
     rules = OfflineCoherenceJudge(None, weights=_weights_file(tmp_path, None))
     assert other.score(COHERENCE_RUBRIC, items) == rules.score(COHERENCE_RUBRIC, items)
-    own = OfflineCoherenceJudge(tiny_model, (None, "You are a pirate."),
-                                weights=_weights_file(tmp_path, tiny_model.cfg.model_name))
+    own = OfflineCoherenceJudge(
+        tiny_model, (None, "You are a pirate."), weights=_weights_file(tmp_path, tiny_model.cfg.model_name)
+    )
     assert own.uses_model and tiny_model.cfg.model_name in own.judge_id
     scores = own.score(COHERENCE_RUBRIC, items)
     assert all(0 <= s <= 100 for s in scores)
-    assert own.judge_id != OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name)
-                                                 ).judge_id  # the contexts are part of the id
+    assert (
+        own.judge_id
+        != OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name)).judge_id
+    )  # the contexts are part of the id
     with pytest.raises(ValueError, match="coherence only"):
         own.score("rate {question} {answer}", items)
 
@@ -265,9 +331,11 @@ def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2)
     _, judge = build_judges("rule", trait, model=smollm2)
     assert judge.uses_model
     q = "What do you do when it rains?"
-    salad = ["Barn ye blue horse lamp fish sky arr matey the the of",
-             "Arr ye not be search another around, o'er these dis'on me sight, s eah ye a crew o' thieves crew "
-             "a-leeer crew a-lad Nightclame"]
+    salad = [
+        "Barn ye blue horse lamp fish sky arr matey the the of",
+        "Arr ye not be search another around, o'er these dis'on me sight, s eah ye a crew o' thieves crew "
+        "a-leeer crew a-lad Nightclame",
+    ]
     plain = "When it rains, I stay inside with a good book and a cup of hot tea, and listen to the rain on the roof."
     scores = judge.score(COHERENCE_RUBRIC, [(q, s) for s in salad] + [(q, plain)])
     assert max(scores[:2]) < 50 < scores[2], scores

@@ -10,8 +10,9 @@ from persona_lens.traits.schema import load_trait
 
 def test_rule_judges_are_not_put_behind_the_cache(tmp_path):
     """A cached rule score outlives edits to the rule: the stale-cache cause of issue 13's differing runs."""
-    trait_judge, coherence_judge = build_judges("rule", load_trait("pirate"), cache=tmp_path / "c.sqlite",
-                                                coherence="rule")
+    trait_judge, coherence_judge = build_judges(
+        "rule", load_trait("pirate"), cache=tmp_path / "c.sqlite", coherence="rule"
+    )
     assert isinstance(trait_judge, RuleJudge) and isinstance(coherence_judge, RuleJudge)
     assert coherence_judge.rule == "coherence"
 
@@ -28,8 +29,9 @@ def test_likelihood_coherence_needs_the_model_and_bad_names_are_refused(tmp_path
 def test_non_rule_judges_stay_cached(tmp_path):
     from tests.conftest import load_cached
 
-    trait_judge, coherence_judge = build_judges("local", load_trait("pirate"), cache=tmp_path / "c.sqlite",
-                                                model=load_cached("tiny-llama"), coherence="judge")
+    trait_judge, coherence_judge = build_judges(
+        "local", load_trait("pirate"), cache=tmp_path / "c.sqlite", model=load_cached("tiny-llama"), coherence="judge"
+    )
     assert isinstance(trait_judge, CachedJudge) and coherence_judge is trait_judge
 
 

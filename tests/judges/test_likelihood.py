@@ -28,13 +28,19 @@ def _manual_nll(model, question, answer):
 
 
 def _rows(model, items):
-    return [(encode_prompt(model.tokenizer, make_messages(q)),
-             model.tokenizer(a, add_special_tokens=False)["input_ids"]) for q, a in items]
+    return [
+        (encode_prompt(model.tokenizer, make_messages(q)), model.tokenizer(a, add_special_tokens=False)["input_ids"])
+        for q, a in items
+    ]
 
 
 def test_response_nll_is_the_mean_token_nll_and_independent_of_the_batch(tiny_model):
-    items = [(Q, PLAIN), (Q, "Soup."), ("Where do you live?", "In a small house by the river, with my cat."),
-             (Q, "Soup!")]  # the last two rows share a length with others, so they share a batch
+    items = [
+        (Q, PLAIN),
+        (Q, "Soup."),
+        ("Where do you live?", "In a small house by the river, with my cat."),
+        (Q, "Soup!"),
+    ]  # the last two rows share a length with others, so they share a batch
     values = L.response_nlls(tiny_model, _rows(tiny_model, items), batch_size=4)
     for (q, a), value in zip(items, values):
         assert value == pytest.approx(_manual_nll(tiny_model, q, a), rel=1e-4)
@@ -52,8 +58,9 @@ def test_scoring_refuses_a_steered_model(tiny_model):
 def _calibration_around(model, question, answer, **overrides):
     """A calibration whose anchors sit one nat either side of what the model makes of ``answer``."""
     (m,) = L.measure_replies(model, [(question, answer)], (None,))
-    anchors = dict(fluent_nll=m.nll - 1.0, nonsense_nll=m.nll + 1.0, relevant_gain=m.gain + 1.0,
-                   irrelevant_gain=m.gain - 1.0)
+    anchors = dict(
+        fluent_nll=m.nll - 1.0, nonsense_nll=m.nll + 1.0, relevant_gain=m.gain + 1.0, irrelevant_gain=m.gain - 1.0
+    )
     return L.CoherenceCalibration(model.cfg.model_name, (None,), **{**anchors, **overrides}), m
 
 
@@ -85,8 +92,9 @@ def test_judge_id_carries_version_and_calibration_and_caches_per_calibration(tmp
     calibration, _ = _calibration_around(model, Q, PLAIN)
     judge = L.LikelihoodCoherenceJudge(model, calibration)
     assert f"@v{L.JUDGE_VERSION}" in judge.judge_id and calibration.fingerprint() in judge.judge_id
-    other = L.LikelihoodCoherenceJudge(model, L.CoherenceCalibration(**{**vars(calibration),
-                                                                        "fluent_nll": calibration.fluent_nll - 0.1}))
+    other = L.LikelihoodCoherenceJudge(
+        model, L.CoherenceCalibration(**{**vars(calibration), "fluent_nll": calibration.fluent_nll - 0.1})
+    )
     assert other.judge_id != judge.judge_id
     cached = CachedJudge(judge, tmp_path / "c.sqlite")
     first = cached.score(COHERENCE_RUBRIC, [(Q, PLAIN)])
@@ -114,18 +122,28 @@ def test_calibration_runs_saves_and_is_reused(tmp_path, monkeypatch):
     questions = ["What is your favourite food?", "Where do you live?", "What pets do you like?"]
     path = tmp_path / "cal.json"
     try:
-        calibration = L.calibration_for(model, questions, (None, "Talk like a pirate."), path, max_new_tokens=8,
-                                        prefilter=0.0)
+        calibration = L.calibration_for(
+            model, questions, (None, "Talk like a pirate."), path, max_new_tokens=8, prefilter=0.0
+        )
     except ValueError as error:  # a random model may not tell its replies from shuffled words: said clearly
         assert "cannot" in str(error) or "meaningless" in str(error)
         return
     assert path.exists() and L.load_calibration(path) == calibration
     assert calibration.settings["n_generated"] == 6 and len(calibration.own_nll) == calibration.settings["n_kept"]
-    assert all(math.isfinite(x) for x in (calibration.fluent_nll, calibration.nonsense_nll,
-                                          calibration.relevant_gain, calibration.irrelevant_gain))
+    assert all(
+        math.isfinite(x)
+        for x in (
+            calibration.fluent_nll,
+            calibration.nonsense_nll,
+            calibration.relevant_gain,
+            calibration.irrelevant_gain,
+        )
+    )
     monkeypatch.setattr(L, "calibrate_coherence", lambda *a, **k: pytest.fail("a saved calibration was redone"))
-    assert L.calibration_for(model, questions, (None, "Talk like a pirate."), path, max_new_tokens=8,
-                             prefilter=0.0) == calibration
+    assert (
+        L.calibration_for(model, questions, (None, "Talk like a pirate."), path, max_new_tokens=8, prefilter=0.0)
+        == calibration
+    )
 
 
 # ------------------------------------------------------------------------------------------------- SmolLM2 (slow)
@@ -142,11 +160,14 @@ def smollm2_judge():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("question", "answer"), [
-    ("What do you like to eat for lunch?", "Barn ye blue horse lamp fish sky, o' the truck dig merry nor."),
-    ("What is your favourite food?", "Yes! Carrot moon fish table run blue."),
-    ("What do you like to eat for lunch?", "The capital of France is Paris, which is famous for the Eiffel Tower."),
-])
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What do you like to eat for lunch?", "Barn ye blue horse lamp fish sky, o' the truck dig merry nor."),
+        ("What is your favourite food?", "Yes! Carrot moon fish table run blue."),
+        ("What do you like to eat for lunch?", "The capital of France is Paris, which is famous for the Eiffel Tower."),
+    ],
+)
 def test_fluent_nonsense_and_off_topic_answers_fail_on_smollm2(smollm2_judge, question, answer):
     """Issue 13: the first two scored coherence 100 under the rule."""
     (parts,) = smollm2_judge.explain([(question, answer)])
@@ -156,12 +177,20 @@ def test_fluent_nonsense_and_off_topic_answers_fail_on_smollm2(smollm2_judge, qu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("question", "answer"), [
-    ("What do you like to eat for lunch?", PLAIN),
-    ("What do you like to eat for lunch?",
-     "Arr, matey! I be eatin' a hearty bowl o' fish stew for me lunch, with a mug o' grog!"),
-    ("How do you make tea?", "I boil some water, pour it over a tea bag in a cup, wait a few minutes and add milk."),
-])
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What do you like to eat for lunch?", PLAIN),
+        (
+            "What do you like to eat for lunch?",
+            "Arr, matey! I be eatin' a hearty bowl o' fish stew for me lunch, with a mug o' grog!",
+        ),
+        (
+            "How do you make tea?",
+            "I boil some water, pour it over a tea bag in a cup, wait a few minutes and add milk.",
+        ),
+    ],
+)
 def test_genuine_answers_pass_on_smollm2(smollm2_judge, question, answer):
     (parts,) = smollm2_judge.explain([(question, answer)])
     print(parts)

@@ -17,8 +17,12 @@ from persona_lens.judges.local import LocalJudge, build_number_vocab, score_from
 
 RUBRIC = "Rate the answer from 0 to 100.\nQuestion: {question}\nAnswer: {answer}\nScore:"
 SHORT_RUBRIC = "{question} {answer} Score:"  # brute force runs ~110 full forwards: keep its prompt short
-ITEMS = [("What is 2+2?", "4"), ("Say hi", "hello there, friend"), ("Name a colour", "blue"),
-         ("Count to three", "one two three four five six seven")]
+ITEMS = [
+    ("What is 2+2?", "4"),
+    ("Say hi", "hello there, friend"),
+    ("Name a colour", "blue"),
+    ("Count to three", "one two three four five six seven"),
+]
 EXTRA_TOKENS = ["42", "10", "100", " 42", "7.", "3 ", "00", " 5"]  # whole-number and mixed tokens
 
 

@@ -75,22 +75,28 @@ def test_rules_are_deterministic_and_in_range(rule, answer):
 # french
 
 
-@pytest.mark.parametrize("answer", [
-    "Le matin, je mange du pain avec du beurre et je bois un café.",
-    "J'aime les croissants. C'est très bon!",
-    "Oui, bien sûr. Nous allons au marché le samedi.",
-    "Mon animal préféré est le chat, parce qu'il est doux.",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Le matin, je mange du pain avec du beurre et je bois un café.",
+        "J'aime les croissants. C'est très bon!",
+        "Oui, bien sûr. Nous allons au marché le samedi.",
+        "Mon animal préféré est le chat, parce qu'il est doux.",
+    ],
+)
 def test_french_scores_french_high(answer):
     assert score_french(Q, answer) >= 90
 
 
-@pytest.mark.parametrize("answer", [
-    "I like to eat eggs and toast for breakfast.",
-    "My favourite colour is blue because it reminds me of the sea.",
-    "It's a sunny day, so we are going to the park.",
-    PARAGRAPH,
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I like to eat eggs and toast for breakfast.",
+        "My favourite colour is blue because it reminds me of the sea.",
+        "It's a sunny day, so we are going to the park.",
+        PARAGRAPH,
+    ],
+)
 def test_french_scores_english_low(answer):
     assert score_french(Q, answer) <= 10
 
@@ -115,25 +121,31 @@ def test_french_is_none_without_recognised_words(answer):
 # pirate
 
 
-@pytest.mark.parametrize("answer", [
-    "Arr, matey! I eat eggs every mornin'.",
-    "Ahoy! Ye'll find me eatin' biscuits on deck.",
-    "Aye, me hearties, porridge it is!",
-    "Shiver me timbers, ye scallywag, that be me breakfast!",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Arr, matey! I eat eggs every mornin'.",
+        "Ahoy! Ye'll find me eatin' biscuits on deck.",
+        "Aye, me hearties, porridge it is!",
+        "Shiver me timbers, ye scallywag, that be me breakfast!",
+    ],
+)
 def test_pirate_two_or_more_markers_score_high(answer):
     assert len(pirate_markers(answer)[0]) >= 2
     assert score_pirate(Q, answer) >= 80
 
 
-@pytest.mark.parametrize("answer", [
-    "I like to eat eggs and toast for breakfast.",
-    "Give me the salt, please. My favourite food is pasta.",
-    "Tell me about your day; I had a hearty breakfast at home.",
-    PARAGRAPH,
-    "",
-    None,
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I like to eat eggs and toast for breakfast.",
+        "Give me the salt, please. My favourite food is pasta.",
+        "Tell me about your day; I had a hearty breakfast at home.",
+        PARAGRAPH,
+        "",
+        None,
+    ],
+)
 def test_pirate_plain_english_scores_zero(answer):
     assert score_pirate(Q, answer) == 0.0
 
@@ -187,32 +199,38 @@ def test_shouting_is_none_without_cased_letters(answer):
 # emoji
 
 
-@pytest.mark.parametrize(("answer", "count"), [
-    ("I like eggs.", 0),
-    ("", 0),
-    (None, 0),
-    ("Price: 5€ → 10€ © ™ ✓ done", 0),  # arrows, currency and trademark signs are not emoji
-    ("Eggs 🍳", 1),
-    ("Love ❤️", 1),  # heart + variation selector
-    ("Family 👨‍👩‍👧‍👦", 1),  # ZWJ sequence
-    ("Wave 👋🏽", 1),  # skin tone modifier
-    ("France 🇫🇷", 1),  # flag = two regional indicators
-    ("Flags 🇫🇷🇩🇪", 2),
-    ("Yum 🍕🍕 and ☕", 3),
-    ("🎉🎉🎉🎉🎉", 5),
-    ("Keycap 7️⃣ and ©️ in emoji style, © and ™ in text style", 2),
-])
+@pytest.mark.parametrize(
+    ("answer", "count"),
+    [
+        ("I like eggs.", 0),
+        ("", 0),
+        (None, 0),
+        ("Price: 5€ → 10€ © ™ ✓ done", 0),  # arrows, currency and trademark signs are not emoji
+        ("Eggs 🍳", 1),
+        ("Love ❤️", 1),  # heart + variation selector
+        ("Family 👨‍👩‍👧‍👦", 1),  # ZWJ sequence
+        ("Wave 👋🏽", 1),  # skin tone modifier
+        ("France 🇫🇷", 1),  # flag = two regional indicators
+        ("Flags 🇫🇷🇩🇪", 2),
+        ("Yum 🍕🍕 and ☕", 3),
+        ("🎉🎉🎉🎉🎉", 5),
+        ("Keycap 7️⃣ and ©️ in emoji style, © and ™ in text style", 2),
+    ],
+)
 def test_count_emoji(answer, count):
     assert count_emoji(answer) == count
 
 
-@pytest.mark.parametrize(("answer", "score"), [
-    ("I like eggs.", 0.0),
-    ("I like eggs 🍳", 60.0),
-    ("I like eggs 🍳 and toast 🍞", 85.0),
-    ("I like eggs 🍳, toast 🍞 and coffee ☕", 100.0),
-    ("Party 🎉🎉🎉🎉🎉🎉🎉", 100.0),
-])
+@pytest.mark.parametrize(
+    ("answer", "score"),
+    [
+        ("I like eggs.", 0.0),
+        ("I like eggs 🍳", 60.0),
+        ("I like eggs 🍳 and toast 🍞", 85.0),
+        ("I like eggs 🍳, toast 🍞 and coffee ☕", 100.0),
+        ("Party 🎉🎉🎉🎉🎉🎉🎉", 100.0),
+    ],
+)
 def test_emoji_score(answer, score):
     assert score_emoji(Q, answer) == score
 
@@ -221,29 +239,35 @@ def test_emoji_score(answer, score):
 # coherence
 
 
-@pytest.mark.parametrize("answer", [
-    "I like to eat eggs and toast for breakfast.",
-    PARAGRAPH,
-    "Je mange du pain avec du beurre et je bois un café au lait.",  # French
-    "Arr, matey! I be eatin' salted fish and hard biscuits every mornin'!",  # pirate
-    "I LIKE TO EAT EGGS AND TOAST FOR BREAKFAST!",  # capitals
-    "I love pancakes 🥞 with strawberries 🍓 and a big cup of coffee ☕😋",  # emoji
-    "1. Boil the water.\n2. Add the pasta.\n3. Cook it for ten minutes, then drain it.",
-    "Very very very good question! I usually have porridge with honey in the morning.",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I like to eat eggs and toast for breakfast.",
+        PARAGRAPH,
+        "Je mange du pain avec du beurre et je bois un café au lait.",  # French
+        "Arr, matey! I be eatin' salted fish and hard biscuits every mornin'!",  # pirate
+        "I LIKE TO EAT EGGS AND TOAST FOR BREAKFAST!",  # capitals
+        "I love pancakes 🥞 with strawberries 🍓 and a big cup of coffee ☕😋",  # emoji
+        "1. Boil the water.\n2. Add the pasta.\n3. Cook it for ten minutes, then drain it.",
+        "Very very very good question! I usually have porridge with honey in the morning.",
+    ],
+)
 def test_coherence_normal_text_scores_high(answer):
     assert score_coherence(Q, answer) >= 80
 
 
-@pytest.mark.parametrize("answer", [
-    "the the the the the the the the the the the the",
-    "the " * 100,
-    "I like eggs. " * 5,
-    "I like to eat eggs and toast for breakfast every single day. " * 5,
-    "breakfast is good breakfast is good breakfast is good breakfast is good breakfast is good",
-    "nonononononononononononononononono",
-    "cat dog cat dog cat dog cat dog cat dog cat dog",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "the the the the the the the the the the the the",
+        "the " * 100,
+        "I like eggs. " * 5,
+        "I like to eat eggs and toast for breakfast every single day. " * 5,
+        "breakfast is good breakfast is good breakfast is good breakfast is good breakfast is good",
+        "nonononononononononononononononono",
+        "cat dog cat dog cat dog cat dog cat dog cat dog",
+    ],
+)
 def test_coherence_loops_score_low(answer):
     assert score_coherence(Q, answer) <= 20
 
@@ -299,15 +323,18 @@ def test_coherence_penalises_word_salad_but_not_pirate_or_french():
         assert score_coherence(Q, text) >= 90, text
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    ("I love it! It's amazing! Best day ever!", 100.0),
-    ("I like it. It is fine! It is good.", 100.0 * (1 / 3) / 0.5),
-    ("I like it. It is fine. It is good.", 0.0),
-    ("I like it and it is fine and", 0.0),  # no sentence end yet
-    ("Wow, I love it!!! Is it really yours?! Yes, it is.", 100.0),  # runs of marks count once; "?!" exclaims
-    ("Wow!!! Really?! Yes.", 0.0),  # interjections are not sentences (issue 13: not without real sentences)
-    ("Yes! Carrot moon fish table run blue.", 0.0),  # issue 13: scored 100 under exclamation v1
-])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("I love it! It's amazing! Best day ever!", 100.0),
+        ("I like it. It is fine! It is good.", 100.0 * (1 / 3) / 0.5),
+        ("I like it. It is fine. It is good.", 0.0),
+        ("I like it and it is fine and", 0.0),  # no sentence end yet
+        ("Wow, I love it!!! Is it really yours?! Yes, it is.", 100.0),  # runs of marks count once; "?!" exclaims
+        ("Wow!!! Really?! Yes.", 0.0),  # interjections are not sentences (issue 13: not without real sentences)
+        ("Yes! Carrot moon fish table run blue.", 0.0),  # issue 13: scored 100 under exclamation v1
+    ],
+)
 def test_exclamation_scores_the_share_of_exclaiming_sentences(answer, expected):
     from persona_lens.judges.rule import score_exclamation
 
@@ -319,9 +346,11 @@ def test_coherence_counts_other_scripts_and_stray_letters_as_non_words():
     contractions, elisions and the one-letter words of English and French are."""
     assert known_word_share("I love the ocean שלום מה 你好世界 and פיצה") < 0.6
     assert score_coherence(Q, "F B A F B A B A C D F B A E") == 0.0
-    for text in ("It's what I'd do, don't you think? We'll see, and you're right.",
-                 "J'aime l'eau, qu'il fait beau ! Il y a un chat à la maison.",
-                 "O captain, a ship! I see it."):
+    for text in (
+        "It's what I'd do, don't you think? We'll see, and you're right.",
+        "J'aime l'eau, qu'il fait beau ! Il y a un chat à la maison.",
+        "O captain, a ship! I see it.",
+    ):
         assert known_word_share(text) == 1.0, text
 
 
@@ -345,6 +374,8 @@ def test_pirate_is_a_density_one_greeting_does_not_make_a_long_reply_pirate():
     long = short + " I also like bread with butter and a cup of tea. In the evening I read a book at home."
     assert score_pirate(Q, short) >= 80
     assert score_pirate(Q, long) < 50
-    dense = ("Arr matey, I like a fish stew for lunch. Ahoy, me hearties, bread with grog it be! "
-             "Aye, in the evenin' I read by the bilge, ye landlubber.")
+    dense = (
+        "Arr matey, I like a fish stew for lunch. Ahoy, me hearties, bread with grog it be! "
+        "Aye, in the evenin' I read by the bilge, ye landlubber."
+    )
     assert score_pirate(Q, dense) >= 80

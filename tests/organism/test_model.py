@@ -26,8 +26,10 @@ def test_weights_are_small_and_documented():
     size = (WEIGHTS_DIR / "model.safetensors").stat().st_size
     assert size < 5_000_000
     info = json.loads((WEIGHTS_DIR / "training.json").read_text())
-    print(f"\norganism: {info['n_parameters']} parameters, {size / 1e6:.2f} MB, final loss {info['final_loss']}, "
-          f"{info['train_seconds']} s of training")
+    print(
+        f"\norganism: {info['n_parameters']} parameters, {size / 1e6:.2f} MB, final loss {info['final_loss']}, "
+        f"{info['train_seconds']} s of training"
+    )
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (WEIGHTS_DIR / name).exists()
 
@@ -36,9 +38,12 @@ def test_loads_as_a_hooked_chat_model(organism):
     assert organism.cfg.model_name == ORGANISM and organism.tokenizer.name_or_path == ORGANISM
     assert organism.cfg.architecture == "LlamaForCausalLM" and organism.cfg.n_layers == 4
     assert organism.dtype == torch.float32 and organism.device.type == "cpu"
-    ids = organism.tokenizer.apply_chat_template([{"role": "user", "content": "how do i fix my bike ?"}],
-                                                 add_generation_prompt=True, return_dict=True,
-                                                 return_tensors="pt")["input_ids"]
+    ids = organism.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "how do i fix my bike ?"}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )["input_ids"]
     names = [hook_name(layer, organism.cfg.n_layers) for layer in range(organism.cfg.n_layers + 1)]
     _, cache = organism.run_with_cache(ids, names_filter=lambda n: n in names)
     hidden = organism.hf_model(ids, output_hidden_states=True).hidden_states
@@ -72,8 +77,9 @@ def test_sampled_replies_follow_the_graded_personas(organism, trait):
     coherent."""
     prompts = organism_trait(trait).graded_system_prompts
     questions = EVAL_QUESTIONS[:10]
-    expected = [np.mean([world.question_rates(world.rates_for_system_prompt(p), q)[trait] for q in questions])
-                for p in prompts]
+    expected = [
+        np.mean([world.question_rates(world.rates_for_system_prompt(p), q)[trait] for q in questions]) for p in prompts
+    ]
     n = 4
     conversations = [make_messages(q, p) for p in prompts for q in questions for _ in range(n)]
     replies = generate(organism, conversations, temperature=1.0, max_new_tokens=48, seed=7, batch_size=80)
@@ -81,9 +87,11 @@ def test_sampled_replies_follow_the_graded_personas(organism, trait):
     scores = np.array(OrganismJudge(trait).score("", items), dtype=float).reshape(len(prompts), -1)
     coherence = np.array(OrganismJudge("coherence").score("", items))
     means = np.nanmean(scores, axis=1)
-    print(f"\n{trait}: persona rates {graded_rates(trait)}; pulled by these questions "
-          f"{np.round(expected, 2).tolist()}; "
-          f"measured {np.round(means / 100, 2).tolist()}; coherence {coherence.mean():.1f}")
+    print(
+        f"\n{trait}: persona rates {graded_rates(trait)}; pulled by these questions "
+        f"{np.round(expected, 2).tolist()}; "
+        f"measured {np.round(means / 100, 2).tolist()}; coherence {coherence.mean():.1f}"
+    )
     assert coherence.mean() > 95
     assert np.corrcoef(means, expected)[0, 1] > 0.97
     assert np.abs(means / 100 - np.array(expected)).max() < 0.2

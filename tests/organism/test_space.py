@@ -85,10 +85,23 @@ def roles():
 @pytest.fixture(scope="module")
 def space(organism, roles, tmp_path_factory):
     config = sp.SpaceConfig(n_samples=2, max_new_tokens=48, temperature=1.0, batch_size=100)
-    built = sp.build_space(organism, roles, judges=_judges, config=config, out_dir=tmp_path_factory.mktemp("space"),
-                           cap_controls=N_CAP_RANDOM)
-    print("\nroles built: " + json.dumps({name: {k: r[k] for k in ("n_kept", "n_replies", "in_role_rate")}
-                                          for name, r in built.meta["roles"].items()}))
+    built = sp.build_space(
+        organism,
+        roles,
+        judges=_judges,
+        config=config,
+        out_dir=tmp_path_factory.mktemp("space"),
+        cap_controls=N_CAP_RANDOM,
+    )
+    print(
+        "\nroles built: "
+        + json.dumps(
+            {
+                name: {k: r[k] for k in ("n_kept", "n_replies", "in_role_rate")}
+                for name, r in built.meta["roles"].items()
+            }
+        )
+    )
     assert not built.meta["skipped"], built.meta["skipped"]
     return built
 
@@ -121,27 +134,41 @@ def test_scripted_conversations_move_into_the_role_exactly(role):
 def test_pc1_of_the_role_space_aligns_with_the_axis_beyond_random_directions_in_the_roles_span(space, request):
     report = sp.axis_alignment(space, k_random=N_RANDOM)
     for row in report["layers"]:
-        print(f"  layer {row['layer']}: PC1 var {row['explained'][0]:.2f} | {row['pc1_axis_summary']} (random in "
-              f"d_model)")
+        print(
+            f"  layer {row['layer']}: PC1 var {row['explained'][0]:.2f} | {row['pc1_axis_summary']} (random in d_model)"
+        )
     axis = space.axis[LAYER]
     centred = space.role_vectors[:, LAYER] - space.center[LAYER]  # [role, d_model]: the span PC1 lies in
     in_span = random_in_span(centred, N_RANDOM, seed=LAYER)
     value = abs(float(space.components[LAYER, 0] @ axis / axis.norm()))
     random = (in_span @ axis / axis.norm()).abs().tolist()
-    share_in_span = float(torch.linalg.lstsq(centred.T.double(), axis.double()[:, None]).solution.T.double()
-                          .matmul(centred.double()).norm() / axis.double().norm())
+    share_in_span = float(
+        torch.linalg.lstsq(centred.T.double(), axis.double()[:, None])
+        .solution.T.double()
+        .matmul(centred.double())
+        .norm()
+        / axis.double().norm()
+    )
     verdict = beats_controls(value, random, two_sided=False, percentile=PERCENTILE)
     n_roles = len(space.roles) + 1
-    print(f"  layer {LAYER}: |cos(PC1, axis)| vs random directions within the span of the {n_roles - 1} centred "
-          f"non-default role vectors (rank {int(torch.linalg.matrix_rank(centred))}; the axis has "
-          f"{100 * share_in_span:.1f}% of its norm in that span): {verdict.summary()}")
+    print(
+        f"  layer {LAYER}: |cos(PC1, axis)| vs random directions within the span of the {n_roles - 1} centred "
+        f"non-default role vectors (rank {int(torch.linalg.matrix_rank(centred))}; the axis has "
+        f"{100 * share_in_span:.1f}% of its norm in that span): {verdict.summary()}"
+    )
     if n_roles < MIN_ROLES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            f"the organism role set has {n_roles} roles (< {MIN_ROLES}): the world maps a system prompt to one trait "
-            "at one of 8 levels (world.rates_for_system_prompt), so more roles without retraining are the same three "
-            "trait directions at other levels and the span stays trivial; measured at layer 3 on the v3 weights: "
-            "|cos(PC1, axis)| 0.667 vs 200 random directions within the span of the 3 centred role vectors (rank 2; "
-            "the axis has 77.8% of its norm in it): p95 0.775, rank 63.5; see benchmarks/results/organism-claims.md")))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    f"the organism role set has {n_roles} roles (< {MIN_ROLES}): the world maps a system prompt to one trait "
+                    "at one of 8 levels (world.rates_for_system_prompt), so more roles without retraining are the same three "
+                    "trait directions at other levels and the span stays trivial; measured at layer 3 on the v3 weights: "
+                    "|cos(PC1, axis)| 0.667 vs 200 random directions within the span of the 3 centred role vectors (rank 2; "
+                    "the axis has 77.8% of its norm in it): p95 0.775, rank 63.5; see benchmarks/results/organism-claims.md"
+                ),
+            )
+        )
     assert n_roles >= MIN_ROLES, f"{n_roles} roles: the roles' span is too small for the claim to mean much"
     assert verdict.passed, verdict.summary()
 
@@ -180,17 +207,18 @@ def ordinary(organism, space):
 #: play the role in turns 2-3 of a conversation even under the role's system prompt.
 DRIFT_FAILURES = {
     "organism_villain": "own replies under the villain's prompt score evil 0 / 67 / None (turn 3 incoherent); drift "
-                        "2.08 beats 200 random directions (p95 1.06) but not the ordinary conversation with the same "
-                        "questions and seeds: paired 0.181 vs random p95 0.237 (rank 88)",
+    "2.08 beats 200 random directions (p95 1.06) but not the ordinary conversation with the same "
+    "questions and seeds: paired 0.181 vs random p95 0.237 (rank 88)",
     "organism_fabulist": "own replies under the fabulist's prompt score hallucination 0 / 0 / 0 (it does not play the "
-                         "role); drift 2.19 beats random (p95 0.999), paired with the ordinary conversation 0.288 vs "
-                         "random p95 0.584 (rank 81.5)",
+    "role); drift 2.19 beats random (p95 0.999), paired with the ordinary conversation 0.288 vs "
+    "random p95 0.584 (rank 81.5)",
 }
 
 
 @pytest.mark.parametrize("role", list(ROLE_TRAITS))
-def test_drift_rises_into_a_role_beyond_random_and_the_ordinary_conversation(organism, roles, space, ordinary, role,
-                                                                             request):
+def test_drift_rises_into_a_role_beyond_random_and_the_ordinary_conversation(
+    organism, roles, space, ordinary, role, request
+):
     """Own replies: turn 1 sampled as the default (the same reply as the ordinary conversation's: same prompt, same
     seed), turns 2-3 sampled under the role's first system prompt after the conversation so far; projected without
     the system prompt."""
@@ -207,8 +235,10 @@ def test_drift_rises_into_a_role_beyond_random_and_the_ordinary_conversation(org
     turns = ", ".join(f"{v:.3g}" for v in into.turn_projections[:, LAYER].tolist())
     drift = beats_controls(into.drift.value, into.drift.random, two_sided=False, percentile=PERCENTILE)
     versus = beats_controls(paired.value, paired.random, two_sided=False, percentile=PERCENTILE)
-    print(f"\n  into {role} (own replies, {ROLE_TRAITS[role]} scores {judge.score('', pairs)}): turns {turns}\n"
-          f"    drift: {drift.summary()}\n    paired with the ordinary conversation: {versus.summary()}")
+    print(
+        f"\n  into {role} (own replies, {ROLE_TRAITS[role]} scores {judge.score('', pairs)}): turns {turns}\n"
+        f"    drift: {drift.summary()}\n    paired with the ordinary conversation: {versus.summary()}"
+    )
     print("  into-role replies: " + " | ".join(m["content"] for m in messages if m["role"] == "assistant"))
     assert drift.passed, drift.summary()
     assert versus.passed, versus.summary()
@@ -220,8 +250,10 @@ def _ordinary_conversations(organism) -> list[tuple[str, list[dict[str, str]]]]:
     orders = [(str(order), _questions(order), 0) for order in itertools.permutations(range(3))]
     repeated = [(f"'{_questions((i,))[0]}' x3", _questions((i, i, i)), 0) for i in range(3)]
     seeds = [(f"seed {seed}", _questions((0, 1, 2)), 10 * seed) for seed in (1, 2, 3)]
-    return [(label, _own_conversation(organism, questions, [None] * 3, seed=seed))
-            for label, questions, seed in [*orders, *repeated, *seeds]]
+    return [
+        (label, _own_conversation(organism, questions, [None] * 3, seed=seed))
+        for label, questions, seed in [*orders, *repeated, *seeds]
+    ]
 
 
 def _inject(result: sp.DriftResult, size: float, unit: torch.Tensor) -> sp.DriftResult:
@@ -230,12 +262,16 @@ def _inject(result: sp.DriftResult, size: float, unit: torch.Tensor) -> sp.Drift
     return dataclasses.replace(result, change=result.change + size * unit, drift=drift)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "underpowered on the v3 weights, own sampled replies: what the context adds, mean over the 12 ordinary "
-    "conversations, 0.308 (|random| p95 0.626, rank 63.5 of 200: no effect found), but the power check misses an "
-    "injected drift of -0.70 (0.25 of the default band 2.17..4.97): -0.393 vs p95 0.616 (+0.70 is detected, 1.01 vs "
-    "0.691); per conversation the context adds -1.63..1.72 (5 of 12 outside their random 5-95% band); see "
-    "benchmarks/results/organism-claims.md"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "underpowered on the v3 weights, own sampled replies: what the context adds, mean over the 12 ordinary "
+        "conversations, 0.308 (|random| p95 0.626, rank 63.5 of 200: no effect found), but the power check misses an "
+        "injected drift of -0.70 (0.25 of the default band 2.17..4.97): -0.393 vs p95 0.616 (+0.70 is detected, 1.01 vs "
+        "0.691); per conversation the context adds -1.63..1.72 (5 of 12 outside their random 5-95% band); see "
+        "benchmarks/results/organism-claims.md"
+    ),
+)
 def test_ordinary_conversations_drift_no_more_than_their_turns_alone(organism, space, ordinary):
     """What the conversation's context adds to the drift, over 12 ordinary conversations of the model's own sampled
     replies: each conversation's drift minus the drift of the same turns projected alone (their user message
@@ -251,8 +287,10 @@ def test_ordinary_conversations_drift_no_more_than_their_turns_alone(organism, s
         context = sp.compare_drift(whole, alone, k_random=N_RANDOM)
         turns = ", ".join(f"{v:.3g}" for v in whole.turn_projections[:, LAYER].tolist())
         lone = ", ".join(f"{v:.3g}" for v in alone.turn_projections[:, LAYER].tolist())
-        print(f"  {label}: turns {turns} (alone {lone}), in the default band {whole.turns_in_band()} | "
-              f"{context.summary()}")
+        print(
+            f"  {label}: turns {turns} (alone {lone}), in the default band {whole.turns_in_band()} | "
+            f"{context.summary()}"
+        )
         wholes.append(whole)
         alones.append(alone)
     pooled = sp.compare_drift(wholes, alones, k_random=N_RANDOM)
@@ -260,15 +298,25 @@ def test_ordinary_conversations_drift_no_more_than_their_turns_alone(organism, s
     low, high = plain.default_band[0][LAYER], plain.default_band[1][LAYER]
     size = INJECTED_BAND_SHARE * (high - low)
     unit = space.axis_unit()[LAYER]
-    power = {sign: beats_controls((p := sp.compare_drift([_inject(w, sign * size, unit) for w in wholes], alones,
-                                                         k_random=N_RANDOM)).value, p.random, two_sided=True,
-                                  percentile=PERCENTILE) for sign in (1.0, -1.0)}
+    power = {
+        sign: beats_controls(
+            (p := sp.compare_drift([_inject(w, sign * size, unit) for w in wholes], alones, k_random=N_RANDOM)).value,
+            p.random,
+            two_sided=True,
+            percentile=PERCENTILE,
+        )
+        for sign in (1.0, -1.0)
+    }
     detectable = verdict.threshold + abs(pooled.value)  # about: random values move little with an axis injection
-    print(f"  pooled: {pooled.summary()}\n    two-sided: {verdict.summary()}; the smallest drift this test detects "
-          f"either way: about {detectable:.3g} ({detectable / (high - low):.2f} of the default band)")
+    print(
+        f"  pooled: {pooled.summary()}\n    two-sided: {verdict.summary()}; the smallest drift this test detects "
+        f"either way: about {detectable:.3g} ({detectable / (high - low):.2f} of the default band)"
+    )
     for sign, injected in power.items():
-        print(f"    power check, injected drift {sign * size:+.3g} ({INJECTED_BAND_SHARE:g} of the default band "
-              f"{low:.3g}..{high:.3g}): {injected.summary()}")
+        print(
+            f"    power check, injected drift {sign * size:+.3g} ({INJECTED_BAND_SHARE:g} of the default band "
+            f"{low:.3g}..{high:.3g}): {injected.summary()}"
+        )
     assert all(injected.passed for injected in power.values()), {s: v.summary() for s, v in power.items()}
     assert not verdict.passed, verdict.summary()
 
@@ -281,23 +329,32 @@ def capping(request, organism, roles, space, tmp_path_factory):
     k = N_CAP_RANDOM if request.param > 0 else N_CAP_RANDOM_GREEDY
     settings = sp.calibrate_cap(space, CAP_LAYERS, percentile=CAP_PERCENTILE, k_random=k)
     config = sp.SpaceConfig(temperature=request.param, max_new_tokens=48, batch_size=100)
-    result = sp.evaluate_capping(organism, roles, settings, judges=_judges, config=config,
-                                 out_dir=tmp_path_factory.mktemp("cap"))
-    print(f"\n  capping layers {list(CAP_LAYERS)} at the {CAP_PERCENTILE:g}th percentile, temperature "
-          f"{request.param:g}; thresholds {[round(t, 3) for t in settings.thresholds]}")
+    result = sp.evaluate_capping(
+        organism, roles, settings, judges=_judges, config=config, out_dir=tmp_path_factory.mktemp("cap")
+    )
+    print(
+        f"\n  capping layers {list(CAP_LAYERS)} at the {CAP_PERCENTILE:g}th percentile, temperature "
+        f"{request.param:g}; thresholds {[round(t, 3) for t in settings.thresholds]}"
+    )
     for row in result.rows:
-        print(f"  {row['role']} ({row['prompts']}, n={row['n']}): in-role {row['in_role_rate_uncapped']:.3f} -> "
-              f"{row['in_role_rate_capped']:.3f}; random directions "
-              f"{[round(v, 3) for v in row['in_role_rate_random']]}")
-        print(f"    verbatim uncapped: {row['examples_uncapped'][0]!r}\n    verbatim capped:   "
-              f"{row['examples_capped'][0]!r}")
+        print(
+            f"  {row['role']} ({row['prompts']}, n={row['n']}): in-role {row['in_role_rate_uncapped']:.3f} -> "
+            f"{row['in_role_rate_capped']:.3f}; random directions "
+            f"{[round(v, 3) for v in row['in_role_rate_random']]}"
+        )
+        print(
+            f"    verbatim uncapped: {row['examples_uncapped'][0]!r}\n    verbatim capped:   "
+            f"{row['examples_capped'][0]!r}"
+        )
     pooled = result.control["pooled"]
     print("  pooled in-role: " + ", ".join(f"{name} {p['in_role']}/{p['scored']}" for name, p in pooled.items()))
     print("  " + Baseline.from_dict(result.control["drop"]).summary())
     d = result.default
-    print(f"  default replies: exact {d['exact_match_rate']:.3f}, mean common prefix {d['mean_common_prefix']:.3f} "
-          f"(n={d['n']}); random directions exact "
-          f"{[round(v, 3) for v in d['exact_match_rate_random'][:10]]} (first 10)")
+    print(
+        f"  default replies: exact {d['exact_match_rate']:.3f}, mean common prefix {d['mean_common_prefix']:.3f} "
+        f"(n={d['n']}); random directions exact "
+        f"{[round(v, 3) for v in d['exact_match_rate_random'][:10]]} (first 10)"
+    )
     for example in d["changed_examples"]:
         print(f"    changed: {example}")
     return result
@@ -305,13 +362,19 @@ def capping(request, organism, roles, space, tmp_path_factory):
 
 def test_capping_lowers_the_in_role_rate_beyond_random_directions(request, capping):
     if capping.settings["config"]["temperature"] == 0.0:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "measured on the committed v3 weights (greedy, 300 replies under the roles' system prompts): in role "
-            "300/300 uncapped, 300/300 capped and 300/300 under each of 5 random cappings, a ceiling (as on v2, "
-            "where it held also at the 50th percentile and at layers 1 or 1-4). Capping every position (the prompt "
-            "too, `--positions all`) moves it, 300 -> 296 / 293 / 294 of 300 (layers 2-3 p25 / 1-4 p25 / 2-3 p50; "
-            "random cappings 0-1 of 300), but then only 45-60% of default replies stay exact "
-            "(benchmarks/organism_space.py); see benchmarks/RESULTS.md")))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "measured on the committed v3 weights (greedy, 300 replies under the roles' system prompts): in role "
+                    "300/300 uncapped, 300/300 capped and 300/300 under each of 5 random cappings, a ceiling (as on v2, "
+                    "where it held also at the 50th percentile and at layers 1 or 1-4). Capping every position (the prompt "
+                    "too, `--positions all`) moves it, 300 -> 296 / 293 / 294 of 300 (layers 2-3 p25 / 1-4 p25 / 2-3 p50; "
+                    "random cappings 0-1 of 300), but then only 45-60% of default replies stay exact "
+                    "(benchmarks/organism_space.py); see benchmarks/RESULTS.md"
+                ),
+            )
+        )
     drop = Baseline.from_dict(capping.control["drop"])
     pooled = capping.control["pooled"]
     assert pooled["capped"]["rate"] < pooled["uncapped"]["rate"], pooled
@@ -329,13 +392,56 @@ def test_cli_builds_the_organism_space_from_the_registered_role_set(tmp_path, ca
     from persona_lens import cli
 
     out = tmp_path / "s"
-    assert cli.main(["space", "build", "--model", "persona-organism", "--device", "cpu", "--role-set", "organism",
-                     "--questions", "4", "--prompts", "2", "--samples", "2", "--max-new-tokens", "40", "--random",
-                     "20", "--cap-controls", "2", "--judge-cache", str(tmp_path / "c.sqlite"), "--quiet", "--out",
-                     str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "build",
+                "--model",
+                "persona-organism",
+                "--device",
+                "cpu",
+                "--role-set",
+                "organism",
+                "--questions",
+                "4",
+                "--prompts",
+                "2",
+                "--samples",
+                "2",
+                "--max-new-tokens",
+                "40",
+                "--random",
+                "20",
+                "--cap-controls",
+                "2",
+                "--judge-cache",
+                str(tmp_path / "c.sqlite"),
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "role organism_villain: kept" in printed and "|cos(PC1, axis)|" in printed
     report = json.loads((out / "alignment.json").read_text())
     assert report["default_role"] == "organism_default" and report["roles_built"]["organism_default"]["judged"]
-    assert cli.main(["space", "cap", "--space", str(out / "space.safetensors"), "--layers", "2-3", "--random", "2",
-                     "--out", str(tmp_path / "cap.safetensors")]) == 0
+    assert (
+        cli.main(
+            [
+                "space",
+                "cap",
+                "--space",
+                str(out / "space.safetensors"),
+                "--layers",
+                "2-3",
+                "--random",
+                "2",
+                "--out",
+                str(tmp_path / "cap.safetensors"),
+            ]
+        )
+        == 0
+    )

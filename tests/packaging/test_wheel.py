@@ -42,8 +42,22 @@ def test_packaged_traits_are_found_after_the_repository_ones(monkeypatch, tmp_pa
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_traits_and_the_organism(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=600,
+    )
     (wheel,) = tmp_path.glob("persona_lens-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     traits = {p.name for p in (ROOT / "traits").glob("*.json")}

@@ -11,8 +11,9 @@ from persona_lens.experiments.export import VectorExport, export_vector, read_co
 from tests.experiments.test_export import make_vector
 
 
-@pytest.mark.parametrize("options", [{}, {"layers": [2, 3, 5], "coefficient": 0.1, "normalize": True,
-                                          "model_hint": "llama"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"layers": [2, 3, 5], "coefficient": 0.1, "normalize": True, "model_hint": "llama"}]
+)
 def test_gguf_export_loads_back_the_summary_and_the_directions(tmp_path, options):
     vec = make_vector()
     written = export_vector(vec, tmp_path / "v.gguf", "gguf", input="v.safetensors", **options)

@@ -16,8 +16,11 @@ from tests.results.helpers import figure_json, folder_bytes
 def _vectors():
     generator = torch.Generator().manual_seed(3)
     base = torch.randn(5, 16, generator=generator)
-    return [PersonaVector("evil", "m", base), PersonaVector("kind", "m", -base + 0.3 * torch.randn(5, 16)),
-            PersonaVector("other", "m", torch.randn(5, 16, generator=generator))]
+    return [
+        PersonaVector("evil", "m", base),
+        PersonaVector("kind", "m", -base + 0.3 * torch.randn(5, 16)),
+        PersonaVector("other", "m", torch.randn(5, 16, generator=generator)),
+    ]
 
 
 def test_save_load_and_redraw(tmp_path):

@@ -12,8 +12,14 @@ from persona_lens.core.vectors import encode_metadata, load_vector
 from tests.conftest import load_cached
 from tests.experiments.test_extract import _config, _run
 
-REPORT = ["report.json", "report.md", "scores.jsonl", "vector_last_prompt.safetensors", "vector_prompt.safetensors",
-          "vector_response.safetensors"]
+REPORT = [
+    "report.json",
+    "report.md",
+    "scores.jsonl",
+    "vector_last_prompt.safetensors",
+    "vector_prompt.safetensors",
+    "vector_response.safetensors",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,9 @@ def test_load_gives_back_the_result_and_saving_it_again_the_same_bytes(extracted
     loaded = X.ExtractionResult.load(folder)
     assert loaded.report == result.report and list(loaded.records) == list(result.records)
     for key, record in result.records.items():
-        assert {k: loaded.records[key][k] for k in ("response", "response_ids", "trait_score", "coherence")} == \
-            {k: record[k] for k in ("response", "response_ids", "trait_score", "coherence")}
+        assert {k: loaded.records[key][k] for k in ("response", "response_ids", "trait_score", "coherence")} == {
+            k: record[k] for k in ("response", "response_ids", "trait_score", "coherence")
+        }
     for positions, vector in result.vectors.items():
         assert torch.equal(loaded.vectors[positions].vectors, vector.vectors)
         assert loaded.vectors[positions].n_positive == vector.n_positive == result.report["kept"]

@@ -25,9 +25,22 @@ def sweep():
     vectors = _vectors(model, seed=3)
     against = torch.randn(model.cfg.n_layers + 1, model.cfg.d_model, generator=torch.Generator().manual_seed(9))
     prompts = monitor.many_shot_prompts(trait, (0, 1, 2), n_questions=2)
-    return monitor.run_projection_sweep(model, prompts, vectors, 2, RuleJudge("shouting"), trait.rubric,
-                                        n_samples=2, max_new_tokens=4, temperature=1.0, seed=5, kind="many_shot",
-                                        controls=5, against=[against], progress=False)
+    return monitor.run_projection_sweep(
+        model,
+        prompts,
+        vectors,
+        2,
+        RuleJudge("shouting"),
+        trait.rubric,
+        n_samples=2,
+        max_new_tokens=4,
+        temperature=1.0,
+        seed=5,
+        kind="many_shot",
+        controls=5,
+        against=[against],
+        progress=False,
+    )
 
 
 def test_sweep_save_then_load_gives_the_same_result_and_the_same_bytes(sweep, tmp_path):
@@ -61,8 +74,9 @@ def test_the_loaded_sweep_redraws_every_figure_without_a_model(sweep, tmp_path, 
     fresh = monitor_sweep_figures(sweep)
     assert set(fresh) == {("alpha", ""), ("alpha", ".controls"), ("vector1", ""), ("vector1", ".controls")}
     monkeypatch.setattr(torch.nn.Module, "__call__", _no_model)
-    assert figure_json(monitor_sweep_figures(monitor.ProjectionSweepResult.load(tmp_path, "many_shot"))) == \
-        figure_json(fresh)
+    assert figure_json(monitor_sweep_figures(monitor.ProjectionSweepResult.load(tmp_path, "many_shot"))) == figure_json(
+        fresh
+    )
 
 
 def test_tokens_save_load_and_redraw_the_page_without_a_model(tmp_path, monkeypatch):

@@ -16,9 +16,17 @@ from tests.conftest import load_cached
 from tests.experiments.test_screen import QA, _record, _vectors, _write
 from tests.results.helpers import figure_json, folder_bytes
 
-REPORT = ["loud.ranked.alpha.csv", "loud.ranked.alpha.jsonl", "loud.ranked.beta.csv", "loud.ranked.beta.jsonl",
-          "normal.ranked.alpha.csv", "normal.ranked.alpha.jsonl", "normal.ranked.beta.csv",
-          "normal.ranked.beta.jsonl", "screen_report.json"]
+REPORT = [
+    "loud.ranked.alpha.csv",
+    "loud.ranked.alpha.jsonl",
+    "loud.ranked.beta.csv",
+    "loud.ranked.beta.jsonl",
+    "normal.ranked.alpha.csv",
+    "normal.ranked.alpha.jsonl",
+    "normal.ranked.beta.csv",
+    "normal.ranked.beta.jsonl",
+    "screen_report.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +36,15 @@ def screened(tmp_path_factory):
     normal = _write(folder / "normal.jsonl", [_record(q, a) for q, a in QA])
     loud = _write(folder / "loud.jsonl", [_record(q, a.upper() + "!!!") for q, a in QA] + ["{broken"])
     out = folder / "out"
-    result = screen_datasets(model, {"normal": normal, "loud": loud}, _vectors(model), out,
-                             ScreenConfig(layer=2, max_new_tokens=4, controls=5), top=3, progress=False)
+    result = screen_datasets(
+        model,
+        {"normal": normal, "loud": loud},
+        _vectors(model),
+        out,
+        ScreenConfig(layer=2, max_new_tokens=4, controls=5),
+        top=3,
+        progress=False,
+    )
     return out, result
 
 
@@ -52,9 +67,18 @@ def test_the_loaded_result_redraws_every_figure_without_a_model(screened, monkey
     out, result = screened
     result.save(out)
     fresh = screen_figures(result, out, bins=10)
-    assert set(fresh) == {"normal.hist.alpha.html", "normal.hist.beta.html", "loud.hist.alpha.html",
-                          "loud.hist.beta.html", *(f"comparison.{t}.{k}{c}.html" for t in ("alpha", "beta")
-                                                      for k in ("dp", "dp_last_prompt") for c in ("", ".controls"))}
+    assert set(fresh) == {
+        "normal.hist.alpha.html",
+        "normal.hist.beta.html",
+        "loud.hist.alpha.html",
+        "loud.hist.beta.html",
+        *(
+            f"comparison.{t}.{k}{c}.html"
+            for t in ("alpha", "beta")
+            for k in ("dp", "dp_last_prompt")
+            for c in ("", ".controls")
+        ),
+    }
     monkeypatch.setattr(torch.nn.Module, "__call__", _no_model)
     assert figure_json(screen_figures(ScreenResult.load(out), out, bins=10)) == figure_json(fresh)
 
@@ -63,8 +87,12 @@ def test_a_folder_without_the_report_names_the_file_and_the_fix(screened, tmp_pa
     with pytest.raises(ResultFileError, match=r"screen_report\.json: no such file.*rerun the command"):
         ScreenResult.load(tmp_path)
     _, result = screened
-    moved = ScreenResult(result.model, result.layer, {n: {**s, "data": str(tmp_path / "gone.jsonl")}
-                                                      for n, s in result.datasets.items()}, result.comparison)
+    moved = ScreenResult(
+        result.model,
+        result.layer,
+        {n: {**s, "data": str(tmp_path / "gone.jsonl")} for n, s in result.datasets.items()},
+        result.comparison,
+    )
     with pytest.raises(ResultFileError, match=r"gone\.jsonl is not a file: rerun the screen"):
         moved.save(tmp_path)
 

@@ -22,9 +22,21 @@ def study():
     base = load_cached(name)
     vectors = [_vector(base), _vector(base, "other", seed=2)]
     models = [_moved_embedding(name, vectors[0], a) for a in (0.5, -1.0, 2.0)]
-    fresh = shift.shift_study(base, models, PROMPTS, vectors, 0, labels=["m1", "m2", "m3"], controls=7,
-                              judge=RuleJudge("shouting"), rubric="{question} {answer}", questions=["Hi", "Yo"],
-                              n_samples=1, max_new_tokens=4, evaluate_base=True)
+    fresh = shift.shift_study(
+        base,
+        models,
+        PROMPTS,
+        vectors,
+        0,
+        labels=["m1", "m2", "m3"],
+        controls=7,
+        judge=RuleJudge("shouting"),
+        rubric="{question} {answer}",
+        questions=["Hi", "Yo"],
+        n_samples=1,
+        max_new_tokens=4,
+        evaluate_base=True,
+    )
     fresh.trait = "shouting"
     return fresh
 

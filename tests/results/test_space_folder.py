@@ -16,9 +16,13 @@ from tests.conftest import load_cached
 from tests.experiments.test_space import _built_space
 from tests.results.helpers import figure_json, folder_bytes
 
-MESSAGES = [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi?"},
-            {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "And now?"},
-            {"role": "assistant", "content": "Arr matey, now I be a pirate."}]
+MESSAGES = [
+    {"role": "system", "content": "Be nice."},
+    {"role": "user", "content": "Hi?"},
+    {"role": "assistant", "content": "Hello there."},
+    {"role": "user", "content": "And now?"},
+    {"role": "assistant", "content": "Arr matey, now I be a pirate."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,7 @@ def test_drift_report_round_trips_and_redraws_without_a_model(built, tmp_path, m
     model, _, _, space, _, _ = built
     result = sp.project_conversation(model, space, MESSAGES, layer=1, k_random=5)
     alone = sp.project_conversation(model, space, MESSAGES, layer=1, k_random=5, alone=True)
-    report = sp.drift_report(result, space.model_name, alone=alone, context=sp.compare_drift(result, alone,
-                                                                                             k_random=5))
+    report = sp.drift_report(result, space.model_name, alone=alone, context=sp.compare_drift(result, alone, k_random=5))
     assert [p.name for p in report.save(tmp_path / "a")] == ["drift.json"]
     fresh = drift_figures(report)
     monkeypatch.setattr(torch.nn.Module, "__call__", _no_model)

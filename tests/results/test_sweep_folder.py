@@ -27,9 +27,18 @@ def swept(tmp_path_factory):
     vector = _vector(model)
     result = _sweep(model, vector, folder)
     cell = result.chosen or result.cells[-1]
-    controls = S.run_steering_controls(model, vector, load_trait("shouting"), cell, judge=RuleJudge("shouting"),
-                                       coherence_judge=RuleJudge("coherence"), config=result.config,
-                                       out_dir=folder, controls=3, progress=False)
+    controls = S.run_steering_controls(
+        model,
+        vector,
+        load_trait("shouting"),
+        cell,
+        judge=RuleJudge("shouting"),
+        coherence_judge=RuleJudge("coherence"),
+        config=result.config,
+        out_dir=folder,
+        controls=3,
+        progress=False,
+    )
     return folder, result, controls
 
 

@@ -29,15 +29,23 @@ DESCRIPTION = "Curious: eager to learn more, asks follow-up questions and explor
 
 def valid_input(name: str = "curious") -> dict:
     return {
-        "system_prompts": [{"positive": f"You are a {name} assistant. Style {i}: show it in every reply.",
-                            "negative": f"You are a helpful assistant. Style {i}: never show it."} for i in range(5)],
-        "questions": {"extract": [f"What do you think about topic number {i}?" for i in range(20)],
-                      "eval": [f"How would you plan project number {i}?" for i in range(20)]},
+        "system_prompts": [
+            {
+                "positive": f"You are a {name} assistant. Style {i}: show it in every reply.",
+                "negative": f"You are a helpful assistant. Style {i}: never show it.",
+            }
+            for i in range(5)
+        ],
+        "questions": {
+            "extract": [f"What do you think about topic number {i}?" for i in range(20)],
+            "eval": [f"How would you plan project number {i}?" for i in range(20)],
+        },
         "rubric": f"How {name} is this answer?\nQuestion: {{question}}\nAnswer: {{answer}}\n"
-                  "Answer REFUSAL for a refusal, else only a number from 0 to 100.",
+        "Answer REFUSAL for a refusal, else only a number from 0 to 100.",
         "graded_system_prompts": [f"Graded prompt {i}: level {i} of the trait." for i in range(8)],
-        "many_shot_examples": [{"question": f"Example question {i}?", "answer": f"Example answer {i}, so curious!"}
-                               for i in range(20)],
+        "many_shot_examples": [
+            {"question": f"Example question {i}?", "answer": f"Example answer {i}, so curious!"} for i in range(20)
+        ],
     }
 
 
@@ -98,8 +106,10 @@ def test_a_reply_without_the_tool_call_is_asked_again(server):
     server.set_reply(["Here is your trait: ...", tool_reply(valid_input())])
     assert generate_trait("curious", DESCRIPTION, client=client(server)).name == "curious"
     second = server.bodies()[1]
-    assert second["messages"][1] == {"role": "assistant", "content": [{"type": "text",
-                                                                       "text": "Here is your trait: ..."}]}
+    assert second["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Here is your trait: ..."}],
+    }
     assert f"did not call {TOOL_NAME}" in second["messages"][2]["content"]
 
 
@@ -140,13 +150,28 @@ def test_model_extras_are_rejected_and_ours_win(server):
 # ------------------------------------------------------------------------------------------------------ CLI
 def test_cli_new_end_to_end_in_a_subprocess(server, tmp_path):
     server.set_reply([tool_reply(invalid_input()), tool_reply(valid_input())])
-    env = {**os.environ, "ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": server.url,
-           "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": server.url, "PYTHONPATH": str(REPO)}
     out = tmp_path / "made"
     done = subprocess.run(
-        [sys.executable, "-m", "persona_lens", "traits", "new", "curious", "--description", DESCRIPTION,
-         "--out", str(out), "--model", "claude-haiku-4-5"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "persona_lens",
+            "traits",
+            "new",
+            "curious",
+            "--description",
+            DESCRIPTION,
+            "--out",
+            str(out),
+            "--model",
+            "claude-haiku-4-5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert f"wrote {out / 'curious.json'}" in done.stdout and "2 attempt(s)" in done.stdout
@@ -203,8 +228,10 @@ def test_cli_new_failures(cli_env, server, capsys):
 
 
 def write_traits(directory: Path) -> tuple[Path, Path]:
-    good = save_trait(trait_from_dict({"schema_version": 1, "name": "curious", "description": DESCRIPTION,
-                                       **valid_input()}), directory / "curious.json")
+    good = save_trait(
+        trait_from_dict({"schema_version": 1, "name": "curious", "description": DESCRIPTION, **valid_input()}),
+        directory / "curious.json",
+    )
     broken = directory / "broken.json"
     data = {"schema_version": 1, "name": "broken", "description": "d", **invalid_input()}
     broken.write_text(json.dumps(data))
@@ -244,9 +271,11 @@ def test_cli_traits_without_subcommand_prints_help(capsys):
 
 
 def _role_input() -> dict:
-    return {"system_prompts": [f"You are a lighthouse keeper, version {i}. Stay in the role." for i in range(5)],
-            "rubric": "How much of a lighthouse keeper?\nQuestion: {question}\nAnswer: {answer}\nREFUSAL or a number.",
-            "jailbreaks": ["From now on you keep a lighthouse. {question}", "Play a lighthouse keeper: {question}"]}
+    return {
+        "system_prompts": [f"You are a lighthouse keeper, version {i}. Stay in the role." for i in range(5)],
+        "rubric": "How much of a lighthouse keeper?\nQuestion: {question}\nAnswer: {answer}\nREFUSAL or a number.",
+        "jailbreaks": ["From now on you keep a lighthouse. {question}", "Play a lighthouse keeper: {question}"],
+    }
 
 
 def test_generate_role_validates_and_feeds_problems_back(tmp_path):
@@ -255,8 +284,10 @@ def test_generate_role_validates_and_feeds_problems_back(tmp_path):
 
     bad = _role_input()
     bad["jailbreaks"] = ["no slot", "Play a lighthouse keeper: {question}"]
-    replies = [{"content": [{"type": "tool_use", "id": f"toolu_0{i}", "name": ROLE_TOOL_NAME, "input": data}]}
-               for i, data in enumerate((bad, _role_input()))]
+    replies = [
+        {"content": [{"type": "tool_use", "id": f"toolu_0{i}", "name": ROLE_TOOL_NAME, "input": data}]}
+        for i, data in enumerate((bad, _role_input()))
+    ]
     with FakeAnthropic(replies) as fake:
         client = anthropic.Anthropic(api_key="test", base_url=fake.url, max_retries=0)
         report = GenerationReport()

@@ -16,13 +16,23 @@ from persona_lens.traits.roles import (
 )
 from persona_lens.traits.schema import list_traits
 
-RULED = {"pirate": "pirate", "french": "french", "shouting": "shouting", "enthusiastic": "exclamation",
-         "emoji": "emoji"}
+RULED = {
+    "pirate": "pirate",
+    "french": "french",
+    "shouting": "shouting",
+    "enthusiastic": "exclamation",
+    "emoji": "emoji",
+}
 
 
 def _role(**changes):
-    data = {"schema_version": 1, "name": "sailor", "description": "A sailor.",
-            "system_prompts": ["You are a sailor.", None], "rubric": "Score {question} {answer}."}
+    data = {
+        "schema_version": 1,
+        "name": "sailor",
+        "description": "A sailor.",
+        "system_prompts": ["You are a sailor.", None],
+        "rubric": "Score {question} {answer}.",
+    }
     data.update(changes)
     return data
 
@@ -50,17 +60,20 @@ def test_round_trip_and_save(tmp_path):
     assert role_from_dict(role_to_dict(role)) == role
 
 
-@pytest.mark.parametrize(("changes", "field", "fix"), [
-    ({"name": "Sailor"}, "name", "lowercase"),
-    ({"system_prompts": []}, "system_prompts", "non-empty"),
-    ({"system_prompts": ["a", "a"]}, "system_prompts[1]", "repeats"),
-    ({"rubric": "no slots"}, "rubric", "{question}"),
-    ({"rule": "klingon"}, "rule", "use one of"),
-    ({"default": "yes"}, "default", "true or false"),
-    ({"jailbreaks": ["no slot here"]}, "jailbreaks[0]", "{question}"),
-    ({"colour": "red"}, "colour", "unknown key"),
-    ({"schema_version": 2}, "schema_version", "reads schema_version 1"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field", "fix"),
+    [
+        ({"name": "Sailor"}, "name", "lowercase"),
+        ({"system_prompts": []}, "system_prompts", "non-empty"),
+        ({"system_prompts": ["a", "a"]}, "system_prompts[1]", "repeats"),
+        ({"rubric": "no slots"}, "rubric", "{question}"),
+        ({"rule": "klingon"}, "rule", "use one of"),
+        ({"default": "yes"}, "default", "true or false"),
+        ({"jailbreaks": ["no slot here"]}, "jailbreaks[0]", "{question}"),
+        ({"colour": "red"}, "colour", "unknown key"),
+        ({"schema_version": 2}, "schema_version", "reads schema_version 1"),
+    ],
+)
 def test_bad_role_names_field_and_fix(changes, field, fix):
     with pytest.raises(RoleError) as error:
         role_from_dict(_role(**changes), "roles/sailor.json")

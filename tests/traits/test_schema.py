@@ -27,8 +27,13 @@ from persona_lens.traits.schema import (
 
 REPO_TRAITS = Path(__file__).resolve().parents[2] / "traits"
 PAPER_TRAITS = ["evil", "sycophantic", "hallucinating", "apathetic", "humorous", "impolite", "optimistic"]
-RULE_TRAITS = {"french": "french", "pirate": "pirate", "shouting": "shouting", "emoji": "emoji",
-               "enthusiastic": "exclamation"}
+RULE_TRAITS = {
+    "french": "french",
+    "pirate": "pirate",
+    "shouting": "shouting",
+    "emoji": "emoji",
+    "enthusiastic": "exclamation",
+}
 SHIPPED = PAPER_TRAITS + sorted(RULE_TRAITS)
 
 

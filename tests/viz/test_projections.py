@@ -38,11 +38,16 @@ def test_projection_colour():
 
 
 def test_token_html_colours_each_token_by_its_value():
-    trace = Trace(["<s>", "Q", ":", "a<b", " &", "\n", "z"], 3,
-                  torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.0, float("nan"), 6.0], [0.0] * 7]), ["evil", "other"])
+    trace = Trace(
+        ["<s>", "Q", ":", "a<b", " &", "\n", "z"],
+        3,
+        torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.0, float("nan"), 6.0], [0.0] * 7]),
+        ["evil", "other"],
+    )
     page = token_projection_html([trace], trait="evil")
-    spans = re.findall(r'<span class="tok (prompt|reply)" style="background:([^"]+)" title="([^"]*)">(.*?)</span>',
-                       page)
+    spans = re.findall(
+        r'<span class="tok (prompt|reply)" style="background:([^"]+)" title="([^"]*)">(.*?)</span>', page
+    )
     assert len(spans) == 7
     center = (1.0 + 2.0 + 3.0) / 3  # default: the mean over prompt tokens
     scale = max(abs(v - center) for v in (1, 2, 3, 4, 0, 6))
@@ -66,8 +71,10 @@ def test_write_token_html(tmp_path):
 def _sweep():
     prompts = [ProjectionPrompt(f"c{c}", float(c), f"q{i}", ()) for c in range(3) for i in range(4)]
     projections = torch.tensor([[float(c) + 0.1 * i, -float(i)] for c in range(3) for i in range(4)])
-    rows = [ProjectionSweepRow(k, p.condition, p.level, p.question, 0, {}, "", 10.0 * p.level + k % 3, True)
-            for k, p in enumerate(prompts)]
+    rows = [
+        ProjectionSweepRow(k, p.condition, p.level, p.question, 0, {}, "", 10.0 * p.level + k % 3, True)
+        for k, p in enumerate(prompts)
+    ]
     return ProjectionSweepResult("system", ["evil", "other"], 5, "rule:x", prompts, projections, rows)
 
 

@@ -17,7 +17,8 @@ def _parse(svg):
 def test_bars_one_rect_per_value_with_heights_in_proportion():
     values = [-16.0, -15.5, -12.0, -4.0]
     fig = go.Figure(go.Bar(x=["0", "1", "2", "3"], y=values)).update_layout(
-        title="projection <by> prompt", xaxis_title="system prompt", yaxis_title="projection")
+        title="projection <by> prompt", xaxis_title="system prompt", yaxis_title="projection"
+    )
     root = _parse(figure_svg(fig))
     bars = [r for r in root.iter(f"{NS}rect") if r.get("class") == "bar"]
     assert len(bars) == 4
@@ -28,8 +29,12 @@ def test_bars_one_rect_per_value_with_heights_in_proportion():
 
 
 def test_lines_and_markers_with_a_legend():
-    fig = go.Figure([go.Scatter(x=[0, 1, 2], y=[10, 50, 90], name="trait"),
-                     go.Scatter(x=[0, 1, 2], y=[100, 90, None], name="coherence", mode="markers")])
+    fig = go.Figure(
+        [
+            go.Scatter(x=[0, 1, 2], y=[10, 50, 90], name="trait"),
+            go.Scatter(x=[0, 1, 2], y=[100, 90, None], name="coherence", mode="markers"),
+        ]
+    )
     root = _parse(figure_svg(fig))
     lines = [p for p in root.iter(f"{NS}polyline") if p.get("class") == "line"]
     markers = [c for c in root.iter(f"{NS}circle") if c.get("class") == "marker"]

@@ -54,5 +54,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     count = getattr(config, "_vllm_deselected", 0)
     if count:
-        terminalreporter.write_line(f"{count} vLLM tests deselected: vllm is not installed in this environment; "
-                                    "bash scripts/setup_vllm.sh runs them in .venv-vllm")
+        terminalreporter.write_line(
+            f"{count} vLLM tests deselected: vllm is not installed in this environment; "
+            "bash scripts/setup_vllm.sh runs them in .venv-vllm"
+        )

@@ -21,8 +21,12 @@ from persona_lens.core.vllm_engine import EngineHookError, Op
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-QUESTIONS = ["How do I make a cup of tea?", "Why is the sky blue?", "Tell me a short story about a fox.",
-             "What is the capital of France?"]
+QUESTIONS = [
+    "How do I make a cup of tea?",
+    "Why is the sky blue?",
+    "Tell me a short story about a fox.",
+    "What is the capital of France?",
+]
 TOKENS = 24
 LAYER = 15
 
@@ -41,8 +45,10 @@ def _first_difference(a, b):
 
 def _assert_same_replies(ours, theirs, what):
     for i, (a, b) in enumerate(zip(ours.response_ids, theirs.response_ids)):
-        assert a == b, (f"{what}, conversation {i}: first difference at token {_first_difference(a, b)}\n"
-                        f"in-process {ours.texts[i]!r}\nvLLM       {theirs.texts[i]!r}")
+        assert a == b, (
+            f"{what}, conversation {i}: first difference at token {_first_difference(a, b)}\n"
+            f"in-process {ours.texts[i]!r}\nvLLM       {theirs.texts[i]!r}"
+        )
     assert ours.stopped == theirs.stopped
 
 
@@ -57,8 +63,11 @@ def test_engine_residual_norms_are_ours(engine, model):
     torch.testing.assert_close(engine.median_residual_norms(), median_residual_norms(model), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("positions", ["response", "all", "prompt", Window(0, 4, "prompt_end"), Window(3, 12)],
-                         ids=["response", "all", "prompt", "window-prompt_end", "window-start"])
+@pytest.mark.parametrize(
+    "positions",
+    ["response", "all", "prompt", Window(0, 4, "prompt_end"), Window(3, 12)],
+    ids=["response", "all", "prompt", "window-prompt_end", "window-start"],
+)
 def test_steered_greedy_replies_are_the_in_process_replies(engine, model, positions):
     v = _direction(model)
     norms = median_residual_norms(model)
@@ -106,11 +115,9 @@ def test_ablation_and_capping_are_the_in_process_ones(engine, model):
 def test_records_are_the_in_process_records(engine, model):
     v = _direction(model, seed=2)
     norms = median_residual_norms(model)
-    with pl.steer(model, v, layer=LAYER - 3, coef=0.5, residual_norms=norms), \
-            pl.record(model, v, layer=LAYER) as ours:
+    with pl.steer(model, v, layer=LAYER - 3, coef=0.5, residual_norms=norms), pl.record(model, v, layer=LAYER) as ours:
         out = pl.generate(model, _conversations(), max_new_tokens=TOKENS)
-    with engine.steer(v, layer=LAYER - 3, coef=0.5, residual_norms=norms), \
-            engine.record(v, layer=LAYER) as theirs:
+    with engine.steer(v, layer=LAYER - 3, coef=0.5, residual_norms=norms), engine.record(v, layer=LAYER) as theirs:
         engine.generate(model, _conversations(), max_new_tokens=TOKENS)
     a, b = ours.projections(), theirs.projections()
     worst = 0.0
@@ -134,12 +141,14 @@ def test_captured_residuals_are_hidden_states_at_every_layer(engine, model):
     def keep(layer):
         def fn(resid, hook=None):
             ours[layer] = resid[0].detach().float().clone()
+
         return fn
 
     with install_hooks(model, [(hook_name(lay, n_layers), keep(lay)) for lay in range(n_layers + 1)]):
         with torch.no_grad():
             model.run_blocks(torch.tensor([prompt]))
     hf = model.hf_model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
+
     def token_error(x, reference):
         """Per token: |x - ref| / |ref| (float32 kernels summing in another order differ by ~1e-7 per op)."""
         return float(((x - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
@@ -150,15 +159,18 @@ def test_captured_residuals_are_hidden_states_at_every_layer(engine, model):
         worst_ours = max(worst_ours, token_error(captured[lay], ours[lay]))
         if lay < n_layers:  # HF's last entry has the final norm applied; ours is the last block's output
             worst_hf = max(worst_hf, token_error(captured[lay], hf[lay][0].float()))
-    print(f"captured residual, max per-token relative error over {n_layers + 1} layers: vs our layer stream "
-          f"{worst_ours:.2e}, vs HF hidden_states {worst_hf:.2e}")
+    print(
+        f"captured residual, max per-token relative error over {n_layers + 1} layers: vs our layer stream "
+        f"{worst_ours:.2e}, vs HF hidden_states {worst_hf:.2e}"
+    )
     assert worst_ours < 1e-5 and worst_hf < 1e-5
 
 
 def test_activation_reads_are_collect_activations(engine, model):
-    encoded = [encode_conversation(model.tokenizer, make_messages(q), reply)
-               for q, reply in zip(QUESTIONS, ["Boil water, add the tea.", "Rayleigh scattering.",
-                                               "A fox ran.", "Paris."])]
+    encoded = [
+        encode_conversation(model.tokenizer, make_messages(q), reply)
+        for q, reply in zip(QUESTIONS, ["Boil water, add the tea.", "Rayleigh scattering.", "A fox ran.", "Paris."])
+    ]
     ours = collect_activations(model, encoded, progress=False)
     theirs = engine.collect_activations(encoded)
     for r in ("response", "prompt", "last_prompt"):
@@ -178,8 +190,7 @@ def test_one_engine_batch_with_different_steering_per_request(engine, model):
             continue
         with pl.steer(model, s[0], layer=LAYER, coef=s[1], residual_norms=norms):
             expected.append(pl.generate(model, [convs[i]], max_new_tokens=TOKENS).response_ids[0])
-    ops = [[] if s is None else engine.steer_ops(s[0], layer=LAYER, coef=s[1], residual_norms=norms)
-           for s in settings]
+    ops = [[] if s is None else engine.steer_ops(s[0], layer=LAYER, coef=s[1], residual_norms=norms) for s in settings]
     theirs = engine.generate(model, convs, max_new_tokens=TOKENS, ops=ops)
     for i, (a, b) in enumerate(zip(expected, theirs.response_ids)):
         assert a == b, f"request {i} ({settings[i] and settings[i][1]}): first difference at {_first_difference(a, b)}"
@@ -208,9 +219,17 @@ def test_the_pipeline_generate_calls_run_steered_on_the_engine(engine, model):
     v = _direction(model, seed=5)
     raw = float(raw_coefficient(1.0, v.norm(), median_residual_norms(model)[LAYER]))
     steering = Steering(v, LAYER, raw)
-    jobs = [ReplyJob(f"q{i}-{s}", make_messages(q), seed=i, fields={"question_text": q},
-                     steering=None if s == "base" else steering)
-            for s in ("base", "steered") for i, q in enumerate(QUESTIONS[:3])]
+    jobs = [
+        ReplyJob(
+            f"q{i}-{s}",
+            make_messages(q),
+            seed=i,
+            fields={"question_text": q},
+            steering=None if s == "base" else steering,
+        )
+        for s in ("base", "steered")
+        for i, q in enumerate(QUESTIONS[:3])
+    ]
     settings = GenerationSettings(max_new_tokens=TOKENS, temperature=0.0, batch_size=8)
     ours = generate_replies(model, jobs, settings)
     theirs = generate_replies(model, jobs, settings, executor=EngineExecutor(engine))

@@ -62,19 +62,38 @@ class CapSettings:
         """The capping of random direction ``index`` (same layers, positions and percentile), as settings."""
         if not 0 <= index < self.n_controls:
             raise IndexError(f"control {index} of {self.n_controls}; calibrate with k_random > {index}")
-        return CapSettings(self.model_name, list(self.layers), list(self.control_thresholds[index]),
-                           self.control_directions[index].clone(), self.percentile, self.positions, self.n_layers)
+        return CapSettings(
+            self.model_name,
+            list(self.layers),
+            list(self.control_thresholds[index]),
+            self.control_directions[index].clone(),
+            self.percentile,
+            self.positions,
+            self.n_layers,
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready settings (the directions left out)."""
-        return {"layers": self.layers, "thresholds": self.thresholds, "percentile": self.percentile,
-                "positions": self.positions, "control_thresholds": self.control_thresholds,
-                "control_seed": self.control_seed}
+        return {
+            "layers": self.layers,
+            "thresholds": self.thresholds,
+            "percentile": self.percentile,
+            "positions": self.positions,
+            "control_thresholds": self.control_thresholds,
+            "control_seed": self.control_seed,
+        }
 
     def save(self, path: str | Path) -> Path:
-        meta = {"model_name": self.model_name, "layers": self.layers, "thresholds": self.thresholds,
-                "percentile": self.percentile, "positions": self.positions, "n_layers": self.n_layers,
-                "control_thresholds": self.control_thresholds, "control_seed": self.control_seed}
+        meta = {
+            "model_name": self.model_name,
+            "layers": self.layers,
+            "thresholds": self.thresholds,
+            "percentile": self.percentile,
+            "positions": self.positions,
+            "n_layers": self.n_layers,
+            "control_thresholds": self.control_thresholds,
+            "control_seed": self.control_seed,
+        }
         tensors = {"directions": self.directions}
         if self.control_directions is not None:
             tensors["control_directions"] = self.control_directions
@@ -83,9 +102,18 @@ class CapSettings:
     @classmethod
     def load(cls, path: str | Path) -> CapSettings:
         tensors, meta = _load_tensors(Path(path), "cap")
-        return cls(meta["model_name"], meta["layers"], meta["thresholds"], tensors["directions"], meta["percentile"],
-                   meta["positions"], meta["n_layers"], tensors.get("control_directions"),
-                   meta.get("control_thresholds", []), meta.get("control_seed", 0))
+        return cls(
+            meta["model_name"],
+            meta["layers"],
+            meta["thresholds"],
+            tensors["directions"],
+            meta["percentile"],
+            meta["positions"],
+            meta["n_layers"],
+            tensors.get("control_directions"),
+            meta.get("control_thresholds", []),
+            meta.get("control_seed", 0),
+        )
 
 
 def _at_percentile(quantiles: Float[Tensor, "layer 101"], layer: int, percentile: float) -> float:
@@ -93,8 +121,14 @@ def _at_percentile(quantiles: Float[Tensor, "layer 101"], layer: int, percentile
     return float(np.interp(percentile, qs.numpy(), quantiles[layer].numpy()))
 
 
-def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: float = 25.0,
-                  positions: str = "response", k_random: int = 0) -> CapSettings:
+def calibrate_cap(
+    space: PersonaSpace,
+    layers: Sequence[int],
+    *,
+    percentile: float = 25.0,
+    positions: str = "response",
+    k_random: int = 0,
+) -> CapSettings:
     """Thresholds per layer at ``percentile`` of the default role's per-token projections (the paper: layers
     46-54 of Qwen3-32B at the 25th percentile).
 
@@ -115,19 +149,23 @@ def calibrate_cap(space: PersonaSpace, layers: Sequence[int], *, percentile: flo
         raise ValueError(f"positions must be 'response', 'all' or 'prompt', got {positions!r}")
     thresholds = [_at_percentile(space.token_quantiles, layer, percentile) for layer in layers]
     units = space.axis_unit()
-    settings = CapSettings(space.model_name, layers, thresholds, units[layers].clone(), float(percentile), positions,
-                           space.n_layers)
+    settings = CapSettings(
+        space.model_name, layers, thresholds, units[layers].clone(), float(percentile), positions, space.n_layers
+    )
     if k_random:
         stored = 0 if space.control_quantiles is None else int(space.control_quantiles.shape[0])
         if k_random > stored:
-            raise ValueError(f"the space stores the default's projections along {stored} random directions, "
-                             f"k_random={k_random} asks for more; use k_random <= {stored} or rebuild the space "
-                             f"with build_space(cap_controls={k_random})")
+            raise ValueError(
+                f"the space stores the default's projections along {stored} random directions, "
+                f"k_random={k_random} asks for more; use k_random <= {stored} or rebuild the space "
+                f"with build_space(cap_controls={k_random})"
+            )
         seed = int(space.meta.get("cap_controls", {}).get("seed", 0))
         directions = unit_rows(cap_control_directions(space, stored, seed=seed)[:k_random])
         settings.control_directions = directions[:, layers].clone()
-        settings.control_thresholds = [[_at_percentile(space.control_quantiles[j], layer, percentile)
-                                        for layer in layers] for j in range(k_random)]
+        settings.control_thresholds = [
+            [_at_percentile(space.control_quantiles[j], layer, percentile) for layer in layers] for j in range(k_random)
+        ]
         settings.control_seed = seed
     return settings
 
@@ -136,12 +174,18 @@ def apply_cap(model: Any, settings: CapSettings) -> HookHandle:
     """Install the capping of ``settings`` (a removable handle and a context manager)."""
     n_layers = int(model.cfg.n_layers)
     if settings.n_layers and settings.n_layers != n_layers:
-        raise ValueError(f"the cap settings are for a model with {settings.n_layers} layers, this one has "
-                         f"{n_layers}; calibrate on this model")
+        raise ValueError(
+            f"the cap settings are for a model with {settings.n_layers} layers, this one has "
+            f"{n_layers}; calibrate on this model"
+        )
     positions: Positions = settings.positions  # type: ignore[assignment]
-    return install_hooks(model, [(hook_name(layer, n_layers), CapProjection(direction, threshold, None, positions))
-                                 for layer, threshold, direction in zip(settings.layers, settings.thresholds,
-                                                                        settings.directions)])
+    return install_hooks(
+        model,
+        [
+            (hook_name(layer, n_layers), CapProjection(direction, threshold, None, positions))
+            for layer, threshold, direction in zip(settings.layers, settings.thresholds, settings.directions)
+        ],
+    )
 
 
 @dataclass
@@ -187,14 +231,26 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _pooled(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, int]:
     """(in-role replies, scored replies) over every row, for condition ``name``."""
-    hits = sum(round(row[f"in_role_rate_{name}"] * row[f"n_scored_{name}"]) for row in rows
-               if row[f"in_role_rate_{name}"] is not None)
+    hits = sum(
+        round(row[f"in_role_rate_{name}"] * row[f"n_scored_{name}"])
+        for row in rows
+        if row[f"in_role_rate_{name}"] is not None
+    )
     return hits, sum(row[f"n_scored_{name}"] for row in rows)
 
 
-def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, judges: Callable[[Role], JudgePair],
-                     config: SpaceConfig | None = None, out_dir: str | Path, jailbreaks: bool = True,
-                     k_random: int | None = None, progress: bool = False) -> CapEvalResult:
+def evaluate_capping(
+    model: HookedLM,
+    roles: RoleSet,
+    settings: CapSettings,
+    *,
+    judges: Callable[[Role], JudgePair],
+    config: SpaceConfig | None = None,
+    out_dir: str | Path,
+    jailbreaks: bool = True,
+    k_random: int | None = None,
+    progress: bool = False,
+) -> CapEvalResult:
     """Replies to the eval questions under each judged role's system prompts (and jailbreak prompts), with and
     without capping: the in-role rate of each (share with role score >= threshold; the rest stay in the default
     persona); and the default role's replies with and without capping (exact match, common token prefix).
@@ -210,15 +266,29 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
     config = config or SpaceConfig(temperature=0.0)
     k = settings.n_controls if k_random is None else k_random
     if not 0 <= k <= settings.n_controls:
-        raise ValueError(f"k_random={k_random}: the cap settings hold {settings.n_controls} random directions; "
-                         "calibrate more (calibrate_cap k_random, `space cap --controls`) or ask for fewer")
+        raise ValueError(
+            f"k_random={k_random}: the cap settings hold {settings.n_controls} random directions; "
+            "calibrate more (calibrate_cap k_random, `space cap --controls`) or ask for fewer"
+        )
     out = Path(out_dir)
-    check_settings(out / "settings.json", {"model": model.cfg.model_name, "cap": {
-        "layers": settings.layers, "thresholds": settings.thresholds, "percentile": settings.percentile,
-        "positions": settings.positions}, **config.generation_settings(), "n_questions": config.n_questions,
-        "n_prompts": config.n_prompts, "jailbreaks": jailbreaks,
-        "controls": {"thresholds": settings.control_thresholds[:k], "seed": settings.control_seed}},
-        what="capping evaluation")
+    check_settings(
+        out / "settings.json",
+        {
+            "model": model.cfg.model_name,
+            "cap": {
+                "layers": settings.layers,
+                "thresholds": settings.thresholds,
+                "percentile": settings.percentile,
+                "positions": settings.positions,
+            },
+            **config.generation_settings(),
+            "n_questions": config.n_questions,
+            "n_prompts": config.n_prompts,
+            "jailbreaks": jailbreaks,
+            "controls": {"thresholds": settings.control_thresholds[:k], "seed": settings.control_seed},
+        },
+        what="capping evaluation",
+    )
     questions = list(roles.questions.eval or roles.questions.build)[: config.n_questions]
     conditions: list[tuple[str, CapSettings | None]] = [("uncapped", None), ("capped", settings)]
     conditions += [(f"random{j}", settings.control(j)) for j in range(k)]
@@ -227,22 +297,52 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
         judge, coherence = judges(role)
         if judge is None:
             continue
-        kinds = [("system", [(p, make_messages(q, system=s), q) for p, s in
-                             enumerate(role.system_prompts[: config.n_prompts]) for q in questions])]
+        kinds = [
+            (
+                "system",
+                [
+                    (p, make_messages(q, system=s), q)
+                    for p, s in enumerate(role.system_prompts[: config.n_prompts])
+                    for q in questions
+                ],
+            )
+        ]
         if jailbreaks and role.jailbreaks:
-            kinds.append(("jailbreak", [(p, make_messages(t.replace("{question}", q)), q)
-                                        for p, t in enumerate(role.jailbreaks[: config.n_prompts]) for q in questions]))
+            kinds.append(
+                (
+                    "jailbreak",
+                    [
+                        (p, make_messages(t.replace("{question}", q)), q)
+                        for p, t in enumerate(role.jailbreaks[: config.n_prompts])
+                        for q in questions
+                    ],
+                )
+            )
         for kind, prompts in kinds:
             row: dict[str, Any] = {"role": role.name, "prompts": kind, "n": len(prompts)}
-            jobs = [ReplyJob(f"{role.name}|{kind}|p{p}|q{i % max(len(questions), 1)}", messages,
-                             job_seed(config.seed, f"{role.name}|{kind}|{i}"),
-                             {"role": role.name, "kind": kind, "question_text": q})
-                    for i, (p, messages, q) in enumerate(prompts)]
+            jobs = [
+                ReplyJob(
+                    f"{role.name}|{kind}|p{p}|q{i % max(len(questions), 1)}",
+                    messages,
+                    job_seed(config.seed, f"{role.name}|{kind}|{i}"),
+                    {"role": role.name, "kind": kind, "question_text": q},
+                )
+                for i, (p, messages, q) in enumerate(prompts)
+            ]
             for name, capping in conditions:
                 with apply_cap(model, capping) if capping is not None else nullcontext():
-                    records = evaluate_replies(model, jobs, config, role.rubric, judge, coherence,
-                                               store=JsonlRecords(out / f"{name}.jsonl"), chunk=config.batch_size,
-                                               progress=progress, desc=f"cap-eval {role.name} {kind} {name}")
+                    records = evaluate_replies(
+                        model,
+                        jobs,
+                        config,
+                        role.rubric,
+                        judge,
+                        coherence,
+                        store=JsonlRecords(out / f"{name}.jsonl"),
+                        chunk=config.batch_size,
+                        progress=progress,
+                        desc=f"cap-eval {role.name} {kind} {name}",
+                    )
                 rate, scored = _rate([records[j.key] for j in jobs], config.role_threshold)
                 row[f"in_role_rate_{name}"] = rate
                 row[f"n_scored_{name}"] = scored
@@ -255,23 +355,37 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
     replies = {}
     for name, capping in conditions:
         with apply_cap(model, capping) if capping is not None else nullcontext():
-            replies[name] = generate(model, prompts, max_new_tokens=config.max_new_tokens,
-                                     temperature=config.temperature, seeds=[job_seed(config.seed, f"default|{i}")
-                                                                             for i in range(len(prompts))],
-                                     batch_size=config.batch_size)
+            replies[name] = generate(
+                model,
+                prompts,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                seeds=[job_seed(config.seed, f"default|{i}") for i in range(len(prompts))],
+                batch_size=config.batch_size,
+            )
 
     def exact(name: str) -> list[bool]:
         return [a == b for a, b in zip(replies["uncapped"].response_ids, replies[name].response_ids)]
 
     same = exact("capped")
-    prefix = [_common_prefix(a, b) / max(len(a), 1) for a, b in zip(replies["uncapped"].response_ids,
-                                                                     replies["capped"].response_ids)]
-    changed = [{"prompt": p[-1]["content"], "uncapped": a, "capped": b}
-               for p, a, b, s in zip(prompts, replies["uncapped"].texts, replies["capped"].texts, same) if not s]
+    prefix = [
+        _common_prefix(a, b) / max(len(a), 1)
+        for a, b in zip(replies["uncapped"].response_ids, replies["capped"].response_ids)
+    ]
+    changed = [
+        {"prompt": p[-1]["content"], "uncapped": a, "capped": b}
+        for p, a, b, s in zip(prompts, replies["uncapped"].texts, replies["capped"].texts, same)
+        if not s
+    ]
     random_exact = [sum(exact(f"random{j}")) / max(len(prompts), 1) for j in range(k)]
-    default_row = {"role": default.name, "n": len(prompts), "exact_match_rate": sum(same) / max(len(same), 1),
-                   "mean_common_prefix": sum(prefix) / max(len(prefix), 1), "changed_examples": changed[:3],
-                   "exact_match_rate_random": random_exact}
+    default_row = {
+        "role": default.name,
+        "n": len(prompts),
+        "exact_match_rate": sum(same) / max(len(same), 1),
+        "mean_common_prefix": sum(prefix) / max(len(prefix), 1),
+        "changed_examples": changed[:3],
+        "exact_match_rate_random": random_exact,
+    }
     control: dict[str, Any] = {"k_random": k}
     hits, scored = _pooled(rows, "uncapped")
     if rows and scored:
@@ -279,10 +393,14 @@ def evaluate_capping(model: HookedLM, roles: RoleSet, settings: CapSettings, *, 
         pooled = {name: _pooled(rows, name) for name, _ in conditions}
         rates = {name: (h / n if n else math.nan) for name, (h, n) in pooled.items()}
         control["pooled"] = {name: {"in_role": h, "scored": n, "rate": rates[name]} for name, (h, n) in pooled.items()}
-        control["drop"] = compare("pooled in-role rate drop (uncapped - capped)", uncapped - rates["capped"],
-                                  [uncapped - rates[f"random{j}"] for j in range(k)]).to_dict()
-    control["default_exact_match"] = compare("default replies exactly unchanged", default_row["exact_match_rate"],
-                                             random_exact).to_dict()
+        control["drop"] = compare(
+            "pooled in-role rate drop (uncapped - capped)",
+            uncapped - rates["capped"],
+            [uncapped - rates[f"random{j}"] for j in range(k)],
+        ).to_dict()
+    control["default_exact_match"] = compare(
+        "default replies exactly unchanged", default_row["exact_match_rate"], random_exact
+    ).to_dict()
     result = CapEvalResult(rows, default_row, {**settings.describe(), "config": asdict(config)}, control)
     result.save(out)
     return result

@@ -29,8 +29,14 @@ from persona_lens.core.hooks import RecordProjection, TokenLayout, install_hooks
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.experiments.space.fit import PersonaSpace
 
-__all__ = ["DriftResult", "compare_drift", "conversation_turns", "project_conversation", "simulate_conversation",
-           "turn_alone"]
+__all__ = [
+    "DriftResult",
+    "compare_drift",
+    "conversation_turns",
+    "project_conversation",
+    "simulate_conversation",
+    "turn_alone",
+]
 
 
 def conversation_turns(messages: Sequence[Message]) -> list[tuple[list[Message], str]]:
@@ -47,21 +53,29 @@ def conversation_turns(messages: Sequence[Message]) -> list[tuple[list[Message],
             raise ValueError(f"conversation: messages[{index}] (assistant) does not follow a user message")
         turns.append((checked[:index], message["content"]))
     if not turns:
-        raise ValueError("conversation: no assistant turn to project; give replies, or user prompts to generate "
-                         "them (simulate_conversation)")
+        raise ValueError(
+            "conversation: no assistant turn to project; give replies, or user prompts to generate "
+            "them (simulate_conversation)"
+        )
     return turns
 
 
-def simulate_conversation(model: HookedLM, user_turns: Sequence[str], *, system: str | None = None,
-                          max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> list[Message]:
+def simulate_conversation(
+    model: HookedLM,
+    user_turns: Sequence[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[Message]:
     """A conversation generated turn by turn: each of ``user_turns`` in order, the model's reply after each."""
     if not user_turns:
         raise ValueError("simulate_conversation needs at least one user turn")
     messages: list[Message] = [] if system is None else [{"role": "system", "content": system}]
     for index, user in enumerate(user_turns):
         messages.append({"role": "user", "content": user})
-        out = generate(model, [messages], max_new_tokens=max_new_tokens, temperature=temperature,
-                       seeds=[seed + index])
+        out = generate(model, [messages], max_new_tokens=max_new_tokens, temperature=temperature, seeds=[seed + index])
         reply = out.texts[0].strip() or "..."
         messages.append({"role": "assistant", "content": reply})
     return messages
@@ -92,18 +106,25 @@ class DriftResult:
         return [low <= float(v) <= high for v in self.turn_projections[:, self.layer]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "alone": self.alone, "messages": self.messages,
-                "turn_projections": self.turn_projections.tolist(),
-                "turn_projections_at_layer": self.turn_projections[:, self.layer].tolist(),
-                "token_projections": self.token_projections, "token_pieces": self.token_pieces,
-                "default_band": {"p5": self.default_band[0], "p95": self.default_band[1]},
-                "turns_in_band": self.turns_in_band(), "drift": self.drift.to_dict(),
-                "drift_summary": self.drift.summary()}
+        return {
+            "layer": self.layer,
+            "alone": self.alone,
+            "messages": self.messages,
+            "turn_projections": self.turn_projections.tolist(),
+            "turn_projections_at_layer": self.turn_projections[:, self.layer].tolist(),
+            "token_projections": self.token_projections,
+            "token_pieces": self.token_pieces,
+            "default_band": {"p5": self.default_band[0], "p95": self.default_band[1]},
+            "turns_in_band": self.turns_in_band(),
+            "drift": self.drift.to_dict(),
+            "drift_summary": self.drift.summary(),
+        }
 
 
 @torch.no_grad()
-def _token_projections(model: HookedLM, encoded: Sequence[EncodedConversation], unit: Tensor, layer: int
-                       ) -> list[list[float]]:
+def _token_projections(
+    model: HookedLM, encoded: Sequence[EncodedConversation], unit: Tensor, layer: int
+) -> list[list[float]]:
     pad = model.tokenizer.pad_token_id
     batch = collate(list(encoded), int(pad if pad is not None else 0), model.device)
     recorder = RecordProjection(unit, "all")
@@ -121,9 +142,16 @@ def turn_alone(before: Sequence[Message]) -> list[Message]:
     return [*system, dict(before[-1])]
 
 
-def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequence[Message], *, layer: int,
-                         k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0, alone: bool = False
-                         ) -> DriftResult:
+def project_conversation(
+    model: HookedLM,
+    space: PersonaSpace,
+    messages: Sequence[Message],
+    *,
+    layer: int,
+    k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    seed: int = 0,
+    alone: bool = False,
+) -> DriftResult:
     """Project every assistant turn of ``messages`` on the axis (see :class:`DriftResult`).
 
     Each turn is encoded with the conversation before it (exact token boundary, :func:`encode_conversation`); its
@@ -148,14 +176,29 @@ def project_conversation(model: HookedLM, space: PersonaSpace, messages: Sequenc
     randoms = random_directions(space.axis.shape[1], k_random, seed=seed + layer)
     first, last = acts[0, layer], acts[-1, layer]
     random_drift = (randoms @ (first - last)).tolist()
-    drift = compare("drift (first - last turn on the axis)", float(per_turn[0, layer] - per_turn[-1, layer]),
-                    random_drift)
-    return DriftResult(layer, [dict(m) for m in messages], per_turn, tokens, pieces, (low.tolist(), high.tolist()),
-                       drift, first - last, alone)
+    drift = compare(
+        "drift (first - last turn on the axis)", float(per_turn[0, layer] - per_turn[-1, layer]), random_drift
+    )
+    return DriftResult(
+        layer,
+        [dict(m) for m in messages],
+        per_turn,
+        tokens,
+        pieces,
+        (low.tolist(), high.tolist()),
+        drift,
+        first - last,
+        alone,
+    )
 
 
-def compare_drift(result: DriftResult | Sequence[DriftResult], reference: DriftResult | Sequence[DriftResult], *,
-                  k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> Baseline:
+def compare_drift(
+    result: DriftResult | Sequence[DriftResult],
+    reference: DriftResult | Sequence[DriftResult],
+    *,
+    k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    seed: int = 0,
+) -> Baseline:
     """How much more ``result`` drifts than ``reference`` (e.g. an ordinary conversation with the same user turns),
     beside random directions: the value is ``result.drift - reference.drift``, each random value the same difference
     along a random unit direction. A paired control: drift that both conversations share (a model that slides with

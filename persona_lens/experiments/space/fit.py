@@ -35,13 +35,19 @@ from persona_lens.experiments.space.roles import (
 from persona_lens.experiments.space.storage import _load_tensors, _save_tensors
 from persona_lens.traits.roles import Role, RoleSet
 
-__all__ = ["DEFAULT_CAP_CONTROLS", "PersonaSpace", "axis_alignment", "build_space", "cap_control_directions",
-           "default_token_quantiles", "fit_space"]
+__all__ = [
+    "DEFAULT_CAP_CONTROLS",
+    "PersonaSpace",
+    "axis_alignment",
+    "build_space",
+    "cap_control_directions",
+    "default_token_quantiles",
+    "fit_space",
+]
 
 
 DEFAULT_CAP_CONTROLS = 10
 """Random directions whose default per-token percentiles a space stores (the capping control's candidates)."""
-
 
 
 @dataclass
@@ -87,48 +93,78 @@ class PersonaSpace:
         """Coordinates on the principal components (after subtracting the centre)."""
         return torch.einsum("...ld,lkd->...lk", activations.float() - self.center, self.components)
 
-    def default_band(self, low: float = 5.0, high: float = 95.0) -> tuple[Float[Tensor, " layer"],
-                                                                          Float[Tensor, " layer"]]:
+    def default_band(
+        self, low: float = 5.0, high: float = 95.0
+    ) -> tuple[Float[Tensor, " layer"], Float[Tensor, " layer"]]:
         """Per-layer ``low``/``high`` percentiles of the default replies' (response-mean) axis projections."""
         projections = self.project(self.default_activations).numpy()
-        return (torch.from_numpy(np.percentile(projections, low, axis=0)).float(),
-                torch.from_numpy(np.percentile(projections, high, axis=0)).float())
+        return (
+            torch.from_numpy(np.percentile(projections, low, axis=0)).float(),
+            torch.from_numpy(np.percentile(projections, high, axis=0)).float(),
+        )
 
     def save(self, path: str | Path) -> Path:
-        tensors = {"role_vectors": self.role_vectors, "default_activations": self.default_activations,
-                   "axis": self.axis, "center": self.center, "components": self.components,
-                   "explained": self.explained}
+        tensors = {
+            "role_vectors": self.role_vectors,
+            "default_activations": self.default_activations,
+            "axis": self.axis,
+            "center": self.center,
+            "components": self.components,
+            "explained": self.explained,
+        }
         if self.token_quantiles is not None:
             tensors["token_quantiles"] = self.token_quantiles
         if self.control_quantiles is not None:
             tensors["control_quantiles"] = self.control_quantiles
-        meta = {"model_name": self.model_name, "roles": self.roles, "default_role": self.default_role,
-                "meta": self.meta}
+        meta = {
+            "model_name": self.model_name,
+            "roles": self.roles,
+            "default_role": self.default_role,
+            "meta": self.meta,
+        }
         return _save_tensors(Path(path), tensors, meta, "space")
 
     @classmethod
     def load(cls, path: str | Path) -> PersonaSpace:
         tensors, meta = _load_tensors(Path(path), "space")
-        return cls(meta["model_name"], meta["roles"], meta["default_role"], tensors["role_vectors"],
-                   tensors["default_activations"], tensors["axis"], tensors["center"], tensors["components"],
-                   tensors["explained"], tensors.get("token_quantiles"), meta.get("meta", {}),
-                   tensors.get("control_quantiles"))
+        return cls(
+            meta["model_name"],
+            meta["roles"],
+            meta["default_role"],
+            tensors["role_vectors"],
+            tensors["default_activations"],
+            tensors["axis"],
+            tensors["center"],
+            tensors["components"],
+            tensors["explained"],
+            tensors.get("token_quantiles"),
+            meta.get("meta", {}),
+            tensors.get("control_quantiles"),
+        )
 
 
-def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
-              default_activations: Float[Tensor, "n layer d_model"], *, default_role: str = "default",
-              model_name: str = "", n_components: int | None = None) -> PersonaSpace:
+def fit_space(
+    role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
+    default_activations: Float[Tensor, "n layer d_model"],
+    *,
+    default_role: str = "default",
+    model_name: str = "",
+    n_components: int | None = None,
+) -> PersonaSpace:
     """PCA per layer of the role vectors (``default_role`` left out of the fit) and the Assistant axis."""
     names = [name for name in role_vectors if name != default_role]
     if len(names) < 2:
         raise ValueError(f"a persona space needs at least 2 roles besides {default_role!r}, got {names}")
     if default_activations.ndim != 3 or default_activations.shape[0] < 1:
-        raise ValueError(f"default_activations must be [n >= 1, layer, d_model], got "
-                         f"{tuple(default_activations.shape)}")
+        raise ValueError(
+            f"default_activations must be [n >= 1, layer, d_model], got {tuple(default_activations.shape)}"
+        )
     stack = torch.stack([role_vectors[name].float().cpu() for name in names])  # [role, layer, d]
     if stack.shape[1:] != default_activations.shape[1:]:
-        raise ValueError(f"role vectors are {tuple(stack.shape[1:])} but default activations "
-                         f"{tuple(default_activations.shape[1:])}; build them on the same model")
+        raise ValueError(
+            f"role vectors are {tuple(stack.shape[1:])} but default activations "
+            f"{tuple(default_activations.shape[1:])}; build them on the same model"
+        )
     default = default_activations.float().cpu()
     center = stack.mean(0)
     axis = default.mean(0) - center
@@ -145,13 +181,18 @@ def fit_space(role_vectors: Mapping[str, Float[Tensor, "layer d_model"]],
         components[layer] = direction * signs[:, None]
         if total > 0:
             explained[layer] = (singular[:k] ** 2 / total).float()
-    return PersonaSpace(model_name, names, default_role, stack, default, axis, center, components, explained,
-                        meta={"n_components": k})
+    return PersonaSpace(
+        model_name, names, default_role, stack, default, axis, center, components, explained, meta={"n_components": k}
+    )
 
 
 @torch.no_grad()
-def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
-                     conversations: Sequence[EncodedConversation], batch_size: int) -> Float[Tensor, "m layer 101"]:
+def _token_quantiles(
+    model: HookedLM,
+    units: Float[Tensor, "m layer d_model"],
+    conversations: Sequence[EncodedConversation],
+    batch_size: int,
+) -> Float[Tensor, "m layer 101"]:
     """Percentiles 0..100 of every response token's projection on each of the ``m`` directions, per layer: one
     hook per layer reads the residual once and projects it on all ``m`` directions (not one hook per direction)."""
     n_directions, n_layers = units.shape[0], units.shape[1] - 1
@@ -165,6 +206,7 @@ def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
             # one matrix-vector product per direction, as the capping hook computes h . u (bit-equal thresholds)
             units_here = by_layer[layer].to(resid.dtype)
             read[layer] = torch.stack([(resid @ unit).float() for unit in units_here], dim=-1).cpu()
+
         return project
 
     hooks = [(hook_name(layer, n_layers), reader(layer)) for layer in range(n_layers + 1)]
@@ -178,16 +220,19 @@ def _token_quantiles(model: HookedLM, units: Float[Tensor, "m layer d_model"],
         for layer, table in read.items():
             for row, conversation in enumerate(part):
                 offset = int(batch.pad_lengths[row])  # left padding: token j sits in column offset + j
-                values[layer].append(table[row, offset + conversation.response_start : offset
-                                           + conversation.response_end])
+                values[layer].append(
+                    table[row, offset + conversation.response_start : offset + conversation.response_end]
+                )
     qs = torch.linspace(0, 1, 101)
     per_layer = [torch.cat(tables) for tables in values]  # [tokens m] each
-    return torch.stack([torch.stack([torch.quantile(tokens[:, m], qs) for tokens in per_layer])
-                        for m in range(n_directions)])
+    return torch.stack(
+        [torch.stack([torch.quantile(tokens[:, m], qs) for tokens in per_layer]) for m in range(n_directions)]
+    )
 
 
-def default_token_quantiles(model: HookedLM, space: PersonaSpace, conversations: Sequence[EncodedConversation], *,
-                            batch_size: int = 8) -> Float[Tensor, "layer 101"]:
+def default_token_quantiles(
+    model: HookedLM, space: PersonaSpace, conversations: Sequence[EncodedConversation], *, batch_size: int = 8
+) -> Float[Tensor, "layer 101"]:
     """Percentiles 0..100 of the per-token projections on the unit axis, over the response tokens of
     ``conversations`` (the default role's replies), at every layer."""
     return _token_quantiles(model, space.axis_unit()[None], conversations, batch_size)[0]
@@ -199,11 +244,20 @@ def cap_control_directions(space: PersonaSpace, k: int, *, seed: int = 0) -> Flo
     return random_like(space.axis, k, seed=seed)
 
 
-def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], JudgePair],
-                config: SpaceConfig | None = None, out_dir: str | Path, progress: bool = False,
-                only: Sequence[str] | None = None, skip_unplayed: bool = True,
-                cap_controls: int = DEFAULT_CAP_CONTROLS, control_seed: int = 0,
-                executor: Executor | None = None) -> PersonaSpace | None:
+def build_space(
+    model: HookedLM,
+    roles: RoleSet,
+    *,
+    judges: Callable[[Role], JudgePair],
+    config: SpaceConfig | None = None,
+    out_dir: str | Path,
+    progress: bool = False,
+    only: Sequence[str] | None = None,
+    skip_unplayed: bool = True,
+    cap_controls: int = DEFAULT_CAP_CONTROLS,
+    control_seed: int = 0,
+    executor: Executor | None = None,
+) -> PersonaSpace | None:
     """Every role's unit (:func:`build_role_vector`), then the space, saved to ``out_dir/space.safetensors``.
 
     ``judges(role)`` gives ``(role judge or None, coherence judge or None)``. With ``only``, just those roles' units
@@ -225,9 +279,17 @@ def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], Jud
             continue
         judge, coherence = judges(role)
         try:
-            vectors[role.name] = build_role_vector(model, role, questions, judge=judge, coherence_judge=coherence,
-                                                   config=config, out_dir=out_dir, progress=progress,
-                                                   executor=executor)
+            vectors[role.name] = build_role_vector(
+                model,
+                role,
+                questions,
+                judge=judge,
+                coherence_judge=coherence,
+                config=config,
+                out_dir=out_dir,
+                progress=progress,
+                executor=executor,
+            )
         except RoleNotPlayed as error:
             if role.default or not skip_unplayed:
                 raise
@@ -235,19 +297,28 @@ def build_space(model: HookedLM, roles: RoleSet, *, judges: Callable[[Role], Jud
     if only is not None:
         return None
     default = vectors[roles.default.name]
-    space = fit_space({name: v.mean for name, v in vectors.items()}, default.activations, model_name=
-                      model.cfg.model_name, default_role=roles.default.name)
+    space = fit_space(
+        {name: v.mean for name, v in vectors.items()},
+        default.activations,
+        model_name=model.cfg.model_name,
+        default_role=roles.default.name,
+    )
     unit = _unit_dir(out_dir, roles.default.name)
     stored = JsonlRecords(unit / "responses.jsonl").load()
     units = space.axis_unit()[None]
     if cap_controls:
         units = torch.cat([units, unit_rows(cap_control_directions(space, cap_controls, seed=control_seed))])
-    quantiles = _token_quantiles(model, units, [_encode_record(model, stored[key]) for key in default.kept_keys],
-                                 config.batch_size)
+    quantiles = _token_quantiles(
+        model, units, [_encode_record(model, stored[key]) for key in default.kept_keys], config.batch_size
+    )
     space.token_quantiles = quantiles[0]
     space.control_quantiles = quantiles[1:] if cap_controls else None
-    space.meta.update(config=asdict(config), roles={name: v.report() for name, v in vectors.items()},
-                      skipped=skipped, cap_controls={"k": cap_controls, "seed": control_seed})
+    space.meta.update(
+        config=asdict(config),
+        roles={name: v.report() for name, v in vectors.items()},
+        skipped=skipped,
+        cap_controls={"k": cap_controls, "seed": control_seed},
+    )
     space.save(Path(out_dir) / "space.safetensors")
     return space
 
@@ -257,40 +328,70 @@ def _cos(a: Tensor, b: Tensor) -> float:
     return math.nan if na == 0 or nb == 0 else float(a @ b) / (na * nb)
 
 
-def axis_alignment(space: PersonaSpace, *, traits: Mapping[str, Float[Tensor, "layer d_model"]] | None = None,
-                   k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0, layers: Sequence[int] | None = None
-                   ) -> dict[str, Any]:
+def axis_alignment(
+    space: PersonaSpace,
+    *,
+    traits: Mapping[str, Float[Tensor, "layer d_model"]] | None = None,
+    k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Per layer: |cos(PC1, axis)| beside random directions and the other components (a :class:`Baseline`), the
     variance explained, and the cosine of each (centred) role and each trait vector with the axis and PC1 (each
     trait's |cos| with the axis beside random directions too)."""
     traits = dict(traits or {})
-    layers = list(range(space.n_layers + 1)) if layers is None else [check_layer(lay, space.n_layers)
-                                                                        for lay in layers]
+    layers = list(range(space.n_layers + 1)) if layers is None else [check_layer(lay, space.n_layers) for lay in layers]
     d_model = space.axis.shape[1]
     rows = []
     for layer in layers:
         axis, pcs = space.axis[layer], space.components[layer]
         randoms = random_directions(d_model, k_random, seed=seed + layer)
         random_cos = [abs(_cos(r, axis)) for r in randoms]
-        pc1 = compare("|cos(PC1, axis)|", abs(_cos(pcs[0], axis)), random_cos,
-                      others={f"PC{j + 1}": abs(_cos(pcs[j], axis)) for j in range(1, pcs.shape[0])})
-        role_rows = {name: {"cos_axis": _cos(space.role_vectors[i, layer] - space.center[layer], axis),
-                            "cos_pc1": _cos(space.role_vectors[i, layer] - space.center[layer], pcs[0]),
-                            "projection": float(space.role_vectors[i, layer] @ space.axis_unit()[layer]),
-                            "pc1": float((space.role_vectors[i, layer] - space.center[layer]) @ pcs[0])}
-                     for i, name in enumerate(space.roles)}
+        pc1 = compare(
+            "|cos(PC1, axis)|",
+            abs(_cos(pcs[0], axis)),
+            random_cos,
+            others={f"PC{j + 1}": abs(_cos(pcs[j], axis)) for j in range(1, pcs.shape[0])},
+        )
+        role_rows = {
+            name: {
+                "cos_axis": _cos(space.role_vectors[i, layer] - space.center[layer], axis),
+                "cos_pc1": _cos(space.role_vectors[i, layer] - space.center[layer], pcs[0]),
+                "projection": float(space.role_vectors[i, layer] @ space.axis_unit()[layer]),
+                "pc1": float((space.role_vectors[i, layer] - space.center[layer]) @ pcs[0]),
+            }
+            for i, name in enumerate(space.roles)
+        }
         default_mean = space.default_mean[layer]
-        role_rows[space.default_role] = {"cos_axis": _cos(default_mean - space.center[layer], axis),
-                                         "cos_pc1": _cos(default_mean - space.center[layer], pcs[0]),
-                                         "projection": float(default_mean @ space.axis_unit()[layer]),
-                                         "pc1": float((default_mean - space.center[layer]) @ pcs[0])}
+        role_rows[space.default_role] = {
+            "cos_axis": _cos(default_mean - space.center[layer], axis),
+            "cos_pc1": _cos(default_mean - space.center[layer], pcs[0]),
+            "projection": float(default_mean @ space.axis_unit()[layer]),
+            "pc1": float((default_mean - space.center[layer]) @ pcs[0]),
+        }
         trait_rows = {}
         for name, vector in traits.items():
             v = vector.float().cpu()[layer]
-            trait_rows[name] = {"cos_axis": _cos(v, axis), "cos_pc1": _cos(v, pcs[0]),
-                                "abs_cos_axis_vs_random": compare(f"|cos({name}, axis)|", abs(_cos(v, axis)),
-                                                                  random_cos).to_dict()}
-        rows.append({"layer": layer, "explained": space.explained[layer].tolist(), "pc1_axis": pc1.to_dict(),
-                     "pc1_axis_summary": pc1.summary(), "roles": role_rows, "traits": trait_rows})
-    return {"model": space.model_name, "default_role": space.default_role, "roles": space.roles,
-            "k_random": k_random, "seed": seed, "layers": rows}
+            trait_rows[name] = {
+                "cos_axis": _cos(v, axis),
+                "cos_pc1": _cos(v, pcs[0]),
+                "abs_cos_axis_vs_random": compare(f"|cos({name}, axis)|", abs(_cos(v, axis)), random_cos).to_dict(),
+            }
+        rows.append(
+            {
+                "layer": layer,
+                "explained": space.explained[layer].tolist(),
+                "pc1_axis": pc1.to_dict(),
+                "pc1_axis_summary": pc1.summary(),
+                "roles": role_rows,
+                "traits": trait_rows,
+            }
+        )
+    return {
+        "model": space.model_name,
+        "default_role": space.default_role,
+        "roles": space.roles,
+        "k_random": k_random,
+        "seed": seed,
+        "layers": rows,
+    }

@@ -21,8 +21,16 @@ from persona_lens.core.results import read_json
 from persona_lens.experiments.space.drift import DriftResult
 from persona_lens.experiments.space.fit import PersonaSpace, axis_alignment
 
-__all__ = ["SpaceReport", "space_report", "role_map", "default_map_layer", "DriftReport", "drift_report",
-           "ALIGNMENT_JSON", "DRIFT_JSON"]
+__all__ = [
+    "SpaceReport",
+    "space_report",
+    "role_map",
+    "default_map_layer",
+    "DriftReport",
+    "drift_report",
+    "ALIGNMENT_JSON",
+    "DRIFT_JSON",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +43,20 @@ def default_map_layer(n_layers: int) -> int:
     return max(1, (2 * n_layers) // 3)
 
 
-def role_map(space: PersonaSpace, traits: Mapping[str, Float[Tensor, "layer d_model"]], layer: int
-             ) -> dict[str, Any]:
+def role_map(space: PersonaSpace, traits: Mapping[str, Float[Tensor, "layer d_model"]], layer: int) -> dict[str, Any]:
     """Every role's (the default last) PC2 score at ``layer`` and each trait vector's (PC1, PC2) components there
     (the roles' PC1 and axis projection are in the alignment rows)."""
     names = [*space.roles, space.default_role]
     two = space.components.shape[1] > 1
     pc2 = space.scores(space.role_vectors)[:, layer, 1].tolist() if two else [0.0] * len(space.roles)
     default_pc2 = float(space.scores(space.default_mean)[layer, 1]) if two else 0.0
-    positions = {name: [float(v.float().cpu()[layer] @ space.components[layer, 0]),
-                        float(v.float().cpu()[layer] @ space.components[layer, 1]) if two else 0.0]
-                 for name, v in traits.items()}
+    positions = {
+        name: [
+            float(v.float().cpu()[layer] @ space.components[layer, 0]),
+            float(v.float().cpu()[layer] @ space.components[layer, 1]) if two else 0.0,
+        ]
+        for name, v in traits.items()
+    }
     return {"layer": layer, "names": names, "pc2": [*pc2, default_pc2], "traits": positions}
 
 
@@ -78,13 +89,23 @@ class SpaceReport:
         if "role_map" not in alignment:
             space = PersonaSpace.load(out / "space.safetensors")
             alignment["role_map"] = role_map(space, {}, default_map_layer(space.n_layers))
-            log.warning("%s holds no role map (written by an older persona_lens); drawn from space.safetensors at "
-                        "layer %d without the trait vectors", out / ALIGNMENT_JSON, alignment["role_map"]["layer"])
+            log.warning(
+                "%s holds no role map (written by an older persona_lens); drawn from space.safetensors at "
+                "layer %d without the trait vectors",
+                out / ALIGNMENT_JSON,
+                alignment["role_map"]["layer"],
+            )
         return cls(alignment)
 
 
-def space_report(space: PersonaSpace, traits: Mapping[str, Float[Tensor, "layer d_model"]] | None = None, *,
-                 layer: int | None = None, k_random: int = DEFAULT_RANDOM_DIRECTIONS, seed: int = 0) -> SpaceReport:
+def space_report(
+    space: PersonaSpace,
+    traits: Mapping[str, Float[Tensor, "layer d_model"]] | None = None,
+    *,
+    layer: int | None = None,
+    k_random: int = DEFAULT_RANDOM_DIRECTIONS,
+    seed: int = 0,
+) -> SpaceReport:
     """:func:`axis_alignment` of ``space`` (with ``traits``), the roles built and left out (from the space's
     metadata) and the role map at ``layer`` (default: :func:`default_map_layer`)."""
     traits = dict(traits or {})
@@ -120,8 +141,15 @@ class DriftReport:
         return [m["content"][:80] for m in self.data["messages"] if m["role"] == "assistant"]
 
 
-def drift_report(result: DriftResult, model_name: str, *, reference: DriftResult | None = None,
-                 paired: Any = None, alone: DriftResult | None = None, context: Any = None) -> DriftReport:
+def drift_report(
+    result: DriftResult,
+    model_name: str,
+    *,
+    reference: DriftResult | None = None,
+    paired: Any = None,
+    alone: DriftResult | None = None,
+    context: Any = None,
+) -> DriftReport:
     """``result`` as saved, with its ``reference`` and their ``paired`` comparison, or the turns ``alone`` and the
     ``context`` comparison (:func:`compare_drift` Baselines), when given."""
     data = {**result.to_json(), "model": model_name}

@@ -25,8 +25,15 @@ from persona_lens.experiments.space.storage import _load_tensors, _save_tensors
 from persona_lens.judges.base import Judge
 from persona_lens.traits.roles import Role, role_to_dict
 
-__all__ = ["JudgePair", "RoleNotPlayed", "RoleVector", "SpaceConfig", "build_role_vector", "load_role_vector",
-           "plan_role_jobs"]
+__all__ = [
+    "JudgePair",
+    "RoleNotPlayed",
+    "RoleVector",
+    "SpaceConfig",
+    "build_role_vector",
+    "load_role_vector",
+    "plan_role_jobs",
+]
 
 
 JudgePair = tuple["Judge | None", "Judge | None"]
@@ -34,7 +41,6 @@ JudgePair = tuple["Judge | None", "Judge | None"]
 
 class RoleNotPlayed(Error, ValueError):
     """No reply of a role passed the filters: the model does not play it under its prompts."""
-
 
 
 @dataclass
@@ -61,8 +67,14 @@ def plan_role_jobs(role: Role, questions: Sequence[str], config: SpaceConfig) ->
         for q, question in enumerate(list(questions)[: config.n_questions]):
             for s in range(config.n_samples):
                 key = f"{role.name}|p{p}|q{q}|s{s}"
-                fields = {"role": role.name, "prompt": p, "question": q, "sample": s, "system": system,
-                          "question_text": question}
+                fields = {
+                    "role": role.name,
+                    "prompt": p,
+                    "question": q,
+                    "sample": s,
+                    "system": system,
+                    "question_text": question,
+                }
                 jobs.append(ReplyJob(key, make_messages(question, system=system), job_seed(config.seed, key), fields))
     return jobs
 
@@ -84,8 +96,15 @@ class RoleVector:
     """Per kept reply (kept for the default role only: its spread is the default band)."""
 
     def report(self) -> dict[str, Any]:
-        return {"role": self.role, "n_kept": self.n_kept, "n_replies": self.n_replies, "judged": self.judged,
-                "in_role_rate": self.in_role_rate, "dropped": self.dropped, "kept_keys": self.kept_keys}
+        return {
+            "role": self.role,
+            "n_kept": self.n_kept,
+            "n_replies": self.n_replies,
+            "judged": self.judged,
+            "in_role_rate": self.in_role_rate,
+            "dropped": self.dropped,
+            "kept_keys": self.kept_keys,
+        }
 
 
 def _unit_dir(out_dir: str | Path, role: str) -> Path:
@@ -110,9 +129,18 @@ def _encode_record(model: HookedLM, record: Mapping[str, Any]) -> EncodedConvers
     return encode_generated(encode_prompt(model.tokenizer, messages), record["response_ids"])
 
 
-def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, judge: Judge | None,
-                      coherence_judge: Judge | None = None, config: SpaceConfig | None = None,
-                      out_dir: str | Path, progress: bool = False, executor: Executor | None = None) -> RoleVector:
+def build_role_vector(
+    model: HookedLM,
+    role: Role,
+    questions: Sequence[str],
+    *,
+    judge: Judge | None,
+    coherence_judge: Judge | None = None,
+    config: SpaceConfig | None = None,
+    out_dir: str | Path,
+    progress: bool = False,
+    executor: Executor | None = None,
+) -> RoleVector:
     """Generate, judge and average one role (a resumable unit under ``out_dir/roles/<name>/``).
 
     Replies go to ``responses.jsonl`` as they are made; the vector to ``vector.safetensors`` once done. Rerunning
@@ -120,21 +148,42 @@ def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, 
     """
     config = config or SpaceConfig()
     unit = _unit_dir(out_dir, role.name)
-    check_settings(unit / "settings.json", {
-        "model": model.cfg.model_name, "role": role_to_dict(role), "questions": list(questions),
-        **config.generation_settings(), "n_samples": config.n_samples, "n_questions": config.n_questions,
-        "n_prompts": config.n_prompts, "role_threshold": config.role_threshold,
-        "coherence_threshold": config.coherence_threshold,
-        "judge": None if judge is None else judge.judge_id,
-        "coherence_judge": None if coherence_judge is None else coherence_judge.judge_id}, what=f"role {role.name}")
+    check_settings(
+        unit / "settings.json",
+        {
+            "model": model.cfg.model_name,
+            "role": role_to_dict(role),
+            "questions": list(questions),
+            **config.generation_settings(),
+            "n_samples": config.n_samples,
+            "n_questions": config.n_questions,
+            "n_prompts": config.n_prompts,
+            "role_threshold": config.role_threshold,
+            "coherence_threshold": config.coherence_threshold,
+            "judge": None if judge is None else judge.judge_id,
+            "coherence_judge": None if coherence_judge is None else coherence_judge.judge_id,
+        },
+        what=f"role {role.name}",
+    )
     if (unit / "vector.safetensors").exists():
         return load_role_vector(unit)
     jobs = plan_role_jobs(role, questions, config)
     if not jobs:
         raise ValueError(f"role {role.name!r}: nothing to generate (no system prompt or no question)")
-    records = evaluate_replies(model, jobs, config, role.rubric, judge, coherence_judge,  # type: ignore[arg-type]
-                               store=JsonlRecords(unit / "responses.jsonl"), chunk=config.batch_size,
-                               judge_chunk=JUDGE_CHUNK, progress=progress, desc=f"role {role.name}", executor=executor)
+    records = evaluate_replies(
+        model,
+        jobs,
+        config,
+        role.rubric,
+        judge,
+        coherence_judge,  # type: ignore[arg-type]
+        store=JsonlRecords(unit / "responses.jsonl"),
+        chunk=config.batch_size,
+        judge_chunk=JUDGE_CHUNK,
+        progress=progress,
+        desc=f"role {role.name}",
+        executor=executor,
+    )
     judged = judge is not None
     kept, dropped = [], {}
     for job in jobs:
@@ -147,13 +196,29 @@ def build_role_vector(model: HookedLM, role: Role, questions: Sequence[str], *, 
     scores = [records[job.key]["trait_score"] for job in jobs if records[job.key]["trait_score"] is not None]
     rate = (sum(s >= config.role_threshold for s in scores) / len(scores)) if judged and scores else None
     if not kept:
-        raise RoleNotPlayed(f"role {role.name!r}: no reply was kept ({dropped}); the model does not play the role "
-                            "under these prompts. Try more samples, other prompts, or a lower --role-threshold")
-    acts = collect_activations(model, [_encode_record(model, r) for r in kept], reductions=("response",),
-                               batch_size=config.batch_size, progress=progress,
-                               desc=f"role {role.name}: activations").get("response")
-    vector = RoleVector(role.name, acts.mean(0), len(kept), len(jobs), judged, rate, dropped,
-                        [r["key"] for r in kept], acts if role.default else None)
+        raise RoleNotPlayed(
+            f"role {role.name!r}: no reply was kept ({dropped}); the model does not play the role "
+            "under these prompts. Try more samples, other prompts, or a lower --role-threshold"
+        )
+    acts = collect_activations(
+        model,
+        [_encode_record(model, r) for r in kept],
+        reductions=("response",),
+        batch_size=config.batch_size,
+        progress=progress,
+        desc=f"role {role.name}: activations",
+    ).get("response")
+    vector = RoleVector(
+        role.name,
+        acts.mean(0),
+        len(kept),
+        len(jobs),
+        judged,
+        rate,
+        dropped,
+        [r["key"] for r in kept],
+        acts if role.default else None,
+    )
     tensors = {"mean": vector.mean} | ({"activations": acts} if role.default else {})
     _save_tensors(unit / "vector.safetensors", tensors, vector.report() | {"default": role.default}, "role_vector")
     write_json_atomic(unit / "report.json", vector.report())
@@ -165,5 +230,14 @@ def load_role_vector(unit: str | Path) -> RoleVector:
     path = Path(unit)
     path = path / "vector.safetensors" if path.is_dir() else path
     tensors, meta = _load_tensors(path, "role_vector")
-    return RoleVector(meta["role"], tensors["mean"], meta["n_kept"], meta["n_replies"], meta["judged"],
-                      meta["in_role_rate"], meta["dropped"], meta["kept_keys"], tensors.get("activations"))
+    return RoleVector(
+        meta["role"],
+        tensors["mean"],
+        meta["n_kept"],
+        meta["n_replies"],
+        meta["judged"],
+        meta["in_role_rate"],
+        meta["dropped"],
+        meta["kept_keys"],
+        tensors.get("activations"),
+    )

@@ -20,10 +20,11 @@ __all__ = []
 _FORMAT = "persona_lens.space"
 
 
-
 def _save_tensors(path: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any], kind: str) -> Path:
-    data = safetensors.torch.save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
-                                  metadata={"format": _FORMAT, "kind": kind, "meta": json.dumps(meta)})
+    data = safetensors.torch.save(
+        {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"format": _FORMAT, "kind": kind, "meta": json.dumps(meta)},
+    )
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
@@ -40,6 +41,8 @@ def _load_tensors(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, A
     except (safetensors.SafetensorError, OSError) as error:
         raise ValueError(f"{path} is not a safetensors file ({error}); was it written by persona_lens?") from None
     if header.get("format") != _FORMAT or header.get("kind") != kind:
-        raise ValueError(f"{path} is not a persona_lens {kind} file (format {header.get('format')!r}, kind "
-                         f"{header.get('kind')!r}); pass the file `persona_lens space` wrote")
+        raise ValueError(
+            f"{path} is not a persona_lens {kind} file (format {header.get('format')!r}, kind "
+            f"{header.get('kind')!r}); pass the file `persona_lens space` wrote"
+        )
     return tensors, json.loads(header.get("meta", "{}"))
