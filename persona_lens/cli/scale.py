@@ -35,10 +35,10 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray-cpus",
-        type=number_arg("--ray-cpus", above=0),
+        type=number_arg("--ray-cpus", minimum=0),
         default=1,
         metavar="C",
-        help="CPUs per Ray worker (default 1)",
+        help="CPUs per Ray worker (default 1; 0 lets more workers share a small machine)",
     )
     parser.add_argument(
         "--engine",
