@@ -63,3 +63,11 @@ def cli_env(server, monkeypatch, tmp_path):
     monkeypatch.setenv("PERSONA_LENS_TRAITS", str(tmp_path / "traits"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def tiny_extract_args(*, max_new_tokens: int = 3) -> list[str]:
+    """The smallest ``extract`` command line: pirate on tiny-llama, exact rule judges, one pair, one question."""
+    return [
+        "extract", "pirate", "--model", "tiny-llama", "--judge", "rule", "--coherence", "rule",
+        "--samples", "1", "--questions", "1", "--pairs", "1", "--max-new-tokens", str(max_new_tokens), "--quiet",
+    ]  # fmt: skip

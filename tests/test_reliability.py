@@ -23,7 +23,7 @@ import torch
 from persona_lens.cli import main
 from persona_lens.core.io import JsonlRecords
 from persona_lens.core.vectors import PersonaVector, save_vector
-from tests.conftest import load_cached
+from tests.conftest import load_cached, tiny_extract_args
 
 REPO = Path(__file__).resolve().parents[1]
 NO_MODEL = "no-such-model-loaded-before-the-check"
@@ -101,23 +101,7 @@ def test_batch_size_is_a_recorded_setting(tmp_path, capsys):
     """Item 3: replies made at one batch size are not silently mixed with replies made at another."""
     out = tmp_path / "run"
     base = [
-        "extract",
-        "pirate",
-        "--model",
-        "tiny-llama",
-        "--judge",
-        "rule",
-        "--coherence",
-        "rule",
-        "--samples",
-        "1",
-        "--questions",
-        "1",
-        "--pairs",
-        "1",
-        "--max-new-tokens",
-        "3",
-        "--quiet",
+        *tiny_extract_args(max_new_tokens=3),
         "--out",
         out,
         "--extract-coherence-threshold",

@@ -24,7 +24,7 @@ import torch
 from persona_lens.cli import main
 from persona_lens.core.io import FolderLock, JsonlRecords, UnsafeOutput, atomic_output, write_text_atomic
 from persona_lens.core.vectors import PersonaVector, save_vector
-from tests.conftest import load_cached
+from tests.conftest import load_cached, tiny_extract_args
 
 REPO = Path(__file__).resolve().parents[1]
 NO_MODEL = "no-such-model-loaded-before-the-check"
@@ -113,23 +113,7 @@ def test_a_symlinked_lock_or_records_file_in_a_run_folder_is_refused(tmp_path, c
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
     argv = [
-        "extract",
-        "pirate",
-        "--model",
-        "tiny-llama",
-        "--judge",
-        "rule",
-        "--coherence",
-        "rule",
-        "--samples",
-        "1",
-        "--questions",
-        "1",
-        "--pairs",
-        "1",
-        "--max-new-tokens",
-        "3",
-        "--quiet",
+        *tiny_extract_args(max_new_tokens=3),
         "--judge-cache",
         tmp_path / "j.sqlite",
     ]

@@ -23,7 +23,7 @@ from persona_lens.core.engine import EngineError, EngineMismatch, OpenAIEngine
 from persona_lens.core.io import JsonlRecords
 from persona_lens.experiments.evaluate import GenerationSettings, ReplyJob, generate_replies
 from persona_lens.experiments.executor import EngineExecutor
-from tests.conftest import load_cached
+from tests.conftest import load_cached, tiny_extract_args
 from tests.fake_engine import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,8 @@ def test_an_empty_reply_the_server_says_the_model_ended_at_once_is_kept(tmp_path
     """An end-of-turn as the first token is the model's own empty reply (in-process generate keeps it too): kept as
     a stopped reply with no tokens; any other empty content is an error (above)."""
     with FakeEngine(load_cached("tiny-llama").tokenizer, faults=["empty-stop"]) as server:
-        records = run(server.url, tmp_path / "r.jsonl")
+        # one request at a time: the server's first answer carries the fault, so it must be q0's
+        records = run(server.url, tmp_path / "r.jsonl", concurrency=1)
     assert records["q0"]["response"] == "" and records["q0"]["response_ids"] == [] and records["q0"]["stopped"]
     assert records["q1"]["response"] == server.reply
 
@@ -145,23 +146,7 @@ def test_a_resumed_run_redoes_only_the_unfinished_units(tmp_path):
 
 def _cli(tmp_path: Path, url: str, *extra: str) -> list[str]:
     return [
-        "extract",
-        "pirate",
-        "--model",
-        "tiny-llama",
-        "--judge",
-        "rule",
-        "--coherence",
-        "rule",
-        "--samples",
-        "1",
-        "--questions",
-        "1",
-        "--pairs",
-        "1",
-        "--max-new-tokens",
-        "48",
-        "--quiet",
+        *tiny_extract_args(max_new_tokens=48),
         "--out",
         str(tmp_path / "run"),
         "--judge-cache",
