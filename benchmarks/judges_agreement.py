@@ -30,7 +30,15 @@ from persona_lens.judges.evaluate import (
     format_report,
     load_labeled_set,
 )
-from persona_lens.judges.offline import FEATURES, RULE_FEATURES, WEIGHTS_FILE, fit_logistic, reply_features
+from persona_lens.judges.offline import (
+    FEATURES,
+    GATE,
+    RULE_FEATURES,
+    WEIGHTS_FILE,
+    LogisticModel,
+    fit_logistic,
+    reply_features,
+)
 
 HERE = Path(__file__).parent / "labels"
 FEATURES_FILE = HERE / "features.json"
@@ -226,7 +234,6 @@ def judge_scores(args: argparse.Namespace) -> None:
 
 def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None]]:
     from persona_lens import load_trait
-    from persona_lens.judges.offline import LogisticModel
     from persona_lens.judges.rule import RuleJudge
 
     if judge in ("likelihood", "local"):
@@ -262,13 +269,40 @@ def scores_of(judge: str, labeled, features) -> dict[str, dict[str, float | None
         coherent = {r.id: float(100 * features[r.id][0]) for r in labeled.replies}
     else:
         fits = json.loads(WEIGHTS_FILE.read_text())["models"]
-        key = MODEL if judge == "offline" else "*"
+        key = MODEL if judge in ("offline", "offline-full") else "*"
         if key not in fits:
             return {}
-        model = LogisticModel.from_dict(fits[key]["coherence"])
-        columns = [FEATURES.index(f) for f in model.features]
-        coherent = {r.id: float(100 * model.probability(features[r.id][columns][None])[0]) for r in labeled.replies}
+
+        def probability(fit: dict, row: np.ndarray) -> float:
+            model = LogisticModel.from_dict(fit)
+            return float(model.probability(row[[FEATURES.index(f) for f in model.features]][None])[0])
+
+        coherent = {r.id: 100 * probability(fits[key]["coherence"], features[r.id]) for r in labeled.replies}
+        if judge == "offline":  # the shipped cascade: the rule-only fit's probability where it is below the gate
+            for r in labeled.replies:
+                if (gated := probability(fits["*"]["coherence"], features[r.id])) < GATE:
+                    coherent[r.id] = 100 * gated
     return {"coherent": coherent, "trait": trait_scores}
+
+
+def report_gate(labeled: LabeledSet, features: dict) -> None:
+    """How much of each split the cascade's gate takes, and what the full judge and the readers say of those."""
+    fits = json.loads(WEIGHTS_FILE.read_text())["models"]
+    truth = reference(labeled, "coherent")
+    for split in ("dev", "test"):
+        rows = labeled.rows(split)
+        x = np.array([features[r.id] for r in rows])
+        rule = LogisticModel.from_dict(fits["*"]["coherence"])
+        full = LogisticModel.from_dict(fits[MODEL]["coherence"])
+        gated_p = rule.probability(x[:, [FEATURES.index(f) for f in rule.features]])
+        full_p = full.probability(x[:, [FEATURES.index(f) for f in full.features]])
+        gated = gated_p < GATE
+        print(
+            f"gate {GATE:g} on {split}: {gated.sum()} of {len(rows)} replies ({gated.mean():.0%}) skip the model; "
+            f"of those the full judge calls {int((full_p[gated] >= 0.5).sum())} coherent (>= 50), the readers "
+            f"{sum(truth.get(r.id) == 1 for r, g in zip(rows, gated) if g)} (of "
+            f"{sum(r.id in truth for r, g in zip(rows, gated) if g)} they agree on)"
+        )
 
 
 def _cell(a: dict, key: str) -> str:
@@ -294,7 +328,8 @@ def table(args: argparse.Namespace) -> None:
         "likelihood": "likelihood",
         "local": "local (SmolLM2 judging itself)",
         "offline-rules": "offline, model-free fit",
-        "offline": "offline (the default)",
+        "offline-full": "offline, every reply read by the model",
+        "offline": "offline (the default: gated cascade)",
     }
     report, compact = {}, []
     for judge, title in names.items():
@@ -325,6 +360,7 @@ def table(args: argparse.Namespace) -> None:
                     if split == "test":
                         print(format_report(r))
                         print()
+    report_gate(labeled, features)
     print("| judge | target | threshold | split | n | balanced accuracy | kappa | AUROC | accuracy |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(compact))

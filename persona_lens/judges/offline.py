@@ -15,6 +15,15 @@ Features (:data:`FEATURES`), per reply:
 * the number of words (log).
 
 No calibration is generated: every feature is a forward pass of the unsteered model over the reply, or a rule.
+
+The judge is a two-stage cascade (:data:`GATE`): the model-free fit on the rule features runs first, and a reply it
+gives less than a 5% chance of being coherent (word salad, loops, no known words) keeps that probability without the
+model's three forward passes. The gate was read off a grid (0.005 to 0.2) on the labeled set: on dev (299 replies)
+no gated reply, at any value of the grid, is coherent to the full judge or to either reader; 0.05 takes 41% of dev.
+On test (305; its figures were printed beside dev's for the whole grid, not held out for this choice) 0.05 takes 40%,
+changes no decision of the full judge at 50 or 75, and holds one reply the readers call coherent (the full judge also
+says no). ``benchmarks/judges_agreement.py`` reports the cascade beside the full judge. Replies steered into salad
+are most of a sweep's high-coefficient cells, so the gate saves most there.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ __all__ = [
     "RULE_FEATURES",
     "MODEL_FEATURES",
     "SURPRISE_NATS",
+    "GATE",
     "reply_features",
     "LogisticModel",
     "fit_logistic",
@@ -51,6 +61,8 @@ __all__ = [
 
 #: A token whose NLL under the unsteered model is above this many nats counts as surprising.
 SURPRISE_NATS = 8.0
+#: The cascade's gate: a reply whose rule-only probability of coherence is below this keeps it, unread by the model.
+GATE = 0.05
 _MAX_REPLY_TOKENS = 256
 RULE_FEATURES = ("rule_coherence", "length", "letters", "trigrams", "loops", "words", "known_word_share", "log_words")
 MODEL_FEATURES = ("nll_mean", "nll_p90", "surprise_share", "relevance_gain")
@@ -209,7 +221,7 @@ def fit_logistic(
 # the judge
 
 #: Bumped whenever the features or the shipped weights change (caches key on the judge id).
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 WEIGHTS_FILE = Path(__file__).with_name("offline_weights.json")
 
 
@@ -232,7 +244,8 @@ class OfflineCoherenceJudge:
     model the weights were fit on: for any other model (or ``model=None``) the judge uses the model-free fit over
     :data:`RULE_FEATURES`, and says so in ``judge_id`` (``...:rules``) and :attr:`uses_model`. ``contexts``: the
     system prompts a reply is read under (None = the template's default; add the trait's own prompt so its style
-    counts as fluent). Scores with the unsteered model: raises if hooks are installed.
+    counts as fluent). Scores with the unsteered model: raises if hooks are installed. ``gate``: the cascade's
+    threshold on the model-free fit (:data:`GATE`; 0 reads every reply with the model).
     """
 
     def __init__(
@@ -242,6 +255,7 @@ class OfflineCoherenceJudge:
         *,
         weights: str | Path = WEIGHTS_FILE,
         batch_size: int = 16,
+        gate: float = GATE,
     ) -> None:
         fits = load_weights(weights)
         name = getattr(getattr(model, "cfg", None), "model_name", None)
@@ -250,13 +264,19 @@ class OfflineCoherenceJudge:
         if not self.uses_model and "coherence" not in fits.get("*", {}):
             raise ValueError(f"{weights} has no coherence fit for {name} nor a model-free one ('*')")
         self.fit = fits[name]["coherence"] if self.uses_model else fits["*"]["coherence"]
+        #: The model-free fit the cascade's gate reads (None: no gate, every reply gets the model's passes).
+        self.gate_fit = (
+            fits["*"]["coherence"] if self.uses_model and gate > 0 and "coherence" in fits.get("*", {}) else None
+        )
+        self.gate = gate if self.gate_fit is not None else 0.0
         self.model_name = name if self.uses_model else None
         self.contexts = tuple(contexts) or (None,)
         self.batch_size = batch_size
 
     @property
     def judge_id(self) -> str:
-        fingerprint = hashlib.sha256(json.dumps([self.fit.to_dict(), list(self.contexts)]).encode()).hexdigest()[:12]
+        fits = [self.fit.to_dict(), None if self.gate_fit is None else self.gate_fit.to_dict(), self.gate]
+        fingerprint = hashlib.sha256(json.dumps([*fits, list(self.contexts)]).encode()).hexdigest()[:12]
         source = self.model_name if self.uses_model else "rules"
         return f"offline-coherence@v{JUDGE_VERSION}:{source}?fit={fingerprint}"
 
@@ -264,8 +284,21 @@ class OfflineCoherenceJudge:
         return f"OfflineCoherenceJudge({self.model_name or 'rules'!r})"
 
     def features(self, items: Sequence[tuple[str, str]]) -> Float[np.ndarray, "n feature"]:
+        """The fit's features of every item (the model's passes over all of them: no gate)."""
         x = reply_features(self.model, items, self.contexts, batch_size=self.batch_size)
         return x[:, [FEATURES.index(f) for f in self.fit.features]]
+
+    def probabilities(self, items: Sequence[tuple[str, str]]) -> Float[np.ndarray, " n"]:
+        """P(a reader says coherent) of every item: the gate's rule-only probability where it is below
+        :attr:`gate`, else the full fit's (the model reads only the replies that pass the gate)."""
+        if self.gate_fit is None:
+            return self.fit.probability(self.features(items))
+        rule = reply_features(None, items)
+        probability = self.gate_fit.probability(rule[:, [RULE_FEATURES.index(f) for f in self.gate_fit.features]])
+        passed = [i for i in range(len(items)) if probability[i] >= self.gate]
+        if passed:
+            probability[passed] = self.fit.probability(self.features([items[i] for i in passed]))
+        return probability
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         check_rubric(rubric)
@@ -276,7 +309,7 @@ class OfflineCoherenceJudge:
             )
         if not items:
             return []
-        return [float(100.0 * p) for p in self.fit.probability(self.features(items))]
+        return [float(100.0 * p) for p in self.probabilities(items)]
 
     def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Every item gets a number, so every verdict is final."""

@@ -299,11 +299,11 @@ def _weights_file(tmp_path, model_name):
 
 def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_model):
     from persona_lens.judges import COHERENCE_RUBRIC
-    from persona_lens.judges.offline import OfflineCoherenceJudge
+    from persona_lens.judges.offline import JUDGE_VERSION, OfflineCoherenceJudge
 
     items = [(q, reply) for _, _, q, reply, _ in ROWS]
     other = OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, "some-other-model"))
-    assert not other.uses_model and other.judge_id.startswith("offline-coherence@v1:rules")
+    assert not other.uses_model and other.judge_id.startswith(f"offline-coherence@v{JUDGE_VERSION}:rules")
     rules = OfflineCoherenceJudge(None, weights=_weights_file(tmp_path, None))
     assert other.score(COHERENCE_RUBRIC, items) == rules.score(COHERENCE_RUBRIC, items)
     own = OfflineCoherenceJudge(
@@ -318,6 +318,38 @@ def test_offline_judge_uses_its_model_fit_only_for_that_model(tmp_path, tiny_mod
     )  # the contexts are part of the id
     with pytest.raises(ValueError, match="coherence only"):
         own.score("rate {question} {answer}", items)
+
+
+def test_offline_judge_gate_skips_the_model_only_below_the_gate(tmp_path, tiny_model, monkeypatch):
+    """The cascade: replies the model-free fit puts below the gate keep its probability and are never read by the
+    model; the rest get the full fit's, exactly as with no gate. A gate of 0 reads every reply."""
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges import offline as O
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    weights = _weights_file(tmp_path, tiny_model.cfg.model_name)
+    full = O.OfflineCoherenceJudge(tiny_model, weights=weights, gate=0)
+    rule_only = O.OfflineCoherenceJudge(None, weights=weights)
+    p_full, p_rule = full.probabilities(items), rule_only.probabilities(items)
+    gate = float(np.median(p_rule))  # half the rows below it, whatever the fit
+    gated = p_rule < gate
+    assert 0 < gated.sum() < len(items)
+    read: list[str] = []
+    original = O.reply_features
+    monkeypatch.setattr(
+        O,
+        "reply_features",
+        lambda model, rows, *a, **k: (
+            (read.extend(r for _, r in rows) if model else None) or original(model, rows, *a, **k)
+        ),
+    )
+    cascade = O.OfflineCoherenceJudge(tiny_model, weights=weights, gate=gate)
+    p_cascade = cascade.probabilities(items)
+    assert sorted(read) == sorted(r for (_, r), g in zip(items, gated) if not g)  # the model read only those
+    np.testing.assert_allclose(p_cascade[gated], p_rule[gated])
+    np.testing.assert_allclose(p_cascade[~gated], p_full[~gated], rtol=1e-6)
+    assert cascade.judge_id != full.judge_id  # the gate is part of the id (caches do not mix them)
+    assert cascade.score(COHERENCE_RUBRIC, items) == pytest.approx([100 * p for p in p_cascade])
 
 
 @pytest.mark.slow
