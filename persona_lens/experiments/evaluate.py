@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 
-#: Replies judged per judge call by the commands (a progress bar; an interrupted run keeps what was judged).
-JUDGE_CHUNK = 256
+#: Replies judged per judge call by the commands (the bar moves after each: a judge that reads with the model, the
+#: offline judge, takes ~0.3 s a reply on 2 idle cores; an interrupted run keeps what a cached judge scored).
+JUDGE_CHUNK = 64
 
 
 @dataclass
@@ -300,8 +301,10 @@ def _score(
     step = chunk or max(len(items), 1)
     scores: list[Score] = []
     bar_off = not progress or chunk is None or not items  # a bar only for judging in chunks
-    for start in tqdm(range(0, len(items), step), desc=desc, disable=bar_off, unit="batch"):
-        scores.extend(judge.score(rubric, items[start : start + step]))
+    with tqdm(total=len(items), desc=desc, disable=bar_off, unit="reply") as bar:
+        for start in range(0, len(items), step):
+            scores.extend(judge.score(rubric, items[start : start + step]))
+            bar.update(min(step, len(items) - start))
     if len(scores) != len(items):
         raise RuntimeError(f"judge {judge.judge_id} returned {len(scores)} scores for {len(items)} items")
     return scores
