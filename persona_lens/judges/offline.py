@@ -28,6 +28,7 @@ are most of a sweep's high-coefficient cells, so the gate saves most there.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -36,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from jaxtyping import Float
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rubric
-from persona_lens.judges.likelihood import response_nlls, response_token_nlls, unrelated_question
+from persona_lens.judges.likelihood import check_unhooked, response_nlls, response_token_nlls, unrelated_question
 from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "JUDGE_VERSION",
     "WEIGHTS_FILE",
     "load_weights",
+    "copy_model",
     "OfflineCoherenceJudge",
 ]
 
@@ -235,6 +238,32 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict[str, dict[str, Logisti
     }
 
 
+def _resolve_read_dtype(model: HookedLM | None, read_dtype: str | None) -> str | None:
+    """``"auto"``: bfloat16 for a float32 model on a CPU with native bfloat16 matrix units (AVX512-BF16 / AMX, where
+    it halves the reading time), else the model's own dtype (None); a name: that dtype, None if it is the model's."""
+    if model is None or read_dtype is None:
+        return None
+    current = next(model.hf_model.parameters()).dtype
+    if read_dtype == "auto":
+        native = current == torch.float32 and next(model.hf_model.parameters()).device.type == "cpu"
+        read_dtype = "bfloat16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        return read_dtype
+    dtype = getattr(torch, read_dtype, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"read_dtype {read_dtype!r}: use 'auto', None, 'float32', 'bfloat16' or 'float16'")
+    return None if dtype == current else read_dtype
+
+
+def copy_model(model: HookedLM, dtype: str) -> HookedLM:
+    """An independent copy of ``model`` in ``dtype``, with no hook of the original (a steering hook installed on
+    ``model`` later does not reach it)."""
+    hf_model = copy.deepcopy(model.hf_model)
+    for module in hf_model.modules():  # the original's wiring into its hook points must not come along
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return HookedLM(hf_model.to(getattr(torch, dtype)).eval(), model.tokenizer, model.cfg.model_name)
+
+
 class OfflineCoherenceJudge:
     """Coherence-and-on-topic as ``100 * P(a reader says coherent)`` from a logistic regression over
     :data:`FEATURES`, fit to a reader's labels of SmolLM2-135M-Instruct replies (``benchmarks/labels/``, dev split)
@@ -245,7 +274,10 @@ class OfflineCoherenceJudge:
     :data:`RULE_FEATURES`, and says so in ``judge_id`` (``...:rules``) and :attr:`uses_model`. ``contexts``: the
     system prompts a reply is read under (None = the template's default; add the trait's own prompt so its style
     counts as fluent). Scores with the unsteered model: raises if hooks are installed. ``gate``: the cascade's
-    threshold on the model-free fit (:data:`GATE`; 0 reads every reply with the model).
+    threshold on the model-free fit (:data:`GATE`; 0 reads every reply with the model). ``read_dtype``: the dtype
+    the likelihoods are read in; ``"auto"`` reads a float32 model on a CPU with native bfloat16 units through a
+    bfloat16 copy (half the time; measured against the readers with the float32 reading in
+    ``benchmarks/results/judges.md``), and is part of :attr:`judge_id`.
     """
 
     def __init__(
@@ -256,6 +288,7 @@ class OfflineCoherenceJudge:
         weights: str | Path = WEIGHTS_FILE,
         batch_size: int = 16,
         gate: float = GATE,
+        read_dtype: str | None = "auto",
     ) -> None:
         fits = load_weights(weights)
         name = getattr(getattr(model, "cfg", None), "model_name", None)
@@ -272,10 +305,25 @@ class OfflineCoherenceJudge:
         self.model_name = name if self.uses_model else None
         self.contexts = tuple(contexts) or (None,)
         self.batch_size = batch_size
+        #: The dtype the model's likelihoods are read in (None: the model's own; a copy of the model otherwise).
+        self.read_dtype = _resolve_read_dtype(self.model, read_dtype)
+        self._reader: HookedLM | None = None
+
+    @property
+    def reader(self) -> HookedLM | None:
+        """The model the likelihood features are read with: the judged model itself, or (``read_dtype``) an
+        unhooked copy of it in that dtype, made at first use."""
+        if self.model is None or self.read_dtype is None:
+            return self.model
+        if self._reader is None:
+            self._reader = copy_model(self.model, self.read_dtype)
+        return self._reader
 
     @property
     def judge_id(self) -> str:
         fits = [self.fit.to_dict(), None if self.gate_fit is None else self.gate_fit.to_dict(), self.gate]
+        if self.read_dtype is not None:
+            fits.append(self.read_dtype)
         fingerprint = hashlib.sha256(json.dumps([*fits, list(self.contexts)]).encode()).hexdigest()[:12]
         source = self.model_name if self.uses_model else "rules"
         return f"offline-coherence@v{JUDGE_VERSION}:{source}?fit={fingerprint}"
@@ -285,7 +333,9 @@ class OfflineCoherenceJudge:
 
     def features(self, items: Sequence[tuple[str, str]]) -> Float[np.ndarray, "n feature"]:
         """The fit's features of every item (the model's passes over all of them: no gate)."""
-        x = reply_features(self.model, items, self.contexts, batch_size=self.batch_size)
+        if self.model is not None:
+            check_unhooked(self.model)  # a steered model is a mistake even where a copy does the reading
+        x = reply_features(self.reader, items, self.contexts, batch_size=self.batch_size)
         return x[:, [FEATURES.index(f) for f in self.fit.features]]
 
     def probabilities(self, items: Sequence[tuple[str, str]]) -> Float[np.ndarray, " n"]:

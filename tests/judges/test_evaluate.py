@@ -352,6 +352,37 @@ def test_offline_judge_gate_skips_the_model_only_below_the_gate(tmp_path, tiny_m
     assert cascade.score(COHERENCE_RUBRIC, items) == pytest.approx([100 * p for p in p_cascade])
 
 
+def test_offline_judge_reads_through_an_unhooked_copy_in_its_read_dtype(tmp_path, tiny_model):
+    """``read_dtype``: the likelihoods are read by a copy of the model in that dtype, which a hook installed on the
+    model does not reach; the judge still refuses a steered model (a mistake), and the dtype is part of its id."""
+    import torch
+
+    from persona_lens import steer
+    from persona_lens.judges import COHERENCE_RUBRIC
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    items = [(q, reply) for _, _, q, reply, _ in ROWS]
+    weights = _weights_file(tmp_path, tiny_model.cfg.model_name)
+    exact = OfflineCoherenceJudge(tiny_model, weights=weights, gate=0, read_dtype=None)
+    half = OfflineCoherenceJudge(tiny_model, weights=weights, gate=0, read_dtype="bfloat16")
+    assert exact.reader is tiny_model and half.reader is not tiny_model
+    assert next(half.reader.hf_model.parameters()).dtype == torch.bfloat16
+    assert next(tiny_model.hf_model.parameters()).dtype == torch.float32  # the model itself is untouched
+    assert half.judge_id != exact.judge_id
+    x_exact, x_half = exact.features(items), half.features(items)
+    model_columns = slice(len(RULE_FEATURES), None)
+    np.testing.assert_allclose(x_half[:, : len(RULE_FEATURES)], x_exact[:, : len(RULE_FEATURES)])
+    assert not np.array_equal(x_half[:, model_columns], x_exact[:, model_columns])  # read in another dtype
+    np.testing.assert_allclose(x_half[:, model_columns], x_exact[:, model_columns], atol=0.5)
+    vector = torch.randn(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_model) * 10
+    with steer(tiny_model, vector, layer=1, coef=1.0):
+        with pytest.raises(RuntimeError, match="hooks are installed"):
+            half.score(COHERENCE_RUBRIC, items)
+        assert not [n for n, point in half.reader.hook_dict.items() if point._forward_hooks]
+    with pytest.raises(ValueError, match="read_dtype"):
+        OfflineCoherenceJudge(tiny_model, weights=weights, read_dtype="int8")
+
+
 @pytest.mark.slow
 def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2):
     """The replies issue 23 quotes, which the rule judge scored 100: the shipped SmolLM2 fit must tell them from a
