@@ -5,6 +5,7 @@ the offline coherence judge (chosen on dev, reported once on test).
     .venv/bin/python benchmarks/judges_agreement.py fit          # choose and fit on dev; write the judge's weights
     .venv/bin/python benchmarks/judges_agreement.py scores --judge likelihood|local   # a slow judge's scores (cached)
     .venv/bin/python benchmarks/judges_agreement.py table        # every judge, dev and test, as Markdown
+    .venv/bin/python benchmarks/judges_agreement.py bf16         # the default judge read in bfloat16 vs float32
 
 Reference labels: the rows on which both readings agree (the rows they disagree on are counted and left out).
 Model selection on dev only: for each candidate feature set and L2 strength, 5-fold cross-validated balanced accuracy
@@ -367,9 +368,63 @@ def table(args: argparse.Namespace) -> None:
     (HERE / "agreement.json").write_text(json.dumps(report, indent=1))
 
 
+def compare_bf16(args: argparse.Namespace) -> None:
+    """The offline judge's ``read_dtype="auto"`` on a CPU with bfloat16 units: the model features of the replies
+    that pass the gate, read by a bfloat16 copy (``labels/features_bfloat16.json``, computed once), against the
+    float32 features: largest feature change, decisions flipped, and agreement with the readers on each split."""
+    import persona_lens as pl
+    from persona_lens.judges.evaluate import auroc, cohen_kappa
+
+    torch.set_num_threads(1)
+    labeled, features = labeled_set(), load_features()
+    fits = json.loads(WEIGHTS_FILE.read_text())["models"]
+    rule, full = (LogisticModel.from_dict(fits[k]["coherence"]) for k in ("*", MODEL))
+    rule_columns = [FEATURES.index(f) for f in rule.features]
+    path = HERE / "features_bfloat16.json"
+    passing = [r for r in labeled.replies if rule.probability(features[r.id][rule_columns][None])[0] >= GATE]
+    half = json.loads(path.read_text()) if path.exists() else {}
+    todo = [r for r in passing if r.id not in half]
+    if todo:
+        model = pl.load_model(MODEL, dtype="bfloat16")
+        for start in range(0, len(todo), 40):
+            chunk = todo[start : start + 40]
+            x = reply_features(model, [(r.question, r.reply) for r in chunk], [contexts_of(r.trait) for r in chunk])
+            half.update({r.id: list(map(float, v)) for r, v in zip(chunk, x)})
+            path.write_text(json.dumps(half))
+            print(f"bf16 features: {min(start + 40, len(todo))}/{len(todo)}", flush=True)
+    x32 = np.array([features[r.id] for r in passing])
+    x16 = np.array([half[r.id] for r in passing])
+    p32, p16 = full.probability(x32), full.probability(x16)
+    print(
+        f"{len(passing)} replies pass the gate; largest change per model feature "
+        + ", ".join(
+            f"{n} {d:.3f}"
+            for n, d in zip(FEATURES[len(RULE_FEATURES) :], np.abs(x32 - x16).max(0)[len(RULE_FEATURES) :])
+        )
+        + f"; decisions flipped: {int(((p32 >= 0.5) != (p16 >= 0.5)).sum())} at 50, "
+        f"{int(((p32 >= 0.75) != (p16 >= 0.75)).sum())} at 75"
+    )
+    truth = reference(labeled, "coherent")
+    by_id = {r.id: (a, b) for r, a, b in zip(passing, p32, p16)}
+    print("| split | threshold | n | balanced accuracy fp32 / bf16 | kappa fp32 / bf16 | AUROC fp32 / bf16 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for split in ("dev", "test"):
+        rows = [r for r in labeled.rows(split) if r.id in truth]
+        gated = {r.id: rule.probability(features[r.id][rule_columns][None])[0] for r in rows if r.id not in by_id}
+        y = [truth[r.id] for r in rows]
+        a = [by_id[r.id][0] if r.id in by_id else gated[r.id] for r in rows]
+        b = [by_id[r.id][1] if r.id in by_id else gated[r.id] for r in rows]
+        for t in (0.5, 0.75):
+            da, db = [int(v >= t) for v in a], [int(v >= t) for v in b]
+            print(
+                f"| {split} | {100 * t:g} | {len(y)} | {balanced_accuracy(y, da):.3f} / {balanced_accuracy(y, db):.3f} | "
+                f"{cohen_kappa(y, da):.3f} / {cohen_kappa(y, db):.3f} | {auroc(y, a):.3f} / {auroc(y, b):.3f} |"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["features", "fit", "scores", "table"])
+    parser.add_argument("action", choices=["features", "fit", "scores", "table", "bf16"])
     parser.add_argument("--judge", choices=["likelihood", "local"], default="likelihood")
     parser.add_argument("--shard", default="0/1", help="features: compute only the replies of shard K/N")
     parser.add_argument("--traits", default="", help="scores: only these traits' rows (comma-separated)")
@@ -382,7 +437,8 @@ def main() -> int:
     args.dir = args.dir or HERE
     HERE, FEATURES_FILE = args.dir, args.dir / "features.json"
     torch.set_num_threads(1)
-    {"features": compute_features, "fit": fit, "scores": judge_scores, "table": table}[args.action](args)
+    actions = {"features": compute_features, "fit": fit, "scores": judge_scores, "table": table, "bf16": compare_bf16}
+    actions[args.action](args)
     return 0
 
 
