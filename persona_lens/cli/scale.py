@@ -44,11 +44,13 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default=None,
-        metavar="URL|vllm",
+        metavar="URL|vllm|vllm+URL",
         help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
         "--model makes the unsteered replies; activations are still read here. Checked to serve "
         "the same tokenizer and chat template. 'vllm': an in-process vLLM engine of --model "
-        "makes the steered replies too (needs vllm: scripts/setup_vllm.sh)",
+        "makes the steered replies and the activation reads too (needs vllm: scripts/setup_vllm.sh); "
+        "'vllm+http://HOST:PORT': the same on a `vllm serve` started with persona_lens's worker "
+        "extension (the command: docs/guides/scaling.md)",
     )
     parser.add_argument(
         "--engine-model",
@@ -124,8 +126,19 @@ def announce_engine(args: argparse.Namespace, command: str) -> None:
     if engine is None:
         return
     hooked, plain = ENGINE_SPLIT[command]
-    there, here = hooked if engine == "vllm" else plain
-    print(f"--engine {engine}: {there} on the engine; {here} in this process", file=sys.stderr)
+    with_hooks = _with_hooks(engine)
+    there, here = hooked if with_hooks else plain
+    hint = (
+        "" if with_hooks else " (a `vllm serve` with persona_lens's worker extension runs them too: --engine vllm+URL)"
+    )
+    print(f"--engine {engine}: {there} on the engine; {here} in this process{hint}", file=sys.stderr)
+
+
+def _with_hooks(engine: str) -> bool:
+    """Whether ``--engine`` names an engine that runs our hooks: in-process vLLM or a ``vllm+URL`` server."""
+    from persona_lens.core.vllm_server import SCHEME
+
+    return engine == "vllm" or engine.startswith(SCHEME)
 
 
 def check_scale_args(args: argparse.Namespace) -> None:
@@ -160,6 +173,18 @@ def executor_from_args(args: argparse.Namespace) -> Any:
 
         if args.engine == "vllm":
             return EngineExecutor(_vllm_engine(args))
+        if _with_hooks(args.engine):
+            if getattr(args, "_vllm_server", None) is None:
+                from persona_lens.core.vllm_server import VLLMServer
+
+                args._vllm_server = VLLMServer(
+                    args.engine,
+                    model=args.engine_model,
+                    concurrency=args.engine_concurrency,
+                    timeout=args.engine_timeout,
+                    allow_other_name=args.engine_any_name,
+                )
+            return EngineExecutor(args._vllm_server)
         from persona_lens.core.engine import OpenAIEngine
 
         return EngineExecutor(

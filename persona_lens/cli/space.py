@@ -69,7 +69,12 @@ def role_judges(args: argparse.Namespace, model: Any = None) -> Any:
                     cache[role.name] = (None, coherence)
                 else:
                     cache[role.name] = build_judges(
-                        args.judge, role, cache=args.judge_cache, model=model, claude_model=args.claude_model
+                        args.judge,
+                        role,
+                        cache=args.judge_cache,
+                        model=model,
+                        claude_model=args.claude_model,
+                        **({"coherence": args.coherence} if getattr(args, "coherence", None) else {}),
                     )
             except ValueError as error:
                 raise BadInput(f"role {role.name!r}: {error}") from None

@@ -44,7 +44,8 @@ def _main(argv: list[str], capsys, what: str) -> tuple[str, str, float]:
     seconds = time.perf_counter() - started
     out, err = capsys.readouterr()
     assert code == 0, f"{what} exited {code}:\n{err[-3000:]}"
-    print(f"[timing] {what}: {seconds:.1f} s")
+    with capsys.disabled():  # past the capture, so that -s shows it
+        print(f"[timing] {what}: {seconds:.1f} s")
     return out, err, seconds
 
 
@@ -148,11 +149,9 @@ def test_sweep_on_vllm_gives_the_in_process_replies_and_choice(extracted, tmp_pa
         "--judge-cache",
         str(tmp_path / "judge.sqlite"),
     ]
-    started = time.perf_counter()
     _main([*argv, "--out", str(tmp_path / "here")], capsys, "sweep in-process")
     out, err, _ = _main([*argv, "--out", str(tmp_path / "vllm"), "--engine", "vllm"], capsys, "sweep --engine vllm")
     assert "the baseline, prompted, steered and control replies on the engine" in err
-    print(f"[timing] sweep both: {time.perf_counter() - started:.1f} s")
     here = next((tmp_path / "here").glob("sweep-*"))
     there = tmp_path / "vllm" / here.name
     ours = _same_replies(here / "responses.jsonl", there / "responses.jsonl")

@@ -25,7 +25,7 @@ from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.results import read_json
 from persona_lens.core.vectors import unit_rows
-from persona_lens.experiments.evaluate import ReplyJob, evaluate_replies, job_seed
+from persona_lens.experiments.evaluate import ReplyJob, generate_replies, job_seed, judge_replies
 from persona_lens.experiments.executor import Executor
 from persona_lens.experiments.space.fit import PersonaSpace, cap_control_directions
 from persona_lens.experiments.space.roles import JudgePair, SpaceConfig
@@ -350,20 +350,23 @@ def evaluate_capping(
                 for i, (p, messages, q) in enumerate(prompts)
             ]
             for name, capping in conditions:
+                desc = f"cap-eval {role.name} {kind} {name}"
                 with _capped(model, capping, engine if steers else None):
-                    records = evaluate_replies(
+                    records = generate_replies(
                         model,
                         jobs,
                         config,
-                        role.rubric,
-                        judge,
-                        coherence,
                         store=JsonlRecords(out / f"{name}.jsonl"),
                         chunk=config.batch_size,
                         progress=progress,
-                        desc=f"cap-eval {role.name} {kind} {name}",
+                        desc=f"{desc}: generate",
                         executor=executor if steers or capping is None else None,
                     )
+                # judged once the cap is off: a judge that reads the model (likelihood, offline coherence, local)
+                # must read it unhooked
+                judge_replies(
+                    [records[j.key] for j in jobs], role.rubric, judge, coherence, progress=progress, desc=desc
+                )
                 rate, scored = _rate([records[j.key] for j in jobs], config.role_threshold)
                 row[f"in_role_rate_{name}"] = rate
                 row[f"n_scored_{name}"] = scored
