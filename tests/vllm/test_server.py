@@ -88,6 +88,8 @@ def server(smol, tmp_path_factory):
 def engine(server, smol):
     engine = VLLMServer("vllm+" + server)
     engine.check_matches(smol)
+    # what start() checks to refuse a server that would skip hooks: read from the server's own config
+    assert engine.info["enforce_eager"] is True and engine.info["prefix_caching"] is False, engine.info
     return engine
 
 
