@@ -119,11 +119,13 @@ def run_command(func, args: argparse.Namespace) -> int:
     except Exception as error:
         from persona_lens.core.engine import EngineError, EngineMismatch
         from persona_lens.core.io import UnsafeOutput
+        from persona_lens.core.vllm_engine import EngineHookError, EngineUnavailable
         from persona_lens.judges.base import JudgeAuthError
 
-        # a wrong API key, an output path we must not write, an engine that failed or lied (after its retries):
-        # the user's to fix, one sentence, stop at once
-        if isinstance(error, (JudgeAuthError, UnsafeOutput, EngineError, EngineMismatch)):
+        # a wrong API key, an output path we must not write, an engine that failed, lied (after its retries), did
+        # not start or does not run our hooks: the user's to fix, one sentence, stop at once
+        engine_faults = (EngineError, EngineMismatch, EngineUnavailable, EngineHookError)
+        if isinstance(error, (JudgeAuthError, UnsafeOutput, *engine_faults)):
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise

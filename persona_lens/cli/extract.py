@@ -24,7 +24,7 @@ from persona_lens.cli.options import (
     out_path,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
+from persona_lens.cli.scale import add_scale_options, announce_engine, check_scale_args, executor_from_args
 
 __all__ = [
     "configure_parser",
@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_controls(args)
     check_scale_args(args)
+    announce_engine(args, "extract")
     trait = load_trait_arg(args.trait)
     check_judge_arg(args, trait)
     config = extract_config_from_args(args)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from persona_lens.cli import BadInput
 from persona_lens.cli.options import count_arg, number_arg
 
-__all__ = ["add_scale_options", "check_scale_args", "executor_from_args"]
+__all__ = ["add_scale_options", "announce_engine", "check_scale_args", "executor_from_args"]
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +44,13 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default=None,
-        metavar="URL|vllm",
+        metavar="URL|vllm|vllm+URL",
         help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
         "--model makes the unsteered replies; activations are still read here. Checked to serve "
         "the same tokenizer and chat template. 'vllm': an in-process vLLM engine of --model "
-        "makes the steered replies too (needs vllm: scripts/setup_vllm.sh)",
+        "makes the steered replies and the activation reads too (needs vllm: scripts/setup_vllm.sh); "
+        "'vllm+http://HOST:PORT': the same on a `vllm serve` started with persona_lens's worker "
+        "extension (the command: docs/guides/scaling.md)",
     )
     parser.add_argument(
         "--engine-model",
@@ -77,6 +80,65 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
         help="accept replies that name another model than the one asked for (a server that reports "
         "an alias); the prompt token counts are still checked",
     )
+
+
+# Per command: what runs on the engine and what in this process, on a vLLM engine with our hooks (--engine vllm)
+# and on an engine without them (--engine URL). Printed at the start of the run (announce_engine).
+ENGINE_SPLIT: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "extract": (
+        ("the replies and the activation reads", "the judges"),
+        ("the replies", "the activation reads and the judges"),
+    ),
+    "sweep": (
+        (
+            "the baseline, prompted, steered and control replies",
+            "the residual norms behind relative coefficients and the judges",
+        ),
+        (
+            "the baseline and prompted replies",
+            "the steered and control replies, the residual norms and the judges",
+        ),
+    ),
+    "space build": (
+        (
+            "the role replies and their activation reads",
+            "the judges and the default role's per-token projections (capping percentiles)",
+        ),
+        ("the role replies", "the activation reads, the judges and the per-token projections"),
+    ),
+    "space cap-eval": (
+        ("the uncapped, capped and random-direction-capped replies (capped inside the engine)", "the judges"),
+        (
+            "the uncapped role replies",
+            "the capped and random-direction-capped replies, the default role's replies and the judges",
+        ),
+    ),
+    "screen": (
+        ("the base replies", "the activation reads and projections that score the samples"),
+        ("the base replies", "the activation reads and projections that score the samples"),
+    ),
+}
+
+
+def announce_engine(args: argparse.Namespace, command: str) -> None:
+    """Say on stderr, once per run, which steps of ``command`` run on ``--engine`` and which in this process."""
+    engine = getattr(args, "engine", None)
+    if engine is None:
+        return
+    hooked, plain = ENGINE_SPLIT[command]
+    with_hooks = _with_hooks(engine)
+    there, here = hooked if with_hooks else plain
+    hint = (
+        "" if with_hooks else " (a `vllm serve` with persona_lens's worker extension runs them too: --engine vllm+URL)"
+    )
+    print(f"--engine {engine}: {there} on the engine; {here} in this process{hint}", file=sys.stderr)
+
+
+def _with_hooks(engine: str) -> bool:
+    """Whether ``--engine`` names an engine that runs our hooks: in-process vLLM or a ``vllm+URL`` server."""
+    from persona_lens.core.vllm_server import SCHEME
+
+    return engine == "vllm" or engine.startswith(SCHEME)
 
 
 def check_scale_args(args: argparse.Namespace) -> None:
@@ -111,6 +173,18 @@ def executor_from_args(args: argparse.Namespace) -> Any:
 
         if args.engine == "vllm":
             return EngineExecutor(_vllm_engine(args))
+        if _with_hooks(args.engine):
+            if getattr(args, "_vllm_server", None) is None:
+                from persona_lens.core.vllm_server import VLLMServer
+
+                args._vllm_server = VLLMServer(
+                    args.engine,
+                    model=args.engine_model,
+                    concurrency=args.engine_concurrency,
+                    timeout=args.engine_timeout,
+                    allow_other_name=args.engine_any_name,
+                )
+            return EngineExecutor(args._vllm_server)
         from persona_lens.core.engine import OpenAIEngine
 
         return EngineExecutor(

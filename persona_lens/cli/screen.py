@@ -22,7 +22,7 @@ from persona_lens.cli.options import (
     out_path,
     slug,
 )
-from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
+from persona_lens.cli.scale import add_scale_options, announce_engine, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run"]
 
@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from persona_lens.experiments.screen_result import screen_datasets
 
     check_scale_args(args)
+    announce_engine(args, "screen")
     for path in args.data:
         if not path.is_file():
             raise BadInput(f"no dataset at {path}")

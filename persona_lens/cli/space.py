@@ -39,7 +39,7 @@ from persona_lens.cli.options import (
     seed_arg,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
+from persona_lens.cli.scale import add_scale_options, announce_engine, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "run_build", "run_drift", "run_cap", "run_cap_eval", "role_judges"]
 
@@ -69,7 +69,12 @@ def role_judges(args: argparse.Namespace, model: Any = None) -> Any:
                     cache[role.name] = (None, coherence)
                 else:
                     cache[role.name] = build_judges(
-                        args.judge, role, cache=args.judge_cache, model=model, claude_model=args.claude_model
+                        args.judge,
+                        role,
+                        cache=args.judge_cache,
+                        model=model,
+                        claude_model=args.claude_model,
+                        **({"coherence": args.coherence} if getattr(args, "coherence", None) else {}),
                     )
             except ValueError as error:
                 raise BadInput(f"role {role.name!r}: {error}") from None
@@ -343,6 +348,7 @@ def configure_parser(subparsers: Any) -> None:
     evaluate.add_argument("--out", type=out_path, required=True, help="output folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_scale_options(evaluate)
     evaluate.set_defaults(func=run_cap_eval)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -359,6 +365,7 @@ def run_build(args: argparse.Namespace) -> int:
     from persona_lens.experiments.space import build_space, space_report
 
     check_scale_args(args)
+    announce_engine(args, "space build")
     roles = _load_roles(args)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     unknown = [name for name in only or [] if name not in {r.name for r in roles.roles}]
@@ -555,6 +562,8 @@ def run_cap(args: argparse.Namespace) -> int:
 def run_cap_eval(args: argparse.Namespace) -> int:
     from persona_lens.experiments.space import CapSettings, evaluate_capping
 
+    check_scale_args(args)
+    announce_engine(args, "space cap-eval")
     roles = _load_roles(args)
     try:
         settings = CapSettings.load(args.cap)
@@ -577,6 +586,7 @@ def run_cap_eval(args: argparse.Namespace) -> int:
             jailbreaks=not args.no_jailbreaks,
             k_random=args.random,
             progress=not args.quiet,
+            executor=executor_from_args(args),
         )
     except ValueError as error:
         raise BadInput(str(error)) from None

@@ -41,7 +41,7 @@ from persona_lens.cli.options import (
     parse_int_list,
     threshold_arg,
 )
-from persona_lens.cli.scale import add_scale_options, check_scale_args, executor_from_args
+from persona_lens.cli.scale import add_scale_options, announce_engine, check_scale_args, executor_from_args
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
 
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     check_controls(args)
     check_scale_args(args)
+    announce_engine(args, "sweep")
     trait = load_trait_arg(args.trait)
     run_dir = args.out or default_run_dir(args.model, trait.name)
     check_judge_arg(args, trait)
@@ -293,6 +294,7 @@ def run_sweep_controls(
             control_seed=args.control_seed,
             against=against,
             progress=not args.quiet,
+            executor=executor_from_args(args),
         )
     except ValueError as error:
         raise BadInput(str(error)) from error

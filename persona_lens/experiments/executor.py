@@ -8,7 +8,9 @@ at once. So a killed worker or driver loses at most the units in flight, and a r
 
 * :class:`SerialExecutor` runs ``fn`` on the caller's model, in order.
 * :class:`EngineExecutor` sends units that need no hooks to an OpenAI-compatible server
-  (:class:`persona_lens.core.engine.OpenAIEngine`); steered units run here.
+  (:class:`persona_lens.core.engine.OpenAIEngine`); steered units run here. An engine that runs our hooks
+  (:class:`persona_lens.core.vllm_engine.VLLMEngine`, :class:`persona_lens.core.vllm_server.VLLMServer`) takes every
+  unit, steered included.
 * :class:`RayExecutor` starts actors that each load their own copy of the model (``load_model(name, **kwargs)``)
   with the resources asked for (``num_gpus=1`` per actor on a GPU cluster) and hands units to idle actors. A unit
   whose actor dies is given to a fresh actor (up to ``max_retries`` times); the results are the same as serial,

@@ -598,11 +598,13 @@ def run_steering_controls(
     against: Sequence[PersonaVector] = (),
     flip: bool = True,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SteeringControls:
     """Steer at ``cell``'s layer with the vector, ``controls`` seeded random vectors with its per-layer norm (same
     raw coefficient, so the same relative coefficient), the flipped vector and each ``against`` vector (at the same
     relative coefficient: its raw coefficient scaled by the norms), on the sweep's questions and seeds; judge and
-    compare. Replies go to ``out_dir/controls.jsonl`` (resumable) and the result to ``out_dir/controls.json``."""
+    compare. Replies go to ``out_dir/controls.jsonl`` (resumable) and the result to ``out_dir/controls.json``.
+    ``executor`` runs the generate calls, as in :func:`run_steering_sweep`."""
     config = config or SteeringSweepConfig()
     coherence_judge = judge if coherence_judge is None else coherence_judge
     if cell.layer is None:
@@ -643,6 +645,7 @@ def run_steering_controls(
         with_tokens=False,
         progress=progress,
         desc="controls: generate",
+        executor=executor,
     )
     judge_replies(
         [records[j.key] for j in reply_jobs],

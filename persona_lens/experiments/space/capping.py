@@ -20,12 +20,13 @@ from persona_lens.core.chat import make_messages
 from persona_lens.core.controls import compare
 from persona_lens.core.generation import generate
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.core.hooks import CapProjection, HookHandle, Positions, install_hooks
+from persona_lens.core.hooks import CapProjection, Positions, install_hooks
 from persona_lens.core.io import JsonlRecords, check_settings, write_json_atomic
 from persona_lens.core.layers import check_layer, hook_name
 from persona_lens.core.results import read_json
 from persona_lens.core.vectors import unit_rows
-from persona_lens.experiments.evaluate import ReplyJob, evaluate_replies, job_seed
+from persona_lens.experiments.evaluate import ReplyJob, generate_replies, job_seed, judge_replies
+from persona_lens.experiments.executor import Executor
 from persona_lens.experiments.space.fit import PersonaSpace, cap_control_directions
 from persona_lens.experiments.space.roles import JudgePair, SpaceConfig
 from persona_lens.experiments.space.storage import _load_tensors, _save_tensors
@@ -170,8 +171,10 @@ def calibrate_cap(
     return settings
 
 
-def apply_cap(model: Any, settings: CapSettings) -> HookHandle:
-    """Install the capping of ``settings`` (a removable handle and a context manager)."""
+def apply_cap(model: Any, settings: CapSettings, *, engine: Any = None) -> Any:
+    """Install the capping of ``settings`` (a removable handle and a context manager): on ``model``, or inside
+    ``engine`` (a :class:`~persona_lens.core.vllm_engine.VLLMEngine` started on ``model``; its later calls are
+    capped)."""
     n_layers = int(model.cfg.n_layers)
     if settings.n_layers and settings.n_layers != n_layers:
         raise ValueError(
@@ -179,6 +182,11 @@ def apply_cap(model: Any, settings: CapSettings) -> HookHandle:
             f"{n_layers}; calibrate on this model"
         )
     positions: Positions = settings.positions  # type: ignore[assignment]
+    if engine is not None:
+        engine.check_matches(model)
+        return engine.cap_each(
+            settings.layers, settings.directions, min_values=settings.thresholds, positions=positions
+        )
     return install_hooks(
         model,
         [
@@ -239,6 +247,11 @@ def _pooled(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, int]:
     return hits, sum(row[f"n_scored_{name}"] for row in rows)
 
 
+def _capped(model: Any, capping: CapSettings | None, engine: Any) -> Any:
+    """The capping of one condition (none: the uncapped one), on ``model`` or inside ``engine``."""
+    return nullcontext() if capping is None else apply_cap(model, capping, engine=engine)
+
+
 def evaluate_capping(
     model: HookedLM,
     roles: RoleSet,
@@ -250,6 +263,7 @@ def evaluate_capping(
     jailbreaks: bool = True,
     k_random: int | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> CapEvalResult:
     """Replies to the eval questions under each judged role's system prompts (and jailbreak prompts), with and
     without capping: the in-role rate of each (share with role score >= threshold; the rest stay in the default
@@ -262,7 +276,13 @@ def evaluate_capping(
     beside theirs.
 
     Greedy decoding (``temperature=0``) makes "unchanged" an exact statement; the config's temperature is used.
+
+    ``executor``: an :class:`~persona_lens.experiments.executor.EngineExecutor` on a vLLM engine with our hooks
+    makes every reply there, capped inside the engine; on an engine without hooks (an OpenAI-compatible URL) only
+    the uncapped role replies are made there, the rest here (a capped reply cannot be asked of it).
     """
+    engine = getattr(executor, "engine", None)
+    steers = bool(getattr(engine, "steers", False))
     config = config or SpaceConfig(temperature=0.0)
     k = settings.n_controls if k_random is None else k_random
     if not 0 <= k <= settings.n_controls:
@@ -330,19 +350,23 @@ def evaluate_capping(
                 for i, (p, messages, q) in enumerate(prompts)
             ]
             for name, capping in conditions:
-                with apply_cap(model, capping) if capping is not None else nullcontext():
-                    records = evaluate_replies(
+                desc = f"cap-eval {role.name} {kind} {name}"
+                with _capped(model, capping, engine if steers else None):
+                    records = generate_replies(
                         model,
                         jobs,
                         config,
-                        role.rubric,
-                        judge,
-                        coherence,
                         store=JsonlRecords(out / f"{name}.jsonl"),
                         chunk=config.batch_size,
                         progress=progress,
-                        desc=f"cap-eval {role.name} {kind} {name}",
+                        desc=f"{desc}: generate",
+                        executor=executor if steers or capping is None else None,
                     )
+                # judged once the cap is off: a judge that reads the model (likelihood, offline coherence, local)
+                # must read it unhooked
+                judge_replies(
+                    [records[j.key] for j in jobs], role.rubric, judge, coherence, progress=progress, desc=desc
+                )
                 rate, scored = _rate([records[j.key] for j in jobs], config.role_threshold)
                 row[f"in_role_rate_{name}"] = rate
                 row[f"n_scored_{name}"] = scored
@@ -353,16 +377,22 @@ def evaluate_capping(
     default = roles.default
     prompts = [(make_messages(q, system=s)) for s in default.system_prompts[: config.n_prompts] for q in questions]
     replies = {}
+    seeds = [job_seed(config.seed, f"default|{i}") for i in range(len(prompts))]
     for name, capping in conditions:
-        with apply_cap(model, capping) if capping is not None else nullcontext():
-            replies[name] = generate(
-                model,
-                prompts,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                seeds=[job_seed(config.seed, f"default|{i}") for i in range(len(prompts))],
-                batch_size=config.batch_size,
-            )
+        with _capped(model, capping, engine if steers else None):
+            if steers:  # every default reply from the same place, so "exactly unchanged" compares like with like
+                replies[name] = engine.generate(  # type: ignore[union-attr]
+                    model, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature, seeds=seeds
+                )
+            else:
+                replies[name] = generate(
+                    model,
+                    prompts,
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    seeds=seeds,
+                    batch_size=config.batch_size,
+                )
 
     def exact(name: str) -> list[bool]:
         return [a == b for a, b in zip(replies["uncapped"].response_ids, replies[name].response_ids)]

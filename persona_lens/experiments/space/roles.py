@@ -200,14 +200,19 @@ def build_role_vector(
             f"role {role.name!r}: no reply was kept ({dropped}); the model does not play the role "
             "under these prompts. Try more samples, other prompts, or a lower --role-threshold"
         )
-    acts = collect_activations(
-        model,
-        [_encode_record(model, r) for r in kept],
-        reductions=("response",),
-        batch_size=config.batch_size,
-        progress=progress,
-        desc=f"role {role.name}: activations",
-    ).get("response")
+    conversations = [_encode_record(model, r) for r in kept]
+    engine = getattr(executor, "engine", None)
+    if getattr(engine, "steers", False):  # an engine with our hooks reads there too (core/vllm_engine.py)
+        acts = engine.collect_activations(conversations, reductions=("response",)).get("response")  # type: ignore[union-attr]
+    else:
+        acts = collect_activations(
+            model,
+            conversations,
+            reductions=("response",),
+            batch_size=config.batch_size,
+            progress=progress,
+            desc=f"role {role.name}: activations",
+        ).get("response")
     vector = RoleVector(
         role.name,
         acts.mean(0),
