@@ -1,6 +1,6 @@
 """``python -m persona_lens.sweep`` (also ``python -m persona_lens sweep``): steer each layer x coefficient.
 
-With no arguments it runs the embedded default on CPU: SmolLM2-135M-Instruct, the ``pirate`` trait, rule judges;
+With no arguments it runs the embedded default on CPU: SmolLM2-135M-Instruct, the ``enthusiastic`` trait (its rule judge, the offline coherence judge);
 it extracts the vector first when there is none, and prints where its figure and table are.
 """
 
@@ -45,7 +45,7 @@ from persona_lens.cli.scale import add_scale_options, announce_engine, check_sca
 
 __all__ = ["configure_parser", "build_parser", "run", "main", "write_sweep_figure"]
 
-DEFAULT_TRAIT = "pirate"
+DEFAULT_TRAIT = "enthusiastic"
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,13 +66,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_int_list,
         default=None,
         help="layers to steer, e.g. 4,8,12 or 6-14 (l = output of block l, as HF hidden_states[l]); "
-        "default: 5 layers spread over the middle",
+        "default: 3 layers spread over the middle",
     )
     parser.add_argument(
         "--coefficients",
         type=parse_float_list,
         default=None,
-        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4,0.5,0.7; "
+        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4; "
         "negative values subtract the vector)",
     )
     parser.add_argument(

@@ -79,7 +79,7 @@ class SteeringSweepConfig(GenerationSettings):
     batch_size: int = 64
     layers: list[int] | None = None
     """Layers to steer (our convention: l = output of block l); default: :func:`default_layers`."""
-    coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
+    coefficients: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
     coefficient_mode: Literal["relative", "raw"] = "relative"
     n_questions: int | None = None
     positions: Literal["all", "prompt", "response"] = "response"
@@ -212,7 +212,7 @@ class SteeringSweepResult:
         )
 
 
-def default_layers(n_layers: int, count: int = 5) -> list[int]:
+def default_layers(n_layers: int, count: int = 3) -> list[int]:
     """``count`` layers spread over the middle of the network (persona vectors steer best there)."""
     lo, hi = max(1, round(n_layers * 0.15)), max(1, round(n_layers * 0.8))
     if hi - lo + 1 <= count:

@@ -183,7 +183,8 @@ def test_sweep_writes_samples_of_the_chosen_and_neighbouring_cells(tmp_path):
 
 
 def test_default_layers_spread_over_the_middle():
-    assert S.default_layers(30) == [4, 9, 14, 19, 24]
+    assert S.default_layers(30) == [4, 14, 24]
+    assert S.default_layers(30, count=5) == [4, 9, 14, 19, 24]
     assert S.default_layers(30, count=6) == [4, 8, 12, 16, 20, 24]
     assert S.default_layers(4) == [1, 2, 3]
     assert all(1 <= x <= 28 for x in S.default_layers(28))
