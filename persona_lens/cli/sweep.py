@@ -130,7 +130,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 DESCRIPTION = (
     "Steer with a persona vector at each layer and coefficient, generate on the trait's evaluation "
     "questions, judge trait and coherence, write a CSV table and layer-wise steering curves, and pick the "
-    "layer. Resumable. With no arguments: SmolLM2-135M-Instruct, trait 'pirate', rule judges, on CPU."
+    "layer. Resumable. With no arguments: SmolLM2-135M-Instruct, trait 'enthusiastic', rule + offline judges, on CPU."
 )
 
 
