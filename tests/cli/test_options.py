@@ -32,7 +32,7 @@ VECTOR = {"vectors": None, "allow_other_model": False}
 PROMPTS = {"question": None, "system": None, "prompts": None}
 
 SWEEP = {
-    "trait": "pirate",
+    "trait": "enthusiastic",
     **MODEL,
     **VECTOR,
     "layers": None,
