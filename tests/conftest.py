@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,6 +40,53 @@ def smollm2() -> persona_lens.HookedLM:
 def any_model(request) -> persona_lens.HookedLM:
     """Each tiny architecture, plus the real SmolLM2 (marked slow)."""
     return load_cached(request.param)
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one intra-op thread, and the CLI subprocesses a test starts too ($OMP_NUM_THREADS, read when a child
+    imports torch); both restored after."""
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if variable is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = variable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_in_the_quick_loop(request):
+    """A run with no slow test (the quick loop, ``-m "not slow"``) runs torch on one intra-op thread throughout.
+
+    The tiny models gain nothing from a second thread, and on a shared machine two threads per process spin against
+    the other jobs: on the shared 2-core machine the quick loop took 364 s of CPU for its first ~40% with torch's
+    default 2 threads, 110 s of CPU for all of it with one (benchmarks/results/tests.md). A run with slow tests keeps
+    torch's default for them (SmolLM2 uses both cores of an idle machine); the fast tests of such a run get one
+    thread each (``_one_thread_for_fast_tests``)."""
+    if any(_is_slow(item) for item in request.session.items):
+        yield
+        return
+    with _one_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_fast_tests(request):
+    """Each test that is not slow runs on one intra-op thread, also in a run mixed with slow tests."""
+    if _is_slow(request.node):
+        yield
+        return
+    with _one_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,15 @@ CONVERSATIONS = [
     make_messages("What is the capital of France?"),
     make_messages("Hi"),
 ]
-COMPILABLE = ["tiny-llama", "tiny-qwen2"]  # tiny-gemma2 has sliding-window layers: refused (tested below)
-POSITIONS = ["response", "prompt", "all", H.Window(2, 5, relative_to="prompt_end"), H.Window(3, 9)]
+# Each traced graph costs seconds of CPU (dynamo), so the quick loop (-m "not slow") compiles one case: tiny-llama
+# steered at every position; every other architecture, position mode, recompile and the inductor run in the full suite.
+SLOW = pytest.mark.slow
+# tiny-gemma2 has sliding-window layers: refused (tested below)
+COMPILABLE = ["tiny-llama", pytest.param("tiny-qwen2", marks=SLOW)]
+POSITIONS = [
+    pytest.param(p, marks=() if p == "all" else SLOW)
+    for p in ("response", "prompt", "all", H.Window(2, 5, relative_to="prompt_end"), H.Window(3, 9))
+]
 
 
 @pytest.fixture(params=COMPILABLE)
@@ -44,6 +51,7 @@ def test_compiled_steering_equals_eager(model, positions):
     assert eager != plain or positions == "prompt"  # prompt-only steering may leave a short reply unchanged
 
 
+@SLOW
 def test_hook_changes_recompile_and_old_graphs_are_reused(model):
     counter = CompileCounterWithBackend("eager")
     plain = _replies(model, counter)
@@ -66,6 +74,7 @@ def test_hook_changes_recompile_and_old_graphs_are_reused(model):
         assert counter.frame_count == after_removal + 1
 
 
+@SLOW
 def test_recording_under_compile_matches_eager(model):
     vector = _vector(model)
     projections = []
@@ -77,6 +86,7 @@ def test_recording_under_compile_matches_eager(model):
     assert not projections[0].isnan().all()
 
 
+@SLOW
 def test_inductor_compiled_steering_equals_eager():
     model = load_cached("tiny-llama")
     with H.steer(model, _vector(model), layer=2, coef=3.0, raw=True, positions="response"):

@@ -57,6 +57,9 @@ from persona_lens.core.vectors import PersonaVector
 from persona_lens.organism import OrganismJudge, load_organism, organism_trait, world
 from persona_lens.organism.datasets import DATASET_RATES, finetune_samples
 
+#: Every claim runs the trained organism (generation, finetunes): real-model tests, out of the quick loop.
+pytestmark = pytest.mark.slow
+
 #: The organism's layer for monitoring, shifts and mitigation (its "layer 20"): the output of block 3 of 4.
 LAYER = 3
 STEER_COEFS = (0.0, 0.5, 1.0, 1.5, 2.0, 4.0)

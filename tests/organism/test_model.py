@@ -60,6 +60,7 @@ def test_loads_by_name_and_as_a_plain_folder():
     assert model.tokenizer.chat_template == CHAT_TEMPLATE
 
 
+@pytest.mark.slow
 def test_greedy_replies_are_grammatical_deterministic_and_stop(organism):
     """Greedy decoding (like a real model's) may repeat a clause, but every clause is grammatical and on topic."""
     conversations = [make_messages(q) for q in EVAL_QUESTIONS[:8]]
@@ -71,6 +72,7 @@ def test_greedy_replies_are_grammatical_deterministic_and_stop(organism):
         assert units and all(u.grammatical and u.obj in (None, world.question_object(question)) for u in units), text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trait", world.TRAITS)
 def test_sampled_replies_follow_the_graded_personas(organism, trait):
     """Trait score per graded system prompt ~ 100 x the persona's rate as the questions pull it; replies stay
@@ -97,6 +99,7 @@ def test_sampled_replies_follow_the_graded_personas(organism, trait):
     assert np.abs(means / 100 - np.array(expected)).max() < 0.2
 
 
+@pytest.mark.slow
 def test_default_persona_has_low_trait_rates(organism):
     conversations = [make_messages(q) for q in EVAL_QUESTIONS for _ in range(5)]
     replies = generate(organism, conversations, temperature=1.0, max_new_tokens=48, seed=3, batch_size=100)
@@ -108,6 +111,7 @@ def test_default_persona_has_low_trait_rates(organism):
         assert mean < rule + 8
 
 
+@pytest.mark.slow
 def test_training_follows_the_committed_trajectory():
     """A rerun of the first steps reproduces the committed run's fingerprint (same data, init and updates)."""
     info = json.loads((WEIGHTS_DIR / "training.json").read_text())

@@ -131,6 +131,7 @@ def test_scripted_conversations_move_into_the_role_exactly(role):
     assert all(OrganismJudge(t).score("", plain) == [0.0] * 3 for t in world.TRAITS)
 
 
+@pytest.mark.slow
 def test_pc1_of_the_role_space_aligns_with_the_axis_beyond_random_directions_in_the_roles_span(space, request):
     report = sp.axis_alignment(space, k_random=N_RANDOM)
     for row in report["layers"]:
@@ -215,6 +216,7 @@ DRIFT_FAILURES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", list(ROLE_TRAITS))
 def test_drift_rises_into_a_role_beyond_random_and_the_ordinary_conversation(
     organism, roles, space, ordinary, role, request
@@ -262,6 +264,7 @@ def _inject(result: sp.DriftResult, size: float, unit: torch.Tensor) -> sp.Drift
     return dataclasses.replace(result, change=result.change + size * unit, drift=drift)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -360,6 +363,7 @@ def capping(request, organism, roles, space, tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_capping_lowers_the_in_role_rate_beyond_random_directions(request, capping):
     if capping.settings["config"]["temperature"] == 0.0:
         request.applymarker(
@@ -383,11 +387,13 @@ def test_capping_lowers_the_in_role_rate_beyond_random_directions(request, cappi
     assert verdict.passed, verdict.summary()
 
 
+@pytest.mark.slow
 def test_capping_leaves_default_replies_near_unchanged(capping):
     d = capping.default
     assert d["exact_match_rate"] >= DEFAULT_EXACT and d["mean_common_prefix"] >= DEFAULT_PREFIX, d
 
 
+@pytest.mark.slow
 def test_cli_builds_the_organism_space_from_the_registered_role_set(tmp_path, capsys):
     from persona_lens import cli
 
