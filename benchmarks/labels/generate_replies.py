@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from persona_lens.core.scale import median_residual_norms, reference_conversations
+from persona_lens.core.norms import median_residual_norms, reference_conversations
 
 import persona_lens as pl
 from persona_lens.core.chat import make_messages
