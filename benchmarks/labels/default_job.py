@@ -6,7 +6,7 @@
 ``export`` (one or more sweeps: other traits, or a replication of the chosen cell with a fresh seed, whose one
 steered cell is read) writes ``default_job.jsonl`` (what the reader sees: ``id``, ``trait``, ``trait_definition``, ``question``,
 ``reply``; shuffled, seeded) and ``default_job_generation.jsonl`` (``id`` -> ``condition``: steered or prompted, the
-cell, and the judges' scores). ``report`` reads the reader's ``default_job_reading.jsonl`` and prints, for the chosen
+cell, and the judges' scores). ``report`` reads the readers' ``default_job_reading*.jsonl`` and prints, for the chosen
 cell and for the prompted anchor, the reader-labeled rate of replies that express the trait AND are coherent,
 beside the same rate by the job's own judges (the thresholds of the sweep).
 """
@@ -85,28 +85,59 @@ def export(sweeps: list[Path], seed: int) -> None:
     print(f"{len(seen)} replies -> {HERE / 'default_job.jsonl'}")
 
 
-def report() -> None:
-    generation = {r["id"]: r for r in map(json.loads, (HERE / "default_job_generation.jsonl").read_text().splitlines())}
-    reading = {r["id"]: r for r in map(json.loads, (HERE / "default_job_reading.jsonl").read_text().splitlines())}
+def _read(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def report(readings: list[Path]) -> None:
+    """Per run and condition: each reading's "trait AND coherent" rate beside the judges'; then how the readings
+    agree with each other and with the judges' decisions, reply by reply (both labels)."""
+    from persona_lens.judges.evaluate import balanced_accuracy, cohen_kappa
+
+    generation = _read(HERE / "default_job_generation.jsonl")
+    read = {path.stem.removeprefix("default_job_"): _read(path) for path in readings}
+    names = list(read)
     print(
-        "| run | condition | cell | n read | reader: trait AND coherent | reader: trait | reader: coherent | judges: both |"
+        "| run | condition | cell | n | "
+        + " | ".join(f"{n}: trait AND coherent (trait, coherent)" for n in names)
+        + " | judges: both (trait, coherent) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |")
+
+    def judged(g: dict) -> tuple[int, int]:
+        return int((g["trait_score"] or 0) >= g["trait_threshold"]), int(
+            (g["coherence"] or 0) >= g["coherence_threshold"]
+        )
+
+    def rates(pairs: list[tuple[int, int]]) -> str:
+        n = max(1, len(pairs))
+        return (
+            f"{sum(t and c for t, c in pairs) / n:.2f} ({sum(t for t, _ in pairs) / n:.2f}, "
+            f"{sum(c for _, c in pairs) / n:.2f})"
+        )
+
     for run in sorted({g["run"] for g in generation.values()}):
         for condition in ("steered", "prompted"):
             rows = [g for g in generation.values() if g["run"] == run and g["condition"] == condition]
-            read = [reading[g["id"]] for g in rows if g["id"] in reading]
-            n = max(1, len(read))
-            both_judges = sum(
-                (g["trait_score"] or 0) >= g["trait_threshold"] and (g["coherence"] or 0) >= g["coherence_threshold"]
-                for g in rows
-            ) / max(1, len(rows))
+            cells = [
+                rates([(r[g["id"]]["trait_expressed"], r[g["id"]]["coherent"]) for g in rows]) for r in read.values()
+            ]
             print(
-                f"| {run} | {condition} | {rows[0]['cell'] if rows else '-'} | {len(read)} of {len(rows)} | "
-                f"{sum(r['trait_expressed'] and r['coherent'] for r in read) / n:.2f} | "
-                f"{sum(r['trait_expressed'] for r in read) / n:.2f} | {sum(r['coherent'] for r in read) / n:.2f} | "
-                f"{both_judges:.2f} |"
+                f"| {run} | {condition} | {rows[0]['cell'] if rows else '-'} | {len(rows)} | "
+                + " | ".join(cells)
+                + f" | {rates([judged(g) for g in rows])} |"
             )
+    ids = sorted(generation)
+    for label, index in (("trait_expressed", 0), ("coherent", 1)):
+        judges = [judged(generation[i])[index] for i in ids]
+        line = []
+        if len(names) == 2:
+            a, b = ([read[n][i][label] for i in ids] for n in names)
+            line.append(f"{names[1]} vs {names[0]} kappa {cohen_kappa(a, b):.3f}")
+        for n in names:
+            truth = [read[n][i][label] for i in ids]
+            line.append(f"judges vs {n}: balanced accuracy {balanced_accuracy(truth, judges):.3f}")
+        print(f"{label}: " + "; ".join(line))
 
 
 def main() -> int:
@@ -114,8 +145,12 @@ def main() -> int:
     parser.add_argument("action", choices=["export", "report"])
     parser.add_argument("--sweep", type=Path, action="append", help=f"a sweep folder (repeatable; default {SWEEP})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reading", type=Path, action="append", help="report: a reader's labels (repeatable)")
     args = parser.parse_args()
-    export(args.sweep or [SWEEP], args.seed) if args.action == "export" else report()
+    if args.action == "export":
+        export(args.sweep or [SWEEP], args.seed)
+    else:
+        report(args.reading or sorted(HERE.glob("default_job_reading*.jsonl")))
     return 0
 
 
