@@ -150,7 +150,7 @@ def test_pc1_of_the_role_space_aligns_with_the_axis_beyond_random_directions_in_
                     "at one of 8 levels (world.rates_for_system_prompt), so more roles without retraining are the same three "
                     "trait directions at other levels and the span stays trivial; measured at layer 3 on the v3 weights: "
                     "|cos(PC1, axis)| 0.667 vs 200 random directions within the span of the 3 centred role vectors (rank 2; "
-                    "the axis has 77.8% of its norm in it): p95 0.775, rank 63.5; see benchmarks/results/organism-claims.md"
+                    "the axis has 77.5% of its norm in it): p95 0.775, rank 63.5; see benchmarks/results/organism-claims.md"
                 ),
             )
         )
