@@ -87,7 +87,7 @@ def test_span_control_refuses_a_zero_axis():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct with every role of traits/roles/ (slow: ~3 min of CPU generation at load ~2)
+# SmolLM2-135M-Instruct with every role of traits/roles/ (slow: 690 s wall at load ~8, most of it the space build)
 
 #: Build settings (greedy, 4 build questions x 3 system prompts per role, 32 new tokens): chosen for cost before the
 #: claim was measured; benchmarks/smollm2_roles_axis.py takes the same as its defaults.
