@@ -52,12 +52,14 @@ from persona_lens.experiments.space.drift import (
 from persona_lens.experiments.space.fit import (
     DEFAULT_CAP_CONTROLS,
     PersonaSpace,
+    SpanAlignment,
     _token_quantiles,
     axis_alignment,
     build_space,
     cap_control_directions,
     default_token_quantiles,
     fit_space,
+    measure_pc1_in_span,
 )
 from persona_lens.experiments.space.report import DriftReport, SpaceReport, drift_report, space_report
 from persona_lens.experiments.space.roles import (
@@ -86,6 +88,8 @@ __all__ = [
     "fit_space",
     "build_space",
     "axis_alignment",
+    "SpanAlignment",
+    "measure_pc1_in_span",
     "default_token_quantiles",
     "cap_control_directions",
     "DEFAULT_CAP_CONTROLS",

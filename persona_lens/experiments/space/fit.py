@@ -16,7 +16,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_lens.core.chat import EncodedConversation, collate
-from persona_lens.core.controls import DEFAULT_RANDOM_DIRECTIONS, compare, random_directions, random_like
+from persona_lens.core.controls import (
+    DEFAULT_RANDOM_DIRECTIONS,
+    ControlVerdict,
+    beats_controls,
+    compare,
+    random_directions,
+    random_in_span,
+    random_like,
+)
 from persona_lens.core.hooked_model import HookedLM
 from persona_lens.core.hooks import install_hooks
 from persona_lens.core.io import JsonlRecords
@@ -38,7 +46,9 @@ from persona_lens.traits.roles import Role, RoleSet
 __all__ = [
     "DEFAULT_CAP_CONTROLS",
     "PersonaSpace",
+    "SpanAlignment",
     "axis_alignment",
+    "measure_pc1_in_span",
     "build_space",
     "cap_control_directions",
     "default_token_quantiles",
@@ -395,3 +405,71 @@ def axis_alignment(
         "seed": seed,
         "layers": rows,
     }
+
+
+@dataclass
+class SpanAlignment:
+    """|cos(PC1, axis)| at one layer beside random directions drawn *within* the centred role vectors' span.
+
+    PC1 lies in that span by construction, so random directions of all ``d_model`` only test that the axis lies
+    near the span; this control asks whether PC1 is special *within* it. ``span_rank``: the span's dimension
+    (at most the number of non-default roles minus 1); ``axis_share_in_span``: the share of the axis' norm that
+    lies in the span (``|P_span axis| / |axis|``), which bounds every in-span direction's |cos| with the axis."""
+
+    layer: int
+    n_roles: int
+    """Non-default roles in the fit."""
+    value: float
+    """|cos(PC1, axis)|."""
+    random: list[float]
+    """|cos(r, axis)| for each random unit direction r of the span."""
+    span_rank: int
+    axis_share_in_span: float
+    verdict: ControlVerdict
+
+    def summary(self) -> str:
+        return (
+            f"layer {self.layer}: |cos(PC1, axis)| vs {len(self.random)} random directions within the span of the "
+            f"{self.n_roles} centred role vectors (rank {self.span_rank}; the axis has "
+            f"{100 * self.axis_share_in_span:.1f}% of its norm in it): {self.verdict.summary()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "n_roles": self.n_roles,
+            "value": self.value,
+            "span_rank": self.span_rank,
+            "axis_share_in_span": self.axis_share_in_span,
+            "verdict": self.verdict.to_dict(),
+            "random": list(self.random),
+        }
+
+
+def measure_pc1_in_span(
+    space: PersonaSpace,
+    layer: int,
+    *,
+    k_random: int = 200,
+    seed: int | None = None,
+    percentile: float = 95.0,
+) -> SpanAlignment:
+    """|cos(PC1, axis)| at ``layer`` against ``k_random`` seeded random unit directions within the span of the
+    centred non-default role vectors (:func:`persona_lens.core.controls.random_in_span`, seed ``layer`` unless
+    given), two-sided by |cos| (the components' signs are a convention), through
+    :func:`~persona_lens.core.controls.beats_controls` at ``percentile``."""
+    layer = check_layer(layer, space.n_layers)
+    axis = space.axis[layer].double()
+    if float(axis.norm()) == 0.0:
+        raise ValueError(f"the Assistant axis is zero at layer {layer}: no cosine with it is defined")
+    centred = (space.role_vectors[:, layer] - space.center[layer]).double()  # [role, d_model]: PC1 lies in its span
+    in_span = random_in_span(centred.float(), k_random, seed=layer if seed is None else seed).double()
+    unit_axis = axis / axis.norm()
+    value = abs(float(space.components[layer, 0].double() @ unit_axis))
+    random = (in_span @ unit_axis).abs().tolist()
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-6 * max(float(singular.max()), 1e-30)).sum())
+    basis = vh[:rank]  # [rank, d_model], orthonormal
+    share = float((basis @ unit_axis).norm())
+    verdict = beats_controls(value, random, two_sided=True, percentile=percentile)
+    return SpanAlignment(layer, len(space.roles), value, random, rank, share, verdict)
