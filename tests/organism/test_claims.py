@@ -78,11 +78,10 @@ POST_HOC_COEFS = (-1.0, -2.0, -PREVENT_COEF)
 N_RANDOM = 200
 #: Random directions where a control costs steered generation (one reply per evaluation question each, in one batch).
 N_RANDOM_STEER = 100
-#: Random directions where a control costs a finetune (claim 4's preventative steering): by default the fewest that
-#: resolve PERCENTILE (each costs a finetune and its evaluation, ~3-4 s at load ~2.5, 2-3 times that at load ~8: 100
-#: per trait adds ~4-6 minutes per trait). ``ORGANISM_PREVENT_RANDOM=100`` runs K = 100 (seeded: the first 20 are the
-#: default's); its figures are in benchmarks/results/organism-claims.md.
-N_PREVENT_RANDOM = int(os.environ.get("ORGANISM_PREVENT_RANDOM", "20"))
+#: Random directions where a control costs a finetune (claim 4's preventative steering): 100, as for every other
+#: control (each costs a finetune and its evaluation, ~3-4 s at load ~2.5: ~4-6 minutes per trait).
+#: ``ORGANISM_PREVENT_RANDOM=20`` runs the quicker K = 20 (seeded: its 20 are the first of the 100).
+N_PREVENT_RANDOM = int(os.environ.get("ORGANISM_PREVENT_RANDOM", "100"))
 #: The stated percentile of the random values the vector's value must lie beyond.
 PERCENTILE = 95.0
 #: How far the trait's own vector must be ahead of every other trait's vector (r, AUROC - 0.5, share prevented).
