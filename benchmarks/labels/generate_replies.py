@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 import torch
-from persona_lens.core.norms import median_residual_norms, reference_conversations
 
 import persona_lens as pl
 from persona_lens.core.chat import make_messages
 from persona_lens.core.controls import random_like
 from persona_lens.core.io import write_json_atomic
+from persona_lens.core.norms import median_residual_norms, reference_conversations
 
 TRAITS = ("pirate", "enthusiastic", "french", "shouting")
 #: One sentence per trait: what a reader looks for.
