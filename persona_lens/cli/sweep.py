@@ -72,8 +72,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--coefficients",
         type=parse_float_list,
         default=None,
-        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4; "
-        "negative values subtract the vector)",
+        help="coefficients, e.g. 0.1,0.2,0.4 (default relative: 0.1,0.2,0.3,0.4; negative values subtract the vector)",
     )
     parser.add_argument(
         "--raw",
