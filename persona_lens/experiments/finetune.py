@@ -23,7 +23,7 @@ adapters are merged into the weights first. While training, ``<out>/trainer_stat
 (trainable weights, optimizer state, RNG, position in the data) and is rewritten every ``save_every`` steps and
 at the end of each epoch; ``resume=True`` continues from it, and gives the same weights as an uninterrupted run.
 
-Why one module of ~620 lines: the training steps (:func:`finetune` calls them in order, each named), the trainer
+Why one module of ~750 lines: the training steps (:func:`finetune` calls them in order, each named), the trainer
 state they checkpoint (``_save_state`` / ``_load_state``, fingerprinted by ``_fingerprint`` and ``_checksum``) and
 the saved model folder (:func:`save_model`) are one resume contract: a resume is refused unless all three agree, so
 they are read together.

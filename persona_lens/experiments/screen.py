@@ -38,7 +38,7 @@ How it runs (:func:`screen_dataset`):
 Sampled base responses (``temperature > 0``) are seeded by their position in the chunk's generation call, so
 they depend on ``chunk_size``; the default, greedy, does not.
 
-Why one module of ~700 lines: the screening loop writes the per-sample rows (``SCORE_KEYS``, one row per input
+Why one module of ~840 lines: the screening loop writes the per-sample rows (``SCORE_KEYS``, one row per input
 line, in input order) and the readers below it (:func:`summarize`, :func:`load_scores`, :func:`export_ranked`,
 :func:`compare_datasets`) read exactly those rows by line offset; keeping writer and readers together keeps that
 row format in one place. (A split into ``screen/`` as done for the space is the next step once the engine backends,

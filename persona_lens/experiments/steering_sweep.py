@@ -14,8 +14,11 @@ resumes and a rerun costs nothing. Replies share a random stream per (question, 
 coefficients (common random numbers), which makes curves smoother for the same number of samples.
 
 ``python -m persona_lens.sweep`` (:mod:`persona_lens.cli.sweep`) with no arguments runs the embedded default:
-SmolLM2-135M-Instruct, the
-rule-measurable ``pirate`` trait, rule judges, CPU; it extracts the vector first if it has none.
+SmolLM2-135M-Instruct, the rule-measurable ``enthusiastic`` trait, its rule and the offline coherence judge, CPU; it
+extracts the vector first if it has none.
+
+Why one module of ~700 lines: the sweep and its controls at the chosen cell (:func:`run_steering_controls`) share
+the plan of jobs, the seeds, the judging and the result types; apart, each would import the other's internals.
 """
 
 from __future__ import annotations
