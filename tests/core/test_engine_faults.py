@@ -179,13 +179,19 @@ def test_cli_records_the_served_model_in_the_settings(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_within_a_second_during_a_hung_request(tmp_path):
     with FakeEngine(load_cached("tiny-llama").tokenizer, always="hang") as server:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        # PYTHONFAULTHANDLER: if the child does not exit, SIGABRT makes it print every thread's stack (below)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONFAULTHANDLER": "1",
+        }
         process = subprocess.Popen(
             [sys.executable, "-m", "persona_lens", *_cli(tmp_path, server.url)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not an ignored SIGINT inherited
         )
         deadline = time.monotonic() + 120
         while server.counts["fault:hang"] == 0 and time.monotonic() < deadline and process.poll() is None:
@@ -194,12 +200,13 @@ def test_ctrl_c_exits_130_within_a_second_during_a_hung_request(tmp_path):
         time.sleep(0.3)
         process.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        try:
-            process.wait(timeout=10)
-        finally:
-            process.kill()
+        try:  # communicate, not wait: the child's output is read as it comes (a full pipe would block its exit)
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, err = process.communicate()
+            raise AssertionError(f"no exit 10 s after Ctrl-C; the child's stacks:\n{err[-6000:]}") from None
         took = time.monotonic() - sent
-        err = process.stderr.read()
     assert process.returncode == 130, err[-2000:]
     assert took < 1.0, f"exited {took:.2f} s after Ctrl-C"
     assert "interrupted" in err
