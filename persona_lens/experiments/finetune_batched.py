@@ -1,6 +1,6 @@
 """K full finetunes of one small model in one vectorised run, each under its own preventative steering vector.
 
-The control for preventative steering (issue 24, claim 4) is the same finetune under K random vectors of the
+The control for preventative steering (the organism's claim 4) is the same finetune under K random vectors of the
 steering vector's norm: K finetunes that differ *only* in the vector added at one layer. They share the base
 weights, the data and its order, so they can run as one: the K copies of the weights are stacked along a leading
 axis and one step is ``torch.func.vmap`` over ``grad`` of :func:`persona_lens.experiments.finetune.response_loss`

@@ -333,7 +333,7 @@ def run_steering_sweep(
     progress: bool = True,
     executor: Executor | None = None,
 ) -> SteeringSweepResult:
-    """Sweep layers x coefficients; write ``sweep.csv``, ``sweep.json`` and ``scored.jsonl``.
+    """Sweep layers x coefficients; write ``sweep.csv``, ``sweep.json``, ``scored.jsonl`` and ``samples.md``.
 
     ``executor`` runs the generate calls (one per layer) elsewhere, e.g. on Ray workers; the results are the same.
 

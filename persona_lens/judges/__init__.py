@@ -3,7 +3,10 @@
 ``RuleJudge`` (exact rules, offline), ``ClaudeJudge`` (Anthropic API), ``LocalJudge`` (a local model scores from
 number-token probabilities, as in the paper), ``LikelihoodCoherenceJudge`` (coherence from the reply's likelihood)
 and ``CachedJudge`` (a persistent SQLite cache in front of any judge); ``build_judges`` makes the pair a CLI option
-names. The names below are re-exported lazily.
+names. The offline coherence judge, every command's default, is
+:class:`persona_lens.judges.offline.OfflineCoherenceJudge` (a logistic regression fitted to readers' labels);
+:mod:`persona_lens.judges.evaluate` measures any judge against readers' labels. The names below are re-exported
+lazily.
 """
 
 from __future__ import annotations
