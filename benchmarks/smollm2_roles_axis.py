@@ -1,9 +1,11 @@
-"""Issue 24: PC1 of the persona space vs the Assistant axis on SmolLM2-135M-Instruct with every role of
-``traits/roles/`` (the default Assistant and 9 roles), against random directions *within the roles' own span*.
+"""PC1 of the persona space vs the Assistant axis on SmolLM2-135M-Instruct with every role of ``traits/roles/``
+(the default Assistant and 13 roles; roles of which no reply is kept are skipped and named), against random
+directions *within the roles' own span*.
 
 With three non-default roles (the organism) the PCA has two components, so PC1 lies in the roles' plane by
 construction and a random direction of all ``d_model`` only tests that the axis lies near that plane. Here the span
-of the centred role vectors has up to 8 dimensions; the claim is that |cos(PC1, axis)| lies beyond the 95th
+of the centred role vectors has up to 12 dimensions (10 in the run recorded in
+benchmarks/results/organism-claims.md: 11 roles kept); the claim is that |cos(PC1, axis)| lies beyond the 95th
 percentile of ``--random`` seeded random unit directions drawn within that span
 (:func:`persona_lens.experiments.space.measure_pc1_in_span`, two-sided by |cos|). The random-in-``d_model`` band
 (:func:`persona_lens.experiments.space.axis_alignment`) is printed beside it.
@@ -12,7 +14,7 @@ The space is built through the project's own code (:func:`persona_lens.experimen
 ``persona_lens space build --judge rule --coherence rule`` does): replies under each role's first ``--prompts``
 system prompts to the first ``--questions`` build questions, sampled at T=1 (seeded), ``--tokens`` new tokens each;
 roles with a rule (pirate, french, emoji, enthusiastic, shouting) keep their in-role replies, roles without one
-(child, poet, robot, villain) keep every coherent reply (``judged: false``).
+(child, cowboy, detective, grandma, knight, poet, robot, villain) keep every coherent reply (``judged: false``).
 
     PYTHONPATH=. python benchmarks/smollm2_roles_axis.py                       # CPU minutes
     PYTHONPATH=. python benchmarks/smollm2_roles_axis.py --layers 10,15,20,25 --json roles_axis.json

@@ -21,7 +21,15 @@ PACKAGES = sorted(
         *(f"persona_lens.{info.name}" for info in pkgutil.iter_modules(persona_lens.__path__) if info.ispkg),
     ]
 )
+# every package at any depth (e.g. persona_lens.experiments.space): a package's ``__init__`` is public API too
+ALL_PACKAGES = sorted(
+    [
+        "persona_lens",
+        *(info.name for info in pkgutil.walk_packages(persona_lens.__path__, "persona_lens.") if info.ispkg),
+    ]
+)
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DOC_PAGES = sorted([*(ROOT / "docs").glob("*.md"), *(ROOT / "docs" / "guides").glob("*.md")])
 
 
 def _notebook_code(path: Path) -> str:
@@ -39,14 +47,18 @@ def _deep_imports(code: str) -> list[str]:
             wrong += [
                 alias.name
                 for alias in node.names
-                if alias.name.startswith("persona_lens") and alias.name not in PACKAGES
+                if alias.name.startswith("persona_lens") and alias.name not in ALL_PACKAGES
             ]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("persona_lens"):
-            if node.module not in PACKAGES:
+            if node.module not in ALL_PACKAGES:
                 wrong.append(node.module)
                 continue
             public = importlib.import_module(node.module).__all__
-            wrong += [f"{node.module}.{alias.name}" for alias in node.names if alias.name not in public]
+            wrong += [
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if alias.name not in public and f"{node.module}.{alias.name}" not in ALL_PACKAGES
+            ]
     return wrong
 
 
@@ -57,6 +69,37 @@ def test_the_readme_quickstart_imports_only_the_public_api():
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.name)
 def test_each_notebook_imports_only_the_public_api(notebook):
     assert _deep_imports(_notebook_code(notebook)) == []
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    """The fenced ```python blocks of a Markdown page (a block of ``>>>`` lines: those lines, without the prompts)."""
+    blocks = [part.split("```", 1)[0] for part in markdown.split("```python\n")[1:]]
+    return [
+        "\n".join(line[4:] for line in block.splitlines() if line.startswith((">>> ", "... ")))
+        if ">>> " in block
+        else block
+        for block in blocks
+    ]
+
+
+def test_the_docs_find_their_python_blocks():
+    page = "text\n```python\nimport persona_lens as pl\n```\nmore\n```python\n>>> from persona_lens.core.io import x\n```\n"
+    assert _python_blocks(page) == ["import persona_lens as pl\n", "from persona_lens.core.io import x"]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda path: path.name)
+def test_each_docs_page_imports_only_the_public_api(page):
+    wrong = []
+    for block in _python_blocks(page.read_text(encoding="utf-8")):
+        try:
+            wrong += _deep_imports(block)
+        except SyntaxError:  # a sketch with "..." in it: its import lines alone
+            imports = [
+                line for line in block.splitlines() if line.startswith(("import persona_lens", "from persona_lens"))
+            ]
+            assert imports or "persona_lens." not in block, f"{page.name}: cannot read the block's imports:\n{block}"
+            wrong += _deep_imports("\n".join(imports))
+    assert wrong == []
 
 
 def test_the_check_finds_a_deep_import():

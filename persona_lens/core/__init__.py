@@ -59,11 +59,23 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "RecordProjection",
         ],
         "persona_lens.core.norms": ["median_residual_norms", "raw_coefficient", "relative_coefficient"],
-        "persona_lens.core.controls": ["Baseline", "random_directions", "random_like", "compare"],
+        "persona_lens.core.controls": [
+            "Baseline",
+            "ControlVerdict",
+            "OthersVerdict",
+            "beats_controls",
+            "beats_others",
+            "compare",
+            "random_directions",
+            "random_in_span",
+            "random_like",
+        ],
         "persona_lens.core.stats": ["pearson", "spearman", "auroc", "fisher_ci", "mean_sem"],
         "persona_lens.core.validate": ["BadValue"],
         "persona_lens.core.io": ["FolderBusy"],
         "persona_lens.core.engine": ["OpenAIEngine", "EngineError", "EngineMismatch"],
+        "persona_lens.core.vllm_engine": ["VLLMEngine", "EngineHookError", "EngineUnavailable"],
+        "persona_lens.core.vllm_server": ["VLLMServer"],
     },
 )
 
@@ -81,7 +93,17 @@ if TYPE_CHECKING:
         read_chat_jsonl,
         token_pieces,
     )
-    from persona_lens.core.controls import Baseline, compare, random_directions, random_like
+    from persona_lens.core.controls import (
+        Baseline,
+        ControlVerdict,
+        OthersVerdict,
+        beats_controls,
+        beats_others,
+        compare,
+        random_directions,
+        random_in_span,
+        random_like,
+    )
     from persona_lens.core.engine import EngineError, EngineMismatch, OpenAIEngine
     from persona_lens.core.errors import Error
     from persona_lens.core.generation import Generation, generate
@@ -116,3 +138,5 @@ if TYPE_CHECKING:
         save_vector,
         unit_directions,
     )
+    from persona_lens.core.vllm_engine import EngineHookError, EngineUnavailable, VLLMEngine
+    from persona_lens.core.vllm_server import VLLMServer

@@ -3,9 +3,9 @@
 ``RuleJudge`` (exact rules, offline), ``ClaudeJudge`` (Anthropic API), ``LocalJudge`` (a local model scores from
 number-token probabilities, as in the paper), ``LikelihoodCoherenceJudge`` (coherence from the reply's likelihood)
 and ``CachedJudge`` (a persistent SQLite cache in front of any judge); ``build_judges`` makes the pair a CLI option
-names. The offline coherence judge, every command's default, is
-:class:`persona_lens.judges.offline.OfflineCoherenceJudge` (a logistic regression fitted to readers' labels);
-:mod:`persona_lens.judges.evaluate` measures any judge against readers' labels. The names below are re-exported
+names. The offline coherence judge, every command's default, is ``OfflineCoherenceJudge`` (a logistic regression
+fitted to readers' labels); ``load_labeled_set``, ``evaluate_scores`` and ``format_report`` measure any judge
+against readers' labels. The names below are re-exported
 lazily.
 """
 
@@ -25,6 +25,16 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "persona_lens.judges.local": ["LocalJudge"],
         "persona_lens.judges.likelihood": ["LikelihoodCoherenceJudge", "calibrate_coherence"],
         "persona_lens.judges.factory": ["JUDGE_KINDS", "COHERENCE_KINDS", "build_judges"],
+        "persona_lens.judges.offline": ["OfflineCoherenceJudge"],
+        "persona_lens.judges.evaluate": [
+            "AgreementReport",
+            "LabeledSet",
+            "evaluate_scores",
+            "format_report",
+            "load_labeled_set",
+            "measure_agreement",
+            "reading_agreement",
+        ],
     },
 )
 
@@ -32,7 +42,17 @@ if TYPE_CHECKING:
     from persona_lens.judges.base import COHERENCE_RUBRIC, Judge, JudgeAuthError, Score, fill_rubric
     from persona_lens.judges.cache import CachedJudge, DetailedJudge, Verdict
     from persona_lens.judges.claude import ClaudeJudge, MissingAPIKeyError
+    from persona_lens.judges.evaluate import (
+        AgreementReport,
+        LabeledSet,
+        evaluate_scores,
+        format_report,
+        load_labeled_set,
+        measure_agreement,
+        reading_agreement,
+    )
     from persona_lens.judges.factory import COHERENCE_KINDS, JUDGE_KINDS, build_judges
     from persona_lens.judges.likelihood import LikelihoodCoherenceJudge, calibrate_coherence
     from persona_lens.judges.local import LocalJudge
+    from persona_lens.judges.offline import OfflineCoherenceJudge
     from persona_lens.judges.rule import RULES, RuleJudge
