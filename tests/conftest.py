@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -100,6 +102,21 @@ def _no_leftover_hooks():
             for point in model.hook_dict.values():
                 point._forward_hooks.clear()
             pytest.fail(f"hooks left installed on {name}: {leftover}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_signal_handlers(request):
+    """A test that leaves SIGINT or SIGTERM handled differently than it found them (an ignored Ctrl-C is inherited by
+    every subprocess the later tests start) gets them restored and a warning naming it."""
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in before.items():
+        after = signal.getsignal(number)
+        if after is not handler:
+            signal.signal(number, handler)
+            warnings.warn(
+                f"{request.node.nodeid} left {signal.Signals(number).name} as {after!r}; restored", stacklevel=1
+            )
 
 
 @pytest.fixture
