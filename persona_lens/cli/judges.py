@@ -138,20 +138,22 @@ def _labeled_set(args: argparse.Namespace) -> Any:
     return labeled
 
 
-def _read_scores(path: Path) -> dict[str, float | None]:
-    from persona_lens.judges.evaluate import read_jsonl
+def _read_scores(path: Path, target: str, labeled: Any) -> dict[str, float | None]:
+    """The scores of ``path`` for ``target`` (:func:`persona_lens.judges.evaluate.read_scores`), refusing ids that
+    are not replies of the labeled set (scores of another reply set)."""
+    from persona_lens.judges.evaluate import read_scores
 
     try:
-        rows = read_jsonl(path)
-    except (OSError, ValueError) as error:
-        raise BadInput(f"--scores {path}: {error}") from None
-    out = {}
-    for row in rows:
-        score = row.get("score")
-        if score is not None and not isinstance(score, (int, float)):
-            raise BadInput(f"--scores {path}: id {row['id']!r}: score must be a number or null, got {score!r}")
-        out[str(row["id"])] = None if score is None else float(score)
-    return out
+        scores = read_scores(path, target)
+    except ValueError as error:
+        raise BadInput(f"--scores: {error}") from None
+    unknown = sorted(set(scores) - {r.id for r in labeled.replies})
+    if unknown:
+        raise BadInput(
+            f"--scores {path}: ids that are not replies of --set ({', '.join(map(repr, unknown[:3]))}; "
+            f"{len(unknown)} in all): these scores are of another reply set; score the replies of this one"
+        )
+    return scores
 
 
 def _judge_scores(
@@ -163,13 +165,27 @@ def _judge_scores(
     scores: dict[str, float | None] = {}
     for trait_name in sorted({r.trait for r in rows}):
         members = [r for r in rows if r.trait == trait_name]
-        trait = None if trait_name == "none" else load_trait_arg(trait_name)
+        trait = None if trait_name == "none" else _labeled_trait(args, trait_name)
         judge, rubric = _build_judge(args.judge, target, trait, model)
         for row, score in zip(
             members, judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
         ):
             scores[row.id] = score
     return scores
+
+
+def _labeled_trait(args: argparse.Namespace, name: str) -> Any:
+    """The trait a labeled reply names: a registered trait's name (never a path to a file)."""
+    replies = args.set / "replies.jsonl"
+    if "/" in name or "\\" in name or name.endswith(".json"):
+        raise BadInput(
+            f"{replies}: trait {name!r} is a path; a labeled reply names a trait (python -m persona_lens traits list)"
+        )
+    try:
+        return load_trait_arg(name)
+    except BadInput as error:
+        first = str(error).splitlines()
+        raise BadInput(f"{replies}: trait {name!r} of a reply: {' '.join(x.strip() for x in first)}") from None
 
 
 def _build_judge(kind: str, target: str, trait: Any, model: Any) -> tuple[Any, str]:
@@ -236,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         for target in targets:
             rows = labeled.rows(args.split, trait=target == "trait")
             if args.scores is not None:
-                scores, name = _read_scores(args.scores), args.scores.stem
+                scores, name = _read_scores(args.scores, target, labeled), args.scores.stem
             else:
                 kind = args.judge if not (target == "trait" and args.judge in ("offline", "likelihood")) else "rule"
                 scores, name = _judge_scores(args, labeled, target, rows, model), f"{kind} ({target})"

@@ -402,3 +402,134 @@ def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2)
     plain = "When it rains, I stay inside with a good book and a cup of hot tea, and listen to the rain on the roof."
     scores = judge.score(COHERENCE_RUBRIC, [(q, s) for s in salad] + [(q, plain)])
     assert max(scores[:2]) < 50 < scores[2], scores
+
+
+def _scores_file(tmp_path, rows):
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _replace_in(name, old, new, count=1):
+    def edit(folder):
+        path = folder / name
+        path.write_text(path.read_text().replace(old, new, count))
+
+    return edit
+
+
+def _write(name, text):
+    def edit(folder):
+        (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+
+    return edit
+
+
+def _append_first_line(name):
+    def edit(folder):
+        path = folder / name
+        path.write_text(path.read_text() + path.read_text().splitlines()[0] + "\n")
+
+    return edit
+
+
+# A hostile user's files (benchmarks/results/hostile-pass.md): each crashed, was silently accepted, or said less
+# than the file, line and field before; each now ends in exit 2 with one sentence naming them.
+BAD_SETS = [
+    ("replies.jsonl", _write("replies.jsonl", ""), "replies.jsonl holds no reply"),
+    ("non-UTF-8 replies", _write("replies.jsonl", b'{"id": "a", "trait": "\xff"}\n'), "replies.jsonl:1: not UTF-8"),
+    ("non-UTF-8 reading", _write("reading_a.jsonl", b"\xff\n"), "reading_a.jsonl:1: not UTF-8"),
+    ("empty reading", _write("reading_a.jsonl", ""), "reading_a.jsonl holds no label"),
+    ("an id that is an object", _write("reading_a.jsonl", '{"id": {"x": 1}}\n'), 'reading_a.jsonl:1: "id" must be'),
+    ("a reply id twice", _append_first_line("replies.jsonl"), "replies.jsonl:8: id 'a' is given twice"),
+    ("a generation id twice", _append_first_line("generation.jsonl"), "generation.jsonl:8: id 'a' is given twice"),
+    ("a label true", _replace_in("reading_a.jsonl", '"coherent": 1', '"coherent": true'), "1: row 'a': coherent must"),
+    (
+        "a missing question",
+        _replace_in("replies.jsonl", '"question"', '"q"'),
+        "replies.jsonl:1: reply 'a' has no string",
+    ),
+    ("a trait that is a path", _replace_in("replies.jsonl", '"pirate"', '"../x.json"', 9), "'../x.json' is a path"),
+]
+
+
+@pytest.mark.parametrize("what, edit, message", BAD_SETS, ids=[case[0] for case in BAD_SETS])
+def test_cli_judges_evaluate_names_the_file_line_and_field_of_a_bad_set(tmp_path, capsys, what, edit, message):
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    edit(tmp_path)
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+BAD_SCORES = [
+    ("NaN", [{"id": i, "score": math.nan} for i in LABELS], "scores.jsonl:1: id 'a': score must be a number from 0"),
+    ("infinite", [{"id": i, "score": math.inf} for i in LABELS], "got inf"),
+    ("a bool", [{"id": i, "score": True} for i in LABELS], "got True"),
+    ("above 100", [{"id": i, "score": 500} for i in LABELS], "got 500"),
+    ("an id twice", [{"id": i, "score": 50} for i in [*LABELS, "a"]], "scores.jsonl:8: id 'a' is scored twice"),
+    ("an id of another set", [{"id": i, "score": 50} for i in [*LABELS, "zz"]], "not replies of --set ('zz'"),
+    ("no row of the target", [{"id": i, "target": "trait", "score": 50} for i in LABELS], "holds no score for target"),
+]
+
+
+@pytest.mark.parametrize("what, rows, message", BAD_SCORES, ids=[case[0] for case in BAD_SCORES])
+def test_cli_judges_evaluate_refuses_scores_that_are_not_0_to_100_once_per_reply(tmp_path, capsys, what, rows, message):
+    """NaN, infinite, bool and out-of-range scores were taken as figures (exit 0); an id scored twice silently
+    kept the last; ids of another reply set were ignored."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    scores = _scores_file(tmp_path, rows)
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--scores", str(scores), "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_saved_scores_of_both_targets_are_read_per_target(tmp_path, capsys):
+    """``--save-scores`` writes both targets' scores in one file (each id twice); ``--scores`` of that file read
+    each id's last row, the trait score, as its coherence score. Now the rows of the other target are left out."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    out, saved = tmp_path / "out.json", tmp_path / "saved.jsonl"
+    common = ["judges", "evaluate", "--set", str(tmp_path), "--bootstrap", "0", "--out", str(out)]
+    assert main([*common, "--judge", "rule", "--save-scores", str(saved)]) == 0
+    judged = {r["target"]: r["pooled"] for r in json.loads(out.read_text())}
+    for target in ("coherent", "trait"):
+        assert main([*common, "--scores", str(saved), "--target", target]) == 0
+        assert json.loads(out.read_text())[0]["pooled"] == judged[target]
+    capsys.readouterr()
+
+
+def test_one_class_labels_are_marked_not_passed_off_as_a_judge_measure(tmp_path, capsys):
+    """Every row labeled coherent: balanced accuracy and AUROC are undefined, kappa is 0 or 1 by convention; the
+    table printed '-' and 0.000 with no word of why, and the JSON gave kappa as if it measured the judge."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {i: (t, 1) for i, (t, _) in LABELS.items()}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "one class only among the labels" in printed and "pooled, none, pirate" in printed
+    pooled = json.loads(out.read_text())[0]["pooled"]
+    assert pooled["one_class"] is True and pooled["balanced_accuracy"] is None and pooled["auroc"] is None
+    assert pooled["kappa"] == 0.0 and pooled["predicted_positives"] < pooled["n"]  # the rule says no to some
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert "one class only" not in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["pooled"]["one_class"] is False
+
+
+def test_a_split_with_no_reference_label_is_refused_not_a_table_of_dashes(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {"a": (1, 1)}})  # labels one dev row only
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]
+    assert main([*argv, "--split", "test"]) == 2
+    assert "no reply of the test split has a reference label" in capsys.readouterr().err
+    assert main([*argv, "--split", "dev", "--target", "coherent"]) == 0
