@@ -241,16 +241,18 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict[str, dict[str, Logisti
 def _resolve_read_dtype(model: HookedLM | None, read_dtype: str | None) -> str | None:
     """``"auto"``: bfloat16 for a float32 model on a CPU with native bfloat16 matrix units (AVX512-BF16 / AMX, where
     it halves the reading time), else the model's own dtype (None); a name: that dtype, None if it is the model's."""
-    if model is None or read_dtype is None:
+    if read_dtype is None:
+        return None
+    dtype = None if read_dtype == "auto" else getattr(torch, str(read_dtype), None)
+    if read_dtype != "auto" and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        # checked also where no model reads (a model without its own fit): a typo is refused, never ignored
+        raise ValueError(f"read_dtype {read_dtype!r}: use 'auto', None, 'float32', 'bfloat16' or 'float16'")
+    if model is None:
         return None
     current = next(model.hf_model.parameters()).dtype
     if read_dtype == "auto":
         native = current == torch.float32 and next(model.hf_model.parameters()).device.type == "cpu"
-        read_dtype = "bfloat16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        return read_dtype
-    dtype = getattr(torch, read_dtype, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"read_dtype {read_dtype!r}: use 'auto', None, 'float32', 'bfloat16' or 'float16'")
+        return "bfloat16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     return None if dtype == current else read_dtype
 
 
@@ -290,6 +292,10 @@ class OfflineCoherenceJudge:
         gate: float = GATE,
         read_dtype: str | None = "auto",
     ) -> None:
+        from persona_lens.core.validate import positive_int, probability
+
+        gate = probability(gate, "gate")  # NaN or a negative gate silently read every reply; above 1, none
+        batch_size = positive_int(batch_size, "batch_size")
         fits = load_weights(weights)
         name = getattr(getattr(model, "cfg", None), "model_name", None)
         self.uses_model = model is not None and name in fits and "coherence" in fits[name]

@@ -533,3 +533,21 @@ def test_a_split_with_no_reference_label_is_refused_not_a_table_of_dashes(tmp_pa
     assert main([*argv, "--split", "test"]) == 2
     assert "no reply of the test split has a reference label" in capsys.readouterr().err
     assert main([*argv, "--split", "dev", "--target", "coherent"]) == 0
+
+
+def test_offline_judge_refuses_a_gate_batch_size_or_read_dtype_it_would_misread(tmp_path, tiny_model):
+    """A NaN or negative gate silently read every reply (gate 0), a gate above 1 read none; batch_size 0 or -1
+    crashed inside the reading (range() / IndexError); a junk read_dtype was ignored where no model reads."""
+    from persona_lens.core.validate import BadValue
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    weights = _weights_file(tmp_path, tiny_model.cfg.model_name)
+    for gate in (math.nan, -0.1, 1.5):
+        with pytest.raises(BadValue, match="gate"):
+            OfflineCoherenceJudge(tiny_model, weights=weights, gate=gate)
+    for size in (0, -1):
+        with pytest.raises(BadValue, match="batch_size"):
+            OfflineCoherenceJudge(tiny_model, weights=weights, batch_size=size)
+    with pytest.raises(ValueError, match="read_dtype 'junk'"):
+        OfflineCoherenceJudge(None, read_dtype="junk")
+    assert OfflineCoherenceJudge(tiny_model, weights=weights, gate=1.0).gate == 1.0
