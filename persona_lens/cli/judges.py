@@ -167,6 +167,13 @@ def _judge_scores(
         members = [r for r in rows if r.trait == trait_name]
         trait = None if trait_name == "none" else _labeled_trait(args, trait_name)
         judge, rubric = _build_judge(args.judge, target, trait, model)
+        if getattr(judge, "uses_model", True) is False and not getattr(args, "_said_rules_only", False):
+            args._said_rules_only = True  # the report's name says it too
+            print(
+                f"note: the offline judge has no fit for {args.model} (only for the models in its weights file): it "
+                "scores with its model-free fit on the rule features, not the model's likelihoods",
+                file=sys.stderr,
+            )
         for row, score in zip(
             members, judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
         ):
@@ -256,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 kind = args.judge if not (target == "trait" and args.judge in ("offline", "likelihood")) else "rule"
                 scores, name = _judge_scores(args, labeled, target, rows, model), f"{kind} ({target})"
+                if kind == "offline" and getattr(args, "_said_rules_only", False):
+                    name = f"offline, rules-only fit ({target})"
                 saved += [{"id": rid, "target": target, "score": s} for rid, s in scores.items()]
             try:
                 reports.append(

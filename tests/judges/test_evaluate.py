@@ -551,3 +551,17 @@ def test_offline_judge_refuses_a_gate_batch_size_or_read_dtype_it_would_misread(
     with pytest.raises(ValueError, match="read_dtype 'junk'"):
         OfflineCoherenceJudge(None, read_dtype="junk")
     assert OfflineCoherenceJudge(tiny_model, weights=weights, gate=1.0).gate == 1.0
+
+
+def test_offline_judge_without_a_fit_for_the_model_says_it_scored_with_rules_only(tmp_path, capsys):
+    """``--judge offline --model tiny-llama``: no fit for that model, so the judge falls back to its model-free fit;
+    the report was still named "offline (coherent)", as if the model's likelihoods had been read."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--model", "tiny-llama", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "no fit for tiny-llama" in captured.err and "model-free fit" in captured.err
+    assert json.loads(out.read_text())[0]["judge"] == "offline, rules-only fit (coherent)"
