@@ -19,6 +19,7 @@ from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.options import (
+    _arg_type,
     add_model_options,
     check_out_file,
     load_model_arg,
@@ -31,6 +32,13 @@ __all__ = ["configure_parser", "run", "EVALUATED_JUDGES"]
 
 EVALUATED_JUDGES = ("offline", "rule", "likelihood", "local")
 DEFAULT_SET = Path("benchmarks/labels")
+
+
+def _bootstrap_arg(text: str) -> int:
+    """``--bootstrap``: 0 to :data:`persona_lens.judges.evaluate.MAX_BOOTSTRAP` (10**12 ran for ever)."""
+    from persona_lens.judges.evaluate import check_bootstrap
+
+    return _arg_type(int, check_bootstrap, "--bootstrap")(text)  # type: ignore[no-any-return]
 
 
 def configure_parser(subparsers: Any) -> None:
@@ -58,7 +66,7 @@ def configure_parser(subparsers: Any) -> None:
         default=[],
         metavar="READING.jsonl",
         help="a reading (id, trait_expressed, coherent); repeat for several: the reference is "
-        "the rows they agree on (default: every reading_*.jsonl of --set)",
+        "the rows they agree on (default: every reading_*.jsonl of --set that labels every reply)",
     )
     evaluate.add_argument(
         "--judge",
@@ -92,7 +100,7 @@ def configure_parser(subparsers: Any) -> None:
     )
     evaluate.add_argument(
         "--bootstrap",
-        type=seed_arg("--bootstrap"),
+        type=_bootstrap_arg,
         default=1000,
         help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)",
     )
@@ -110,7 +118,7 @@ def configure_parser(subparsers: Any) -> None:
 
 
 def _labeled_set(args: argparse.Namespace) -> Any:
-    from persona_lens.judges.evaluate import load_labeled_set
+    from persona_lens.judges.evaluate import LabeledSet, load_labeled_set
 
     replies, generation = args.set / "replies.jsonl", args.set / "generation.jsonl"
     for path in (replies, generation):
@@ -128,6 +136,20 @@ def _labeled_set(args: argparse.Namespace) -> Any:
         labeled = load_labeled_set(replies, generation, readings)
     except ValueError as error:
         raise BadInput(str(error)) from None
+    complete = [i for i, reading in enumerate(labeled.readings) if len(reading) == len(labeled.replies)]
+    if not args.labels and complete and len(complete) < len(readings):
+        # a partial reading (benchmarks/labels/reading_c.jsonl: a third reading of the 31 disagreements) would cut
+        # the default reference down to its rows: 9 dev rows of one class instead of 294
+        for i in sorted(set(range(len(readings))) - set(complete)):
+            print(
+                f"note: {readings[i]} labels {len(labeled.readings[i])} of {len(labeled.replies)} replies: left out "
+                "of the default reference (the readings of every reply); name every reading with --labels to use it",
+                file=sys.stderr,
+            )
+        readings = [readings[i] for i in complete]
+        labeled = LabeledSet(
+            labeled.replies, [labeled.readings[i] for i in complete], [labeled.reading_names[i] for i in complete]
+        )
     for path, reading in zip(readings, labeled.readings):
         if len(reading) < len(labeled.replies):  # the reference keeps only the rows every reading labeled
             print(

@@ -44,6 +44,8 @@ __all__ = [
     "cohen_kappa",
     "auroc",
     "measure_agreement",
+    "MAX_BOOTSTRAP",
+    "check_bootstrap",
     "read_jsonl",
     "read_scores",
     "load_readings",
@@ -150,6 +152,10 @@ class Agreement:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        # an undefined interval is null too: NaN is not JSON (jq and JavaScript refuse the file)
+        out["intervals"] = {
+            name: [None if math.isnan(x) else x for x in bounds] for name, bounds in self.intervals.items()
+        }
         return out | {"one_class": self.one_class}
 
 
@@ -158,6 +164,21 @@ def _interval(values: list[float]) -> tuple[float, float]:
     if not finite:
         return (math.nan, math.nan)
     return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
+
+
+#: The most bootstrap resamples (each re-measures every metric on every row: about 1 ms for 500 rows on a CPU core,
+#: so 100,000 take minutes; 10**12 would never end).
+MAX_BOOTSTRAP = 100_000
+
+
+def check_bootstrap(value: Any, name: str = "bootstrap") -> int:
+    """A number of bootstrap resamples: an integer from 0 (no intervals) to :data:`MAX_BOOTSTRAP`."""
+    from persona_lens.core.validate import BadValue, non_negative_int
+
+    number = non_negative_int(value, name)
+    if number > MAX_BOOTSTRAP:
+        raise BadValue(f"{name} must be <= {MAX_BOOTSTRAP:,} resamples (default 1,000), got {number:,}")
+    return number
 
 
 def measure_agreement(
@@ -183,10 +204,15 @@ def measure_agreement(
     everything = np.arange(t.size)
     point = {name: f(everything) for name, f in metrics.items()}
     intervals: dict[str, tuple[float, float]] = {}
+    bootstrap = check_bootstrap(bootstrap)
     if bootstrap and t.size:
         rng = np.random.default_rng(seed)
-        draws = [rng.integers(0, t.size, t.size) for _ in range(bootstrap)]
-        intervals = {name: _interval([f(i) for i in draws]) for name, f in metrics.items()}
+        values: dict[str, list[float]] = {name: [] for name in metrics}
+        for _ in range(bootstrap):  # one draw at a time: memory does not grow with the resamples
+            draw = rng.integers(0, t.size, t.size)
+            for name, f in metrics.items():
+                values[name].append(f(draw))
+        intervals = {name: _interval(values[name]) for name in metrics}
     return Agreement(
         n=int(t.size),
         positives=int(t.sum()),

@@ -565,3 +565,38 @@ def test_offline_judge_without_a_fit_for_the_model_says_it_scored_with_rules_onl
     captured = capsys.readouterr()
     assert "no fit for tiny-llama" in captured.err and "model-free fit" in captured.err
     assert json.loads(out.read_text())[0]["judge"] == "offline, rules-only fit (coherent)"
+
+
+def test_the_default_reference_leaves_out_a_reading_of_only_some_replies(tmp_path, capsys):
+    """benchmarks/labels/reading_c.jsonl is a third reading of the 31 disagreements only; taken by default with a
+    and b, it cut the reference to the rows all three labeled and agreed on (dev coherence: 9 rows, every one 'no',
+    against the 294 of benchmarks/results/judges.md). Now a partial reading is used only when named (--labels)."""
+    from persona_lens.cli import main
+
+    other = dict(LABELS, b=(0, 0))
+    write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other, "reading_c": {"a": (1, 1)}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert "reading_c.jsonl labels 1 of 7 replies: left out of the default reference" in capsys.readouterr().err
+    assert json.loads(out.read_text())[0]["pooled"]["n"] == 5  # a and b agree on 5 dev rows
+    named = [f"--labels={tmp_path / name}.jsonl" for name in ("reading_a", "reading_c")]
+    assert main([*argv, *named, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"]["n"] == 1  # named: the rows both label (and agree on)
+    assert "the reference uses only the rows every reading labeled" in capsys.readouterr().err
+
+
+def test_report_json_has_no_nan_where_an_interval_is_undefined(tmp_path):
+    """The intervals of balanced accuracy and AUROC on one-class rows were written as NaN: not JSON."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {i: (t, 1) for i, (t, _) in LABELS.items()}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "20", "--out", str(out)]) == 0
+
+    def refuse(name):
+        raise AssertionError(f"{name} in {out}")
+
+    pooled = json.loads(out.read_text(), parse_constant=refuse)[0]["pooled"]
+    assert pooled["intervals"]["balanced_accuracy"] == [None, None] and pooled["intervals"]["accuracy"][0] is not None
