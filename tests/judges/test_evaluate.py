@@ -600,3 +600,18 @@ def test_report_json_has_no_nan_where_an_interval_is_undefined(tmp_path):
 
     pooled = json.loads(out.read_text(), parse_constant=refuse)[0]["pooled"]
     assert pooled["intervals"]["balanced_accuracy"] == [None, None] and pooled["intervals"]["accuracy"][0] is not None
+
+
+def test_bootstrap_beyond_its_bound_is_refused_before_any_work(tmp_path, capsys):
+    """``--bootstrap 1000000000000`` was accepted (an integer >= 0) and would keep 10**12 draws in memory."""
+    from persona_lens.cli import main
+    from persona_lens.core.validate import BadValue
+    from persona_lens.judges.evaluate import MAX_BOOTSTRAP
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule"]
+    assert main([*argv, "--bootstrap", "1000000000000"]) == 2
+    assert "--bootstrap must be <= 100,000 resamples" in capsys.readouterr().err
+    with pytest.raises(BadValue, match="bootstrap must be <="):
+        measure_agreement(TRUTH, PREDICTED, bootstrap=MAX_BOOTSTRAP + 1)
+    assert measure_agreement(TRUTH, PREDICTED, bootstrap=3).intervals["accuracy"][0] <= accuracy(TRUTH, PREDICTED)
