@@ -251,6 +251,28 @@ def _build_judge(kind: str, target: str, trait: Any, model: Any) -> tuple[Any, s
     return build_likelihood_coherence(model, base, progress=True), COHERENCE_RUBRIC
 
 
+def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
+    """``--out`` or ``--save-scores`` on a file of the labeled set or on ``--scores`` would replace the data it was
+    measured on (``--out benchmarks/labels/reading_a.jsonl`` overwrote a reading with the report)."""
+    inputs = [
+        args.set / "replies.jsonl",
+        args.set / "generation.jsonl",
+        *args.labels,
+        *args.set.glob("reading_*.jsonl"),
+    ]
+    if args.scores is not None:
+        inputs.append(args.scores)
+    resolved = {path.resolve(): path for path in inputs}
+    outputs = [("--out", args.out), ("--save-scores", args.save_scores)]
+    for flag, path in outputs:
+        if path is not None and path.resolve() in resolved:
+            raise BadInput(
+                f"{flag} {path} is an input of this command ({resolved[path.resolve()]}); choose another path"
+            )
+    if args.out is not None and args.save_scores is not None and args.out.resolve() == args.save_scores.resolve():
+        raise BadInput(f"--out and --save-scores are the same file ({args.out}); give each its own path")
+
+
 def run(args: argparse.Namespace) -> int:
     from persona_lens.judges.evaluate import evaluate_scores, format_report, reading_agreement
 
@@ -260,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_file(args.save_scores, "--save-scores")
     if args.scores is not None and args.target == "both":
         raise BadInput("--scores holds one judge's scores for one label: add --target coherent or --target trait")
+    _check_outputs_are_not_inputs(args)
     labeled = _labeled_set(args)
     targets = ["coherent", "trait"] if args.target == "both" else [args.target]
     reports = []

@@ -615,3 +615,19 @@ def test_bootstrap_beyond_its_bound_is_refused_before_any_work(tmp_path, capsys)
     with pytest.raises(BadValue, match="bootstrap must be <="):
         measure_agreement(TRUTH, PREDICTED, bootstrap=MAX_BOOTSTRAP + 1)
     assert measure_agreement(TRUTH, PREDICTED, bootstrap=3).intervals["accuracy"][0] <= accuracy(TRUTH, PREDICTED)
+
+
+@pytest.mark.parametrize("flag, target", [("--out", "reading_a.jsonl"), ("--save-scores", "replies.jsonl")])
+def test_outputs_never_replace_the_labeled_set_they_measure(tmp_path, capsys, flag, target):
+    """``--out reading_a.jsonl`` replaced the reading with the report (exit 0); the next run then failed."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    before = (tmp_path / target).read_bytes()
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]
+    assert main([*argv, flag, str(tmp_path / target)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert (tmp_path / target).read_bytes() == before
+    same = str(tmp_path / "x.json")
+    assert main([*argv, "--out", same, "--save-scores", same]) == 2
+    assert "the same file" in capsys.readouterr().err
