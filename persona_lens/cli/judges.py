@@ -196,9 +196,11 @@ def _judge_scores(
                 "scores with its model-free fit on the rule features, not the model's likelihoods",
                 file=sys.stderr,
             )
-        for row, score in zip(
-            members, judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
-        ):
+        try:
+            judged = judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
+        except ValueError as error:  # a reply the judge cannot read (longer than the model's context)
+            raise BadInput(f"{args.set / 'replies.jsonl'}: {error}") from None
+        for row, score in zip(members, judged):
             scores[row.id] = score
     return scores
 

@@ -76,6 +76,21 @@ def _reply_ids(model: HookedLM, reply: str) -> list[int]:
     return list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])[:_MAX_REPLY_TOKENS]
 
 
+def _check_context(model: HookedLM, lengths: Sequence[tuple[str, int]]) -> None:
+    """Refuse an item whose prompt and reply are longer than the model's context: its likelihoods would be read at
+    positions the model was never trained on (a 10,000-word question was read, in 28 s on a tiny model, silently)."""
+    limit = getattr(getattr(model.hf_model, "config", None), "max_position_embeddings", None)
+    for question, length in lengths:
+        if isinstance(limit, int) and length > limit:
+            excerpt = question[:40] + ("..." if len(question) > 40 else "")
+            raise ValueError(
+                f"the item of question {excerpt!r}: its question, system prompt and reply are {length} tokens, "
+                "more than the "
+                f"{limit}-token context of {model.cfg.model_name}; shorten the question (the reply is cut to "
+                f"{_MAX_REPLY_TOKENS} tokens already)"
+            )
+
+
 def reply_features(
     model: HookedLM | None,
     items: Sequence[tuple[str, str]],
@@ -113,6 +128,7 @@ def reply_features(
             (encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
             for i in members
         ]
+        _check_context(model, [(items[i][0], len(prompt) + len(reply)) for i, (prompt, reply) in zip(members, rows)])
         for i, values in zip(members, response_token_nlls(model, rows, batch_size=batch_size)):
             if i not in best or np.mean(values) < best[i][0].mean():
                 best[i] = (np.asarray(values), per_item[i][c])

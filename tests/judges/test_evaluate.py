@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from persona_lens.judges import RuleJudge
+from persona_lens.judges.base import COHERENCE_RUBRIC
 from persona_lens.judges.evaluate import (
     accuracy,
     auroc,
@@ -631,3 +632,16 @@ def test_outputs_never_replace_the_labeled_set_they_measure(tmp_path, capsys, fl
     same = str(tmp_path / "x.json")
     assert main([*argv, "--out", same, "--save-scores", same]) == 2
     assert "the same file" in capsys.readouterr().err
+
+
+def test_offline_judge_refuses_an_item_longer_than_the_models_context(tmp_path, tiny_model):
+    """A question longer than the model's context was read silently (10,000 words: 28 s on tiny-llama, at
+    positions the model never saw); replies are cut to 256 tokens, so only the question can overflow."""
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    judge = OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name), gate=0)
+    limit = tiny_model.hf_model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"more than the {limit}-token context"):
+        judge.score(COHERENCE_RUBRIC, [("word " * limit, "A fine reply.")])
+    long_reply = judge.score(COHERENCE_RUBRIC, [(Q, "word " * (2 * limit))])  # cut to 256 tokens: read
+    assert 0 <= long_reply[0] <= 100
