@@ -132,6 +132,8 @@ def _labeled_set(args: argparse.Namespace) -> Any:
     for path in readings:
         if not path.is_file():
             raise BadInput(f"--labels {path}: no such file")
+    if len({path.resolve() for path in readings}) < len(readings):  # a reading against itself agrees perfectly
+        raise BadInput(f"--labels: a reading is given twice ({', '.join(map(str, readings))}); give each once")
     try:
         labeled = load_labeled_set(replies, generation, readings)
     except ValueError as error:

@@ -645,3 +645,14 @@ def test_offline_judge_refuses_an_item_longer_than_the_models_context(tmp_path, 
         judge.score(COHERENCE_RUBRIC, [("word " * limit, "A fine reply.")])
     long_reply = judge.score(COHERENCE_RUBRIC, [(Q, "word " * (2 * limit))])  # cut to 256 tokens: read
     assert 0 <= long_reply[0] <= 100
+
+
+def test_a_reading_named_twice_is_refused_not_a_perfect_inter_reading_kappa(tmp_path, capsys):
+    """``--readers --labels a --labels a`` reported kappa 1.000 between a reading and itself."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    reading = str(tmp_path / "reading_a.jsonl")
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--readers", "--labels", reading, "--labels", reading]
+    assert main([*argv, "--bootstrap", "0"]) == 2
+    assert "a reading is given twice" in capsys.readouterr().err
