@@ -61,6 +61,8 @@ __all__ = [
     "token_layout",
     "current_layout",
     "position_mask",
+    "MAX_ADDED_NORM",
+    "check_steering_size",
     "AddVector",
     "AblateDirection",
     "CapProjection",
@@ -287,6 +289,27 @@ class _ResidualHook:
         if mask is None:
             return resid + delta
         return resid + delta * mask[..., None].to(delta.dtype)
+
+
+#: The largest norm an added vector may have: beyond it the residual's squared norm overflows float32 in the model's
+#: normalisation (RMSNorm / LayerNorm, computed in float32), the normalised state becomes 0 and every next-token
+#: distribution uniform (tiny-llama at a raw coefficient of 1e20: the logits' standard deviation is exactly 0).
+MAX_ADDED_NORM = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def check_steering_size(coef: float | Tensor, vector: Float[Tensor, " d_model"]) -> None:
+    """Refuse a coefficient whose added vector ``coef * v`` would overflow the residual stream's normalisation
+    (:data:`MAX_ADDED_NORM`): the replies would be uniform noise, not the model's steered behaviour."""
+    largest = float(coef.abs().max()) if isinstance(coef, Tensor) and coef.numel() else abs(float(coef))
+    size = largest * float(vector.detach().float().norm())
+    if size >= MAX_ADDED_NORM:
+        from persona_lens.core.validate import BadValue
+
+        raise BadValue(
+            f"a raw coefficient of {largest:g} adds a vector of norm {size:.3g}, beyond {MAX_ADDED_NORM:.3g}, where "
+            "the residual's squares overflow float32 in the model's normalisation and every next token is drawn "
+            "uniformly; give a smaller coefficient"
+        )
 
 
 class AddVector(_ResidualHook):
@@ -630,7 +653,8 @@ def steer(
         its ``remove()``.
 
     Raises:
-        ValueError: A model without hook points, a layer out of range, a non-finite vector or coefficient, or
+        ValueError: A model without hook points, a layer out of range, a non-finite vector or coefficient, a
+            coefficient whose added vector overflows the model's normalisation (:data:`MAX_ADDED_NORM`), or
             ``incremental`` without ``raw``.
         VectorMismatchError: A vector whose shape does not fit the model.
 
@@ -648,6 +672,8 @@ def steer(
     coef = finite_values(coef, "coef")
     per_layer = _per_layer(vector, model, layer, incremental)
     if raw:
+        for _, _, v in per_layer:
+            check_steering_size(coef, v)
         return install_hooks(model, [(name, AddVector(v, coef, positions)) for _, name, v in per_layer])
     if incremental:
         raise ValueError(
@@ -663,9 +689,11 @@ def steer(
             f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer, "
             f"[{n_layers + 1}] (layer 0 = embeddings)"
         )
+    raw_coefs = [raw_coefficient(coef, v.norm(), norms[lay]) for lay, _, v in per_layer]
+    for (_, _, v), raw_coef in zip(per_layer, raw_coefs):
+        check_steering_size(raw_coef, v)
     return install_hooks(
-        model,
-        [(name, AddVector(v, raw_coefficient(coef, v.norm(), norms[lay]), positions)) for lay, name, v in per_layer],
+        model, [(name, AddVector(v, raw_coef, positions)) for (_, name, v), raw_coef in zip(per_layer, raw_coefs)]
     )
 
 

@@ -374,3 +374,21 @@ def test_recording_formats_tokens_with_their_projections(tiny_model):
     table = recording.format_tokens(tiny_model.tokenizer, ids, start=start).splitlines()
     assert len(table) == 1 + len(rows) and "n/a" in table[-1]
     assert repr(rows[0][1]) in table[1] and f"{rows[0][2]:.3f}" in table[1]
+
+
+def test_a_coefficient_that_overflows_the_normalisation_is_refused_not_steered_into_uniform_noise():
+    """At a raw coefficient of 1e20 on tiny-llama the residual's squares overflow float32 in RMSNorm: the logits'
+    standard deviation was exactly 0 (every next token uniform) and ``sweep --coefficients 1e30`` exited 0 with those
+    replies scored. Below the bound the logits still vary."""
+    from persona_lens.core.validate import BadValue
+
+    model = load_cached("tiny-llama")
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    size = H.MAX_ADDED_NORM / float(direction.norm())
+    with H.steer(model, direction, layer=2, coef=size / 100, raw=True, positions="all"):
+        assert float(model(ids).float().std()) > 0
+    for coef in (size * 1.01, torch.tensor([1.0, size * 1.01])):
+        with pytest.raises(BadValue, match="overflow float32"):
+            H.steer(model, direction, layer=2, coef=coef, raw=True, positions="all")
+    assert len(model.blocks[1].hook_resid_post._forward_hooks) == 0  # nothing left installed

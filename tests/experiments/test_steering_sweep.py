@@ -296,3 +296,17 @@ def test_cli_says_when_questions_asks_for_more_than_the_trait_has(tmp_path, caps
     assert f"--questions 1000: 'shouting' has {n} evaluation questions" in capsys.readouterr().err
     with open(next((tmp_path / "run").rglob("sweep.csv"))) as table:
         assert {row["n"] for row in csv.DictReader(table)} == {str(n)}
+
+
+def test_cli_refuses_a_coefficient_that_overflows_the_normalisation(tmp_path, capsys):
+    """``--coefficients 1e30`` exited 0 with replies drawn uniformly (the steered residual's squares overflow
+    float32 in RMSNorm; see tests/core/test_hooks.py)."""
+    from persona_lens.cli.sweep import main
+
+    model = load_cached("tiny-llama")
+    path = tmp_path / "v.safetensors"
+    save_vector(PersonaVector("shouting", model.cfg.model_name, torch.randn(5, 64), "response", 1, 1, {}), path)
+    argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(path), "--out", str(tmp_path / "run")]
+    argv += ["--layers", "2", "--max-new-tokens", "1", "--questions", "1", "--coherence", "rule", "--judge", "rule"]
+    assert main([*argv, "--quiet", "--coefficients", "1e30"]) == 2
+    assert "overflow float32" in capsys.readouterr().err
