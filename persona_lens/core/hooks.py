@@ -299,7 +299,9 @@ MAX_ADDED_NORM = float(torch.finfo(torch.float32).max) ** 0.5
 
 def check_steering_size(coef: float | Tensor, vector: Float[Tensor, " d_model"]) -> None:
     """Refuse a coefficient whose added vector ``coef * v`` would overflow the residual stream's normalisation
-    (:data:`MAX_ADDED_NORM`): the replies would be uniform noise, not the model's steered behaviour."""
+    (:data:`MAX_ADDED_NORM`): replies generated so would be uniform noise, not the model's steered behaviour. The
+    steering sweep checks every cell with it before generating; :func:`steer` itself does not (finetuning relies on
+    such a coefficient reaching its non-finite-loss guard)."""
     largest = float(coef.abs().max()) if isinstance(coef, Tensor) and coef.numel() else abs(float(coef))
     size = largest * float(vector.detach().float().norm())
     if size >= MAX_ADDED_NORM:
@@ -653,8 +655,7 @@ def steer(
         its ``remove()``.
 
     Raises:
-        ValueError: A model without hook points, a layer out of range, a non-finite vector or coefficient, a
-            coefficient whose added vector overflows the model's normalisation (:data:`MAX_ADDED_NORM`), or
+        ValueError: A model without hook points, a layer out of range, a non-finite vector or coefficient, or
             ``incremental`` without ``raw``.
         VectorMismatchError: A vector whose shape does not fit the model.
 
@@ -672,8 +673,6 @@ def steer(
     coef = finite_values(coef, "coef")
     per_layer = _per_layer(vector, model, layer, incremental)
     if raw:
-        for _, _, v in per_layer:
-            check_steering_size(coef, v)
         return install_hooks(model, [(name, AddVector(v, coef, positions)) for _, name, v in per_layer])
     if incremental:
         raise ValueError(
@@ -689,11 +688,9 @@ def steer(
             f"residual_norms has shape {tuple(norms.shape)}; it needs one median norm per layer, "
             f"[{n_layers + 1}] (layer 0 = embeddings)"
         )
-    raw_coefs = [raw_coefficient(coef, v.norm(), norms[lay]) for lay, _, v in per_layer]
-    for (_, _, v), raw_coef in zip(per_layer, raw_coefs):
-        check_steering_size(raw_coef, v)
     return install_hooks(
-        model, [(name, AddVector(v, raw_coef, positions)) for (_, name, v), raw_coef in zip(per_layer, raw_coefs)]
+        model,
+        [(name, AddVector(v, raw_coefficient(coef, v.norm(), norms[lay]), positions)) for lay, name, v in per_layer],
     )
 
 

@@ -376,19 +376,21 @@ def test_recording_formats_tokens_with_their_projections(tiny_model):
     assert repr(rows[0][1]) in table[1] and f"{rows[0][2]:.3f}" in table[1]
 
 
-def test_a_coefficient_that_overflows_the_normalisation_is_refused_not_steered_into_uniform_noise():
-    """At a raw coefficient of 1e20 on tiny-llama the residual's squares overflow float32 in RMSNorm: the logits'
-    standard deviation was exactly 0 (every next token uniform) and ``sweep --coefficients 1e30`` exited 0 with those
-    replies scored. Below the bound the logits still vary."""
+def test_the_steering_bound_is_where_the_normalisation_overflows():
+    """The instrument behind :func:`check_steering_size`: just past :data:`MAX_ADDED_NORM` the residual's squares
+    overflow float32 in RMSNorm and tiny-llama's logits are all equal (standard deviation exactly 0: every next
+    token uniform); at 1/100 of it they still vary. The check refuses the first and accepts the second (a float or
+    one coefficient per row); ``sweep --coefficients 1e30`` used to exit 0 with such replies, scored."""
     from persona_lens.core.validate import BadValue
 
     model = load_cached("tiny-llama")
     direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     size = H.MAX_ADDED_NORM / float(direction.norm())
-    with H.steer(model, direction, layer=2, coef=size / 100, raw=True, positions="all"):
-        assert float(model(ids).float().std()) > 0
-    for coef in (size * 1.01, torch.tensor([1.0, size * 1.01])):
+    for coef, varies in ((size / 100, True), (size * 1.01, False)):
+        with H.steer(model, direction, layer=2, coef=coef, raw=True, positions="all"):
+            assert (float(model(ids).float().std()) > 0) is varies
+    H.check_steering_size(size / 100, direction)
+    for coef in (size * 1.01, torch.tensor([1.0, -size * 1.01])):
         with pytest.raises(BadValue, match="overflow float32"):
-            H.steer(model, direction, layer=2, coef=coef, raw=True, positions="all")
-    assert len(model.blocks[1].hook_resid_post._forward_hooks) == 0  # nothing left installed
+            H.check_steering_size(coef, direction)
