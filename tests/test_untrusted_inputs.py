@@ -405,3 +405,34 @@ def test_ray_client_is_installed_by_the_scale_extra():
     assert any(requirement.startswith("ray[client]") for requirement in extras["scale"])
     pytest.importorskip("ray")
     assert importlib.util.find_spec("grpc") is not None
+
+
+@pytest.mark.parametrize(
+    "engine, message",
+    [
+        ("vllm+http://localhost", "names no port"),  # was 4 tries at port 80 after the run started
+        ("vllm+ftp://localhost:8000", "not an http(s) URL with a host"),  # was 4 tries of an ftp URL
+        ("vllm+http://:8000", "not an http(s) URL with a host"),
+        ("vllm+http://localhost:99999", "Port out of range"),
+        ("vllm+", "not an http(s) URL with a host"),  # was "error: unknown url type: '/v1/models'"
+        ("vllm+http://[::1", "Invalid IPv6 URL"),  # was "error: Invalid IPv6 URL", no option named
+        ("localhost:8000", "not an http(s) URL with a host"),  # was 4 tries of "unknown url type: localhost"
+        ("", "not an http(s) URL with a host"),
+    ],
+)
+def test_a_malformed_engine_url_is_refused_before_any_model_or_request(capsys, engine, message):
+    code, err = run_cli(["sweep", "--model", NO_MODEL, "--trait", "pirate", "--engine", engine], capsys)
+    assert code == 2 and "argument --engine" in err and message in err, err
+    assert NO_MODEL not in err.splitlines()[-1]
+
+
+def test_well_formed_engine_urls_pass_the_check():
+    from persona_lens.cli.scale import engine_arg
+
+    for url in (
+        "http://127.0.0.1:8000",
+        "https://host.example/v1",
+        "vllm+http://127.0.0.1:8000",
+        " vllm+https://h:1/v1",
+    ):
+        assert engine_arg(url) == url.strip()

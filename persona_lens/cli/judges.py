@@ -19,6 +19,7 @@ from typing import Any
 
 from persona_lens.cli import EXIT_OK, BadInput
 from persona_lens.cli.options import (
+    _arg_type,
     add_model_options,
     check_out_file,
     load_model_arg,
@@ -31,6 +32,13 @@ __all__ = ["configure_parser", "run", "EVALUATED_JUDGES"]
 
 EVALUATED_JUDGES = ("offline", "rule", "likelihood", "local")
 DEFAULT_SET = Path("benchmarks/labels")
+
+
+def _bootstrap_arg(text: str) -> int:
+    """``--bootstrap``: 0 to :data:`persona_lens.judges.evaluate.MAX_BOOTSTRAP` (10**12 ran for ever)."""
+    from persona_lens.judges.evaluate import check_bootstrap
+
+    return _arg_type(int, check_bootstrap, "--bootstrap")(text)  # type: ignore[no-any-return]
 
 
 def configure_parser(subparsers: Any) -> None:
@@ -58,7 +66,7 @@ def configure_parser(subparsers: Any) -> None:
         default=[],
         metavar="READING.jsonl",
         help="a reading (id, trait_expressed, coherent); repeat for several: the reference is "
-        "the rows they agree on (default: every reading_*.jsonl of --set)",
+        "the rows they agree on (default: every reading_*.jsonl of --set that labels every reply)",
     )
     evaluate.add_argument(
         "--judge",
@@ -92,7 +100,7 @@ def configure_parser(subparsers: Any) -> None:
     )
     evaluate.add_argument(
         "--bootstrap",
-        type=seed_arg("--bootstrap"),
+        type=_bootstrap_arg,
         default=1000,
         help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)",
     )
@@ -110,7 +118,7 @@ def configure_parser(subparsers: Any) -> None:
 
 
 def _labeled_set(args: argparse.Namespace) -> Any:
-    from persona_lens.judges.evaluate import load_labeled_set
+    from persona_lens.judges.evaluate import LabeledSet, load_labeled_set
 
     replies, generation = args.set / "replies.jsonl", args.set / "generation.jsonl"
     for path in (replies, generation):
@@ -124,10 +132,26 @@ def _labeled_set(args: argparse.Namespace) -> Any:
     for path in readings:
         if not path.is_file():
             raise BadInput(f"--labels {path}: no such file")
+    if len({path.resolve() for path in readings}) < len(readings):  # a reading against itself agrees perfectly
+        raise BadInput(f"--labels: a reading is given twice ({', '.join(map(str, readings))}); give each once")
     try:
         labeled = load_labeled_set(replies, generation, readings)
     except ValueError as error:
         raise BadInput(str(error)) from None
+    complete = [i for i, reading in enumerate(labeled.readings) if len(reading) == len(labeled.replies)]
+    if not args.labels and complete and len(complete) < len(readings):
+        # a partial reading (benchmarks/labels/reading_c.jsonl: a third reading of the 31 disagreements) would cut
+        # the default reference down to its rows: 9 dev rows of one class instead of 294
+        for i in sorted(set(range(len(readings))) - set(complete)):
+            print(
+                f"note: {readings[i]} labels {len(labeled.readings[i])} of {len(labeled.replies)} replies: left out "
+                "of the default reference (the readings of every reply); name every reading with --labels to use it",
+                file=sys.stderr,
+            )
+        readings = [readings[i] for i in complete]
+        labeled = LabeledSet(
+            labeled.replies, [labeled.readings[i] for i in complete], [labeled.reading_names[i] for i in complete]
+        )
     for path, reading in zip(readings, labeled.readings):
         if len(reading) < len(labeled.replies):  # the reference keeps only the rows every reading labeled
             print(
@@ -138,20 +162,22 @@ def _labeled_set(args: argparse.Namespace) -> Any:
     return labeled
 
 
-def _read_scores(path: Path) -> dict[str, float | None]:
-    from persona_lens.judges.evaluate import read_jsonl
+def _read_scores(path: Path, target: str, labeled: Any) -> dict[str, float | None]:
+    """The scores of ``path`` for ``target`` (:func:`persona_lens.judges.evaluate.read_scores`), refusing ids that
+    are not replies of the labeled set (scores of another reply set)."""
+    from persona_lens.judges.evaluate import read_scores
 
     try:
-        rows = read_jsonl(path)
-    except (OSError, ValueError) as error:
-        raise BadInput(f"--scores {path}: {error}") from None
-    out = {}
-    for row in rows:
-        score = row.get("score")
-        if score is not None and not isinstance(score, (int, float)):
-            raise BadInput(f"--scores {path}: id {row['id']!r}: score must be a number or null, got {score!r}")
-        out[str(row["id"])] = None if score is None else float(score)
-    return out
+        scores = read_scores(path, target)
+    except ValueError as error:
+        raise BadInput(f"--scores: {error}") from None
+    unknown = sorted(set(scores) - {r.id for r in labeled.replies})
+    if unknown:
+        raise BadInput(
+            f"--scores {path}: ids that are not replies of --set ({', '.join(map(repr, unknown[:3]))}; "
+            f"{len(unknown)} in all): these scores are of another reply set; score the replies of this one"
+        )
+    return scores
 
 
 def _judge_scores(
@@ -163,13 +189,36 @@ def _judge_scores(
     scores: dict[str, float | None] = {}
     for trait_name in sorted({r.trait for r in rows}):
         members = [r for r in rows if r.trait == trait_name]
-        trait = None if trait_name == "none" else load_trait_arg(trait_name)
+        trait = None if trait_name == "none" else _labeled_trait(args, trait_name)
         judge, rubric = _build_judge(args.judge, target, trait, model)
-        for row, score in zip(
-            members, judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
-        ):
+        if getattr(judge, "uses_model", True) is False and not getattr(args, "_said_rules_only", False):
+            args._said_rules_only = True  # the report's name says it too
+            print(
+                f"note: the offline judge has no fit for {args.model} (only for the models in its weights file): it "
+                "scores with its model-free fit on the rule features, not the model's likelihoods",
+                file=sys.stderr,
+            )
+        try:
+            judged = judge.score(rubric if rubric else COHERENCE_RUBRIC, [(r.question, r.reply) for r in members])
+        except ValueError as error:  # a reply the judge cannot read (longer than the model's context)
+            raise BadInput(f"{args.set / 'replies.jsonl'}: {error}") from None
+        for row, score in zip(members, judged):
             scores[row.id] = score
     return scores
+
+
+def _labeled_trait(args: argparse.Namespace, name: str) -> Any:
+    """The trait a labeled reply names: a registered trait's name (never a path to a file)."""
+    replies = args.set / "replies.jsonl"
+    if "/" in name or "\\" in name or name.endswith(".json"):
+        raise BadInput(
+            f"{replies}: trait {name!r} is a path; a labeled reply names a trait (python -m persona_lens traits list)"
+        )
+    try:
+        return load_trait_arg(name)
+    except BadInput as error:
+        first = str(error).splitlines()
+        raise BadInput(f"{replies}: trait {name!r} of a reply: {' '.join(x.strip() for x in first)}") from None
 
 
 def _build_judge(kind: str, target: str, trait: Any, model: Any) -> tuple[Any, str]:
@@ -206,6 +255,28 @@ def _build_judge(kind: str, target: str, trait: Any, model: Any) -> tuple[Any, s
     return build_likelihood_coherence(model, base, progress=True), COHERENCE_RUBRIC
 
 
+def _check_outputs_are_not_inputs(args: argparse.Namespace) -> None:
+    """``--out`` or ``--save-scores`` on a file of the labeled set or on ``--scores`` would replace the data it was
+    measured on (``--out benchmarks/labels/reading_a.jsonl`` overwrote a reading with the report)."""
+    inputs = [
+        args.set / "replies.jsonl",
+        args.set / "generation.jsonl",
+        *args.labels,
+        *args.set.glob("reading_*.jsonl"),
+    ]
+    if args.scores is not None:
+        inputs.append(args.scores)
+    resolved = {path.resolve(): path for path in inputs}
+    outputs = [("--out", args.out), ("--save-scores", args.save_scores)]
+    for flag, path in outputs:
+        if path is not None and path.resolve() in resolved:
+            raise BadInput(
+                f"{flag} {path} is an input of this command ({resolved[path.resolve()]}); choose another path"
+            )
+    if args.out is not None and args.save_scores is not None and args.out.resolve() == args.save_scores.resolve():
+        raise BadInput(f"--out and --save-scores are the same file ({args.out}); give each its own path")
+
+
 def run(args: argparse.Namespace) -> int:
     from persona_lens.judges.evaluate import evaluate_scores, format_report, reading_agreement
 
@@ -215,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         check_out_file(args.save_scores, "--save-scores")
     if args.scores is not None and args.target == "both":
         raise BadInput("--scores holds one judge's scores for one label: add --target coherent or --target trait")
+    _check_outputs_are_not_inputs(args)
     labeled = _labeled_set(args)
     targets = ["coherent", "trait"] if args.target == "both" else [args.target]
     reports = []
@@ -236,10 +308,12 @@ def run(args: argparse.Namespace) -> int:
         for target in targets:
             rows = labeled.rows(args.split, trait=target == "trait")
             if args.scores is not None:
-                scores, name = _read_scores(args.scores), args.scores.stem
+                scores, name = _read_scores(args.scores, target, labeled), args.scores.stem
             else:
                 kind = args.judge if not (target == "trait" and args.judge in ("offline", "likelihood")) else "rule"
                 scores, name = _judge_scores(args, labeled, target, rows, model), f"{kind} ({target})"
+                if kind == "offline" and getattr(args, "_said_rules_only", False):
+                    name = f"offline, rules-only fit ({target})"
                 saved += [{"id": rid, "target": target, "score": s} for rid, s in scores.items()]
             try:
                 reports.append(

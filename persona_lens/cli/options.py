@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,11 @@ def threshold_arg(name: str) -> Callable[[str], float]:
     return _arg_type(float, score_threshold, name)
 
 
+#: The longest ``a-b`` range a list option expands (no model has this many layers; ``1-999999999999`` would
+#: otherwise build a list of a trillion layers before the range check, and exhaust the memory).
+MAX_RANGE = 10_000
+
+
 def _parse_list(text: str, convert: Any, what: str) -> list:
     values = []
     for part in text.split(","):
@@ -244,13 +250,22 @@ def _parse_list(text: str, convert: Any, what: str) -> list:
         match = re.fullmatch(r"(-?\d+)-(-?\d+)", part) if convert is int else None
         try:
             if match:
-                values.extend(range(int(match.group(1)), int(match.group(2)) + 1))
+                first, last = int(match.group(1)), int(match.group(2))
+                if last - first + 1 > MAX_RANGE:
+                    raise argparse.ArgumentTypeError(
+                        f"range {part!r} in {text!r} spans {last - first + 1:,} {what}s, more than any model has; "
+                        f"give the {what}s you mean (e.g. 4-12)"
+                    )
+                values.extend(range(first, last + 1))
             else:
                 values.append(convert(part))
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad {what} {part!r} in {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"no {what} in {text!r}")
+    repeated = sorted(value for value, count in Counter(values).items() if count > 1)
+    if repeated:  # a cell run twice, and counted twice in every summary of the run
+        raise argparse.ArgumentTypeError(f"{what} {repeated[0]:g} is given twice in {text!r}; give each {what} once")
     return values
 
 

@@ -9,7 +9,44 @@ from typing import Any
 from persona_lens.cli import BadInput
 from persona_lens.cli.options import count_arg, number_arg
 
-__all__ = ["add_scale_options", "announce_engine", "check_scale_args", "executor_from_args"]
+__all__ = ["add_scale_options", "announce_engine", "check_scale_args", "engine_arg", "executor_from_args"]
+
+
+NO_VLLM = (
+    "--engine vllm needs vLLM in this environment: run bash scripts/setup_vllm.sh and use "
+    ".venv-vllm/bin/python (or give --engine the URL of a running server)"
+)
+
+
+def engine_arg(text: str) -> str:
+    """The ``type`` of ``--engine``: ``vllm``, an ``http(s)://HOST[:PORT]`` URL, or ``vllm+http(s)://HOST:PORT``,
+    checked before any model loads (a malformed URL was tried four times, or failed in urllib's own words, after
+    the run had started)."""
+    from urllib.parse import urlsplit
+
+    from persona_lens.core.vllm_server import SCHEME
+
+    value = text.strip()
+    if value == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:  # before the run starts, not at its first generate call
+            raise argparse.ArgumentTypeError(NO_VLLM)
+        return value
+    url = value[len(SCHEME) :] if value.startswith(SCHEME) else value
+    form = "vllm+http://HOST:PORT" if value.startswith(SCHEME) else "'vllm', http://HOST:PORT or vllm+http://HOST:PORT"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--engine {value!r} is not a URL ({error}); give {form}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"--engine {value!r} is not an http(s) URL with a host; give {form}")
+    if value.startswith(SCHEME) and port is None:
+        raise argparse.ArgumentTypeError(
+            f"--engine {value!r} names no port; give {form}, the port of the `vllm serve` (e.g. 8000)"
+        )
+    return value
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +80,7 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
+        type=engine_arg,
         default=None,
         metavar="URL|vllm|vllm+URL",
         help="an OpenAI-compatible server (vLLM, SGLang, llama.cpp, `transformers serve`) serving "
@@ -220,10 +258,7 @@ def _vllm_engine(args: argparse.Namespace) -> Any:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise BadInput(
-                "--engine vllm needs vLLM in this environment: run bash scripts/setup_vllm.sh and use "
-                ".venv-vllm/bin/python (or give --engine the URL of a running server)"
-            ) from None
+            raise BadInput(NO_VLLM) from None
         from persona_lens.core.vllm_engine import VLLMEngine
 
         args._vllm_engine = VLLMEngine()

@@ -185,6 +185,12 @@ def run(args: argparse.Namespace) -> int:
     check_scale_args(args)
     announce_engine(args, "sweep")
     trait = load_trait_arg(args.trait)
+    if args.questions is not None and args.questions > len(trait.eval_questions):
+        print(
+            f"note: --questions {args.questions}: {trait.name!r} has {len(trait.eval_questions)} evaluation "
+            f"questions; every one is used ({len(trait.eval_questions)}, not {args.questions})",
+            file=sys.stderr,
+        )
     run_dir = args.out or default_run_dir(args.model, trait.name)
     check_judge_arg(args, trait)
     lock_out(run_dir)

@@ -61,6 +61,8 @@ __all__ = [
     "token_layout",
     "current_layout",
     "position_mask",
+    "MAX_ADDED_NORM",
+    "check_steering_size",
     "AddVector",
     "AblateDirection",
     "CapProjection",
@@ -287,6 +289,29 @@ class _ResidualHook:
         if mask is None:
             return resid + delta
         return resid + delta * mask[..., None].to(delta.dtype)
+
+
+#: The largest norm an added vector may have: beyond it the residual's squared norm overflows float32 in the model's
+#: normalisation (RMSNorm / LayerNorm, computed in float32), the normalised state becomes 0 and every next-token
+#: distribution uniform (tiny-llama at a raw coefficient of 1e20: the logits' standard deviation is exactly 0).
+MAX_ADDED_NORM = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def check_steering_size(coef: float | Tensor, vector: Float[Tensor, " d_model"]) -> None:
+    """Refuse a coefficient whose added vector ``coef * v`` would overflow the residual stream's normalisation
+    (:data:`MAX_ADDED_NORM`): replies generated so would be uniform noise, not the model's steered behaviour. The
+    steering sweep checks every cell with it before generating; :func:`steer` itself does not (finetuning relies on
+    such a coefficient reaching its non-finite-loss guard)."""
+    largest = float(coef.abs().max()) if isinstance(coef, Tensor) and coef.numel() else abs(float(coef))
+    size = largest * float(vector.detach().float().norm())
+    if size >= MAX_ADDED_NORM:
+        from persona_lens.core.validate import BadValue
+
+        raise BadValue(
+            f"a raw coefficient of {largest:g} adds a vector of norm {size:.3g}, beyond {MAX_ADDED_NORM:.3g}, where "
+            "the residual's squares overflow float32 in the model's normalisation and every next token is drawn "
+            "uniformly; give a smaller coefficient"
+        )
 
 
 class AddVector(_ResidualHook):

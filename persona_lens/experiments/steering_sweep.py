@@ -37,6 +37,7 @@ from persona_lens.core.chat import encode_generated, encode_prompt, make_message
 from persona_lens.core.controls import Baseline, baselines_to_dict, compare, random_like
 from persona_lens.core.formatting import format_value
 from persona_lens.core.hooked_model import HookedLM
+from persona_lens.core.hooks import check_steering_size
 from persona_lens.core.io import JsonlRecords, atomic_output, check_settings, write_json_atomic, write_text_atomic
 from persona_lens.core.layers import check_layer
 from persona_lens.core.norms import median_residual_norms, raw_coefficient, relative_coefficient
@@ -375,6 +376,8 @@ def run_steering_sweep(
 
     # The baseline, then every coefficient of a layer in one generate call (one steering, a coefficient per row).
     steered = [(layer, coef, raw_of(layer, coef)) for layer in layers for coef in config.coefficients]
+    for layer, _, raw in steered:  # before any reply: a cell past the bound would be uniform noise, scored
+        check_steering_size(raw, vector.vectors[layer])
     reply_jobs = [job.reply_job("base", 0.0, None, config.seed) for job in jobs]
     anchors = _prompted_jobs(trait, config, jobs)
     reply_jobs += [job.reply_job("prompted", 0.0, None, config.seed) for job in anchors]

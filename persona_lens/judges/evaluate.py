@@ -44,7 +44,10 @@ __all__ = [
     "cohen_kappa",
     "auroc",
     "measure_agreement",
+    "MAX_BOOTSTRAP",
+    "check_bootstrap",
     "read_jsonl",
+    "read_scores",
     "load_readings",
     "combine_readings",
     "load_labeled_set",
@@ -141,8 +144,19 @@ class Agreement:
     n_none: int = 0
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    @property
+    def one_class(self) -> bool:
+        """Whether every labeled row has the same label: balanced accuracy and AUROC are undefined, and kappa is 1
+        or 0 by convention (see :func:`cohen_kappa`), not a measure of the judge."""
+        return self.n > 0 and self.positives in (0, self.n)
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        # an undefined interval is null too: NaN is not JSON (jq and JavaScript refuse the file)
+        out["intervals"] = {
+            name: [None if math.isnan(x) else x for x in bounds] for name, bounds in self.intervals.items()
+        }
+        return out | {"one_class": self.one_class}
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -150,6 +164,21 @@ def _interval(values: list[float]) -> tuple[float, float]:
     if not finite:
         return (math.nan, math.nan)
     return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
+
+
+#: The most bootstrap resamples (each re-measures every metric on every row: about 1 ms for 500 rows on a CPU core,
+#: so 100,000 take minutes; 10**12 would never end).
+MAX_BOOTSTRAP = 100_000
+
+
+def check_bootstrap(value: Any, name: str = "bootstrap") -> int:
+    """A number of bootstrap resamples: an integer from 0 (no intervals) to :data:`MAX_BOOTSTRAP`."""
+    from persona_lens.core.validate import BadValue, non_negative_int
+
+    number = non_negative_int(value, name)
+    if number > MAX_BOOTSTRAP:
+        raise BadValue(f"{name} must be <= {MAX_BOOTSTRAP:,} resamples (default 1,000), got {number:,}")
+    return number
 
 
 def measure_agreement(
@@ -175,10 +204,15 @@ def measure_agreement(
     everything = np.arange(t.size)
     point = {name: f(everything) for name, f in metrics.items()}
     intervals: dict[str, tuple[float, float]] = {}
+    bootstrap = check_bootstrap(bootstrap)
     if bootstrap and t.size:
         rng = np.random.default_rng(seed)
-        draws = [rng.integers(0, t.size, t.size) for _ in range(bootstrap)]
-        intervals = {name: _interval([f(i) for i in draws]) for name, f in metrics.items()}
+        values: dict[str, list[float]] = {name: [] for name in metrics}
+        for _ in range(bootstrap):  # one draw at a time: memory does not grow with the resamples
+            draw = rng.integers(0, t.size, t.size)
+            for name, f in metrics.items():
+                values[name].append(f(draw))
+        intervals = {name: _interval(values[name]) for name in metrics}
     return Agreement(
         n=int(t.size),
         positives=int(t.sum()),
@@ -196,10 +230,15 @@ def measure_agreement(
 # the labeled set
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of a JSONL file, one a line (blank lines skipped); a malformed line raises naming it."""
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+def _read_rows(path: str | Path, what: str = "labeled set") -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; refuses (naming the file and line) a file
+    that is missing, a folder or not UTF-8 (:func:`persona_lens.core.io.read_text`), a malformed line, a line that is
+    not an object, an ``id`` that is not a non-empty string or an integer, and an id given twice."""
+    from persona_lens.core.io import read_text
+
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(read_text(path, what).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -208,23 +247,96 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
         if not isinstance(row, dict) or "id" not in row:
             raise ValueError(f'{path}:{number}: each line must be a JSON object with an "id"')
-        rows.append(row)
+        rid = row["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+            raise ValueError(
+                f'{path}:{number}: "id" must be a non-empty string or an integer, got {type(rid).__name__} {rid!r}'
+            )
+        if str(rid) in seen:
+            raise ValueError(
+                f"{path}:{number}: id {str(rid)!r} is given twice (first on line {seen[str(rid)]}); give each row "
+                "its own id"
+            )
+        seen[str(rid)] = number
+        rows.append((number, row))
     return rows
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSONL file, one a line (blank lines skipped), each with a unique ``id`` (a non-empty string
+    or an integer); a missing, non-UTF-8 or malformed file or line raises naming the file and line."""
+    return [row for _, row in _read_rows(path)]
+
+
+def _label(path: str | Path, number: int, row: dict[str, Any], key: str) -> int:
+    value = row.get(key)
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ValueError(f"{path}:{number}: row {row['id']!r}: {key} must be 0 or 1, got {value!r}")
+    return int(value)
+
+
 def load_readings(path: str | Path) -> dict[str, tuple[int, int]]:
-    """``id -> (trait_expressed, coherent)`` from a reading file; every value must be 0 or 1, ids unique."""
-    out: dict[str, tuple[int, int]] = {}
-    for row in read_jsonl(path):
-        values = []
-        for key in ("trait_expressed", "coherent"):
-            value = row.get(key)
-            if value not in (0, 1):
-                raise ValueError(f"{path}: row {row['id']!r}: {key} must be 0 or 1, got {value!r}")
-            values.append(int(value))
-        if row["id"] in out:
-            raise ValueError(f"{path}: id {row['id']!r} is labeled twice")
-        out[str(row["id"])] = (values[0], values[1])
+    """``id -> (trait_expressed, coherent)`` from a reading file; every value must be 0 or 1 (not true/false), ids
+    unique, and the file must label at least one row."""
+    out = {
+        str(row["id"]): (_label(path, number, row, "trait_expressed"), _label(path, number, row, "coherent"))
+        for number, row in _read_rows(path, "reading")
+    }
+    if not out:
+        raise ValueError(
+            f"{path} holds no label; give a reading with one JSON object a line (id, trait_expressed, coherent)"
+        )
+    return out
+
+
+def read_scores(path: str | Path, target: str | None = None) -> dict[str, float | None]:
+    """``id -> score`` from a judge's scores file: one ``{"id", "score"}`` a line, the score a finite number in
+    [0, 100] or null. Rows with a ``"target"`` (as ``judges evaluate --save-scores`` writes them, both targets in one
+    file) count only for that ``target``; an id may appear once per target."""
+    if target is not None and target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    from persona_lens.core.io import read_text
+
+    out: dict[str, float | None] = {}
+    first: dict[str, int] = {}
+    numbered = []
+    for number, line in enumerate(read_text(path, "the scores file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "id" not in row or "score" not in row:
+            raise ValueError(f'{path}:{number}: each line must be a JSON object with an "id" and a "score"')
+        numbered.append((number, row))
+    for number, row in numbered:
+        row_target = row.get("target")
+        if row_target is not None and row_target not in TARGETS:
+            raise ValueError(f"{path}:{number}: target must be one of {', '.join(TARGETS)}, got {row_target!r}")
+        if target is not None and row_target is not None and row_target != target:
+            continue
+        if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) or row["id"] == "":
+            raise ValueError(f'{path}:{number}: "id" must be a non-empty string or an integer, got {row["id"]!r}')
+        rid, score = str(row["id"]), row["score"]
+        if score is not None and (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not math.isfinite(score)
+            or not 0 <= score <= 100
+        ):
+            raise ValueError(
+                f"{path}:{number}: id {rid!r}: score must be a number from 0 to 100 or null, got {score!r}"
+            )
+        if rid in out:
+            raise ValueError(
+                f"{path}:{number}: id {rid!r} is scored twice (first on line {first[rid]}); keep one score per id"
+                + (" (or give each row its target)" if row_target is None else "")
+            )
+        first[rid] = number
+        out[rid] = None if score is None else float(score)
+    if not out:
+        raise ValueError(f"{path} holds no score" + (f" for target {target}" if target else "") + "; score every reply")
     return out
 
 
@@ -275,17 +387,21 @@ class LabeledSet:
 def load_labeled_set(replies: str | Path, generation: str | Path, readings: Sequence[str | Path] = ()) -> LabeledSet:
     """Read a labeled set (see the module docstring); every reply needs a generation record with a split, and a
     reading may only label ids of the replies file."""
-    records = {str(r["id"]): r for r in read_jsonl(generation)}
+    records = {str(r["id"]): r for _, r in _read_rows(generation, "generation records")}
     out = []
-    for row in read_jsonl(replies):
+    for number, row in _read_rows(replies, "replies"):
         rid = str(row["id"])
         record = records.get(rid)
         if record is None or record.get("split") not in ("dev", "test"):
-            raise ValueError(f"{generation}: no record with split dev/test for reply {rid!r}")
+            raise ValueError(f"{generation}: no record with split dev/test for reply {rid!r} ({replies}:{number})")
         for key in ("trait", "question", "reply"):
             if not isinstance(row.get(key), str):
-                raise ValueError(f"{replies}: reply {rid!r} has no string {key!r}")
+                raise ValueError(
+                    f"{replies}:{number}: reply {rid!r} has no string {key!r} (got {row.get(key)!r}); write it as text"
+                )
         out.append(LabeledReply(rid, row["trait"], row["question"], row["reply"], record["split"], record))
+    if not out:
+        raise ValueError(f"{replies} holds no reply; give one JSON object a line (id, trait, question, reply)")
     ids = {r.id for r in out}
     loaded = []
     for path in readings:
@@ -369,6 +485,12 @@ def evaluate_scores(
         raise ValueError(
             f"no score for {len(missing)} replies of the {split} split (e.g. {missing[0]}); score every reply"
         )
+    if not any(r.id in truth for r in rows):
+        raise ValueError(
+            f"no reply of the {split} split has a reference label for {target} (labeled by every reading"
+            + (" and agreed on" if len(labeled.readings) > 1 else "")
+            + "): nothing to measure; choose another --split or other readings"
+        )
     traits = sorted({r.trait for r in rows})
     return AgreementReport(
         judge,
@@ -436,4 +558,14 @@ def format_report(report: AgreementReport) -> str:
             f"{_fmt(a.accuracy, i.get('accuracy'))} | {_fmt(a.balanced_accuracy, i.get('balanced_accuracy'))}"
             f" | {_fmt(a.kappa, i.get('kappa'))} | {_fmt(a.auroc, i.get('auroc'))} |"
         )
+    one_class = [name for name, a in [("pooled", report.pooled), *report.per_trait.items()] if a.one_class]
+    if one_class:
+        lines += [
+            "",
+            f"one class only among the labels (every row yes, or every row no) in: {', '.join(one_class)}. "
+            "There balanced accuracy and AUROC are undefined (-), and kappa is 1 where the judge agrees on "
+            "every row and 0 otherwise: read those rows as agreement on one label, not as a measure of the judge.",
+        ]
+    if any(not a.n for a in report.per_trait.values()):
+        lines += ["", "a row with n = 0 has no reference label (readings disagree or did not label it): - throughout."]
     return "\n".join(lines)

@@ -76,6 +76,21 @@ def _reply_ids(model: HookedLM, reply: str) -> list[int]:
     return list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])[:_MAX_REPLY_TOKENS]
 
 
+def _check_context(model: HookedLM, lengths: Sequence[tuple[str, int]]) -> None:
+    """Refuse an item whose prompt and reply are longer than the model's context: its likelihoods would be read at
+    positions the model was never trained on (a 10,000-word question was read, in 28 s on a tiny model, silently)."""
+    limit = getattr(getattr(model.hf_model, "config", None), "max_position_embeddings", None)
+    for question, length in lengths:
+        if isinstance(limit, int) and length > limit:
+            excerpt = question[:40] + ("..." if len(question) > 40 else "")
+            raise ValueError(
+                f"the item of question {excerpt!r}: its question, system prompt and reply are {length} tokens, "
+                "more than the "
+                f"{limit}-token context of {model.cfg.model_name}; shorten the question (the reply is cut to "
+                f"{_MAX_REPLY_TOKENS} tokens already)"
+            )
+
+
 def reply_features(
     model: HookedLM | None,
     items: Sequence[tuple[str, str]],
@@ -113,6 +128,7 @@ def reply_features(
             (encode_prompt(model.tokenizer, make_messages(items[i][0], system=per_item[i][c])), replies[i])
             for i in members
         ]
+        _check_context(model, [(items[i][0], len(prompt) + len(reply)) for i, (prompt, reply) in zip(members, rows)])
         for i, values in zip(members, response_token_nlls(model, rows, batch_size=batch_size)):
             if i not in best or np.mean(values) < best[i][0].mean():
                 best[i] = (np.asarray(values), per_item[i][c])
@@ -241,16 +257,18 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict[str, dict[str, Logisti
 def _resolve_read_dtype(model: HookedLM | None, read_dtype: str | None) -> str | None:
     """``"auto"``: bfloat16 for a float32 model on a CPU with native bfloat16 matrix units (AVX512-BF16 / AMX, where
     it halves the reading time), else the model's own dtype (None); a name: that dtype, None if it is the model's."""
-    if model is None or read_dtype is None:
+    if read_dtype is None:
+        return None
+    dtype = None if read_dtype == "auto" else getattr(torch, str(read_dtype), None)
+    if read_dtype != "auto" and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        # checked also where no model reads (a model without its own fit): a typo is refused, never ignored
+        raise ValueError(f"read_dtype {read_dtype!r}: use 'auto', None, 'float32', 'bfloat16' or 'float16'")
+    if model is None:
         return None
     current = next(model.hf_model.parameters()).dtype
     if read_dtype == "auto":
         native = current == torch.float32 and next(model.hf_model.parameters()).device.type == "cpu"
-        read_dtype = "bfloat16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        return read_dtype
-    dtype = getattr(torch, read_dtype, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"read_dtype {read_dtype!r}: use 'auto', None, 'float32', 'bfloat16' or 'float16'")
+        return "bfloat16" if native and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     return None if dtype == current else read_dtype
 
 
@@ -290,6 +308,10 @@ class OfflineCoherenceJudge:
         gate: float = GATE,
         read_dtype: str | None = "auto",
     ) -> None:
+        from persona_lens.core.validate import positive_int, probability
+
+        gate = probability(gate, "gate")  # NaN or a negative gate silently read every reply; above 1, none
+        batch_size = positive_int(batch_size, "batch_size")
         fits = load_weights(weights)
         name = getattr(getattr(model, "cfg", None), "model_name", None)
         self.uses_model = model is not None and name in fits and "coherence" in fits[name]

@@ -343,3 +343,27 @@ def test_an_option_without_a_default_is_not_added():
     parser = argparse.ArgumentParser()
     add_generation_options(parser, max_new_tokens=64, seed=0)
     assert {a.dest for a in parser._actions} == {"help", "max_new_tokens", "seed"}
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        # a range was expanded into a list before any check: 1-999999999999 exhausted the memory (MemoryError)
+        ("--layers", "1-999999999999", "spans 999,999,999,999 layers"),
+        # a layer or coefficient given twice ran its cells twice and wrote each row twice into sweep.csv
+        ("--layers", "2,2", "layer 2 is given twice"),
+        ("--layers", "4-8,6", "layer 6 is given twice"),
+        ("--coefficients", "1,1.0", "number 1 is given twice"),
+    ],
+)
+def test_list_options_refuse_huge_ranges_and_repeats_before_the_model(capsys, option, value, message):
+    assert main(["sweep", "--model", NO_MODEL, "--trait", "pirate", option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_a_long_range_within_bounds_still_parses():
+    from persona_lens.cli.options import MAX_RANGE, parse_int_list
+
+    assert parse_int_list(f"1-{MAX_RANGE}") == list(range(1, MAX_RANGE + 1))
+    assert parse_int_list("6-8,2") == [6, 7, 8, 2]

@@ -374,3 +374,23 @@ def test_recording_formats_tokens_with_their_projections(tiny_model):
     table = recording.format_tokens(tiny_model.tokenizer, ids, start=start).splitlines()
     assert len(table) == 1 + len(rows) and "n/a" in table[-1]
     assert repr(rows[0][1]) in table[1] and f"{rows[0][2]:.3f}" in table[1]
+
+
+def test_the_steering_bound_is_where_the_normalisation_overflows():
+    """The instrument behind :func:`check_steering_size`: just past :data:`MAX_ADDED_NORM` the residual's squares
+    overflow float32 in RMSNorm and tiny-llama's logits are all equal (standard deviation exactly 0: every next
+    token uniform); at 1/100 of it they still vary. The check refuses the first and accepts the second (a float or
+    one coefficient per row); ``sweep --coefficients 1e30`` used to exit 0 with such replies, scored."""
+    from persona_lens.core.validate import BadValue
+
+    model = load_cached("tiny-llama")
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    size = H.MAX_ADDED_NORM / float(direction.norm())
+    for coef, varies in ((size / 100, True), (size * 1.01, False)):
+        with H.steer(model, direction, layer=2, coef=coef, raw=True, positions="all"):
+            assert (float(model(ids).float().std()) > 0) is varies
+    H.check_steering_size(size / 100, direction)
+    for coef in (size * 1.01, torch.tensor([1.0, -size * 1.01])):
+        with pytest.raises(BadValue, match="overflow float32"):
+            H.check_steering_size(coef, direction)

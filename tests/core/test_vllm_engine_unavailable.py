@@ -28,3 +28,12 @@ def test_engine_vllm_on_the_command_line_is_a_bad_input_naming_the_setup():
     args = argparse.Namespace(engine="vllm", ray=None, engine_model=None, engine_concurrency=8)
     with pytest.raises(BadInput, match="scripts/setup_vllm.sh"):
         executor_from_args(args)
+
+
+def test_engine_vllm_is_refused_when_parsed_before_the_run_starts(capsys):
+    """It was refused at the first generate call, after the sweep had begun extracting its vector (5-8 s later)."""
+    from persona_lens.cli import main
+
+    assert main(["sweep", "--model", "/nonexistent/model-folder", "--trait", "pirate", "--engine", "vllm"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --engine" in err and "scripts/setup_vllm.sh" in err and "model-folder" not in err

@@ -141,3 +141,14 @@ def test_smollm2_pc1_aligns_with_the_axis_beyond_random_directions_within_the_ro
     print(f"\n  {result.summary()}\n  random in d_model: {d_model['pc1_axis_summary']}")
     assert len(smol_roles_space.roles) >= MIN_ROLES
     assert result.verdict.passed, result.summary()
+
+
+def test_a_span_of_one_dimension_is_refused_not_a_control_equal_to_the_value():
+    """Two roles centred span a line: every random direction in it is +-PC1, so all 200 controls equalled the value
+    (|cos| 0.391 for seed 0) and the verdict was a test of nothing. Three roles (a plane) still run."""
+    space, _ = _space(0, n_roles=2)
+    with pytest.raises(ValueError, match="span 1 dimension"):
+        sp.measure_pc1_in_span(space, 1, k_random=N_RANDOM)
+    three, _ = _space(0, n_roles=3)
+    result = sp.measure_pc1_in_span(three, 1, k_random=N_RANDOM)
+    assert result.span_rank == 2 and len(set(result.random)) > 1

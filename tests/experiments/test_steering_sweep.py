@@ -280,3 +280,33 @@ def test_prompted_anchor_cell_answers_the_same_questions_under_the_positive_prom
     assert json.loads(result.paths["json"].read_text())["prompted"]["n"] == 3
     assert "system-prompted" in result.paths["samples"].read_text()
     assert _sweep(model, _vector(model), tmp_path / "positive", condition="positive").prompted is None
+
+
+def test_cli_says_when_questions_asks_for_more_than_the_trait_has(tmp_path, capsys):
+    """``--questions 1000`` on a trait with fewer evaluation questions silently used them all."""
+    from persona_lens.cli.sweep import main
+
+    model = load_cached("tiny-llama")
+    path = tmp_path / "v.safetensors"
+    save_vector(PersonaVector("shouting", model.cfg.model_name, torch.randn(5, 64), "response", 1, 1, {}), path)
+    n = len(load_trait("shouting").eval_questions)
+    argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(path), "--out", str(tmp_path / "run")]
+    argv += ["--layers", "2", "--coefficients", "1", "--max-new-tokens", "1", "--coherence", "rule", "--quiet"]
+    assert main([*argv, "--judge", "rule", "--questions", "1000"]) == 0
+    assert f"--questions 1000: 'shouting' has {n} evaluation questions" in capsys.readouterr().err
+    with open(next((tmp_path / "run").rglob("sweep.csv"))) as table:
+        assert {row["n"] for row in csv.DictReader(table)} == {str(n)}
+
+
+def test_cli_refuses_a_coefficient_that_overflows_the_normalisation(tmp_path, capsys):
+    """``--coefficients 1e30`` exited 0 with replies drawn uniformly (the steered residual's squares overflow
+    float32 in RMSNorm; see tests/core/test_hooks.py)."""
+    from persona_lens.cli.sweep import main
+
+    model = load_cached("tiny-llama")
+    path = tmp_path / "v.safetensors"
+    save_vector(PersonaVector("shouting", model.cfg.model_name, torch.randn(5, 64), "response", 1, 1, {}), path)
+    argv = ["--trait", "shouting", "--model", "tiny-llama", "--vector", str(path), "--out", str(tmp_path / "run")]
+    argv += ["--layers", "2", "--max-new-tokens", "1", "--questions", "1", "--coherence", "rule", "--judge", "rule"]
+    assert main([*argv, "--quiet", "--coefficients", "1e30"]) == 2
+    assert "overflow float32" in capsys.readouterr().err

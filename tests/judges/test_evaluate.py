@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from persona_lens.judges import RuleJudge
+from persona_lens.judges.base import COHERENCE_RUBRIC
 from persona_lens.judges.evaluate import (
     accuracy,
     auroc,
@@ -402,3 +403,256 @@ def test_default_offline_judge_on_smollm2_rejects_the_issues_word_salad(smollm2)
     plain = "When it rains, I stay inside with a good book and a cup of hot tea, and listen to the rain on the roof."
     scores = judge.score(COHERENCE_RUBRIC, [(q, s) for s in salad] + [(q, plain)])
     assert max(scores[:2]) < 50 < scores[2], scores
+
+
+def _scores_file(tmp_path, rows):
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _replace_in(name, old, new, count=1):
+    def edit(folder):
+        path = folder / name
+        path.write_text(path.read_text().replace(old, new, count))
+
+    return edit
+
+
+def _write(name, text):
+    def edit(folder):
+        (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+
+    return edit
+
+
+def _append_first_line(name):
+    def edit(folder):
+        path = folder / name
+        path.write_text(path.read_text() + path.read_text().splitlines()[0] + "\n")
+
+    return edit
+
+
+# A hostile user's files (benchmarks/results/hostile-pass.md): each crashed, was silently accepted, or said less
+# than the file, line and field before; each now ends in exit 2 with one sentence naming them.
+BAD_SETS = [
+    ("replies.jsonl", _write("replies.jsonl", ""), "replies.jsonl holds no reply"),
+    ("non-UTF-8 replies", _write("replies.jsonl", b'{"id": "a", "trait": "\xff"}\n'), "replies.jsonl:1: not UTF-8"),
+    ("non-UTF-8 reading", _write("reading_a.jsonl", b"\xff\n"), "reading_a.jsonl:1: not UTF-8"),
+    ("empty reading", _write("reading_a.jsonl", ""), "reading_a.jsonl holds no label"),
+    ("an id that is an object", _write("reading_a.jsonl", '{"id": {"x": 1}}\n'), 'reading_a.jsonl:1: "id" must be'),
+    ("a reply id twice", _append_first_line("replies.jsonl"), "replies.jsonl:8: id 'a' is given twice"),
+    ("a generation id twice", _append_first_line("generation.jsonl"), "generation.jsonl:8: id 'a' is given twice"),
+    ("a label true", _replace_in("reading_a.jsonl", '"coherent": 1', '"coherent": true'), "1: row 'a': coherent must"),
+    (
+        "a missing question",
+        _replace_in("replies.jsonl", '"question"', '"q"'),
+        "replies.jsonl:1: reply 'a' has no string",
+    ),
+    ("a trait that is a path", _replace_in("replies.jsonl", '"pirate"', '"../x.json"', 9), "'../x.json' is a path"),
+]
+
+
+@pytest.mark.parametrize("what, edit, message", BAD_SETS, ids=[case[0] for case in BAD_SETS])
+def test_cli_judges_evaluate_names_the_file_line_and_field_of_a_bad_set(tmp_path, capsys, what, edit, message):
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    edit(tmp_path)
+    assert main(["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+BAD_SCORES = [
+    ("NaN", [{"id": i, "score": math.nan} for i in LABELS], "scores.jsonl:1: id 'a': score must be a number from 0"),
+    ("infinite", [{"id": i, "score": math.inf} for i in LABELS], "got inf"),
+    ("a bool", [{"id": i, "score": True} for i in LABELS], "got True"),
+    ("above 100", [{"id": i, "score": 500} for i in LABELS], "got 500"),
+    ("an id twice", [{"id": i, "score": 50} for i in [*LABELS, "a"]], "scores.jsonl:8: id 'a' is scored twice"),
+    ("an id of another set", [{"id": i, "score": 50} for i in [*LABELS, "zz"]], "not replies of --set ('zz'"),
+    ("no row of the target", [{"id": i, "target": "trait", "score": 50} for i in LABELS], "holds no score for target"),
+]
+
+
+@pytest.mark.parametrize("what, rows, message", BAD_SCORES, ids=[case[0] for case in BAD_SCORES])
+def test_cli_judges_evaluate_refuses_scores_that_are_not_0_to_100_once_per_reply(tmp_path, capsys, what, rows, message):
+    """NaN, infinite, bool and out-of-range scores were taken as figures (exit 0); an id scored twice silently
+    kept the last; ids of another reply set were ignored."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    scores = _scores_file(tmp_path, rows)
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--scores", str(scores), "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_saved_scores_of_both_targets_are_read_per_target(tmp_path, capsys):
+    """``--save-scores`` writes both targets' scores in one file (each id twice); ``--scores`` of that file read
+    each id's last row, the trait score, as its coherence score. Now the rows of the other target are left out."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    out, saved = tmp_path / "out.json", tmp_path / "saved.jsonl"
+    common = ["judges", "evaluate", "--set", str(tmp_path), "--bootstrap", "0", "--out", str(out)]
+    assert main([*common, "--judge", "rule", "--save-scores", str(saved)]) == 0
+    judged = {r["target"]: r["pooled"] for r in json.loads(out.read_text())}
+    for target in ("coherent", "trait"):
+        assert main([*common, "--scores", str(saved), "--target", target]) == 0
+        assert json.loads(out.read_text())[0]["pooled"] == judged[target]
+    capsys.readouterr()
+
+
+def test_one_class_labels_are_marked_not_passed_off_as_a_judge_measure(tmp_path, capsys):
+    """Every row labeled coherent: balanced accuracy and AUROC are undefined, kappa is 0 or 1 by convention; the
+    table printed '-' and 0.000 with no word of why, and the JSON gave kappa as if it measured the judge."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {i: (t, 1) for i, (t, _) in LABELS.items()}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "one class only among the labels" in printed and "pooled, none, pirate" in printed
+    pooled = json.loads(out.read_text())[0]["pooled"]
+    assert pooled["one_class"] is True and pooled["balanced_accuracy"] is None and pooled["auroc"] is None
+    assert pooled["kappa"] == 0.0 and pooled["predicted_positives"] < pooled["n"]  # the rule says no to some
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert "one class only" not in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["pooled"]["one_class"] is False
+
+
+def test_a_split_with_no_reference_label_is_refused_not_a_table_of_dashes(tmp_path, capsys):
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {"a": (1, 1)}})  # labels one dev row only
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]
+    assert main([*argv, "--split", "test"]) == 2
+    assert "no reply of the test split has a reference label" in capsys.readouterr().err
+    assert main([*argv, "--split", "dev", "--target", "coherent"]) == 0
+
+
+def test_offline_judge_refuses_a_gate_batch_size_or_read_dtype_it_would_misread(tmp_path, tiny_model):
+    """A NaN or negative gate silently read every reply (gate 0), a gate above 1 read none; batch_size 0 or -1
+    crashed inside the reading (range() / IndexError); a junk read_dtype was ignored where no model reads."""
+    from persona_lens.core.validate import BadValue
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    weights = _weights_file(tmp_path, tiny_model.cfg.model_name)
+    for gate in (math.nan, -0.1, 1.5):
+        with pytest.raises(BadValue, match="gate"):
+            OfflineCoherenceJudge(tiny_model, weights=weights, gate=gate)
+    for size in (0, -1):
+        with pytest.raises(BadValue, match="batch_size"):
+            OfflineCoherenceJudge(tiny_model, weights=weights, batch_size=size)
+    with pytest.raises(ValueError, match="read_dtype 'junk'"):
+        OfflineCoherenceJudge(None, read_dtype="junk")
+    assert OfflineCoherenceJudge(tiny_model, weights=weights, gate=1.0).gate == 1.0
+
+
+def test_offline_judge_without_a_fit_for_the_model_says_it_scored_with_rules_only(tmp_path, capsys):
+    """``--judge offline --model tiny-llama``: no fit for that model, so the judge falls back to its model-free fit;
+    the report was still named "offline (coherent)", as if the model's likelihoods had been read."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--model", "tiny-llama", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "no fit for tiny-llama" in captured.err and "model-free fit" in captured.err
+    assert json.loads(out.read_text())[0]["judge"] == "offline, rules-only fit (coherent)"
+
+
+def test_the_default_reference_leaves_out_a_reading_of_only_some_replies(tmp_path, capsys):
+    """benchmarks/labels/reading_c.jsonl is a third reading of the 31 disagreements only; taken by default with a
+    and b, it cut the reference to the rows all three labeled and agreed on (dev coherence: 9 rows, every one 'no',
+    against the 294 of benchmarks/results/judges.md). Now a partial reading is used only when named (--labels)."""
+    from persona_lens.cli import main
+
+    other = dict(LABELS, b=(0, 0))
+    write_set(tmp_path, ROWS, {"reading_a": LABELS, "reading_b": other, "reading_c": {"a": (1, 1)}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert "reading_c.jsonl labels 1 of 7 replies: left out of the default reference" in capsys.readouterr().err
+    assert json.loads(out.read_text())[0]["pooled"]["n"] == 5  # a and b agree on 5 dev rows
+    named = [f"--labels={tmp_path / name}.jsonl" for name in ("reading_a", "reading_c")]
+    assert main([*argv, *named, "--bootstrap", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["pooled"]["n"] == 1  # named: the rows both label (and agree on)
+    assert "the reference uses only the rows every reading labeled" in capsys.readouterr().err
+
+
+def test_report_json_has_no_nan_where_an_interval_is_undefined(tmp_path):
+    """The intervals of balanced accuracy and AUROC on one-class rows were written as NaN: not JSON."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": {i: (t, 1) for i, (t, _) in LABELS.items()}})
+    out = tmp_path / "out.json"
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--target", "coherent"]
+    assert main([*argv, "--bootstrap", "20", "--out", str(out)]) == 0
+
+    def refuse(name):
+        raise AssertionError(f"{name} in {out}")
+
+    pooled = json.loads(out.read_text(), parse_constant=refuse)[0]["pooled"]
+    assert pooled["intervals"]["balanced_accuracy"] == [None, None] and pooled["intervals"]["accuracy"][0] is not None
+
+
+def test_bootstrap_beyond_its_bound_is_refused_before_any_work(tmp_path, capsys):
+    """``--bootstrap 1000000000000`` was accepted (an integer >= 0) and would keep 10**12 draws in memory."""
+    from persona_lens.cli import main
+    from persona_lens.core.validate import BadValue
+    from persona_lens.judges.evaluate import MAX_BOOTSTRAP
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule"]
+    assert main([*argv, "--bootstrap", "1000000000000"]) == 2
+    assert "--bootstrap must be <= 100,000 resamples" in capsys.readouterr().err
+    with pytest.raises(BadValue, match="bootstrap must be <="):
+        measure_agreement(TRUTH, PREDICTED, bootstrap=MAX_BOOTSTRAP + 1)
+    assert measure_agreement(TRUTH, PREDICTED, bootstrap=3).intervals["accuracy"][0] <= accuracy(TRUTH, PREDICTED)
+
+
+@pytest.mark.parametrize("flag, target", [("--out", "reading_a.jsonl"), ("--save-scores", "replies.jsonl")])
+def test_outputs_never_replace_the_labeled_set_they_measure(tmp_path, capsys, flag, target):
+    """``--out reading_a.jsonl`` replaced the reading with the report (exit 0); the next run then failed."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    before = (tmp_path / target).read_bytes()
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--judge", "rule", "--bootstrap", "0"]
+    assert main([*argv, flag, str(tmp_path / target)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert (tmp_path / target).read_bytes() == before
+    same = str(tmp_path / "x.json")
+    assert main([*argv, "--out", same, "--save-scores", same]) == 2
+    assert "the same file" in capsys.readouterr().err
+
+
+def test_offline_judge_refuses_an_item_longer_than_the_models_context(tmp_path, tiny_model):
+    """A question longer than the model's context was read silently (10,000 words: 28 s on tiny-llama, at
+    positions the model never saw); replies are cut to 256 tokens, so only the question can overflow."""
+    from persona_lens.judges.offline import OfflineCoherenceJudge
+
+    judge = OfflineCoherenceJudge(tiny_model, weights=_weights_file(tmp_path, tiny_model.cfg.model_name), gate=0)
+    limit = tiny_model.hf_model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"more than the {limit}-token context"):
+        judge.score(COHERENCE_RUBRIC, [("word " * limit, "A fine reply.")])
+    long_reply = judge.score(COHERENCE_RUBRIC, [(Q, "word " * (2 * limit))])  # cut to 256 tokens: read
+    assert 0 <= long_reply[0] <= 100
+
+
+def test_a_reading_named_twice_is_refused_not_a_perfect_inter_reading_kappa(tmp_path, capsys):
+    """``--readers --labels a --labels a`` reported kappa 1.000 between a reading and itself."""
+    from persona_lens.cli import main
+
+    write_set(tmp_path, ROWS, {"reading_a": LABELS})
+    reading = str(tmp_path / "reading_a.jsonl")
+    argv = ["judges", "evaluate", "--set", str(tmp_path), "--readers", "--labels", reading, "--labels", reading]
+    assert main([*argv, "--bootstrap", "0"]) == 2
+    assert "a reading is given twice" in capsys.readouterr().err

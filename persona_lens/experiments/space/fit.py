@@ -463,12 +463,18 @@ def measure_pc1_in_span(
     if float(axis.norm()) == 0.0:
         raise ValueError(f"the Assistant axis is zero at layer {layer}: no cosine with it is defined")
     centred = (space.role_vectors[:, layer] - space.center[layer]).double()  # [role, d_model]: PC1 lies in its span
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-6 * max(float(singular.max()), 1e-30)).sum())
+    if rank < 2:  # every direction of a line is +-PC1: the control would equal the value, a test of nothing
+        raise ValueError(
+            f"the centred role vectors span {rank} dimension(s) at layer {layer} ({len(space.roles)} roles): PC1 is "
+            "the whole span, so random directions within it cannot test it; fit the space with at least 3 roles "
+            "besides 'default' that differ"
+        )
     in_span = random_in_span(centred.float(), k_random, seed=layer if seed is None else seed).double()
     unit_axis = axis / axis.norm()
     value = abs(float(space.components[layer, 0].double() @ unit_axis))
     random = (in_span @ unit_axis).abs().tolist()
-    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
-    rank = int((singular > 1e-6 * max(float(singular.max()), 1e-30)).sum())
     basis = vh[:rank]  # [rank, d_model], orthonormal
     share = float((basis @ unit_axis).norm())
     verdict = beats_controls(value, random, two_sided=True, percentile=percentile)
