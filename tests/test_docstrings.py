@@ -13,6 +13,7 @@ MODULES = [
     "persona_lens.core.generation",  # generate
     "persona_lens.core.activations",  # contrast_vector
     "persona_lens.core.controls",  # random_like
+    "persona_lens.judges.base",  # check_items
     "persona_lens.traits.schema",  # load_trait
     "persona_lens.experiments.extract",  # extract
 ]

@@ -83,6 +83,21 @@ def check_rubric(rubric: str) -> str:
     return rubric
 
 
+def check_items(items: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
+    """Return ``items`` if each is a (question, answer) pair of strings, else raise a TypeError naming the first bad one.
+
+    >>> check_items([("Hi?", None)])
+    Traceback (most recent call last):
+    ...
+    TypeError: item 0 must be a (question, answer) pair of strings; got ('str', 'NoneType')
+    """
+    for index, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            got = tuple(type(x).__name__ for x in item) if isinstance(item, (tuple, list)) else type(item).__name__
+            raise TypeError(f"item {index} must be a (question, answer) pair of strings; got {got}")
+    return items
+
+
 def fill_rubric(rubric: str, question: str, answer: str) -> str:
     """Put the question and answer into the rubric's slots (plain replacement: other braces are left alone)."""
     check_rubric(rubric)

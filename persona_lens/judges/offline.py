@@ -42,7 +42,7 @@ from jaxtyping import Float
 
 from persona_lens.core.chat import encode_prompt, make_messages
 from persona_lens.core.hooked_model import HookedLM
-from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_rubric
+from persona_lens.judges.base import COHERENCE_RUBRIC, Score, Verdict, check_items, check_rubric
 from persona_lens.judges.likelihood import check_unhooked, response_nlls, response_token_nlls, unrelated_question
 from persona_lens.judges.rule import coherence_factors, known_word_share, score_coherence
 
@@ -374,6 +374,7 @@ class OfflineCoherenceJudge:
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
         check_rubric(rubric)
+        check_items(items)
         if rubric != COHERENCE_RUBRIC:
             raise ValueError(
                 "the offline coherence judge measures coherence only; pass it as the coherence judge "

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from persona_lens.judges.base import Score, Verdict
+from persona_lens.judges.base import Score, Verdict, check_items
 
 __all__ = [
     "RULES",
@@ -531,7 +531,7 @@ class RuleJudge:
         return f"rule:{self.rule}" if version == 1 else f"rule:{self.rule}@v{version}"
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Score]:
-        return [self._function(question, answer) for question, answer in items]
+        return [self._function(question, answer) for question, answer in check_items(items)]
 
     def score_detailed(self, rubric: str, items: Sequence[tuple[str, str]]) -> list[Verdict]:
         """Rules are deterministic, so every outcome is final and cacheable, None ("nothing to measure") too."""

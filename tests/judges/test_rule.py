@@ -379,3 +379,12 @@ def test_pirate_is_a_density_one_greeting_does_not_make_a_long_reply_pirate():
         "Aye, in the evenin' I read by the bilge, ye landlubber."
     )
     assert score_pirate(Q, dense) >= 80
+
+
+@pytest.mark.parametrize("bad", [[("Hi?", None)], [("Hi?",)], ["Hi? Hello."], [(b"Hi?", "Hello.")]])
+def test_a_judge_given_an_item_that_is_not_two_strings_names_it(bad):
+    from persona_lens.judges import COHERENCE_RUBRIC, OfflineCoherenceJudge
+
+    for judge in (RuleJudge("coherence"), OfflineCoherenceJudge(None)):  # None: the rules-only fit, no model
+        with pytest.raises(TypeError, match="item 0 must be a \\(question, answer\\) pair of strings"):
+            judge.score(COHERENCE_RUBRIC, bad)
