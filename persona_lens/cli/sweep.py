@@ -136,6 +136,7 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m persona_lens.sweep", description=DESCRIPTION)
     _add_arguments(parser)
+    add_scale_options(parser)  # the same options as `python -m persona_lens sweep` (--engine, --ray, ...)
     return parser
 
 

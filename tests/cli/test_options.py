@@ -231,7 +231,8 @@ def test_each_command_parses_to_the_same_options_and_defaults(argv):
 
 
 def test_python_m_persona_lens_sweep_parses_as_the_sweep_subcommand():
-    assert _typed(vars(build_sweep_module_parser().parse_args([]))) == _typed(SWEEP)
+    # the same options as `python -m persona_lens sweep`, --engine / --ray included (they were missing here)
+    assert _typed(vars(build_sweep_module_parser().parse_args([]))) == _typed({**SWEEP, **SCALE})
 
 
 # (command, its generation options): each refuses a bad value with the API's sentence naming the flag
