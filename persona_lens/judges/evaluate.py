@@ -230,14 +230,12 @@ def measure_agreement(
 # the labeled set
 
 
-def _read_rows(path: str | Path, what: str = "labeled set") -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` of each non-blank line of a JSONL file; refuses (naming the file and line) a file
-    that is missing, a folder or not UTF-8 (:func:`persona_lens.core.io.read_text`), a malformed line, a line that is
-    not an object, an ``id`` that is not a non-empty string or an integer, and an id given twice."""
+def _json_objects(path: str | Path, what: str, keys: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file, each an object holding ``keys``; a missing,
+    non-UTF-8 or malformed file or line raises naming the file and line."""
     from persona_lens.core.io import read_text
 
-    rows: list[tuple[int, dict[str, Any]]] = []
-    seen: dict[str, int] = {}
+    rows = []
     for number, line in enumerate(read_text(path, what).splitlines(), 1):
         if not line.strip():
             continue
@@ -245,8 +243,20 @@ def _read_rows(path: str | Path, what: str = "labeled set") -> list[tuple[int, d
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise ValueError(f'{path}:{number}: each line must be a JSON object with an "id"')
+        if not isinstance(row, dict) or any(key not in row for key in keys):
+            wanted = " and ".join(f'a "{key}"' if key != "id" else 'an "id"' for key in keys)
+            raise ValueError(f"{path}:{number}: each line must be a JSON object with {wanted}")
+        rows.append((number, row))
+    return rows
+
+
+def _read_rows(path: str | Path, what: str = "labeled set") -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; refuses (naming the file and line) a file
+    that is missing, a folder or not UTF-8 (:func:`persona_lens.core.io.read_text`), a malformed line, a line that is
+    not an object, an ``id`` that is not a non-empty string or an integer, and an id given twice."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for number, row in _json_objects(path, what, ("id",)):
         rid = row["id"]
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
             raise ValueError(
@@ -295,22 +305,9 @@ def read_scores(path: str | Path, target: str | None = None) -> dict[str, float 
     file) count only for that ``target``; an id may appear once per target."""
     if target is not None and target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    from persona_lens.core.io import read_text
-
     out: dict[str, float | None] = {}
     first: dict[str, int] = {}
-    numbered = []
-    for number, line in enumerate(read_text(path, "the scores file").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or "id" not in row or "score" not in row:
-            raise ValueError(f'{path}:{number}: each line must be a JSON object with an "id" and a "score"')
-        numbered.append((number, row))
-    for number, row in numbered:
+    for number, row in _json_objects(path, "the scores file", ("id", "score")):
         row_target = row.get("target")
         if row_target is not None and row_target not in TARGETS:
             raise ValueError(f"{path}:{number}: target must be one of {', '.join(TARGETS)}, got {row_target!r}")
