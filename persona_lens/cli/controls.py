@@ -21,9 +21,11 @@ def add_control_arguments(
 ) -> None:
     """``--controls K`` (random directions of the vector's per-layer norm), ``--control-seed`` and, with
     ``against``, ``--against VECTOR`` (other traits' vectors as cross-trait controls)."""
+    from persona_lens.cli.options import controls_arg
+
     parser.add_argument(
         "--controls",
-        type=int,
+        type=controls_arg("--controls"),
         default=default,
         metavar="K",
         help=f"seeded random directions with the vector's per-layer norm, measured beside it "

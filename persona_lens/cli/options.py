@@ -204,6 +204,28 @@ def seed_arg(name: str) -> Callable[[str], int]:
     return _arg_type(int, non_negative_int, name)
 
 
+MAX_CONTROLS = 10_000
+"""The most random directions a command draws: each is measured like the vector (a matmul, or a cell of generation),
+and 100-1,000 already give a stable 95th percentile; more only fills memory."""
+
+
+def controls_arg(name: str, *, minimum: int = 0) -> Callable[[str], int]:
+    """The number of random directions: an integer from ``minimum`` to :data:`MAX_CONTROLS`."""
+
+    def check(value: int, what: str) -> int:
+        from persona_lens.core.validate import BadValue, non_negative_int, positive_int
+
+        number = (positive_int if minimum >= 1 else non_negative_int)(value, what)
+        if number > MAX_CONTROLS:
+            raise BadValue(
+                f"{what} must be at most {MAX_CONTROLS:,} random directions, got {number:,} "
+                "(100-1,000 give a stable 95th percentile)"
+            )
+        return number
+
+    return _arg_type(int, check, name)
+
+
 def number_arg(name: str, **bounds: float) -> Callable[[str], float]:
     """A finite number (``minimum``/``maximum``/``above`` as in :func:`persona_lens.core.validate.finite`)."""
     from persona_lens.core.validate import finite

@@ -30,13 +30,13 @@ from persona_lens.cli.options import (
     check_out_dir,
     check_out_file,
     check_positive,
+    controls_arg,
     count_arg,
     default_run_dir,
     load_model_arg,
     load_vectors_arg,
     out_path,
     parse_layer_spec,
-    seed_arg,
     threshold_arg,
 )
 from persona_lens.cli.scale import add_scale_options, announce_engine, check_scale_args, executor_from_args
@@ -152,7 +152,7 @@ def _add_roles(parser: argparse.ArgumentParser) -> None:
 def _add_controls(parser: argparse.ArgumentParser, default: int | None, what: str, positive: bool = False) -> None:
     """``--controls K``, the name every command uses for its random directions (``--random K``, this command's first
     name for it, still works); parsed to ``args.random``."""
-    kind = count_arg("--controls") if positive else seed_arg("--controls")
+    kind = controls_arg("--controls", minimum=1 if positive else 0)
     shown = "" if default is None else f"; default {default}" + ("" if positive else ", 0: none")
     parser.add_argument(
         "--controls", "--random", dest="random", type=kind, default=default, metavar="K", help=f"{what}{shown}"
@@ -238,7 +238,7 @@ def configure_parser(subparsers: Any) -> None:
     build.add_argument("--json", action="store_true", help="print the alignment report as JSON")
     build.add_argument(
         "--cap-controls",
-        type=seed_arg("--cap-controls"),
+        type=controls_arg("--cap-controls"),
         default=10,
         metavar="K",
         help="random directions along which the default's per-token projections are stored, for "

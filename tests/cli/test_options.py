@@ -368,3 +368,40 @@ def test_a_long_range_within_bounds_still_parses():
 
     assert parse_int_list(f"1-{MAX_RANGE}") == list(range(1, MAX_RANGE + 1))
     assert parse_int_list("6-8,2") == [6, 7, 8, 2]
+
+
+def test_every_random_direction_count_is_bounded():
+    """--controls 1000000000 drew a billion random directions (filling the memory) before any model loaded."""
+    from persona_lens.cli.options import MAX_CONTROLS
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+            elif {"--controls", "--cap-controls"} & set(action.option_strings):
+                found.append((path, action))
+
+    walk(build_parser(), "")
+    walk(build_sweep_module_parser(), "python -m persona_lens.sweep")
+    paths = {path for path, _ in found}
+    assert {"extract", "sweep", "monitor sweep", "shift", "screen", "finetune", "space build"} <= paths, paths
+    for path, action in found:
+        assert action.type(str(MAX_CONTROLS)) == MAX_CONTROLS, path
+        with pytest.raises(argparse.ArgumentTypeError, match=f"at most {MAX_CONTROLS:,} random directions"):
+            action.type(str(MAX_CONTROLS + 1))
+        with pytest.raises(argparse.ArgumentTypeError, match=">= "):
+            action.type("-1")
+
+
+def test_a_huge_controls_count_is_exit_2_before_the_model(capsys):
+    assert (
+        main(["monitor", "sweep", "--model", NO_MODEL, "--trait", "pirate", "--layer", "1", "--controls", "1e9"]) == 2
+    )
+    assert "--controls must be an integer" in capsys.readouterr().err
+    assert (
+        main(["monitor", "sweep", "--model", NO_MODEL, "--trait", "pirate", "--layer", "1", "--controls", "10001"]) == 2
+    )
+    assert "--controls must be at most 10,000 random directions" in capsys.readouterr().err
