@@ -292,19 +292,25 @@ def test_generation_options_refuse_bad_values_naming_the_flag(argv, flag, tmp_pa
 GENERATION_DESTS = {"samples", "max_new_tokens", "temperature", "top_p", "seed", "batch_size"}
 
 
-def _generation_actions() -> list[tuple[str, argparse.Action]]:
+def _actions(parser: argparse.ArgumentParser, path: str = "") -> list[tuple[str, argparse.Action]]:
+    """``(command path, action)`` of every option of ``parser`` and of its subcommands, at any depth."""
     found = []
-
-    def walk(parser: argparse.ArgumentParser, path: str) -> None:
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    walk(sub, f"{path} {name}".strip())
-            elif action.dest.removeprefix("extract_") in GENERATION_DESTS and not path.startswith("space"):
-                found.append((path, action))  # `space` keeps its own block (cli/space.py) for now
-
-    walk(build_parser(), "")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _actions(sub, f"{path} {name}".strip())
+        else:
+            found.append((path, action))
     return found
+
+
+def _generation_actions() -> list[tuple[str, argparse.Action]]:
+    # `space` keeps its own block (cli/space.py) for now
+    return [
+        (path, action)
+        for path, action in _actions(build_parser())
+        if action.dest.removeprefix("extract_") in GENERATION_DESTS and not path.startswith("space")
+    ]
 
 
 def test_every_generation_option_states_its_own_default_in_its_help():
@@ -374,18 +380,12 @@ def test_every_random_direction_count_is_bounded():
     """--controls had no upper bound: 10**9 random directions of SmolLM2's shape (31 x 576 floats) need ~71 TB."""
     from persona_lens.cli.options import MAX_CONTROLS
 
-    found = []
-
-    def walk(parser: argparse.ArgumentParser, path: str) -> None:
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    walk(sub, f"{path} {name}".strip())
-            elif {"--controls", "--cap-controls"} & set(action.option_strings):
-                found.append((path, action))
-
-    walk(build_parser(), "")
-    walk(build_sweep_module_parser(), "python -m persona_lens.sweep")
+    found = [
+        (path, action)
+        for path, action in _actions(build_parser())
+        + _actions(build_sweep_module_parser(), "python -m persona_lens.sweep")
+        if {"--controls", "--cap-controls"} & set(action.option_strings)
+    ]
     paths = {path for path, _ in found}
     assert {"extract", "sweep", "monitor sweep", "shift", "screen", "finetune", "space build"} <= paths, paths
     for path, action in found:
